@@ -1,0 +1,188 @@
+// Package store defines hearth's persistent state: users, API keys, images,
+// VMs (with the handle that lets a restarted daemon re-attach to them) and an
+// append-only event log. Backends live in sub-packages (sqlite is the embedded
+// default); every backend passes the suite in store/storetest.
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/errdefs"
+)
+
+// Sentinel errors. Backends wrap them; callers test with errors.Is. They are
+// the errdefs classes, so the API maps them without knowing the store.
+var (
+	ErrNotFound = errdefs.ErrNotFound
+	ErrConflict = errdefs.ErrConflict
+)
+
+// Scope is what an API key may do.
+type Scope string
+
+const (
+	// ScopeAdmin sees and manages everything.
+	ScopeAdmin Scope = "admin"
+	// ScopeUser sees and manages only its own user's resources.
+	ScopeUser Scope = "user"
+)
+
+// User is a tenant: the owner of VMs and (later) credentials.
+type User struct {
+	ID        string
+	Name      string
+	CreatedAt time.Time
+}
+
+// APIKey is a bearer credential. Only a hash of its secret is stored.
+type APIKey struct {
+	ID         string // public, non-secret part of the key
+	Name       string
+	Scope      Scope
+	UserID     string // required for ScopeUser; optional for ScopeAdmin
+	SecretHash []byte // SHA-256 of the secret part
+	CreatedAt  time.Time
+	LastUsedAt time.Time // zero if never used
+	RevokedAt  time.Time // zero if active
+}
+
+// Image is a bootable guest: kernel, initrd and root filesystem, plus the
+// manifest that describes what it contains.
+type Image struct {
+	ID         string // content digest (hex), stable across hosts
+	Name       string // e.g. "minimal"; several digests may share a name
+	Role       string // role the image was built for
+	KernelPath string
+	InitrdPath string
+	RootfsPath string
+	Manifest   []byte // JSON manifest as written by the image builder
+	SizeBytes  int64
+	CreatedAt  time.Time
+}
+
+// State is a VM's lifecycle state.
+type State string
+
+const (
+	StatePending   State = "pending"
+	StateBooting   State = "booting"
+	StateReady     State = "ready"
+	StateStopping  State = "stopping"
+	StateStopped   State = "stopped"
+	StateFailed    State = "failed"
+	StateDestroyed State = "destroyed"
+)
+
+// VM is one microVM and everything needed to find its resources again after
+// the daemon restarts.
+type VM struct {
+	ID            string
+	UserID        string
+	ImageID       string
+	Role          string
+	VCPUs         int
+	MemoryMiB     int
+	Driver        string
+	State         State
+	FailureReason string
+	// Handle is the driver's persisted handle (JSON): pid, sockets, disk.
+	Handle []byte
+	// Dir is the VM's private directory under the state dir.
+	Dir string
+	// Agent facts reported from inside the guest.
+	AgentVersion    string
+	GuestBootAt     time.Time
+	LastHeartbeatAt time.Time
+	BootDeadline    time.Time
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	ReadyAt         time.Time
+	StoppedAt       time.Time
+	DestroyedAt     time.Time
+}
+
+// Terminal reports whether no further transition can start from s by itself.
+func (s State) Terminal() bool {
+	return s == StateStopped || s == StateFailed || s == StateDestroyed
+}
+
+// VMFilter narrows ListVMs. Zero values match everything.
+type VMFilter struct {
+	UserID string
+	States []State
+	// IncludeDestroyed lists destroyed VMs too (they are hidden by default).
+	IncludeDestroyed bool
+}
+
+// Event is one entry of the append-only event log.
+type Event struct {
+	ID        int64 // assigned by the store, strictly increasing
+	At        time.Time
+	Type      string // e.g. "vm.state"
+	VMID      string
+	UserID    string
+	FromState State
+	ToState   State
+	Message   string
+}
+
+// Users stores tenants.
+type Users interface {
+	CreateUser(ctx context.Context, u User) error // ErrConflict if the id exists
+	GetUser(ctx context.Context, id string) (User, error)
+	ListUsers(ctx context.Context) ([]User, error)
+}
+
+// APIKeys stores API key records.
+type APIKeys interface {
+	CreateAPIKey(ctx context.Context, k APIKey) error // ErrConflict if the id exists
+	GetAPIKey(ctx context.Context, id string) (APIKey, error)
+	ListAPIKeys(ctx context.Context) ([]APIKey, error)
+	TouchAPIKey(ctx context.Context, id string, at time.Time) error
+	RevokeAPIKey(ctx context.Context, id string, at time.Time) error
+}
+
+// Images stores image records.
+type Images interface {
+	// PutImage inserts or replaces the image with img.ID.
+	PutImage(ctx context.Context, img Image) error
+	// GetImage resolves ref as an image ID, then a unique ID prefix of at
+	// least 8 characters, then as a name (the newest image with that name).
+	GetImage(ctx context.Context, ref string) (Image, error)
+	ListImages(ctx context.Context) ([]Image, error)
+	DeleteImage(ctx context.Context, id string) error
+}
+
+// VMs stores VM records.
+type VMs interface {
+	CreateVM(ctx context.Context, vm VM) error // ErrConflict if the id exists
+	GetVM(ctx context.Context, id string) (VM, error)
+	ListVMs(ctx context.Context, f VMFilter) ([]VM, error) // oldest first
+	// UpdateVM reads the VM, applies fn and writes it back in one
+	// transaction. If fn changes State, a "vm.state" event is appended in the
+	// same transaction (Message taken from msg) and returned. If fn returns
+	// an error nothing is written and that error is returned.
+	UpdateVM(ctx context.Context, id string, msg string, fn func(*VM) error) (VM, *Event, error)
+	// DeleteVM removes the row entirely (used only by garbage collection of
+	// long-destroyed VMs; normal deletion moves a VM to StateDestroyed).
+	DeleteVM(ctx context.Context, id string) error
+}
+
+// Events is the append-only event log.
+type Events interface {
+	AppendEvent(ctx context.Context, e Event) (Event, error)
+	// ListEvents returns events with ID > afterID, oldest first, at most limit.
+	ListEvents(ctx context.Context, afterID int64, limit int) ([]Event, error)
+}
+
+// Store is everything hearth persists.
+type Store interface {
+	Users
+	APIKeys
+	Images
+	VMs
+	Events
+	Ping(ctx context.Context) error
+	Close() error
+}
