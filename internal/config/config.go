@@ -1,0 +1,324 @@
+// Package config holds hearth's typed configuration: defaults that work on a
+// fresh machine, a TOML file, HEARTH_* environment overrides and command-line
+// flags, applied in that order, and a Validate whose errors name the field.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Duration is a time.Duration that reads and writes as "90s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText formats the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is the whole daemon configuration.
+type Config struct {
+	// StateDir holds the database, per-VM directories and sockets.
+	StateDir string `toml:"state_dir"`
+	// Listen is the API address. Loopback by default.
+	Listen string `toml:"listen"`
+	// Database is the SQLite file; relative paths are under StateDir.
+	Database string `toml:"database"`
+	// ImageDir holds built images; CacheDir holds downloads and build caches.
+	ImageDir string `toml:"image_dir"`
+	CacheDir string `toml:"cache_dir"`
+	// LogLevel is one of debug, info, warn, error.
+	LogLevel string `toml:"log_level"`
+
+	VM       VMConfig       `toml:"vm"`
+	QEMU     QEMUConfig     `toml:"qemu"`
+	Shutdown ShutdownConfig `toml:"shutdown"`
+}
+
+// VMConfig bounds what callers may ask for and how long a boot may take.
+type VMConfig struct {
+	Driver           string   `toml:"driver"` // "qemu"
+	DefaultVCPUs     int      `toml:"default_vcpus"`
+	DefaultMemoryMiB int      `toml:"default_memory_mib"`
+	MaxVCPUs         int      `toml:"max_vcpus"`
+	MinMemoryMiB     int      `toml:"min_memory_mib"`
+	MaxMemoryMiB     int      `toml:"max_memory_mib"`
+	BootTimeout      Duration `toml:"boot_timeout"`
+	MaxBootTimeout   Duration `toml:"max_boot_timeout"`
+	StopTimeout      Duration `toml:"stop_timeout"`
+	HeartbeatEvery   Duration `toml:"heartbeat_interval"`
+	// HeartbeatTimeout: a ready VM whose agent is silent this long is failed.
+	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	// Roles maps a role name to the guest TCP ports that must accept
+	// connections before a VM of that role is ready.
+	Roles map[string][]int `toml:"roles"`
+}
+
+// QEMUConfig configures the QEMU driver.
+type QEMUConfig struct {
+	Binary string `toml:"binary"`
+	Img    string `toml:"qemu_img"`
+	// Accel is "auto" (KVM when /dev/kvm is usable, else TCG), "kvm" or "tcg".
+	Accel string `toml:"accel"`
+}
+
+// ShutdownConfig says what a clean daemon stop does to running VMs.
+type ShutdownConfig struct {
+	// StopVMs stops every VM when the daemon exits cleanly. Off by default:
+	// VMs outlive the daemon and are adopted by the next one.
+	StopVMs bool `toml:"stop_vms"`
+}
+
+// Default returns a configuration that works on a fresh machine.
+func Default() Config {
+	return Config{
+		StateDir: "/var/lib/hearth",
+		Listen:   "127.0.0.1:7070",
+		Database: "hearth.db",
+		ImageDir: "", // StateDir/images
+		CacheDir: "/var/cache/hearth",
+		LogLevel: "info",
+		VM: VMConfig{
+			Driver:           "qemu",
+			DefaultVCPUs:     1,
+			DefaultMemoryMiB: 256,
+			MaxVCPUs:         8,
+			MinMemoryMiB:     64,
+			MaxMemoryMiB:     16384,
+			BootTimeout:      Duration{90 * time.Second},
+			MaxBootTimeout:   Duration{10 * time.Minute},
+			StopTimeout:      Duration{10 * time.Second},
+			HeartbeatEvery:   Duration{2 * time.Second},
+			HeartbeatTimeout: Duration{30 * time.Second},
+			Roles: map[string][]int{
+				"minimal":   {},
+				"workspace": {},
+				"browser":   {5900},
+			},
+		},
+		QEMU: QEMUConfig{
+			Binary: "qemu-system-x86_64",
+			Img:    "qemu-img",
+			Accel:  "auto",
+		},
+	}
+}
+
+// Load builds the configuration: defaults, then the file at path (if path is
+// non-empty), then environment overrides from env (os.Environ form).
+func Load(path string, env []string) (Config, error) {
+	c := Default()
+	if path != "" {
+		md, err := toml.DecodeFile(path, &c)
+		if err != nil {
+			return Config{}, fmt.Errorf("read config %s: %w", path, err)
+		}
+		if un := md.Undecoded(); len(un) > 0 {
+			keys := make([]string, len(un))
+			for i, k := range un {
+				keys[i] = k.String()
+			}
+			return Config{}, fmt.Errorf("read config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+		}
+	}
+	if err := c.applyEnv(env); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// applyEnv applies HEARTH_* overrides.
+func (c *Config) applyEnv(env []string) error {
+	vars := map[string]*string{
+		"HEARTH_STATE_DIR":   &c.StateDir,
+		"HEARTH_LISTEN":      &c.Listen,
+		"HEARTH_DATABASE":    &c.Database,
+		"HEARTH_IMAGE_DIR":   &c.ImageDir,
+		"HEARTH_CACHE_DIR":   &c.CacheDir,
+		"HEARTH_LOG_LEVEL":   &c.LogLevel,
+		"HEARTH_VM_DRIVER":   &c.VM.Driver,
+		"HEARTH_QEMU_BINARY": &c.QEMU.Binary,
+		"HEARTH_QEMU_ACCEL":  &c.QEMU.Accel,
+	}
+	durations := map[string]*Duration{
+		"HEARTH_BOOT_TIMEOUT": &c.VM.BootTimeout,
+		"HEARTH_STOP_TIMEOUT": &c.VM.StopTimeout,
+	}
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(k, "HEARTH_") {
+			continue
+		}
+		if p, ok := vars[k]; ok {
+			*p = v
+			continue
+		}
+		if p, ok := durations[k]; ok {
+			if err := p.UnmarshalText([]byte(v)); err != nil {
+				return fmt.Errorf("environment %s: %w", k, err)
+			}
+			continue
+		}
+		if k == "HEARTH_SHUTDOWN_STOP_VMS" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("environment %s: %w", k, err)
+			}
+			c.Shutdown.StopVMs = b
+		}
+	}
+	return nil
+}
+
+// DatabasePath is the absolute path of the SQLite file.
+func (c Config) DatabasePath() string { return c.under(c.Database) }
+
+// ImagesPath is the directory that holds built images.
+func (c Config) ImagesPath() string {
+	if c.ImageDir == "" {
+		return filepath.Join(c.StateDir, "images")
+	}
+	return c.under(c.ImageDir)
+}
+
+// VMsPath is the directory that holds one directory per VM.
+func (c Config) VMsPath() string { return filepath.Join(c.StateDir, "vms") }
+
+func (c Config) under(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.StateDir, p)
+}
+
+// FieldError is a validation failure of one named field.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Validate checks every field and reports all problems, each naming its field.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		bad("state_dir", "must be an absolute path, got %q", c.StateDir)
+	}
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "must be host:port, got %q", c.Listen)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad("listen", "port must be 0-65535, got %q", port)
+	}
+	if c.Database == "" {
+		bad("database", "must not be empty")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	v := c.VM
+	if v.Driver != "qemu" {
+		bad("vm.driver", "unknown driver %q (available: qemu)", v.Driver)
+	}
+	if v.MaxVCPUs < 1 || v.MaxVCPUs > 64 {
+		bad("vm.max_vcpus", "must be 1-64, got %d", v.MaxVCPUs)
+	}
+	if v.DefaultVCPUs < 1 || v.DefaultVCPUs > v.MaxVCPUs {
+		bad("vm.default_vcpus", "must be 1-%d (vm.max_vcpus), got %d", v.MaxVCPUs, v.DefaultVCPUs)
+	}
+	if v.MinMemoryMiB < 32 {
+		bad("vm.min_memory_mib", "must be at least 32, got %d", v.MinMemoryMiB)
+	}
+	if v.MaxMemoryMiB < v.MinMemoryMiB {
+		bad("vm.max_memory_mib", "must be at least vm.min_memory_mib (%d), got %d", v.MinMemoryMiB, v.MaxMemoryMiB)
+	}
+	if v.DefaultMemoryMiB < v.MinMemoryMiB || v.DefaultMemoryMiB > v.MaxMemoryMiB {
+		bad("vm.default_memory_mib", "must be %d-%d, got %d", v.MinMemoryMiB, v.MaxMemoryMiB, v.DefaultMemoryMiB)
+	}
+	positive := map[string]Duration{
+		"vm.boot_timeout":       v.BootTimeout,
+		"vm.max_boot_timeout":   v.MaxBootTimeout,
+		"vm.stop_timeout":       v.StopTimeout,
+		"vm.heartbeat_interval": v.HeartbeatEvery,
+		"vm.heartbeat_timeout":  v.HeartbeatTimeout,
+	}
+	for _, name := range []string{"vm.boot_timeout", "vm.max_boot_timeout", "vm.stop_timeout", "vm.heartbeat_interval", "vm.heartbeat_timeout"} {
+		if positive[name].Duration <= 0 {
+			bad(name, "must be positive, got %s", positive[name].Duration)
+		}
+	}
+	if v.BootTimeout.Duration > v.MaxBootTimeout.Duration {
+		bad("vm.boot_timeout", "must not exceed vm.max_boot_timeout (%s), got %s", v.MaxBootTimeout.Duration, v.BootTimeout.Duration)
+	}
+	if v.HeartbeatTimeout.Duration <= 2*v.HeartbeatEvery.Duration {
+		bad("vm.heartbeat_timeout", "must exceed twice vm.heartbeat_interval (%s), got %s", v.HeartbeatEvery.Duration, v.HeartbeatTimeout.Duration)
+	}
+	if len(v.Roles) == 0 {
+		bad("vm.roles", "must define at least one role")
+	}
+	for role, ports := range v.Roles {
+		if !validName(role) {
+			bad("vm.roles", "role name %q must be 1-32 characters of a-z, 0-9, - and _", role)
+		}
+		for _, p := range ports {
+			if p < 1 || p > 65535 {
+				bad("vm.roles."+role, "port %d out of range 1-65535", p)
+			}
+		}
+	}
+	switch c.QEMU.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		bad("qemu.accel", "must be auto, kvm or tcg, got %q", c.QEMU.Accel)
+	}
+	if c.QEMU.Binary == "" {
+		bad("qemu.binary", "must not be empty")
+	}
+	if c.QEMU.Img == "" {
+		bad("qemu.qemu_img", "must not be empty")
+	}
+	return errors.Join(errs...)
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// EnsureDirs creates the state directories with private permissions.
+func (c Config) EnsureDirs() error {
+	for _, d := range []string{c.StateDir, c.VMsPath(), c.ImagesPath()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,125 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults must validate: %v", err)
+	}
+	if !strings.HasPrefix(c.Listen, "127.0.0.1:") {
+		t.Fatalf("default listen %q is not loopback", c.Listen)
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	cases := []struct {
+		field string
+		mut   func(*Config)
+	}{
+		{"state_dir", func(c *Config) { c.StateDir = "relative" }},
+		{"listen", func(c *Config) { c.Listen = "nope" }},
+		{"listen", func(c *Config) { c.Listen = "127.0.0.1:99999" }},
+		{"log_level", func(c *Config) { c.LogLevel = "loud" }},
+		{"vm.driver", func(c *Config) { c.VM.Driver = "vbox" }},
+		{"vm.max_vcpus", func(c *Config) { c.VM.MaxVCPUs = 0 }},
+		{"vm.default_vcpus", func(c *Config) { c.VM.DefaultVCPUs = 9 }},
+		{"vm.min_memory_mib", func(c *Config) { c.VM.MinMemoryMiB = 1 }},
+		{"vm.max_memory_mib", func(c *Config) { c.VM.MaxMemoryMiB = 10 }},
+		{"vm.default_memory_mib", func(c *Config) { c.VM.DefaultMemoryMiB = 1 << 30 }},
+		{"vm.boot_timeout", func(c *Config) { c.VM.BootTimeout.Duration = 0 }},
+		{"vm.boot_timeout", func(c *Config) { c.VM.BootTimeout.Duration = time.Hour }},
+		{"vm.heartbeat_timeout", func(c *Config) { c.VM.HeartbeatTimeout.Duration = time.Second }},
+		{"vm.roles", func(c *Config) { c.VM.Roles = map[string][]int{"Bad Role": nil} }},
+		{"vm.roles.browser", func(c *Config) { c.VM.Roles["browser"] = []int{70000} }},
+		{"qemu.accel", func(c *Config) { c.QEMU.Accel = "hvf" }},
+		{"qemu.binary", func(c *Config) { c.QEMU.Binary = "" }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.field, func(t *testing.T) {
+			c := Default()
+			c.VM.Roles = map[string][]int{"minimal": {}, "browser": {5900}}
+			tc.mut(&c)
+			err := c.Validate()
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("want a FieldError, got %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.field+": ") {
+				t.Fatalf("error %q does not name %s", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestValidateReportsAllProblems(t *testing.T) {
+	c := Default()
+	c.Listen = "x"
+	c.QEMU.Accel = "y"
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "listen") || !strings.Contains(err.Error(), "qemu.accel") {
+		t.Fatalf("want both problems, got %v", err)
+	}
+}
+
+func TestLoadFileThenEnv(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "hearth.toml")
+	body := `
+state_dir = "/srv/hearth"
+listen = "127.0.0.1:9000"
+
+[vm]
+boot_timeout = "45s"
+max_vcpus = 2
+default_vcpus = 2
+
+[vm.roles]
+minimal = []
+browser = [5900, 5901]
+
+[qemu]
+accel = "tcg"
+`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path, []string{"HEARTH_LISTEN=127.0.0.1:9100", "HEARTH_BOOT_TIMEOUT=30s", "HEARTH_SHUTDOWN_STOP_VMS=true", "PATH=/bin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != "/srv/hearth" || c.Listen != "127.0.0.1:9100" || c.VM.BootTimeout.Duration != 30*time.Second ||
+		c.VM.MaxVCPUs != 2 || c.QEMU.Accel != "tcg" || !c.Shutdown.StopVMs || len(c.VM.Roles["browser"]) != 2 {
+		t.Fatalf("unexpected config: %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.DatabasePath(); got != "/srv/hearth/hearth.db" {
+		t.Fatalf("database path %q", got)
+	}
+}
+
+func TestLoadRejectsUnknownKeysAndBadEnv(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "hearth.toml")
+	if err := os.WriteFile(path, []byte("listne = \"x\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), "listne") {
+		t.Fatalf("want unknown key error naming listne, got %v", err)
+	}
+	if _, err := Load("", []string{"HEARTH_BOOT_TIMEOUT=soon"}); err == nil || !strings.Contains(err.Error(), "HEARTH_BOOT_TIMEOUT") {
+		t.Fatalf("want env error naming the variable, got %v", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.toml"), nil); err == nil {
+		t.Fatal("missing file must be an error")
+	}
+}
