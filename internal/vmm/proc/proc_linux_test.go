@@ -1,0 +1,65 @@
+package proc
+
+import (
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestWatchAndSignalNonChild(t *testing.T) {
+	// sh starts sleep in the background and exits: sleep is not our child.
+	out, err := exec.Command("sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for _, c := range string(out) {
+		if c >= '0' && c <= '9' {
+			pid = pid*10 + int(c-'0')
+		}
+	}
+	start, err := StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Alive(pid, start) {
+		t.Fatal("sleep not alive")
+	}
+	if Alive(pid, start+1) {
+		t.Fatal("a wrong start time must not match (recycled pid)")
+	}
+	ch, err := Watch(pid, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+		t.Fatal("watch fired while process runs")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := Signal(pid, start, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch did not fire after kill")
+	}
+	if !WaitGone(pid, start, time.Second) {
+		t.Fatal("process still there")
+	}
+	// Signalling a gone process is not an error.
+	if err := Signal(pid, start, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStartTimeMissing(t *testing.T) {
+	if _, err := StartTime(1 << 30); err == nil {
+		t.Fatal("expected error for missing pid")
+	}
+	if Alive(0, 0) || Alive(-1, 0) {
+		t.Fatal("non-positive pid alive")
+	}
+}
