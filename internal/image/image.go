@@ -1,0 +1,451 @@
+// Package image builds hearth guest images: an uncompressed ELF kernel that
+// QEMU boots directly (PVH), a small busybox initramfs that loads the virtio
+// modules and switches to the root disk, and a raw ext4 root filesystem with
+// the hearth agent, all described by a manifest.
+//
+// A build goes profile -> build phases -> output directory + manifest. The
+// output is content-addressed: <OutputDir>/<profile>-<digest[:16]>, where
+// the digest covers every build input (profile definition, kernel package,
+// busybox and agent binaries, builder version). Identical inputs produce
+// identical files; only the manifest's built_at differs.
+package image
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// DefaultBusybox is the static busybox used when BuildOptions.BusyboxBinary
+// is empty (Debian's busybox-static package).
+const DefaultBusybox = "/bin/busybox"
+
+// reproducibleEpoch is the timestamp given to every file in the initramfs
+// and root filesystem (2024-01-01T00:00:00Z).
+const reproducibleEpoch = 1704067200
+
+// BuildOptions configures Build.
+type BuildOptions struct {
+	// Profile names the image profile, e.g. "minimal" (see ProfileNames).
+	Profile string
+	// AgentBinary is the path of a static hearth-agent binary.
+	AgentBinary string
+	// AgentVersion is recorded in the manifest and in the image.
+	AgentVersion string
+	// CacheDir holds downloads and unpacked kernels; "" = DefaultCacheDir().
+	CacheDir string
+	// OutputDir is the images root; each image gets a subdirectory.
+	OutputDir string
+	// KernelPackage selects the kernel: "" follows linux-image-amd64's
+	// current dependency; a metapackage is followed likewise; a versioned
+	// package ("linux-image-6.1.0-57-amd64") or "name=version" is used as is.
+	KernelPackage string
+	// BusyboxBinary is a static busybox; "" = DefaultBusybox.
+	BusyboxBinary string
+	// Log receives phase progress lines; nil discards them.
+	Log io.Writer
+}
+
+// Result describes a built (or already present) image.
+type Result struct {
+	Dir          string
+	KernelPath   string
+	InitrdPath   string
+	RootfsPath   string
+	ManifestPath string
+	// Digest is the hex SHA-256 of all build inputs (the image's ID).
+	Digest   string
+	Manifest Manifest
+	// Cached is true when the image directory already existed and nothing
+	// was rebuilt.
+	Cached bool
+}
+
+// Build builds the image for o.Profile, or returns the existing one if an
+// image with the same inputs is already complete in o.OutputDir. The image
+// is assembled in a temporary directory next to its final place and renamed
+// into place, so an interrupted build leaves nothing half-made there.
+func Build(ctx context.Context, o BuildOptions) (*Result, error) {
+	b, err := newBuilder(o)
+	if err != nil {
+		return nil, fmt.Errorf("build %s: %w", o.Profile, err)
+	}
+	defer b.cleanup()
+	for i, s := range b.phases() {
+		b.progress.start(i+1, s.name)
+		if err := s.run(ctx); err != nil {
+			return nil, fmt.Errorf("build %s: phase %s: %w", b.profile.Name, s.name, err)
+		}
+		if b.result != nil {
+			break
+		}
+	}
+	if b.result == nil {
+		return nil, fmt.Errorf("build %s: no result", b.profile.Name)
+	}
+	return b.result, nil
+}
+
+// phase is one named step of a build.
+type phase struct {
+	name string
+	run  func(context.Context) error
+}
+
+// builder carries the state of one build across its phases.
+type builder struct {
+	opts     BuildOptions
+	profile  Profile
+	progress *progress
+
+	kernel      *kernelArtifact
+	busybox     []byte
+	busyboxSum  string
+	agent       []byte
+	agentSum    string
+	digest      string
+	finalDir    string
+	workDir     string
+	initrd      InitrdManifest
+	rootfs      RootfsManifest
+	result      *Result
+	lock        *fileLock
+	startedWork time.Time
+}
+
+// newBuilder validates the options and fills in defaults.
+func newBuilder(o BuildOptions) (*builder, error) {
+	prof, err := LookupProfile(o.Profile)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case o.AgentBinary == "":
+		return nil, errors.New("no agent binary given")
+	case o.AgentVersion == "":
+		return nil, errors.New("no agent version given")
+	case o.OutputDir == "":
+		return nil, errors.New("no output directory given")
+	}
+	if o.CacheDir == "" {
+		o.CacheDir = DefaultCacheDir()
+	}
+	if o.BusyboxBinary == "" {
+		o.BusyboxBinary = DefaultBusybox
+	}
+	if o.OutputDir, err = filepath.Abs(o.OutputDir); err != nil {
+		return nil, err
+	}
+	if o.CacheDir, err = filepath.Abs(o.CacheDir); err != nil {
+		return nil, err
+	}
+	b := &builder{opts: o, profile: prof}
+	b.progress = newProgress(o.Log, len(b.phases()))
+	return b, nil
+}
+
+// phases lists the build steps in order. The inputs phase ends the build
+// early (b.result set) when the image already exists.
+func (b *builder) phases() []phase {
+	return []phase{
+		{"kernel", b.phaseKernel},
+		{"inputs", b.phaseInputs},
+		{"initramfs", b.phaseInitramfs},
+		{"rootfs", b.phaseRootfs},
+		{"manifest", b.phaseManifest},
+	}
+}
+
+// cleanup removes the temporary work directory if the build did not
+// publish it, and releases the build lock.
+func (b *builder) cleanup() {
+	if b.workDir != "" {
+		_ = os.RemoveAll(b.workDir)
+	}
+	if b.lock != nil {
+		b.lock.Unlock()
+	}
+}
+
+// phaseKernel resolves the kernel package and makes sure it is unpacked in
+// the cache (download, vmlinux extraction, modules.dep).
+func (b *builder) phaseKernel(ctx context.Context) error {
+	var pkg kernelPackage
+	err := b.progress.task("resolving "+orDefault(b.opts.KernelPackage, defaultKernelMeta), func() error {
+		var err error
+		pkg, err = resolveKernelPackage(ctx, b.opts.KernelPackage)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	cache := kernelCache{root: filepath.Join(b.opts.CacheDir, "kernels")}
+	if err := os.MkdirAll(cache.root, 0o755); err != nil {
+		return err
+	}
+	b.kernel, err = cache.ensure(ctx, pkg, b.progress)
+	return err
+}
+
+// phaseInputs hashes the busybox and agent binaries, computes the digest
+// and returns the existing image if it is complete.
+func (b *builder) phaseInputs(ctx context.Context) error {
+	var err error
+	if b.busybox, b.busyboxSum, err = readStaticBinary(b.opts.BusyboxBinary, "busybox"); err != nil {
+		return err
+	}
+	if b.agent, b.agentSum, err = readStaticBinary(b.opts.AgentBinary, "agent"); err != nil {
+		return err
+	}
+	in := buildInputs{
+		Builder:            BuilderVersion,
+		Profile:            b.profile,
+		InitTemplateSHA256: sha256Hex(initTemplate),
+		KernelPackage:      b.kernel.Package,
+		KernelVersion:      b.kernel.Version,
+		KernelDebSHA256:    b.kernel.DebSHA256,
+		BusyboxSHA256:      b.busyboxSum,
+		AgentSHA256:        b.agentSum,
+		AgentVersion:       b.opts.AgentVersion,
+	}
+	if b.digest, err = in.digest(); err != nil {
+		return err
+	}
+	b.finalDir = filepath.Join(b.opts.OutputDir, b.profile.Name+"-"+b.digest[:16])
+	if m, ok := complete(b.finalDir, b.digest); ok { // fast path, no lock
+		b.progress.note("digest %s: image present in %s (cached)", b.digest[:16], b.finalDir)
+		b.result = newResult(b.finalDir, m, true)
+		return nil
+	}
+	return b.prepareWorkDir(ctx)
+}
+
+// prepareWorkDir takes the image's build lock (so concurrent builds of the
+// same image run one after the other), returns early if a build finished
+// meanwhile, clears debris of interrupted builds and creates the temporary
+// work directory next to the final one.
+func (b *builder) prepareWorkDir(ctx context.Context) error {
+	name := filepath.Base(b.finalDir)
+	lock, err := lockFile(ctx, filepath.Join(b.opts.OutputDir, "."+name+".lock"))
+	if err != nil {
+		return err
+	}
+	b.lock = lock
+	if m, ok := complete(b.finalDir, b.digest); ok {
+		b.progress.note("digest %s: image present in %s (built concurrently)", b.digest[:16], b.finalDir)
+		b.result = newResult(b.finalDir, m, true)
+		return nil
+	}
+	if err := removeStale(b.finalDir, filepath.Join(b.opts.OutputDir, "."+name+".tmp-*")); err != nil {
+		return err
+	}
+	b.progress.note("digest %s: building %s", b.digest[:16], b.finalDir)
+	if b.workDir, err = os.MkdirTemp(b.opts.OutputDir, "."+name+".tmp-"); err != nil {
+		return err
+	}
+	b.startedWork = time.Now()
+	return os.Chmod(b.workDir, 0o755) // MkdirTemp makes it 0700; images are world-readable
+}
+
+// phaseInitramfs writes initrd.img: busybox, /init and the modules.
+func (b *builder) phaseInitramfs(ctx context.Context) error {
+	db, err := loadModuleDB(b.kernel.modulesDir())
+	if err != nil {
+		return err
+	}
+	mods, builtin, err := db.resolve(b.profile.InitrdModules)
+	if err != nil {
+		return err
+	}
+	if len(builtin) > 0 {
+		b.progress.note("built into the kernel, not loaded: %v", builtin)
+	}
+	spec := initramfsSpec{
+		Busybox: b.busybox,
+		Release: b.kernel.Release,
+		Modules: mods,
+		ModDir:  b.kernel.modulesDir(),
+		MTime:   reproducibleEpoch,
+	}
+	return b.progress.task(fmt.Sprintf("writing %s (busybox + %d modules)", InitrdFile, len(mods)), func() error {
+		sum, size, err := writeInitramfs(filepath.Join(b.workDir, InitrdFile), spec)
+		if err != nil {
+			return err
+		}
+		b.initrd = InitrdManifest{SHA256: sum, Size: size, Modules: moduleNames(mods)}
+		return nil
+	})
+}
+
+// phaseRootfs writes rootfs.ext4.
+func (b *builder) phaseRootfs(ctx context.Context) error {
+	applets, err := busyboxApplets(ctx, b.opts.BusyboxBinary)
+	if err != nil {
+		return err
+	}
+	info, err := json.MarshalIndent(b.manifestSkeleton().info(), "", "  ")
+	if err != nil {
+		return err
+	}
+	spec := rootfsSpec{
+		Profile:   b.profile,
+		Busybox:   b.busybox,
+		Applets:   applets,
+		Agent:     b.agent,
+		ImageInfo: append(info, '\n'),
+		UUID:      uuidFromDigest(b.digest, "rootfs-uuid"),
+		HashSeed:  uuidFromDigest(b.digest, "rootfs-hash-seed"),
+		Epoch:     reproducibleEpoch,
+	}
+	dst := filepath.Join(b.workDir, RootfsFile)
+	desc := fmt.Sprintf("writing %s (%d MiB ext4, %d applets + agent)", RootfsFile, b.profile.RootfsSizeMiB, len(applets))
+	return b.progress.task(desc, func() error {
+		scratch, err := os.MkdirTemp(b.workDir, "rootfs-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(scratch)
+		if err := writeRootfs(ctx, dst, scratch, spec); err != nil {
+			return err
+		}
+		st, err := statFile(dst)
+		if err != nil {
+			return err
+		}
+		b.rootfs = RootfsManifest{
+			SHA256: st.SHA256, Size: st.Size, DiskSize: st.DiskSize,
+			FSType: "ext4", Label: rootfsLabel, UUID: spec.UUID,
+		}
+		return nil
+	})
+}
+
+// phaseManifest places the kernel, writes manifest.json and publishes the
+// work directory under its final name.
+func (b *builder) phaseManifest(ctx context.Context) error {
+	if err := linkOrCopy(b.kernel.vmlinuxPath(), filepath.Join(b.workDir, KernelFile)); err != nil {
+		return fmt.Errorf("place kernel: %w", err)
+	}
+	m := b.manifestSkeleton()
+	m.Initrd = b.initrd
+	m.Rootfs = b.rootfs
+	m.BuiltAt = time.Now().UTC().Truncate(time.Second)
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(b.workDir, ManifestFile), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := b.publish(); err != nil {
+		return err
+	}
+	b.progress.note("image %s ready in %s", filepath.Base(b.finalDir), formatDuration(time.Since(b.startedWork)))
+	b.result = newResult(b.finalDir, &m, false)
+	return nil
+}
+
+// publish renames the work directory to its final name. The build lock is
+// held and stale directories were cleared, so the name is free.
+func (b *builder) publish() error {
+	if err := syncDir(b.workDir); err != nil {
+		return err
+	}
+	if err := os.Rename(b.workDir, b.finalDir); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	b.workDir = ""
+	return syncDir(b.opts.OutputDir)
+}
+
+// manifestSkeleton is the manifest minus initrd, rootfs and build time.
+func (b *builder) manifestSkeleton() Manifest {
+	return Manifest{
+		SchemaVersion: ManifestSchemaVersion,
+		Profile:       b.profile.Name,
+		Role:          b.profile.Role,
+		RequiredPorts: b.profile.RequiredPorts,
+		Digest:        b.digest,
+		Kernel: KernelManifest{
+			Package:   b.kernel.Package,
+			Version:   b.kernel.Version,
+			Release:   b.kernel.Release,
+			DebSHA256: b.kernel.DebSHA256,
+			SHA256:    b.kernel.VmlinuxSHA256,
+			Size:      b.kernel.VmlinuxSize,
+		},
+		Agent:   AgentManifest{Version: b.opts.AgentVersion, SHA256: b.agentSum, Path: GuestAgentPath},
+		Busybox: BusyboxManifest{SHA256: b.busyboxSum},
+		Builder: BuilderVersion,
+	}
+}
+
+// newResult describes the image in dir.
+func newResult(dir string, m *Manifest, cached bool) *Result {
+	return &Result{
+		Dir:          dir,
+		KernelPath:   filepath.Join(dir, KernelFile),
+		InitrdPath:   filepath.Join(dir, InitrdFile),
+		RootfsPath:   filepath.Join(dir, RootfsFile),
+		ManifestPath: filepath.Join(dir, ManifestFile),
+		Digest:       m.Digest,
+		Manifest:     *m,
+		Cached:       cached,
+	}
+}
+
+// readStaticBinary reads an executable that must run without a dynamic
+// loader (the images have no libc) and returns it with its hex SHA-256.
+func readStaticBinary(path, what string) ([]byte, string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s binary: %w", what, err)
+	}
+	if err := checkStaticELF(data); err != nil {
+		return nil, "", fmt.Errorf("%s binary %s: %w", what, path, err)
+	}
+	return data, sha256Hex(string(data)), nil
+}
+
+// checkStaticELF verifies that data is an x86-64 ELF executable without a
+// program interpreter (i.e. statically linked).
+func checkStaticELF(data []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("not an elf executable: %w", err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_X86_64 {
+		return fmt.Errorf("elf machine %v, want %v", f.Machine, elf.EM_X86_64)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("dynamically linked (has an ELF interpreter); a static binary is required")
+		}
+	}
+	return nil
+}
+
+// moduleNames lists the modules' names in order.
+func moduleNames(mods []kernelModule) []string {
+	names := make([]string, len(mods))
+	for i, m := range mods {
+		names[i] = m.Name
+	}
+	return names
+}
+
+// orDefault returns s, or def when s is empty.
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

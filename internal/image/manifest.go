@@ -1,0 +1,162 @@
+package image
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ManifestSchemaVersion is the version of the Manifest JSON layout.
+const ManifestSchemaVersion = 1
+
+// Names of the files in an image directory.
+const (
+	KernelFile   = "vmlinux"
+	InitrdFile   = "initrd.img"
+	RootfsFile   = "rootfs.ext4"
+	ManifestFile = "manifest.json"
+)
+
+// Manifest describes a built image (manifest.json in the image directory).
+// Two builds from the same inputs produce identical manifests except for
+// BuiltAt.
+type Manifest struct {
+	SchemaVersion int             `json:"schema_version"`
+	Profile       string          `json:"profile"`
+	Role          string          `json:"role"`
+	RequiredPorts []int           `json:"required_ports"`
+	Digest        string          `json:"digest"` // hex SHA-256 of the build inputs
+	Kernel        KernelManifest  `json:"kernel"`
+	Initrd        InitrdManifest  `json:"initrd"`
+	Rootfs        RootfsManifest  `json:"rootfs"`
+	Agent         AgentManifest   `json:"agent"`
+	Busybox       BusyboxManifest `json:"busybox"`
+	BuiltAt       time.Time       `json:"built_at"`
+	Builder       string          `json:"builder"` // builder version
+}
+
+// KernelManifest describes the kernel: the Debian package it came from and
+// the uncompressed ELF vmlinux QEMU boots.
+type KernelManifest struct {
+	Package   string `json:"package"`
+	Version   string `json:"version"`
+	Release   string `json:"release"` // uname -r
+	DebSHA256 string `json:"deb_sha256"`
+	SHA256    string `json:"sha256"` // of vmlinux
+	Size      int64  `json:"size"`
+}
+
+// InitrdManifest describes the initramfs (gzip'd newc cpio).
+type InitrdManifest struct {
+	SHA256  string   `json:"sha256"`
+	Size    int64    `json:"size"`
+	Modules []string `json:"modules"` // in load order
+}
+
+// RootfsManifest describes the raw ext4 root filesystem image.
+type RootfsManifest struct {
+	SHA256   string `json:"sha256"`
+	Size     int64  `json:"size"`      // apparent size in bytes
+	DiskSize int64  `json:"disk_size"` // bytes allocated on the build host (sparse)
+	FSType   string `json:"fs_type"`
+	Label    string `json:"label"`
+	UUID     string `json:"uuid"`
+}
+
+// AgentManifest describes the hearth agent baked into the root filesystem.
+type AgentManifest struct {
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+	Path    string `json:"path"` // inside the guest
+}
+
+// BusyboxManifest describes the busybox binary used in initramfs and rootfs.
+type BusyboxManifest struct {
+	SHA256 string `json:"sha256"`
+}
+
+// ReadManifest reads manifest.json from an image directory.
+func ReadManifest(dir string) (*Manifest, error) {
+	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", ManifestFile, err)
+	}
+	if m.SchemaVersion != ManifestSchemaVersion {
+		return nil, fmt.Errorf("%s: unsupported schema_version %d (want %d)", ManifestFile, m.SchemaVersion, ManifestSchemaVersion)
+	}
+	return &m, nil
+}
+
+// Verify checks that the image files in dir match the manifest's sizes and
+// SHA-256 sums. It reads every file in full.
+func (m *Manifest) Verify(dir string) error {
+	var errs []error
+	for _, f := range m.files() {
+		st, err := statFile(filepath.Join(dir, f.name))
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case st.Size != f.size:
+			errs = append(errs, fmt.Errorf("%s: size %d, manifest says %d", f.name, st.Size, f.size))
+		case st.SHA256 != f.sha256:
+			errs = append(errs, fmt.Errorf("%s: sha256 %s, manifest says %s", f.name, st.SHA256, f.sha256))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// manifestFile is one image file as the manifest records it.
+type manifestFile struct {
+	name   string
+	size   int64
+	sha256 string
+}
+
+// files lists the image files the manifest covers.
+func (m *Manifest) files() []manifestFile {
+	return []manifestFile{
+		{KernelFile, m.Kernel.Size, m.Kernel.SHA256},
+		{InitrdFile, m.Initrd.Size, m.Initrd.SHA256},
+		{RootfsFile, m.Rootfs.Size, m.Rootfs.SHA256},
+	}
+}
+
+// complete reports whether dir holds a finished image for digest: a
+// readable manifest with that digest and every file present at its
+// recorded size. (Contents are not hashed; see Verify.)
+func complete(dir, digest string) (*Manifest, bool) {
+	m, err := ReadManifest(dir)
+	if err != nil || m.Digest != digest {
+		return nil, false
+	}
+	for _, f := range m.files() {
+		st, err := os.Stat(filepath.Join(dir, f.name))
+		if err != nil || !st.Mode().IsRegular() || st.Size() != f.size {
+			return nil, false
+		}
+	}
+	return m, true
+}
+
+// info returns the ImageInfo stored inside the image.
+func (m Manifest) info() ImageInfo {
+	return ImageInfo{
+		SchemaVersion: m.SchemaVersion,
+		Profile:       m.Profile,
+		Role:          m.Role,
+		RequiredPorts: m.RequiredPorts,
+		Digest:        m.Digest,
+		AgentVersion:  m.Agent.Version,
+		AgentSHA256:   m.Agent.SHA256,
+		KernelPackage: m.Kernel.Package,
+		KernelVersion: m.Kernel.Version,
+		Builder:       m.Builder,
+	}
+}

@@ -1,0 +1,272 @@
+package image
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// requireTools skips the test unless all the named programs are installed.
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+func testRootfsSpec(t *testing.T) rootfsSpec {
+	t.Helper()
+	prof, err := LookupProfile("minimal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof.RootfsSizeMiB = 16
+	digest := sha256Hex("test")
+	return rootfsSpec{
+		Profile:   prof,
+		Busybox:   []byte("fake busybox"),
+		Applets:   []string{"bin/sh", "bin/[", "bin/[[", "sbin/init", "usr/bin/env", "bin/busybox"},
+		Agent:     []byte("fake agent"),
+		ImageInfo: []byte(`{"profile":"minimal"}` + "\n"),
+		UUID:      uuidFromDigest(digest, "rootfs-uuid"),
+		HashSeed:  uuidFromDigest(digest, "rootfs-hash-seed"),
+		Epoch:     reproducibleEpoch,
+	}
+}
+
+// debugfsRead runs a read-only debugfs request against an image.
+func debugfsRead(t *testing.T, img, request string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", request, img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs -R %q: %v\n%s", request, err, out)
+	}
+	return string(out)
+}
+
+func TestWriteRootfsReproducible(t *testing.T) {
+	requireTools(t, "mkfs.ext4", "debugfs", "e2fsck")
+	ctx := context.Background()
+	var sums []string
+	var img string
+	for i := 0; i < 2; i++ {
+		dir := t.TempDir()
+		img = filepath.Join(dir, "rootfs.ext4")
+		if err := writeRootfs(ctx, img, dir, testRootfsSpec(t)); err != nil {
+			t.Fatal(err)
+		}
+		sum, err := sha256File(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sums = append(sums, sum)
+	}
+	if sums[0] != sums[1] {
+		t.Fatalf("two builds from identical input differ: %s vs %s", sums[0], sums[1])
+	}
+
+	agent := debugfsRead(t, img, "stat "+GuestAgentPath)
+	for _, want := range []string{"Mode:  0755", "User:     0   Group:     0", "ctime: 0x65920080", "mtime: 0x65920080"} {
+		if !strings.Contains(agent, want) {
+			t.Errorf("agent inode lacks %q:\n%s", want, agent)
+		}
+	}
+	if s := debugfsRead(t, img, "stat /sbin/init"); !strings.Contains(s, `Fast link dest: "/bin/busybox"`) {
+		t.Errorf("/sbin/init is not a link to /bin/busybox:\n%s", s)
+	}
+	if s := debugfsRead(t, img, "cat "+GuestImageInfoPath); !strings.Contains(s, `"profile":"minimal"`) {
+		t.Errorf("image info: %s", s)
+	}
+	if s := debugfsRead(t, img, "cat /etc/inittab"); !strings.Contains(s, "::respawn:"+GuestAgentPath) {
+		t.Errorf("inittab does not respawn the agent:\n%s", s)
+	}
+	if s := debugfsRead(t, img, "stat /tmp"); !strings.Contains(s, "Mode:  01777") {
+		t.Errorf("/tmp mode:\n%s", s)
+	}
+}
+
+func TestDebugfsScriptRejectsOddPaths(t *testing.T) {
+	tr := fsTree{}
+	if err := tr.add(`/etc/we"ird`, fsEntry{mode: 0o644}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := debugfsScript(tr, 0); err == nil {
+		t.Fatal("path with a quote accepted")
+	}
+}
+
+func TestBusyboxTreeNeedsInit(t *testing.T) {
+	s := testRootfsSpec(t)
+	s.Applets = []string{"bin/sh"}
+	if _, err := rootfsTree(s); err == nil {
+		t.Fatal("busybox without an init applet accepted")
+	}
+	s = testRootfsSpec(t)
+	s.Profile.Base = "debootstrap"
+	if _, err := rootfsTree(s); err == nil || !strings.Contains(err.Error(), "unsupported base") {
+		t.Fatalf("unknown base: err = %v", err)
+	}
+}
+
+// fakeModuleTree creates a lib/modules/<release> directory with the
+// testdata modules.dep/modules.builtin and a dummy file for each module.
+func fakeModuleTree(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"modules.dep", "modules.builtin"} {
+		if err := copyFile(filepath.Join("testdata", f), filepath.Join(dir, f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := parseModulesDep(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		p := filepath.Join(dir, m.Path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("module "+m.Name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func testInitramfsSpec(t *testing.T) initramfsSpec {
+	t.Helper()
+	modDir := fakeModuleTree(t)
+	db, err := loadModuleDB(modDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, _, err := db.resolve(baseInitrdModules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return initramfsSpec{Busybox: []byte("fake busybox"), Release: "6.1.0-99-amd64", Modules: mods, ModDir: modDir, MTime: reproducibleEpoch}
+}
+
+func TestWriteInitramfs(t *testing.T) {
+	spec := testInitramfsSpec(t)
+	dir := t.TempDir()
+	sumA, sizeA, err := writeInitramfs(filepath.Join(dir, "a.img"), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sumB, sizeB, err := writeInitramfs(filepath.Join(dir, "b.img"), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sumA != sumB || sizeA != sizeB {
+		t.Fatal("initramfs not deterministic")
+	}
+	f, err := os.Open(filepath.Join(dir, "a.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]newcEntry{}
+	for _, e := range parseNewc(t, raw) {
+		files[e.name] = e
+	}
+	for _, name := range []string{"init", "bin/busybox", "bin/switch_root", "bin/insmod", "dev/console", "newroot",
+		"lib/modules/6.1.0-99-amd64/kernel/fs/ext4/ext4.ko", "lib/modules/6.1.0-99-amd64/kernel/drivers/firmware/qemu_fw_cfg.ko"} {
+		if _, ok := files[name]; !ok {
+			t.Errorf("initramfs lacks %s", name)
+		}
+	}
+	if _, ok := files[strings.TrimPrefix(GuestAgentPath, "/")]; ok {
+		t.Error("the agent must not be in the initramfs")
+	}
+	initScript := string(files["init"].data)
+	if files["init"].fields[1] != 0o100755 {
+		t.Errorf("/init mode %o", files["init"].fields[1])
+	}
+	// Modules are loaded in dependency order.
+	iRing := strings.Index(initScript, "load virtio_ring kernel/drivers/virtio/virtio_ring.ko")
+	iBlk := strings.Index(initScript, "load virtio_blk kernel/drivers/block/virtio_blk.ko")
+	iExt4 := strings.Index(initScript, "load ext4 kernel/fs/ext4/ext4.ko")
+	iJbd2 := strings.Index(initScript, "load jbd2 kernel/fs/jbd2/jbd2.ko")
+	if iRing < 0 || iBlk < iRing || iJbd2 < 0 || iExt4 < iJbd2 {
+		t.Errorf("module load lines missing or out of order:\n%s", initScript)
+	}
+	for _, line := range strings.Split(initScript, "\n") {
+		if strings.Contains(line, "echo ") && strings.Contains(line, "$*") && !strings.Contains(line, `"hearth-initramfs: $*"`) {
+			t.Errorf("failure output without the hearth-initramfs prefix: %s", line)
+		}
+	}
+}
+
+// TestShellScriptsParse syntax-checks /init and rcS with busybox sh -n.
+func TestShellScriptsParse(t *testing.T) {
+	if _, err := os.Stat(DefaultBusybox); err != nil {
+		t.Skip("no busybox")
+	}
+	initScript, err := renderInit(testInitramfsSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, script := range map[string]string{"init": string(initScript), "rcS": minimalRcS} {
+		cmd := exec.Command(DefaultBusybox, "sh", "-n")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s: sh -n: %v\n%s", name, err, out)
+		}
+	}
+}
+
+func TestCheckStaticELF(t *testing.T) {
+	if err := checkStaticELF([]byte("#!/bin/sh\n")); err == nil {
+		t.Error("script accepted as static ELF")
+	}
+	if data, err := os.ReadFile(DefaultBusybox); err == nil {
+		if err := checkStaticELF(data); err != nil {
+			t.Errorf("%s: %v", DefaultBusybox, err)
+		}
+	}
+	if data, err := os.ReadFile("/usr/bin/env"); err == nil {
+		if err := checkStaticELF(data); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+			t.Errorf("/usr/bin/env (dynamic): err = %v", err)
+		}
+	}
+}
+
+func TestBuildRejectsBadOptions(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		opts BuildOptions
+		want string
+	}{
+		{BuildOptions{Profile: "nope", AgentBinary: "/a", AgentVersion: "1", OutputDir: "/o"}, `build nope: unknown profile "nope"`},
+		{BuildOptions{Profile: "minimal", AgentVersion: "1", OutputDir: "/o"}, "build minimal: no agent binary"},
+		{BuildOptions{Profile: "minimal", AgentBinary: "/a", OutputDir: "/o"}, "build minimal: no agent version"},
+		{BuildOptions{Profile: "minimal", AgentBinary: "/a", AgentVersion: "1"}, "build minimal: no output directory"},
+	}
+	for _, c := range cases {
+		if _, err := Build(ctx, c.opts); err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("Build(%+v) error %v, want prefix %q", c.opts, err, c.want)
+		}
+	}
+}
