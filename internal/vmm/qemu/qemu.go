@@ -159,7 +159,7 @@ func (d *Driver) Args(spec vmm.Spec, h vmm.Handle) []string {
 		"-kernel", spec.Kernel,
 		"-initrd", spec.Initrd,
 		"-append", strings.Join(kargs, " "),
-		"-drive", "id=root,file="+h.DiskPath+",format=qcow2,if=none,cache=unsafe",
+		"-drive", "id=root,file="+h.DiskPath+",format=qcow2,if=none",
 		"-device", "virtio-blk-device,drive=root",
 		"-fw_cfg", "name=opt/hearth/token,file="+h.TokenPath,
 		"-chardev", "socket,id=agent,path="+h.AgentSocket+",server=on,wait=off",
