@@ -1,0 +1,13 @@
+//go:build !linux
+
+package agent
+
+import (
+	"fmt"
+	"runtime"
+)
+
+// powerOff is only implemented on Linux, the only system the agent runs on.
+func powerOff() error {
+	return fmt.Errorf("power off: not supported on %s", runtime.GOOS)
+}

@@ -1,0 +1,134 @@
+package agentapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// rejectTimeout bounds the write of a rejected message.
+const rejectTimeout = time.Second
+
+// Handshake authenticates the agent at the other end of conn and starts a
+// session with it. It sends a challenge, waits for a hello that answers it
+// (skipping anything stale that precedes it), verifies the proof against
+// token and sends cfg. A zero cfg.HeartbeatInterval means
+// DefaultHeartbeatInterval.
+//
+// ctx bounds the handshake only (give it a deadline: a guest that never
+// answers is waited for until ctx is done). On success the session owns
+// conn; on error conn is closed. A wrong proof yields an error matching
+// ErrBadProof, after the guest has been sent a rejected message.
+func Handshake(ctx context.Context, conn net.Conn, token []byte, cfg Config) (*Session, error) {
+	s, err := handshake(ctx, conn, token, cfg.WithDefaults())
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("agentapi: handshake: %w", err)
+	}
+	return s, nil
+}
+
+func handshake(ctx context.Context, conn net.Conn, token []byte, cfg Config) (*Session, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(token) < MinTokenSize {
+		return nil, fmt.Errorf("token is %d bytes, at least %d required", len(token), MinTokenSize)
+	}
+	stop := watchContext(ctx, conn.SetDeadline)
+	defer stop()
+
+	enc, dec := NewEncoder(conn), NewDecoder(conn)
+	hello, err := authenticate(conn, enc, dec, token)
+	if err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	msg, err := NewMessage(TypeConfig, 0, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := enc.Encode(msg); err != nil {
+		return nil, ctxErr(ctx, fmt.Errorf("send config: %w", err))
+	}
+	return newSession(conn, enc, dec, hello, cfg), nil
+}
+
+// authenticate sends a challenge and returns the verified hello answering it.
+func authenticate(conn net.Conn, enc *Encoder, dec *Decoder, token []byte) (Hello, error) {
+	nonce := make([]byte, NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return Hello{}, fmt.Errorf("nonce: %w", err)
+	}
+	challenge := Challenge{Protocol: ProtocolVersion, Nonce: base64.StdEncoding.EncodeToString(nonce)}
+	msg, err := NewMessage(TypeChallenge, 0, challenge)
+	if err != nil {
+		return Hello{}, err
+	}
+
+	// Send while reading: the guest may itself be blocked writing stale
+	// messages, and would not read the challenge before they are consumed.
+	sent := make(chan error, 1)
+	go func() { sent <- enc.Encode(msg) }()
+	hello, err := awaitHello(dec, challenge.Nonce)
+	if err != nil {
+		conn.Close() // unblocks the sender
+		<-sent
+		return Hello{}, err
+	}
+	if err := <-sent; err != nil {
+		return Hello{}, fmt.Errorf("send challenge: %w", err)
+	}
+
+	if err := hello.Validate(); err != nil {
+		reject(conn, enc, err.Error())
+		return Hello{}, err
+	}
+	if !verifyProof(token, nonce, hello.Proof) {
+		reject(conn, enc, "bad proof")
+		return Hello{}, ErrBadProof
+	}
+	return hello, nil
+}
+
+// awaitHello returns the first hello that echoes nonce. Anything before it
+// is stale (left over from an earlier connection) and ignored.
+func awaitHello(dec *Decoder, nonce string) (Hello, error) {
+	for {
+		env, err := dec.Decode()
+		if errors.Is(err, ErrMalformed) {
+			continue // e.g. the tail of a line cut by a reconnect
+		}
+		if err != nil {
+			return Hello{}, fmt.Errorf("await hello: %w", err)
+		}
+		if env.Type != TypeHello {
+			continue
+		}
+		var h Hello
+		if err := env.DecodeBody(&h); err != nil {
+			return Hello{}, err
+		}
+		if h.Nonce != nonce {
+			continue // answers an earlier challenge
+		}
+		if env.V != ProtocolVersion {
+			return Hello{}, fmt.Errorf("%w: envelope version %d", ErrProtocol, env.V)
+		}
+		return h, nil
+	}
+}
+
+// reject tells the guest why it was refused. It is best effort: the
+// connection is closed right after.
+func reject(conn net.Conn, enc *Encoder, reason string) {
+	msg, err := NewMessage(TypeRejected, 0, Rejected{Reason: reason})
+	if err != nil {
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(rejectTimeout))
+	_ = enc.Encode(msg)
+}
