@@ -1,0 +1,73 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/store/sqlite"
+)
+
+func TestKeysVerifyAndFail(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, t.TempDir()+"/h.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	if err := st.CreateUser(ctx, store.User{ID: "alice", Name: "alice", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	key, rec, err := NewKey("ci", store.ScopeUser, "alice", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(rec.SecretHash), key) || len(rec.SecretHash) != 32 {
+		t.Fatal("record must hold only a hash")
+	}
+	if err := st.CreateAPIKey(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	v := &Verifier{Keys: st, Now: time.Now}
+	id, err := v.Verify(ctx, key)
+	if err != nil || id.UserID != "alice" || id.Admin() || !id.CanSee("alice") || id.CanSee("bob") {
+		t.Fatalf("verify: %+v %v", id, err)
+	}
+	bad := []string{
+		"",
+		"nonsense",
+		key[:len(key)-1] + "x", // wrong secret
+		strings.Replace(key, rec.ID, "aaaaaaaaaaaaaaaa", 1), // unknown id
+		key + "x", // wrong length
+	}
+	for _, k := range bad {
+		if _, err := v.Verify(ctx, k); !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("key %q: want ErrUnauthenticated, got %v", k, err)
+		}
+	}
+	if err := st.RevokeAPIKey(ctx, rec.ID, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(ctx, key); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("revoked key accepted: %v", err)
+	}
+	if _, _, err := NewKey("x", store.ScopeUser, "", now); err == nil {
+		t.Fatal("user key without user accepted")
+	}
+	if _, _, err := NewKey("x", "root", "", now); err == nil {
+		t.Fatal("unknown scope accepted")
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	for h, want := range map[string]string{"Bearer abc": "abc", "bearer  abc ": "abc", "Basic abc": "", "Bearer": "", "": ""} {
+		got, ok := BearerToken(h)
+		if got != want || ok != (want != "") {
+			t.Errorf("%q: %q %v", h, got, ok)
+		}
+	}
+}
