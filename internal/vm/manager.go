@@ -1,0 +1,356 @@
+// Package vm owns the lifecycle of every VM: the state machine, creation and
+// deletion as idempotent steps, a supervisor goroutine per VM that holds the
+// agent session and watches the process, and adoption of running VMs after
+// the daemon restarts. A VM's lifetime belongs to the Manager, never to the
+// request that asked for it.
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/vmm"
+)
+
+// Config bounds requests and sets the lifecycle's deadlines.
+type Config struct {
+	VMsDir            string
+	Roles             map[string][]int
+	DefaultVCPUs      int
+	MaxVCPUs          int
+	DefaultMemoryMiB  int
+	MinMemoryMiB      int
+	MaxMemoryMiB      int
+	BootTimeout       time.Duration
+	MaxBootTimeout    time.Duration
+	StopTimeout       time.Duration
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	// StopOnShutdown stops every VM when the manager shuts down; otherwise
+	// VMs keep running and the next manager adopts them.
+	StopOnShutdown bool
+}
+
+// CreateRequest is what a caller may ask for.
+type CreateRequest struct {
+	UserID      string
+	Image       string
+	Role        string
+	VCPUs       int
+	MemoryMiB   int
+	BootTimeout time.Duration
+}
+
+// Manager runs VMs.
+type Manager struct {
+	cfg    Config
+	store  store.Store
+	driver vmm.Driver
+	agents AgentDialer
+	log    *slog.Logger
+	bus    *Bus
+
+	ctx    context.Context // the manager's lifetime; VMs' supervisors run under it
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	wg        sync.WaitGroup
+}
+
+// New returns a manager. Call Start before use.
+func New(cfg Config, st store.Store, drv vmm.Driver, agents AgentDialer, log *slog.Logger) *Manager {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		cfg: cfg, store: st, driver: drv, agents: agents, log: log, bus: NewBus(),
+		ctx: ctx, cancel: cancel, instances: map[string]*instance{},
+	}
+}
+
+// Bus returns the live event bus.
+func (m *Manager) Bus() *Bus { return m.bus }
+
+// Driver returns the VMM driver in use.
+func (m *Manager) Driver() vmm.Driver { return m.driver }
+
+// newID returns a short random VM id ("vm-" + 16 base32 characters).
+func newID() string {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand failed: %v", err)) // the kernel's RNG does not fail
+	}
+	return "vm-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// newToken returns a fresh per-VM agent secret in the text form the guest
+// reads at boot.
+func newToken() ([]byte, error) {
+	tok, err := agentapi.NewToken()
+	if err != nil {
+		return nil, err
+	}
+	return []byte(agentapi.FormatToken(tok)), nil
+}
+
+// Validate checks a request against the configured bounds and the images in
+// the store, filling defaults. It returns ErrInvalid or ErrNotFound errors
+// with caller-facing messages.
+func (m *Manager) validate(ctx context.Context, req *CreateRequest) (store.Image, error) {
+	if req.VCPUs == 0 {
+		req.VCPUs = m.cfg.DefaultVCPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = m.cfg.DefaultMemoryMiB
+	}
+	if req.BootTimeout == 0 {
+		req.BootTimeout = m.cfg.BootTimeout
+	}
+	if req.VCPUs < 1 || req.VCPUs > m.cfg.MaxVCPUs {
+		return store.Image{}, errdefs.Invalidf("vcpus must be between 1 and %d, got %d", m.cfg.MaxVCPUs, req.VCPUs)
+	}
+	if req.MemoryMiB < m.cfg.MinMemoryMiB || req.MemoryMiB > m.cfg.MaxMemoryMiB {
+		return store.Image{}, errdefs.Invalidf("memory_mib must be between %d and %d, got %d", m.cfg.MinMemoryMiB, m.cfg.MaxMemoryMiB, req.MemoryMiB)
+	}
+	if req.BootTimeout < time.Second || req.BootTimeout > m.cfg.MaxBootTimeout {
+		return store.Image{}, errdefs.Invalidf("boot_timeout_seconds must be between 1 and %d", int(m.cfg.MaxBootTimeout.Seconds()))
+	}
+	if req.Image == "" {
+		return store.Image{}, errdefs.Invalidf("image is required")
+	}
+	img, err := m.store.GetImage(ctx, req.Image)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Image{}, errdefs.Invalidf("unknown image %q", req.Image)
+	}
+	if errors.Is(err, store.ErrConflict) {
+		return store.Image{}, errdefs.Invalidf("image %q is ambiguous; give more of its id", req.Image)
+	}
+	if err != nil {
+		return store.Image{}, fmt.Errorf("look up image: %w", err)
+	}
+	if req.Role == "" {
+		req.Role = img.Role
+	}
+	if _, ok := m.cfg.Roles[req.Role]; !ok {
+		return store.Image{}, errdefs.Invalidf("unknown role %q (known: %s)", req.Role, strings.Join(m.roleNames(), ", "))
+	}
+	if req.UserID == "" {
+		return store.Image{}, errdefs.Invalidf("user is required")
+	}
+	if _, err := m.store.GetUser(ctx, req.UserID); errors.Is(err, store.ErrNotFound) {
+		return store.Image{}, errdefs.Invalidf("unknown user %q", req.UserID)
+	} else if err != nil {
+		return store.Image{}, fmt.Errorf("look up user: %w", err)
+	}
+	return img, nil
+}
+
+func (m *Manager) roleNames() []string {
+	names := make([]string, 0, len(m.cfg.Roles))
+	for r := range m.cfg.Roles {
+		names = append(names, r)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Create records a new VM and hands it to a supervisor that boots it. It
+// returns at once with the VM in state pending; nothing is left behind if
+// the request is invalid.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, error) {
+	if m.ctx.Err() != nil {
+		return store.VM{}, errdefs.Unavailablef("hearth is shutting down")
+	}
+	img, err := m.validate(ctx, &req)
+	if err != nil {
+		return store.VM{}, err
+	}
+	now := time.Now().UTC()
+	id := newID()
+	v := store.VM{
+		ID: id, UserID: req.UserID, ImageID: img.ID, Role: req.Role,
+		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Driver: m.driver.Name(),
+		State: store.StatePending, Dir: filepath.Join(m.cfg.VMsDir, id),
+		BootDeadline: now.Add(req.BootTimeout), CreatedAt: now, UpdatedAt: now,
+	}
+	if err := m.store.CreateVM(ctx, v); err != nil {
+		return store.VM{}, fmt.Errorf("record vm: %w", err)
+	}
+	ev, err := m.store.AppendEvent(ctx, store.Event{At: now, Type: "vm.created", VMID: id, UserID: v.UserID,
+		ToState: store.StatePending, Message: fmt.Sprintf("image %s, role %s, %d vcpu, %d MiB", img.Name, v.Role, v.VCPUs, v.MemoryMiB)})
+	if err == nil {
+		m.bus.Publish(ev)
+	}
+	m.spawn(v, modeRun)
+	return v, nil
+}
+
+// Get returns one VM.
+func (m *Manager) Get(ctx context.Context, id string) (store.VM, error) {
+	v, err := m.store.GetVM(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.VM{}, errdefs.NotFoundf("vm %s not found", id)
+	}
+	return v, err
+}
+
+// List returns VMs matching f.
+func (m *Manager) List(ctx context.Context, f store.VMFilter) ([]store.VM, error) {
+	return m.store.ListVMs(ctx, f)
+}
+
+// Delete starts tearing a VM down and returns its current record. It is
+// idempotent and works from every state; the teardown itself belongs to the
+// manager, so the caller's cancellation does not interrupt it.
+func (m *Manager) Delete(ctx context.Context, id string) (store.VM, error) {
+	v, err := m.Get(ctx, id)
+	if err != nil {
+		return store.VM{}, err
+	}
+	if v.State == store.StateDestroyed {
+		return v, nil
+	}
+	m.mu.Lock()
+	inst, running := m.instances[id]
+	m.mu.Unlock()
+	if running {
+		inst.requestStop()
+	} else {
+		m.spawn(v, modeDestroy)
+	}
+	// Give the supervisor a moment so the answer usually shows "stopping".
+	select {
+	case <-time.After(20 * time.Millisecond):
+	case <-ctx.Done():
+	}
+	return m.Get(context.WithoutCancel(ctx), id)
+}
+
+// Wait blocks until the VM reaches target, the target becomes unreachable
+// (e.g. the VM failed while the caller waited for ready), or ctx ends.
+func (m *Manager) Wait(ctx context.Context, id string, target store.State) (store.VM, error) {
+	sub := m.bus.Subscribe(64)
+	defer sub.Close()
+	for {
+		v, err := m.Get(ctx, id)
+		if err != nil {
+			return store.VM{}, err
+		}
+		if v.State == target {
+			return v, nil
+		}
+		if !Reachable(v.State, target) {
+			return v, errdefs.Conflictf("vm %s is %s and can no longer become %s", id, v.State, target)
+		}
+		if err := waitForVMEvent(ctx, sub, id); err != nil {
+			if errors.Is(err, errBusDropped) {
+				sub = m.bus.Subscribe(64)
+				defer sub.Close()
+				continue
+			}
+			return v, errdefs.Timeoutf("vm %s is still %s", id, v.State)
+		}
+	}
+}
+
+var errBusDropped = errors.New("subscription dropped")
+
+func waitForVMEvent(ctx context.Context, sub *Subscription, id string) error {
+	for {
+		select {
+		case e, ok := <-sub.C:
+			if !ok {
+				return errBusDropped
+			}
+			if e.VMID == id {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// ConsoleTail returns up to n bytes from the end of the VM's console log,
+// starting at a line boundary.
+func ConsoleTail(v store.VM, n int64) string {
+	f, err := os.Open(ConsolePath(v))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := st.Size() - n
+	if off < 0 {
+		off = 0
+	}
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return ""
+	}
+	s := string(buf)
+	if off > 0 {
+		if i := strings.IndexByte(s, '\n'); i >= 0 {
+			s = s[i+1:]
+		}
+	}
+	return s
+}
+
+// ConsolePath is where a VM's serial console is captured.
+func ConsolePath(v store.VM) string {
+	if h, err := vmm.UnmarshalHandle(v.Handle); err == nil && h.ConsolePath != "" {
+		return h.ConsolePath
+	}
+	return filepath.Join(v.Dir, "console.log")
+}
+
+// transition moves a VM to a new state (checked against the state machine),
+// applies extra changes and publishes the event.
+func (m *Manager) transition(id string, to store.State, msg string, fn func(*store.VM)) (store.VM, error) {
+	ctx := context.WithoutCancel(m.ctx)
+	v, ev, err := m.store.UpdateVM(ctx, id, msg, func(v *store.VM) error {
+		if v.State != to {
+			if err := checkTransition(v.State, to); err != nil {
+				return err
+			}
+		}
+		v.State = to
+		if fn != nil {
+			fn(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return v, fmt.Errorf("vm %s to %s: %w", id, to, err)
+	}
+	if ev != nil {
+		m.bus.Publish(*ev)
+		m.log.Info("vm state", "vm", id, "from", ev.FromState, "to", ev.ToState, "msg", msg)
+	}
+	return v, nil
+}
+
+// update changes fields of a VM without a state change.
+func (m *Manager) update(id string, fn func(*store.VM)) (store.VM, error) {
+	v, _, err := m.store.UpdateVM(context.WithoutCancel(m.ctx), id, "", func(v *store.VM) error {
+		fn(v)
+		return nil
+	})
+	return v, err
+}

@@ -1,0 +1,559 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/vmm"
+)
+
+// AgentHello is what an authenticated agent says about its guest.
+type AgentHello struct {
+	Version  string
+	BootTime time.Time
+}
+
+// AgentEvent is a readiness or liveness report from the agent.
+type AgentEvent struct {
+	Type string // "port_ready", "ready" or "heartbeat"
+	Port int
+	At   time.Time
+}
+
+// AgentSession is an authenticated conversation with one guest's agent.
+type AgentSession interface {
+	Events() <-chan AgentEvent
+	Shutdown(ctx context.Context) error
+	Done() <-chan struct{}
+	Close() error
+}
+
+// AgentDialer connects to a guest agent through its host-side socket and
+// authenticates it with the VM's token.
+type AgentDialer interface {
+	Connect(ctx context.Context, socket string, token []byte, requiredPorts []int, heartbeat time.Duration) (AgentSession, AgentHello, error)
+}
+
+type mode int
+
+const (
+	modeRun     mode = iota // boot (or resume booting) a VM
+	modeAdopt               // re-attach to a VM found running at start
+	modeDestroy             // tear down a VM nobody supervises
+)
+
+// instance is the supervisor of one VM.
+type instance struct {
+	id       string
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+func (i *instance) requestStop() { i.stopOnce.Do(func() { close(i.stop) }) }
+
+func (i *instance) stopRequested() bool {
+	select {
+	case <-i.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// spawn starts a supervisor for v unless one runs already.
+func (m *Manager) spawn(v store.VM, md mode) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.instances[v.ID]; ok {
+		return
+	}
+	inst := &instance{id: v.ID, stop: make(chan struct{}), done: make(chan struct{})}
+	if md == modeDestroy {
+		inst.requestStop()
+	}
+	m.instances[v.ID] = inst
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(inst.done)
+		defer func() {
+			m.mu.Lock()
+			delete(m.instances, v.ID)
+			m.mu.Unlock()
+		}()
+		m.supervise(inst, v, md)
+	}()
+}
+
+// supervise drives one VM from its current state to its next resting one.
+func (m *Manager) supervise(inst *instance, v store.VM, md mode) {
+	log := m.log.With("vm", v.ID)
+	if md == modeDestroy || v.State == store.StateStopping || v.State == store.StateStopped {
+		m.teardown(v, nil)
+		return
+	}
+	if v.State == store.StateFailed {
+		m.release(v)
+		return
+	}
+	var h vmm.Handle
+	var err error
+	if md == modeRun && v.State == store.StatePending {
+		v, h, err = m.boot(inst, v)
+		if err != nil {
+			m.fail(v.ID, err.Error())
+			return
+		}
+	} else {
+		if h, err = vmm.UnmarshalHandle(v.Handle); err != nil {
+			m.fail(v.ID, err.Error())
+			return
+		}
+		if !m.driver.Alive(h) {
+			m.fail(v.ID, "vm process exited while hearth was not running")
+			return
+		}
+		log.Info("adopted running vm", "pid", h.PID, "state", v.State)
+	}
+	exited, err := m.driver.Watch(h)
+	if err != nil {
+		m.fail(v.ID, fmt.Sprintf("watch vm process: %v", err))
+		return
+	}
+	m.monitor(inst, v, h, exited)
+}
+
+// boot runs the creation steps; each one is idempotent, and a failure undoes
+// what the earlier ones made (the cleanup stack).
+func (m *Manager) boot(inst *instance, v store.VM) (store.VM, vmm.Handle, error) {
+	ctx := context.WithoutCancel(m.ctx)
+	img, err := m.store.GetImage(ctx, v.ImageID)
+	if err != nil {
+		return v, vmm.Handle{}, fmt.Errorf("image %s: %w", v.ImageID, err)
+	}
+	token, err := newToken()
+	if err != nil {
+		return v, vmm.Handle{}, err
+	}
+	spec := vmm.Spec{ID: v.ID, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
+		Kernel: img.KernelPath, Initrd: img.InitrdPath, Rootfs: img.RootfsPath, Token: token}
+	var undo cleanupStack
+	h, err := m.driver.Prepare(ctx, spec)
+	undo.push(func() { _ = m.driver.Cleanup(ctx, h) })
+	if err != nil {
+		undo.run()
+		return v, h, fmt.Errorf("prepare: %w", err)
+	}
+	v, err = m.transition(v.ID, store.StateBooting, "starting "+m.driver.Name(), func(x *store.VM) { x.Handle = h.Marshal() })
+	if err != nil {
+		undo.run()
+		return v, h, err
+	}
+	if inst.stopRequested() {
+		return v, h, nil // monitor sees the stop at once and tears down
+	}
+	if err := m.driver.Start(ctx, spec, &h); err != nil {
+		undo.run()
+		return v, h, err
+	}
+	undo.push(func() { _ = m.driver.Stop(ctx, h, 0) })
+	if v, err = m.update(v.ID, func(x *store.VM) { x.Handle = h.Marshal() }); err != nil {
+		undo.run()
+		return v, h, fmt.Errorf("record handle: %w", err)
+	}
+	return v, h, nil
+}
+
+type cleanupStack []func()
+
+func (c *cleanupStack) push(f func()) { *c = append(*c, f) }
+func (c *cleanupStack) run() {
+	for i := len(*c) - 1; i >= 0; i-- {
+		(*c)[i]()
+	}
+	*c = nil
+}
+
+// agentResult is what the agent goroutine hands the monitor.
+type agentResult struct {
+	sess  AgentSession
+	hello AgentHello
+	err   error
+}
+
+// monitor holds the agent session and watches the process until the VM is
+// deleted, fails, or the manager shuts down.
+func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-chan struct{}) {
+	log := m.log.With("vm", v.ID)
+	ports := m.cfg.Roles[v.Role]
+	token, err := readToken(h.TokenPath)
+	if err != nil {
+		m.fail(v.ID, err.Error())
+		return
+	}
+	var sess AgentSession
+	defer func() {
+		if sess != nil {
+			sess.Close()
+		}
+	}()
+	var (
+		helloSeen  bool
+		readyPorts = map[int]bool{}
+		connecting chan agentResult
+		connCancel context.CancelFunc = func() {}
+	)
+	defer func() { connCancel() }()
+	connect := func(deadline time.Time) {
+		ctx, cancel := context.WithDeadline(m.ctx, deadline)
+		connCancel = cancel
+		ch := make(chan agentResult, 1)
+		connecting = ch
+		go func() {
+			s, hello, err := m.agents.Connect(ctx, h.AgentSocket, token, ports, m.cfg.HeartbeatInterval)
+			ch <- agentResult{s, hello, err}
+		}()
+	}
+	// A booting VM has until its deadline; an adopted ready VM has one
+	// heartbeat timeout to answer again.
+	deadline := v.BootDeadline
+	if v.State == store.StateReady {
+		deadline = time.Now().Add(m.cfg.HeartbeatTimeout)
+	}
+	connect(deadline)
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	var events <-chan AgentEvent
+	var sessDone <-chan struct{}
+
+	for {
+		select {
+		case <-inst.stop:
+			connCancel()
+			m.teardown(v, sess)
+			sess = nil
+			return
+
+		case <-m.ctx.Done():
+			if m.cfg.StopOnShutdown {
+				m.teardown(v, sess)
+				sess = nil
+			}
+			return
+
+		case <-exited:
+			if inst.stopRequested() {
+				m.teardown(v, nil)
+				return
+			}
+			reason := "vm process exited unexpectedly"
+			if v.State == store.StateBooting {
+				reason = "vm process exited before the guest became ready"
+			}
+			m.fail(v.ID, reason)
+			return
+
+		case r := <-connecting:
+			connecting = nil
+			if r.err != nil {
+				if m.ctx.Err() != nil {
+					continue
+				}
+				if time.Now().Before(deadline) {
+					// The agent is not there yet (or the session broke
+					// during a restart): try again until the deadline.
+					time.Sleep(200 * time.Millisecond)
+					connect(deadline)
+					continue
+				}
+				continue // the timer reports the failure
+			}
+			sess, events, sessDone = r.sess, r.sess.Events(), r.sess.Done()
+			helloSeen = true
+			log.Info("agent connected", "agent_version", r.hello.Version)
+			v, _ = m.update(v.ID, func(x *store.VM) {
+				x.AgentVersion = r.hello.Version
+				x.GuestBootAt = r.hello.BootTime
+				x.LastHeartbeatAt = time.Now().UTC()
+			})
+
+		case e, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			switch e.Type {
+			case "port_ready":
+				readyPorts[e.Port] = true
+			case "ready":
+				if v.State == store.StateBooting {
+					nv, err := m.transition(v.ID, store.StateReady, readyMessage(ports), func(x *store.VM) {
+						x.ReadyAt = time.Now().UTC()
+						x.LastHeartbeatAt = x.ReadyAt
+					})
+					if err != nil {
+						log.Error("mark ready", "err", err)
+						continue
+					}
+					v = nv
+				}
+				resetTimer(timer, m.cfg.HeartbeatTimeout)
+			case "heartbeat":
+				if v.State == store.StateReady {
+					resetTimer(timer, m.cfg.HeartbeatTimeout)
+					v, _ = m.update(v.ID, func(x *store.VM) { x.LastHeartbeatAt = e.At.UTC() })
+				}
+			}
+
+		case <-sessDone:
+			// The guest went away (agent restarted, or it is shutting
+			// down); reconnect while the process lives.
+			log.Warn("agent session ended; reconnecting")
+			sess.Close()
+			sess, events, sessDone = nil, nil, nil
+			deadline = time.Now().Add(m.cfg.HeartbeatTimeout)
+			if v.State == store.StateBooting && v.BootDeadline.Before(deadline) {
+				deadline = v.BootDeadline
+			}
+			connect(deadline)
+
+		case <-timer.C:
+			if v.State == store.StateReady && sess != nil {
+				m.fail(v.ID, fmt.Sprintf("agent sent no heartbeat for %s", m.cfg.HeartbeatTimeout))
+				return
+			}
+			m.fail(v.ID, notReadyReason(v, helloSeen, ports, readyPorts, deadline))
+			return
+		}
+	}
+}
+
+// readToken reads the VM's agent secret from the file its driver delivers
+// to the guest.
+func readToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read agent token: %w", err)
+	}
+	tok, err := agentapi.ParseToken(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("read agent token: %w", err)
+	}
+	return tok, nil
+}
+
+func readyMessage(ports []int) string {
+	if len(ports) == 0 {
+		return "agent reported ready"
+	}
+	return fmt.Sprintf("agent reported ready; ports %v accept connections", ports)
+}
+
+func notReadyReason(v store.VM, helloSeen bool, ports []int, ready map[int]bool, deadline time.Time) string {
+	if v.State == store.StateReady {
+		return "agent stopped answering"
+	}
+	within := deadline.Sub(v.CreatedAt).Round(time.Second)
+	if !helloSeen {
+		return fmt.Sprintf("not ready within %s: the guest agent never connected", within)
+	}
+	var missing []string
+	for _, p := range ports {
+		if !ready[p] {
+			missing = append(missing, fmt.Sprint(p))
+		}
+	}
+	return fmt.Sprintf("not ready within %s: agent connected but port(s) %s never accepted connections", within, strings.Join(missing, ", "))
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(d)
+}
+
+// fail marks the VM failed with reason, then releases what it holds.
+func (m *Manager) fail(id, reason string) {
+	v, err := m.transition(id, store.StateFailed, reason, func(x *store.VM) {
+		x.FailureReason = reason
+		x.StoppedAt = time.Now().UTC()
+	})
+	if err != nil {
+		m.log.Error("mark failed", "vm", id, "reason", reason, "err", err)
+		return
+	}
+	m.release(v)
+}
+
+// release stops a failed VM's process and removes its disk, sockets and
+// token. The console log stays, so the failure can be read, until the VM is
+// deleted.
+func (m *Manager) release(v store.VM) {
+	ctx := context.WithoutCancel(m.ctx)
+	h, err := vmm.UnmarshalHandle(v.Handle)
+	if err != nil || h.Dir == "" {
+		return
+	}
+	if err := m.driver.Stop(ctx, h, 0); err != nil {
+		m.log.Error("stop failed vm", "vm", v.ID, "err", err)
+		return
+	}
+	if err := m.driver.Cleanup(ctx, h); err != nil {
+		m.log.Error("clean up failed vm", "vm", v.ID, "err", err)
+	}
+}
+
+// teardown stops the VM gracefully (agent first, then the driver), removes
+// every resource and marks it destroyed. Each step is idempotent, so a
+// teardown interrupted by a crash is finished by the next daemon.
+func (m *Manager) teardown(v store.VM, sess AgentSession) {
+	ctx := context.WithoutCancel(m.ctx)
+	log := m.log.With("vm", v.ID)
+	h, _ := vmm.UnmarshalHandle(v.Handle)
+	if v.State != store.StateFailed && v.State != store.StateStopped {
+		var err error
+		if v, err = m.transition(v.ID, store.StateStopping, "stop requested", nil); err != nil {
+			log.Error("mark stopping", "err", err)
+			return
+		}
+		grace := m.cfg.StopTimeout
+		if sess != nil && m.driver.Alive(h) {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := sess.Shutdown(sctx); err == nil {
+				if ch, err := m.driver.Watch(h); err == nil {
+					select {
+					case <-ch:
+					case <-time.After(grace):
+					}
+				}
+			}
+			cancel()
+		}
+		if sess != nil {
+			sess.Close()
+		}
+		if err := m.driver.Stop(ctx, h, grace/2); err != nil {
+			log.Error("stop vm", "err", err)
+			m.fail(v.ID, fmt.Sprintf("stop: %v", err))
+			return
+		}
+		if v, err = m.transition(v.ID, store.StateStopped, "vm process stopped", func(x *store.VM) { x.StoppedAt = time.Now().UTC() }); err != nil {
+			log.Error("mark stopped", "err", err)
+			return
+		}
+	} else if h.Dir != "" {
+		if err := m.driver.Stop(ctx, h, 0); err != nil {
+			log.Error("stop vm", "err", err)
+			return
+		}
+	}
+	if h.Dir != "" {
+		if err := m.driver.Cleanup(ctx, h); err != nil {
+			log.Error("clean up vm", "err", err)
+			return
+		}
+	}
+	if v.Dir != "" {
+		if err := os.RemoveAll(v.Dir); err != nil {
+			log.Error("remove vm dir", "err", err)
+			return
+		}
+	}
+	if _, err := m.transition(v.ID, store.StateDestroyed, "all resources released", func(x *store.VM) { x.DestroyedAt = time.Now().UTC() }); err != nil {
+		log.Error("mark destroyed", "err", err)
+	}
+}
+
+// Start reconciles the store with the host: VMs still running are adopted,
+// VMs whose process died are failed and cleaned up, interrupted creations
+// and deletions are finished, and VM directories or processes that belong
+// to no VM are removed.
+func (m *Manager) Start(ctx context.Context) error {
+	vms, err := m.store.ListVMs(ctx, store.VMFilter{})
+	if err != nil {
+		return fmt.Errorf("list vms: %w", err)
+	}
+	known := map[string]bool{}
+	for _, v := range vms {
+		known[v.ID] = true
+		switch v.State {
+		case store.StatePending:
+			m.spawn(v, modeRun)
+		case store.StateBooting, store.StateReady:
+			m.spawn(v, modeAdopt)
+		case store.StateStopping, store.StateStopped:
+			m.spawn(v, modeDestroy) // a deletion was interrupted: finish it
+		case store.StateFailed:
+			if h, _ := vmm.UnmarshalHandle(v.Handle); m.driver.Alive(h) || (h.DiskPath != "" && exists(h.DiskPath)) {
+				m.spawn(v, modeAdopt) // supervise releases what a failed VM still holds
+			}
+		}
+	}
+	return m.removeStrays(known)
+}
+
+// StrayFinder is implemented by drivers that can list their processes that
+// belong to no known VM.
+type StrayFinder interface {
+	FindStrays(vmsDir string, known map[string]bool) ([]int, error)
+	KillStray(pid int) error
+}
+
+func (m *Manager) removeStrays(known map[string]bool) error {
+	entries, err := os.ReadDir(m.cfg.VMsDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("read vms dir: %w", err)
+	}
+	if sf, ok := m.driver.(StrayFinder); ok {
+		pids, err := sf.FindStrays(m.cfg.VMsDir, known)
+		if err != nil {
+			return fmt.Errorf("find stray vm processes: %w", err)
+		}
+		for _, pid := range pids {
+			m.log.Warn("killing stray vm process", "pid", pid)
+			if err := sf.KillStray(pid); err != nil {
+				m.log.Error("kill stray", "pid", pid, "err", err)
+			}
+		}
+	}
+	for _, e := range entries {
+		if !known[e.Name()] {
+			m.log.Warn("removing stray vm directory", "dir", e.Name())
+			if err := os.RemoveAll(m.cfg.VMsDir + "/" + e.Name()); err != nil {
+				return fmt.Errorf("remove stray %s: %w", e.Name(), err)
+			}
+		}
+	}
+	return nil
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// Shutdown stops supervising. VMs keep running (and are adopted by the next
+// manager) unless StopOnShutdown is set, in which case they are stopped.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	m.cancel()
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("vm supervisors still running: %w", ctx.Err())
+	}
+}

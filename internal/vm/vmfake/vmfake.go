@@ -1,0 +1,241 @@
+// Package vmfake holds hand-written fakes of the VMM driver and the guest
+// agent, so lifecycle and API code can be tested without booting guests.
+// They behave like the real parts (processes outlive managers, agents prove
+// the VM's token) but run in memory.
+package vmfake
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/internal/vmm"
+)
+
+// Driver runs "VMs" as entries in a map; the processes outlive any
+// manager, as real detached QEMU processes do.
+type Driver struct {
+	mu      sync.Mutex
+	nextPID int
+	procs   map[int]chan struct{} // pid -> closed on exit
+	Started int
+	FailOn  string // "prepare" or "start": fail that step
+}
+
+// NewDriver returns a driver with no VMs.
+func NewDriver() *Driver {
+	return &Driver{nextPID: 1000, procs: map[int]chan struct{}{}}
+}
+
+var (
+	_ vmm.Driver     = (*Driver)(nil)
+	_ vm.AgentDialer = (*Agents)(nil)
+)
+
+func (d *Driver) Name() string { return "fake" }
+func (d *Driver) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{Accel: "tcg", AgentTransport: "fake", DiskCloning: "none", GracefulStop: true}
+}
+
+func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
+	h := vmm.Handle{Driver: "fake", Dir: spec.Dir, ConsolePath: filepath.Join(spec.Dir, "console.log"),
+		AgentSocket: filepath.Join(spec.Dir, "agent.sock"), DiskPath: filepath.Join(spec.Dir, "disk"),
+		TokenPath: filepath.Join(spec.Dir, "token")}
+	if d.FailOn == "prepare" {
+		return h, errors.New("fake prepare failure")
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return h, err
+	}
+	if err := os.WriteFile(h.TokenPath, spec.Token, 0o600); err != nil {
+		return h, err
+	}
+	if err := os.WriteFile(h.DiskPath, []byte("disk"), 0o600); err != nil {
+		return h, err
+	}
+	return h, os.WriteFile(h.ConsolePath, []byte("fake kernel booting\nfake init\n"), 0o600)
+}
+
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error {
+	if d.FailOn == "start" {
+		return errors.New("qemu failed to start: fake")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nextPID++
+	h.PID, h.PIDStart = d.nextPID, 1
+	d.procs[h.PID] = make(chan struct{})
+	d.Started++
+	return nil
+}
+
+func (d *Driver) Alive(h vmm.Handle) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ch, ok := d.procs[h.PID]
+	if !ok {
+		return false
+	}
+	select {
+	case <-ch:
+		return false
+	default:
+		return true
+	}
+}
+
+func (d *Driver) Watch(h vmm.Handle) (<-chan struct{}, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ch, ok := d.procs[h.PID]
+	if !ok {
+		ch = make(chan struct{})
+		close(ch)
+	}
+	return ch, nil
+}
+
+// Kill ends a process as a crash would.
+func (d *Driver) Kill(pid int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ch, ok := d.procs[pid]; ok {
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+	}
+}
+
+func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) error {
+	d.Kill(h.PID)
+	return nil
+}
+
+func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
+	if d.Alive(h) {
+		return errors.New("still running")
+	}
+	for _, p := range []string{h.DiskPath, h.TokenPath, h.AgentSocket} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Running counts live processes.
+func (d *Driver) Running() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, ch := range d.procs {
+		select {
+		case <-ch:
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// Behaviour says how a fake guest's agent behaves.
+type Behaviour int
+
+const (
+	GuestReady      Behaviour = iota // connects and reports ready
+	GuestSilent                      // never connects
+	GuestPortsStuck                  // connects, never reports ready
+)
+
+// Agents plays the guest side: it answers when the VM's "process" runs.
+type Agents struct {
+	mu        sync.Mutex
+	behaviour Behaviour
+	shutdowns int
+}
+
+// SetBehaviour changes how guests answer from now on.
+func (a *Agents) SetBehaviour(b Behaviour) {
+	a.mu.Lock()
+	a.behaviour = b
+	a.mu.Unlock()
+}
+
+// Shutdowns counts graceful shutdowns asked through the agent.
+func (a *Agents) Shutdowns() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.shutdowns
+}
+
+// Connect implements vm.AgentDialer.
+func (a *Agents) Connect(ctx context.Context, socket string, token []byte, ports []int, hb time.Duration) (vm.AgentSession, vm.AgentHello, error) {
+	a.mu.Lock()
+	b := a.behaviour
+	a.mu.Unlock()
+	// The token file is next to the socket: the agent proves the same secret.
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(socket), "token"))
+	if err != nil {
+		return nil, vm.AgentHello{}, err
+	}
+	if want, err := agentapi.ParseToken(string(raw)); err != nil || string(want) != string(token) {
+		return nil, vm.AgentHello{}, errors.New("bad proof")
+	}
+	if b == GuestSilent {
+		<-ctx.Done()
+		return nil, vm.AgentHello{}, ctx.Err()
+	}
+	s := &session{events: make(chan vm.AgentEvent, 16), done: make(chan struct{}), agents: a}
+	if b == GuestReady {
+		for _, p := range ports {
+			s.events <- vm.AgentEvent{Type: "port_ready", Port: p, At: time.Now()}
+		}
+		s.events <- vm.AgentEvent{Type: "ready", At: time.Now()}
+		go s.heartbeats(hb)
+	}
+	return s, vm.AgentHello{Version: "fake-1", BootTime: time.Now()}, nil
+}
+
+type session struct {
+	events chan vm.AgentEvent
+	done   chan struct{}
+	once   sync.Once
+	agents *Agents
+}
+
+func (s *session) heartbeats(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			select {
+			case s.events <- vm.AgentEvent{Type: "heartbeat", At: time.Now()}:
+			case <-s.done:
+				return
+			}
+		}
+	}
+}
+
+func (s *session) Events() <-chan vm.AgentEvent { return s.events }
+func (s *session) Shutdown(ctx context.Context) error {
+	s.agents.mu.Lock()
+	s.agents.shutdowns++
+	s.agents.mu.Unlock()
+	return nil
+}
+func (s *session) Done() <-chan struct{} { return s.done }
+func (s *session) Close() error {
+	s.once.Do(func() { close(s.done) })
+	return nil
+}
