@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/store"
@@ -88,10 +89,35 @@ func parse(key string) (id, secret string, ok bool) {
 	return id, secret, true
 }
 
-// Verifier checks keys against the store.
+// Verifier checks keys against the store and records when each key was
+// last used (at most once a minute per key, to keep writes off the hot path).
 type Verifier struct {
 	Keys store.APIKeys
 	Now  func() time.Time
+
+	mu      sync.Mutex
+	touched map[string]time.Time
+}
+
+const touchEvery = time.Minute
+
+func (v *Verifier) touch(ctx context.Context, id string) {
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
+	}
+	v.mu.Lock()
+	if v.touched == nil {
+		v.touched = map[string]time.Time{}
+	}
+	last, seen := v.touched[id]
+	if seen && now.Sub(last) < touchEvery {
+		v.mu.Unlock()
+		return
+	}
+	v.touched[id] = now
+	v.mu.Unlock()
+	_ = v.Keys.TouchAPIKey(ctx, id, now.UTC()) // bookkeeping only: never fails a request
 }
 
 // Verify returns the identity of key or ErrUnauthenticated.
@@ -111,6 +137,7 @@ func (v *Verifier) Verify(ctx context.Context, key string) (Identity, error) {
 	if subtle.ConstantTimeCompare(sum[:], rec.SecretHash) != 1 || !rec.RevokedAt.IsZero() {
 		return Identity{}, ErrUnauthenticated
 	}
+	v.touch(ctx, rec.ID)
 	return Identity{KeyID: rec.ID, Scope: rec.Scope, UserID: rec.UserID}, nil
 }
 

@@ -37,6 +37,10 @@ func TestKeysVerifyAndFail(t *testing.T) {
 	if err != nil || id.UserID != "alice" || id.Admin() || !id.CanSee("alice") || id.CanSee("bob") {
 		t.Fatalf("verify: %+v %v", id, err)
 	}
+	got, err := st.GetAPIKey(ctx, rec.ID)
+	if err != nil || got.LastUsedAt.IsZero() {
+		t.Fatalf("use not recorded: %v %v", got.LastUsedAt, err)
+	}
 	bad := []string{
 		"",
 		"nonsense",
