@@ -1,0 +1,518 @@
+package api_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+
+	apispec "github.com/hearth-project/hearth/api"
+	"github.com/hearth-project/hearth/internal/api"
+	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/internal/vm/vmfake"
+)
+
+type fixture struct {
+	t      *testing.T
+	srv    *httptest.Server
+	api    *api.Server
+	st     store.Store
+	agents *vmfake.Agents
+	admin  string
+	alice  string
+	bob    string
+	router routers.Router
+	spec   *openapi3.T
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, dir+"/hearth.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	now := time.Now().UTC()
+	for _, u := range []string{"alice", "bob"} {
+		if err := st.CreateUser(ctx, store.User{ID: u, Name: u, CreatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.PutImage(ctx, store.Image{ID: "0123456789abcdef0123", Name: "minimal", Role: "minimal",
+		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	key := func(scope store.Scope, user string) string {
+		k, rec, err := auth.NewKey("test", scope, user, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.CreateAPIKey(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	agents := &vmfake.Agents{}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	mgr := vm.New(vm.Config{
+		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}},
+		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
+		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
+		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
+	}, st, vmfake.NewDriver(), agents, log)
+	if err := mgr.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = mgr.Shutdown(context.Background()) })
+	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "test",
+		Ready: func() bool { return true }}
+	srv := httptest.NewServer(a.Handler())
+	t.Cleanup(srv.Close)
+
+	loader := openapi3.NewLoader()
+	spec, err := loader.LoadFromData(apispec.OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.Validate(ctx); err != nil {
+		t.Fatalf("openapi.yaml is not valid OpenAPI: %v", err)
+	}
+	spec.Servers = openapi3.Servers{{URL: srv.URL}}
+	router, err := gorillamux.NewRouter(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents,
+		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
+		router: router, spec: spec}
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (a answer) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(a.body, v); err != nil {
+		t.Fatalf("decode %s: %v", a.body, err)
+	}
+}
+
+func (a answer) errCode() string {
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	_ = json.Unmarshal(a.body, &e)
+	return e.Error.Code
+}
+
+func (a answer) errMessage() string {
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	_ = json.Unmarshal(a.body, &e)
+	return e.Error.Message
+}
+
+// do sends a request and checks request and answer against openapi.yaml.
+func (f *fixture) do(method, path, key string, body string) answer {
+	f.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, f.srv.URL+path, rd)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	ans := answer{status: resp.StatusCode, header: resp.Header, body: b}
+	f.checkSpec(req, body, ans)
+	return ans
+}
+
+// checkSpec validates an exchange against the OpenAPI description: the
+// route and status must be documented, and the body must match the schema.
+func (f *fixture) checkSpec(req *http.Request, body string, ans answer) {
+	f.t.Helper()
+	route, params, err := f.router.FindRoute(req)
+	if err != nil {
+		if ans.status == http.StatusNotFound || ans.status == http.StatusMethodNotAllowed || ans.status == http.StatusUnauthorized {
+			return // undocumented routes answer 401/404/405 generically
+		}
+		f.t.Fatalf("%s %s answered %d but is not in openapi.yaml: %v", req.Method, req.URL.Path, ans.status, err)
+	}
+	if body != "" {
+		req.Body = io.NopCloser(strings.NewReader(body))
+	}
+	in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: ans.status, Header: ans.header,
+		Body: io.NopCloser(bytes.NewReader(ans.body)), Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
+		f.t.Fatalf("%s %s -> %d does not match openapi.yaml: %v\nbody: %s", req.Method, req.URL, ans.status, err, ans.body)
+	}
+}
+
+func (f *fixture) createVM(key, body string) vmJSON {
+	f.t.Helper()
+	a := f.do("POST", "/v1/vms", key, body)
+	if a.status != http.StatusAccepted {
+		f.t.Fatalf("create: %d %s", a.status, a.body)
+	}
+	var v vmJSON
+	a.json(f.t, &v)
+	return v
+}
+
+type vmJSON struct {
+	ID, User, State, Role string
+	FailureReason         string  `json:"failure_reason"`
+	ConsoleTail           *string `json:"console_tail"`
+	Agent                 *struct{ Version string }
+}
+
+func TestRoutesMatchSpec(t *testing.T) {
+	f := newFixture(t)
+	documented := map[string]bool{}
+	for path, item := range f.spec.Paths.Map() {
+		for method := range item.Operations() {
+			documented[method+" "+path] = true
+		}
+	}
+	served := map[string]bool{}
+	for _, r := range f.api.Routes() {
+		served[r.Method+" "+r.Path] = true
+		if !documented[r.Method+" "+r.Path] {
+			t.Errorf("route %s %s is served but not in api/openapi.yaml", r.Method, r.Path)
+		}
+	}
+	for k := range documented {
+		if !served[k] {
+			t.Errorf("openapi.yaml documents %s, which the server does not serve", k)
+		}
+	}
+	// And the served document is the embedded one.
+	a := f.do("GET", "/v1/openapi.yaml", f.admin, "")
+	if a.status != 200 || !bytes.Equal(a.body, apispec.OpenAPI) {
+		t.Fatalf("GET /v1/openapi.yaml: %d", a.status)
+	}
+}
+
+func TestAuthRequiredEverywhereButHealthz(t *testing.T) {
+	f := newFixture(t)
+	if a := f.do("GET", "/healthz", "", ""); a.status != 200 {
+		t.Fatalf("/healthz without a key: %d", a.status)
+	}
+	wrong := "hearth_aaaaaaaaaaaaaaaa_" + strings.Repeat("b", 52)
+	for _, r := range f.api.Routes() {
+		if r.Path == "/healthz" {
+			continue
+		}
+		path := strings.ReplaceAll(r.Path, "{id}", "vm-x")
+		for name, key := range map[string]string{"missing": "", "wrong": wrong, "garbage": "not-a-key"} {
+			a := f.do(r.Method, path, key, "")
+			if a.status != http.StatusUnauthorized || a.errCode() != "unauthorized" {
+				t.Errorf("%s %s with %s key: %d %s", r.Method, path, name, a.status, a.body)
+			}
+		}
+	}
+	// Unknown routes do not reveal themselves to unauthenticated callers.
+	if a := f.do("GET", "/v1/nope", "", ""); a.status != http.StatusUnauthorized {
+		t.Errorf("unknown route without key: %d", a.status)
+	}
+	if a := f.do("GET", "/v1/nope", f.admin, ""); a.status != http.StatusNotFound || a.errCode() != "not_found" {
+		t.Errorf("unknown route with key: %d %s", a.status, a.body)
+	}
+	if a := f.do("PUT", "/v1/vms", f.admin, ""); a.status != http.StatusMethodNotAllowed || a.errCode() != "method_not_allowed" {
+		t.Errorf("wrong method: %d %s", a.status, a.body)
+	}
+}
+
+func TestUserKeysSeeOnlyTheirOwnVMs(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	if v.User != "alice" {
+		t.Fatalf("owner %q", v.User)
+	}
+	for _, p := range []struct{ method, path string }{
+		{"GET", "/v1/vms/" + v.ID}, {"DELETE", "/v1/vms/" + v.ID},
+		{"GET", "/v1/vms/" + v.ID + "/wait?timeout=1s"}, {"GET", "/v1/vms/" + v.ID + "/console"},
+	} {
+		a := f.do(p.method, p.path, f.bob, "")
+		if a.status != http.StatusNotFound || a.errCode() != "not_found" {
+			t.Errorf("bob %s %s: %d %s", p.method, p.path, a.status, a.body)
+		}
+	}
+	var list struct{ VMs []vmJSON }
+	f.do("GET", "/v1/vms", f.bob, "").json(t, &list)
+	if len(list.VMs) != 0 {
+		t.Fatalf("bob sees %d vms", len(list.VMs))
+	}
+	f.do("GET", "/v1/vms", f.alice, "").json(t, &list)
+	if len(list.VMs) != 1 {
+		t.Fatalf("alice sees %d vms", len(list.VMs))
+	}
+	f.do("GET", "/v1/vms", f.admin, "").json(t, &list)
+	if len(list.VMs) != 1 {
+		t.Fatalf("admin sees %d vms", len(list.VMs))
+	}
+	// A user key cannot create for someone else.
+	if a := f.do("POST", "/v1/vms", f.bob, `{"image":"minimal","user":"alice"}`); a.status != 400 {
+		t.Fatalf("bob creating for alice: %d %s", a.status, a.body)
+	}
+	// Alice still deletes her own.
+	if a := f.do("DELETE", "/v1/vms/"+v.ID, f.alice, ""); a.status != http.StatusAccepted {
+		t.Fatalf("alice delete: %d %s", a.status, a.body)
+	}
+}
+
+func TestBadInputIsA400AndCreatesNothing(t *testing.T) {
+	f := newFixture(t)
+	cases := []struct{ name, body, want string }{
+		{"malformed", `{"image":`, "malformed JSON"},
+		{"not json", `image=minimal`, "malformed JSON"},
+		{"empty", ``, "request body is empty"},
+		{"unknown field", `{"image":"minimal","cpus":2}`, `unknown field "cpus"`},
+		{"wrong type", `{"image":"minimal","vcpus":"two"}`, `field "vcpus" must be an integer`},
+		{"array", `[]`, "must be a JSON object"},
+		{"two objects", `{"image":"minimal"}{"image":"minimal"}`, "single JSON object"},
+		{"vcpus out of range", `{"image":"minimal","vcpus":64,"user":"alice"}`, "vcpus must be between 1 and 4"},
+		{"memory out of range", `{"image":"minimal","memory_mib":8,"user":"alice"}`, "memory_mib must be between 64 and 2048"},
+		{"unknown image", `{"image":"ubuntu","user":"alice"}`, `unknown image "ubuntu"`},
+		{"unknown role", `{"image":"minimal","role":"db","user":"alice"}`, `unknown role "db"`},
+		{"unknown user", `{"image":"minimal","user":"carol"}`, `unknown user "carol"`},
+		{"admin without user", `{"image":"minimal"}`, "user is required"},
+		{"negative timeout", `{"image":"minimal","user":"alice","boot_timeout_seconds":-1}`, "must not be negative"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", f.srv.URL+"/v1/vms", strings.NewReader(c.body))
+			req.Header.Set("Authorization", "Bearer "+f.admin)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			a := answer{status: resp.StatusCode, body: b}
+			if a.status != 400 || a.errCode() != "invalid_argument" || !strings.Contains(a.errMessage(), c.want) {
+				t.Fatalf("%d %s; want 400 saying %q", a.status, b, c.want)
+			}
+		})
+	}
+	vms, err := f.st.ListVMs(context.Background(), store.VMFilter{IncludeDestroyed: true})
+	if err != nil || len(vms) != 0 {
+		t.Fatalf("bad input left %d vms", len(vms))
+	}
+	// Wrong content type.
+	req, _ := http.NewRequest("POST", f.srv.URL+"/v1/vms", strings.NewReader(`{"image":"minimal"}`))
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("text/plain body: %d", resp.StatusCode)
+	}
+	// Bad query parameters.
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	for _, q := range []string{"/wait?state=running", "/wait?timeout=forever", "/wait?timeout=20m", "/console?offset=-1", "/console?follow=maybe"} {
+		if a := f.do("GET", "/v1/vms/"+v.ID+q, f.alice, ""); a.status != 400 {
+			t.Errorf("%s: %d %s", q, a.status, a.body)
+		}
+	}
+	if a := f.do("GET", "/v1/events?since=x", f.alice, ""); a.status != 400 {
+		t.Errorf("events since=x: %d", a.status)
+	}
+}
+
+func TestWaitReadyAndDelete(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"minimal","vcpus":2,"memory_mib":256}`)
+	a := f.do("GET", "/v1/vms/"+v.ID+"/wait?state=ready&timeout=10s", f.alice, "")
+	if a.status != 200 {
+		t.Fatalf("wait: %d %s", a.status, a.body)
+	}
+	var got vmJSON
+	a.json(t, &got)
+	if got.State != "ready" || got.Agent == nil || got.Agent.Version != "fake-1" {
+		t.Fatalf("ready vm: %s", a.body)
+	}
+	if a := f.do("DELETE", "/v1/vms/"+v.ID, f.alice, ""); a.status != 202 {
+		t.Fatalf("delete: %d", a.status)
+	}
+	if a := f.do("GET", "/v1/vms/"+v.ID+"/wait?state=destroyed&timeout=10s", f.alice, ""); a.status != 200 {
+		t.Fatalf("wait destroyed: %d %s", a.status, a.body)
+	}
+	if a := f.do("DELETE", "/v1/vms/"+v.ID, f.alice, ""); a.status != 202 {
+		t.Fatalf("delete again (idempotent): %d", a.status)
+	}
+	if a := f.do("GET", "/v1/vms/"+v.ID+"/wait?state=ready&timeout=1s", f.alice, ""); a.status != 409 {
+		t.Fatalf("waiting for ready on a destroyed vm: %d", a.status)
+	}
+	if a := f.do("GET", "/v1/vms/vm-doesnotexist", f.alice, ""); a.status != 404 {
+		t.Fatalf("unknown vm: %d", a.status)
+	}
+}
+
+func TestFailedVMCarriesReasonAndConsoleTail(t *testing.T) {
+	f := newFixture(t)
+	f.agents.SetBehaviour(vmfake.GuestPortsStuck)
+	v := f.createVM(f.alice, `{"image":"minimal","role":"browser","boot_timeout_seconds":1}`)
+	a := f.do("GET", "/v1/vms/"+v.ID+"/wait?state=ready&timeout=10s", f.alice, "")
+	if a.status != http.StatusConflict {
+		t.Fatalf("wait on failing vm: %d %s", a.status, a.body)
+	}
+	var e struct {
+		Error struct{ Code, Message string }
+		VM    vmJSON
+	}
+	a.json(t, &e)
+	if e.VM.State != "failed" || !strings.Contains(e.Error.Message, "5900") || e.VM.ConsoleTail == nil ||
+		!strings.Contains(*e.VM.ConsoleTail, "fake init") {
+		t.Fatalf("failure answer lacks reason or console tail: %s", a.body)
+	}
+	// Timeout answer: 408 with the VM as it is.
+	f.agents.SetBehaviour(vmfake.GuestSilent)
+	w := f.createVM(f.alice, `{"image":"minimal"}`)
+	if a := f.do("GET", "/v1/vms/"+w.ID+"/wait?timeout=1s", f.alice, ""); a.status != http.StatusRequestTimeout || a.errCode() != "wait_timeout" {
+		t.Fatalf("wait timeout: %d %s", a.status, a.body)
+	}
+}
+
+func TestConsoleOffsets(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	a := f.do("GET", "/v1/vms/"+v.ID+"/console", f.alice, "")
+	if a.status != 200 || string(a.body) != "fake kernel booting\nfake init\n" {
+		t.Fatalf("console: %d %q", a.status, a.body)
+	}
+	if a.header.Get("X-Console-Size") != "30" {
+		t.Fatalf("size header %q", a.header.Get("X-Console-Size"))
+	}
+	a = f.do("GET", "/v1/vms/"+v.ID+"/console?offset=20", f.alice, "")
+	if string(a.body) != "fake init\n" {
+		t.Fatalf("console from 20: %q", a.body)
+	}
+	// follow streams until the VM is destroyed.
+	req, _ := http.NewRequest("GET", f.srv.URL+"/v1/vms/"+v.ID+"/console?follow=1&offset=20", nil)
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "fake init\n" {
+		t.Fatalf("follow: %q %v", line, err)
+	}
+	f.do("DELETE", "/v1/vms/"+v.ID, f.alice, "")
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, resp.Body); done <- err }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("console follow did not end after the vm was destroyed")
+	}
+}
+
+func TestEventsStreamReplaysAndFollows(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	other := f.createVM(f.bob, `{"image":"minimal"}`)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", f.srv.URL+"/v1/events?since=0", nil)
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	f.do("DELETE", "/v1/vms/"+v.ID, f.alice, "")
+	sc := bufio.NewScanner(resp.Body)
+	var states []string
+	for sc.Scan() {
+		line := sc.Text()
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var e struct {
+			VM      string `json:"vm"`
+			ToState string `json:"to_state"`
+		}
+		if err := json.Unmarshal([]byte(data), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.VM == other.ID {
+			t.Fatal("alice received an event about bob's vm")
+		}
+		states = append(states, e.ToState)
+		if e.ToState == "destroyed" {
+			break
+		}
+	}
+	got := strings.Join(states, " ")
+	if got != "pending booting ready stopping stopped destroyed" {
+		t.Fatalf("events %q", got)
+	}
+}
+
+func TestHostAndImagesAndReadyz(t *testing.T) {
+	f := newFixture(t)
+	if a := f.do("GET", "/readyz", f.alice, ""); a.status != 200 {
+		t.Fatalf("readyz %d", a.status)
+	}
+	if a := f.do("GET", "/v1/host", f.alice, ""); a.status != 200 {
+		t.Fatalf("host %d", a.status)
+	}
+	var imgs struct{ Images []struct{ Name string } }
+	f.do("GET", "/v1/images", f.alice, "").json(t, &imgs)
+	if len(imgs.Images) != 1 || imgs.Images[0].Name != "minimal" {
+		t.Fatalf("images %+v", imgs)
+	}
+}

@@ -1,0 +1,135 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/hearth-project/hearth/internal/errdefs"
+)
+
+// errorBody is the JSON shape of every error answer.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+	// VM accompanies errors about a VM's state (e.g. a wait that can no
+	// longer succeed), with its failure reason and console tail.
+	VM *vmJSON `json:"vm,omitempty"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client may have gone; nothing to do about it
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
+}
+
+// classify maps an error class to a status and code. This is the only place
+// that knows HTTP status codes for domain errors.
+func classify(err error) (int, string) {
+	switch {
+	case errors.Is(err, errdefs.ErrInvalid):
+		return http.StatusBadRequest, "invalid_argument"
+	case errors.Is(err, errdefs.ErrNotFound):
+		return http.StatusNotFound, "not_found"
+	case errors.Is(err, errdefs.ErrConflict):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, errdefs.ErrForbidden):
+		return http.StatusForbidden, "forbidden"
+	case errors.Is(err, errdefs.ErrTimeout):
+		return http.StatusRequestTimeout, "wait_timeout"
+	case errors.Is(err, errdefs.ErrUnavailable):
+		return http.StatusServiceUnavailable, "unavailable"
+	default:
+		return http.StatusInternalServerError, "internal"
+	}
+}
+
+// fail answers with err's class; internal detail is logged, never sent.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := classify(err)
+	msg := errdefs.Public(err)
+	if status == http.StatusInternalServerError || msg == "" {
+		s.internalError(w, r, err)
+		return
+	}
+	writeError(w, status, code, msg)
+}
+
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
+	s.Log.Error("request failed", "request_id", requestID(r), "method", r.Method, "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal", "internal error (request "+requestID(r)+")")
+}
+
+const maxBody = 1 << 20
+
+// decodeJSON reads one JSON object into v, refusing unknown fields, trailing
+// data, wrong types and oversized bodies with messages that say what was
+// wrong.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return errdefs.Invalidf("Content-Type must be application/json, got %q", ct)
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return errdefs.Invalidf("request body must hold a single JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errdefs.Invalidf("request body must hold a single JSON object")
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var big *http.MaxBytesError
+	switch {
+	case errors.Is(err, io.EOF):
+		return errdefs.Invalidf("request body is empty; expected a JSON object")
+	case errors.As(err, &syn):
+		return errdefs.Invalidf("malformed JSON at byte %d: %v", syn.Offset, syn)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errdefs.Invalidf("malformed JSON: unexpected end of body")
+	case errors.As(err, &typ):
+		if typ.Field != "" {
+			return errdefs.Invalidf("field %q must be %s, got %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
+		}
+		return errdefs.Invalidf("request body must be a JSON object, got %s", typ.Value)
+	case errors.As(err, &big):
+		return errdefs.Invalidf("request body larger than %d bytes", big.Limit)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return errdefs.Invalidf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	default:
+		return errdefs.Invalidf("malformed JSON: %v", err)
+	}
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "int", "int64", "int32", "uint", "uint64":
+		return "an integer"
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	default:
+		return fmt.Sprintf("of type %s", k)
+	}
+}

@@ -1,0 +1,222 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/vm"
+)
+
+// console serves the VM's whole serial console from ?offset=, and with
+// ?follow=1 keeps streaming what the guest writes until the VM is gone or
+// the client leaves.
+func (s *Server) console(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	var offset int64
+	if o := q.Get("offset"); o != "" {
+		n, err := strconv.ParseInt(o, 10, 64)
+		if err != nil || n < 0 {
+			s.fail(w, r, errdefs.Invalidf("offset must be a non-negative integer, got %q", o))
+			return
+		}
+		offset = n
+	}
+	follow := false
+	if f := q.Get("follow"); f != "" {
+		b, err := strconv.ParseBool(f)
+		if err != nil {
+			s.fail(w, r, errdefs.Invalidf("follow must be 1, 0, true or false, got %q", f))
+			return
+		}
+		follow = b
+	}
+	f, err := os.Open(vm.ConsolePath(v))
+	if errors.Is(err, os.ErrNotExist) {
+		if v.State == store.StateDestroyed {
+			s.fail(w, r, errdefs.NotFoundf("vm %s is destroyed; its console is gone", v.ID))
+			return
+		}
+		f = nil // not written yet: an empty console so far
+	} else if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	if f != nil {
+		defer f.Close()
+	}
+	size := int64(0)
+	if f != nil {
+		if st, err := f.Stat(); err == nil {
+			size = st.Size()
+		}
+	}
+	if offset > size {
+		offset = size
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Console-Offset", strconv.FormatInt(offset, 10))
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if !follow {
+		w.Header().Set("X-Console-Size", strconv.FormatInt(size, 10))
+		w.WriteHeader(http.StatusOK)
+		if f != nil {
+			_, _ = io.Copy(w, io.NewSectionReader(f, offset, size-offset))
+		}
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	buf := make([]byte, 32<<10)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if f == nil {
+			f, _ = os.Open(vm.ConsolePath(v))
+			if f != nil {
+				defer f.Close()
+			}
+		}
+		for f != nil {
+			n, err := f.ReadAt(buf, offset)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+				offset += int64(n)
+				_ = rc.Flush()
+			}
+			if err != nil || n == 0 {
+				break
+			}
+		}
+		cur, err := s.VMs.Get(r.Context(), v.ID)
+		if err != nil || cur.State == store.StateDestroyed || (cur.State.Terminal() && f == nil) {
+			return
+		}
+		if cur.State.Terminal() {
+			// One last read above drained it: the guest writes no more.
+			if st, err := f.Stat(); err == nil && st.Size() <= offset {
+				return
+			}
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+type eventJSON struct {
+	ID        int64     `json:"id"`
+	At        time.Time `json:"at"`
+	Type      string    `json:"type"`
+	VM        string    `json:"vm,omitempty"`
+	User      string    `json:"user,omitempty"`
+	FromState string    `json:"from_state,omitempty"`
+	ToState   string    `json:"to_state,omitempty"`
+	Message   string    `json:"message,omitempty"`
+}
+
+// events streams state changes as server-sent events. A client resumes with
+// Last-Event-ID (or ?since=) and misses nothing: the log is replayed from
+// the store, then live events follow.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	id := identity(r)
+	var after int64 = -1
+	since := r.Header.Get("Last-Event-ID")
+	if q := r.URL.Query().Get("since"); q != "" {
+		since = q
+	}
+	if since != "" {
+		n, err := strconv.ParseInt(since, 10, 64)
+		if err != nil || n < 0 {
+			s.fail(w, r, errdefs.Invalidf("since / Last-Event-ID must be a non-negative event id, got %q", since))
+			return
+		}
+		after = n
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+
+	send := func(e store.Event) bool {
+		if !id.CanSee(e.UserID) {
+			return true
+		}
+		b, _ := json.Marshal(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, User: e.UserID,
+			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message})
+		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.ID, e.Type, b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		// Subscribe before replaying so nothing falls between the two.
+		sub := s.VMs.Bus().Subscribe(256)
+		if after >= 0 {
+			for {
+				evs, err := s.Store.ListEvents(r.Context(), after, 500)
+				if err != nil {
+					sub.Close()
+					return
+				}
+				for _, e := range evs {
+					if !send(e) {
+						sub.Close()
+						return
+					}
+					after = e.ID
+				}
+				if len(evs) < 500 {
+					break
+				}
+			}
+		}
+		dropped := false
+		for !dropped {
+			select {
+			case <-r.Context().Done():
+				sub.Close()
+				return
+			case <-keepalive.C:
+				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
+					sub.Close()
+					return
+				}
+			case e, ok := <-sub.C:
+				if !ok {
+					dropped = true // too slow: resume from the store
+					break
+				}
+				if e.ID <= after {
+					continue
+				}
+				if !send(e) {
+					sub.Close()
+					return
+				}
+				after = e.ID
+			}
+		}
+		// With no resume point yet, a dropped subscriber simply resubscribes.
+	}
+}

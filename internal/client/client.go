@@ -1,0 +1,187 @@
+// Package client is a small Go client for hearth's HTTP API, used by the CLI,
+// the integration tests and the benchmarks.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client talks to one hearth daemon.
+type Client struct {
+	BaseURL string // e.g. http://127.0.0.1:7070
+	Key     string
+	HTTP    *http.Client
+}
+
+// New returns a client for base with key.
+func New(base, key string) *Client {
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &Client{BaseURL: strings.TrimRight(base, "/"), Key: key, HTTP: &http.Client{}}
+}
+
+// Error is an API error answer.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+	VM      *VM
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
+}
+
+// VM mirrors the API's VM object.
+type VM struct {
+	ID            string     `json:"id"`
+	User          string     `json:"user"`
+	Image         string     `json:"image"`
+	Role          string     `json:"role"`
+	VCPUs         int        `json:"vcpus"`
+	MemoryMiB     int        `json:"memory_mib"`
+	Driver        string     `json:"driver"`
+	State         string     `json:"state"`
+	FailureReason string     `json:"failure_reason,omitempty"`
+	ConsoleTail   *string    `json:"console_tail,omitempty"`
+	Agent         *Agent     `json:"agent,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+	BootDeadline  time.Time  `json:"boot_deadline"`
+	ReadyAt       *time.Time `json:"ready_at,omitempty"`
+	StoppedAt     *time.Time `json:"stopped_at,omitempty"`
+	DestroyedAt   *time.Time `json:"destroyed_at,omitempty"`
+}
+
+// Agent is what the guest agent reported.
+type Agent struct {
+	Version         string     `json:"version"`
+	GuestBootAt     *time.Time `json:"guest_boot_at,omitempty"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
+}
+
+// CreateVM is the body of POST /v1/vms.
+type CreateVM struct {
+	Image              string `json:"image"`
+	Role               string `json:"role,omitempty"`
+	VCPUs              int    `json:"vcpus,omitempty"`
+	MemoryMiB          int    `json:"memory_mib,omitempty"`
+	User               string `json:"user,omitempty"`
+	BootTimeoutSeconds int    `json:"boot_timeout_seconds,omitempty"`
+}
+
+// Do sends a request and decodes a JSON answer into out (if non-nil).
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Key)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 400 {
+		var e struct {
+			Error struct{ Code, Message string }
+			VM    *VM
+		}
+		if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
+			return &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
+		}
+		return &Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message, VM: e.VM}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode %s %s answer: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// CreateVM creates a VM (it is pending when this returns).
+func (c *Client) CreateVM(ctx context.Context, req CreateVM) (VM, error) {
+	var v VM
+	err := c.Do(ctx, "POST", "/v1/vms", req, &v)
+	return v, err
+}
+
+// GetVM returns one VM.
+func (c *Client) GetVM(ctx context.Context, id string) (VM, error) {
+	var v VM
+	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(id), nil, &v)
+	return v, err
+}
+
+// ListVMs lists VMs.
+func (c *Client) ListVMs(ctx context.Context) ([]VM, error) {
+	var out struct{ VMs []VM }
+	err := c.Do(ctx, "GET", "/v1/vms", nil, &out)
+	return out.VMs, err
+}
+
+// DeleteVM starts destroying a VM.
+func (c *Client) DeleteVM(ctx context.Context, id string) (VM, error) {
+	var v VM
+	err := c.Do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(id), nil, &v)
+	return v, err
+}
+
+// WaitVM waits (server-side, no polling) for the VM to reach state.
+func (c *Client) WaitVM(ctx context.Context, id, state string, timeout time.Duration) (VM, error) {
+	var v VM
+	q := url.Values{"state": {state}, "timeout": {strconv.Itoa(int(timeout.Seconds())) + "s"}}
+	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(id)+"/wait?"+q.Encode(), nil, &v)
+	return v, err
+}
+
+// Console opens the console stream from offset.
+func (c *Client) Console(ctx context.Context, id string, offset int64, follow bool) (io.ReadCloser, error) {
+	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}}
+	if follow {
+		q.Set("follow", "1")
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", c.BaseURL+"/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Key)
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return nil, &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
+	}
+	return resp.Body, nil
+}
