@@ -1,0 +1,388 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/store/sqlite"
+)
+
+const usage = `hearth — microVMs for AI coding CLIs
+
+Usage:
+  hearth serve [--config FILE] [--listen ADDR] [--state-dir DIR]
+  hearth vm create --image NAME [--role R] [--vcpus N] [--memory MIB] [--user U] [--boot-timeout 90s] [--wait]
+  hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] | rm ID [--wait]
+  hearth apikey create [--admin] [--user U] [--name NAME] [--save]
+  hearth image build [--profile minimal] [--agent PATH] | list
+  hearth doctor
+  hearth version
+
+Common flags: --config FILE (or HEARTH_CONFIG), --state-dir DIR, --addr HOST:PORT and
+--key KEY (or HEARTH_API_KEY; root falls back to the key saved by 'apikey create --save').
+`
+
+// Main runs the hearth command line and returns the exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 1 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stdout)
+	case "vm":
+		err = cmdVM(ctx, args[1:], stdout)
+	case "apikey":
+		err = cmdAPIKey(ctx, args[1:], stdout)
+	case "image":
+		err = cmdImage(ctx, args[1:], stdout)
+	case "doctor":
+		var failed bool
+		failed, err = cmdDoctor(ctx, args[1:], stdout)
+		if err == nil && failed {
+			return 1
+		}
+	case "version", "--version":
+		fmt.Fprintln(stdout, "hearth", Version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "hearth: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 2
+		}
+		fmt.Fprintln(stderr, "hearth:", err)
+		return 1
+	}
+	return 0
+}
+
+// common holds the flags every command shares.
+type common struct {
+	configPath string
+	stateDir   string
+	addr       string
+	key        string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.configPath, "config", os.Getenv("HEARTH_CONFIG"), "config file (TOML)")
+	fs.StringVar(&c.stateDir, "state-dir", "", "state directory (overrides config and HEARTH_STATE_DIR)")
+	fs.StringVar(&c.addr, "addr", os.Getenv("HEARTH_ADDR"), "daemon address (default: the configured listen address)")
+	fs.StringVar(&c.key, "key", "", "API key (default: HEARTH_API_KEY, then the saved CLI key)")
+}
+
+// config loads and validates the configuration with flag overrides.
+func (c *common) config() (config.Config, error) {
+	path := c.configPath
+	if path == "" {
+		if _, err := os.Stat("/etc/hearth/hearth.toml"); err == nil {
+			path = "/etc/hearth/hearth.toml"
+		}
+	}
+	cfg, err := config.Load(path, os.Environ())
+	if err != nil {
+		return cfg, err
+	}
+	if c.stateDir != "" {
+		cfg.StateDir = c.stateDir
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+// savedKeyPath is where 'apikey create --save' puts a key for the CLI.
+func savedKeyPath(cfg config.Config) string { return filepath.Join(cfg.StateDir, "cli.key") }
+
+func (c *common) client() (*client.Client, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	addr := c.addr
+	if addr == "" {
+		addr = cfg.Listen
+	}
+	key := c.key
+	if key == "" {
+		key = os.Getenv("HEARTH_API_KEY")
+	}
+	if key == "" {
+		if b, err := os.ReadFile(savedKeyPath(cfg)); err == nil {
+			key = strings.TrimSpace(string(b))
+		}
+	}
+	if key == "" {
+		return nil, errors.New("no API key: pass --key, set HEARTH_API_KEY, or run 'hearth apikey create --admin --save' as root")
+	}
+	return client.New(addr, key), nil
+}
+
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	// Allow flags after positional arguments: "vm get ID --json".
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func cmdServe(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	listen := fs.String("listen", "", "API listen address (overrides config and HEARTH_LISTEN)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := c.config()
+	if err != nil {
+		return err
+	}
+	if *listen != "" {
+		cfg.Listen = *listen
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("invalid configuration:\n%w", err)
+		}
+	}
+	return Serve(ctx, cfg, stdout)
+}
+
+func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) < 1 || args[0] != "create" {
+		return errors.New("usage: hearth apikey create [--admin] [--user U] [--name NAME] [--save]")
+	}
+	fs := flag.NewFlagSet("apikey create", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	admin := fs.Bool("admin", false, "admin scope (all users' resources)")
+	user := fs.String("user", "", "user the key belongs to (created if new); required without --admin")
+	name := fs.String("name", "", "a label for the key")
+	save := fs.Bool("save", false, "also save the key for this host's CLI (state dir, mode 0600)")
+	if _, err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	cfg, err := c.config()
+	if err != nil {
+		return err
+	}
+	scope := store.ScopeUser
+	if *admin {
+		scope = store.ScopeAdmin
+	} else if *user == "" {
+		return errors.New("a user key needs --user (or pass --admin)")
+	}
+	if err := cfg.EnsureDirs(); err != nil {
+		return err
+	}
+	st, err := sqlite.Open(ctx, cfg.DatabasePath())
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	if *user != "" {
+		if _, err := st.GetUser(ctx, *user); errors.Is(err, store.ErrNotFound) {
+			if err := st.CreateUser(ctx, store.User{ID: *user, Name: *user, CreatedAt: now}); err != nil {
+				return fmt.Errorf("create user: %w", err)
+			}
+		} else if err != nil {
+			return err
+		}
+	}
+	key, rec, err := auth.NewKey(*name, scope, *user, now)
+	if err != nil {
+		return err
+	}
+	if err := st.CreateAPIKey(ctx, rec); err != nil {
+		return fmt.Errorf("store api key: %w", err)
+	}
+	if *save {
+		if err := os.WriteFile(savedKeyPath(cfg), []byte(key+"\n"), 0o600); err != nil {
+			return fmt.Errorf("save key: %w", err)
+		}
+	}
+	fmt.Fprintln(stdout, key)
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) < 1 {
+		return errors.New("usage: hearth vm create|list|get|wait|console|rm")
+	}
+	sub := args[0]
+	fs := flag.NewFlagSet("vm "+sub, flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	var (
+		imageName   = fs.String("image", "minimal", "image name or id (create)")
+		role        = fs.String("role", "", "role (create; default: the image's)")
+		vcpus       = fs.Int("vcpus", 0, "vCPUs (create)")
+		memory      = fs.Int("memory", 0, "memory in MiB (create)")
+		user        = fs.String("user", "", "owner (create; admin keys)")
+		bootTimeout = fs.Duration("boot-timeout", 0, "boot deadline (create)")
+		wait        = fs.Bool("wait", false, "wait until ready (create) or destroyed (rm)")
+		state       = fs.String("state", "ready", "state to wait for (wait)")
+		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait")
+		follow      = fs.Bool("follow", false, "keep streaming (console)")
+		offset      = fs.Int64("offset", 0, "start offset (console)")
+	)
+	pos, err := parse(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	cl, err := c.client()
+	if err != nil {
+		return err
+	}
+	needID := func() (string, error) {
+		if len(pos) != 1 {
+			return "", fmt.Errorf("usage: hearth vm %s ID", sub)
+		}
+		return pos[0], nil
+	}
+	switch sub {
+	case "create":
+		v, err := cl.CreateVM(ctx, client.CreateVM{Image: *imageName, Role: *role, VCPUs: *vcpus, MemoryMiB: *memory,
+			User: *user, BootTimeoutSeconds: int(bootTimeout.Seconds())})
+		if err != nil {
+			return err
+		}
+		if *wait {
+			v, err = waitState(ctx, cl, v.ID, "ready", *timeout)
+			if err != nil {
+				return err
+			}
+		}
+		return printJSON(stdout, v)
+	case "list":
+		vms, err := cl.ListVMs(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tUSER\tROLE\tSTATE\tVCPUS\tMEMORY\tAGE\tREASON")
+		for _, v := range vms {
+			reason, _, _ := strings.Cut(v.FailureReason, "\n")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n", v.ID, v.User, v.Role, v.State, v.VCPUs, v.MemoryMiB,
+				time.Since(v.CreatedAt).Round(time.Second), reason)
+		}
+		return tw.Flush()
+	case "get":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		v, err := cl.GetVM(ctx, id)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, v)
+	case "wait":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		v, err := waitState(ctx, cl, id, *state, *timeout)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, v)
+	case "console":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		rc, err := cl.Console(ctx, id, *offset, *follow)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		_, err = io.Copy(stdout, rc)
+		if ctx.Err() != nil {
+			return nil // interrupted while following
+		}
+		return err
+	case "rm":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		v, err := cl.DeleteVM(ctx, id)
+		if err != nil {
+			return err
+		}
+		if *wait {
+			if v, err = waitState(ctx, cl, id, "destroyed", *timeout); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(stdout, "%s %s\n", v.ID, v.State)
+		return nil
+	default:
+		return fmt.Errorf("unknown vm command %q", sub)
+	}
+}
+
+// waitState waits server-side in slices of at most 10 minutes.
+func waitState(ctx context.Context, cl *client.Client, id, state string, timeout time.Duration) (client.VM, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left > 10*time.Minute {
+			left = 10 * time.Minute
+		}
+		if left < time.Second {
+			left = time.Second
+		}
+		v, err := cl.WaitVM(ctx, id, state, left)
+		var ae *client.Error
+		if errors.As(err, &ae) && ae.Code == "wait_timeout" && time.Now().Before(deadline) {
+			continue
+		}
+		if errors.As(err, &ae) && ae.VM != nil {
+			msg := ae.Message
+			if ae.VM.ConsoleTail != nil && *ae.VM.ConsoleTail != "" {
+				msg += "\n--- console tail ---\n" + *ae.VM.ConsoleTail
+			}
+			return *ae.VM, errors.New(msg)
+		}
+		return v, err
+	}
+}

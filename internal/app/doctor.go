@@ -1,0 +1,216 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/vmm/qemu"
+)
+
+// Check is one line of `hearth doctor`.
+type Check struct {
+	Name   string
+	Status string // OK, WARN or FAIL
+	Detail string
+	Fix    string
+}
+
+func ok(name, detail string) Check { return Check{Name: name, Status: "OK", Detail: detail} }
+func warn(name, detail, fix string) Check {
+	return Check{Name: name, Status: "WARN", Detail: detail, Fix: fix}
+}
+func failc(name, detail, fix string) Check {
+	return Check{Name: name, Status: "FAIL", Detail: detail, Fix: fix}
+}
+
+func cmdDoctor(ctx context.Context, args []string, stdout io.Writer) (bool, error) {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	if _, err := parse(fs, args); err != nil {
+		return false, err
+	}
+	cfg, err := c.config()
+	if err != nil {
+		return false, err
+	}
+	checks := Doctor(ctx, cfg)
+	failed := false
+	for _, ch := range checks {
+		fmt.Fprintf(stdout, "%-4s  %-18s %s\n", ch.Status, ch.Name, ch.Detail)
+		if ch.Fix != "" {
+			fmt.Fprintf(stdout, "      %-18s fix: %s\n", "", ch.Fix)
+		}
+		failed = failed || ch.Status == "FAIL"
+	}
+	return failed, nil
+}
+
+// Doctor inspects the host for everything hearth needs.
+func Doctor(ctx context.Context, cfg config.Config) []Check {
+	var out []Check
+	if qemu.KVMUsable() {
+		out = append(out, ok("kvm", "/dev/kvm usable: guests run with hardware acceleration"))
+	} else {
+		out = append(out, warn("kvm", "no hardware-backed /dev/kvm (kvm_intel/kvm_amd): QEMU guests run under TCG (slower); the Firecracker driver cannot run",
+			"enable virtualization (or nested KVM) for this host and give hearth read-write access to /dev/kvm"))
+	}
+	out = append(out, checkQEMU(ctx, cfg)...)
+	if p, err := exec.LookPath("firecracker"); err == nil {
+		out = append(out, ok("firecracker", p))
+	} else {
+		out = append(out, warn("firecracker", "firecracker binary not found (needed only for the firecracker driver)",
+			"install a firecracker release binary into PATH on KVM hosts"))
+	}
+	if khz, err := image.HostTSCkHz(); err == nil {
+		out = append(out, ok("tsc", fmt.Sprintf("host TSC %d kHz (passed to TCG guests as tsc_early_khz)", khz)))
+	} else {
+		out = append(out, warn("tsc", "cannot read the host TSC frequency: "+err.Error(), "TCG guests may hang calibrating the TSC; check /proc/cpuinfo"))
+	}
+	out = append(out, checkStateDir(cfg)...)
+	out = append(out, checkImages(ctx, cfg))
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+			out = append(out, ok("listen", cfg.Listen+" (loopback only)"))
+		} else {
+			out = append(out, warn("listen", cfg.Listen+" is reachable from other hosts",
+				"keep the API on loopback behind a TLS-terminating proxy unless you mean it"))
+		}
+	}
+	return out
+}
+
+func checkQEMU(ctx context.Context, cfg config.Config) []Check {
+	var out []Check
+	bin, err := exec.LookPath(cfg.QEMU.Binary)
+	if err != nil {
+		return append(out, failc("qemu", cfg.QEMU.Binary+" not found", "apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils"))
+	}
+	ver, _ := exec.CommandContext(ctx, bin, "--version").Output()
+	machines, _ := exec.CommandContext(ctx, bin, "-machine", "help").Output()
+	first := strings.SplitN(strings.TrimSpace(string(ver)), "\n", 2)[0]
+	if !strings.Contains(string(machines), "microvm") {
+		out = append(out, failc("qemu", first+": no microvm machine type", "install a QEMU with -M microvm (Debian's qemu-system-x86)"))
+	} else {
+		out = append(out, ok("qemu", first+" (microvm available)"))
+	}
+	if _, err := exec.LookPath(cfg.QEMU.Img); err != nil {
+		out = append(out, failc("qemu-img", cfg.QEMU.Img+" not found", "apt-get install -y qemu-utils"))
+	} else {
+		out = append(out, ok("qemu-img", "qcow2 overlays per VM: disk cost does not grow with image size"))
+	}
+	return out
+}
+
+func checkStateDir(cfg config.Config) []Check {
+	var out []Check
+	st, err := os.Stat(cfg.StateDir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		out = append(out, warn("state dir", cfg.StateDir+" does not exist yet", "it is created (mode 0700) by 'hearth serve'"))
+		return out
+	case err != nil:
+		return append(out, failc("state dir", err.Error(), "check the path and its parents"))
+	}
+	mode := st.Mode().Perm()
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	switch {
+	case sys != nil && int(sys.Uid) != os.Geteuid():
+		out = append(out, failc("state dir", fmt.Sprintf("%s is owned by uid %d, hearth runs as %d", cfg.StateDir, sys.Uid, os.Geteuid()),
+			"chown it to the user hearth runs as"))
+	case mode&0o077 != 0:
+		out = append(out, warn("state dir", fmt.Sprintf("%s has mode %#o: other users can read VM tokens and sockets", cfg.StateDir, mode),
+			"chmod 0700 "+cfg.StateDir))
+	default:
+		out = append(out, ok("state dir", fmt.Sprintf("%s mode %#o", cfg.StateDir, mode)))
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(cfg.StateDir, &sfs); err == nil {
+		free := int64(sfs.Bavail) * sfs.Bsize
+		gib := float64(free) / (1 << 30)
+		switch {
+		case gib < 1:
+			out = append(out, failc("free disk", fmt.Sprintf("%.1f GiB free under %s", gib, cfg.StateDir), "free space or move state_dir"))
+		case gib < 5:
+			out = append(out, warn("free disk", fmt.Sprintf("%.1f GiB free under %s", gib, cfg.StateDir), "VM overlays grow as guests write; keep 5 GiB or more free"))
+		default:
+			out = append(out, ok("free disk", fmt.Sprintf("%.1f GiB free under %s", gib, cfg.StateDir)))
+		}
+	}
+	if reflinkSupported(cfg.StateDir) {
+		out = append(out, ok("copy-on-write", "qcow2 overlays (qemu); the filesystem also supports reflink clones"))
+	} else {
+		out = append(out, ok("copy-on-write", "qcow2 overlays (qemu); no reflink on this filesystem, so raw-disk drivers fall back to sparse copies"))
+	}
+	return out
+}
+
+// reflinkSupported tries a FICLONE between two scratch files in dir.
+func reflinkSupported(dir string) bool {
+	src, err := os.CreateTemp(dir, ".reflink-probe-*")
+	if err != nil {
+		return false
+	}
+	defer os.Remove(src.Name())
+	defer src.Close()
+	if _, err := src.Write(make([]byte, 4096)); err != nil {
+		return false
+	}
+	dst, err := os.CreateTemp(dir, ".reflink-probe-*")
+	if err != nil {
+		return false
+	}
+	defer os.Remove(dst.Name())
+	defer dst.Close()
+	return unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())) == nil
+}
+
+func checkImages(ctx context.Context, cfg config.Config) Check {
+	const fix = "hearth image build --profile minimal"
+	if _, err := os.Stat(cfg.DatabasePath()); err != nil {
+		return warn("images", "no database yet, so no images", fix)
+	}
+	st, err := sqlite.Open(ctx, cfg.DatabasePath())
+	if err != nil {
+		return failc("images", "open store: "+err.Error(), "check "+cfg.DatabasePath())
+	}
+	defer st.Close()
+	imgs, err := st.ListImages(ctx)
+	if err != nil {
+		return failc("images", err.Error(), "check "+cfg.DatabasePath())
+	}
+	if len(imgs) == 0 {
+		return warn("images", "no images built: no VM can start", fix)
+	}
+	var names []string
+	for _, im := range imgs {
+		for _, p := range []string{im.KernelPath, im.InitrdPath, im.RootfsPath} {
+			if _, err := os.Stat(p); err != nil {
+				return failc("images", fmt.Sprintf("image %s (%s) is missing %s", im.Name, short(im.ID), filepath.Base(p)), fix)
+			}
+		}
+		names = append(names, im.Name+"@"+short(im.ID))
+	}
+	return ok("images", strings.Join(names, ", ")+" (kernel, initrd and rootfs present)")
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

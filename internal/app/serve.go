@@ -1,0 +1,141 @@
+// Package app is the only place that wires hearth's subsystems together:
+// it builds them from the configuration, runs the daemon and the CLI
+// commands, and owns the shutdown order. Binaries call Main and nothing else.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/api"
+	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/vmm/qemu"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/app.Version=...".
+var Version = "dev"
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by config.Validate
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// newDriver builds the configured VMM driver.
+func newDriver(cfg config.Config) (vmm.Driver, error) {
+	switch cfg.VM.Driver {
+	case "qemu":
+		khz, err := image.HostTSCkHz()
+		if err != nil {
+			khz = 0 // only needed under TCG; New says so if it is
+		}
+		return qemu.New(qemu.Config{Binary: cfg.QEMU.Binary, ImgTool: cfg.QEMU.Img, Accel: cfg.QEMU.Accel, TSCkHz: khz})
+	default:
+		return nil, fmt.Errorf("unknown vm driver %q", cfg.VM.Driver)
+	}
+}
+
+func vmConfig(cfg config.Config) vm.Config {
+	return vm.Config{
+		VMsDir:            cfg.VMsPath(),
+		Roles:             cfg.VM.Roles,
+		DefaultVCPUs:      cfg.VM.DefaultVCPUs,
+		MaxVCPUs:          cfg.VM.MaxVCPUs,
+		DefaultMemoryMiB:  cfg.VM.DefaultMemoryMiB,
+		MinMemoryMiB:      cfg.VM.MinMemoryMiB,
+		MaxMemoryMiB:      cfg.VM.MaxMemoryMiB,
+		BootTimeout:       cfg.VM.BootTimeout.Duration,
+		MaxBootTimeout:    cfg.VM.MaxBootTimeout.Duration,
+		StopTimeout:       cfg.VM.StopTimeout.Duration,
+		HeartbeatInterval: cfg.VM.HeartbeatEvery.Duration,
+		HeartbeatTimeout:  cfg.VM.HeartbeatTimeout.Duration,
+		StopOnShutdown:    cfg.Shutdown.StopVMs,
+	}
+}
+
+// Serve runs the daemon until ctx ends or a termination signal arrives.
+// Shutdown order is the reverse of start: stop accepting requests, stop
+// supervising VMs (which keep running unless configured otherwise), close
+// the store.
+func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
+	log := newLogger(stdout, cfg.LogLevel)
+	if err := cfg.EnsureDirs(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	st, err := sqlite.Open(ctx, cfg.DatabasePath())
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer st.Close()
+
+	drv, err := newDriver(cfg)
+	if err != nil {
+		return err
+	}
+	mgr := vm.New(vmConfig(cfg), st, drv, vm.AgentAPIDialer{}, log)
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	var ready atomic.Bool
+	// Requests get their own base context, cancelled when shutdown begins
+	// so streams (SSE, console follow) end instead of holding it up.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	srv := &http.Server{
+		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now},
+			Log: log, Version: Version, Ready: ready.Load}).Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+	srv.RegisterOnShutdown(cancelBase)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("hearth listening", "addr", ln.Addr().String(), "version", Version, "driver", drv.Name(),
+		"accel", drv.Capabilities().Accel, "state_dir", cfg.StateDir)
+
+	// Reconcile after the listener is up: /healthz answers at once, /readyz
+	// once every VM the store knows has been adopted or cleaned up.
+	if err := mgr.Start(ctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("reconcile vms: %w", err)
+	}
+	ready.Store(true)
+	log.Info("hearth ready")
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	if err := mgr.Shutdown(sctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
