@@ -1,0 +1,277 @@
+// Package e2e runs hearth as a real daemon process that boots real QEMU
+// guests with the minimal image, and checks what users and operators rely
+// on: readiness proven by the agent, clean deletion, adoption after kill -9,
+// failures that say why. It needs root (QEMU, /dev/kvm if present) and the
+// host packages scripts/host-deps.sh installs; without root it skips.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/client"
+)
+
+var (
+	binDir   string // hearth and hearth-agent built for this run
+	imageDir string // shared image output, so each daemon's build is a cache hit
+	cacheDir string
+	skipWhy  string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		skipWhy = "e2e tests need root (QEMU guests, VM state under a private dir); run 'sudo make test'"
+		return m.Run()
+	}
+	tmp, err := os.MkdirTemp("", "hearth-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	binDir = filepath.Join(tmp, "bin")
+	cacheDir = envOr("HEARTH_TEST_CACHE_DIR", "/var/cache/hearth")
+	imageDir = filepath.Join(cacheDir, "e2e-images")
+	root := repoRoot()
+	for _, b := range []struct{ pkg, out string }{{"./cmd/hearth", "hearth"}, {"./cmd/hearth-agent", "hearth-agent"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b.pkg, err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if skipWhy != "" {
+		t.Skip(skipWhy)
+	}
+}
+
+// daemon is one `hearth serve` process with its own state directory.
+type daemon struct {
+	t        *testing.T
+	stateDir string
+	addr     string
+	cmd      *exec.Cmd
+	logPath  string
+	admin    *client.Client
+	alice    *client.Client
+	bob      *client.Client
+	env      []string
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// newDaemon prepares a state dir with the minimal image and keys for an
+// admin, alice and bob, then starts the daemon.
+func newDaemon(t *testing.T, extraEnv ...string) *daemon {
+	t.Helper()
+	needRoot(t)
+	// Short socket paths: VM sockets live under the state dir.
+	state, err := os.MkdirTemp("", "he2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, stateDir: state, addr: freeAddr(t), logPath: filepath.Join(state, "hearth.log")}
+	d.env = append([]string{"HEARTH_STATE_DIR=" + state, "HEARTH_LISTEN=" + d.addr, "HEARTH_IMAGE_DIR=" + imageDir,
+		"HEARTH_CACHE_DIR=" + cacheDir, "HEARTH_CONFIG="}, extraEnv...)
+	out := d.hearth("image", "build", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
+	t.Logf("image: %s", lastLine(out))
+	d.admin = client.New(d.addr, strings.TrimSpace(d.hearth("apikey", "create", "--admin", "--name", "e2e")))
+	d.alice = client.New(d.addr, strings.TrimSpace(d.hearth("apikey", "create", "--user", "alice")))
+	d.bob = client.New(d.addr, strings.TrimSpace(d.hearth("apikey", "create", "--user", "bob")))
+	d.start()
+	t.Cleanup(func() { d.cleanup() })
+	return d
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// hearth runs a CLI command against this daemon's state and returns stdout.
+func (d *daemon) hearth(args ...string) string {
+	d.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "hearth"), args...)
+	cmd.Env = append(os.Environ(), d.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		d.t.Fatalf("hearth %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logf, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "hearth"), "serve")
+	cmd.Env = append(os.Environ(), d.env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	logf.Close()
+	d.cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + d.addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if d.ready() {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.t.Fatalf("daemon did not become ready; log:\n%s", d.log())
+}
+
+func (d *daemon) ready() bool {
+	return d.admin.Do(context.Background(), "GET", "/readyz", nil, nil) == nil
+}
+
+func (d *daemon) log() string {
+	b, _ := os.ReadFile(d.logPath)
+	return string(b)
+}
+
+// kill9 kills the daemon the hard way; its VMs keep running.
+func (d *daemon) kill9() {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		d.t.Fatal(err)
+	}
+	_ = d.cmd.Wait()
+	d.cmd = nil
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop() {
+	d.t.Helper()
+	if d.cmd == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			d.t.Errorf("daemon exit: %v\n%s", err, d.log())
+		}
+	case <-time.After(40 * time.Second):
+		_ = d.cmd.Process.Kill()
+		d.t.Errorf("daemon did not stop on SIGTERM")
+	}
+	d.cmd = nil
+}
+
+// cleanup deletes every VM, stops the daemon and checks nothing leaked.
+func (d *daemon) cleanup() {
+	t := d.t
+	if d.cmd != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		vms, err := d.admin.ListVMs(ctx)
+		if err == nil {
+			for _, v := range vms {
+				_, _ = d.admin.DeleteVM(ctx, v.ID)
+			}
+			for _, v := range vms {
+				if _, err := d.admin.WaitVM(ctx, v.ID, "destroyed", time.Minute); err != nil {
+					t.Errorf("cleanup: vm %s: %v", v.ID, err)
+				}
+			}
+		}
+		d.stop()
+	}
+	if pids := qemuPIDs(d.stateDir); len(pids) > 0 {
+		t.Errorf("qemu processes left behind: %v", pids)
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+	if t.Failed() {
+		t.Logf("daemon log:\n%s", tail(d.log(), 8000))
+	}
+	_ = os.RemoveAll(d.stateDir)
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// qemuPIDs lists QEMU processes whose command line mentions dir.
+func qemuPIDs(dir string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(b), "qemu-system") && strings.Contains(string(b), dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
