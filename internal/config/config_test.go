@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +122,18 @@ func TestLoadRejectsUnknownKeysAndBadEnv(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "missing.toml"), nil); err == nil {
 		t.Fatal("missing file must be an error")
+	}
+}
+
+// The documented example must load and equal the defaults, so the docs
+// cannot drift from the code.
+func TestExampleFileIsTheDefaults(t *testing.T) {
+	c, err := Load("../../docs/hearth.example.toml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if !reflect.DeepEqual(c, d) {
+		t.Fatalf("docs/hearth.example.toml differs from Default():\n%+v\n%+v", c, d)
 	}
 }
