@@ -13,7 +13,7 @@ out=$(bin/vmbench -hearth bin/hearth -agent bin/hearth-agent -runs "$RUNS")
 {
   echo "# Benchmarks"
   echo
-  echo "Made by \`sudo RUNS=$RUNS ./bench/run.sh\` (bench/vmbench) on $(date -u +%Y-%m-%d),"
+  echo "Made by \`RUNS=$RUNS ./bench/run.sh\` as root (bench/vmbench) on $(date -u +%Y-%m-%d),"
   echo "$(nproc) vCPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(qemu-system-x86_64 --version | head -1), hearth $(git describe --always --dirty)."
   echo "hearth and the baseline run interleaved in the same process, against the same image."
   echo

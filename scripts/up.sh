@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
-[ "$(id -u)" -eq 0 ] || { echo "run as root: sudo make up" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root (sudo make up)" >&2; exit 1; }
 
 STATE=${HEARTH_STATE_DIR:-/var/lib/hearth}
 export HEARTH_STATE_DIR=$STATE

@@ -47,13 +47,17 @@ func newEnv(t *testing.T) *env {
 	return &env{t: t, st: st, driver: d, agents: &vmfake.Agents{}, dir: dir}
 }
 
-func (e *env) manager() *vm.Manager {
-	cfg := vm.Config{
+func (e *env) config() vm.Config {
+	return vm.Config{
 		VMsDir: e.dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 1024,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
 	}
+}
+
+func (e *env) manager() *vm.Manager {
+	cfg := e.config()
 	m := vm.New(cfg, e.st, e.driver, e.agents, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err := m.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
@@ -359,5 +363,34 @@ func TestWaitTimeout(t *testing.T) {
 	_, err := m.Wait(ctx, v.ID, store.StateReady)
 	if !errors.Is(err, errdefs.ErrTimeout) {
 		t.Fatalf("want timeout, got %v", err)
+	}
+}
+
+func TestShutdownWithStopOnShutdownStopsVMs(t *testing.T) {
+	e := newEnv(t)
+	m := e.manager()
+	v, _ := m.Create(context.Background(), vm.CreateRequest{UserID: "alice", Image: "minimal"})
+	waitFor(t, m, v.ID, store.StateReady)
+	// A second manager over the same store, configured to stop VMs on exit,
+	// adopts the VM; shutting it down destroys the VM.
+	if err := m.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config()
+	cfg.StopOnShutdown = true
+	m2 := vm.New(cfg, e.st, e.driver, e.agents, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := m2.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m2, v.ID, store.StateReady)
+	if err := m2.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if e.driver.Running() != 0 {
+		t.Fatal("stop_vms: VM still running after shutdown")
+	}
+	got, err := e.st.GetVM(context.Background(), v.ID)
+	if err != nil || got.State != store.StateDestroyed {
+		t.Fatalf("after stop-on-shutdown: %v %s", err, got.State)
 	}
 }

@@ -1,8 +1,3 @@
-// Package e2e runs hearth as a real daemon process that boots real QEMU
-// guests with the minimal image, and checks what users and operators rely
-// on: readiness proven by the agent, clean deletion, adoption after kill -9,
-// failures that say why. It needs root (QEMU, /dev/kvm if present) and the
-// host packages scripts/host-deps.sh installs; without root it skips.
 package e2e
 
 import (

@@ -1,0 +1,83 @@
+package app
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+type pkg struct {
+	ImportPath string
+	Doc        string
+	Imports    []string
+	Deps       []string
+}
+
+func listPackages(t *testing.T, pattern string) []pkg {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", pattern).Output()
+	if err != nil {
+		t.Skipf("go list unavailable: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	var pkgs []pkg
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+const mod = "github.com/hearth-project/hearth/"
+
+// The guest agent is small and static: it must not drag in the daemon's
+// store, HTTP API, drivers or image builder.
+func TestAgentDependenciesStaySmall(t *testing.T) {
+	ps := listPackages(t, mod+"cmd/hearth-agent")
+	forbidden := []string{"modernc.org/sqlite", "github.com/getkin", "net/http", mod + "internal/store", mod + "internal/api",
+		mod + "internal/vm", mod + "internal/image", mod + "internal/app"}
+	for _, d := range ps[0].Deps {
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("hearth-agent depends on %s", d)
+			}
+		}
+	}
+}
+
+// internal/app is the only wiring point: only it (and the binaries, tests
+// and benchmarks) may pick concrete backends.
+func TestOnlyAppWiresBackends(t *testing.T) {
+	concrete := []string{mod + "internal/store/sqlite", mod + "internal/vmm/qemu", mod + "internal/app"}
+	allowed := func(importer, imported string) bool {
+		switch {
+		case importer == mod+"internal/app", strings.HasPrefix(importer, mod+"cmd/"), strings.HasPrefix(importer, mod+"bench/"):
+			return true
+		case importer == mod+"internal/store/sqlite" || importer == mod+"internal/vmm/qemu":
+			return true
+		}
+		return false
+	}
+	for _, p := range listPackages(t, mod+"...") {
+		for _, imp := range p.Imports {
+			for _, c := range concrete {
+				if imp == c && !allowed(p.ImportPath, imp) {
+					t.Errorf("%s imports %s; wire it in internal/app instead", p.ImportPath, imp)
+				}
+			}
+		}
+	}
+}
+
+// Every package says what it is for.
+func TestEveryPackageHasADocComment(t *testing.T) {
+	for _, p := range listPackages(t, mod+"...") {
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("package %s has no package comment", p.ImportPath)
+		}
+	}
+}
