@@ -222,18 +222,24 @@ func (m *Manager) Delete(ctx context.Context, id string) (store.VM, error) {
 	if v.State == store.StateDestroyed {
 		return v, nil
 	}
+	// Record the request first, so the answer (and every reader) sees
+	// "stopping" at once; the supervisor does the rest.
+	if v.State == store.StatePending || v.State == store.StateBooting || v.State == store.StateReady {
+		nv, err := m.transition(id, store.StateStopping, "delete requested", nil)
+		if err == nil {
+			v = nv
+		} else if !errors.Is(err, errdefs.ErrConflict) {
+			return store.VM{}, err
+		} // a conflict: the VM moved on (e.g. failed) meanwhile; teardown handles any state
+	}
 	m.mu.Lock()
 	inst, running := m.instances[id]
-	m.mu.Unlock()
 	if running {
 		inst.requestStop()
-	} else {
-		m.spawn(v, modeDestroy)
 	}
-	// Give the supervisor a moment so the answer usually shows "stopping".
-	select {
-	case <-time.After(20 * time.Millisecond):
-	case <-ctx.Done():
+	m.mu.Unlock()
+	if !running {
+		m.spawn(v, modeDestroy)
 	}
 	return m.Get(context.WithoutCancel(ctx), id)
 }

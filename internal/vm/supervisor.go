@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -84,13 +85,30 @@ func (m *Manager) spawn(v store.VM, md mode) {
 	go func() {
 		defer m.wg.Done()
 		defer close(inst.done)
-		defer func() {
-			m.mu.Lock()
-			delete(m.instances, v.ID)
-			m.mu.Unlock()
-		}()
 		m.supervise(inst, v, md)
+		m.finishStop(inst)
 	}()
+}
+
+// finishStop honours a delete that arrived while the supervisor was busy
+// failing the VM (or shutting down), then retires the supervisor. The check
+// and the removal happen under the lock Delete takes, so a delete is either
+// seen here or finds no supervisor and starts its own.
+func (m *Manager) finishStop(inst *instance) {
+	handled := false
+	for {
+		m.mu.Lock()
+		if !inst.stopRequested() || handled || m.ctx.Err() != nil {
+			delete(m.instances, inst.id)
+			m.mu.Unlock()
+			return
+		}
+		m.mu.Unlock()
+		handled = true
+		if cur, err := m.store.GetVM(context.WithoutCancel(m.ctx), inst.id); err == nil && cur.State != store.StateDestroyed {
+			m.teardown(cur, nil)
+		}
+	}
 }
 
 // supervise drives one VM from its current state to its next resting one.
@@ -109,7 +127,11 @@ func (m *Manager) supervise(inst *instance, v store.VM, md mode) {
 	if md == modeRun && v.State == store.StatePending {
 		v, h, err = m.boot(inst, v)
 		if err != nil {
-			m.fail(v.ID, err.Error())
+			// A conflict here means a delete moved the VM to stopping
+			// under us; finishStop (or the deleter) tears it down.
+			if !inst.stopRequested() && !errors.Is(err, errdefs.ErrConflict) {
+				m.fail(v.ID, err.Error())
+			}
 			return
 		}
 	} else {
@@ -300,7 +322,10 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 						x.LastHeartbeatAt = x.ReadyAt
 					})
 					if err != nil {
-						log.Error("mark ready", "err", err)
+						// A delete moved it to stopping meanwhile: not an error.
+						if !errors.Is(err, errdefs.ErrConflict) {
+							log.Error("mark ready", "err", err)
+						}
 						continue
 					}
 					v = nv
@@ -421,6 +446,12 @@ func (m *Manager) release(v store.VM) {
 func (m *Manager) teardown(v store.VM, sess AgentSession) {
 	ctx := context.WithoutCancel(m.ctx)
 	log := m.log.With("vm", v.ID)
+	if cur, err := m.store.GetVM(ctx, v.ID); err == nil {
+		v = cur // the caller's copy may predate a delete or a failure
+	}
+	if v.State == store.StateDestroyed {
+		return
+	}
 	h, _ := vmm.UnmarshalHandle(v.Handle)
 	if v.State != store.StateFailed && v.State != store.StateStopped {
 		var err error
