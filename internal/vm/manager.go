@@ -248,7 +248,7 @@ func (m *Manager) Delete(ctx context.Context, id string) (store.VM, error) {
 // (e.g. the VM failed while the caller waited for ready), or ctx ends.
 func (m *Manager) Wait(ctx context.Context, id string, target store.State) (store.VM, error) {
 	sub := m.bus.Subscribe(64)
-	defer sub.Close()
+	defer func() { sub.Close() }()
 	for {
 		v, err := m.Get(ctx, id)
 		if err != nil {
@@ -262,8 +262,7 @@ func (m *Manager) Wait(ctx context.Context, id string, target store.State) (stor
 		}
 		if err := waitForVMEvent(ctx, sub, id); err != nil {
 			if errors.Is(err, errBusDropped) {
-				sub = m.bus.Subscribe(64)
-				defer sub.Close()
+				sub = m.bus.Subscribe(64) // fell behind: re-read the row and go on
 				continue
 			}
 			return v, errdefs.Timeoutf("vm %s is still %s", id, v.State)

@@ -217,6 +217,17 @@ func TestPortsNeverReady(t *testing.T) {
 	}
 }
 
+func TestWrongTokenIsNamed(t *testing.T) {
+	e := newEnv(t)
+	e.agents.SetBehaviour(vmfake.GuestBadProof)
+	m := e.manager()
+	v, _ := m.Create(context.Background(), vm.CreateRequest{UserID: "alice", Image: "minimal", BootTimeout: time.Second})
+	v = waitFor(t, m, v.ID, store.StateFailed)
+	if !strings.Contains(v.FailureReason, "could not prove the vm's token") {
+		t.Fatalf("reason %q", v.FailureReason)
+	}
+}
+
 func TestStartFailureIsFailedAndCleaned(t *testing.T) {
 	e := newEnv(t)
 	e.driver.FailOn = "start"

@@ -42,6 +42,9 @@ type AgentDialer interface {
 	Connect(ctx context.Context, socket string, token []byte, requiredPorts []int, heartbeat time.Duration) (AgentSession, AgentHello, error)
 }
 
+// heartbeatPersistEvery bounds how often a VM's last heartbeat is written.
+const heartbeatPersistEvery = 10 * time.Second
+
 type mode int
 
 const (
@@ -229,6 +232,8 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 	}()
 	var (
 		helloSeen  bool
+		lastErr    error // why the last agent connection attempt failed
+		persisted  time.Time
 		readyPorts = map[int]bool{}
 		connecting chan agentResult
 		connCancel context.CancelFunc = func() {}
@@ -286,6 +291,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		case r := <-connecting:
 			connecting = nil
 			if r.err != nil {
+				lastErr = r.err
 				if m.ctx.Err() != nil {
 					continue
 				}
@@ -334,7 +340,12 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 			case "heartbeat":
 				if v.State == store.StateReady {
 					resetTimer(timer, m.cfg.HeartbeatTimeout)
-					v, _ = m.update(v.ID, func(x *store.VM) { x.LastHeartbeatAt = e.At.UTC() })
+					// Liveness is judged here, in memory; the stored time
+					// is for people and is written at most every few beats.
+					if e.At.Sub(persisted) >= heartbeatPersistEvery {
+						persisted = e.At
+						v, _ = m.update(v.ID, func(x *store.VM) { x.LastHeartbeatAt = e.At.UTC() })
+					}
 				}
 			}
 
@@ -355,7 +366,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 				m.fail(v.ID, fmt.Sprintf("agent sent no heartbeat for %s", m.cfg.HeartbeatTimeout))
 				return
 			}
-			m.fail(v.ID, notReadyReason(v, helloSeen, ports, readyPorts, deadline))
+			m.fail(v.ID, notReadyReason(v, helloSeen, lastErr, ports, readyPorts, deadline))
 			return
 		}
 	}
@@ -382,12 +393,15 @@ func readyMessage(ports []int) string {
 	return fmt.Sprintf("agent reported ready; ports %v accept connections", ports)
 }
 
-func notReadyReason(v store.VM, helloSeen bool, ports []int, ready map[int]bool, deadline time.Time) string {
+func notReadyReason(v store.VM, helloSeen bool, lastErr error, ports []int, ready map[int]bool, deadline time.Time) string {
 	if v.State == store.StateReady {
 		return "agent stopped answering"
 	}
 	within := deadline.Sub(v.CreatedAt).Round(time.Second)
 	if !helloSeen {
+		if lastErr != nil && errors.Is(lastErr, agentapi.ErrBadProof) {
+			return fmt.Sprintf("not ready within %s: the guest agent could not prove the vm's token", within)
+		}
 		return fmt.Sprintf("not ready within %s: the guest agent never connected", within)
 	}
 	var missing []string

@@ -7,6 +7,7 @@ package vmfake
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -152,6 +153,7 @@ const (
 	GuestReady      Behaviour = iota // connects and reports ready
 	GuestSilent                      // never connects
 	GuestPortsStuck                  // connects, never reports ready
+	GuestBadProof                    // answers, but cannot prove the token
 )
 
 // Agents plays the guest side: it answers when the VM's "process" runs.
@@ -187,6 +189,9 @@ func (a *Agents) Connect(ctx context.Context, socket string, token []byte, ports
 	}
 	if want, err := agentapi.ParseToken(string(raw)); err != nil || string(want) != string(token) {
 		return nil, vm.AgentHello{}, errors.New("bad proof")
+	}
+	if b == GuestBadProof {
+		return nil, vm.AgentHello{}, fmt.Errorf("agent handshake: %w", agentapi.ErrBadProof)
 	}
 	if b == GuestSilent {
 		<-ctx.Done()
