@@ -90,6 +90,9 @@ type VM struct {
 	Handle []byte
 	// Dir is the VM's private directory under the state dir.
 	Dir string
+	// Network is the VM's network identity (JSON): TAP, MAC, address,
+	// egress policy. Empty for VMs without a network.
+	Network []byte
 	// Agent facts reported from inside the guest.
 	AgentVersion    string
 	GuestBootAt     time.Time
@@ -169,6 +172,27 @@ type VMs interface {
 	DeleteVM(ctx context.Context, id string) error
 }
 
+// Lease is one address of the VM subnet held by one VM. An address is
+// never held twice: the store enforces it.
+type Lease struct {
+	IP        string // canonical form, e.g. "172.30.0.5"
+	VMID      string
+	CreatedAt time.Time
+}
+
+// Leases stores address leases.
+type Leases interface {
+	// CreateLease records l. It fails with ErrConflict if the address is
+	// held or the VM already holds one; nothing is written then.
+	CreateLease(ctx context.Context, l Lease) error
+	// GetLease returns the lease held by vmID, or ErrNotFound.
+	GetLease(ctx context.Context, vmID string) (Lease, error)
+	// ListLeases returns every lease, ordered by address text.
+	ListLeases(ctx context.Context) ([]Lease, error)
+	// DeleteLease releases vmID's lease; releasing none is not an error.
+	DeleteLease(ctx context.Context, vmID string) error
+}
+
 // Events is the append-only event log.
 type Events interface {
 	AppendEvent(ctx context.Context, e Event) (Event, error)
@@ -182,6 +206,7 @@ type Store interface {
 	APIKeys
 	Images
 	VMs
+	Leases
 	Events
 	Ping(ctx context.Context) error
 	Close() error

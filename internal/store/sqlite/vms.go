@@ -20,6 +20,7 @@ var vmColumns = []string{
 	"state", "failure_reason", "handle", "dir", "agent_version",
 	"guest_boot_at", "last_heartbeat_at", "boot_deadline",
 	"created_at", "updated_at", "ready_at", "stopped_at", "destroyed_at",
+	"network",
 }
 
 var (
@@ -43,6 +44,7 @@ func vmArgs(vm store.VM) []any {
 		timeArg(vm.GuestBootAt), timeArg(vm.LastHeartbeatAt), timeArg(vm.BootDeadline),
 		timeArg(vm.CreatedAt), timeArg(vm.UpdatedAt), timeArg(vm.ReadyAt),
 		timeArg(vm.StoppedAt), timeArg(vm.DestroyedAt),
+		vm.Network,
 	}
 }
 
@@ -57,6 +59,7 @@ func scanVM(r rowScanner) (store.VM, error) {
 		scanTime(&vm.GuestBootAt), scanTime(&vm.LastHeartbeatAt), scanTime(&vm.BootDeadline),
 		scanTime(&vm.CreatedAt), scanTime(&vm.UpdatedAt), scanTime(&vm.ReadyAt),
 		scanTime(&vm.StoppedAt), scanTime(&vm.DestroyedAt),
+		&vm.Network,
 	)
 	if err != nil {
 		return store.VM{}, noRows(err)

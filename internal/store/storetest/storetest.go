@@ -46,6 +46,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UpdateVMImmutableID", testUpdateVMImmutableID},
 		{"UpdateVMNotFound", testUpdateVMNotFound},
 		{"ConcurrentUpdateVM", testConcurrentUpdateVM},
+		{"Leases", testLeases},
+		{"ConcurrentLeases", testConcurrentLeases},
 		{"Events", testEvents},
 		{"EventsDefaultLimit", testEventsDefaultLimit},
 		{"ZeroTimes", testZeroTimes},
@@ -227,6 +229,7 @@ func newVM(id, userID string, state store.State, created time.Time) store.VM {
 		ReadyAt:         created.Add(4 * time.Second),
 		StoppedAt:       created.Add(5 * time.Second),
 		DestroyedAt:     created.Add(6 * time.Second),
+		Network:         []byte(`{"ip":"172.30.0.9","tap":"hthabc"}`),
 	}
 }
 
