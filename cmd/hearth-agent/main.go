@@ -1,7 +1,8 @@
 // Command hearth-agent is the hearth guest agent. It runs inside every VM,
 // authenticates to the host over the hearth.agent virtio-serial port with
-// the per-VM token delivered at boot, reports when the VM's required ports
-// accept connections, sends heartbeats and answers host requests.
+// the per-VM token delivered at boot, configures the guest network the host
+// asks for, reports when the VM's required ports accept connections, sends
+// heartbeats and answers host requests (ping, exec, shutdown).
 //
 // Build it static: CGO_ENABLED=0 go build -ldflags "-X main.version=..." ./cmd/hearth-agent
 package main

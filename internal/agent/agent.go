@@ -2,7 +2,8 @@
 // (internal/agentapi). It runs inside every VM as cmd/hearth-agent: it finds
 // the virtio-serial port named PortName, reads the per-VM token delivered at
 // boot, and serves the protocol for as long as the VM runs, surviving host
-// disconnects and reconnects.
+// disconnects and reconnects. On the host's word it configures the guest's
+// network (through netlink, no DHCP) and runs commands (exec).
 package agent
 
 import (
@@ -54,6 +55,13 @@ type Options struct {
 	// RetryInterval is how long to wait before reading the port again while
 	// no host is connected. Zero means 150ms.
 	RetryInterval time.Duration
+
+	// For tests: how the network is configured (nil means netlink in the
+	// agent's network namespace), how long to wait for the NIC (zero means
+	// 10s) and where resolv.conf is (empty means /etc/resolv.conf).
+	netOps      netOps
+	linkTimeout time.Duration
+	resolvConf  string
 }
 
 func (o Options) withDefaults() Options {
@@ -71,6 +79,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.RetryInterval <= 0 {
 		o.RetryInterval = defaultRetryInterval
+	}
+	if o.netOps == nil {
+		o.netOps = defaultNetOps()
+	}
+	if o.linkTimeout <= 0 {
+		o.linkTimeout = defaultLinkTimeout
+	}
+	if o.resolvConf == "" {
+		o.resolvConf = defaultResolvConf
 	}
 	return o
 }

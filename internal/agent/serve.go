@@ -9,6 +9,8 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -24,8 +26,11 @@ const (
 // Serve speaks the agent protocol over rw, a stream to one host connection,
 // until reading fails or ctx is done. Each challenge starts a fresh session:
 // Serve answers with a hello proving knowledge of token, and once
-// configured reports the required ports, then heartbeats. It answers
-// requests of a configured session.
+// configured sets up the network (if the config has one), reports the
+// required ports, then heartbeats. It answers requests of a configured
+// session, each in its own goroutine; a session's running requests are
+// cancelled when it ends, and their replies are never written into the
+// next one.
 //
 // Serve returns ctx.Err() once ctx is done, and otherwise the read error:
 // io.EOF, io.ErrUnexpectedEOF or a connection reset when the host went away. If rw has a
@@ -38,8 +43,12 @@ func Serve(ctx context.Context, rw io.ReadWriter, token []byte, opts Options) er
 	return newServer(rw, token, opts.withDefaults()).serve(ctx)
 }
 
-// handler answers one request type. afterReply, if not nil, runs once the
-// reply has been written.
+// maxInflightRequests bounds the requests being answered at once; more are
+// refused.
+const maxInflightRequests = 32
+
+// handler answers one request type. ctx is done when the session ends.
+// afterReply, if not nil, runs once the reply has been written.
 type handler func(ctx context.Context, req agentapi.Envelope) (result any, afterReply func(), err error)
 
 // server is the state of one Serve call.
@@ -48,10 +57,15 @@ type server struct {
 	opts     Options
 	log      *slog.Logger
 	token    []byte
-	enc      *agentapi.Encoder
+	enc      *agentapi.Encoder // safe for concurrent use; one Write per message
 	dec      *agentapi.Decoder
+	net      networker
 	handlers map[string]handler
+	inflight chan struct{}            // a token per request being answered
+	limits   map[string]chan struct{} // tighter bounds for some request types
+	requests sync.WaitGroup           // request goroutines
 
+	// Owned by the reading goroutine.
 	received bool     // a line was read from the host
 	sess     *session // the current host session, nil before a challenge
 }
@@ -59,23 +73,31 @@ type server struct {
 // session is one host session, from a challenge until the next one, a
 // rejection, or the end of Serve.
 type session struct {
-	configured bool
-	stop       context.CancelFunc // stops the reporter (nil until configured)
-	done       chan struct{}      // closed when the reporter has exited
+	ctx        context.Context // done when the session ends
+	cancel     context.CancelFunc
+	configured bool          // owned by the reading goroutine
+	reporter   chan struct{} // closed when the reporter has exited; nil until configured
+
+	mu    sync.Mutex // held while a reply is written
+	ended bool       // no reply may be written any more
 }
 
 func newServer(rw io.ReadWriter, token []byte, opts Options) *server {
 	s := &server{
-		rw:    rw,
-		opts:  opts,
-		log:   opts.Logger,
-		token: token,
-		enc:   agentapi.NewEncoder(rw),
-		dec:   agentapi.NewDecoder(rw),
+		rw:       rw,
+		opts:     opts,
+		log:      opts.Logger,
+		token:    token,
+		enc:      agentapi.NewEncoder(rw),
+		dec:      agentapi.NewDecoder(rw),
+		net:      networker{ops: opts.netOps, linkTimeout: opts.linkTimeout, resolvConf: opts.resolvConf},
+		inflight: make(chan struct{}, maxInflightRequests),
+		limits:   map[string]chan struct{}{agentapi.TypeExec: make(chan struct{}, maxConcurrentExecs)},
 	}
 	s.handlers = map[string]handler{
 		agentapi.TypePing:     s.ping,
 		agentapi.TypeShutdown: s.shutdown,
+		agentapi.TypeExec:     s.exec,
 	}
 	return s
 }
@@ -83,7 +105,8 @@ func newServer(rw io.ReadWriter, token []byte, opts Options) *server {
 func (s *server) serve(ctx context.Context) error {
 	stop := interruptOnDone(ctx, s.rw)
 	defer stop()
-	defer s.endSession() // before stop: the reporter may need the interrupt
+	defer s.requests.Wait() // ending the session stops them
+	defer s.endSession()    // before stop: the reporter may need the interrupt
 
 	for {
 		env, err := s.dec.Decode()
@@ -110,12 +133,12 @@ func (s *server) handle(ctx context.Context, env agentapi.Envelope) {
 	case agentapi.TypeChallenge:
 		s.onChallenge(ctx, env)
 	case agentapi.TypeConfig:
-		s.onConfig(ctx, env)
+		s.onConfig(env)
 	case agentapi.TypeRejected:
 		s.onRejected(env)
 	default:
 		if env.ID != 0 {
-			s.onRequest(ctx, env)
+			s.onRequest(env)
 		}
 	}
 }
@@ -141,7 +164,8 @@ func (s *server) onChallenge(ctx context.Context, env agentapi.Envelope) {
 		s.logSendError(ctx, err)
 		return
 	}
-	s.sess = &session{}
+	sctx, cancel := context.WithCancel(ctx)
+	s.sess = &session{ctx: sctx, cancel: cancel}
 	s.log.Info("host connected, sent hello")
 }
 
@@ -160,8 +184,10 @@ func (s *server) hello(nonceText string, nonce []byte) agentapi.Hello {
 	}
 }
 
-// onConfig starts reporting for the session the config accepts.
-func (s *server) onConfig(ctx context.Context, env agentapi.Envelope) {
+// onConfig starts the reporter for the session the config accepts. The
+// network is validated by the reporter, so that a bad one is answered
+// with network_failed rather than silence.
+func (s *server) onConfig(env agentapi.Envelope) {
 	if s.sess == nil || s.sess.configured {
 		s.log.Warn("ignoring unexpected config")
 		return
@@ -171,20 +197,22 @@ func (s *server) onConfig(ctx context.Context, env agentapi.Envelope) {
 		s.log.Warn("ignoring bad config", "err", err)
 		return
 	}
+	network := cfg.Network
+	cfg.Network = nil
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		s.log.Warn("ignoring bad config", "err", err)
 		return
 	}
 	s.log.Info("session configured", "required_ports", fmt.Sprint(cfg.RequiredPorts),
-		"heartbeat_interval", cfg.HeartbeatInterval)
+		"heartbeat_interval", cfg.HeartbeatInterval, "network", network != nil)
 
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	s.sess.configured, s.sess.stop, s.sess.done = true, cancel, done
+	sess := s.sess
+	sess.configured = true
+	sess.reporter = make(chan struct{})
 	go func() {
-		defer close(done)
-		s.report(rctx, cfg)
+		defer close(sess.reporter)
+		s.report(sess.ctx, cfg, network)
 	}()
 }
 
@@ -195,46 +223,119 @@ func (s *server) onRejected(env agentapi.Envelope) {
 	s.endSession()
 }
 
-// endSession stops the current session's reporter and waits for it.
+// endSession ends the current session, if any.
 func (s *server) endSession() {
 	if s.sess == nil {
 		return
 	}
-	if s.sess.stop != nil {
-		s.sess.stop()
-		<-s.sess.done
-	}
+	s.sess.end()
 	s.sess = nil
 }
 
-// onRequest answers a request, then runs its afterReply action.
-func (s *server) onRequest(ctx context.Context, req agentapi.Envelope) {
-	result, afterReply, err := s.dispatch(ctx, req)
-	reply, err := agentapi.NewResult(req.ID, result, err)
-	if err != nil {
-		reply, _ = agentapi.NewResult(req.ID, nil, err)
-	}
-	if err := s.enc.Encode(reply); err != nil {
-		s.logSendError(ctx, err)
-		return
-	}
-	if afterReply != nil {
-		afterReply()
+// end stops the session. Once it returns, no reply of the session will be
+// written (one being written is finished first), its requests are
+// cancelled and its reporter has exited.
+func (sess *session) end() {
+	sess.mu.Lock()
+	sess.ended = true
+	sess.mu.Unlock()
+	sess.cancel()
+	if sess.reporter != nil {
+		<-sess.reporter
 	}
 }
 
-func (s *server) dispatch(ctx context.Context, req agentapi.Envelope) (any, func(), error) {
+// onRequest answers a request in a goroutine of its own, so that a slow
+// one (exec) holds up neither the reader nor other requests. A request
+// that cannot be routed or admitted is refused at once.
+func (s *server) onRequest(req agentapi.Envelope) {
+	sess := s.sess
+	h, err := s.route(req)
+	var release func()
+	if err == nil {
+		release, err = s.admit(req.Type)
+	}
+	if err != nil {
+		s.reply(sess, req.ID, nil, err)
+		return
+	}
+	s.requests.Add(1)
+	go func() {
+		defer s.requests.Done()
+		result, afterReply, err := h(sess.ctx, req)
+		written := s.reply(sess, req.ID, result, err)
+		release()
+		if written && afterReply != nil {
+			afterReply()
+		}
+	}()
+}
+
+// route returns the handler of a request of the configured session.
+func (s *server) route(req agentapi.Envelope) (handler, error) {
 	if req.V != agentapi.ProtocolVersion {
-		return nil, nil, fmt.Errorf("unsupported protocol version %d", req.V)
+		return nil, fmt.Errorf("unsupported protocol version %d", req.V)
 	}
 	if s.sess == nil || !s.sess.configured {
-		return nil, nil, errors.New("no session")
+		return nil, errors.New("no session")
 	}
 	h, ok := s.handlers[req.Type]
 	if !ok {
-		return nil, nil, fmt.Errorf("unknown request type %s", clip(req.Type, maxHelloField))
+		return nil, fmt.Errorf("unknown request type %s", clip(req.Type, maxHelloField))
 	}
-	return h(ctx, req)
+	return h, nil
+}
+
+// admit takes a slot for a request of type typ, or says why there is none.
+// release gives the slot back.
+func (s *server) admit(typ string) (release func(), err error) {
+	select {
+	case s.inflight <- struct{}{}:
+	default:
+		return nil, fmt.Errorf("too many requests in progress (at most %d)", cap(s.inflight))
+	}
+	limit := s.limits[typ]
+	if limit == nil {
+		return func() { <-s.inflight }, nil
+	}
+	select {
+	case limit <- struct{}{}:
+		return func() { <-limit; <-s.inflight }, nil
+	default:
+		<-s.inflight
+		return nil, fmt.Errorf("too many %s requests in progress (at most %d)", typ, cap(limit))
+	}
+}
+
+// reply writes the result of request id, result or reqErr, unless sess
+// (nil before any challenge) has ended. It reports whether it wrote it.
+func (s *server) reply(sess *session, id uint64, result any, reqErr error) bool {
+	if reqErr != nil {
+		reqErr = errors.New(errorText(reqErr))
+	}
+	env, err := agentapi.NewResult(id, result, reqErr)
+	if err != nil {
+		env, _ = agentapi.NewResult(id, nil, err)
+	}
+	ctx := context.Background()
+	if sess != nil {
+		sess.mu.Lock()
+		defer sess.mu.Unlock()
+		if sess.ended {
+			return false
+		}
+		ctx = sess.ctx
+	}
+	err = s.enc.Encode(env)
+	if errors.Is(err, agentapi.ErrLineTooLong) { // nothing was written
+		env, _ = agentapi.NewResult(id, nil, errors.New("result too large"))
+		err = s.enc.Encode(env)
+	}
+	if err != nil {
+		s.logSendError(ctx, err)
+		return false
+	}
+	return true
 }
 
 func (s *server) ping(context.Context, agentapi.Envelope) (any, func(), error) {
@@ -252,25 +353,81 @@ func (s *server) shutdown(context.Context, agentapi.Envelope) (any, func(), erro
 	return agentapi.ShutdownResult{}, after, nil
 }
 
-// report sends port_ready for each required port as it starts accepting
-// connections, then ready, then heartbeats until ctx is done.
-func (s *server) report(ctx context.Context, cfg agentapi.Config) {
+// exec runs a command until it exits, its timeout passes or the session
+// ends. Only the command's name is logged: its arguments may be secret.
+func (s *server) exec(ctx context.Context, req agentapi.Envelope) (any, func(), error) {
+	var r agentapi.ExecRequest
+	if err := req.DecodeBody(&r); err != nil {
+		return nil, nil, err
+	}
+	r = r.WithDefaults()
+	if err := r.Validate(); err != nil {
+		return nil, nil, err
+	}
+	res, err := runCommand(ctx, r)
+	if err != nil {
+		s.log.Warn("exec failed", "cmd", clip(r.Argv[0], maxHelloField), "err", err)
+		return nil, nil, fmt.Errorf("exec: %w", err)
+	}
+	s.log.Info("exec done", "cmd", clip(r.Argv[0], maxHelloField), "exit_code", res.ExitCode,
+		"signal", res.Signal, "timed_out", res.TimedOut, "duration", res.Duration)
+	return res, nil, nil
+}
+
+// report sets up the network, if cfg had one, then sends port_ready for
+// each required port as it starts accepting connections, then ready, then
+// heartbeats until ctx is done.
+func (s *server) report(ctx context.Context, cfg agentapi.Config, network *agentapi.NetworkConfig) {
+	ready := agentapi.Ready{Ports: slices.Clone(cfg.RequiredPorts)}
+	if ready.Ports == nil {
+		ready.Ports = []int{}
+	}
+	if network != nil {
+		nr, ok := s.setUpNetwork(ctx, *network)
+		if !ok {
+			return
+		}
+		ready.Network = &agentapi.ReadyNetwork{Interface: nr.Interface, Address: nr.Address}
+	}
 	if err := s.awaitPorts(ctx, cfg.RequiredPorts); err != nil {
 		s.logSendError(ctx, err)
 		return
 	}
-	ports := slices.Clone(cfg.RequiredPorts)
-	if ports == nil {
-		ports = []int{}
-	}
-	if err := s.send(agentapi.TypeReady, agentapi.Ready{Ports: ports}); err != nil {
+	if err := s.send(agentapi.TypeReady, ready); err != nil {
 		s.logSendError(ctx, err)
 		return
 	}
-	s.log.Info("ready", "ports", fmt.Sprint(ports))
+	s.log.Info("ready", "ports", fmt.Sprint(ready.Ports))
 	if err := s.heartbeats(ctx, cfg.HeartbeatInterval); err != nil {
 		s.logSendError(ctx, err)
 	}
+}
+
+// setUpNetwork applies network and tells the host how it went. It returns
+// false when the session must not go on: the network failed (the host was
+// sent network_failed; a new challenge tries again) or the session ended.
+func (s *server) setUpNetwork(ctx context.Context, network agentapi.NetworkConfig) (agentapi.NetworkReady, bool) {
+	nr, err := s.net.apply(ctx, network)
+	if ctx.Err() != nil {
+		return agentapi.NetworkReady{}, false
+	}
+	if err != nil {
+		s.log.Error("network configuration failed", "err", err)
+		failed := agentapi.NetworkFailed{Error: errorText(err)}
+		if err := s.send(agentapi.TypeNetworkFailed, failed); err != nil {
+			s.logSendError(ctx, err)
+		}
+		return agentapi.NetworkReady{}, false
+	}
+	if nr.DNSError != "" {
+		s.log.Warn("resolv.conf not written", "err", nr.DNSError)
+	}
+	s.log.Info("network configured", "interface", nr.Interface, "address", nr.Address, "gateway", nr.Gateway)
+	if err := s.send(agentapi.TypeNetworkReady, nr); err != nil {
+		s.logSendError(ctx, err)
+		return agentapi.NetworkReady{}, false
+	}
+	return nr, true
 }
 
 // awaitPorts probes the ports every probeInterval, sending port_ready for
@@ -370,6 +527,12 @@ func interruptOnDone(ctx context.Context, rw io.ReadWriter) (stop func()) {
 			_ = d.SetDeadline(time.Time{})
 		}
 	}
+}
+
+// errorText is err's text as the host accepts it: valid UTF-8 of at most
+// agentapi.MaxErrorText bytes.
+func errorText(err error) string {
+	return clip(strings.ToValidUTF8(err.Error(), "\uFFFD"), agentapi.MaxErrorText)
 }
 
 // clip shortens s to at most n bytes without splitting a UTF-8 sequence.

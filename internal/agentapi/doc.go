@@ -28,10 +28,14 @@
 //	host  → guest  challenge  {protocol, nonce}
 //	guest → host   hello      {protocol, agent_version, boot_time, uptime_seconds,
 //	                           hostname, kernel, nonce, proof}
-//	host  → guest  config     {required_ports, heartbeat_interval_ms}
+//	host  → guest  config     {required_ports, heartbeat_interval_ms,
+//	                           network?: {mac, address, gateway?, dns?, mtu?}}
 //	               (or rejected {reason}, after which the host closes)
+//	guest → host   network_ready  {interface, address, gateway?, dns_error?}
+//	               or network_failed {error}   only if the config has a network
 //	guest → host   port_ready {port}   once per required port, when it accepts TCP
-//	guest → host   ready      {ports}  once all required ports are ready
+//	guest → host   ready      {ports, network?: {interface, address}}
+//	                          once all required ports are ready
 //	guest → host   heartbeat  {seq, uptime_seconds, mem_available_kib, load1}
 //
 // proof is hex(HMAC-SHA256(key=token, msg=nonce)) where token is the per-VM
@@ -40,5 +44,34 @@
 // A byte stream to a guest can carry stale messages from an earlier
 // connection, so the host ignores everything before a hello that echoes its
 // nonce, and the guest starts a fresh session whenever it receives a
-// challenge.
+// challenge. Requests in progress when a session ends are cancelled, and
+// their results are never sent into the next session.
+//
+// # Network
+//
+// A config may carry a network (NetworkConfig): the guest NIC with the
+// given MAC gets exactly that address (other addresses of its family, but
+// link-local ones, are removed), MTU and default route, lo is brought up,
+// and /etc/resolv.conf names the DNS servers. The guest does this before
+// probing ports and answers network_ready, echoing the address and gateway
+// it applied and, in dns_error, why resolv.conf could not be written (not
+// fatal). If it cannot apply the network it answers network_failed and
+// sends nothing else in that session (it still answers requests); a new
+// challenge tries again. Applying the same network again is a no-op, so
+// the host simply sends the same config after every reconnect. When it
+// sent a network, the host treats port_ready or ready before a matching
+// network_ready, and a network_ready for another address or gateway, as
+// protocol violations; this also catches an agent too old to know networks,
+// which ignores the field.
+//
+// # Requests
+//
+// ping {} → {guest_time}; shutdown {} → {} (then the guest powers off);
+// exec (ExecRequest) → ExecResult: a command run in its own process group
+// with a timeout (default 30 s, at most 10 min) after which the whole group
+// is killed. stdin and the outputs travel base64-encoded (stdin_b64,
+// stdout_b64, stderr_b64) so that any bytes survive; each output is cut at
+// MaxExecOutput bytes. A command that cannot start is a result with an
+// error. The guest answers requests concurrently, with heartbeats going on,
+// and refuses more than a few at once (8 execs).
 package agentapi

@@ -34,6 +34,10 @@ func goldenMessages(t *testing.T) []struct {
 	if err != nil {
 		t.Fatal(err)
 	}
+	execErr, err := NewResult(7, nil, errorString("exec: start /nonexistent: fork/exec /nonexistent: no such file or directory"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	return []struct {
 		env  Envelope
 		body any
@@ -54,6 +58,26 @@ func goldenMessages(t *testing.T) []struct {
 		{mk(TypeShutdown, 2, Shutdown{}), &Shutdown{}},
 		{mk(TypeResult, 2, ShutdownResult{}), &ShutdownResult{}},
 		{errResult, nil},
+		// Added without a version bump: network configuration and exec.
+		{mk(TypeConfig, 0, Config{RequiredPorts: []int{22}, HeartbeatInterval: 5 * time.Second, Network: &NetworkConfig{
+			MAC: "02:ab:cd:00:00:05", Address: "172.30.0.5/24", Gateway: "172.30.0.1",
+			DNS: []string{"172.30.0.1", "192.0.2.53"}, MTU: 1450,
+		}}), &Config{}},
+		{mk(TypeNetworkReady, 0, NetworkReady{Interface: "eth0", Address: "172.30.0.5/24", Gateway: "172.30.0.1"}), &NetworkReady{}},
+		{mk(TypeNetworkReady, 0, NetworkReady{
+			Interface: "eth0", Address: "172.30.0.5/24",
+			DNSError: "write /etc/resolv.conf: open /etc/.resolv.conf.tmp-1: read-only file system",
+		}), &NetworkReady{}},
+		{mk(TypeNetworkFailed, 0, NetworkFailed{Error: "find link with mac 02:ab:cd:00:00:05 within 10s: no such link"}), &NetworkFailed{}},
+		{mk(TypeReady, 0, Ready{Ports: []int{22}, Network: &ReadyNetwork{Interface: "eth0", Address: "172.30.0.5/24"}}), &Ready{}},
+		{mk(TypeExec, 5, ExecRequest{
+			Argv: []string{"sh", "-c", "cat; echo done >&2"}, Env: []string{"LANG=C"}, Dir: "/tmp",
+			Timeout: 30 * time.Second, Stdin: []byte("hello\n"),
+		}), &ExecRequest{}},
+		{mk(TypeResult, 5, ExecResult{Stdout: []byte("hello\n"), Stderr: []byte("done\n"), Duration: 12 * time.Millisecond}), &ExecResult{}},
+		{mk(TypeExec, 6, ExecRequest{Argv: []string{"/bin/sleep", "60"}, Timeout: time.Second}), &ExecRequest{}},
+		{mk(TypeResult, 6, ExecResult{ExitCode: -1, Signal: "SIGKILL", TimedOut: true, Stdout: []byte{0xff, 0x00}, StdoutTruncated: true, Duration: 1001 * time.Millisecond}), &ExecResult{}},
+		{execErr, nil},
 	}
 }
 

@@ -17,7 +17,10 @@ const rejectTimeout = time.Second
 // session with it. It sends a challenge, waits for a hello that answers it
 // (skipping anything stale that precedes it), verifies the proof against
 // token and sends cfg. A zero cfg.HeartbeatInterval means
-// DefaultHeartbeatInterval.
+// DefaultHeartbeatInterval. cfg is validated first, its network included.
+// If cfg.Network is set, the session accepts port_ready and ready only
+// after a network_ready for exactly that network; send the same cfg again
+// after a reconnect (the agent re-applies it as a no-op).
 //
 // ctx bounds the handshake only (give it a deadline: a guest that never
 // answers is waited for until ctx is done). On success the session owns

@@ -23,13 +23,16 @@ const (
 	TypeRejected  = "rejected"  // host → guest, refuses the hello
 
 	// Guest events.
-	TypePortReady = "port_ready"
-	TypeReady     = "ready"
-	TypeHeartbeat = "heartbeat"
+	TypeNetworkReady  = "network_ready"
+	TypeNetworkFailed = "network_failed"
+	TypePortReady     = "port_ready"
+	TypeReady         = "ready"
+	TypeHeartbeat     = "heartbeat"
 
 	// Requests (host → guest, with an id) and their replies.
 	TypePing     = "ping"
 	TypeShutdown = "shutdown"
+	TypeExec     = "exec"
 	TypeResult   = "result" // guest → host, answers the request with the same id
 )
 
@@ -167,8 +170,8 @@ func (h Hello) Validate() error {
 	return nil
 }
 
-// Config accepts a hello (host → guest) and tells the guest what to report.
-// On the wire the interval is heartbeat_interval_ms.
+// Config accepts a hello (host → guest) and tells the guest what to set up
+// and report. On the wire the interval is heartbeat_interval_ms.
 type Config struct {
 	// RequiredPorts are the guest TCP ports that must accept connections on
 	// 127.0.0.1 before the guest reports ready.
@@ -176,16 +179,20 @@ type Config struct {
 	// HeartbeatInterval is the period of heartbeats once ready. Zero means
 	// DefaultHeartbeatInterval.
 	HeartbeatInterval time.Duration
+	// Network, if not nil, is applied by the guest before it probes ports;
+	// the guest then reports network_ready (or network_failed) first.
+	Network *NetworkConfig
 }
 
 type configWire struct {
-	RequiredPorts       []int `json:"required_ports"`
-	HeartbeatIntervalMS int64 `json:"heartbeat_interval_ms"`
+	RequiredPorts       []int          `json:"required_ports"`
+	HeartbeatIntervalMS int64          `json:"heartbeat_interval_ms"`
+	Network             *NetworkConfig `json:"network,omitempty"`
 }
 
 // MarshalJSON implements json.Marshaler.
 func (c Config) MarshalJSON() ([]byte, error) {
-	w := configWire{RequiredPorts: c.RequiredPorts, HeartbeatIntervalMS: c.HeartbeatInterval.Milliseconds()}
+	w := configWire{RequiredPorts: c.RequiredPorts, HeartbeatIntervalMS: c.HeartbeatInterval.Milliseconds(), Network: c.Network}
 	if w.RequiredPorts == nil {
 		w.RequiredPorts = []int{}
 	}
@@ -201,7 +208,11 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 	if w.HeartbeatIntervalMS < 0 || w.HeartbeatIntervalMS > MaxHeartbeatInterval.Milliseconds() {
 		return fmt.Errorf("heartbeat_interval_ms %d out of range", w.HeartbeatIntervalMS)
 	}
-	*c = Config{RequiredPorts: w.RequiredPorts, HeartbeatInterval: time.Duration(w.HeartbeatIntervalMS) * time.Millisecond}
+	*c = Config{
+		RequiredPorts:     w.RequiredPorts,
+		HeartbeatInterval: time.Duration(w.HeartbeatIntervalMS) * time.Millisecond,
+		Network:           w.Network,
+	}
 	return nil
 }
 
@@ -214,7 +225,7 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate checks the ports and the interval.
+// Validate checks the ports, the interval and the network.
 func (c Config) Validate() error {
 	if len(c.RequiredPorts) > MaxRequiredPorts {
 		return fmt.Errorf("%d required ports, at most %d allowed", len(c.RequiredPorts), MaxRequiredPorts)
@@ -224,6 +235,11 @@ func (c Config) Validate() error {
 	}
 	if c.HeartbeatInterval < MinHeartbeatInterval || c.HeartbeatInterval > MaxHeartbeatInterval {
 		return fmt.Errorf("heartbeat interval %v outside [%v, %v]", c.HeartbeatInterval, MinHeartbeatInterval, MaxHeartbeatInterval)
+	}
+	if c.Network != nil {
+		if err := c.Network.Validate(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -238,9 +254,11 @@ type PortReady struct {
 	Port int `json:"port"`
 }
 
-// Ready reports that every required port is ready (guest → host).
+// Ready reports that every required port is ready (guest → host), and, if
+// the config carried a network, which interface has which address.
 type Ready struct {
-	Ports []int `json:"ports"`
+	Ports   []int         `json:"ports"`
+	Network *ReadyNetwork `json:"network,omitempty"`
 }
 
 // Heartbeat is sent periodically once ready (guest → host).

@@ -5,25 +5,42 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // ErrClosed is the error of a session ended by Session.Close.
 var ErrClosed = errors.New("session closed")
 
 // heartbeatSlots is how many heartbeats the event buffer holds beyond the
-// room reserved for port_ready and ready events.
+// room reserved for network, port_ready and ready events.
 const heartbeatSlots = 16
 
 // Event is something the guest reported after the handshake.
 type Event struct {
-	Type string    // TypePortReady, TypeReady or TypeHeartbeat
+	// TypeNetworkReady, TypeNetworkFailed, TypePortReady, TypeReady or
+	// TypeHeartbeat.
+	Type string
 	At   time.Time // when the host received it
 
 	Port  int   // port_ready: the port that accepts connections
 	Ports []int // ready: all required ports
+
+	// network_ready, and ready when a network was configured: the guest
+	// interface and its address (CIDR, as requested).
+	Interface string
+	Address   string
+	// network_ready: the default route's gateway (as requested, may be
+	// empty) and, if /etc/resolv.conf could not be written, why (not fatal).
+	Gateway  string
+	DNSError string
+
+	// network_failed: why the guest could not apply the network.
+	Error string
 
 	// heartbeat:
 	Seq             uint64
@@ -35,7 +52,7 @@ type Event struct {
 // RemoteError is an error the agent returned for a request.
 type RemoteError struct {
 	Request string // request type
-	Message string // the agent's error text
+	Message string // the agent's error text, valid UTF-8 clipped to MaxErrorText bytes
 }
 
 func (e *RemoteError) Error() string {
@@ -65,20 +82,29 @@ type Session struct {
 	required  []int
 	reported  map[int]bool
 	readySeen bool
+	network   *ParsedNetwork // requested, nil if none
+	netIface  string         // from network_ready; "" until then
+	netFailed bool           // a network_failed was delivered
 }
 
+// newSession starts the session's reader. cfg has been validated.
 func newSession(conn net.Conn, enc *Encoder, dec *Decoder, hello Hello, cfg Config) *Session {
 	s := &Session{
 		conn:     conn,
 		enc:      enc,
 		dec:      dec,
 		hello:    hello,
-		events:   make(chan Event, len(cfg.RequiredPorts)+1+heartbeatSlots),
 		done:     make(chan struct{}),
 		pending:  make(map[uint64]chan Envelope),
 		required: slices.Clone(cfg.RequiredPorts),
 		reported: make(map[int]bool),
 	}
+	if cfg.Network != nil {
+		if n, err := cfg.Network.Parse(); err == nil {
+			s.network = &n
+		}
+	}
+	s.events = make(chan Event, s.reservedSlots()+heartbeatSlots)
 	go s.readLoop()
 	return s
 }
@@ -86,10 +112,10 @@ func newSession(conn net.Conn, enc *Encoder, dec *Decoder, hello Hello, cfg Conf
 // Hello returns the hello the guest authenticated with.
 func (s *Session) Hello() Hello { return s.hello }
 
-// Events returns the guest's port_ready, ready and heartbeat events, in
-// order. It is closed when the session ends. Port_ready and ready events
-// are never dropped; heartbeats are dropped while the buffer is full, so a
-// slow consumer never stalls the session.
+// Events returns the guest's network_ready, network_failed, port_ready,
+// ready and heartbeat events, in order. It is closed when the session ends.
+// Only heartbeats are ever dropped (while the buffer is full), so a slow
+// consumer never stalls the session.
 func (s *Session) Events() <-chan Event { return s.events }
 
 // Done is closed when the session has ended.
@@ -151,7 +177,7 @@ func (s *Session) call(ctx context.Context, typ string, req, resp any) error {
 			return fmt.Errorf("agentapi: %s: %w", typ, s.Err())
 		}
 		if res.Error != "" {
-			return &RemoteError{Request: typ, Message: res.Error}
+			return &RemoteError{Request: typ, Message: clipText(res.Error, MaxErrorText)}
 		}
 		if err := res.DecodeBody(resp); err != nil {
 			return fmt.Errorf("agentapi: %s: %w", typ, err)
@@ -192,6 +218,9 @@ func (s *Session) send(ctx context.Context, msg Envelope) error {
 	stop := watchContext(ctx, s.conn.SetWriteDeadline)
 	err := s.enc.Encode(msg)
 	stop()
+	if errors.Is(err, ErrLineTooLong) {
+		return err // refused before writing anything
+	}
 	if err != nil {
 		err = ctxErr(ctx, err)
 		s.fail(err)
@@ -250,6 +279,10 @@ func (s *Session) dispatch(env Envelope) error {
 	case TypeResult:
 		s.deliver(env)
 		return nil
+	case TypeNetworkReady:
+		return s.onNetworkReady(env)
+	case TypeNetworkFailed:
+		return s.onNetworkFailed(env)
 	case TypePortReady:
 		return s.onPortReady(env)
 	case TypeReady:
@@ -273,9 +306,76 @@ func (s *Session) deliver(env Envelope) {
 	}
 }
 
+// onNetworkReady accepts the report that the requested network is applied.
+// Reporting another address or gateway than requested ends the session.
+func (s *Session) onNetworkReady(env Envelope) error {
+	var m NetworkReady
+	if err := env.DecodeBody(&m); err != nil {
+		return err
+	}
+	if s.network == nil {
+		return fmt.Errorf("%w: no network was requested", ErrProtocol)
+	}
+	addr, err := checkNetworkReady(m, *s.network)
+	if err != nil {
+		return err
+	}
+	if s.netIface != "" {
+		if m.Interface != s.netIface {
+			return fmt.Errorf("%w: network moved from %s to %s", ErrProtocol, s.netIface, m.Interface)
+		}
+		return nil // duplicate
+	}
+	s.netIface = m.Interface
+	s.emit(Event{
+		Type: TypeNetworkReady, At: time.Now(), Interface: m.Interface,
+		Address: addr.String(), Gateway: addrString(s.network.Gateway), DNSError: m.DNSError,
+	})
+	return nil
+}
+
+// onNetworkFailed delivers the first report that the network could not be
+// applied.
+func (s *Session) onNetworkFailed(env Envelope) error {
+	var m NetworkFailed
+	if err := env.DecodeBody(&m); err != nil {
+		return err
+	}
+	if s.network == nil {
+		return fmt.Errorf("%w: no network was requested", ErrProtocol)
+	}
+	if err := checkErrorText("error", m.Error); err != nil {
+		return err
+	}
+	if s.netIface != "" {
+		return fmt.Errorf("%w: network_failed after network_ready", ErrProtocol)
+	}
+	if s.netFailed {
+		return nil // duplicate
+	}
+	s.netFailed = true
+	if m.Error == "" {
+		m.Error = "unspecified error"
+	}
+	s.emit(Event{Type: TypeNetworkFailed, At: time.Now(), Error: m.Error})
+	return nil
+}
+
+// checkNetworkFirst reports a protocol violation if a network was
+// requested and the guest sent typ before network_ready.
+func (s *Session) checkNetworkFirst(typ string) error {
+	if s.network != nil && s.netIface == "" {
+		return fmt.Errorf("%w: %s before network_ready", ErrProtocol, typ)
+	}
+	return nil
+}
+
 func (s *Session) onPortReady(env Envelope) error {
 	var m PortReady
 	if err := env.DecodeBody(&m); err != nil {
+		return err
+	}
+	if err := s.checkNetworkFirst(TypePortReady); err != nil {
 		return err
 	}
 	if !slices.Contains(s.required, m.Port) {
@@ -294,6 +394,12 @@ func (s *Session) onReady(env Envelope) error {
 	if err := env.DecodeBody(&m); err != nil {
 		return err
 	}
+	if err := s.checkNetworkFirst(TypeReady); err != nil {
+		return err
+	}
+	if err := s.checkReadyNetwork(m.Network); err != nil {
+		return err
+	}
 	if !sameSet(m.Ports, s.required) {
 		return fmt.Errorf("%w: ready ports %v, required %v", ErrProtocol, m.Ports, s.required)
 	}
@@ -306,7 +412,28 @@ func (s *Session) onReady(env Envelope) error {
 		return nil // duplicate
 	}
 	s.readySeen = true
-	s.emit(Event{Type: TypeReady, At: time.Now(), Ports: slices.Clone(s.required)})
+	ev := Event{Type: TypeReady, At: time.Now(), Ports: slices.Clone(s.required)}
+	if s.network != nil {
+		ev.Interface, ev.Address = s.netIface, s.network.Address.String()
+	}
+	s.emit(ev)
+	return nil
+}
+
+// checkReadyNetwork checks the optional network of a ready message against
+// the network_ready that preceded it.
+func (s *Session) checkReadyNetwork(n *ReadyNetwork) error {
+	if n == nil {
+		return nil
+	}
+	if s.network == nil {
+		return fmt.Errorf("%w: ready reports a network, none was requested", ErrProtocol)
+	}
+	addr, err := netip.ParsePrefix(n.Address)
+	if err != nil || addr != s.network.Address || n.Interface != s.netIface {
+		return fmt.Errorf("%w: ready network %q %q, network_ready said %s %s", ErrProtocol,
+			clipForError(n.Interface), clipForError(n.Address), s.netIface, s.network.Address)
+	}
 	return nil
 }
 
@@ -333,9 +460,9 @@ func (s *Session) onHeartbeat(env Envelope) error {
 }
 
 // emit queues ev without ever blocking. The buffer keeps one slot for each
-// port_ready and ready event still to come; heartbeats only use the rest
-// and are dropped when it is full. Only the reader goroutine sends, so the
-// check cannot race with another send.
+// network, port_ready and ready event still to come; heartbeats only use
+// the rest and are dropped when it is full. Only the reader goroutine
+// sends, so the check cannot race with another send.
 func (s *Session) emit(ev Event) {
 	if ev.Type == TypeHeartbeat && len(s.events) >= cap(s.events)-s.reservedSlots() {
 		return
@@ -343,11 +470,18 @@ func (s *Session) emit(ev Event) {
 	s.events <- ev
 }
 
-// reservedSlots is the number of port_ready and ready events not yet seen.
+// reservedSlots is the number of network, port_ready and ready events that
+// may still come: each is delivered at most once.
 func (s *Session) reservedSlots() int {
 	n := len(s.required) - len(s.reported)
 	if !s.readySeen {
 		n++
+	}
+	if s.network != nil && s.netIface == "" {
+		n++ // network_ready
+		if !s.netFailed {
+			n++ // network_failed
+		}
 	}
 	return n
 }
@@ -356,4 +490,16 @@ func (s *Session) reservedSlots() int {
 // duplicates.
 func sameSet(a, b []int) bool {
 	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
+}
+
+// clipText returns s as valid UTF-8 of at most n bytes.
+func clipText(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
