@@ -47,6 +47,14 @@ type Spec struct {
 	Token []byte
 	// KernelArgs are appended to the driver's own kernel command line.
 	KernelArgs []string
+	// NICs are network interfaces backed by existing host TAP devices.
+	NICs []NIC
+}
+
+// NIC is one guest network interface on a host TAP device.
+type NIC struct {
+	TAP string
+	MAC string
 }
 
 // Handle is the persisted identity of a VM's process and files.

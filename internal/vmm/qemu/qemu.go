@@ -167,6 +167,12 @@ func (d *Driver) Args(spec vmm.Spec, h vmm.Handle) []string {
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
 		"-qmp", "unix:"+h.ControlSocket+",server=on,wait=off",
 	)
+	for i, n := range spec.NICs {
+		id := "net" + strconv.Itoa(i)
+		args = append(args,
+			"-netdev", "tap,id="+id+",ifname="+n.TAP+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev="+id+",mac="+n.MAC)
+	}
 	return args
 }
 
