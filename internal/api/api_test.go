@@ -76,7 +76,7 @@ func newFixture(t *testing.T) *fixture {
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
-	}, st, vmfake.NewDriver(), agents, log)
+	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: vmfake.NewNetwork(), Log: log})
 	if err := mgr.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -514,5 +514,54 @@ func TestHostAndImagesAndReadyz(t *testing.T) {
 	f.do("GET", "/v1/images", f.alice, "").json(t, &imgs)
 	if len(imgs.Images) != 1 || imgs.Images[0].Name != "minimal" {
 		t.Fatalf("images %+v", imgs)
+	}
+}
+
+func TestExec(t *testing.T) {
+	f := newFixture(t)
+	f.agents.SetBehaviour(vmfake.GuestSilent)
+	booting := f.createVM(f.alice, `{"image":"minimal"}`)
+	if a := f.do("POST", "/v1/vms/"+booting.ID+"/exec", f.alice, `{"argv":["echo","hi"]}`); a.status != http.StatusConflict {
+		t.Fatalf("exec on a booting vm: %d %s", a.status, a.body)
+	}
+	f.agents.SetBehaviour(vmfake.GuestReady)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	a := f.do("POST", "/v1/vms/"+v.ID+"/exec", f.alice, `{"argv":["echo","hello","guest"]}`)
+	var res struct {
+		ExitCode int `json:"exit_code"`
+		Stdout   string
+	}
+	a.json(t, &res)
+	if a.status != 200 || res.ExitCode != 0 || res.Stdout != "hello guest\n" {
+		t.Fatalf("exec: %d %s", a.status, a.body)
+	}
+	for _, body := range []string{`{"argv":[]}`, `{"argv":["echo"],"timeout_seconds":9999}`, `{"cmd":"ls"}`} {
+		if a := f.do("POST", "/v1/vms/"+v.ID+"/exec", f.alice, body); a.status != 400 {
+			t.Errorf("%s: %d %s", body, a.status, a.body)
+		}
+	}
+	if a := f.do("POST", "/v1/vms/"+v.ID+"/exec", f.bob, `{"argv":["echo"]}`); a.status != 404 {
+		t.Errorf("bob exec in alice's vm: %d", a.status)
+	}
+}
+
+func TestEgressValidation(t *testing.T) {
+	f := newFixture(t)
+	if a := f.do("POST", "/v1/vms", f.alice, `{"image":"minimal","network":{"egress":{"mode":"sometimes"}}}`); a.status != 400 ||
+		!strings.Contains(a.errMessage(), "network.egress") {
+		t.Fatalf("bad egress: %d %s", a.status, a.body)
+	}
+	v := f.createVM(f.alice, `{"image":"minimal","network":{"egress":{"mode":"none"}}}`)
+	a := f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	var got struct {
+		Network struct {
+			Address string
+			Egress  struct{ Mode string }
+		}
+	}
+	a.json(t, &got)
+	if got.Network.Address == "" || got.Network.Egress.Mode != "none" {
+		t.Fatalf("network in answer: %s", a.body)
 	}
 }

@@ -63,6 +63,7 @@ func (s *Server) table() []route {
 		{"DELETE", "/v1/vms/{id}", false, s.deleteVM},
 		{"GET", "/v1/vms/{id}/wait", false, s.waitVM},
 		{"GET", "/v1/vms/{id}/console", false, s.console},
+		{"POST", "/v1/vms/{id}/exec", false, s.execVM},
 		{"GET", "/v1/events", false, s.events},
 	}
 }

@@ -21,6 +21,14 @@ type agentJSON struct {
 	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
 }
 
+type netJSON struct {
+	Address string    `json:"address,omitempty"`
+	Gateway string    `json:"gateway,omitempty"`
+	MAC     string    `json:"mac,omitempty"`
+	TAP     string    `json:"tap,omitempty"`
+	Egress  vm.Egress `json:"egress"`
+}
+
 type vmJSON struct {
 	ID            string     `json:"id"`
 	User          string     `json:"user"`
@@ -33,6 +41,7 @@ type vmJSON struct {
 	FailureReason string     `json:"failure_reason,omitempty"`
 	ConsoleTail   *string    `json:"console_tail,omitempty"`
 	Agent         *agentJSON `json:"agent,omitempty"`
+	Network       *netJSON   `json:"network,omitempty"`
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
 	BootDeadline  time.Time  `json:"boot_deadline"`
@@ -59,6 +68,11 @@ func toJSON(v store.VM) vmJSON {
 	if v.AgentVersion != "" {
 		out.Agent = &agentJSON{Version: v.AgentVersion, GuestBootAt: optTime(v.GuestBootAt), LastHeartbeatAt: optTime(v.LastHeartbeatAt)}
 	}
+	if len(v.Network) > 0 {
+		if a, err := vm.DecodeAttachment(v.Network); err == nil {
+			out.Network = &netJSON{Address: a.Address, Gateway: a.Gateway, MAC: a.MAC, TAP: a.TAP, Egress: a.Egress}
+		}
+	}
 	if v.State == store.StateFailed {
 		tail := vm.ConsoleTail(v, consoleTailBytes)
 		out.ConsoleTail = &tail
@@ -73,6 +87,9 @@ type createVMRequest struct {
 	MemoryMiB          int    `json:"memory_mib"`
 	User               string `json:"user"`
 	BootTimeoutSeconds int    `json:"boot_timeout_seconds"`
+	Network            *struct {
+		Egress *vm.Egress `json:"egress"`
+	} `json:"network"`
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
@@ -99,10 +116,14 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The VM's lifetime belongs to the manager; the request only asks.
-	v, err := s.VMs.Create(r.Context(), vm.CreateRequest{
+	creq := vm.CreateRequest{
 		UserID: user, Image: req.Image, Role: req.Role, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		BootTimeout: time.Duration(req.BootTimeoutSeconds) * time.Second,
-	})
+	}
+	if req.Network != nil {
+		creq.Egress = req.Network.Egress
+	}
+	v, err := s.VMs.Create(r.Context(), creq)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -27,8 +27,10 @@ Usage:
   hearth serve [--config FILE] [--listen ADDR] [--state-dir DIR]
   hearth vm create --image NAME [--role R] [--vcpus N] [--memory MIB] [--user U] [--boot-timeout 90s] [--wait]
   hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] | rm ID [--wait]
+  hearth vm exec ID [--timeout 30s] -- COMMAND [ARGS...]
   hearth apikey create [--admin] [--user U] [--name NAME] [--save]
   hearth image build [--profile minimal] [--agent PATH] | list
+  hearth host setup                  (bridge, ip_forward, nftables; the daemon also does it at start)
   hearth doctor
   hearth version
 
@@ -54,6 +56,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdAPIKey(ctx, args[1:], stdout)
 	case "image":
 		err = cmdImage(ctx, args[1:], stdout)
+	case "host":
+		err = cmdHost(ctx, args[1:], stdout)
 	case "doctor":
 		var failed bool
 		failed, err = cmdDoctor(ctx, args[1:], stdout)
@@ -142,7 +146,20 @@ func (c *common) client() (*client.Client, error) {
 }
 
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	// Allow flags after positional arguments: "vm get ID --json".
+	// Allow flags after positional arguments ("vm rm ID --wait"); after
+	// "--" everything is positional ("vm exec ID -- ls -l").
+	var rest []string
+	for i, a := range args {
+		if a == "--" {
+			args, rest = args[:i], args[i+1:]
+			break
+		}
+	}
+	pos, err := parseFlags(fs, args)
+	return append(pos, rest...), err
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -259,9 +276,10 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		bootTimeout = fs.Duration("boot-timeout", 0, "boot deadline (create)")
 		wait        = fs.Bool("wait", false, "wait until ready (create) or destroyed (rm)")
 		state       = fs.String("state", "ready", "state to wait for (wait)")
-		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait")
+		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait (exec: the command's limit, at most 10m)")
 		follow      = fs.Bool("follow", false, "keep streaming (console)")
 		offset      = fs.Int64("offset", 0, "start offset (console)")
+		egress      = fs.String("egress", "", "egress policy (create): open or none")
 	)
 	pos, err := parse(fs, args[1:])
 	if err != nil {
@@ -279,8 +297,14 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	switch sub {
 	case "create":
-		v, err := cl.CreateVM(ctx, client.CreateVM{Image: *imageName, Role: *role, VCPUs: *vcpus, MemoryMiB: *memory,
-			User: *user, BootTimeoutSeconds: int(bootTimeout.Seconds())})
+		req := client.CreateVM{Image: *imageName, Role: *role, VCPUs: *vcpus, MemoryMiB: *memory,
+			User: *user, BootTimeoutSeconds: int(bootTimeout.Seconds())}
+		if *egress != "" {
+			req.Network = &struct {
+				Egress *client.Egress `json:"egress,omitempty"`
+			}{Egress: &client.Egress{Mode: *egress}}
+		}
+		v, err := cl.CreateVM(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -339,6 +363,20 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 			return nil // interrupted while following
 		}
 		return err
+	case "exec":
+		if len(pos) < 2 {
+			return errors.New("usage: hearth vm exec ID -- COMMAND [ARGS...]")
+		}
+		res, err := cl.Exec(ctx, pos[0], client.ExecRequest{Argv: pos[1:], TimeoutSeconds: int(timeout.Seconds())})
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(stdout, res.Stdout)
+		fmt.Fprint(os.Stderr, res.Stderr)
+		if res.ExitCode != 0 {
+			return fmt.Errorf("exit status %d", res.ExitCode)
+		}
+		return nil
 	case "rm":
 		id, err := needID()
 		if err != nil {

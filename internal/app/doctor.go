@@ -82,6 +82,7 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 		out = append(out, warn("tsc", "cannot read the host TSC frequency: "+err.Error(), "TCG guests may hang calibrating the TSC; check /proc/cpuinfo"))
 	}
 	out = append(out, checkStateDir(cfg)...)
+	out = append(out, checkNetwork(ctx, cfg)...)
 	out = append(out, checkImages(ctx, cfg))
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {

@@ -90,7 +90,12 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	mgr := vm.New(vmConfig(cfg), st, drv, vm.AgentAPIDialer{}, log)
+	netw, closeNet, err := newNetworker(cfg, st)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	defer closeNet()
+	mgr := vm.New(vmConfig(cfg), vm.Deps{Store: st, Driver: drv, Agents: vm.AgentAPIDialer{}, Network: netw, Log: log})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -42,6 +42,28 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
 }
 
+// Network is a VM's place on the host network.
+type Network struct {
+	Address string `json:"address"`
+	Gateway string `json:"gateway"`
+	MAC     string `json:"mac"`
+	TAP     string `json:"tap"`
+	Egress  Egress `json:"egress"`
+}
+
+// Egress is a VM's outbound policy.
+type Egress struct {
+	Mode  string       `json:"mode"`
+	Allow []EgressRule `json:"allow,omitempty"`
+}
+
+// EgressRule allows one destination.
+type EgressRule struct {
+	CIDR     string `json:"cidr"`
+	Protocol string `json:"protocol,omitempty"`
+	Port     int    `json:"port,omitempty"`
+}
+
 // VM mirrors the API's VM object.
 type VM struct {
 	ID            string     `json:"id"`
@@ -55,6 +77,7 @@ type VM struct {
 	FailureReason string     `json:"failure_reason,omitempty"`
 	ConsoleTail   *string    `json:"console_tail,omitempty"`
 	Agent         *Agent     `json:"agent,omitempty"`
+	Network       *Network   `json:"network,omitempty"`
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
 	BootDeadline  time.Time  `json:"boot_deadline"`
@@ -78,6 +101,9 @@ type CreateVM struct {
 	MemoryMiB          int    `json:"memory_mib,omitempty"`
 	User               string `json:"user,omitempty"`
 	BootTimeoutSeconds int    `json:"boot_timeout_seconds,omitempty"`
+	Network            *struct {
+		Egress *Egress `json:"egress,omitempty"`
+	} `json:"network,omitempty"`
 }
 
 // Do sends a request and decodes a JSON answer into out (if non-nil).
@@ -184,4 +210,31 @@ func (c *Client) Console(ctx context.Context, id string, offset int64, follow bo
 		return nil, &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
 	}
 	return resp.Body, nil
+}
+
+// ExecRequest is the body of POST /v1/vms/{id}/exec.
+type ExecRequest struct {
+	Argv           []string `json:"argv"`
+	Env            []string `json:"env,omitempty"`
+	Dir            string   `json:"dir,omitempty"`
+	TimeoutSeconds int      `json:"timeout_seconds,omitempty"`
+	Stdin          string   `json:"stdin,omitempty"`
+}
+
+// ExecResult is what a command in the guest did.
+type ExecResult struct {
+	ExitCode        int    `json:"exit_code"`
+	Stdout          string `json:"stdout"`
+	Stderr          string `json:"stderr"`
+	StdoutTruncated bool   `json:"stdout_truncated"`
+	StderrTruncated bool   `json:"stderr_truncated"`
+	TimedOut        bool   `json:"timed_out"`
+	DurationMS      int64  `json:"duration_ms"`
+}
+
+// Exec runs a command in a ready VM.
+func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+	var r ExecResult
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(id)+"/exec", req, &r)
+	return r, err
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -48,7 +49,28 @@ type Config struct {
 
 	VM       VMConfig       `toml:"vm"`
 	QEMU     QEMUConfig     `toml:"qemu"`
+	Network  NetworkConfig  `toml:"network"`
 	Shutdown ShutdownConfig `toml:"shutdown"`
+}
+
+// NetworkConfig configures VM networking on the host.
+type NetworkConfig struct {
+	// Enabled gives every VM a NIC on the bridge. Off, VMs have no network.
+	Enabled bool `toml:"enabled"`
+	// Bridge is the host bridge; it takes the subnet's first address, which
+	// is the guests' gateway.
+	Bridge string `toml:"bridge"`
+	Subnet string `toml:"subnet"`
+	// TAPPrefix starts every TAP name hearth creates (and owns).
+	TAPPrefix string `toml:"tap_prefix"`
+	// DNS servers handed to guests; empty copies the host's non-loopback
+	// nameservers from /etc/resolv.conf.
+	DNS []string `toml:"dns"`
+	// DefaultEgress is the policy of VMs that ask for none: open or none.
+	DefaultEgress string `toml:"default_egress"`
+	// HostPorts are the host services VMs may reach on the bridge address,
+	// as "tcp/PORT" or "udp/PORT". None by default.
+	HostPorts []string `toml:"host_ports"`
 }
 
 // VMConfig bounds what callers may ask for and how long a boot may take.
@@ -117,6 +139,15 @@ func Default() Config {
 			Img:    "qemu-img",
 			Accel:  "auto",
 		},
+		Network: NetworkConfig{
+			Enabled:       true,
+			Bridge:        "hearth0",
+			Subnet:        "172.30.0.0/24",
+			TAPPrefix:     "hth",
+			DNS:           []string{},
+			DefaultEgress: "open",
+			HostPorts:     []string{},
+		},
 	}
 }
 
@@ -146,15 +177,17 @@ func Load(path string, env []string) (Config, error) {
 // applyEnv applies HEARTH_* overrides.
 func (c *Config) applyEnv(env []string) error {
 	vars := map[string]*string{
-		"HEARTH_STATE_DIR":   &c.StateDir,
-		"HEARTH_LISTEN":      &c.Listen,
-		"HEARTH_DATABASE":    &c.Database,
-		"HEARTH_IMAGE_DIR":   &c.ImageDir,
-		"HEARTH_CACHE_DIR":   &c.CacheDir,
-		"HEARTH_LOG_LEVEL":   &c.LogLevel,
-		"HEARTH_VM_DRIVER":   &c.VM.Driver,
-		"HEARTH_QEMU_BINARY": &c.QEMU.Binary,
-		"HEARTH_QEMU_ACCEL":  &c.QEMU.Accel,
+		"HEARTH_STATE_DIR":      &c.StateDir,
+		"HEARTH_LISTEN":         &c.Listen,
+		"HEARTH_DATABASE":       &c.Database,
+		"HEARTH_IMAGE_DIR":      &c.ImageDir,
+		"HEARTH_CACHE_DIR":      &c.CacheDir,
+		"HEARTH_LOG_LEVEL":      &c.LogLevel,
+		"HEARTH_VM_DRIVER":      &c.VM.Driver,
+		"HEARTH_QEMU_BINARY":    &c.QEMU.Binary,
+		"HEARTH_QEMU_ACCEL":     &c.QEMU.Accel,
+		"HEARTH_NETWORK_BRIDGE": &c.Network.Bridge,
+		"HEARTH_NETWORK_SUBNET": &c.Network.Subnet,
 	}
 	durations := map[string]*Duration{
 		"HEARTH_BOOT_TIMEOUT": &c.VM.BootTimeout,
@@ -175,12 +208,13 @@ func (c *Config) applyEnv(env []string) error {
 			}
 			continue
 		}
-		if k == "HEARTH_SHUTDOWN_STOP_VMS" {
+		bools := map[string]*bool{"HEARTH_SHUTDOWN_STOP_VMS": &c.Shutdown.StopVMs, "HEARTH_NETWORK_ENABLED": &c.Network.Enabled}
+		if p, ok := bools[k]; ok {
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return fmt.Errorf("environment %s: %w", k, err)
 			}
-			c.Shutdown.StopVMs = b
+			*p = b
 		}
 	}
 	return nil
@@ -298,7 +332,48 @@ func (c Config) Validate() error {
 	if c.QEMU.Img == "" {
 		bad("qemu.qemu_img", "must not be empty")
 	}
+	c.Network.validate(bad)
 	return errors.Join(errs...)
+}
+
+func (n NetworkConfig) validate(bad func(field, format string, args ...any)) {
+	if !n.Enabled {
+		return
+	}
+	if len(n.Bridge) == 0 || len(n.Bridge) > 15 || strings.ContainsAny(n.Bridge, " /") {
+		bad("network.bridge", "must be an interface name of 1-15 characters, got %q", n.Bridge)
+	}
+	if p, err := netip.ParsePrefix(n.Subnet); err != nil || !p.Addr().Is4() || p.Bits() > 30 || p.Bits() < 16 {
+		bad("network.subnet", "must be an IPv4 CIDR from /16 to /30, got %q", n.Subnet)
+	} else if p.Masked() != p {
+		bad("network.subnet", "must be a network address (%s), got %q", p.Masked(), n.Subnet)
+	}
+	if len(n.TAPPrefix) < 2 || len(n.TAPPrefix) > 5 || !validName(n.TAPPrefix) {
+		bad("network.tap_prefix", "must be 2-5 characters of a-z and 0-9, got %q", n.TAPPrefix)
+	}
+	for _, d := range n.DNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			bad("network.dns", "%q is not an IP address", d)
+		}
+	}
+	if n.DefaultEgress != "open" && n.DefaultEgress != "none" {
+		bad("network.default_egress", "must be open or none, got %q", n.DefaultEgress)
+	}
+	for _, hp := range n.HostPorts {
+		if _, _, err := ParseHostPort(hp); err != nil {
+			bad("network.host_ports", "%v", err)
+		}
+	}
+}
+
+// ParseHostPort parses "tcp/8080" or "udp/53".
+func ParseHostPort(s string) (proto string, port uint16, err error) {
+	proto, num, ok := strings.Cut(s, "/")
+	n, perr := strconv.Atoi(num)
+	if !ok || (proto != "tcp" && proto != "udp") || perr != nil || n < 1 || n > 65535 {
+		return "", 0, fmt.Errorf("%q must look like tcp/8080 or udp/53", s)
+	}
+	return proto, uint16(n), nil
 }
 
 func validName(s string) bool {

@@ -42,6 +42,14 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"vm.roles.browser", func(c *Config) { c.VM.Roles["browser"] = []int{70000} }},
 		{"qemu.accel", func(c *Config) { c.QEMU.Accel = "hvf" }},
 		{"qemu.binary", func(c *Config) { c.QEMU.Binary = "" }},
+		{"network.subnet", func(c *Config) { c.Network.Subnet = "172.30.0.0/31" }},
+		{"network.subnet", func(c *Config) { c.Network.Subnet = "172.30.0.5/24" }},
+		{"network.subnet", func(c *Config) { c.Network.Subnet = "fd00::/64" }},
+		{"network.bridge", func(c *Config) { c.Network.Bridge = "a-very-long-bridge-name" }},
+		{"network.tap_prefix", func(c *Config) { c.Network.TAPPrefix = "TAP" }},
+		{"network.dns", func(c *Config) { c.Network.DNS = []string{"resolver"} }},
+		{"network.default_egress", func(c *Config) { c.Network.DefaultEgress = "allowlist" }},
+		{"network.host_ports", func(c *Config) { c.Network.HostPorts = []string{"sctp/9"} }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.field, func(t *testing.T) {

@@ -2,10 +2,11 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/errdefs"
 )
 
 // AgentAPIDialer connects to guest agents with the agentapi protocol over
@@ -15,12 +16,16 @@ type AgentAPIDialer struct{}
 var _ AgentDialer = AgentAPIDialer{}
 
 // Connect implements AgentDialer.
-func (AgentAPIDialer) Connect(ctx context.Context, socket string, token []byte, ports []int, heartbeat time.Duration) (AgentSession, AgentHello, error) {
+func (AgentAPIDialer) Connect(ctx context.Context, socket string, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error) {
 	conn, err := agentapi.Dial(ctx, socket)
 	if err != nil {
 		return nil, AgentHello{}, err
 	}
-	s, err := agentapi.Handshake(ctx, conn, token, agentapi.Config{RequiredPorts: ports, HeartbeatInterval: heartbeat})
+	acfg := agentapi.Config{RequiredPorts: cfg.RequiredPorts, HeartbeatInterval: cfg.Heartbeat}
+	if n := cfg.Network; n != nil {
+		acfg.Network = &agentapi.NetworkConfig{MAC: n.MAC, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
+	}
+	s, err := agentapi.Handshake(ctx, conn, token, acfg)
 	if err != nil {
 		conn.Close()
 		return nil, AgentHello{}, fmt.Errorf("agent handshake: %w", err)
@@ -46,7 +51,7 @@ func (a *agentSession) relay() {
 				return
 			}
 			select {
-			case a.events <- AgentEvent{Type: e.Type, Port: e.Port, At: e.At}:
+			case a.events <- AgentEvent{Type: e.Type, Port: e.Port, Error: e.Error, At: e.At}:
 			case <-a.s.Done():
 				return
 			}
@@ -56,7 +61,23 @@ func (a *agentSession) relay() {
 	}
 }
 
-func (a *agentSession) Events() <-chan AgentEvent          { return a.events }
+func (a *agentSession) Events() <-chan AgentEvent { return a.events }
+
+func (a *agentSession) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
+	r, err := a.s.Exec(ctx, agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, Timeout: req.Timeout, Stdin: req.Stdin})
+	var remote *agentapi.RemoteError
+	if errors.As(err, &remote) {
+		// The guest could not start it (not found, bad dir, too busy):
+		// the caller's mistake or a busy guest, said by the guest.
+		return ExecResult{}, errdefs.Invalidf("guest: %s", remote.Message)
+	}
+	if err != nil {
+		return ExecResult{}, err
+	}
+	return ExecResult{ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr, StdoutTruncated: r.StdoutTruncated,
+		StderrTruncated: r.StderrTruncated, TimedOut: r.TimedOut, Duration: r.Duration}, nil
+}
+
 func (a *agentSession) Shutdown(ctx context.Context) error { return a.s.Shutdown(ctx) }
 func (a *agentSession) Done() <-chan struct{}              { return a.s.Done() }
 func (a *agentSession) Close() error                       { return a.s.Close() }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,6 +53,18 @@ type CreateRequest struct {
 	VCPUs       int
 	MemoryMiB   int
 	BootTimeout time.Duration
+	// Egress is the VM's outbound policy; nil means the default.
+	Egress *Egress
+}
+
+// Deps are the manager's collaborators.
+type Deps struct {
+	Store  store.Store
+	Driver vmm.Driver
+	Agents AgentDialer
+	// Network attaches VMs to the host network; nil means VMs get none.
+	Network Networker
+	Log     *slog.Logger
 }
 
 // Manager runs VMs.
@@ -60,6 +73,7 @@ type Manager struct {
 	store  store.Store
 	driver vmm.Driver
 	agents AgentDialer
+	net    Networker
 	log    *slog.Logger
 	bus    *Bus
 
@@ -72,10 +86,10 @@ type Manager struct {
 }
 
 // New returns a manager. Call Start before use.
-func New(cfg Config, st store.Store, drv vmm.Driver, agents AgentDialer, log *slog.Logger) *Manager {
+func New(cfg Config, d Deps) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{
-		cfg: cfg, store: st, driver: drv, agents: agents, log: log, bus: NewBus(),
+		cfg: cfg, store: d.Store, driver: d.Driver, agents: d.Agents, net: d.Network, log: d.Log, bus: NewBus(),
 		ctx: ctx, cancel: cancel, instances: map[string]*instance{},
 	}
 }
@@ -149,6 +163,14 @@ func (m *Manager) validate(ctx context.Context, req *CreateRequest) (store.Image
 	if req.UserID == "" {
 		return store.Image{}, errdefs.Invalidf("user is required")
 	}
+	if req.Egress != nil {
+		if m.net == nil {
+			return store.Image{}, errdefs.Invalidf("network.egress given, but this host runs VMs without networking")
+		}
+		if err := m.net.ValidateEgress(*req.Egress); err != nil {
+			return store.Image{}, errdefs.Invalidf("network.egress: %v", err)
+		}
+	}
 	if _, err := m.store.GetUser(ctx, req.UserID); errors.Is(err, store.ErrNotFound) {
 		return store.Image{}, errdefs.Invalidf("unknown user %q", req.UserID)
 	} else if err != nil {
@@ -179,8 +201,17 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	}
 	now := time.Now().UTC()
 	id := newID()
+	var network []byte
+	if m.net != nil {
+		egress := m.net.DefaultEgress()
+		if req.Egress != nil {
+			egress = *req.Egress
+		}
+		// Only the wanted policy for now; Attach fills in the rest.
+		network, _ = json.Marshal(NetAttachment{Egress: egress})
+	}
 	v := store.VM{
-		ID: id, UserID: req.UserID, ImageID: img.ID, Role: req.Role,
+		ID: id, UserID: req.UserID, ImageID: img.ID, Role: req.Role, Network: network,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Driver: m.driver.Name(),
 		State: store.StatePending, Dir: filepath.Join(m.cfg.VMsDir, id),
 		BootDeadline: now.Add(req.BootTimeout), CreatedAt: now, UpdatedAt: now,
@@ -242,6 +273,56 @@ func (m *Manager) Delete(ctx context.Context, id string) (store.VM, error) {
 		m.spawn(v, modeDestroy)
 	}
 	return m.Get(context.WithoutCancel(ctx), id)
+}
+
+// Exec runs a command in a ready VM through its agent. The command's
+// lifetime is bounded by req.Timeout inside the guest and by ctx here.
+func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+	v, err := m.Get(ctx, id)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	if v.State != store.StateReady {
+		return ExecResult{}, errdefs.Conflictf("vm %s is %s; exec needs a ready vm", id, v.State)
+	}
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		return ExecResult{}, errdefs.Invalidf("argv must name a command")
+	}
+	sess := m.awaitSession(ctx, id, sessionWait)
+	if sess == nil {
+		return ExecResult{}, errdefs.Unavailablef("vm %s has no agent session right now; retry", id)
+	}
+	res, err := sess.Exec(ctx, req)
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	return res, nil
+}
+
+// sessionWait is how long Exec waits for an agent session that is being
+// (re)established, e.g. right after the daemon restarted.
+const sessionWait = 15 * time.Second
+
+func (m *Manager) awaitSession(ctx context.Context, id string, d time.Duration) AgentSession {
+	deadline := time.Now().Add(d)
+	for {
+		m.mu.Lock()
+		inst := m.instances[id]
+		m.mu.Unlock()
+		if inst != nil {
+			if s := inst.session(); s != nil {
+				return s
+			}
+		}
+		if inst == nil || time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Wait blocks until the VM reaches target, the target becomes unreachable

@@ -24,6 +24,7 @@ type env struct {
 	st     store.Store
 	driver *vmfake.Driver
 	agents *vmfake.Agents
+	net    *vmfake.Network
 	dir    string
 }
 
@@ -44,7 +45,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	d := vmfake.NewDriver()
-	return &env{t: t, st: st, driver: d, agents: &vmfake.Agents{}, dir: dir}
+	return &env{t: t, st: st, driver: d, agents: &vmfake.Agents{}, net: vmfake.NewNetwork(), dir: dir}
 }
 
 func (e *env) config() vm.Config {
@@ -58,7 +59,7 @@ func (e *env) config() vm.Config {
 
 func (e *env) manager() *vm.Manager {
 	cfg := e.config()
-	m := vm.New(cfg, e.st, e.driver, e.agents, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m := vm.New(cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := m.Start(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
@@ -389,7 +390,7 @@ func TestShutdownWithStopOnShutdownStopsVMs(t *testing.T) {
 	}
 	cfg := e.config()
 	cfg.StopOnShutdown = true
-	m2 := vm.New(cfg, e.st, e.driver, e.agents, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m2 := vm.New(cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := m2.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

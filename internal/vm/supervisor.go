@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -23,14 +24,44 @@ type AgentHello struct {
 
 // AgentEvent is a readiness or liveness report from the agent.
 type AgentEvent struct {
-	Type string // "port_ready", "ready" or "heartbeat"
-	Port int
-	At   time.Time
+	Type  string // "network_ready", "network_failed", "port_ready", "ready" or "heartbeat"
+	Port  int
+	Error string // network_failed: why
+	At    time.Time
+}
+
+// AgentConfig is what the host tells an agent after it authenticated.
+type AgentConfig struct {
+	RequiredPorts []int
+	Heartbeat     time.Duration
+	// Network, if set, is configured by the agent before anything else;
+	// the agent reports ready only once it is up.
+	Network *NetAttachment
+}
+
+// ExecRequest runs a command in the guest.
+type ExecRequest struct {
+	Argv    []string
+	Env     []string
+	Dir     string
+	Timeout time.Duration
+	Stdin   []byte
+}
+
+// ExecResult is what the command did.
+type ExecResult struct {
+	ExitCode        int
+	Stdout, Stderr  []byte
+	StdoutTruncated bool
+	StderrTruncated bool
+	TimedOut        bool
+	Duration        time.Duration
 }
 
 // AgentSession is an authenticated conversation with one guest's agent.
 type AgentSession interface {
 	Events() <-chan AgentEvent
+	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
 	Shutdown(ctx context.Context) error
 	Done() <-chan struct{}
 	Close() error
@@ -39,7 +70,7 @@ type AgentSession interface {
 // AgentDialer connects to a guest agent through its host-side socket and
 // authenticates it with the VM's token.
 type AgentDialer interface {
-	Connect(ctx context.Context, socket string, token []byte, requiredPorts []int, heartbeat time.Duration) (AgentSession, AgentHello, error)
+	Connect(ctx context.Context, socket string, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error)
 }
 
 // heartbeatPersistEvery bounds how often a VM's last heartbeat is written.
@@ -59,6 +90,21 @@ type instance struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	done     chan struct{}
+
+	mu   sync.Mutex
+	sess AgentSession // the live agent session, nil while there is none
+}
+
+func (i *instance) setSession(s AgentSession) {
+	i.mu.Lock()
+	i.sess = s
+	i.mu.Unlock()
+}
+
+func (i *instance) session() AgentSession {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.sess
 }
 
 func (i *instance) requestStop() { i.stopOnce.Do(func() { close(i.stop) }) }
@@ -171,13 +217,31 @@ func (m *Manager) boot(inst *instance, v store.VM) (store.VM, vmm.Handle, error)
 	spec := vmm.Spec{ID: v.ID, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
 		Kernel: img.KernelPath, Initrd: img.InitrdPath, Rootfs: img.RootfsPath, Token: token}
 	var undo cleanupStack
+	var netJSON []byte
+	if want, _, err := attachmentOf(v.Network); err != nil {
+		return v, vmm.Handle{}, err
+	} else if m.net != nil && len(v.Network) > 0 {
+		att, err := m.net.Attach(ctx, v.ID, want.Egress)
+		undo.push(func() { _ = m.net.Detach(ctx, v.ID) })
+		if err != nil {
+			undo.run()
+			return v, vmm.Handle{}, fmt.Errorf("attach network: %w", err)
+		}
+		spec.NICs = []vmm.NIC{{TAP: att.TAP, MAC: att.MAC}}
+		netJSON, _ = json.Marshal(att)
+	}
 	h, err := m.driver.Prepare(ctx, spec)
 	undo.push(func() { _ = m.driver.Cleanup(ctx, h) })
 	if err != nil {
 		undo.run()
 		return v, h, fmt.Errorf("prepare: %w", err)
 	}
-	v, err = m.transition(v.ID, store.StateBooting, "starting "+m.driver.Name(), func(x *store.VM) { x.Handle = h.Marshal() })
+	v, err = m.transition(v.ID, store.StateBooting, "starting "+m.driver.Name(), func(x *store.VM) {
+		x.Handle = h.Marshal()
+		if netJSON != nil {
+			x.Network = netJSON
+		}
+	})
 	if err != nil {
 		undo.run()
 		return v, h, err
@@ -219,6 +283,13 @@ type agentResult struct {
 func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-chan struct{}) {
 	log := m.log.With("vm", v.ID)
 	ports := m.cfg.Roles[v.Role]
+	agentCfg := AgentConfig{RequiredPorts: ports, Heartbeat: m.cfg.HeartbeatInterval}
+	if att, ok, err := attachmentOf(v.Network); err != nil {
+		m.fail(v.ID, err.Error())
+		return
+	} else if ok {
+		agentCfg.Network = &att
+	}
 	token, err := readToken(h.TokenPath)
 	if err != nil {
 		m.fail(v.ID, err.Error())
@@ -226,6 +297,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 	}
 	var sess AgentSession
 	defer func() {
+		inst.setSession(nil)
 		if sess != nil {
 			sess.Close()
 		}
@@ -245,7 +317,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		ch := make(chan agentResult, 1)
 		connecting = ch
 		go func() {
-			s, hello, err := m.agents.Connect(ctx, h.AgentSocket, token, ports, m.cfg.HeartbeatInterval)
+			s, hello, err := m.agents.Connect(ctx, h.AgentSocket, token, agentCfg)
 			ch <- agentResult{s, hello, err}
 		}()
 	}
@@ -265,6 +337,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		select {
 		case <-inst.stop:
 			connCancel()
+			inst.setSession(nil)
 			m.teardown(v, sess)
 			sess = nil
 			return
@@ -305,6 +378,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 				continue // the timer reports the failure
 			}
 			sess, events, sessDone = r.sess, r.sess.Events(), r.sess.Done()
+			inst.setSession(sess)
 			helloSeen = true
 			log.Info("agent connected", "agent_version", r.hello.Version)
 			v, _ = m.update(v.ID, func(x *store.VM) {
@@ -319,6 +393,9 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 				continue
 			}
 			switch e.Type {
+			case "network_failed":
+				m.fail(v.ID, "guest network setup failed: "+e.Error)
+				return
 			case "port_ready":
 				readyPorts[e.Port] = true
 			case "ready":
@@ -353,6 +430,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 			// The guest went away (agent restarted, or it is shutting
 			// down); reconnect while the process lives.
 			log.Warn("agent session ended; reconnecting")
+			inst.setSession(nil)
 			sess.Close()
 			sess, events, sessDone = nil, nil, nil
 			deadline = time.Now().Add(m.cfg.HeartbeatTimeout)
@@ -449,9 +527,21 @@ func (m *Manager) release(v store.VM) {
 		m.log.Error("stop failed vm", "vm", v.ID, "err", err)
 		return
 	}
+	if err := m.detach(ctx, v); err != nil {
+		m.log.Error("detach failed vm's network", "vm", v.ID, "err", err)
+	}
 	if err := m.driver.Cleanup(ctx, h); err != nil {
 		m.log.Error("clean up failed vm", "vm", v.ID, "err", err)
 	}
+}
+
+// detach releases a VM's network (rules, TAP, lease); its process must be
+// gone already, so an address is never handed out while still in use.
+func (m *Manager) detach(ctx context.Context, v store.VM) error {
+	if m.net == nil || len(v.Network) == 0 {
+		return nil
+	}
+	return m.net.Detach(ctx, v.ID)
 }
 
 // teardown stops the VM gracefully (agent first, then the driver), removes
@@ -504,6 +594,10 @@ func (m *Manager) teardown(v store.VM, sess AgentSession) {
 			return
 		}
 	}
+	if err := m.detach(ctx, v); err != nil {
+		log.Error("detach network", "err", err)
+		return
+	}
 	if h.Dir != "" {
 		if err := m.driver.Cleanup(ctx, h); err != nil {
 			log.Error("clean up vm", "err", err)
@@ -530,6 +624,9 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list vms: %w", err)
 	}
+	if err := m.reconcileNetwork(ctx, vms); err != nil {
+		return err
+	}
 	known := map[string]bool{}
 	for _, v := range vms {
 		known[v.ID] = true
@@ -547,6 +644,32 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 	}
 	return m.removeStrays(known)
+}
+
+// reconcileNetwork rebuilds rules for every VM that still holds its network
+// and removes the TAPs and leases of everything else. A failed VM whose
+// process is gone holds nothing any more.
+func (m *Manager) reconcileNetwork(ctx context.Context, vms []store.VM) error {
+	if m.net == nil {
+		return nil
+	}
+	held := map[string]NetAttachment{}
+	for _, v := range vms {
+		att, ok, err := attachmentOf(v.Network)
+		if err != nil || !ok || v.State == store.StateDestroyed {
+			continue
+		}
+		if v.State == store.StateFailed {
+			if h, _ := vmm.UnmarshalHandle(v.Handle); !m.driver.Alive(h) {
+				continue
+			}
+		}
+		held[v.ID] = att
+	}
+	if err := m.net.Reconcile(ctx, held); err != nil {
+		return fmt.Errorf("reconcile network: %w", err)
+	}
+	return nil
 }
 
 // StrayFinder is implemented by drivers that can list their processes that

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -178,7 +179,8 @@ func (a *Agents) Shutdowns() int {
 }
 
 // Connect implements vm.AgentDialer.
-func (a *Agents) Connect(ctx context.Context, socket string, token []byte, ports []int, hb time.Duration) (vm.AgentSession, vm.AgentHello, error) {
+func (a *Agents) Connect(ctx context.Context, socket string, token []byte, cfg vm.AgentConfig) (vm.AgentSession, vm.AgentHello, error) {
+	ports, hb := cfg.RequiredPorts, cfg.Heartbeat
 	a.mu.Lock()
 	b := a.behaviour
 	a.mu.Unlock()
@@ -199,6 +201,9 @@ func (a *Agents) Connect(ctx context.Context, socket string, token []byte, ports
 	}
 	s := &session{events: make(chan vm.AgentEvent, 16), done: make(chan struct{}), agents: a}
 	if b == GuestReady {
+		if cfg.Network != nil {
+			s.events <- vm.AgentEvent{Type: "network_ready", At: time.Now()}
+		}
 		for _, p := range ports {
 			s.events <- vm.AgentEvent{Type: "port_ready", Port: p, At: time.Now()}
 		}
@@ -233,6 +238,14 @@ func (s *session) heartbeats(every time.Duration) {
 }
 
 func (s *session) Events() <-chan vm.AgentEvent { return s.events }
+
+// Exec answers "echo ARGS" like a shell would and fails everything else.
+func (s *session) Exec(ctx context.Context, req vm.ExecRequest) (vm.ExecResult, error) {
+	if req.Argv[0] == "echo" {
+		return vm.ExecResult{Stdout: []byte(strings.Join(req.Argv[1:], " ") + "\n")}, nil
+	}
+	return vm.ExecResult{ExitCode: 127, Stderr: []byte(req.Argv[0] + ": not found\n")}, nil
+}
 func (s *session) Shutdown(ctx context.Context) error {
 	s.agents.mu.Lock()
 	s.agents.shutdowns++
@@ -243,4 +256,86 @@ func (s *session) Done() <-chan struct{} { return s.done }
 func (s *session) Close() error {
 	s.once.Do(func() { close(s.done) })
 	return nil
+}
+
+// Network is an in-memory vm.Networker: leases and TAPs in maps, so tests
+// can check that every attach is undone.
+type Network struct {
+	mu      sync.Mutex
+	next    int
+	Leases  map[string]string // vm id -> address
+	TAPs    map[string]string // vm id -> tap
+	Egress  map[string]vm.Egress
+	Attachs int
+}
+
+var _ vm.Networker = (*Network)(nil)
+
+// NewNetwork returns an empty fake network.
+func NewNetwork() *Network {
+	return &Network{Leases: map[string]string{}, TAPs: map[string]string{}, Egress: map[string]vm.Egress{}}
+}
+
+// ValidateEgress implements vm.Networker.
+func (n *Network) ValidateEgress(e vm.Egress) error {
+	switch e.Mode {
+	case "open", "none", "allowlist":
+		return nil
+	}
+	return fmt.Errorf("mode must be open, none or allowlist, got %q", e.Mode)
+}
+
+// DefaultEgress implements vm.Networker.
+func (n *Network) DefaultEgress() vm.Egress { return vm.Egress{Mode: "open"} }
+
+// Attach implements vm.Networker.
+func (n *Network) Attach(ctx context.Context, vmID string, e vm.Egress) (vm.NetAttachment, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ip, ok := n.Leases[vmID]
+	if !ok {
+		n.next++
+		ip = fmt.Sprintf("10.0.0.%d", n.next+1)
+		n.Leases[vmID] = ip
+		n.TAPs[vmID] = fmt.Sprintf("tap%d", n.next)
+		n.Attachs++
+	}
+	n.Egress[vmID] = e
+	return vm.NetAttachment{TAP: n.TAPs[vmID], MAC: "02:00:00:00:00:01", Address: ip + "/24", Gateway: "10.0.0.1", Egress: e}, nil
+}
+
+// Detach implements vm.Networker.
+func (n *Network) Detach(ctx context.Context, vmID string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.Leases, vmID)
+	delete(n.TAPs, vmID)
+	delete(n.Egress, vmID)
+	return nil
+}
+
+// Reconcile implements vm.Networker.
+func (n *Network) Reconcile(ctx context.Context, held map[string]vm.NetAttachment) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for id := range n.Leases {
+		if _, ok := held[id]; !ok {
+			delete(n.Leases, id)
+			delete(n.TAPs, id)
+			delete(n.Egress, id)
+		}
+	}
+	for id, a := range held {
+		n.Leases[id] = strings.TrimSuffix(a.Address, "/24")
+		n.TAPs[id] = a.TAP
+		n.Egress[id] = a.Egress
+	}
+	return nil
+}
+
+// Held counts attached VMs.
+func (n *Network) Held() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.Leases)
 }

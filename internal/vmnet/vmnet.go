@@ -1,0 +1,219 @@
+// Package vmnet attaches VMs to the host network as one idempotent step:
+// an address lease (ipam, in the store), a TAP on the bridge and the
+// firewall rules that express the VM's egress policy (network.Host), plus
+// the inverse and a reconcile that makes the host match the store after a
+// restart. It implements vm.Networker.
+package vmnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/hearth-project/hearth/internal/network"
+	"github.com/hearth-project/hearth/internal/network/ipam"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/vm"
+)
+
+// Service is the vm.Networker of a host.
+type Service struct {
+	host   *network.Host
+	ipam   *ipam.Allocator
+	leases store.Leases
+	cfg    network.Config
+	dns    []string
+	egress vm.Egress
+
+	mu    sync.Mutex
+	slots map[string]network.Slot // every VM that holds its network
+}
+
+var _ vm.Networker = (*Service)(nil)
+
+// New returns the service. dns is what guests are told to use; egress is
+// the default policy.
+func New(host *network.Host, cfg network.Config, leases store.Leases, dns []string, defaultEgress vm.Egress) (*Service, error) {
+	alloc, err := ipam.New(leases, cfg.Subnet, cfg.Gateway())
+	if err != nil {
+		return nil, err
+	}
+	return &Service{host: host, ipam: alloc, leases: leases, cfg: cfg, dns: dns, egress: defaultEgress,
+		slots: map[string]network.Slot{}}, nil
+}
+
+// toPolicy converts the API's egress description.
+func toPolicy(e vm.Egress) (network.EgressPolicy, error) {
+	p := network.EgressPolicy{Mode: e.Mode}
+	for i, r := range e.Allow {
+		cidr, err := netip.ParsePrefix(r.CIDR)
+		if err != nil {
+			if a, aerr := netip.ParseAddr(r.CIDR); aerr == nil {
+				cidr = netip.PrefixFrom(a, a.BitLen())
+			} else {
+				return p, fmt.Errorf("allow[%d].cidr: %q is not a CIDR or address", i, r.CIDR)
+			}
+		}
+		if r.Port < 0 || r.Port > 65535 {
+			return p, fmt.Errorf("allow[%d].port: %d out of range", i, r.Port)
+		}
+		p.Allow = append(p.Allow, network.AllowRule{CIDR: cidr.Masked(), Protocol: r.Protocol, Port: uint16(r.Port)})
+	}
+	if err := p.Validate(); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// ValidateEgress implements vm.Networker.
+func (s *Service) ValidateEgress(e vm.Egress) error {
+	_, err := toPolicy(e)
+	return err
+}
+
+// DefaultEgress implements vm.Networker.
+func (s *Service) DefaultEgress() vm.Egress { return s.egress }
+
+// Attach implements vm.Networker.
+func (s *Service) Attach(ctx context.Context, vmID string, e vm.Egress) (vm.NetAttachment, error) {
+	policy, err := toPolicy(e)
+	if err != nil {
+		return vm.NetAttachment{}, err
+	}
+	ip, err := s.ipam.Allocate(ctx, vmID)
+	if err != nil {
+		return vm.NetAttachment{}, err
+	}
+	tap, err := s.host.CreateTAP(ctx, vmID)
+	if err != nil {
+		return vm.NetAttachment{}, errors.Join(fmt.Errorf("create tap: %w", err), s.ipam.Release(ctx, vmID))
+	}
+	slot := network.Slot{VMID: vmID, TAP: tap, MAC: network.MACFor(vmID), IP: ip, Egress: policy}
+	if err := s.setSlot(ctx, vmID, &slot); err != nil {
+		return vm.NetAttachment{}, errors.Join(err, s.host.DeleteTAP(ctx, tap), s.ipam.Release(ctx, vmID))
+	}
+	return s.attachment(slot, e), nil
+}
+
+func (s *Service) attachment(slot network.Slot, e vm.Egress) vm.NetAttachment {
+	return vm.NetAttachment{
+		TAP: slot.TAP, MAC: slot.MAC.String(),
+		Address: netip.PrefixFrom(slot.IP, s.cfg.Subnet.Bits()).String(),
+		Gateway: s.cfg.Gateway().String(), DNS: slices.Clone(s.dns), Egress: e,
+	}
+}
+
+// setSlot adds (slot != nil) or removes a VM's slot and rewrites the rules.
+func (s *Service) setSlot(ctx context.Context, vmID string, slot *network.Slot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, had := s.slots[vmID]
+	if slot != nil {
+		s.slots[vmID] = *slot
+	} else {
+		delete(s.slots, vmID)
+	}
+	if err := s.host.SyncRules(ctx, s.slotList()); err != nil {
+		if had {
+			s.slots[vmID] = old
+		} else {
+			delete(s.slots, vmID)
+		}
+		return fmt.Errorf("sync rules: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) slotList() []network.Slot {
+	out := make([]network.Slot, 0, len(s.slots))
+	for _, sl := range s.slots {
+		out = append(out, sl)
+	}
+	slices.SortFunc(out, func(a, b network.Slot) int { return a.IP.Compare(b.IP) })
+	return out
+}
+
+// Detach implements vm.Networker: rules first (no traffic for the address),
+// then the TAP, then the lease.
+func (s *Service) Detach(ctx context.Context, vmID string) error {
+	s.mu.Lock()
+	slot, had := s.slots[vmID]
+	s.mu.Unlock()
+	if had {
+		if err := s.setSlot(ctx, vmID, nil); err != nil {
+			return err
+		}
+	}
+	taps, err := s.host.TAPs(ctx)
+	if err != nil {
+		return fmt.Errorf("list taps: %w", err)
+	}
+	for name, owner := range taps {
+		if owner == vmID || (had && name == slot.TAP) {
+			if err := s.host.DeleteTAP(ctx, name); err != nil {
+				return fmt.Errorf("delete tap %s: %w", name, err)
+			}
+		}
+	}
+	return s.ipam.Release(ctx, vmID)
+}
+
+// Reconcile implements vm.Networker.
+func (s *Service) Reconcile(ctx context.Context, held map[string]vm.NetAttachment) error {
+	if err := s.host.Setup(ctx); err != nil {
+		return fmt.Errorf("host network setup: %w", err)
+	}
+	slots := map[string]network.Slot{}
+	for id, a := range held {
+		slot, err := slotOf(id, a)
+		if err != nil {
+			return err
+		}
+		slots[id] = slot
+	}
+	s.mu.Lock()
+	s.slots = slots
+	err := s.host.SyncRules(ctx, s.slotList())
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("sync rules: %w", err)
+	}
+	taps, err := s.host.TAPs(ctx)
+	if err != nil {
+		return fmt.Errorf("list taps: %w", err)
+	}
+	for name, owner := range taps {
+		if sl, ok := slots[owner]; !ok || sl.TAP != name {
+			if err := s.host.DeleteTAP(ctx, name); err != nil {
+				return fmt.Errorf("remove stray tap %s: %w", name, err)
+			}
+		}
+	}
+	leases, err := s.leases.ListLeases(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		if sl, ok := slots[l.VMID]; !ok || sl.IP.String() != l.IP {
+			if err := s.leases.DeleteLease(ctx, l.VMID); err != nil {
+				return fmt.Errorf("release stray lease %s: %w", l.IP, err)
+			}
+		}
+	}
+	return nil
+}
+
+func slotOf(vmID string, a vm.NetAttachment) (network.Slot, error) {
+	p, err := netip.ParsePrefix(a.Address)
+	if err != nil {
+		return network.Slot{}, fmt.Errorf("vm %s: stored address %q: %w", vmID, a.Address, err)
+	}
+	policy, err := toPolicy(a.Egress)
+	if err != nil {
+		return network.Slot{}, fmt.Errorf("vm %s: stored egress: %w", vmID, err)
+	}
+	return network.Slot{VMID: vmID, TAP: a.TAP, MAC: network.MACFor(vmID), IP: p.Addr(), Egress: policy}, nil
+}

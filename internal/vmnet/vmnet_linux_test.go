@@ -1,0 +1,212 @@
+package vmnet
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/hearth-project/hearth/internal/network"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/vm"
+)
+
+// env is a Service in a network namespace made for the test.
+type env struct {
+	t    *testing.T
+	ns   string
+	svc  *Service
+	host *network.Host
+	st   store.Store
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace with a bridge, TAPs and nftables tables")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs the nft binary to read the ruleset back (apt-get install nftables)")
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	name := "hvmnet-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	cfg := network.Config{Subnet: netip.MustParsePrefix("172.30.0.0/24")}.WithDefaults()
+	host, err := network.NewHost(cfg, network.WithNetNS(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Close() })
+	st, err := sqlite.Open(context.Background(), t.TempDir()+"/h.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	svc, err := New(host, cfg, st, []string{"192.0.2.53"}, vm.Egress{Mode: "open"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Reconcile(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, ns: name, svc: svc, host: host, st: st}
+}
+
+func (e *env) vm(id string) string {
+	e.t.Helper()
+	if err := e.st.CreateVM(context.Background(), store.VM{ID: id, State: store.StateBooting, CreatedAt: time.Now()}); err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
+func (e *env) ruleset() string {
+	e.t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", e.ns, "nft", "list", "ruleset").CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("nft list ruleset: %v %s", err, out)
+	}
+	return string(out)
+}
+
+func (e *env) counts() (taps, leases int) {
+	e.t.Helper()
+	tm, err := e.host.TAPs(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ls, err := e.st.ListLeases(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(tm), len(ls)
+}
+
+// Attach and Detach 200 times: nothing may accumulate, and the ruleset
+// returns to the empty baseline byte for byte.
+func TestCreateDeleteCyclesLeaveNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	baseline := e.ruleset()
+	for i := range 200 {
+		id := e.vm(fmt.Sprintf("vm-cycle-%03d", i))
+		egress := vm.Egress{Mode: "open"}
+		if i%3 == 1 {
+			egress = vm.Egress{Mode: "allowlist", Allow: []vm.EgressRule{{CIDR: "203.0.113.0/24", Protocol: "tcp", Port: 443}}}
+		}
+		a, err := e.svc.Attach(ctx, id, egress)
+		if err != nil {
+			t.Fatalf("cycle %d: attach: %v", i, err)
+		}
+		if i == 0 && (a.Gateway != "172.30.0.1" || !strings.HasPrefix(a.Address, "172.30.0.") || a.DNS[0] != "192.0.2.53") {
+			t.Fatalf("attachment: %+v", a)
+		}
+		if err := e.svc.Detach(ctx, id); err != nil {
+			t.Fatalf("cycle %d: detach: %v", i, err)
+		}
+	}
+	if taps, leases := e.counts(); taps != 0 || leases != 0 {
+		t.Fatalf("after 200 cycles: %d taps, %d leases", taps, leases)
+	}
+	if got := e.ruleset(); got != baseline {
+		t.Fatalf("ruleset differs from the empty baseline:\n--- got\n%s\n--- want\n%s", got, baseline)
+	}
+}
+
+// Twenty VMs attach at once: no address, TAP or MAC is given twice.
+func TestConcurrentAttachNoDuplicates(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	ids := make([]string, 20)
+	for i := range ids {
+		ids[i] = e.vm(fmt.Sprintf("vm-conc-%02d", i))
+	}
+	var wg sync.WaitGroup
+	atts := make([]vm.NetAttachment, len(ids))
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			atts[i], errs[i] = e.svc.Attach(ctx, id, vm.Egress{Mode: "open"})
+		}()
+	}
+	wg.Wait()
+	seen := map[string]string{}
+	for i, a := range atts {
+		if errs[i] != nil {
+			t.Fatalf("%s: %v", ids[i], errs[i])
+		}
+		for _, k := range []string{"ip " + a.Address, "tap " + a.TAP, "mac " + a.MAC} {
+			if other, dup := seen[k]; dup {
+				t.Fatalf("%s given to %s and %s", k, other, ids[i])
+			}
+			seen[k] = ids[i]
+		}
+	}
+	if taps, leases := e.counts(); taps != 20 || leases != 20 {
+		t.Fatalf("%d taps, %d leases for 20 vms", taps, leases)
+	}
+	// Attach is idempotent.
+	again, err := e.svc.Attach(ctx, ids[0], vm.Egress{Mode: "open"})
+	if err != nil || again.Address != atts[0].Address || again.TAP != atts[0].TAP {
+		t.Fatalf("second attach: %+v %v (first %+v)", again, err, atts[0])
+	}
+}
+
+// Reconcile keeps exactly the held VMs: stray TAPs and leases go, held ones
+// keep their address and TAP.
+func TestReconcileRemovesStrays(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	keep, stray := e.vm("vm-keep"), e.vm("vm-stray")
+	ka, err := e.svc.Attach(ctx, keep, vm.Egress{Mode: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Attach(ctx, stray, vm.Egress{Mode: "open"}); err != nil {
+		t.Fatal(err)
+	}
+	withKeep := e.ruleset()
+	// A new service, as after a restart, told only about vm-keep.
+	svc2, err := New(e.host, e.svc.cfg, e.st, nil, vm.Egress{Mode: "open"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc2.Reconcile(ctx, map[string]vm.NetAttachment{keep: ka}); err != nil {
+		t.Fatal(err)
+	}
+	taps, err := e.host.TAPs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(taps) != 1 || taps[ka.TAP] != keep {
+		t.Fatalf("taps after reconcile: %v", taps)
+	}
+	ls, _ := e.st.ListLeases(ctx)
+	if len(ls) != 1 || ls[0].VMID != keep || ls[0].IP+"/24" != ka.Address {
+		t.Fatalf("leases after reconcile: %+v", ls)
+	}
+	if got := e.ruleset(); got == withKeep || strings.Contains(got, stray) || !strings.Contains(got, keep) {
+		t.Fatalf("rules after reconcile still mention the stray or lost the kept vm:\n%s", got)
+	}
+}
