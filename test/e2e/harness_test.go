@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -75,9 +74,12 @@ func needRoot(t *testing.T) {
 	}
 }
 
-// daemon is one `hearth serve` process with its own state directory.
+// daemon is one `hearth serve` process with its own state directory, run
+// inside its own network namespace: its bridge, TAPs and nftables tables
+// never touch the host's.
 type daemon struct {
 	t        *testing.T
+	netns    string
 	stateDir string
 	addr     string
 	cmd      *exec.Cmd
@@ -86,16 +88,6 @@ type daemon struct {
 	alice    *client.Client
 	bob      *client.Client
 	env      []string
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // newDaemon prepares a state dir with the minimal image and keys for an
@@ -108,14 +100,15 @@ func newDaemon(t *testing.T, extraEnv ...string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, stateDir: state, addr: freeAddr(t), logPath: filepath.Join(state, "hearth.log")}
+	d := &daemon{t: t, stateDir: state, addr: "127.0.0.1:7070", logPath: filepath.Join(state, "hearth.log")}
+	d.netns = newNetns(t)
 	d.env = append([]string{"HEARTH_STATE_DIR=" + state, "HEARTH_LISTEN=" + d.addr, "HEARTH_IMAGE_DIR=" + imageDir,
 		"HEARTH_CACHE_DIR=" + cacheDir, "HEARTH_CONFIG="}, extraEnv...)
 	out := d.hearth("image", "build", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
 	t.Logf("image: %s", lastLine(out))
-	d.admin = client.New(d.addr, strings.TrimSpace(d.hearth("apikey", "create", "--admin", "--name", "e2e")))
-	d.alice = client.New(d.addr, strings.TrimSpace(d.hearth("apikey", "create", "--user", "alice")))
-	d.bob = client.New(d.addr, strings.TrimSpace(d.hearth("apikey", "create", "--user", "bob")))
+	d.admin = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--admin", "--name", "e2e")))
+	d.alice = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--user", "alice")))
+	d.bob = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--user", "bob")))
 	d.start()
 	t.Cleanup(func() { d.cleanup() })
 	return d
@@ -145,7 +138,7 @@ func (d *daemon) start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "hearth"), "serve")
+	cmd := exec.Command("ip", "netns", "exec", d.netns, filepath.Join(binDir, "hearth"), "serve")
 	cmd.Env = append(os.Environ(), d.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -154,17 +147,22 @@ func (d *daemon) start() {
 	logf.Close()
 	d.cmd = cmd
 	deadline := time.Now().Add(30 * time.Second)
+	anon := d.client("")
 	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + d.addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if d.ready() {
-				return
-			}
+		if anon.Do(context.Background(), "GET", "/healthz", nil, nil) == nil && d.ready() {
+			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	d.t.Fatalf("daemon did not become ready; log:\n%s", d.log())
+}
+
+// client returns an API client whose connections are made inside the
+// daemon's network namespace.
+func (d *daemon) client(key string) *client.Client {
+	c := client.New(d.addr, key)
+	c.HTTP = &http.Client{Transport: &http.Transport{DialContext: nsDialer(d.netns)}}
+	return c
 }
 
 func (d *daemon) ready() bool {
