@@ -246,8 +246,8 @@ func TestAPIAuthAgainstTheDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	anon := client.New(d.addr, "")
-	wrong := client.New(d.addr, "hearth_aaaaaaaaaaaaaaaa_"+strings.Repeat("b", 52))
+	anon := d.client("")
+	wrong := d.client("hearth_aaaaaaaaaaaaaaaa_" + strings.Repeat("b", 52))
 	for name, c := range map[string]*client.Client{"missing": anon, "wrong": wrong} {
 		_, err := c.GetVM(ctx, v.ID)
 		if ae := (*client.Error)(nil); !errors.As(err, &ae) || ae.Status != 401 {
