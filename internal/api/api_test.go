@@ -33,6 +33,7 @@ type fixture struct {
 	api    *api.Server
 	st     store.Store
 	agents *vmfake.Agents
+	net    *vmfake.Network
 	admin  string
 	alice  string
 	bob    string
@@ -70,13 +71,14 @@ func newFixture(t *testing.T) *fixture {
 		return k
 	}
 	agents := &vmfake.Agents{}
+	netw := vmfake.NewNetwork()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	mgr := vm.New(vm.Config{
 		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
-	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: vmfake.NewNetwork(), Log: log})
+	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: netw, Log: log})
 	if err := mgr.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +101,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents,
+	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
 		router: router, spec: spec}
 }
@@ -564,4 +566,29 @@ func TestEgressValidation(t *testing.T) {
 	if got.Network.Address == "" || got.Network.Egress.Mode != "none" {
 		t.Fatalf("network in answer: %s", a.body)
 	}
+}
+
+func TestFullAddressPoolIs503AndLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	f.net.SetCapacity(2)
+	a := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.createVM(f.alice, `{"image":"minimal"}`)
+	ans := f.do("POST", "/v1/vms", f.alice, `{"image":"minimal"}`)
+	if ans.status != http.StatusServiceUnavailable || ans.errCode() != "unavailable" || !strings.Contains(ans.errMessage(), "no free address") {
+		t.Fatalf("full pool: %d %s", ans.status, ans.body)
+	}
+	vms, _ := f.st.ListVMs(context.Background(), store.VMFilter{IncludeDestroyed: true})
+	if len(vms) != 2 {
+		t.Fatalf("a refused create left a vm behind: %d vms", len(vms))
+	}
+	// The address is in the answer from the start.
+	var got struct{ Network struct{ Address string } }
+	f.do("GET", "/v1/vms/"+a.ID, f.alice, "").json(t, &got)
+	if got.Network.Address == "" {
+		t.Fatal("no address on a created vm")
+	}
+	// Freeing one makes room again.
+	f.do("DELETE", "/v1/vms/"+a.ID, f.alice, "")
+	f.do("GET", "/v1/vms/"+a.ID+"/wait?state=destroyed&timeout=10s", f.alice, "")
+	f.createVM(f.alice, `{"image":"minimal"}`)
 }

@@ -219,6 +219,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	if err := m.store.CreateVM(ctx, v); err != nil {
 		return store.VM{}, fmt.Errorf("record vm: %w", err)
 	}
+	if m.net != nil {
+		// Lease the address now, so a full pool is the caller's answer
+		// (503) rather than a VM that fails later; nothing stays behind.
+		if v, err = m.reserve(ctx, v); err != nil {
+			return store.VM{}, err
+		}
+	}
 	ev, err := m.store.AppendEvent(ctx, store.Event{At: now, Type: "vm.created", VMID: id, UserID: v.UserID,
 		ToState: store.StatePending, Message: fmt.Sprintf("image %s, role %s, %d vcpu, %d MiB", img.Name, v.Role, v.VCPUs, v.MemoryMiB)})
 	if err == nil {
@@ -226,6 +233,29 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	}
 	m.spawn(v, modeRun)
 	return v, nil
+}
+
+// reserve leases the VM's address and records it; on failure the VM row is
+// removed again.
+func (m *Manager) reserve(ctx context.Context, v store.VM) (store.VM, error) {
+	ctx = context.WithoutCancel(ctx)
+	addr, err := m.net.Reserve(ctx, v.ID)
+	if err == nil {
+		var nv store.VM
+		nv, err = m.update(v.ID, func(x *store.VM) {
+			att, _ := DecodeAttachment(x.Network)
+			att.Address = addr
+			x.Network, _ = json.Marshal(att)
+		})
+		if err == nil {
+			return nv, nil
+		}
+		err = errors.Join(err, m.net.Detach(ctx, v.ID))
+	}
+	if derr := m.store.DeleteVM(ctx, v.ID); derr != nil {
+		err = errors.Join(err, fmt.Errorf("remove vm record: %w", derr))
+	}
+	return store.VM{}, err
 }
 
 // Get returns one VM.

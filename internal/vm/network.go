@@ -38,6 +38,9 @@ type Networker interface {
 	ValidateEgress(e Egress) error
 	// DefaultEgress is the policy of VMs that do not ask for one.
 	DefaultEgress() Egress
+	// Reserve leases the VM's address (idempotent) and returns it as CIDR.
+	// A full pool is errdefs.ErrUnavailable.
+	Reserve(ctx context.Context, vmID string) (string, error)
 	// Attach leases an address, creates the TAP and installs the rules.
 	// Calling it again for the same VM returns the same attachment.
 	Attach(ctx context.Context, vmID string, egress Egress) (NetAttachment, error)

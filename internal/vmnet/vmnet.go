@@ -77,6 +77,15 @@ func (s *Service) ValidateEgress(e vm.Egress) error {
 // DefaultEgress implements vm.Networker.
 func (s *Service) DefaultEgress() vm.Egress { return s.egress }
 
+// Reserve implements vm.Networker.
+func (s *Service) Reserve(ctx context.Context, vmID string) (string, error) {
+	ip, err := s.ipam.Allocate(ctx, vmID)
+	if err != nil {
+		return "", err
+	}
+	return netip.PrefixFrom(ip, s.cfg.Subnet.Bits()).String(), nil
+}
+
 // Attach implements vm.Networker.
 func (s *Service) Attach(ctx context.Context, vmID string, e vm.Egress) (vm.NetAttachment, error) {
 	policy, err := toPolicy(e)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -261,12 +262,13 @@ func (s *session) Close() error {
 // Network is an in-memory vm.Networker: leases and TAPs in maps, so tests
 // can check that every attach is undone.
 type Network struct {
-	mu      sync.Mutex
-	next    int
-	Leases  map[string]string // vm id -> address
-	TAPs    map[string]string // vm id -> tap
-	Egress  map[string]vm.Egress
-	Attachs int
+	mu       sync.Mutex
+	next     int
+	capacity int
+	Leases   map[string]string // vm id -> address
+	TAPs     map[string]string // vm id -> tap
+	Egress   map[string]vm.Egress
+	Attachs  int
 }
 
 var _ vm.Networker = (*Network)(nil)
@@ -287,6 +289,29 @@ func (n *Network) ValidateEgress(e vm.Egress) error {
 
 // DefaultEgress implements vm.Networker.
 func (n *Network) DefaultEgress() vm.Egress { return vm.Egress{Mode: "open"} }
+
+// Capacity, if positive, is how many leases the fake pool holds.
+func (n *Network) SetCapacity(c int) {
+	n.mu.Lock()
+	n.capacity = c
+	n.mu.Unlock()
+}
+
+// Reserve implements vm.Networker.
+func (n *Network) Reserve(ctx context.Context, vmID string) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ip, ok := n.Leases[vmID]; ok {
+		return ip + "/24", nil
+	}
+	if n.capacity > 0 && len(n.Leases) >= n.capacity {
+		return "", errdefs.Unavailablef("no free address: all %d are leased", n.capacity)
+	}
+	n.next++
+	n.Leases[vmID] = fmt.Sprintf("10.0.0.%d", n.next+1)
+	n.TAPs[vmID] = fmt.Sprintf("tap%d", n.next)
+	return n.Leases[vmID] + "/24", nil
+}
 
 // Attach implements vm.Networker.
 func (n *Network) Attach(ctx context.Context, vmID string, e vm.Egress) (vm.NetAttachment, error) {
