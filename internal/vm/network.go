@@ -48,7 +48,9 @@ type Networker interface {
 	// it only once the VM's process is gone. Detaching twice is fine.
 	Detach(ctx context.Context, vmID string) error
 	// Reconcile makes the host match exactly the given attachments:
-	// rules rebuilt, TAPs and leases of anything else removed.
+	// rules rebuilt, TAPs and leases of anything else removed. An
+	// attachment without a TAP (a VM that reserved its address but was not
+	// attached yet) keeps only its lease.
 	Reconcile(ctx context.Context, held map[string]NetAttachment) error
 }
 

@@ -655,9 +655,12 @@ func (m *Manager) reconcileNetwork(ctx context.Context, vms []store.VM) error {
 	}
 	held := map[string]NetAttachment{}
 	for _, v := range vms {
-		att, ok, err := attachmentOf(v.Network)
-		if err != nil || !ok || v.State == store.StateDestroyed {
+		if v.State == store.StateDestroyed || len(v.Network) == 0 {
 			continue
+		}
+		att, err := DecodeAttachment(v.Network)
+		if err != nil || att.Address == "" {
+			continue // never reserved
 		}
 		if v.State == store.StateFailed {
 			if h, _ := vmm.UnmarshalHandle(v.Handle); !m.driver.Alive(h) {

@@ -176,7 +176,16 @@ func (s *Service) Reconcile(ctx context.Context, held map[string]vm.NetAttachmen
 		return fmt.Errorf("host network setup: %w", err)
 	}
 	slots := map[string]network.Slot{}
+	leased := map[string]string{} // vm id -> address it keeps
 	for id, a := range held {
+		p, err := netip.ParsePrefix(a.Address)
+		if err != nil {
+			return fmt.Errorf("vm %s: stored address %q: %w", id, a.Address, err)
+		}
+		leased[id] = p.Addr().String()
+		if a.TAP == "" {
+			continue // reserved, not attached yet: keeps its lease only
+		}
 		slot, err := slotOf(id, a)
 		if err != nil {
 			return err
@@ -206,7 +215,7 @@ func (s *Service) Reconcile(ctx context.Context, held map[string]vm.NetAttachmen
 		return err
 	}
 	for _, l := range leases {
-		if sl, ok := slots[l.VMID]; !ok || sl.IP.String() != l.IP {
+		if ip, ok := leased[l.VMID]; !ok || ip != l.IP {
 			if err := s.leases.DeleteLease(ctx, l.VMID); err != nil {
 				return fmt.Errorf("release stray lease %s: %w", l.IP, err)
 			}
