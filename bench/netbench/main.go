@@ -142,9 +142,10 @@ func run(runs, resident int) error {
 	row("setup (TAP + lease + rules)", hUp, oUp)
 	row("teardown", hDown, oDown)
 	fmt.Println()
-	fmt.Println("hearth: netlink TAP with ownership alias, lease in SQLite, the whole nftables ruleset (isolation,")
-	fmt.Println("anti-spoofing, per-VM egress) replaced in one batch. Old way: `ip tuntap add`, `ip link set master`,")
-	fmt.Println("`ip link set up`, `iptables -A` (and `iptables -D`, `ip link delete`), one process each, no isolation.")
+	fmt.Println("hearth: netlink TAP with ownership alias, lease in SQLite, and the VM's own nftables chains plus its")
+	fmt.Println("verdict-map elements (isolation, anti-spoofing, per-VM egress) added or removed in one batch; the")
+	fmt.Println("shared chains never change. Old way: `ip tuntap add`, `ip link set master`, `ip link set up`,")
+	fmt.Println("`iptables -A` (and `iptables -D`, `ip link delete`), one process each, and no isolation at all.")
 	return nil
 }
 

@@ -67,12 +67,33 @@ func defaultNamespaceSteps(cfg Config, ns netns.NsHandle) (err error) {
 	if err := h.SyncRules(ctx, []Slot{slot}); err != nil {
 		return err
 	}
+	if err := wantRuleset(h, slot); err != nil {
+		return err
+	}
+	// And one VM at a time, over the lasting connection.
+	if err := h.RemoveSlot(ctx, slot.VMID); err != nil {
+		return err
+	}
+	if err := wantRuleset(h); err != nil {
+		return err
+	}
+	if err := h.AddSlot(ctx, slot); err != nil {
+		return err
+	}
+	if err := wantRuleset(h, slot); err != nil {
+		return err
+	}
+	return h.DeleteTAP(ctx, tap)
+}
+
+// wantRuleset reports whether the kernel holds the ruleset for slots.
+func wantRuleset(h *Host, slots ...Slot) error {
 	got, err := listRuleset(h)
 	if err != nil {
 		return err
 	}
-	if want := dumpRuleset(buildRuleset(h.Config(), []Slot{slot})); got != want {
+	if want := dumpRuleset(buildRuleset(h.Config(), slots)); got != want {
 		return fmt.Errorf("kernel ruleset differs:\n%s---\n%s", got, want)
 	}
-	return h.DeleteTAP(ctx, tap)
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -21,8 +22,9 @@ type Host struct {
 	ns  netns.NsHandle // not open: the current namespace
 	nl  *netlink.Handle
 
-	tapMu sync.Mutex // serializes TAP creation and deletion
-	nftMu sync.Mutex // serializes ruleset replacements
+	tapMu sync.Mutex     // serializes TAP creation and deletion
+	nftMu sync.Mutex     // serializes nftables changes; guards nft
+	nft   *nftables.Conn // lasting connection for small batches, opened when first needed
 }
 
 // NewHost returns a Host for cfg (zero fields take their defaults). Close
@@ -54,6 +56,16 @@ func (h *Host) Config() Config { return h.cfg }
 // Close releases the Host's netlink sockets. It changes nothing on the host.
 func (h *Host) Close() error {
 	h.nl.Close()
+	h.nftMu.Lock()
+	defer h.nftMu.Unlock()
+	if h.nft == nil {
+		return nil
+	}
+	err := h.nft.CloseLasting()
+	h.nft = nil
+	if err != nil {
+		return fmt.Errorf("close nftables connection: %w", err)
+	}
 	return nil
 }
 
@@ -304,9 +316,10 @@ func (h *Host) checkForwarding() []Problem {
 	return nil
 }
 
-// checkTables reports hearth's nftables tables or chains being missing.
+// checkTables reports hearth's nftables tables, chains or maps being
+// missing.
 func (h *Host) checkTables() []Problem {
-	missing, err := h.missingChains()
+	missing, err := h.missingObjects()
 	if err != nil {
 		return []Problem{{Check: "nftables", Message: err.Error(), Fix: "run hearth doctor as root"}}
 	}

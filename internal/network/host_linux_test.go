@@ -146,7 +146,7 @@ func TestCheckFindsProblems(t *testing.T) {
 		"bridge: bridge hearth0 lacks address 172.30.0.1/24 (has none)",
 		"bridge: bridge hearth0 is down",
 		"ip_forward: IPv4 forwarding is off",
-		"nftables: hearth's firewall is incomplete: missing [bridge hearth prerouting bridge hearth forward]",
+		"nftables: hearth's firewall is incomplete: missing [bridge hearth prerouting bridge hearth forward bridge hearth map vm_ports]",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("Check = %q, want %q", got, want)
@@ -221,6 +221,12 @@ func TestCreateTAP(t *testing.T) {
 	if len(taps) != 1 || taps[name] != "vm-one" {
 		t.Fatalf("TAPs() = %v", taps)
 	}
+	if of := must(h.TAPsOf(ctx, "vm-one"))(t); !slices.Equal(of, []string{name}) {
+		t.Fatalf("TAPsOf(vm-one) = %v, want [%s]", of, name)
+	}
+	if of := must(h.TAPsOf(ctx, "vm-other"))(t); len(of) != 0 {
+		t.Fatalf("TAPsOf(vm-other) = %v, want none", of)
+	}
 
 	// A TAP knocked off the bridge and down is repaired by CreateTAP.
 	if err := nl.LinkSetNoMaster(link); err != nil {
@@ -245,6 +251,9 @@ func TestCreateTAP(t *testing.T) {
 	}
 	if taps := must(h.TAPs(ctx))(t); len(taps) != 0 {
 		t.Fatalf("TAPs() after delete = %v", taps)
+	}
+	if of := must(h.TAPsOf(ctx, "vm-one"))(t); len(of) != 0 {
+		t.Fatalf("TAPsOf(vm-one) after delete = %v", of)
 	}
 }
 
@@ -278,6 +287,17 @@ func TestCreateTAPCollision(t *testing.T) {
 	}
 	if taps := must(h.TAPs(context.Background()))(t); len(taps) != 1 || taps[name] != "vm-clash" {
 		t.Fatalf("TAPs() = %v", taps)
+	}
+	// The foreign link under the first name is not the VM's.
+	if of := must(h.TAPsOf(context.Background(), "vm-clash"))(t); !slices.Equal(of, []string{name}) {
+		t.Fatalf("TAPsOf(vm-clash) = %v, want [%s]", of, name)
+	}
+	// Once the first name is free, CreateTAP still finds the VM's TAP.
+	if err := nl.LinkDel(other); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := h.CreateTAP(context.Background(), "vm-clash"); err != nil || again != name {
+		t.Fatalf("CreateTAP with the first name free again = %q, %v; want %q", again, err, name)
 	}
 }
 
@@ -395,24 +415,50 @@ func TestSyncRulesLeavesOtherTables(t *testing.T) {
 }
 
 // TestCreateDeleteCycles runs a VM's network life 200 times and checks that
-// nothing is left behind: no TAPs, and the ruleset is the baseline again.
+// nothing is left behind: no TAPs, and the ruleset is the baseline again,
+// byte for byte. The rules change one VM at a time (AddSlot, RemoveSlot),
+// or by rebuilding everything (SyncRules).
 func TestCreateDeleteCycles(t *testing.T) {
 	requireRoot(t)
+	t.Run("AddSlot", func(t *testing.T) { createDeleteCycles(t, slotOps{add: addOne, remove: removeOne}) })
+	t.Run("SyncRules", func(t *testing.T) { createDeleteCycles(t, slotOps{add: syncWith, remove: syncWithout}) })
+}
+
+// slotOps install and remove one slot's rules, given the slots that stay.
+type slotOps struct {
+	add, remove func(ctx context.Context, h *Host, stay []Slot, s Slot) error
+}
+
+func addOne(ctx context.Context, h *Host, _ []Slot, s Slot) error { return h.AddSlot(ctx, s) }
+func removeOne(ctx context.Context, h *Host, _ []Slot, s Slot) error {
+	return h.RemoveSlot(ctx, s.VMID)
+}
+
+func syncWith(ctx context.Context, h *Host, stay []Slot, s Slot) error {
+	return h.SyncRules(ctx, append(slices.Clone(stay), s))
+}
+
+func syncWithout(ctx context.Context, h *Host, stay []Slot, _ Slot) error {
+	return h.SyncRules(ctx, stay)
+}
+
+func createDeleteCycles(t *testing.T, ops slotOps) {
 	ns := newNetNS(t)
 	h := setupHost(t, ns, Config{HostPorts: []PortRule{{"tcp", 22}}})
 	ctx := context.Background()
 	baseline := mustList(t, h)
-	others := []Slot{} // a few long-lived VMs, so the ruleset is not trivially empty
+	var others []Slot // a few long-lived VMs, so the ruleset is not trivially empty
 	for i := range 3 {
 		id := fmt.Sprintf("vm-stay-%d", i)
-		others = append(others, slotFor(id, must(h.CreateTAP(ctx, id))(t), fmt.Sprintf("172.30.0.%d", 200+i)))
-	}
-	if err := h.SyncRules(ctx, others); err != nil {
-		t.Fatal(err)
+		s := slotFor(id, must(h.CreateTAP(ctx, id))(t), fmt.Sprintf("172.30.0.%d", 200+i))
+		if err := ops.add(ctx, h, others, s); err != nil {
+			t.Fatal(err)
+		}
+		others = append(others, s)
 	}
 	withOthers := mustList(t, h)
 
-	var tCreate, tSyncAdd, tDelete, tSyncDel time.Duration
+	var tCreate, tAdd, tDelete, tRemove time.Duration
 	const cycles = 200
 	for i := range cycles {
 		id := fmt.Sprintf("vm-cycle-%d", i)
@@ -425,34 +471,36 @@ func TestCreateDeleteCycles(t *testing.T) {
 		start = time.Now()
 		slot := slotFor(id, tap, fmt.Sprintf("172.30.0.%d", 2+i%150))
 		slot.Egress = []EgressPolicy{{Mode: EgressOpen}, {Mode: EgressNone}, {Mode: EgressAllowlist, Allow: []AllowRule{{CIDR: DefaultSubnet}}}}[i%3]
-		if err := h.SyncRules(ctx, append(slices.Clone(others), slot)); err != nil {
+		if err := ops.add(ctx, h, others, slot); err != nil {
 			t.Fatal(err)
 		}
-		tSyncAdd += time.Since(start)
+		tAdd += time.Since(start)
 		start = time.Now()
 		if err := h.DeleteTAP(ctx, tap); err != nil {
 			t.Fatal(err)
 		}
 		tDelete += time.Since(start)
 		start = time.Now()
-		if err := h.SyncRules(ctx, others); err != nil {
+		if err := ops.remove(ctx, h, others, slot); err != nil {
 			t.Fatal(err)
 		}
-		tSyncDel += time.Since(start)
+		tRemove += time.Since(start)
 	}
-	t.Logf("per VM (average of %d): CreateTAP %v, SyncRules(+1) %v, DeleteTAP %v, SyncRules(-1) %v",
-		cycles, tCreate/cycles, tSyncAdd/cycles, tDelete/cycles, tSyncDel/cycles)
+	t.Logf("per VM (average of %d): CreateTAP %v, rules +1 %v, DeleteTAP %v, rules -1 %v",
+		cycles, tCreate/cycles, tAdd/cycles, tDelete/cycles, tRemove/cycles)
 
 	if got := mustList(t, h); got != withOthers {
 		t.Fatalf("ruleset after %d cycles differs:\n--- got\n%s--- want\n%s", cycles, got, withOthers)
 	}
-	for _, s := range others {
+	for len(others) > 0 {
+		s := others[len(others)-1]
+		others = others[:len(others)-1]
 		if err := h.DeleteTAP(ctx, s.TAP); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := h.SyncRules(ctx, nil); err != nil {
-		t.Fatal(err)
+		if err := ops.remove(ctx, h, others, s); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if taps := must(h.TAPs(ctx))(t); len(taps) != 0 {
 		t.Fatalf("TAPs() after the cycles = %v", taps)
@@ -465,5 +513,9 @@ func TestCreateDeleteCycles(t *testing.T) {
 	}
 	if got := mustList(t, h); got != baseline {
 		t.Fatalf("ruleset with zero slots differs from the baseline:\n--- got\n%s--- want\n%s", got, baseline)
+	}
+	// The baseline is also what a fresh Setup installs.
+	if got, want := baseline, dumpRuleset(buildRuleset(h.Config(), nil)); got != want {
+		t.Fatalf("baseline differs from a fresh Setup's:\n--- got\n%s--- want\n%s", got, want)
 	}
 }

@@ -41,8 +41,19 @@ func (h *Host) CreateTAP(ctx context.Context, vmID string) (string, error) {
 // DeleteTAP fails off Linux.
 func (h *Host) DeleteTAP(ctx context.Context, name string) error { return errUnsupported }
 
+// TAPsOf fails off Linux.
+func (h *Host) TAPsOf(ctx context.Context, vmID string) ([]string, error) {
+	return nil, errUnsupported
+}
+
 // TAPs fails off Linux.
 func (h *Host) TAPs(ctx context.Context) (map[string]string, error) { return nil, errUnsupported }
 
 // SyncRules fails off Linux.
 func (h *Host) SyncRules(ctx context.Context, slots []Slot) error { return errUnsupported }
+
+// AddSlot fails off Linux.
+func (h *Host) AddSlot(ctx context.Context, s Slot) error { return errUnsupported }
+
+// RemoveSlot fails off Linux.
+func (h *Host) RemoveSlot(ctx context.Context, vmID string) error { return errUnsupported }

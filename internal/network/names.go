@@ -32,6 +32,24 @@ func TAPName(prefix, vmID string, attempt int) string {
 	return name[:min(len(name), ifNameMax)]
 }
 
+// vmChainPrefix starts the name of every VM's own chain; no base chain's
+// name starts with it.
+const vmChainPrefix = "vm-"
+
+// vmChainLen is how many hash characters a VM chain's name has (80 bits).
+const vmChainLen = 16
+
+// vmChainName is the name of a VM's own chain in each of hearth's tables:
+// vmChainPrefix followed by a base32 hash of the VM id, so that any VM id
+// (up to maxVMIDLen bytes of printable ASCII) gives a short valid name.
+func vmChainName(vmID string) string {
+	sum := sha256.Sum256([]byte("chain\x00" + vmID))
+	return vmChainPrefix + nameEncoding.EncodeToString(sum[:])[:vmChainLen]
+}
+
+// isVMChain reports whether a chain is a VM's own (see vmChainName).
+func isVMChain(name string) bool { return strings.HasPrefix(name, vmChainPrefix) }
+
 // MACFor derives a VM's MAC address from its id: deterministic, locally
 // administered and unicast.
 func MACFor(vmID string) net.HardwareAddr {

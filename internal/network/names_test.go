@@ -82,3 +82,21 @@ func TestCheckVMID(t *testing.T) {
 		}
 	}
 }
+
+func TestVMChainName(t *testing.T) {
+	valid := regexp.MustCompile(`^vm-[a-z2-7]{16}$`)
+	seen := map[string]string{}
+	for _, id := range []string{"vm-a", "vm-b", "x", string(make([]byte, maxVMIDLen)), "input", "forward"} {
+		name := vmChainName(id)
+		if !valid.MatchString(name) || !isVMChain(name) {
+			t.Errorf("vmChainName(%q) = %q, want vm- and 16 base32 characters", id, name)
+		}
+		if again := vmChainName(id); again != name {
+			t.Errorf("vmChainName is not deterministic: %q then %q", name, again)
+		}
+		if other, dup := seen[name]; dup {
+			t.Errorf("vmChainName collision: %q and %q both give %q", id, other, name)
+		}
+		seen[name] = id
+	}
+}

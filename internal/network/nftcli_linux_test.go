@@ -3,6 +3,7 @@ package network
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -29,9 +30,18 @@ func TestNftCLIReadsRules(t *testing.T) {
 		t.Fatalf("nft list ruleset: %v\n%s", err, stderr.String())
 	}
 	t.Logf("nft list ruleset:\n%s", out.String())
-	for _, bad := range []string{"unknown", "invalid", "[", "#"} {
+	for _, bad := range []string{"unknown", "invalid", "[", "#", `""`} {
 		if strings.Contains(out.String(), bad) {
-			t.Errorf("nft's listing contains %q: it could not decode a rule", bad)
+			t.Errorf("nft's listing contains %q: it could not decode a rule or map", bad)
+		}
+	}
+	// The maps' keys print as addresses and interface names.
+	for _, s := range goldenSlots() {
+		chain := vmChainName(s.VMID)
+		for _, want := range []string{s.IP.String() + " : jump " + chain, fmt.Sprintf("%q : jump %s", s.TAP, chain)} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("nft's listing lacks %q", want)
+			}
 		}
 	}
 }

@@ -1,12 +1,16 @@
 package network
 
 import (
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // This file renders nftables state at the expression level, in the style of
@@ -17,8 +21,13 @@ import (
 // dumpRuleset renders the ruleset hearth builds.
 func dumpRuleset(rs *ruleset) string {
 	var b strings.Builder
-	for _, t := range rs.tables {
+	for _, t := range rs.tables() {
 		fmt.Fprintf(&b, "table %s %s\n", familyName(t.table.Family), t.table.Name)
+		var elems []string
+		for _, e := range t.vmMap.elems {
+			elems = append(elems, dumpElem(e.key, expr.VerdictJump, e.chain))
+		}
+		dumpMap(&b, t.vmMap.set.Name, elems)
 		for _, c := range t.chains {
 			var rules []*nftables.Rule
 			for _, r := range c.rules {
@@ -31,7 +40,10 @@ func dumpRuleset(rs *ruleset) string {
 }
 
 // listRuleset reads hearth's tables back from the kernel and renders them
-// like dumpRuleset. Tables that do not exist are left out.
+// like dumpRuleset. Tables that do not exist are left out. It normalizes
+// what carries no meaning and depends on history: map elements are sorted
+// by key, and the VMs' chains by name after the base chains (which keep
+// the kernel's order, that of their creation).
 func listRuleset(h *Host) (string, error) {
 	c, err := h.nftConn()
 	if err != nil {
@@ -47,31 +59,115 @@ func listRuleset(h *Host) (string, error) {
 			continue
 		}
 		fmt.Fprintf(&b, "table %s %s\n", familyName(t.Family), t.Name)
-		chains, err := c.ListChainsOfTableFamily(t.Family)
-		if err != nil {
-			return "", fmt.Errorf("list chains: %w", err)
+		if err := listMaps(&b, c, t); err != nil {
+			return "", err
 		}
-		for _, ch := range chains {
-			if ch.Table.Name != t.Name {
-				continue
-			}
-			rules, err := c.GetRules(t, ch)
-			if err != nil {
-				return "", fmt.Errorf("list rules of %s: %w", ch.Name, err)
-			}
-			dumpChain(&b, ch, rules)
+		if err := listChains(&b, c, t); err != nil {
+			return "", err
 		}
 	}
 	return b.String(), nil
 }
 
-func hasTable(tables []*nftables.Table, name string) bool {
-	for _, t := range tables {
-		if t.Name == name {
-			return true
+// listMaps renders t's sets and maps, by name, elements sorted.
+func listMaps(b *strings.Builder, c *nftables.Conn, t *nftables.Table) error {
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return fmt.Errorf("list sets: %w", err)
+	}
+	slices.SortFunc(sets, func(x, y *nftables.Set) int { return strings.Compare(x.Name, y.Name) })
+	for _, s := range sets {
+		if !s.IsMap {
+			fmt.Fprintf(b, "  set %s (not a map)\n", s.Name)
+			continue
+		}
+		got, err := c.GetSetElements(s)
+		if err != nil {
+			return fmt.Errorf("list elements of %s: %w", s.Name, err)
+		}
+		var elems []string
+		for _, e := range got {
+			kind, chain, err := decodeVerdict(e.Val)
+			if err != nil {
+				return fmt.Errorf("element %x of %s: %w", e.Key, s.Name, err)
+			}
+			elems = append(elems, dumpElem(e.Key, kind, chain))
+		}
+		slices.Sort(elems)
+		dumpMap(b, s.Name, elems)
+	}
+	return nil
+}
+
+// listChains renders t's chains: the base chains in kernel order, then
+// the VMs' chains by name.
+func listChains(b *strings.Builder, c *nftables.Conn, t *nftables.Table) error {
+	all, err := c.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return fmt.Errorf("list chains: %w", err)
+	}
+	var base, vms []*nftables.Chain
+	for _, ch := range all {
+		switch {
+		case ch.Table.Name != t.Name:
+		case isVMChain(ch.Name):
+			vms = append(vms, ch)
+		default:
+			base = append(base, ch)
 		}
 	}
-	return false
+	slices.SortFunc(vms, func(x, y *nftables.Chain) int { return strings.Compare(x.Name, y.Name) })
+	for _, ch := range append(base, vms...) {
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		dumpChain(b, ch, rules)
+	}
+	return nil
+}
+
+// decodeVerdict decodes a verdict map element's data as the library
+// returns it: the attributes nested in NFTA_DATA_VERDICT.
+func decodeVerdict(b []byte) (expr.VerdictKind, string, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return 0, "", err
+	}
+	ad.ByteOrder = binary.BigEndian
+	var (
+		kind  expr.VerdictKind
+		chain string
+	)
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			kind = expr.VerdictKind(int32(ad.Uint32()))
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	return kind, chain, ad.Err()
+}
+
+func dumpMap(b *strings.Builder, name string, elems []string) {
+	fmt.Fprintf(b, "  map %s\n", name)
+	for _, e := range elems {
+		fmt.Fprintf(b, "    %s\n", e)
+	}
+}
+
+func dumpElem(key []byte, kind expr.VerdictKind, chain string) string {
+	return fmt.Sprintf("[%x] : %s", key, verdictText(kind, chain))
+}
+
+func verdictText(kind expr.VerdictKind, chain string) string {
+	kinds := map[expr.VerdictKind]string{expr.VerdictAccept: "accept", expr.VerdictDrop: "drop", expr.VerdictGoto: "goto", expr.VerdictJump: "jump"}
+	name, ok := kinds[kind]
+	if !ok {
+		name = fmt.Sprintf("verdict%d", kind)
+	}
+	return strings.TrimSpace(name + " " + chain)
 }
 
 func dumpChain(b *strings.Builder, c *nftables.Chain, rules []*nftables.Rule) {
@@ -111,8 +207,12 @@ func dumpExpr(e expr.Any) string {
 		}
 		return fmt.Sprintf("ct load %s => reg %d", key, e.Register)
 	case *expr.Verdict:
-		kinds := map[expr.VerdictKind]string{expr.VerdictAccept: "accept", expr.VerdictDrop: "drop", expr.VerdictGoto: "goto", expr.VerdictJump: "jump"}
-		return strings.TrimSpace("immediate " + kinds[e.Kind] + " " + e.Chain)
+		return "immediate " + verdictText(e.Kind, e.Chain)
+	case *expr.Lookup:
+		if !e.IsDestRegSet {
+			return fmt.Sprintf("lookup reg %d set %s", e.SourceRegister, e.SetName)
+		}
+		return fmt.Sprintf("lookup reg %d set %s dreg %d", e.SourceRegister, e.SetName, e.DestRegister)
 	case *expr.Masq:
 		if *e == (expr.Masq{}) {
 			return "masq"

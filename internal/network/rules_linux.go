@@ -1,30 +1,43 @@
 package network
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
 
 // hearth's nftables layout. Everything lives in two tables that belong to
-// hearth alone and are replaced as a whole:
+// hearth alone:
 //
 //   - table inet hearth: input (VM→host), forward (VM↔VM via the gateway,
-//     VM→outside, outside→VM), egress (the per-VM policy, by source address)
-//     and postrouting (masquerade). inet covers IPv6 too, so a VM cannot
-//     reach the host over link-local IPv6 either.
-//   - table bridge hearth: prerouting (anti-spoofing: a TAP may only send
-//     ARP and IPv4 from its slot's MAC and IP) and forward (no frame goes
-//     from one VM's TAP to another's). Bridged frames never reach the inet
-//     hooks (no br_netfilter), so only this table sees VM↔VM L2 traffic.
+//     VM→outside, outside→VM), egress (dispatches a VM's packets to its own
+//     chain by source address, through the verdict map vm_egress), one
+//     chain per VM with its egress policy, and postrouting (masquerade).
+//     inet covers IPv6 too, so a VM cannot reach the host over link-local
+//     IPv6 either.
+//   - table bridge hearth: prerouting (anti-spoofing: dispatches a frame to
+//     its TAP's chain through the verdict map vm_ports; a VM's chain accepts
+//     ARP and IPv4 from its slot's MAC and IP, anything else falls through
+//     to the final drop), one chain per VM, and forward (no frame goes from
+//     one VM's TAP to another's). Bridged frames never reach the inet hooks
+//     (no br_netfilter), so only this table sees VM↔VM L2 traffic.
+//
+// The base chains and their rules never change after Setup: a VM is added
+// or removed by creating or deleting its two chains and its two map
+// elements, so the final drops stay last by construction and the cost per
+// VM does not depend on how many others there are (and neither does a
+// packet's: the maps are hash lookups, not a rule per VM).
 const (
 	tableName    = "hearth"
 	chainInput   = "input"
@@ -32,6 +45,15 @@ const (
 	chainEgress  = "egress"
 	chainPost    = "postrouting"
 	chainPre     = "prerouting"
+
+	mapEgress = "vm_egress" // inet: source address → jump to the VM's chain
+	mapPorts  = "vm_ports"  // bridge: input TAP → jump to the VM's chain
+)
+
+// Set ids of the maps, which name them within a batch that creates them.
+const (
+	mapEgressID = 1
+	mapPortsID  = 2
 )
 
 // bridgeFilterPriority is nft's "filter" priority in the bridge family.
@@ -39,17 +61,37 @@ const bridgeFilterPriority = -200
 
 // ruleset is hearth's complete nftables state, in order.
 type ruleset struct {
-	tables []*tableSpec
+	inet, bridge *tableSpec
 }
 
+// tables lists the ruleset's tables in the order they are applied.
+func (r *ruleset) tables() []*tableSpec { return []*tableSpec{r.inet, r.bridge} }
+
+// tableSpec is one table: its verdict map, its base chains and then the
+// VMs' chains, sorted by name.
 type tableSpec struct {
 	table  *nftables.Table
+	vmMap  *mapSpec
 	chains []*chainSpec
 }
 
 type chainSpec struct {
 	chain *nftables.Chain
 	rules []ruleSpec
+}
+
+// mapSpec is a verdict map and its elements, sorted by key.
+type mapSpec struct {
+	set   *nftables.Set
+	elems []elemSpec
+}
+
+// elemSpec is a verdict map element: packets whose key matches jump to
+// chain.
+type elemSpec struct {
+	key   []byte
+	text  string // the key as nft prints it
+	chain string
 }
 
 // ruleSpec is one rule: its expressions and an nft-like text for humans.
@@ -65,12 +107,35 @@ type match struct {
 	exprs []expr.Any
 }
 
-// buildRuleset returns the ruleset for c and slots (already normalized).
-func buildRuleset(c Config, slots []Slot) *ruleset {
-	return &ruleset{tables: []*tableSpec{inetTable(c, slots), bridgeTable(c, slots)}}
+// vmSpec is one VM's share of the ruleset: in each table, a chain of its
+// own and the map element that sends its traffic there.
+type vmSpec struct {
+	egress, port vmPart
 }
 
-// expectedChains lists hearth's tables and the chains each must have.
+// vmPart is a VM's share of one table.
+type vmPart struct {
+	set   *nftables.Set // the table's verdict map
+	elem  elemSpec
+	chain *chainSpec
+}
+
+// buildRuleset returns the ruleset for c and slots (already normalized):
+// the baseline plus each slot's vmSpec, exactly what AddSlot would add.
+func buildRuleset(c Config, slots []Slot) *ruleset {
+	rs := &ruleset{inet: inetTable(c), bridge: bridgeTable(c)}
+	for _, s := range slots {
+		v := buildVM(s)
+		rs.inet.addVM(v.egress)
+		rs.bridge.addVM(v.port)
+	}
+	for _, t := range rs.tables() {
+		t.sortVMs()
+	}
+	return rs
+}
+
+// expectedChains lists hearth's tables and the base chains each must have.
 func expectedChains() map[nftables.TableFamily][]string {
 	return map[nftables.TableFamily][]string{
 		nftables.TableFamilyINet:   {chainInput, chainForward, chainEgress, chainPost},
@@ -78,9 +143,40 @@ func expectedChains() map[nftables.TableFamily][]string {
 	}
 }
 
-func inetTable(c Config, slots []Slot) *tableSpec {
-	t := &nftables.Table{Name: tableName, Family: nftables.TableFamilyINet}
+// expectedMaps lists hearth's tables and the map each must have.
+func expectedMaps() map[nftables.TableFamily]string {
+	return map[nftables.TableFamily]string{
+		nftables.TableFamilyINet:   mapEgress,
+		nftables.TableFamilyBridge: mapPorts,
+	}
+}
+
+func inetTableObj() *nftables.Table {
+	return &nftables.Table{Name: tableName, Family: nftables.TableFamilyINet}
+}
+
+func bridgeTableObj() *nftables.Table {
+	return &nftables.Table{Name: tableName, Family: nftables.TableFamilyBridge}
+}
+
+// egressMap maps a VM's source address to its egress chain.
+func egressMap() *nftables.Set {
+	return &nftables.Set{Table: inetTableObj(), Name: mapEgress, ID: mapEgressID, IsMap: true,
+		KeyType: nftables.TypeIPAddr, KeyByteOrder: binaryutil.BigEndian, DataType: nftables.TypeVerdict}
+}
+
+// portsMap maps a VM's TAP to its anti-spoofing chain. Interface names
+// are in host byte order for nft (a string type), which it needs to be
+// told to print them.
+func portsMap() *nftables.Set {
+	return &nftables.Set{Table: bridgeTableObj(), Name: mapPorts, ID: mapPortsID, IsMap: true,
+		KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+}
+
+func inetTable(c Config) *tableSpec {
+	t := inetTableObj()
 	br := c.Bridge
+	vmMap := &mapSpec{set: egressMap()}
 
 	input := baseChain(t, chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, *nftables.ChainPriorityFilter)
 	input.add(accept(iifname(br), ctEstablished()))
@@ -96,28 +192,99 @@ func inetTable(c Config, slots []Slot) *tableSpec {
 	forward.add(gotoChain(chainEgress, iifname(br)))  // VM→outside: per-VM policy
 
 	egress := &chainSpec{chain: &nftables.Chain{Name: chainEgress, Table: t}}
-	for _, s := range slots {
-		egress.add(egressRules(s)...)
-	}
-	egress.add(drop()) // addresses in no slot, and IPv6
+	egress.add(dispatch(nfproto4(), vmapLookup("ip saddr", payload(expr.PayloadBaseNetworkHeader, 12, 4), vmMap.set)))
+	egress.add(drop()) // addresses in no slot (or whose chain returns), and IPv6
 
 	post := baseChain(t, chainPost, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
 	post.add(masquerade(nfproto4(), ipSaddr(c.Subnet), oifnameNot(br)))
 
-	return &tableSpec{table: t, chains: []*chainSpec{input, forward, egress, post}}
+	return &tableSpec{table: t, vmMap: vmMap, chains: []*chainSpec{input, forward, egress, post}}
 }
 
-// egressRules expresses one VM's egress policy, matched by its source
-// address (which the bridge table guarantees it cannot spoof).
+func bridgeTable(c Config) *tableSpec {
+	t := bridgeTableObj()
+	taps := iifnamePrefix(c.TAPPrefix)
+	vmMap := &mapSpec{set: portsMap()}
+
+	pre := baseChain(t, chainPre, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, bridgeFilterPriority)
+	pre.add(dispatch(vmapLookup("iifname", meta(expr.MetaKeyIIFNAME), vmMap.set)))
+	pre.add(drop(taps)) // unknown TAPs, and anything a VM's chain did not accept
+
+	forward := baseChain(t, chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, bridgeFilterPriority)
+	forward.add(drop(taps, oifnamePrefix(c.TAPPrefix)))
+
+	return &tableSpec{table: t, vmMap: vmMap, chains: []*chainSpec{pre, forward}}
+}
+
+// addVM adds a VM's chain and map element to the table.
+func (t *tableSpec) addVM(p vmPart) {
+	t.chains = append(t.chains, p.chain)
+	t.vmMap.elems = append(t.vmMap.elems, p.elem)
+}
+
+// sortVMs orders the VMs' chains by name and the map's elements by key,
+// so that equal rulesets render alike whatever order the slots came in.
+// The base chains come first and keep their order.
+func (t *tableSpec) sortVMs() {
+	slices.SortStableFunc(t.chains, func(a, b *chainSpec) int {
+		av, bv := isVMChain(a.chain.Name), isVMChain(b.chain.Name)
+		switch {
+		case av && bv:
+			return strings.Compare(a.chain.Name, b.chain.Name)
+		case av:
+			return 1
+		case bv:
+			return -1
+		}
+		return 0
+	})
+	slices.SortFunc(t.vmMap.elems, func(a, b elemSpec) int { return bytes.Compare(a.key, b.key) })
+}
+
+// buildVM returns a slot's (already validated) chains, rules and map
+// elements.
+func buildVM(s Slot) vmSpec {
+	v := vmParts(s.VMID, s.IP, s.TAP)
+	v.egress.chain.add(egressRules(s)...)
+	v.port.chain.add(antiSpoofRules(s)...)
+	return v
+}
+
+// vmParts returns a VM's chains, still empty, and its map elements for
+// address ip and TAP tap.
+func vmParts(vmID string, ip netip.Addr, tap string) vmSpec {
+	name := vmChainName(vmID)
+	return vmSpec{
+		egress: vmPart{set: egressMap(), elem: egressElem(ip, name),
+			chain: &chainSpec{chain: &nftables.Chain{Name: name, Table: inetTableObj()}}},
+		port: vmPart{set: portsMap(), elem: portElem(tap, name),
+			chain: &chainSpec{chain: &nftables.Chain{Name: name, Table: bridgeTableObj()}}},
+	}
+}
+
+// egressElem sends packets from ip to chain.
+func egressElem(ip netip.Addr, chain string) elemSpec {
+	a := ip.As4()
+	return elemSpec{key: a[:], text: ip.String(), chain: chain}
+}
+
+// portElem sends frames that enter on tap to chain.
+func portElem(tap, chain string) elemSpec {
+	return elemSpec{key: ifnameData(tap), text: strconv.Quote(tap), chain: chain}
+}
+
+// egressRules expresses one VM's egress policy. The chain is only reached
+// for IPv4 packets from the VM's address (which the bridge table
+// guarantees it cannot spoof), so the rules need not match it again; each
+// policy ends in a verdict.
 func egressRules(s Slot) []ruleSpec {
-	src := ipSaddr(netip.PrefixFrom(s.IP, 32))
 	var rules []ruleSpec
 	switch s.Egress.Mode {
 	case EgressOpen:
-		rules = append(rules, accept(nfproto4(), src))
+		rules = append(rules, accept())
 	case EgressAllowlist:
 		for _, a := range s.Egress.Allow {
-			ms := []match{nfproto4(), src, ipDaddr(a.CIDR)}
+			ms := []match{nfproto4(), ipDaddr(a.CIDR)}
 			if a.Protocol != "" {
 				ms = append(ms, l4proto(a.Protocol))
 			}
@@ -126,9 +293,9 @@ func egressRules(s Slot) []ruleSpec {
 			}
 			rules = append(rules, accept(ms...))
 		}
-		rules = append(rules, drop(nfproto4(), src))
+		rules = append(rules, drop())
 	default: // EgressNone
-		rules = append(rules, drop(nfproto4(), src))
+		rules = append(rules, drop())
 	}
 	for i := range rules {
 		rules[i].comment = s.VMID
@@ -136,24 +303,10 @@ func egressRules(s Slot) []ruleSpec {
 	return rules
 }
 
-func bridgeTable(c Config, slots []Slot) *tableSpec {
-	t := &nftables.Table{Name: tableName, Family: nftables.TableFamilyBridge}
-	taps := iifnamePrefix(c.TAPPrefix)
-
-	pre := baseChain(t, chainPre, nftables.ChainTypeFilter, nftables.ChainHookPrerouting, bridgeFilterPriority)
-	for _, s := range slots {
-		pre.add(antiSpoofRules(s)...)
-	}
-	pre.add(drop(taps)) // unknown TAPs, and anything but ARP/IPv4 from known ones
-
-	forward := baseChain(t, chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, bridgeFilterPriority)
-	forward.add(drop(taps, oifnamePrefix(c.TAPPrefix)))
-
-	return &tableSpec{table: t, chains: []*chainSpec{pre, forward}}
-}
-
 // antiSpoofRules accept what a VM's TAP may send: IPv4 from its address and
-// ARP for its address (or 0.0.0.0, an ARP probe), all from its MAC.
+// ARP for its address (or 0.0.0.0, an ARP probe), all from its MAC. The
+// first rule also records the VM's map keys (TAP and address), which is
+// how AddSlot and RemoveSlot find them (see installedVM).
 func antiSpoofRules(s Slot) []ruleSpec {
 	tap, mac := iifname(s.TAP), etherSaddr(s.MAC)
 	rules := []ruleSpec{
@@ -215,6 +368,11 @@ func masquerade(ms ...match) ruleSpec {
 	return finish(ms, "masquerade", &expr.Masq{})
 }
 
+// dispatch is a rule whose last match is a verdict map lookup, which
+// gives the verdict.
+func dispatch(ms ...match) ruleSpec { return finish(ms, "", nil) }
+
+// finish joins matches into a rule ending in verdict v (none if nil).
 func finish(ms []match, verdict string, v expr.Any) ruleSpec {
 	var r ruleSpec
 	words := make([]string, 0, len(ms)+1)
@@ -222,8 +380,11 @@ func finish(ms []match, verdict string, v expr.Any) ruleSpec {
 		words = append(words, m.text)
 		r.exprs = append(r.exprs, m.exprs...)
 	}
-	r.text = strings.Join(append(words, verdict), " ")
-	r.exprs = append(r.exprs, v)
+	if v != nil {
+		words = append(words, verdict)
+		r.exprs = append(r.exprs, v)
+	}
+	r.text = strings.Join(words, " ")
 	return r
 }
 
@@ -317,6 +478,14 @@ func ipMatch(name string, offset uint32, p netip.Prefix) match {
 	return match{text, exprs}
 }
 
+// vmapLookup loads a key into register 1 and looks it up in the verdict
+// map m ("<key> vmap @m"): a matching element's verdict applies; no match
+// means the rule does not match.
+func vmapLookup(key string, load expr.Any, m *nftables.Set) match {
+	return match{key + " vmap @" + m.Name, []expr.Any{load,
+		&expr.Lookup{SourceRegister: 1, IsDestRegSet: true, DestRegister: 0, SetName: m.Name, SetID: m.ID}}}
+}
+
 func etherType(ethType uint16, name string) match {
 	return match{"ether type " + name,
 		load(payload(expr.PayloadBaseLLHeader, 12, 2), expr.CmpOpEq, binary.BigEndian.AppendUint16(nil, ethType))}
@@ -342,28 +511,44 @@ func arpSpa(ip netip.Addr) match {
 // same rules is read back by the tests.
 func (r *ruleset) String() string {
 	var b strings.Builder
-	for _, t := range r.tables {
+	for _, t := range r.tables() {
 		fmt.Fprintf(&b, "table %s %s {\n", familyName(t.table.Family), t.table.Name)
-		for i, c := range t.chains {
-			if i > 0 {
-				b.WriteString("\n")
-			}
-			fmt.Fprintf(&b, "\tchain %s {\n", c.chain.Name)
-			if h := chainHeader(c.chain); h != "" {
-				fmt.Fprintf(&b, "\t\t%s\n", h)
-			}
-			for _, rule := range c.rules {
-				b.WriteString("\t\t" + rule.text)
-				if rule.comment != "" {
-					fmt.Fprintf(&b, " comment %q", rule.comment)
-				}
-				b.WriteString("\n")
-			}
-			b.WriteString("\t}\n")
+		writeMap(&b, t.vmMap)
+		for _, c := range t.chains {
+			b.WriteString("\n")
+			writeChain(&b, c)
 		}
 		b.WriteString("}\n")
 	}
 	return b.String()
+}
+
+// writeMap renders a verdict map, one element a line.
+func writeMap(b *strings.Builder, m *mapSpec) {
+	fmt.Fprintf(b, "\tmap %s {\n\t\ttype %s : verdict\n", m.set.Name, m.set.KeyType.Name)
+	if len(m.elems) > 0 {
+		b.WriteString("\t\telements = {\n")
+		for _, e := range m.elems {
+			fmt.Fprintf(b, "\t\t\t%s : jump %s,\n", e.text, e.chain)
+		}
+		b.WriteString("\t\t}\n")
+	}
+	b.WriteString("\t}\n")
+}
+
+func writeChain(b *strings.Builder, c *chainSpec) {
+	fmt.Fprintf(b, "\tchain %s {\n", c.chain.Name)
+	if h := chainHeader(c.chain); h != "" {
+		fmt.Fprintf(b, "\t\t%s\n", h)
+	}
+	for _, rule := range c.rules {
+		b.WriteString("\t\t" + rule.text)
+		if rule.comment != "" {
+			fmt.Fprintf(b, " comment %q", rule.comment)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString("\t}\n")
 }
 
 // chainHeader is a base chain's "type ... hook ... priority ...; policy ...;"

@@ -24,7 +24,9 @@ const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_TU
 // "hearth:<vmID>", attached to the bridge and up. If the VM already has a
 // TAP it is returned (and re-attached and brought up if needed). If the
 // derived name is taken by a link that is not this VM's, the next attempt's
-// name is tried; other links are never changed.
+// name is tried; other links are never changed. Only the VM's possible
+// names are looked up, so the cost does not depend on how many links there
+// are.
 func (h *Host) CreateTAP(ctx context.Context, vmID string) (string, error) {
 	if err := checkVMID(vmID); err != nil {
 		return "", fmt.Errorf("create tap: %w", err)
@@ -42,28 +44,21 @@ func (h *Host) CreateTAP(ctx context.Context, vmID string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("create tap for vm %s: %w", vmID, err)
 	}
-	links, err := h.links()
+	own, free, err := h.tapCandidates(vmID)
 	if err != nil {
 		return "", fmt.Errorf("create tap for vm %s: %w", vmID, err)
 	}
-	if link := h.findTAP(links, vmID); link != nil {
+	if len(own) > 0 {
+		link := own[0]
 		if err := h.attach(link, br); err != nil {
 			return "", fmt.Errorf("create tap %s: %w", link.Attrs().Name, err)
 		}
 		return link.Attrs().Name, nil
 	}
-	taken := map[string]bool{}
-	for _, l := range links {
-		taken[l.Attrs().Name] = true
-	}
-	for attempt := range maxTAPAttempts {
-		name := TAPName(h.cfg.TAPPrefix, vmID, attempt)
-		if taken[name] {
-			continue
-		}
+	for _, name := range free {
 		err := h.newTAP(name, vmID, br)
 		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
-			continue // created by someone else since the listing
+			continue // created by someone else since the lookup
 		}
 		if err != nil {
 			return "", fmt.Errorf("create tap %s: %w", name, err)
@@ -192,14 +187,45 @@ func (h *Host) tapOwner(l netlink.Link) (vmID string, ok bool) {
 	return vmIDFromAlias(l.Attrs().Alias)
 }
 
-// findTAP returns vmID's TAP among links, or nil.
-func (h *Host) findTAP(links []netlink.Link, vmID string) netlink.Link {
-	for _, l := range links {
-		if id, ok := h.tapOwner(l); ok && id == vmID {
-			return l
+// TAPsOf returns the names of vmID's TAPs: the hearth TAPs (prefix and
+// alias) among the names CreateTAP gives the VM. Only those names are
+// looked up, so the cost does not depend on how many links there are.
+func (h *Host) TAPsOf(ctx context.Context, vmID string) ([]string, error) {
+	if err := checkVMID(vmID); err != nil {
+		return nil, fmt.Errorf("list taps: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list taps of vm %s: %w", vmID, err)
+	}
+	own, _, err := h.tapCandidates(vmID)
+	if err != nil {
+		return nil, fmt.Errorf("list taps of vm %s: %w", vmID, err)
+	}
+	names := make([]string, len(own))
+	for i, l := range own {
+		names[i] = l.Attrs().Name
+	}
+	return names, nil
+}
+
+// tapCandidates looks up each name TAPName gives vmID, in attempt order:
+// own are the VM's TAPs among them, free the names no link has.
+func (h *Host) tapCandidates(vmID string) (own []netlink.Link, free []string, err error) {
+	for attempt := range maxTAPAttempts {
+		name := TAPName(h.cfg.TAPPrefix, vmID, attempt)
+		link, err := h.nl.LinkByName(name)
+		switch {
+		case isNotFound(err):
+			free = append(free, name)
+		case err != nil:
+			return nil, nil, fmt.Errorf("look up %s: %w", name, err)
+		default:
+			if id, ok := h.tapOwner(link); ok && id == vmID {
+				own = append(own, link)
+			}
 		}
 	}
-	return nil
+	return own, free, nil
 }
 
 // links lists every link, retrying dumps that a concurrent change

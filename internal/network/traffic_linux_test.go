@@ -364,6 +364,40 @@ func TestTraffic(t *testing.T) {
 			t.Errorf("A→O udp 9002 arrived (%s), want it blocked", got)
 		}
 	})
+	// One VM at a time: AddSlot and RemoveSlot give the same traffic as
+	// SyncRules does, without touching the other VMs.
+	t.Run("add and remove one vm", func(t *testing.T) {
+		a.slot.Egress = EgressPolicy{Mode: EgressOpen}
+		if err := h.AddSlot(ctx, a.slot); err != nil { // replaces A's allowlist
+			t.Fatal(err)
+		}
+		works("A→O tcp 9001 (open now)", tcp(a.ns, outsideIP+":9001", okTimeout))
+		if err := h.RemoveSlot(ctx, a.id); err != nil {
+			t.Fatal(err)
+		}
+		blocked("A→O tcp after RemoveSlot", tcp(a.ns, outsideIP+":9000", blockedTimeout))
+		blocked("A→gateway tcp 7001 after RemoveSlot", tcp(a.ns, gw+":7001", blockedTimeout))
+		blocked("H→A ping after RemoveSlot", ping(hns, "172.30.0.2", blockedTimeout))
+		works("B→O tcp while A is removed", tcp(b.ns, outsideIP+":9000", okTimeout))
+		works("H→B tcp while A is removed", tcp(hns, "172.30.0.3:9000", okTimeout))
+
+		if err := h.AddSlot(ctx, c.slot); err != nil { // C never had rules
+			t.Fatal(err)
+		}
+		works("C→O tcp after AddSlot", tcp(c.ns, outsideIP+":9000", okTimeout))
+		works("H→C ping after AddSlot", ping(hns, "172.30.0.4", okTimeout))
+		blocked("C→B tcp after AddSlot", tcp(c.ns, "172.30.0.3:9000", blockedTimeout))
+		if err := h.RemoveSlot(ctx, c.id); err != nil {
+			t.Fatal(err)
+		}
+		blocked("C→O tcp after RemoveSlot", tcp(c.ns, outsideIP+":9000", blockedTimeout))
+
+		if err := h.AddSlot(ctx, a.slot); err != nil {
+			t.Fatal(err)
+		}
+		works("A→O tcp after AddSlot again", tcp(a.ns, outsideIP+":9000", okTimeout))
+		works("H→A tcp after AddSlot again", tcp(hns, "172.30.0.2:9000", okTimeout))
+	})
 	t.Run("anti-spoofing", func(t *testing.T) {
 		// A (egress none) claims B's address (egress open) to get out.
 		a.slot.Egress = EgressPolicy{Mode: EgressNone}

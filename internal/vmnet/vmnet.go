@@ -101,8 +101,11 @@ func (s *Service) Attach(ctx context.Context, vmID string, e vm.Egress) (vm.NetA
 		return vm.NetAttachment{}, errors.Join(fmt.Errorf("create tap: %w", err), s.ipam.Release(ctx, vmID))
 	}
 	slot := network.Slot{VMID: vmID, TAP: tap, MAC: network.MACFor(vmID), IP: ip, Egress: policy}
-	if err := s.setSlot(ctx, vmID, &slot); err != nil {
-		return vm.NetAttachment{}, errors.Join(err, s.host.DeleteTAP(ctx, tap), s.ipam.Release(ctx, vmID))
+	if err := s.addSlot(ctx, slot); err != nil {
+		// Undo all of it, rules too (a VM attached before keeps its old
+		// ones when AddSlot fails), so that the VM ends detached.
+		rerr := s.removeSlot(ctx, vmID)
+		return vm.NetAttachment{}, errors.Join(err, rerr, s.host.DeleteTAP(ctx, tap), s.ipam.Release(ctx, vmID))
 	}
 	return s.attachment(slot, e), nil
 }
@@ -115,30 +118,34 @@ func (s *Service) attachment(slot network.Slot, e vm.Egress) vm.NetAttachment {
 	}
 }
 
-// setSlot adds (slot != nil) or removes a VM's slot and rewrites the rules.
-func (s *Service) setSlot(ctx context.Context, vmID string, slot *network.Slot) error {
+// addSlot installs a VM's rules (only its own, in one atomic step) and
+// records its slot. On error neither changes.
+func (s *Service) addSlot(ctx context.Context, slot network.Slot) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old, had := s.slots[vmID]
-	if slot != nil {
-		s.slots[vmID] = *slot
-	} else {
-		delete(s.slots, vmID)
+	if err := s.host.AddSlot(ctx, slot); err != nil {
+		return fmt.Errorf("add rules: %w", err)
 	}
-	if err := s.host.SyncRules(ctx, s.slotList()); err != nil {
-		if had {
-			s.slots[vmID] = old
-		} else {
-			delete(s.slots, vmID)
-		}
-		return fmt.Errorf("sync rules: %w", err)
-	}
+	s.slots[slot.VMID] = slot
 	return nil
 }
 
-func (s *Service) slotList() []network.Slot {
-	out := make([]network.Slot, 0, len(s.slots))
-	for _, sl := range s.slots {
+// removeSlot deletes a VM's rules (only its own, in one atomic step; none
+// is fine) and forgets its slot. On error neither changes.
+func (s *Service) removeSlot(ctx context.Context, vmID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.host.RemoveSlot(ctx, vmID); err != nil {
+		return fmt.Errorf("remove rules: %w", err)
+	}
+	delete(s.slots, vmID)
+	return nil
+}
+
+// slotList lists slots by address, for a full rebuild.
+func slotList(slots map[string]network.Slot) []network.Slot {
+	out := make([]network.Slot, 0, len(slots))
+	for _, sl := range slots {
 		out = append(out, sl)
 	}
 	slices.SortFunc(out, func(a, b network.Slot) int { return a.IP.Compare(b.IP) })
@@ -146,25 +153,18 @@ func (s *Service) slotList() []network.Slot {
 }
 
 // Detach implements vm.Networker: rules first (no traffic for the address),
-// then the TAP, then the lease.
+// then the TAP, then the lease. Each step touches only this VM's objects.
 func (s *Service) Detach(ctx context.Context, vmID string) error {
-	s.mu.Lock()
-	slot, had := s.slots[vmID]
-	s.mu.Unlock()
-	if had {
-		if err := s.setSlot(ctx, vmID, nil); err != nil {
-			return err
-		}
+	if err := s.removeSlot(ctx, vmID); err != nil {
+		return err
 	}
-	taps, err := s.host.TAPs(ctx)
+	taps, err := s.host.TAPsOf(ctx, vmID)
 	if err != nil {
 		return fmt.Errorf("list taps: %w", err)
 	}
-	for name, owner := range taps {
-		if owner == vmID || (had && name == slot.TAP) {
-			if err := s.host.DeleteTAP(ctx, name); err != nil {
-				return fmt.Errorf("delete tap %s: %w", name, err)
-			}
+	for _, name := range taps {
+		if err := s.host.DeleteTAP(ctx, name); err != nil {
+			return fmt.Errorf("delete tap %s: %w", name, err)
 		}
 	}
 	return s.ipam.Release(ctx, vmID)
@@ -193,8 +193,10 @@ func (s *Service) Reconcile(ctx context.Context, held map[string]vm.NetAttachmen
 		slots[id] = slot
 	}
 	s.mu.Lock()
-	s.slots = slots
-	err := s.host.SyncRules(ctx, s.slotList())
+	err := s.host.SyncRules(ctx, slotList(slots))
+	if err == nil { // else the rules, all or nothing, are still the old slots'
+		s.slots = slots
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("sync rules: %w", err)

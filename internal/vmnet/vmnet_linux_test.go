@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/network"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
@@ -208,5 +210,46 @@ func TestReconcileRemovesStrays(t *testing.T) {
 	}
 	if got := e.ruleset(); got == withKeep || strings.Contains(got, stray) || !strings.Contains(got, keep) {
 		t.Fatalf("rules after reconcile still mention the stray or lost the kept vm:\n%s", got)
+	}
+}
+
+// A refused Attach (its address is taken in the firewall by a VM the
+// service does not know) leaves nothing behind: no slot, TAP, lease or
+// rules of its own; the other VM's rules stay.
+func TestAttachRefusedLeavesNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	baseline := e.ruleset()
+	squatter := network.Slot{VMID: "vm-squatter", TAP: "hthsquatter", MAC: network.MACFor("vm-squatter"),
+		IP: netip.MustParseAddr("172.30.0.2"), Egress: network.EgressPolicy{Mode: network.EgressOpen}}
+	if err := e.host.AddSlot(ctx, squatter); err != nil {
+		t.Fatal(err)
+	}
+	withSquatter := e.ruleset()
+	id := e.vm("vm-refused")
+	_, err := e.svc.Attach(ctx, id, vm.Egress{Mode: "open"})
+	if !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("Attach onto a taken address = %v, want ErrConflict", err)
+	}
+	e.svc.mu.Lock()
+	_, kept := e.svc.slots[id]
+	e.svc.mu.Unlock()
+	if taps, leases := e.counts(); kept || taps != 0 || leases != 0 {
+		t.Fatalf("after a refused Attach: slot kept %v, %d taps, %d leases", kept, taps, leases)
+	}
+	if got := e.ruleset(); got != withSquatter {
+		t.Fatalf("a refused Attach changed the rules:\n--- got\n%s\n--- want\n%s", got, withSquatter)
+	}
+	if err := e.host.RemoveSlot(ctx, squatter.VMID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Attach(ctx, id, vm.Egress{Mode: "open"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Detach(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.ruleset(); got != baseline {
+		t.Fatalf("ruleset differs from the baseline:\n--- got\n%s\n--- want\n%s", got, baseline)
 	}
 }
