@@ -59,7 +59,22 @@ type Image struct {
 	Manifest   []byte // JSON manifest as written by the image builder
 	SizeBytes  int64
 	CreatedAt  time.Time
+	// Verification: the result of checking the image file against its
+	// manifest. VMs start only from verified images.
+	Status     ImageStatus
+	VerifiedAt time.Time
+	// VerifyReport is the verifier's JSON report (every claim checked).
+	VerifyReport []byte
 }
+
+// ImageStatus says whether an image may be booted.
+type ImageStatus string
+
+const (
+	ImageUnverified ImageStatus = "unverified"
+	ImageVerified   ImageStatus = "verified"
+	ImageFailed     ImageStatus = "failed"
+)
 
 // State is a VM's lifecycle state.
 type State string

@@ -12,13 +12,14 @@ import (
 // minImagePrefix is the shortest ID prefix GetImage resolves.
 const minImagePrefix = 8
 
-const imageColumns = `id, name, role, kernel_path, initrd_path, rootfs_path, manifest, size_bytes, created_at`
+const imageColumns = `id, name, role, kernel_path, initrd_path, rootfs_path, manifest, size_bytes, created_at,
+	status, verified_at, verify_report`
 
 // PutImage inserts img or replaces every field of the image with img.ID.
 func (db *DB) PutImage(ctx context.Context, img store.Image) error {
 	err := db.writeTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx,
-			`INSERT INTO images (`+imageColumns+`) VALUES (`+placeholders(9)+`)
+			`INSERT INTO images (`+imageColumns+`) VALUES (`+placeholders(12)+`)
 			ON CONFLICT (id) DO UPDATE SET
 				name = excluded.name,
 				role = excluded.role,
@@ -27,9 +28,13 @@ func (db *DB) PutImage(ctx context.Context, img store.Image) error {
 				rootfs_path = excluded.rootfs_path,
 				manifest = excluded.manifest,
 				size_bytes = excluded.size_bytes,
-				created_at = excluded.created_at`,
+				created_at = excluded.created_at,
+				status = excluded.status,
+				verified_at = excluded.verified_at,
+				verify_report = excluded.verify_report`,
 			img.ID, img.Name, img.Role, img.KernelPath, img.InitrdPath, img.RootfsPath,
-			img.Manifest, img.SizeBytes, timeArg(img.CreatedAt))
+			img.Manifest, img.SizeBytes, timeArg(img.CreatedAt),
+			string(imageStatus(img.Status)), timeArg(img.VerifiedAt), img.VerifyReport)
 		return err
 	})
 	if err != nil {
@@ -114,10 +119,20 @@ func (db *DB) DeleteImage(ctx context.Context, id string) error {
 
 func scanImage(r rowScanner) (store.Image, error) {
 	var img store.Image
+	var status string
 	err := r.Scan(&img.ID, &img.Name, &img.Role, &img.KernelPath, &img.InitrdPath, &img.RootfsPath,
-		&img.Manifest, &img.SizeBytes, scanTime(&img.CreatedAt))
+		&img.Manifest, &img.SizeBytes, scanTime(&img.CreatedAt), &status, scanTime(&img.VerifiedAt), &img.VerifyReport)
 	if err != nil {
 		return store.Image{}, noRows(err)
 	}
+	img.Status = store.ImageStatus(status)
 	return img, nil
+}
+
+// imageStatus defaults an empty status to unverified.
+func imageStatus(s store.ImageStatus) store.ImageStatus {
+	if s == "" {
+		return store.ImageUnverified
+	}
+	return s
 }

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/hearth-project/hearth/internal/store"
 )
@@ -86,5 +87,19 @@ func testImagesReplaceAndDelete(t *testing.T, s store.Store) {
 		got, err := s.GetImage(ctx, ref)
 		must(t, err, "get "+ref+" after delete")
 		equal(t, "get "+ref+" after delete", got, b, normImage)
+	}
+}
+
+// An image put without a status is unverified: nothing boots from it until
+// a verifier says otherwise.
+func testImageDefaultsUnverified(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	img := newImage("feedfacefeedface", "fresh", at(0))
+	img.Status, img.VerifiedAt, img.VerifyReport = "", time.Time{}, nil
+	must(t, s.PutImage(ctx, img), "put image")
+	got, err := s.GetImage(ctx, img.ID)
+	must(t, err, "get image")
+	if got.Status != store.ImageUnverified {
+		t.Fatalf("status %q, want %q", got.Status, store.ImageUnverified)
 	}
 }

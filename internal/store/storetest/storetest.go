@@ -39,6 +39,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"APIKeysInvalid", testAPIKeysInvalid},
 		{"Images", testImages},
 		{"ImagesReplaceAndDelete", testImagesReplaceAndDelete},
+		{"ImageDefaultsUnverified", testImageDefaultsUnverified},
 		{"VMs", testVMs},
 		{"ListVMs", testListVMs},
 		{"UpdateVM", testUpdateVM},
@@ -194,15 +195,18 @@ func newKey(id string, scope store.Scope, userID string, created time.Time) stor
 
 func newImage(id, name string, created time.Time) store.Image {
 	return store.Image{
-		ID:         id,
-		Name:       name,
-		Role:       "base",
-		KernelPath: "/images/" + id + "/vmlinux",
-		InitrdPath: "/images/" + id + "/initrd",
-		RootfsPath: "/images/" + id + "/rootfs.ext4",
-		Manifest:   []byte(`{"name":"` + name + `"}`),
-		SizeBytes:  1 << 20,
-		CreatedAt:  created,
+		ID:           id,
+		Name:         name,
+		Role:         "base",
+		KernelPath:   "/images/" + id + "/vmlinux",
+		InitrdPath:   "/images/" + id + "/initrd",
+		RootfsPath:   "/images/" + id + "/rootfs.ext4",
+		Manifest:     []byte(`{"name":"` + name + `"}`),
+		SizeBytes:    1 << 20,
+		CreatedAt:    created,
+		Status:       store.ImageVerified,
+		VerifiedAt:   created.Add(time.Second),
+		VerifyReport: []byte(`{"ok":true}`),
 	}
 }
 
