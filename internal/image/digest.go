@@ -10,14 +10,18 @@ import (
 // BuilderVersion identifies the image builder's behaviour. Bump it whenever
 // a change to this package changes what it produces from the same inputs;
 // it is part of every image digest.
-const BuilderVersion = "hearth-image-builder/1"
+const BuilderVersion = "hearth-image-builder/2"
 
 // buildInputs is everything an image is built from. Its canonical JSON
 // encoding is hashed into the image digest.
 type buildInputs struct {
 	Builder string `json:"builder"`
-	// Profile is the full profile definition (modules, files, sizes).
-	Profile Profile `json:"profile"`
+	// Spec is the full image spec (defaults applied).
+	Spec *Spec `json:"spec"`
+	// SpecDigest is the hex SHA-256 of the spec's canonical form.
+	SpecDigest string `json:"spec_digest"`
+	// InitrdModules are the modules the initramfs loads.
+	InitrdModules []string `json:"initrd_modules"`
 	// InitTemplateSHA256 covers the initramfs /init script template.
 	InitTemplateSHA256 string `json:"init_template_sha256"`
 	KernelPackage      string `json:"kernel_package"`
@@ -26,6 +30,11 @@ type buildInputs struct {
 	BusyboxSHA256      string `json:"busybox_sha256"`
 	AgentSHA256        string `json:"agent_sha256"`
 	AgentVersion       string `json:"agent_version"`
+	// Sources are the Debian archives of a debootstrap image (mirror and
+	// security archive as resolved on the build host).
+	Sources *aptSources `json:"sources,omitempty"`
+	// NPMRegistry is the registry npm packages come from.
+	NPMRegistry string `json:"npm_registry,omitempty"`
 }
 
 // digest returns the hex SHA-256 of the inputs' canonical encoding

@@ -8,13 +8,15 @@ import (
 
 func baseTestInputs(t *testing.T) buildInputs {
 	t.Helper()
-	prof, err := LookupProfile("minimal")
+	spec, err := EmbeddedSpec("minimal")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return buildInputs{
 		Builder:            BuilderVersion,
-		Profile:            prof,
+		Spec:               spec,
+		SpecDigest:         sha256Hex("spec"),
+		InitrdModules:      initrdModules(),
 		InitTemplateSHA256: sha256Hex(initTemplate),
 		KernelPackage:      "linux-image-6.1.0-57-amd64",
 		KernelVersion:      "6.1.192-3",
@@ -54,16 +56,20 @@ func TestDigestChangesWithEveryInput(t *testing.T) {
 		"busybox":         func(in *buildInputs) { in.BusyboxSHA256 = sha256Hex("busybox2") },
 		"agent binary":    func(in *buildInputs) { in.AgentSHA256 = sha256Hex("agent2") },
 		"agent version":   func(in *buildInputs) { in.AgentVersion = "1.0.1" },
-		"profile modules": func(in *buildInputs) { in.Profile.InitrdModules = append(in.Profile.InitrdModules, "vsock") },
-		"profile size":    func(in *buildInputs) { in.Profile.RootfsSizeMiB++ },
-		"profile ports":   func(in *buildInputs) { in.Profile.RequiredPorts = []int{6080} },
-		"profile file":    func(in *buildInputs) { in.Profile.Files[0].Content += "#\n" },
-		"profile mode":    func(in *buildInputs) { in.Profile.Files[0].Mode = 0o600 },
-		"profile role":    func(in *buildInputs) { in.Profile.Role = "other" },
-		"hostname":        func(in *buildInputs) { in.Profile.Hostname = "other" },
+		"initrd modules":  func(in *buildInputs) { in.InitrdModules = append(in.InitrdModules, "vsock") },
+		"spec digest":     func(in *buildInputs) { in.SpecDigest = sha256Hex("spec2") },
+		"spec size":       func(in *buildInputs) { in.Spec.SizeMiB++ },
+		"spec ports":      func(in *buildInputs) { in.Spec.Ports = []int{6080} },
+		"spec file":       func(in *buildInputs) { in.Spec.Files[0].Content += "#\n" },
+		"spec mode":       func(in *buildInputs) { in.Spec.Files[0].Mode = 0o600 },
+		"spec role":       func(in *buildInputs) { in.Spec.Role = "other" },
+		"spec packages":   func(in *buildInputs) { in.Spec.Packages = []string{"git"} },
+		"hostname":        func(in *buildInputs) { in.Spec.Hostname = "other" },
+		"sources":         func(in *buildInputs) { in.Sources = &aptSources{Suite: "bookworm", Mirror: "http://m"} },
+		"npm registry":    func(in *buildInputs) { in.NPMRegistry = "https://r/" },
 	}
 	// Every field of buildInputs must be covered by some mutation.
-	if n := reflect.TypeOf(buildInputs{}).NumField(); n != 9 {
+	if n := reflect.TypeOf(buildInputs{}).NumField(); n != 13 {
 		t.Fatalf("buildInputs has %d fields; update this test", n)
 	}
 	base := mustDigest(t, baseTestInputs(t))
@@ -79,19 +85,20 @@ func TestDigestChangesWithEveryInput(t *testing.T) {
 	}
 }
 
-func TestLookupProfileIsACopy(t *testing.T) {
-	a, err := LookupProfile("minimal")
+func TestEmbeddedSpecIsACopy(t *testing.T) {
+	a, err := EmbeddedSpec("minimal")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.InitrdModules[0] = "changed"
 	a.Files[0].Content = "changed"
-	b, _ := LookupProfile("minimal")
-	if b.InitrdModules[0] == "changed" || b.Files[0].Content == "changed" {
-		t.Fatal("LookupProfile returned shared slices")
+	mods := initrdModules()
+	mods[0] = "changed"
+	b, _ := EmbeddedSpec("minimal")
+	if b.Files[0].Content == "changed" || initrdModules()[0] == "changed" {
+		t.Fatal("EmbeddedSpec or initrdModules returned shared data")
 	}
-	if _, err := LookupProfile("nope"); err == nil {
-		t.Fatal("unknown profile accepted")
+	if _, err := EmbeddedSpec("nope"); err == nil {
+		t.Fatal("unknown spec accepted")
 	}
 }
 

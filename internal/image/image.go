@@ -33,13 +33,18 @@ const reproducibleEpoch = 1704067200
 
 // BuildOptions configures Build.
 type BuildOptions struct {
-	// Profile names the image profile, e.g. "minimal" (see ProfileNames).
+	// Profile names the image spec: an embedded spec's name ("minimal",
+	// "workspace", "browser"; see SpecNames) or the path of a YAML spec
+	// file (anything with a slash or a .yaml/.yml suffix).
 	Profile string
+	// Spec, if set, is built instead of looking up Profile.
+	Spec *Spec
 	// AgentBinary is the path of a static hearth-agent binary.
 	AgentBinary string
 	// AgentVersion is recorded in the manifest and in the image.
 	AgentVersion string
-	// CacheDir holds downloads and unpacked kernels; "" = DefaultCacheDir().
+	// CacheDir holds downloads, unpacked kernels and debootstrap trees;
+	// "" = DefaultCacheDir().
 	CacheDir string
 	// OutputDir is the images root; each image gets a subdirectory.
 	OutputDir string
@@ -66,12 +71,16 @@ type Result struct {
 	// Cached is true when the image directory already existed and nothing
 	// was rebuilt.
 	Cached bool
+	// LogPath is the full build log (debootstrap, apt, npm output); empty
+	// for a cached image.
+	LogPath string
 }
 
-// Build builds the image for o.Profile, or returns the existing one if an
-// image with the same inputs is already complete in o.OutputDir. The image
-// is assembled in a temporary directory next to its final place and renamed
-// into place, so an interrupted build leaves nothing half-made there.
+// Build builds the image for o.Profile (or o.Spec), or returns the
+// existing one if an image with the same inputs is already complete in
+// o.OutputDir. The image is assembled in a temporary directory next to its
+// final place and renamed into place, so an interrupted or failed build
+// leaves nothing half-made there.
 func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	b, err := newBuilder(o)
 	if err != nil {
@@ -80,15 +89,21 @@ func Build(ctx context.Context, o BuildOptions) (*Result, error) {
 	defer b.cleanup()
 	for i, s := range b.phases() {
 		b.progress.start(i+1, s.name)
+		b.logf("=== phase %s", s.name)
 		if err := s.run(ctx); err != nil {
-			return nil, fmt.Errorf("build %s: phase %s: %w", b.profile.Name, s.name, err)
+			err = fmt.Errorf("build %s: phase %s: %w", b.spec.Name, s.name, err)
+			b.logf("FAILED: %v", err)
+			if b.logPath != "" {
+				b.progress.note("failed; full build log: %s", b.logPath)
+			}
+			return nil, err
 		}
 		if b.result != nil {
 			break
 		}
 	}
 	if b.result == nil {
-		return nil, fmt.Errorf("build %s: no result", b.profile.Name)
+		return nil, fmt.Errorf("build %s: no result", b.spec.Name)
 	}
 	return b.result, nil
 }
@@ -102,29 +117,52 @@ type phase struct {
 // builder carries the state of one build across its phases.
 type builder struct {
 	opts     BuildOptions
-	profile  Profile
+	spec     *Spec
 	progress *progress
 
+	specDigest  string
 	kernel      *kernelArtifact
 	busybox     []byte
 	busyboxSum  string
 	agent       []byte
 	agentSum    string
+	sources     *aptSources // debootstrap images
+	npmRegistry string      // debootstrap images with npm packages
 	digest      string
 	finalDir    string
 	workDir     string
+	tree        string // debootstrap: the root tree being assembled
 	initrd      InitrdManifest
 	rootfs      RootfsManifest
+	claims      claims
 	result      *Result
 	lock        *fileLock
+	log         *os.File
+	logPath     string
 	startedWork time.Time
+}
+
+// claims are the manifest's statements about the root filesystem.
+type claims struct {
+	packages []PackageClaim
+	npm      []PackageClaim
+	units    []UnitClaim
+	files    []FileClaim
+	users    []UserClaim
 }
 
 // newBuilder validates the options and fills in defaults.
 func newBuilder(o BuildOptions) (*builder, error) {
-	prof, err := LookupProfile(o.Profile)
-	if err != nil {
-		return nil, err
+	spec := o.Spec
+	if spec == nil {
+		var err error
+		if spec, err = ResolveSpec(o.Profile); err != nil {
+			return nil, err
+		}
+	}
+	spec = spec.clone()
+	if o.Profile == "" {
+		o.Profile = spec.Name
 	}
 	switch {
 	case o.AgentBinary == "":
@@ -140,13 +178,17 @@ func newBuilder(o BuildOptions) (*builder, error) {
 	if o.BusyboxBinary == "" {
 		o.BusyboxBinary = DefaultBusybox
 	}
+	var err error
 	if o.OutputDir, err = filepath.Abs(o.OutputDir); err != nil {
 		return nil, err
 	}
 	if o.CacheDir, err = filepath.Abs(o.CacheDir); err != nil {
 		return nil, err
 	}
-	b := &builder{opts: o, profile: prof}
+	b := &builder{opts: o, spec: spec}
+	if b.specDigest, err = spec.Digest(); err != nil {
+		return nil, err
+	}
 	b.progress = newProgress(o.Log, len(b.phases()))
 	return b, nil
 }
@@ -154,6 +196,18 @@ func newBuilder(o BuildOptions) (*builder, error) {
 // phases lists the build steps in order. The inputs phase ends the build
 // early (b.result set) when the image already exists.
 func (b *builder) phases() []phase {
+	if b.spec.Base.Kind == BaseDebootstrap {
+		return []phase{
+			{"kernel", b.phaseKernel},
+			{"inputs", b.phaseInputs},
+			{"initramfs", b.phaseInitramfs},
+			{"base", b.phaseBase},
+			{"packages", b.phasePackages},
+			{"configure", b.phaseConfigure},
+			{"rootfs", b.phaseTreeRootfs},
+			{"manifest", b.phaseManifest},
+		}
+	}
 	return []phase{
 		{"kernel", b.phaseKernel},
 		{"inputs", b.phaseInputs},
@@ -163,14 +217,27 @@ func (b *builder) phases() []phase {
 	}
 }
 
-// cleanup removes the temporary work directory if the build did not
-// publish it, and releases the build lock.
+// cleanup removes the temporary work directory (never through a mount
+// point) if the build did not publish it, closes the log and releases the
+// build lock.
 func (b *builder) cleanup() {
 	if b.workDir != "" {
-		_ = os.RemoveAll(b.workDir)
+		if err := removeTree(b.workDir); err != nil {
+			b.progress.note("cleanup: %v", err)
+		}
+	}
+	if b.log != nil {
+		_ = b.log.Close()
 	}
 	if b.lock != nil {
 		b.lock.Unlock()
+	}
+}
+
+// logf writes a line to the build log (if open).
+func (b *builder) logf(format string, args ...any) {
+	if b.log != nil {
+		fmt.Fprintf(b.log, "%s %s\n", time.Now().UTC().Format(time.RFC3339), fmt.Sprintf(format, args...))
 	}
 }
 
@@ -194,8 +261,9 @@ func (b *builder) phaseKernel(ctx context.Context) error {
 	return err
 }
 
-// phaseInputs hashes the busybox and agent binaries, computes the digest
-// and returns the existing image if it is complete.
+// phaseInputs hashes the busybox and agent binaries, resolves the package
+// sources, computes the digest and returns the existing image if it is
+// complete.
 func (b *builder) phaseInputs(ctx context.Context) error {
 	var err error
 	if b.busybox, b.busyboxSum, err = readStaticBinary(b.opts.BusyboxBinary, "busybox"); err != nil {
@@ -204,9 +272,21 @@ func (b *builder) phaseInputs(ctx context.Context) error {
 	if b.agent, b.agentSum, err = readStaticBinary(b.opts.AgentBinary, "agent"); err != nil {
 		return err
 	}
+	if b.spec.Base.Kind == BaseDebootstrap {
+		src, err := resolveSources(b.spec.Base)
+		if err != nil {
+			return err
+		}
+		b.sources = &src
+		if len(b.spec.NPM) > 0 || b.spec.Node != nil {
+			b.npmRegistry = hostNPMRegistry(ctx)
+		}
+	}
 	in := buildInputs{
 		Builder:            BuilderVersion,
-		Profile:            b.profile,
+		Spec:               b.spec,
+		SpecDigest:         b.specDigest,
+		InitrdModules:      initrdModules(),
 		InitTemplateSHA256: sha256Hex(initTemplate),
 		KernelPackage:      b.kernel.Package,
 		KernelVersion:      b.kernel.Version,
@@ -214,11 +294,13 @@ func (b *builder) phaseInputs(ctx context.Context) error {
 		BusyboxSHA256:      b.busyboxSum,
 		AgentSHA256:        b.agentSum,
 		AgentVersion:       b.opts.AgentVersion,
+		Sources:            b.sources,
+		NPMRegistry:        b.npmRegistry,
 	}
 	if b.digest, err = in.digest(); err != nil {
 		return err
 	}
-	b.finalDir = filepath.Join(b.opts.OutputDir, b.profile.Name+"-"+b.digest[:16])
+	b.finalDir = filepath.Join(b.opts.OutputDir, b.spec.Name+"-"+b.digest[:16])
 	if m, ok := complete(b.finalDir, b.digest); ok { // fast path, no lock
 		b.progress.note("digest %s: image present in %s (cached)", b.digest[:16], b.finalDir)
 		b.result = newResult(b.finalDir, m, true)
@@ -229,8 +311,8 @@ func (b *builder) phaseInputs(ctx context.Context) error {
 
 // prepareWorkDir takes the image's build lock (so concurrent builds of the
 // same image run one after the other), returns early if a build finished
-// meanwhile, clears debris of interrupted builds and creates the temporary
-// work directory next to the final one.
+// meanwhile, clears debris of interrupted builds, opens the build log and
+// creates the temporary work directory next to the final one.
 func (b *builder) prepareWorkDir(ctx context.Context) error {
 	name := filepath.Base(b.finalDir)
 	lock, err := lockFile(ctx, filepath.Join(b.opts.OutputDir, "."+name+".lock"))
@@ -243,10 +325,16 @@ func (b *builder) prepareWorkDir(ctx context.Context) error {
 		b.result = newResult(b.finalDir, m, true)
 		return nil
 	}
-	if err := removeStale(b.finalDir, filepath.Join(b.opts.OutputDir, "."+name+".tmp-*")); err != nil {
+	if err := removeStaleTrees(b.finalDir, filepath.Join(b.opts.OutputDir, "."+name+".tmp-*")); err != nil {
 		return err
 	}
+	b.logPath = filepath.Join(b.opts.OutputDir, ".build-"+name+".log")
+	if b.log, err = os.OpenFile(b.logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
+		return fmt.Errorf("build log: %w", err)
+	}
+	b.logf("hearth image build %s (spec digest %s, image digest %s, builder %s)", b.spec.Name, b.specDigest, b.digest, BuilderVersion)
 	b.progress.note("digest %s: building %s", b.digest[:16], b.finalDir)
+	b.progress.note("build log: %s", b.logPath)
 	if b.workDir, err = os.MkdirTemp(b.opts.OutputDir, "."+name+".tmp-"); err != nil {
 		return err
 	}
@@ -260,7 +348,7 @@ func (b *builder) phaseInitramfs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	mods, builtin, err := db.resolve(b.profile.InitrdModules)
+	mods, builtin, err := db.resolve(initrdModules())
 	if err != nil {
 		return err
 	}
@@ -284,28 +372,38 @@ func (b *builder) phaseInitramfs(ctx context.Context) error {
 	})
 }
 
-// phaseRootfs writes rootfs.ext4.
+// imageInfo is the JSON stored in the image at GuestImageInfoPath.
+func (b *builder) imageInfo() ([]byte, error) {
+	info, err := json.MarshalIndent(b.manifestSkeleton().info(), "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(info, '\n'), nil
+}
+
+// phaseRootfs writes rootfs.ext4 of a busybox image.
 func (b *builder) phaseRootfs(ctx context.Context) error {
 	applets, err := busyboxApplets(ctx, b.opts.BusyboxBinary)
 	if err != nil {
 		return err
 	}
-	info, err := json.MarshalIndent(b.manifestSkeleton().info(), "", "  ")
+	info, err := b.imageInfo()
 	if err != nil {
 		return err
 	}
 	spec := rootfsSpec{
-		Profile:   b.profile,
+		Spec:      b.spec,
 		Busybox:   b.busybox,
 		Applets:   applets,
 		Agent:     b.agent,
-		ImageInfo: append(info, '\n'),
+		ImageInfo: info,
 		UUID:      uuidFromDigest(b.digest, "rootfs-uuid"),
 		HashSeed:  uuidFromDigest(b.digest, "rootfs-hash-seed"),
 		Epoch:     reproducibleEpoch,
 	}
+	b.claims = busyboxClaims(b.spec, b.agent)
 	dst := filepath.Join(b.workDir, RootfsFile)
-	desc := fmt.Sprintf("writing %s (%d MiB ext4, %d applets + agent)", RootfsFile, b.profile.RootfsSizeMiB, len(applets))
+	desc := fmt.Sprintf("writing %s (%d MiB ext4, %d applets + agent)", RootfsFile, b.spec.SizeMiB, len(applets))
 	return b.progress.task(desc, func() error {
 		scratch, err := os.MkdirTemp(b.workDir, "rootfs-")
 		if err != nil {
@@ -315,16 +413,32 @@ func (b *builder) phaseRootfs(ctx context.Context) error {
 		if err := writeRootfs(ctx, dst, scratch, spec); err != nil {
 			return err
 		}
-		st, err := statFile(dst)
-		if err != nil {
-			return err
-		}
-		b.rootfs = RootfsManifest{
-			SHA256: st.SHA256, Size: st.Size, DiskSize: st.DiskSize,
-			FSType: "ext4", Label: rootfsLabel, UUID: spec.UUID,
-		}
-		return nil
+		return b.statRootfs(dst, spec.UUID)
 	})
+}
+
+// statRootfs records the finished rootfs.ext4 in b.rootfs.
+func (b *builder) statRootfs(dst, uuid string) error {
+	st, err := statFile(dst)
+	if err != nil {
+		return err
+	}
+	b.rootfs = RootfsManifest{
+		SHA256: st.SHA256, Size: st.Size, DiskSize: st.DiskSize,
+		FSType: "ext4", Label: rootfsLabel, UUID: uuid,
+	}
+	return nil
+}
+
+// busyboxClaims are the claims of a busybox image: the agent and the spec
+// files (its "unit" is the inittab respawn line, claimed as /etc/inittab).
+func busyboxClaims(s *Spec, agent []byte) claims {
+	files := []FileClaim{{Path: GuestAgentPath, SHA256: sha256Hex(string(agent)), Mode: 0o755, Size: int64(len(agent))}}
+	for _, f := range s.Files {
+		files = append(files, FileClaim{Path: f.Path, SHA256: sha256Hex(f.Content), Mode: f.Mode.Perm() & 0o777, Size: int64(len(f.Content))})
+	}
+	sortFileClaims(files)
+	return claims{packages: []PackageClaim{}, npm: []PackageClaim{}, units: []UnitClaim{}, files: files, users: []UserClaim{}}
 }
 
 // phaseManifest places the kernel, writes manifest.json and publishes the
@@ -336,6 +450,7 @@ func (b *builder) phaseManifest(ctx context.Context) error {
 	m := b.manifestSkeleton()
 	m.Initrd = b.initrd
 	m.Rootfs = b.rootfs
+	m.Packages, m.NPM, m.Units, m.Files, m.Users = b.claims.packages, b.claims.npm, b.claims.units, b.claims.files, b.claims.users
 	m.BuiltAt = time.Now().UTC().Truncate(time.Second)
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -348,7 +463,9 @@ func (b *builder) phaseManifest(ctx context.Context) error {
 		return err
 	}
 	b.progress.note("image %s ready in %s", filepath.Base(b.finalDir), formatDuration(time.Since(b.startedWork)))
+	b.logf("image %s published", b.finalDir)
 	b.result = newResult(b.finalDir, &m, false)
+	b.result.LogPath = b.logPath
 	return nil
 }
 
@@ -365,14 +482,16 @@ func (b *builder) publish() error {
 	return syncDir(b.opts.OutputDir)
 }
 
-// manifestSkeleton is the manifest minus initrd, rootfs and build time.
+// manifestSkeleton is the manifest minus initrd, rootfs, claims and build
+// time.
 func (b *builder) manifestSkeleton() Manifest {
 	return Manifest{
 		SchemaVersion: ManifestSchemaVersion,
-		Profile:       b.profile.Name,
-		Role:          b.profile.Role,
-		RequiredPorts: b.profile.RequiredPorts,
+		Profile:       b.spec.Name,
+		Role:          b.spec.Role,
+		RequiredPorts: b.spec.Ports,
 		Digest:        b.digest,
+		SpecDigest:    b.specDigest,
 		Kernel: KernelManifest{
 			Package:   b.kernel.Package,
 			Version:   b.kernel.Version,

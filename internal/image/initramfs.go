@@ -72,7 +72,9 @@ while [ ! -b "$root" ]; do
 	sleep 0.1
 done
 mount -t ext4 -o rw "$root" /newroot || fail "cannot mount $root (ext4, rw) on /newroot"
-[ -x /newroot/sbin/init ] || fail "no executable /sbin/init on $root"
+# /sbin/init may be an absolute symlink (Debian: /lib/systemd/systemd)
+# that only resolves inside the new root; switch_root reports a bad one.
+[ -x /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || fail "no /sbin/init on $root"
 for d in dev proc sys; do
 	mount --move "/$d" "/newroot/$d" || fail "cannot move /$d into the new root"
 done

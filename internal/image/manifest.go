@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,6 +37,52 @@ type Manifest struct {
 	Busybox       BusyboxManifest `json:"busybox"`
 	BuiltAt       time.Time       `json:"built_at"`
 	Builder       string          `json:"builder"` // builder version
+
+	// SpecDigest is the hex SHA-256 of the image spec's canonical form.
+	SpecDigest string `json:"spec_digest"`
+	// Packages lists every Debian package installed in the root filesystem
+	// (from its dpkg status file), sorted by name; empty for busybox images.
+	Packages []PackageClaim `json:"packages"`
+	// NPM lists the global npm packages the spec asked for, with the
+	// versions that were installed, sorted by name.
+	NPM []PackageClaim `json:"npm"`
+	// Units lists the systemd units enabled in the image and the target
+	// that wants each (the hearth agent's unit among them).
+	Units []UnitClaim `json:"units"`
+	// Files lists files inside the root filesystem whose content the image
+	// vouches for: the agent, every spec file and the role's key binaries.
+	Files []FileClaim `json:"files"`
+	// Users lists the non-system accounts the spec created.
+	Users []UserClaim `json:"users"`
+}
+
+// PackageClaim is an installed package (Debian or npm) and its version.
+type PackageClaim struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// UnitClaim is an enabled systemd unit: <WantedBy>.wants/<Name> exists.
+type UnitClaim struct {
+	Name     string `json:"name"`
+	WantedBy string `json:"wanted_by"`
+}
+
+// FileClaim is a regular file inside the root filesystem. Path is absolute
+// and names the file itself (symlinks resolved); Mode holds the permission
+// bits (e.g. 0755 is 493 in JSON).
+type FileClaim struct {
+	Path   string      `json:"path"`
+	SHA256 string      `json:"sha256"`
+	Mode   fs.FileMode `json:"mode"`
+	Size   int64       `json:"size"`
+}
+
+// UserClaim is an account in the root filesystem's /etc/passwd.
+type UserClaim struct {
+	Name string `json:"name"`
+	UID  int    `json:"uid"`
+	Home string `json:"home"`
 }
 
 // KernelManifest describes the kernel: the Debian package it came from and

@@ -15,7 +15,7 @@ import (
 
 // rootfsSpec is what goes into a root filesystem image.
 type rootfsSpec struct {
-	Profile   Profile
+	Spec      *Spec
 	Busybox   []byte   // static busybox binary
 	Applets   []string // busybox --list-full output (relative paths)
 	Agent     []byte   // static agent binary
@@ -42,12 +42,12 @@ func rootfsTree(s rootfsSpec) (fsTree, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.add("/etc/hostname", fsEntry{mode: 0o644, data: []byte(s.Profile.Hostname + "\n")}); err != nil {
+	if err := t.add("/etc/hostname", fsEntry{mode: 0o644, data: []byte(s.Spec.Hostname + "\n")}); err != nil {
 		return nil, err
 	}
-	for _, f := range s.Profile.Files {
+	for _, f := range s.Spec.Files {
 		if err := t.add(f.Path, fsEntry{mode: f.Mode.Perm(), data: []byte(f.Content)}); err != nil {
-			return nil, fmt.Errorf("profile file: %w", err)
+			return nil, fmt.Errorf("spec file: %w", err)
 		}
 	}
 	if err := t.add(GuestAgentPath, fsEntry{mode: 0o755, data: s.Agent}); err != nil {
@@ -59,14 +59,14 @@ func rootfsTree(s rootfsSpec) (fsTree, error) {
 	return t, nil
 }
 
-// baseTree returns the profile's base tree (before profile files, agent and
+// baseTree returns the spec's base tree (before spec files, agent and
 // image info are added).
 func baseTree(s rootfsSpec) (fsTree, error) {
-	switch s.Profile.Base {
+	switch s.Spec.Base.Kind {
 	case BaseBusybox:
 		return busyboxTree(s)
 	default:
-		return nil, fmt.Errorf("profile %s: unsupported base %q", s.Profile.Name, s.Profile.Base)
+		return nil, fmt.Errorf("image %s: unsupported base %q for an in-memory tree", s.Spec.Name, s.Spec.Base.Kind)
 	}
 }
 
@@ -179,9 +179,9 @@ func writeRootfs(ctx context.Context, dst, scratch string, s rootfsSpec) error {
 // mkfsExt4 creates a sparse image of the profile's size and formats it with
 // the tree's contents.
 func mkfsExt4(ctx context.Context, dst, tree string, s rootfsSpec) error {
-	size := int64(s.Profile.RootfsSizeMiB) << 20
+	size := int64(s.Spec.SizeMiB) << 20
 	if size <= 0 {
-		return fmt.Errorf("profile %s: rootfs size %d MiB", s.Profile.Name, s.Profile.RootfsSizeMiB)
+		return fmt.Errorf("image %s: rootfs size %d MiB", s.Spec.Name, s.Spec.SizeMiB)
 	}
 	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {

@@ -24,14 +24,14 @@ func requireTools(t *testing.T, tools ...string) {
 
 func testRootfsSpec(t *testing.T) rootfsSpec {
 	t.Helper()
-	prof, err := LookupProfile("minimal")
+	spec, err := EmbeddedSpec("minimal")
 	if err != nil {
 		t.Fatal(err)
 	}
-	prof.RootfsSizeMiB = 16
+	spec.SizeMiB = 16
 	digest := sha256Hex("test")
 	return rootfsSpec{
-		Profile:   prof,
+		Spec:      spec,
 		Busybox:   []byte("fake busybox"),
 		Applets:   []string{"bin/sh", "bin/[", "bin/[[", "sbin/init", "usr/bin/env", "bin/busybox"},
 		Agent:     []byte("fake agent"),
@@ -110,7 +110,7 @@ func TestBusyboxTreeNeedsInit(t *testing.T) {
 		t.Fatal("busybox without an init applet accepted")
 	}
 	s = testRootfsSpec(t)
-	s.Profile.Base = "debootstrap"
+	s.Spec.Base.Kind = "debootstrap"
 	if _, err := rootfsTree(s); err == nil || !strings.Contains(err.Error(), "unsupported base") {
 		t.Fatalf("unknown base: err = %v", err)
 	}
@@ -219,7 +219,8 @@ func TestWriteInitramfs(t *testing.T) {
 	}
 }
 
-// TestShellScriptsParse syntax-checks /init and rcS with busybox sh -n.
+// TestShellScriptsParse syntax-checks /init and every shell script of the
+// embedded specs with busybox sh -n.
 func TestShellScriptsParse(t *testing.T) {
 	if _, err := os.Stat(DefaultBusybox); err != nil {
 		t.Skip("no busybox")
@@ -228,7 +229,22 @@ func TestShellScriptsParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, script := range map[string]string{"init": string(initScript), "rcS": minimalRcS} {
+	scripts := map[string]string{"init": string(initScript)}
+	for _, name := range SpecNames() {
+		spec, err := EmbeddedSpec(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range spec.Files {
+			if strings.HasPrefix(f.Content, "#!/bin/sh") {
+				scripts[name+":"+f.Path] = f.Content
+			}
+		}
+	}
+	if _, ok := scripts["minimal:/etc/init.d/rcS"]; !ok {
+		t.Fatal("minimal spec has no /etc/init.d/rcS script")
+	}
+	for name, script := range scripts {
 		cmd := exec.Command(DefaultBusybox, "sh", "-n")
 		cmd.Stdin = strings.NewReader(script)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -259,7 +275,7 @@ func TestBuildRejectsBadOptions(t *testing.T) {
 		opts BuildOptions
 		want string
 	}{
-		{BuildOptions{Profile: "nope", AgentBinary: "/a", AgentVersion: "1", OutputDir: "/o"}, `build nope: unknown profile "nope"`},
+		{BuildOptions{Profile: "nope", AgentBinary: "/a", AgentVersion: "1", OutputDir: "/o"}, `build nope: unknown image spec "nope"`},
 		{BuildOptions{Profile: "minimal", AgentVersion: "1", OutputDir: "/o"}, "build minimal: no agent binary"},
 		{BuildOptions{Profile: "minimal", AgentBinary: "/a", OutputDir: "/o"}, "build minimal: no agent version"},
 		{BuildOptions{Profile: "minimal", AgentBinary: "/a", AgentVersion: "1"}, "build minimal: no output directory"},

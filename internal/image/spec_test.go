@@ -1,0 +1,250 @@
+package image
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// validDebootstrapSpec is a small valid spec the table tests break.
+const validDebootstrapSpec = `name: tiny
+role: workspace
+base:
+  kind: debootstrap
+  suite: bookworm
+  variant: minbase
+packages: [less]
+npm: ["left-pad@1.3.0"]
+node:
+  version: 22.23.5
+  npm: 10.9.9
+users:
+  - name: hearth
+    uid: 1000
+    shell: /bin/bash
+    home: /home/hearth
+files:
+  - path: /etc/motd
+    mode: "0644"
+    content: hi
+units:
+  enable: [foo.service]
+ports: []
+size_mib: 512
+`
+
+func TestParseSpecValid(t *testing.T) {
+	s, err := ParseSpec([]byte(validDebootstrapSpec), "tiny.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Hostname != defaultHostname || !slices.Equal(s.Base.Include, defaultInclude) || s.Files[0].Mode != 0o644 {
+		t.Errorf("defaults/modes not applied: %+v", s)
+	}
+	if s.Users[0].Groups == nil || s.Units.Mask == nil || s.KeyFiles == nil {
+		t.Error("nil lists in the canonical form")
+	}
+	d1, _ := s.Digest()
+	s2, _ := ParseSpec([]byte(strings.Replace(validDebootstrapSpec, "size_mib: 512", "size_mib: 512 # same", 1)), "x.yaml")
+	if d2, _ := s2.Digest(); d1 != d2 {
+		t.Error("a comment changed the spec digest")
+	}
+}
+
+func TestParseSpecErrors(t *testing.T) {
+	tests := []struct {
+		name, from, to string
+		want           []string // substrings of the error
+	}{
+		{"unknown key", "size_mib: 512", "size_mib: 512\nflavour: spicy", []string{"tiny.yaml:", "flavour: unknown field"}},
+		{"unknown nested key", "  variant: minbase", "  variant: minbase\n  arch: arm64", []string{":7: base.arch: unknown field"}},
+		{"missing role", "role: workspace\n", "", []string{"role: missing"}},
+		{"unknown role", "role: workspace", "role: desktop", []string{`role: unknown role "desktop"`}},
+		{"bad package name", "packages: [less]", "packages: [less, Foo_Bar]", []string{":7: packages[1]: bad Debian package name \"Foo_Bar\""}},
+		{"one-letter package", "packages: [less]", "packages: [a]", []string{"packages[0]: bad Debian package name"}},
+		{"duplicate package", "packages: [less]", "packages: [less, less]", []string{"packages[1]: package \"less\" listed twice"}},
+		{"bad npm name", `npm: ["left-pad@1.3.0"]`, `npm: ["Left Pad"]`, []string{"npm[0]: bad npm package name"}},
+		{"bad npm scope", `npm: ["left-pad@1.3.0"]`, `npm: ["@/x"]`, []string{"npm[0]: bad npm package name"}},
+		{"bad npm version", `npm: ["left-pad@1.3.0"]`, `npm: ["left-pad@1 2"]`, []string{"npm[0]: bad npm version"}},
+		{"npm without npm", "node:\n  version: 22.23.5\n  npm: 10.9.9\n", "", []string{"npm: npm packages need an npm"}},
+		{"browser without 5900", "role: workspace", "role: browser", []string{"ports: role browser requires ports [5900]"}},
+		{"workspace with 5900", "ports: []", "ports: [5900]", []string{"ports: role workspace requires ports []"}},
+		{"bad mode", `mode: "0644"`, `mode: "0999"`, []string{"files[0].mode: bad mode \"0999\""}},
+		{"missing mode", "    mode: \"0644\"\n", "", []string{"files[0].mode: missing"}},
+		{"relative path", "path: /etc/motd", "path: etc/motd", []string{"files[0].path: path \"etc/motd\" is not absolute"}},
+		{"unclean path", "path: /etc/motd", "path: /etc/../motd", []string{"files[0].path: path \"/etc/../motd\" is not clean"}},
+		{"agent path", "path: /etc/motd", "path: /usr/bin/hearth-agent", []string{"files[0].path: /usr/bin/hearth-agent is written by the builder"}},
+		{"relative home", "home: /home/hearth", "home: home/hearth", []string{"users[0].home: path \"home/hearth\" is not absolute"}},
+		{"system uid", "uid: 1000", "uid: 5", []string{"users[0].uid: uid 5 out of the range"}},
+		{"bad unit", "enable: [foo.service]", "enable: [foo]", []string{"units.enable[0]: bad systemd unit name"}},
+		{"agent unit", "enable: [foo.service]", "enable: [hearth-agent.service]", []string{"units.enable[0]: hearth-agent.service is set up by the builder"}},
+		{"list expected", "packages: [less]", "packages: less", []string{"packages: want a list"}},
+		{"bad base", "kind: debootstrap", "kind: docker", []string{`base.kind: unknown base kind "docker"`}},
+		{"bad mirror", "  variant: minbase", "  variant: minbase\n  mirror: ftp://x", []string{"base.mirror: bad mirror URL"}},
+		{"size", "size_mib: 512", "size_mib: 1", []string{"size_mib: root filesystem size 1 MiB out of range"}},
+		{"node version", "version: 22.23.5", "version: latest", []string{"node.version: want an exact Node.js version"}},
+		{"yaml syntax", "ports: []", "ports: [", []string{"tiny.yaml: "}},
+		{"several errors", "role: workspace", "role: browser\nflavour: x", []string{"flavour: unknown field"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !strings.Contains(validDebootstrapSpec, tt.from) {
+				t.Fatalf("test spec lacks %q", tt.from)
+			}
+			src := strings.Replace(validDebootstrapSpec, tt.from, tt.to, 1)
+			_, err := ParseSpec([]byte(src), "tiny.yaml")
+			if err == nil {
+				t.Fatalf("accepted:\n%s", src)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseSpecBusyboxRejectsDebianFields(t *testing.T) {
+	src := "name: m\nrole: minimal\nbase: {kind: busybox}\nports: []\nsize_mib: 64\npackages: [less]\n"
+	_, err := ParseSpec([]byte(src), "m.yaml")
+	if err == nil || !strings.Contains(err.Error(), "packages: not supported with base.kind busybox") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestEmbeddedSpecsParse(t *testing.T) {
+	names := SpecNames()
+	if !slices.Equal(names, []string{"browser", "minimal", "workspace"}) {
+		t.Fatalf("embedded specs %v", names)
+	}
+	for _, n := range names {
+		s, err := EmbeddedSpec(n)
+		if err != nil {
+			t.Fatalf("%s: %v", n, err)
+		}
+		if s.Name != n || s.Role != n {
+			t.Errorf("%s: name %q role %q", n, s.Name, s.Role)
+		}
+		// The repository copy parses identically to the embedded one.
+		fromFile, err := LoadSpec(filepath.Join("..", "..", "images", n+".yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d1, _ := s.Digest()
+		d2, _ := fromFile.Digest()
+		if d1 != d2 {
+			t.Errorf("%s: embedded and file digests differ", n)
+		}
+	}
+	b, _ := EmbeddedSpec("browser")
+	if !slices.Equal(b.Ports, []int{5900}) {
+		t.Errorf("browser ports %v", b.Ports)
+	}
+}
+
+func TestResolveSpec(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "tiny.yaml")
+	if err := os.WriteFile(p, []byte(validDebootstrapSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ResolveSpec(p)
+	if err != nil || s.Name != "tiny" {
+		t.Fatalf("ResolveSpec(path) = %v, %v", s, err)
+	}
+	if s, err := ResolveSpec("minimal"); err != nil || s.Base.Kind != BaseBusybox {
+		t.Fatalf("ResolveSpec(minimal) = %v, %v", s, err)
+	}
+	if _, err := ResolveSpec("../etc/passwd"); err == nil {
+		t.Fatal("ResolveSpec accepted a missing file")
+	}
+}
+
+func TestHostAptEntries(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "sources.list.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	deb822 := "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n" +
+		"Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n"
+	if err := os.WriteFile(filepath.Join(dir, "sources.list.d", "debian.sources"), []byte(deb822), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sources.list"), []byte("# x\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := hostAptEntries(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []aptEntry{
+		{"http://mirror.example/debian", "bookworm"},
+		{"http://deb.debian.org/debian", "bookworm"},
+		{"http://deb.debian.org/debian", "bookworm-updates"},
+		{"http://deb.debian.org/debian-security", "bookworm-security"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("entries %v, want %v", got, want)
+	}
+}
+
+func TestAptFailureNamesPackage(t *testing.T) {
+	out := "Reading package lists...\nBuilding dependency tree...\nE: Unable to locate package nosuchpkg\n"
+	err := aptFailure(nil, out)
+	if want := `package "nosuchpkg": E: Unable to locate package nosuchpkg`; err == nil || err.Error() != want {
+		t.Fatalf("err = %v, want %s", err, want)
+	}
+}
+
+func TestParseDpkgStatus(t *testing.T) {
+	status := "Package: b\nStatus: install ok installed\nVersion: 2\n\nPackage: a\nStatus: install ok installed\nVersion: 1:1.0-1\nDescription: x\n more\n\nPackage: c\nStatus: deinstall ok config-files\nVersion: 3\n"
+	got := parseDpkgStatus([]byte(status))
+	want := []PackageClaim{{"a", "1:1.0-1"}, {"b", "2"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v want %v", got, want)
+	}
+}
+
+func TestResolveInTree(t *testing.T) {
+	tree := t.TempDir()
+	for _, d := range []string{"usr/bin", "usr/lib/chromium", "etc/alternatives"} {
+		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	links := map[string]string{
+		"bin":                         "usr/bin",
+		"usr/bin/x":                   "/etc/alternatives/x",
+		"etc/alternatives/x":          "/usr/lib/chromium/chromium",
+		"usr/bin/loop":                "loop",
+		"usr/bin/escape":              "../../../../etc/passwd",
+		"usr/lib/chromium/chromium-l": "chromium",
+	}
+	for l, target := range links {
+		if err := os.Symlink(target, filepath.Join(tree, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tree, "usr/lib/chromium/chromium"), []byte("elf"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for in, want := range map[string]string{
+		"/bin/x":                       "/usr/lib/chromium/chromium",
+		"/usr/bin/escape":              "/etc/passwd",
+		"/usr/lib/chromium/chromium-l": "/usr/lib/chromium/chromium",
+	} {
+		if got, err := resolveInTree(tree, in, true); err != nil || got != want {
+			t.Errorf("resolve %s = %q, %v; want %s", in, got, err, want)
+		}
+	}
+	if _, err := resolveInTree(tree, "/usr/bin/loop", true); err == nil {
+		t.Error("symlink loop resolved")
+	}
+	c, err := fileClaim(tree, "/bin/x")
+	if err != nil || c.Path != "/usr/lib/chromium/chromium" || c.Mode != 0o755 || c.Size != 3 {
+		t.Errorf("fileClaim = %+v, %v", c, err)
+	}
+}
