@@ -142,7 +142,10 @@ func (d *Driver) Args(spec vmm.Spec, h vmm.Handle) []string {
 		// Without a PIT/HPET reference, microvm guests under TCG may hang
 		// calibrating the TSC; tell the kernel the frequency instead.
 		kargs = append(kargs, "tsc_early_khz="+strconv.Itoa(d.cfg.TSCkHz))
-		accel = []string{"-accel", "tcg"}
+		// The default TCG CPU model lacks instructions current userlands
+		// use (Node.js builds of the AI CLIs die with SIGILL); "max"
+		// offers everything TCG can emulate.
+		accel = []string{"-accel", "tcg", "-cpu", "max"}
 	}
 	kargs = append(kargs, spec.KernelArgs...)
 	args := []string{
