@@ -57,7 +57,7 @@ func newFixture(t *testing.T) *fixture {
 		}
 	}
 	if err := st.PutImage(ctx, store.Image{ID: "0123456789abcdef0123", Name: "minimal", Role: "minimal",
-		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: now}); err != nil {
+		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: now, Status: store.ImageVerified}); err != nil {
 		t.Fatal(err)
 	}
 	key := func(scope store.Scope, user string) string {

@@ -233,6 +233,7 @@ type imageJSON struct {
 	ID        string    `json:"id"`
 	Name      string    `json:"name"`
 	Role      string    `json:"role"`
+	Status    string    `json:"status"`
 	SizeBytes int64     `json:"size_bytes"`
 	CreatedAt time.Time `json:"created_at"`
 }
@@ -245,7 +246,7 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]imageJSON, 0, len(imgs))
 	for _, i := range imgs {
-		out = append(out, imageJSON{ID: i.ID, Name: i.Name, Role: i.Role, SizeBytes: i.SizeBytes, CreatedAt: i.CreatedAt})
+		out = append(out, imageJSON{ID: i.ID, Name: i.Name, Role: i.Role, Status: string(i.Status), SizeBytes: i.SizeBytes, CreatedAt: i.CreatedAt})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"images": out})
 }

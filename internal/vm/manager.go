@@ -154,6 +154,14 @@ func (m *Manager) validate(ctx context.Context, req *CreateRequest) (store.Image
 	if err != nil {
 		return store.Image{}, fmt.Errorf("look up image: %w", err)
 	}
+	if img.Status != store.ImageVerified {
+		why := string(img.Status)
+		if img.Status == "" {
+			why = string(store.ImageUnverified)
+		}
+		return store.Image{}, errdefs.Invalidf("image %s (%s) is %s; VMs start only from verified images (hearth image verify %s)",
+			img.Name, shortID(img.ID), why, img.Name)
+	}
 	if req.Role == "" {
 		req.Role = img.Role
 	}
@@ -233,6 +241,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	}
 	m.spawn(v, modeRun)
 	return v, nil
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }
 
 // reserve leases the VM's address and records it; on failure the VM row is

@@ -41,8 +41,16 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	if err := st.PutImage(ctx, store.Image{ID: "0123456789abcdef", Name: "minimal", Role: "minimal",
-		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: time.Now()}); err != nil {
+		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: time.Now(), Status: store.ImageVerified}); err != nil {
 		t.Fatal(err)
+	}
+	for _, im := range []store.Image{
+		{ID: "badc0ffee0001234", Name: "unchecked", Role: "minimal", CreatedAt: time.Now(), Status: store.ImageUnverified},
+		{ID: "deadbeef00001234", Name: "broken", Role: "minimal", CreatedAt: time.Now(), Status: store.ImageFailed},
+	} {
+		if err := st.PutImage(ctx, im); err != nil {
+			t.Fatal(err)
+		}
 	}
 	d := vmfake.NewDriver()
 	return &env{t: t, st: st, driver: d, agents: &vmfake.Agents{}, net: vmfake.NewNetwork(), dir: dir}
@@ -143,6 +151,8 @@ func TestInvalidRequestsLeaveNothing(t *testing.T) {
 		{"unknown role", vm.CreateRequest{UserID: "alice", Image: "minimal", Role: "db"}, `unknown role "db"`},
 		{"unknown user", vm.CreateRequest{UserID: "bob", Image: "minimal"}, `unknown user "bob"`},
 		{"boot timeout too long", vm.CreateRequest{UserID: "alice", Image: "minimal", BootTimeout: time.Hour}, "boot_timeout_seconds"},
+		{"unverified image", vm.CreateRequest{UserID: "alice", Image: "unchecked"}, "image unchecked (badc0ffee000) is unverified"},
+		{"failed image", vm.CreateRequest{UserID: "alice", Image: "broken"}, "image broken (deadbeef0000) is failed"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
