@@ -5,8 +5,9 @@
 #   e2fsprogs                    mkfs.ext4 -d builds root filesystems without loop mounts
 #   xz-utils, cpio, ca-certificates, curl  image builds and the quick start
 #   iproute2, nftables           network namespaces for tests; nft to inspect hearth's rules
+#   debootstrap, npm             the workspace and browser images (npm fetches Node.js and the AI CLIs)
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables)
+pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

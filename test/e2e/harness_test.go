@@ -119,6 +119,14 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
+// hearthCmd runs a CLI command that may fail; it returns all its output.
+func hearthCmd(d *daemon, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(binDir, "hearth"), args...)
+	cmd.Env = append(os.Environ(), d.env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // hearth runs a CLI command against this daemon's state and returns stdout.
 func (d *daemon) hearth(args ...string) string {
 	d.t.Helper()
