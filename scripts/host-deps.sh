@@ -7,7 +7,10 @@
 #   iproute2, nftables           network namespaces for tests; nft to inspect hearth's rules
 #   debootstrap, npm             the workspace and browser images (npm fetches Node.js and the AI CLIs)
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap npm)
+pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap)
+# npm: any npm will do (only its registry access is used); install Debian's
+# only when none is on PATH, so a host's own Node.js is left alone.
+command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
