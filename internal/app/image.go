@@ -302,6 +302,27 @@ func collectImages(ctx context.Context, cfg config.Config, st store.Store, stdou
 		}
 		fmt.Fprintf(stdout, "removed %s\n", p)
 	}
+	// Unpacked kernels no registered image uses.
+	used := map[string]bool{}
+	for _, im := range imgs {
+		var m image.Manifest
+		if json.Unmarshal(im.Manifest, &m) == nil {
+			used[m.Kernel.Package+"_"+m.Kernel.Version] = true
+		}
+	}
+	kdir := filepath.Join(cfg.CacheDir, "kernels")
+	kernels, _ := os.ReadDir(kdir)
+	for _, e := range kernels {
+		if !e.IsDir() || used[e.Name()] {
+			continue
+		}
+		p := filepath.Join(kdir, e.Name())
+		freed += du(p)
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+		fmt.Fprintf(stdout, "removed unused kernel cache %s\n", p)
+	}
 	fmt.Fprintf(stdout, "freed %.1f MiB\n", float64(freed)/(1<<20))
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -52,7 +53,38 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	return m.Run()
+	code := m.Run()
+	pruneImages(imageDir, 2)
+	return code
+}
+
+// pruneImages keeps the newest keep builds of each profile in the shared
+// e2e image cache (every agent change makes a new digest).
+func pruneImages(dir string, keep int) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	byProfile := map[string][]os.DirEntry{}
+	for _, e := range entries {
+		if name, _, ok := strings.Cut(e.Name(), "-"); ok && e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			byProfile[name] = append(byProfile[name], e)
+		}
+	}
+	for _, es := range byProfile {
+		sort.Slice(es, func(i, j int) bool { return modTime(es[i]).After(modTime(es[j])) })
+		for _, e := range es[min(keep, len(es)):] {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+func modTime(e os.DirEntry) time.Time {
+	info, err := e.Info()
+	if err != nil {
+		return time.Time{}
+	}
+	return info.ModTime()
 }
 
 func envOr(k, def string) string {
