@@ -2,13 +2,15 @@
 # Runs every benchmark (root, QEMU) and writes docs/BENCHMARKS.md. Each one
 # compares hearth with the named alternative in the same run.
 #   ./bench/run.sh                 # all; as root (or: make bench)
-#   RUNS=20 ./bench/run.sh vm      # one: vm, net or disk
+#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk or images
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
 ./scripts/host-deps.sh
-command -v iptables >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >/dev/null; }
+for tool in iptables bc; do
+  command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $tool >/dev/null
+done
 make build >/dev/null
 for b in vmbench netbench diskbench; do go build -o bin/$b ./bench/$b; done
 RUNS=${RUNS:-10}
@@ -29,6 +31,9 @@ fi
 if [ "$which" = all ] || [ "$which" = disk ]; then
   bin/diskbench -runs 5 >"$out/disk.md"
 fi
+if [ "$which" = all ] || [ "$which" = images ]; then
+  ./bench/images.sh >"$out/images.md"
+fi
 
 section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
 {
@@ -47,6 +52,7 @@ section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
     cat "$out/net300.md"; echo
   fi
   section "$out/disk.md"
+  section "$out/images.md"
 } > "$out/BENCHMARKS.md"
 if [ "$which" = all ]; then
   cp "$out/BENCHMARKS.md" docs/BENCHMARKS.md   # only a full run rewrites the record
