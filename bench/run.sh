@@ -16,10 +16,15 @@ for b in vmbench netbench diskbench; do go build -o bin/$b ./bench/$b; done
 RUNS=${RUNS:-10}
 which=${1:-all}
 out=$(mktemp -d)
-trap 'rm -rf "$out"; ip netns del hearth-bench 2>/dev/null || true' EXIT
+trap 'rm -rf "$out"; ip netns del hearth-bench 2>/dev/null || true; ip netns del hearth-bench-vm 2>/dev/null || true' EXIT
 
 if [ "$which" = all ] || [ "$which" = vm ]; then
-  bin/vmbench -hearth bin/hearth -agent bin/hearth-agent -runs "$RUNS" >"$out/vm.md"
+  # The daemon runs in its own namespace, without guest networking, so both
+  # sides start the identical QEMU command (network cost: the net table).
+  ip netns add hearth-bench-vm && ip -n hearth-bench-vm link set lo up
+  HEARTH_NETWORK_ENABLED=false ip netns exec hearth-bench-vm \
+    bin/vmbench -hearth bin/hearth -agent bin/hearth-agent -runs "$RUNS" >"$out/vm.md"
+  ip netns del hearth-bench-vm
 fi
 if [ "$which" = all ] || [ "$which" = net ]; then
   # Inside a namespace made for it: nothing touches the host's network.
