@@ -28,9 +28,9 @@ if [ "$which" = all ] || [ "$which" = vm ]; then
 fi
 if [ "$which" = all ] || [ "$which" = net ]; then
   # Inside a namespace made for it: nothing touches the host's network.
-  ip netns add hearth-bench && ip -n hearth-bench link set lo up
-  ip netns exec hearth-bench bin/netbench -runs 200 -resident 20 >"$out/net.md"
-  ip netns exec hearth-bench bin/netbench -runs 50 -resident 300 | sed -n '3,6p' | tail -2 >"$out/net300.md"
+  fresh() { ip netns del hearth-bench 2>/dev/null || true; ip netns add hearth-bench && ip -n hearth-bench link set lo up; }
+  fresh && ip netns exec hearth-bench bin/netbench -runs 200 -resident 20 >"$out/net.md"
+  fresh && ip netns exec hearth-bench bin/netbench -runs 50 -resident 300 | sed -n '3,6p' | tail -2 >"$out/net300.md"
   ip netns del hearth-bench
 fi
 if [ "$which" = all ] || [ "$which" = disk ]; then

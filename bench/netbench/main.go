@@ -86,7 +86,7 @@ func run(runs, resident int) error {
 	if err := oldSetup(); err != nil {
 		return err
 	}
-	defer oldTeardown()
+	defer oldTeardown(resident)
 
 	newVM := func(i int) (string, error) {
 		id := fmt.Sprintf("vm-bench-%05d", i)
@@ -178,7 +178,10 @@ func oldSetup() error {
 	return nil
 }
 
-func oldTeardown() {
+func oldTeardown(resident int) {
+	for i := range resident {
+		_ = sh("ip", "link", "delete", oldTAP(i))
+	}
 	_ = sh("iptables", "-t", "nat", "-F")
 	_ = sh("iptables", "-F")
 	_ = sh("iptables", "-X", "FC-EGRESS")
