@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d /var/tmp/imagebench-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export HEARTH_STATE_DIR=$work/state HEARTH_CACHE_DIR=$work/cache HEARTH_IMAGE_DIR=$work/images HEARTH_CONFIG=
-echo "## image builds (cold = empty cache: kernel, debootstrap, packages all fetched)"
+echo "## image builds (cold = the run starts from an empty cache; workspace and browser reuse the kernel and debootstrap base the earlier builds fetched)"
 echo
 echo "| profile | cold build | warm build | rootfs allocated | rootfs size | old golden image | smaller by |"
 echo "|---|---|---|---|---|---|---|"
