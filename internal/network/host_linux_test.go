@@ -22,6 +22,11 @@ func TestSetupIdempotent(t *testing.T) {
 	nl := nlHandle(t, ns)
 	h := newTestHost(t, ns, Config{HostPorts: []PortRule{{"tcp", 22}}})
 	ctx := context.Background()
+	// A new namespace may inherit forwarding from its creator's (hosts
+	// differ): start from "off" so Check has all three problems to find.
+	if err := writeSysctl(ns, ipForwardPath, "0"); err != nil {
+		t.Fatal(err)
+	}
 
 	if ps := h.Check(ctx); len(ps) != 3 {
 		t.Errorf("Check before Setup = %v, want 3 problems (bridge, ip_forward, nftables)", ps)
