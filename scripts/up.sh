@@ -33,10 +33,12 @@ fi
 echo "booting a minimal VM (the agent inside the guest must report ready)..."
 out=$(bin/hearth vm create --image minimal --wait)
 id=$(printf '%s\n' "$out" | sed -n 's/.*"id": "\(vm-[a-z0-9]*\)".*/\1/p' | head -1)
+addr=$(printf '%s\n' "$out" | sed -n 's/.*"address": "\([0-9.]*\)\/.*/\1/p' | head -1)
 echo "$out"
 cat <<MSG
 
-VM $id is ready. Reach it:
+VM $id is ready${addr:+ at $addr (bridge hearth0; the host can open TCP connections to it)}. Reach it:
+  bin/hearth vm exec $id -- /bin/busybox ip addr   # a command inside the guest, through its agent
   bin/hearth vm get $id              # state, agent version, guest boot time, last heartbeat
   bin/hearth vm console $id          # the guest's serial console (add --follow to stream it)
   curl -H "Authorization: Bearer \$(cat $STATE/cli.key)" http://$ADDR/v1/vms/$id

@@ -113,7 +113,8 @@ type Driver interface {
 	// process. It returns when the process is gone. A process already gone
 	// is not an error.
 	Stop(ctx context.Context, h Handle, grace time.Duration) error
-	// Cleanup removes everything Prepare and Start created. The process
-	// must already be gone.
+	// Cleanup removes what Prepare and Start created (disk, sockets,
+	// token) except the console log, which stays readable until the
+	// caller removes the VM's directory. The process must already be gone.
 	Cleanup(ctx context.Context, h Handle) error
 }
