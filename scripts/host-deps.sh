@@ -6,8 +6,9 @@
 #   xz-utils, cpio, ca-certificates, curl  image builds and the quick start
 #   iproute2, nftables           network namespaces for tests; nft to inspect hearth's rules
 #   debootstrap, npm             the workspace and browser images (npm fetches Node.js and the AI CLIs)
+#   xvfb, x11vnc                 a real VNC server on loopback for the viewer bridge's tests
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap)
+pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap xvfb x11vnc)
 # npm: any npm will do (only its registry access is used); install Debian's
 # only when none is on PATH, so a host's own Node.js is left alone.
 command -v npm >/dev/null || pkgs+=(npm)

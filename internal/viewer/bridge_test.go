@@ -1,0 +1,263 @@
+package viewer
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// rfbConn is a browser-side RFB byte stream over ws. A goroutine keeps
+// reading the WebSocket (so pings are answered while the test is idle) and
+// hands the bytes over through a pipe.
+type rfbConn struct {
+	io.Reader
+	io.Writer
+}
+
+func newRFBConn(t *testing.T, ws *websocket.Conn) rfbConn {
+	t.Helper()
+	nc := websocket.NetConn(t.Context(), ws, websocket.MessageBinary)
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := io.Copy(pw, nc)
+		pw.CloseWithError(err)
+	}()
+	t.Cleanup(func() {
+		pr.Close()
+		ws.CloseNow()
+		<-done
+	})
+	return rfbConn{Reader: pr, Writer: nc}
+}
+
+func TestBridgeRFBHandshake(t *testing.T) {
+	vnc := startVNC(t)
+	for _, viewOnly := range []bool{false, true} {
+		srv := newBridgeServer(t, t.Context(), vnc, Options{PingInterval: time.Second, ViewOnly: viewOnly})
+		ws := srv.dial(t)
+		c := newRFBConn(t, ws)
+		w, h, err := rfbHandshake(c)
+		if err != nil {
+			t.Fatalf("view-only %v: %v", viewOnly, err)
+		}
+		if w != screenW || h != screenH {
+			t.Fatalf("ServerInit size %dx%d, want %dx%d", w, h, screenW, screenH)
+		}
+		if viewOnly { // input is dropped without breaking the stream
+			if _, err := c.Write([]byte{4, 1, 0, 0, 0, 0, 0, 0x61, 5, 1, 0, 10, 0, 20}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := requestUpdate(c); err != nil {
+			t.Fatalf("view-only %v: %v", viewOnly, err)
+		}
+		if err := ws.Close(websocket.StatusNormalClosure, "bye"); err != nil {
+			t.Fatal(err)
+		}
+		if r := srv.result(t); r.reason != ReasonClientClosed || r.err != nil {
+			t.Fatalf("bridge ended with %v, %v", r.reason, r.err)
+		}
+	}
+}
+
+func TestBridgeViewOnlyDropsInput(t *testing.T) {
+	addr, got := echoServer(t)
+	srv := newBridgeServer(t, t.Context(), addr, Options{ViewOnly: true})
+	ws := srv.dial(t)
+	in, want := clientStream()
+	for p := in; len(p) > 0; { // uneven message boundaries
+		n := min(7, len(p))
+		if err := ws.Write(t.Context(), websocket.MessageBinary, p[:n]); err != nil {
+			t.Fatal(err)
+		}
+		p = p[n:]
+	}
+	var received []byte
+	deadline := time.After(5 * time.Second)
+	for len(received) < len(want) {
+		select {
+		case b := <-got:
+			received = append(received, b...)
+		case <-deadline:
+			t.Fatalf("server received %d of %d bytes", len(received), len(want))
+		}
+	}
+	if !bytes.Equal(received, want) {
+		t.Fatalf("server received\n%v\nwant\n%v", received, want)
+	}
+	ws.Write(t.Context(), websocket.MessageBinary, []byte{99}) // unknown message type
+	if ce := closeOf(t, ws, 5*time.Second); ce.Code != ReasonViewOnly.Code {
+		t.Fatalf("close = %v, want %v", ce, ReasonViewOnly)
+	}
+}
+
+func TestBridgeKeepalive(t *testing.T) {
+	keepalive(t, 3*time.Second)
+}
+
+// TestBridgeKeepaliveLong is the three-minute idle run; set
+// HEARTH_VIEWER_LONG=1 to run it.
+func TestBridgeKeepaliveLong(t *testing.T) {
+	if testing.Short() || os.Getenv("HEARTH_VIEWER_LONG") == "" {
+		t.Skip("three-minute idle test: set HEARTH_VIEWER_LONG=1 (and no -short) to run")
+	}
+	keepalive(t, 3*time.Minute)
+}
+
+// keepalive checks that a pinged, idle viewer stays usable for idle.
+func keepalive(t *testing.T, idle time.Duration) {
+	vnc := startVNC(t)
+	srv := newBridgeServer(t, t.Context(), vnc, Options{PingInterval: 200 * time.Millisecond, IdleTimeout: time.Hour})
+	c := newRFBConn(t, srv.dial(t))
+	if _, _, err := rfbHandshake(c); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-srv.results:
+		t.Fatalf("bridge ended while idle: %v, %v", r.reason, r.err)
+	case <-time.After(idle):
+	}
+	if err := requestUpdate(c); err != nil {
+		t.Fatalf("after %v idle: %v", idle, err)
+	}
+}
+
+func TestBridgePingTimeout(t *testing.T) {
+	addr, _ := echoServer(t)
+	srv := newBridgeServer(t, t.Context(), addr, Options{PingInterval: 100 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
+	ws := srv.dial(t)
+	time.Sleep(600 * time.Millisecond) // not reading: pongs are never sent
+	if ce := closeOf(t, ws, 10*time.Second); ce.Code != ReasonPingTimeout.Code || ce.Reason != ReasonPingTimeout.Text {
+		t.Fatalf("close = %v, want %v", ce, ReasonPingTimeout)
+	}
+	if r := srv.result(t); r.reason != ReasonPingTimeout || r.err == nil {
+		t.Fatalf("bridge ended with %v, %v", r.reason, r.err)
+	}
+}
+
+func TestBridgeIdleTimeout(t *testing.T) {
+	addr, _ := echoServer(t)
+	srv := newBridgeServer(t, t.Context(), addr, Options{PingInterval: 50 * time.Millisecond, PingTimeout: time.Second, IdleTimeout: 300 * time.Millisecond})
+	ws := srv.dial(t)
+	start := time.Now()
+	for range 6 { // traffic keeps it open past the idle timeout
+		if err := ws.Write(t.Context(), websocket.MessageBinary, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, p, err := ws.Read(t.Context()); err != nil || string(p) != "x" {
+			t.Fatalf("echo = %q, %v", p, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ce := closeOf(t, ws, 5*time.Second)
+	if ce.Code != 4002 || ce.Reason != "idle timeout" {
+		t.Fatalf("close = %v, want 4002 idle timeout", ce)
+	}
+	if time.Since(start) < 800*time.Millisecond {
+		t.Fatal("closed while there was traffic")
+	}
+	if r := srv.result(t); r.reason != ReasonIdle || r.err != nil {
+		t.Fatalf("bridge ended with %v, %v", r.reason, r.err)
+	}
+}
+
+func TestBridgeCloseReasons(t *testing.T) {
+	addr, _ := echoServer(t)
+	tests := []struct {
+		name string
+		want CloseReason
+		opts func(*Options)
+		act  func(cancel context.CancelFunc, c *Closer)
+	}{
+		{"vm destroyed", ReasonVMDestroyed, nil, func(_ context.CancelFunc, c *Closer) { c.Close(ReasonVMDestroyed) }},
+		{"shutdown", ReasonShutdown, nil, func(cancel context.CancelFunc, _ *Closer) { cancel() }},
+		{"max lifetime", ReasonMaxLifetime, func(o *Options) { o.MaxLifetime = 200 * time.Millisecond }, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			opts := Options{Closer: NewCloser(), PingInterval: 100 * time.Millisecond}
+			if tt.opts != nil {
+				tt.opts(&opts)
+			}
+			srv := newBridgeServer(t, ctx, addr, opts)
+			ws := srv.dial(t)
+			if tt.act != nil {
+				time.AfterFunc(100*time.Millisecond, func() { tt.act(cancel, opts.Closer) })
+			}
+			ce := closeOf(t, ws, 5*time.Second)
+			if ce.Code != tt.want.Code || ce.Reason != tt.want.Text {
+				t.Fatalf("close = %v, want %v", ce, tt.want)
+			}
+			if r := srv.result(t); r.reason != tt.want || r.err != nil {
+				t.Fatalf("bridge ended with %v, %v", r.reason, r.err)
+			}
+		})
+	}
+}
+
+func TestBridgeVNCGone(t *testing.T) {
+	a := newAcceptCounter(t) // accepts and hangs up at once
+	srv := newBridgeServer(t, t.Context(), a.ln.Addr().String(), Options{})
+	ws := srv.dial(t)
+	if ce := closeOf(t, ws, 5*time.Second); ce.Code != ReasonVNCClosed.Code {
+		t.Fatalf("close = %v, want %v", ce, ReasonVNCClosed)
+	}
+	srv.result(t)
+}
+
+func TestBridgeTextMessageRefused(t *testing.T) {
+	addr, _ := echoServer(t)
+	srv := newBridgeServer(t, t.Context(), addr, Options{})
+	ws := srv.dial(t)
+	ws.Write(t.Context(), websocket.MessageText, []byte("hi"))
+	if ce := closeOf(t, ws, 5*time.Second); ce.Code != websocket.StatusUnsupportedData {
+		t.Fatalf("close = %v, want 1003", ce)
+	}
+	srv.result(t)
+}
+
+func TestBridgeNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		addr, _ := echoServer(t)
+		for _, reason := range []CloseReason{ReasonVMDestroyed, ReasonClientClosed} {
+			closer := NewCloser()
+			srv := newBridgeServer(t, t.Context(), addr, Options{Closer: closer, PingInterval: 20 * time.Millisecond, IdleTimeout: time.Minute})
+			ws := srv.dial(t)
+			for range 20 {
+				ws.Write(t.Context(), websocket.MessageBinary, []byte("ping"))
+				ws.Read(t.Context())
+			}
+			if reason == ReasonClientClosed {
+				ws.Close(websocket.StatusNormalClosure, "")
+			} else {
+				closer.Close(reason)
+				closeOf(t, ws, 5*time.Second)
+			}
+			if r := srv.result(t); r.reason != reason {
+				t.Fatalf("bridge ended with %v, want %v", r.reason, reason)
+			}
+			ws.CloseNow()
+			srv.srv.Close()
+		}
+	}()
+	// The echo listener closes at cleanup; allow for its goroutine.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+1 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("goroutines: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,45 @@
+package viewer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// ErrVNCUnreachable wraps a failure to dial the guest's VNC server.
+var ErrVNCUnreachable = errors.New("guest vnc unreachable")
+
+// Connect verifies token for vmID, refuses it if replay has seen it, marks
+// it used and only then dials the guest's VNC server. A refused token never
+// causes a connection. Errors wrap the token sentinels or ErrVNCUnreachable
+// and never contain the token.
+func Connect(ctx context.Context, signer *Signer, replay *Replay, token, vmID string,
+	dial func(context.Context) (net.Conn, error)) (net.Conn, Claims, error) {
+	c, err := signer.Verify(token, vmID, time.Now())
+	if err != nil {
+		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+	}
+	if replay != nil && !replay.Use(c) {
+		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w", vmID, ErrReplayed)
+	}
+	conn, err := dial(ctx)
+	if err != nil {
+		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w: %w", vmID, ErrVNCUnreachable, err)
+	}
+	return conn, c, nil
+}
+
+// ReasonFor maps an error from Connect to the close reason to send to the
+// browser.
+func ReasonFor(err error) CloseReason {
+	switch {
+	case errors.Is(err, ErrExpired):
+		return ReasonTokenExpired
+	case errors.Is(err, ErrVNCUnreachable):
+		return ReasonVNCUnreachable
+	default:
+		return ReasonInvalidToken
+	}
+}

@@ -1,0 +1,245 @@
+// Package viewer lets a browser reach a VM's VNC server: short-lived signed
+// viewer tokens and a WebSocket↔RFB (VNC over TCP) bridge.
+//
+// Tokens are secrets: nothing in this package logs them, and callers must not
+// either.
+package viewer
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// MinKeySize is the smallest signing key NewSigner accepts.
+const MinKeySize = 32
+
+// maxTokenLen bounds the input Verify is willing to decode.
+const maxTokenLen = 4096
+
+// Sentinel errors returned by Verify and Connect.
+var (
+	ErrMalformed = errors.New("viewer token malformed")
+	ErrForged    = errors.New("viewer token signature invalid")
+	ErrExpired   = errors.New("viewer token expired")
+	ErrWrongVM   = errors.New("viewer token is for another vm")
+	ErrReplayed  = errors.New("viewer token already used")
+)
+
+// Claims is what a viewer token grants: a viewer for one VM (and optionally
+// one session) until Expires, possibly view-only. Nonce makes every token
+// unique so that it can be refused once used.
+type Claims struct {
+	VMID     string
+	Session  string
+	ViewOnly bool
+	Expires  time.Time
+	Nonce    string
+}
+
+// wireClaims is the JSON form of Claims inside a token.
+type wireClaims struct {
+	VMID     string `json:"vm"`
+	Session  string `json:"sid,omitempty"`
+	ViewOnly bool   `json:"vo,omitempty"`
+	Expires  int64  `json:"exp"`
+	Nonce    string `json:"n"`
+}
+
+var b64 = base64.RawURLEncoding
+
+// Signer signs and verifies viewer tokens with HMAC-SHA256.
+type Signer struct {
+	key []byte
+}
+
+// NewSigner returns a Signer using a copy of key, which must be at least
+// MinKeySize bytes.
+func NewSigner(key []byte) (*Signer, error) {
+	if len(key) < MinKeySize {
+		return nil, fmt.Errorf("viewer signing key is %d bytes, need at least %d", len(key), MinKeySize)
+	}
+	return &Signer{key: append([]byte(nil), key...)}, nil
+}
+
+// Sign returns the compact token for c: base64url(JSON claims) "."
+// base64url(HMAC-SHA256). A missing Nonce is filled with a random one.
+func (s *Signer) Sign(c Claims) (string, error) {
+	if c.VMID == "" {
+		return "", errors.New("sign viewer token: empty vm id")
+	}
+	if c.Expires.IsZero() {
+		return "", errors.New("sign viewer token: no expiry")
+	}
+	if c.Nonce == "" {
+		n, err := newNonce()
+		if err != nil {
+			return "", fmt.Errorf("sign viewer token: %w", err)
+		}
+		c.Nonce = n
+	}
+	payload, err := json.Marshal(wireClaims{
+		VMID: c.VMID, Session: c.Session, ViewOnly: c.ViewOnly,
+		Expires: c.Expires.Unix(), Nonce: c.Nonce,
+	})
+	if err != nil {
+		return "", fmt.Errorf("sign viewer token: %w", err)
+	}
+	body := b64.EncodeToString(payload)
+	return body + "." + b64.EncodeToString(s.mac(body)), nil
+}
+
+// Verify checks token's signature, that it is for vmID and that it has not
+// expired at now. Errors wrap ErrMalformed, ErrForged, ErrWrongVM or
+// ErrExpired; they never contain the token.
+func (s *Signer) Verify(token, vmID string, now time.Time) (Claims, error) {
+	body, sig, err := split(token)
+	if err != nil {
+		return Claims{}, err
+	}
+	if !hmac.Equal(sig, s.mac(body)) {
+		return Claims{}, ErrForged
+	}
+	c, err := decodeClaims(body)
+	if err != nil {
+		return Claims{}, err
+	}
+	if c.VMID != vmID {
+		return Claims{}, ErrWrongVM
+	}
+	if !now.Before(c.Expires) {
+		return Claims{}, ErrExpired
+	}
+	return c, nil
+}
+
+// mac is the HMAC-SHA256 of the encoded claims.
+func (s *Signer) mac(body string) []byte {
+	h := hmac.New(sha256.New, s.key)
+	h.Write([]byte(body))
+	return h.Sum(nil)
+}
+
+// split separates a token into its encoded claims and decoded signature.
+func split(token string) (string, []byte, error) {
+	if len(token) > maxTokenLen {
+		return "", nil, fmt.Errorf("%w: too long", ErrMalformed)
+	}
+	body, enc, ok := strings.Cut(token, ".")
+	if !ok || body == "" || strings.Contains(enc, ".") {
+		return "", nil, fmt.Errorf("%w: not two parts", ErrMalformed)
+	}
+	sig, err := b64.DecodeString(enc)
+	if err != nil || len(sig) != sha256.Size {
+		return "", nil, fmt.Errorf("%w: bad signature encoding", ErrMalformed)
+	}
+	return body, sig, nil
+}
+
+// decodeClaims decodes authenticated claims.
+func decodeClaims(body string) (Claims, error) {
+	raw, err := b64.DecodeString(body)
+	if err != nil {
+		return Claims{}, fmt.Errorf("%w: bad claims encoding", ErrMalformed)
+	}
+	var w wireClaims
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return Claims{}, fmt.Errorf("%w: bad claims", ErrMalformed)
+	}
+	if w.VMID == "" || w.Nonce == "" || w.Expires == 0 {
+		return Claims{}, fmt.Errorf("%w: missing claims", ErrMalformed)
+	}
+	return Claims{
+		VMID: w.VMID, Session: w.Session, ViewOnly: w.ViewOnly,
+		Expires: time.Unix(w.Expires, 0), Nonce: w.Nonce,
+	}, nil
+}
+
+// newNonce returns 128 random bits, base64url-encoded.
+func newNonce() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("read random nonce: %w", err)
+	}
+	return b64.EncodeToString(b[:]), nil
+}
+
+// Replay remembers the nonces of used tokens until they expire, so a token
+// cannot open a second viewer (for instance after its viewer closed). It is
+// safe for concurrent use; the zero value is ready.
+type Replay struct {
+	mu   sync.Mutex
+	used map[string]time.Time // nonce → expiry
+	now  func() time.Time     // for tests; time.Now when nil
+}
+
+// MarkUsed records c's nonce as used until c expires.
+func (r *Replay) MarkUsed(c Claims) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.markLocked(c)
+}
+
+// Seen reports whether c's nonce was used and has not yet expired.
+func (r *Replay) Seen(c Claims) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seenLocked(c)
+}
+
+// Use atomically checks and marks c: it returns false if c was already used.
+func (r *Replay) Use(c Claims) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seenLocked(c) {
+		return false
+	}
+	r.markLocked(c)
+	return true
+}
+
+// Len reports how many unexpired nonces are remembered.
+func (r *Replay) Len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pruneLocked()
+	return len(r.used)
+}
+
+func (r *Replay) markLocked(c Claims) {
+	r.pruneLocked()
+	if r.used == nil {
+		r.used = make(map[string]time.Time)
+	}
+	r.used[c.Nonce] = c.Expires
+}
+
+func (r *Replay) seenLocked(c Claims) bool {
+	exp, ok := r.used[c.Nonce]
+	return ok && r.clock().Before(exp)
+}
+
+// pruneLocked forgets nonces whose tokens have expired (Verify refuses
+// those anyway).
+func (r *Replay) pruneLocked() {
+	now := r.clock()
+	for n, exp := range r.used {
+		if !now.Before(exp) {
+			delete(r.used, n)
+		}
+	}
+}
+
+func (r *Replay) clock() time.Time {
+	if r.now != nil {
+		return r.now()
+	}
+	return time.Now()
+}

@@ -1,0 +1,245 @@
+package viewer
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func testSigner(t *testing.T) *Signer {
+	t.Helper()
+	s, err := NewSigner([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func sign(t *testing.T, s *Signer, c Claims) string {
+	t.Helper()
+	tok, err := s.Sign(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestNewSignerShortKey(t *testing.T) {
+	if _, err := NewSigner(make([]byte, 31)); err == nil {
+		t.Fatal("31-byte key accepted")
+	}
+}
+
+func TestSignVerifyRoundTrip(t *testing.T) {
+	s := testSigner(t)
+	now := time.Unix(1_800_000_000, 0)
+	in := Claims{VMID: "vm-1", Session: "s-1", ViewOnly: true, Expires: now.Add(time.Minute)}
+	got, err := s.Verify(sign(t, s, in), "vm-1", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.VMID != in.VMID || got.Session != in.Session || !got.ViewOnly || !got.Expires.Equal(in.Expires) || got.Nonce == "" {
+		t.Fatalf("claims = %+v, want %+v with a nonce", got, in)
+	}
+	other := sign(t, s, in)
+	if o, _ := s.Verify(other, "vm-1", now); o.Nonce == got.Nonce {
+		t.Fatal("two tokens share a nonce")
+	}
+}
+
+func TestVerifyRefuses(t *testing.T) {
+	s := testSigner(t)
+	now := time.Unix(1_800_000_000, 0)
+	good := sign(t, s, Claims{VMID: "vm-1", Expires: now.Add(time.Minute)})
+	other, err := NewSigner([]byte("another key that is long enough!!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, mac, _ := strings.Cut(good, ".")
+	tampered := b64.EncodeToString([]byte(`{"vm":"vm-2","exp":1900000000,"n":"x"}`)) + "." + mac
+	tests := []struct {
+		name  string
+		token string
+		vm    string
+		now   time.Time
+		want  error
+	}{
+		{"expired", good, "vm-1", now.Add(time.Minute), ErrExpired},
+		{"long expired", good, "vm-1", now.Add(time.Hour), ErrExpired},
+		{"wrong vm", good, "vm-2", now, ErrWrongVM},
+		{"other key", sign(t, other, Claims{VMID: "vm-1", Expires: now.Add(time.Minute)}), "vm-1", now, ErrForged},
+		{"tampered claims", tampered, "vm-1", now, ErrForged},
+		{"flipped mac", body + "." + b64.EncodeToString(make([]byte, 32)), "vm-1", now, ErrForged},
+		{"empty", "", "vm-1", now, ErrMalformed},
+		{"one part", body, "vm-1", now, ErrMalformed},
+		{"three parts", good + ".x", "vm-1", now, ErrMalformed},
+		{"bad base64", body + ".!!!", "vm-1", now, ErrMalformed},
+		{"short mac", body + "." + b64.EncodeToString([]byte("x")), "vm-1", now, ErrMalformed},
+		{"huge", strings.Repeat("a", 5000) + "." + mac, "vm-1", now, ErrMalformed},
+		{"signed garbage", signRaw(s, "not json"), "vm-1", now, ErrMalformed},
+		{"signed no nonce", signRaw(s, `{"vm":"vm-1","exp":1900000000}`), "vm-1", now, ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := s.Verify(tt.token, tt.vm, tt.now)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if tt.token != "" && strings.Contains(err.Error(), tt.token) {
+				t.Fatal("error contains the token")
+			}
+		})
+	}
+}
+
+// signRaw signs an arbitrary claims payload with s.
+func signRaw(s *Signer, payload string) string {
+	body := b64.EncodeToString([]byte(payload))
+	return body + "." + b64.EncodeToString(s.mac(body))
+}
+
+func TestReplay(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	r := &Replay{now: func() time.Time { return now }}
+	c := Claims{VMID: "vm-1", Nonce: "n1", Expires: now.Add(time.Minute)}
+	if r.Seen(c) {
+		t.Fatal("unused token seen")
+	}
+	r.MarkUsed(c)
+	if !r.Seen(c) || r.Use(c) {
+		t.Fatal("used token not seen")
+	}
+	if !r.Use(Claims{Nonce: "n2", Expires: now.Add(time.Minute)}) {
+		t.Fatal("fresh token refused")
+	}
+	now = now.Add(2 * time.Minute)
+	if r.Seen(c) || r.Len() != 0 {
+		t.Fatalf("expired nonces kept: seen=%v len=%d", r.Seen(c), r.Len())
+	}
+}
+
+func TestReplayConcurrentUseOnce(t *testing.T) {
+	var r Replay
+	c := Claims{Nonce: "n", Expires: time.Now().Add(time.Minute)}
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			if r.Use(c) {
+				wins.Add(1)
+			}
+			r.Seen(c)
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d concurrent uses won, want 1", wins.Load())
+	}
+}
+
+// acceptCounter is a loopback listener that counts the connections it
+// accepts.
+type acceptCounter struct {
+	ln      net.Listener
+	accepts atomic.Int32
+}
+
+func newAcceptCounter(t *testing.T) *acceptCounter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &acceptCounter{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			a.accepts.Add(1)
+			c.Close()
+		}
+	}()
+	return a
+}
+
+func (a *acceptCounter) dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", a.ln.Addr().String())
+}
+
+func TestConnectRefusedTokenNeverDials(t *testing.T) {
+	s := testSigner(t)
+	var replay Replay
+	a := newAcceptCounter(t)
+	now := time.Now()
+	used := sign(t, s, Claims{VMID: "vm-1", Expires: now.Add(time.Minute)})
+	conn, _, err := Connect(t.Context(), s, &replay, used, "vm-1", a.dial)
+	if err != nil {
+		t.Fatalf("good token: %v", err)
+	}
+	conn.Close()
+	waitFor(t, func() bool { return a.accepts.Load() == 1 })
+
+	other, _ := NewSigner([]byte("another key that is long enough!!"))
+	tests := []struct {
+		name  string
+		token string
+		want  error
+	}{
+		{"expired", sign(t, s, Claims{VMID: "vm-1", Expires: now.Add(-time.Second)}), ErrExpired},
+		{"forged", sign(t, other, Claims{VMID: "vm-1", Expires: now.Add(time.Minute)}), ErrForged},
+		{"wrong vm", sign(t, s, Claims{VMID: "vm-2", Expires: now.Add(time.Minute)}), ErrWrongVM},
+		{"malformed", "garbage", ErrMalformed},
+		{"replayed after close", used, ErrReplayed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dialed := false
+			dial := func(ctx context.Context) (net.Conn, error) { dialed = true; return a.dial(ctx) }
+			conn, _, err := Connect(t.Context(), s, &replay, tt.token, "vm-1", dial)
+			if !errors.Is(err, tt.want) || conn != nil {
+				t.Fatalf("err = %v conn = %v, want %v", err, conn, tt.want)
+			}
+			if dialed {
+				t.Fatal("refused token dialed the vnc port")
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := a.accepts.Load(); n != 1 {
+		t.Fatalf("vnc port accepted %d connections, want 1", n)
+	}
+	if got := ReasonFor(tests[0].want); got != ReasonTokenExpired {
+		t.Fatalf("ReasonFor(expired) = %v", got)
+	}
+}
+
+func TestConnectUnreachable(t *testing.T) {
+	s := testSigner(t)
+	tok := sign(t, s, Claims{VMID: "vm-1", Expires: time.Now().Add(time.Minute)})
+	dial := func(context.Context) (net.Conn, error) { return nil, errors.New("connection refused") }
+	_, _, err := Connect(t.Context(), s, nil, tok, "vm-1", dial)
+	if !errors.Is(err, ErrVNCUnreachable) || ReasonFor(err) != ReasonVNCUnreachable {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// waitFor polls cond for up to five seconds.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
