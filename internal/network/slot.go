@@ -60,6 +60,10 @@ func checkSlotIP(c Config, ip netip.Addr) error {
 }
 
 // lastAddr is the highest address of an IPv4 prefix.
+// Broadcast returns the last address of an IPv4 prefix (its broadcast
+// address), which is never a guest's.
+func Broadcast(p netip.Prefix) netip.Addr { return lastAddr(p) }
+
 func lastAddr(p netip.Prefix) netip.Addr {
 	a := p.Masked().Addr().As4()
 	host := uint32(1)<<(32-p.Bits()) - 1

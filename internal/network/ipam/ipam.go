@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/network"
 	"github.com/hearth-project/hearth/internal/store"
 )
 
@@ -47,15 +48,7 @@ func (a *Allocator) usable(ip netip.Addr) bool {
 	if !a.subnet.Contains(ip) || ip == a.subnet.Addr() || ip == a.gateway {
 		return false
 	}
-	return ip != broadcast(a.subnet)
-}
-
-func broadcast(p netip.Prefix) netip.Addr {
-	b := p.Addr().As4()
-	host := uint32(1)<<(32-p.Bits()) - 1
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	v |= host
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return ip != network.Broadcast(a.subnet)
 }
 
 // Allocate returns vmID's address, leasing one if it holds none. Addresses
