@@ -75,7 +75,7 @@ func run(runs, resident int) error {
 		return err
 	}
 	defer host.Close()
-	svc, err := vmnet.New(host, cfg.WithDefaults(), st, nil, vm.Egress{Mode: "open"})
+	svc, err := vmnet.New(host, st, nil, vm.Egress{Mode: "open"})
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ func newNetworker(cfg config.Config, leases store.Leases) (n vm.Networker, close
 	if len(dns) == 0 {
 		dns = hostNameservers("/etc/resolv.conf")
 	}
-	svc, err := vmnet.New(host, nc.WithDefaults(), leases, dns, vm.Egress{Mode: cfg.Network.DefaultEgress})
+	svc, err := vmnet.New(host, leases, dns, vm.Egress{Mode: cfg.Network.DefaultEgress})
 	if err != nil {
 		host.Close()
 		return nil, nil, err

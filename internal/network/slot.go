@@ -59,11 +59,11 @@ func checkSlotIP(c Config, ip netip.Addr) error {
 	return nil
 }
 
-// lastAddr is the highest address of an IPv4 prefix.
 // Broadcast returns the last address of an IPv4 prefix (its broadcast
 // address), which is never a guest's.
 func Broadcast(p netip.Prefix) netip.Addr { return lastAddr(p) }
 
+// lastAddr is the highest address of an IPv4 prefix.
 func lastAddr(p netip.Prefix) netip.Addr {
 	a := p.Masked().Addr().As4()
 	host := uint32(1)<<(32-p.Bits()) - 1

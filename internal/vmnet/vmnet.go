@@ -34,9 +34,10 @@ type Service struct {
 
 var _ vm.Networker = (*Service)(nil)
 
-// New returns the service. dns is what guests are told to use; egress is
-// the default policy.
-func New(host *network.Host, cfg network.Config, leases store.Leases, dns []string, defaultEgress vm.Egress) (*Service, error) {
+// New returns the service for host. dns is what guests are told to use;
+// egress is the default policy.
+func New(host *network.Host, leases store.Leases, dns []string, defaultEgress vm.Egress) (*Service, error) {
+	cfg := host.Config() // one source of truth: the host, defaults applied
 	alloc, err := ipam.New(leases, cfg.Subnet, cfg.Gateway())
 	if err != nil {
 		return nil, err

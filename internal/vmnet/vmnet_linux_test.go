@@ -63,7 +63,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	svc, err := New(host, cfg, st, []string{"192.0.2.53"}, vm.Egress{Mode: "open"})
+	svc, err := New(host, st, []string{"192.0.2.53"}, vm.Egress{Mode: "open"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestReconcileRemovesStrays(t *testing.T) {
 	}
 	withKeep := e.ruleset()
 	// A new service, as after a restart, told only about vm-keep.
-	svc2, err := New(e.host, e.svc.cfg, e.st, nil, vm.Egress{Mode: "open"})
+	svc2, err := New(e.host, e.st, nil, vm.Egress{Mode: "open"})
 	if err != nil {
 		t.Fatal(err)
 	}
