@@ -145,6 +145,14 @@ func (c *common) client() (*client.Client, error) {
 	return client.New(addr, key), nil
 }
 
+// onlyArg returns the single positional argument, or usage as the error.
+func onlyArg(pos []string, usage string) (string, error) {
+	if len(pos) != 1 {
+		return "", errors.New(usage)
+	}
+	return pos[0], nil
+}
+
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	// Allow flags after positional arguments ("vm rm ID --wait"); after
 	// "--" everything is positional ("vm exec ID -- ls -l").
@@ -289,12 +297,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	needID := func() (string, error) {
-		if len(pos) != 1 {
-			return "", fmt.Errorf("usage: hearth vm %s ID", sub)
-		}
-		return pos[0], nil
-	}
+	needID := func() (string, error) { return onlyArg(pos, "usage: hearth vm "+sub+" ID") }
 	switch sub {
 	case "create":
 		req := client.CreateVM{Image: *imageName, Role: *role, VCPUs: *vcpus, MemoryMiB: *memory,

@@ -37,12 +37,7 @@ func cmdImage(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	one := func() (string, error) {
-		if len(pos) != 1 {
-			return "", fmt.Errorf("usage: hearth image %s IMAGE", args[0])
-		}
-		return pos[0], nil
-	}
+	one := func() (string, error) { return onlyArg(pos, "usage: hearth image "+args[0]+" IMAGE") }
 	switch args[0] {
 	case "build":
 		name := *profile
