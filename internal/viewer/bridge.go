@@ -30,6 +30,7 @@ var (
 	ReasonPingTimeout    = CloseReason{4006, "keepalive timeout"}
 	ReasonInvalidToken   = CloseReason{4007, "invalid token"}
 	ReasonViewOnly       = CloseReason{4008, "unsupported input in view-only mode"}
+	ReasonVMStopped      = CloseReason{4009, "vm stopped"}
 	ReasonShutdown       = CloseReason{websocket.StatusGoingAway, "server shutting down"}
 	ReasonClientClosed   = CloseReason{websocket.StatusNormalClosure, "viewer closed"}
 	ReasonBinaryOnly     = CloseReason{websocket.StatusUnsupportedData, "binary messages only"}
@@ -55,6 +56,9 @@ type Options struct {
 	// MaxLifetime closes the viewer with ReasonMaxLifetime this long after
 	// the bridge started, whatever the traffic.
 	MaxLifetime time.Duration
+	// Expires, if set, closes the viewer with ReasonTokenExpired at that
+	// time: a viewer lives no longer than the token that opened it.
+	Expires time.Time
 	// ViewOnly drops the client's input (key, pointer, cut text and guest
 	// control messages).
 	ViewOnly bool
@@ -167,6 +171,13 @@ func (b *bridge) wait(ctx context.Context) end {
 	defer stopIdle()
 	life, stopLife := timerFor(b.opts.MaxLifetime)
 	defer stopLife()
+	var untilExpiry time.Duration
+	if !b.opts.Expires.IsZero() {
+		// At least a nanosecond: an already expired token still fires.
+		untilExpiry = max(time.Until(b.opts.Expires), 1)
+	}
+	expiry, stopExpiry := timerFor(untilExpiry)
+	defer stopExpiry()
 	for {
 		select {
 		case e := <-b.ends:
@@ -177,6 +188,8 @@ func (b *bridge) wait(ctx context.Context) end {
 			return end{reason: ReasonShutdown}
 		case <-life.C:
 			return end{reason: ReasonMaxLifetime}
+		case <-expiry.C:
+			return end{reason: ReasonTokenExpired}
 		case <-idle.C:
 			last := time.Unix(0, b.lastData.Load())
 			left := time.Until(last.Add(b.opts.IdleTimeout))

@@ -180,6 +180,7 @@ func TestBridgeCloseReasons(t *testing.T) {
 		{"vm destroyed", ReasonVMDestroyed, nil, func(_ context.CancelFunc, c *Closer) { c.Close(ReasonVMDestroyed) }},
 		{"shutdown", ReasonShutdown, nil, func(cancel context.CancelFunc, _ *Closer) { cancel() }},
 		{"max lifetime", ReasonMaxLifetime, func(o *Options) { o.MaxLifetime = 200 * time.Millisecond }, nil},
+		{"token expires mid-session", ReasonTokenExpired, func(o *Options) { o.Expires = time.Now().Add(300 * time.Millisecond) }, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

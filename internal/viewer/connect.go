@@ -21,6 +21,9 @@ func Connect(ctx context.Context, signer *Signer, replay *Replay, token, vmID st
 	if err != nil {
 		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
 	}
+	if c.Kind != KindSocket {
+		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w: %s token on the socket", vmID, ErrWrongKind, c.Kind)
+	}
 	if replay != nil && !replay.Use(c) {
 		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w", vmID, ErrReplayed)
 	}

@@ -31,12 +31,25 @@ var (
 	ErrExpired   = errors.New("viewer token expired")
 	ErrWrongVM   = errors.New("viewer token is for another vm")
 	ErrReplayed  = errors.New("viewer token already used")
+	ErrWrongKind = errors.New("viewer token is of the wrong kind")
+)
+
+// Kind says what a token may be used for.
+type Kind string
+
+// Token kinds. A page token opens the viewer page and, until it expires,
+// buys socket tokens for it (so the page can reconnect); a socket token
+// opens one WebSocket, once.
+const (
+	KindPage   Kind = "page"
+	KindSocket Kind = "socket"
 )
 
 // Claims is what a viewer token grants: a viewer for one VM (and optionally
 // one session) until Expires, possibly view-only. Nonce makes every token
 // unique so that it can be refused once used.
 type Claims struct {
+	Kind     Kind
 	VMID     string
 	Session  string
 	ViewOnly bool
@@ -46,6 +59,7 @@ type Claims struct {
 
 // wireClaims is the JSON form of Claims inside a token.
 type wireClaims struct {
+	Kind     Kind   `json:"k"`
 	VMID     string `json:"vm"`
 	Session  string `json:"sid,omitempty"`
 	ViewOnly bool   `json:"vo,omitempty"`
@@ -70,8 +84,15 @@ func NewSigner(key []byte) (*Signer, error) {
 }
 
 // Sign returns the compact token for c: base64url(JSON claims) "."
-// base64url(HMAC-SHA256). A missing Nonce is filled with a random one.
+// base64url(HMAC-SHA256). A missing Nonce is filled with a random one and a
+// missing Kind is KindSocket.
 func (s *Signer) Sign(c Claims) (string, error) {
+	if c.Kind == "" {
+		c.Kind = KindSocket
+	}
+	if c.Kind != KindPage && c.Kind != KindSocket {
+		return "", fmt.Errorf("sign viewer token: unknown kind %q", c.Kind)
+	}
 	if c.VMID == "" {
 		return "", errors.New("sign viewer token: empty vm id")
 	}
@@ -86,7 +107,7 @@ func (s *Signer) Sign(c Claims) (string, error) {
 		c.Nonce = n
 	}
 	payload, err := json.Marshal(wireClaims{
-		VMID: c.VMID, Session: c.Session, ViewOnly: c.ViewOnly,
+		Kind: c.Kind, VMID: c.VMID, Session: c.Session, ViewOnly: c.ViewOnly,
 		Expires: c.Expires.Unix(), Nonce: c.Nonce,
 	})
 	if err != nil {
@@ -153,11 +174,11 @@ func decodeClaims(body string) (Claims, error) {
 	if err := json.Unmarshal(raw, &w); err != nil {
 		return Claims{}, fmt.Errorf("%w: bad claims", ErrMalformed)
 	}
-	if w.VMID == "" || w.Nonce == "" || w.Expires == 0 {
+	if w.VMID == "" || w.Nonce == "" || w.Expires == 0 || (w.Kind != KindPage && w.Kind != KindSocket) {
 		return Claims{}, fmt.Errorf("%w: missing claims", ErrMalformed)
 	}
 	return Claims{
-		VMID: w.VMID, Session: w.Session, ViewOnly: w.ViewOnly,
+		Kind: w.Kind, VMID: w.VMID, Session: w.Session, ViewOnly: w.ViewOnly,
 		Expires: time.Unix(w.Expires, 0), Nonce: w.Nonce,
 	}, nil
 }

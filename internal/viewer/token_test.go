@@ -198,6 +198,7 @@ func TestConnectRefusedTokenNeverDials(t *testing.T) {
 		{"forged", sign(t, other, Claims{VMID: "vm-1", Expires: now.Add(time.Minute)}), ErrForged},
 		{"wrong vm", sign(t, s, Claims{VMID: "vm-2", Expires: now.Add(time.Minute)}), ErrWrongVM},
 		{"malformed", "garbage", ErrMalformed},
+		{"page token on the socket", sign(t, s, Claims{Kind: KindPage, VMID: "vm-1", Expires: now.Add(time.Minute)}), ErrWrongKind},
 		{"replayed after close", used, ErrReplayed},
 	}
 	for _, tt := range tests {
