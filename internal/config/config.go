@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,7 +51,38 @@ type Config struct {
 	VM       VMConfig       `toml:"vm"`
 	QEMU     QEMUConfig     `toml:"qemu"`
 	Network  NetworkConfig  `toml:"network"`
+	Viewer   ViewerConfig   `toml:"viewer"`
 	Shutdown ShutdownConfig `toml:"shutdown"`
+}
+
+// ViewerConfig configures browser viewers (noVNC through hearth's
+// WebSocket↔VNC bridge).
+type ViewerConfig struct {
+	// PublicURL is the base URL browsers reach hearth at (e.g.
+	// "https://hearth.example.com/prefix"); viewer links are built on it.
+	// Empty: built from each request (see TrustForwardedHeaders).
+	PublicURL string `toml:"public_url"`
+	// TrustForwardedHeaders derives scheme, host and path prefix from
+	// X-Forwarded-Proto/-Host/-Prefix (or Forwarded) when PublicURL is
+	// empty. Only for a reverse proxy that sets them; off by default.
+	TrustForwardedHeaders bool `toml:"trust_forwarded_headers"`
+	// TokenTTL is a viewer link's default lifetime; MaxTokenTTL the most
+	// a request may ask for. A viewer closes when its link expires.
+	TokenTTL    Duration `toml:"token_ttl"`
+	MaxTokenTTL Duration `toml:"max_token_ttl"`
+	// PingInterval is the server's WebSocket ping period (keepalive).
+	PingInterval Duration `toml:"ping_interval"`
+	// IdleTimeout closes a viewer without traffic either way for this
+	// long; MaxLifetime bounds any one connection. "0s" disables either.
+	IdleTimeout Duration `toml:"idle_timeout"`
+	MaxLifetime Duration `toml:"max_lifetime"`
+	// VNCPort is the guest port viewers connect to. Only VMs whose role
+	// waits for this port (vm.roles) can be viewed.
+	VNCPort int `toml:"vnc_port"`
+	// FrameAncestors are the origins allowed to embed the viewer page in
+	// a frame (CSP frame-ancestors, e.g. "https://app.example.com" or
+	// "'self'"); none by default.
+	FrameAncestors []string `toml:"frame_ancestors"`
 }
 
 // NetworkConfig configures VM networking on the host.
@@ -148,6 +180,15 @@ func Default() Config {
 			DefaultEgress: "open",
 			HostPorts:     []string{},
 		},
+		Viewer: ViewerConfig{
+			TokenTTL:       Duration{15 * time.Minute},
+			MaxTokenTTL:    Duration{2 * time.Hour},
+			PingInterval:   Duration{20 * time.Second},
+			IdleTimeout:    Duration{30 * time.Minute},
+			MaxLifetime:    Duration{8 * time.Hour},
+			VNCPort:        5900,
+			FrameAncestors: []string{},
+		},
 	}
 }
 
@@ -177,17 +218,18 @@ func Load(path string, env []string) (Config, error) {
 // applyEnv applies HEARTH_* overrides.
 func (c *Config) applyEnv(env []string) error {
 	vars := map[string]*string{
-		"HEARTH_STATE_DIR":      &c.StateDir,
-		"HEARTH_LISTEN":         &c.Listen,
-		"HEARTH_DATABASE":       &c.Database,
-		"HEARTH_IMAGE_DIR":      &c.ImageDir,
-		"HEARTH_CACHE_DIR":      &c.CacheDir,
-		"HEARTH_LOG_LEVEL":      &c.LogLevel,
-		"HEARTH_VM_DRIVER":      &c.VM.Driver,
-		"HEARTH_QEMU_BINARY":    &c.QEMU.Binary,
-		"HEARTH_QEMU_ACCEL":     &c.QEMU.Accel,
-		"HEARTH_NETWORK_BRIDGE": &c.Network.Bridge,
-		"HEARTH_NETWORK_SUBNET": &c.Network.Subnet,
+		"HEARTH_STATE_DIR":         &c.StateDir,
+		"HEARTH_LISTEN":            &c.Listen,
+		"HEARTH_DATABASE":          &c.Database,
+		"HEARTH_IMAGE_DIR":         &c.ImageDir,
+		"HEARTH_CACHE_DIR":         &c.CacheDir,
+		"HEARTH_LOG_LEVEL":         &c.LogLevel,
+		"HEARTH_VM_DRIVER":         &c.VM.Driver,
+		"HEARTH_QEMU_BINARY":       &c.QEMU.Binary,
+		"HEARTH_QEMU_ACCEL":        &c.QEMU.Accel,
+		"HEARTH_NETWORK_BRIDGE":    &c.Network.Bridge,
+		"HEARTH_NETWORK_SUBNET":    &c.Network.Subnet,
+		"HEARTH_VIEWER_PUBLIC_URL": &c.Viewer.PublicURL,
 	}
 	durations := map[string]*Duration{
 		"HEARTH_BOOT_TIMEOUT": &c.VM.BootTimeout,
@@ -208,7 +250,11 @@ func (c *Config) applyEnv(env []string) error {
 			}
 			continue
 		}
-		bools := map[string]*bool{"HEARTH_SHUTDOWN_STOP_VMS": &c.Shutdown.StopVMs, "HEARTH_NETWORK_ENABLED": &c.Network.Enabled}
+		bools := map[string]*bool{
+			"HEARTH_SHUTDOWN_STOP_VMS":              &c.Shutdown.StopVMs,
+			"HEARTH_NETWORK_ENABLED":                &c.Network.Enabled,
+			"HEARTH_VIEWER_TRUST_FORWARDED_HEADERS": &c.Viewer.TrustForwardedHeaders,
+		}
 		if p, ok := bools[k]; ok {
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -333,7 +379,43 @@ func (c Config) Validate() error {
 		bad("qemu.qemu_img", "must not be empty")
 	}
 	c.Network.validate(bad)
+	c.Viewer.validate(bad)
 	return errors.Join(errs...)
+}
+
+func (v ViewerConfig) validate(bad func(field, format string, args ...any)) {
+	if v.PublicURL != "" {
+		u, err := url.Parse(v.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			bad("viewer.public_url", "must be an http or https URL with a host and no query, e.g. https://hearth.example.com, got %q", v.PublicURL)
+		}
+	}
+	if v.TokenTTL.Duration < time.Second {
+		bad("viewer.token_ttl", "must be at least 1s, got %s", v.TokenTTL.Duration)
+	}
+	if v.MaxTokenTTL.Duration < v.TokenTTL.Duration {
+		bad("viewer.max_token_ttl", "must be at least viewer.token_ttl (%s), got %s", v.TokenTTL.Duration, v.MaxTokenTTL.Duration)
+	}
+	if v.PingInterval.Duration < time.Second {
+		bad("viewer.ping_interval", "must be at least 1s (idle viewers need keepalive), got %s", v.PingInterval.Duration)
+	}
+	if v.IdleTimeout.Duration < 0 {
+		bad("viewer.idle_timeout", "must not be negative, got %s", v.IdleTimeout.Duration)
+	}
+	if v.MaxLifetime.Duration < 0 {
+		bad("viewer.max_lifetime", "must not be negative, got %s", v.MaxLifetime.Duration)
+	}
+	if v.VNCPort < 1 || v.VNCPort > 65535 {
+		bad("viewer.vnc_port", "must be 1-65535, got %d", v.VNCPort)
+	}
+	for _, a := range v.FrameAncestors {
+		if a == "'self'" {
+			continue
+		}
+		if a == "" || strings.ContainsAny(a, " ;,'\"") {
+			bad("viewer.frame_ancestors", "%q is not a CSP source such as https://app.example.com", a)
+		}
+	}
 }
 
 func (n NetworkConfig) validate(bad func(field, format string, args ...any)) {

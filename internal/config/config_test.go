@@ -50,6 +50,15 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"network.dns", func(c *Config) { c.Network.DNS = []string{"resolver"} }},
 		{"network.default_egress", func(c *Config) { c.Network.DefaultEgress = "allowlist" }},
 		{"network.host_ports", func(c *Config) { c.Network.HostPorts = []string{"sctp/9"} }},
+		{"viewer.public_url", func(c *Config) { c.Viewer.PublicURL = "hearth.example.com" }},
+		{"viewer.public_url", func(c *Config) { c.Viewer.PublicURL = "https://hearth.example.com/?a=b" }},
+		{"viewer.token_ttl", func(c *Config) { c.Viewer.TokenTTL.Duration = 0 }},
+		{"viewer.max_token_ttl", func(c *Config) { c.Viewer.MaxTokenTTL.Duration = time.Minute }},
+		{"viewer.ping_interval", func(c *Config) { c.Viewer.PingInterval.Duration = 0 }},
+		{"viewer.idle_timeout", func(c *Config) { c.Viewer.IdleTimeout.Duration = -time.Second }},
+		{"viewer.max_lifetime", func(c *Config) { c.Viewer.MaxLifetime.Duration = -time.Second }},
+		{"viewer.vnc_port", func(c *Config) { c.Viewer.VNCPort = 0 }},
+		{"viewer.frame_ancestors", func(c *Config) { c.Viewer.FrameAncestors = []string{"'self'; script-src *"} }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.field, func(t *testing.T) {
