@@ -13,9 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +67,10 @@ type Deps struct {
 	// Network attaches VMs to the host network; nil means VMs get none.
 	Network Networker
 	Log     *slog.Logger
+	// OnTransition, if set, is called after every state change with the
+	// VM's new record (e.g. to close its viewers when it stops). It runs
+	// on the changing goroutine and must not block.
+	OnTransition func(store.VM)
 }
 
 // Manager runs VMs.
@@ -74,8 +80,10 @@ type Manager struct {
 	driver vmm.Driver
 	agents AgentDialer
 	net    Networker
-	log    *slog.Logger
-	bus    *Bus
+	// onTransition is Deps.OnTransition.
+	onTransition func(store.VM)
+	log          *slog.Logger
+	bus          *Bus
 
 	ctx    context.Context // the manager's lifetime; VMs' supervisors run under it
 	cancel context.CancelFunc
@@ -90,7 +98,8 @@ func New(cfg Config, d Deps) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{
 		cfg: cfg, store: d.Store, driver: d.Driver, agents: d.Agents, net: d.Network, log: d.Log, bus: NewBus(),
-		ctx: ctx, cancel: cancel, instances: map[string]*instance{},
+		onTransition: d.OnTransition,
+		ctx:          ctx, cancel: cancel, instances: map[string]*instance{},
 	}
 }
 
@@ -473,8 +482,46 @@ func (m *Manager) transition(id string, to store.State, msg string, fn func(*sto
 	if ev != nil {
 		m.bus.Publish(*ev)
 		m.log.Info("vm state", "vm", id, "from", ev.FromState, "to", ev.ToState, "msg", msg)
+		if m.onTransition != nil {
+			m.onTransition(v)
+		}
 	}
 	return v, nil
+}
+
+// GuestAddr returns host:port for reaching port on a ready VM's guest
+// address. The port must be one the VM's role waits for, so that readiness
+// (reported from inside the guest) has proven something listens there.
+// A VM that is gone is not found; one that is not ready, has no network or
+// whose role does not serve port is a conflict.
+func (m *Manager) GuestAddr(ctx context.Context, id string, port int) (string, error) {
+	v, err := m.Get(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if v.State == store.StateDestroyed {
+		return "", errdefs.NotFoundf("vm %s is destroyed", id)
+	}
+	if !slices.Contains(m.cfg.Roles[v.Role], port) {
+		return "", errdefs.Conflictf("vm %s has role %s, which does not serve port %d", id, v.Role, port)
+	}
+	if v.State != store.StateReady {
+		return "", errdefs.Conflictf("vm %s is %s, not ready", id, v.State)
+	}
+	att, err := DecodeAttachment(v.Network)
+	if err != nil || att.Address == "" {
+		return "", errdefs.Conflictf("vm %s has no network address", id)
+	}
+	ip, _, ok := strings.Cut(att.Address, "/")
+	if !ok {
+		ip = att.Address
+	}
+	return net.JoinHostPort(ip, strconv.Itoa(port)), nil
+}
+
+// Serves reports whether VMs of role wait for port before they are ready.
+func (m *Manager) Serves(role string, port int) bool {
+	return slices.Contains(m.cfg.Roles[role], port)
 }
 
 // update changes fields of a VM without a state change.

@@ -416,3 +416,63 @@ func TestShutdownWithStopOnShutdownStopsVMs(t *testing.T) {
 		t.Fatalf("after stop-on-shutdown: %v %s", err, got.State)
 	}
 }
+
+// OnTransition sees every state change; GuestAddr answers only for a ready
+// VM whose role waits for the port.
+func TestTransitionHookAndGuestAddr(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.st.PutImage(ctx, store.Image{ID: "b0b0b0b0b0b0b0b0", Name: "browser", Role: "browser",
+		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: time.Now(), Status: store.ImageVerified}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string][]string{}
+	m := vm.New(e.config(), vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net,
+		Log: slog.New(slog.DiscardHandler), OnTransition: func(v store.VM) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen[v.ID] = append(seen[v.ID], string(v.State))
+		}})
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+
+	b, err := m.Create(ctx, vm.CreateRequest{UserID: "alice", Image: "browser"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mini, err := m.Create(ctx, vm.CreateRequest{UserID: "alice", Image: "minimal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = waitFor(t, m, b.ID, store.StateReady)
+	waitFor(t, m, mini.ID, store.StateReady)
+	att, _ := vm.DecodeAttachment(b.Network)
+	ip, _, _ := strings.Cut(att.Address, "/")
+	if addr, err := m.GuestAddr(ctx, b.ID, 5900); err != nil || addr != ip+":5900" {
+		t.Fatalf("GuestAddr(browser) = %q, %v; want %s:5900", addr, err, ip)
+	}
+	if _, err := m.GuestAddr(ctx, mini.ID, 5900); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("GuestAddr(minimal, 5900) = %v, want conflict (role does not serve it)", err)
+	}
+	if _, err := m.GuestAddr(ctx, "nosuchvm", 5900); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("GuestAddr(unknown) = %v, want not found", err)
+	}
+	if _, err := m.Delete(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.GuestAddr(ctx, b.ID, 5900); !errors.Is(err, errdefs.ErrConflict) && !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("GuestAddr(deleted) = %v, want conflict or not found", err)
+	}
+	waitFor(t, m, b.ID, store.StateDestroyed)
+	if _, err := m.GuestAddr(ctx, b.ID, 5900); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("GuestAddr(destroyed) = %v, want not found", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(seen[b.ID], " "); got != "booting ready stopping stopped destroyed" {
+		t.Fatalf("hook saw %q", got)
+	}
+}
