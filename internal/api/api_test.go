@@ -23,6 +23,7 @@ import (
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vm/vmfake"
 )
@@ -39,6 +40,8 @@ type fixture struct {
 	bob    string
 	router routers.Router
 	spec   *openapi3.T
+	mgr    *vm.Manager
+	vnc    *fakeVNC
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -70,21 +73,42 @@ func newFixture(t *testing.T) *fixture {
 		}
 		return k
 	}
+	if err := st.PutImage(ctx, store.Image{ID: "b0b0b0b0b0b0b0b0b0b0", Name: "browser", Role: "browser",
+		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: now, Status: store.ImageVerified}); err != nil {
+		t.Fatal(err)
+	}
 	agents := &vmfake.Agents{}
 	netw := vmfake.NewNetwork()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	mgr := vm.New(vm.Config{
+	// Guests' VNC servers are one loopback fake; the manager still decides
+	// whether a VM may be viewed.
+	vnc := newFakeVNC(t)
+	var mgr *vm.Manager
+	signer, err := viewer.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewers := viewer.NewService(viewer.Config{PingInterval: time.Second}, signer, func(ctx context.Context, id string) (string, error) {
+		if _, err := mgr.GuestAddr(ctx, id, 5900); err != nil {
+			return "", err
+		}
+		return vnc.addr(), nil
+	}, log)
+	t.Cleanup(func() { _ = viewers.Shutdown(context.Background()) })
+	mgr = vm.New(vm.Config{
 		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
-	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: netw, Log: log})
+	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: netw, Log: log,
+		OnTransition: func(v store.VM) { viewers.OnTransition(v, time.Hour) }})
 	if err := mgr.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = mgr.Shutdown(context.Background()) })
 	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "test",
-		Ready: func() bool { return true }}
+		Ready: func() bool { return true }, Viewers: viewers, ViewerOptions: api.ViewerOptions{
+			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
 
@@ -103,7 +127,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
-		router: router, spec: spec}
+		router: router, spec: spec, mgr: mgr, vnc: vnc}
 }
 
 type answer struct {
@@ -170,7 +194,13 @@ func (f *fixture) do(method, path, key string, body string) answer {
 // route and status must be documented, and the body must match the schema.
 func (f *fixture) checkSpec(req *http.Request, body string, ans answer) {
 	f.t.Helper()
-	route, params, err := f.router.FindRoute(req)
+	find := req
+	if rest, ok := strings.CutPrefix(req.URL.Path, "/viewer/assets/"); ok && strings.Contains(rest, "/") {
+		// OpenAPI path parameters cannot hold slashes; {path...} can.
+		find = req.Clone(context.Background())
+		find.URL.Path = "/viewer/assets/" + strings.ReplaceAll(rest, "/", "_")
+	}
+	route, params, err := f.router.FindRoute(find)
 	if err != nil {
 		if ans.status == http.StatusNotFound || ans.status == http.StatusMethodNotAllowed || ans.status == http.StatusUnauthorized {
 			return // undocumented routes answer 401/404/405 generically
@@ -217,6 +247,7 @@ func TestRoutesMatchSpec(t *testing.T) {
 	}
 	served := map[string]bool{}
 	for _, r := range f.api.Routes() {
+		r.Path = strings.ReplaceAll(r.Path, "...}", "}") // {path...} is {path} in OpenAPI
 		served[r.Method+" "+r.Path] = true
 		if !documented[r.Method+" "+r.Path] {
 			t.Errorf("route %s %s is served but not in api/openapi.yaml", r.Method, r.Path)
@@ -234,15 +265,15 @@ func TestRoutesMatchSpec(t *testing.T) {
 	}
 }
 
-func TestAuthRequiredEverywhereButHealthz(t *testing.T) {
+func TestAuthRequiredEverywhereButPublicRoutes(t *testing.T) {
 	f := newFixture(t)
 	if a := f.do("GET", "/healthz", "", ""); a.status != 200 {
 		t.Fatalf("/healthz without a key: %d", a.status)
 	}
 	wrong := "hearth_aaaaaaaaaaaaaaaa_" + strings.Repeat("b", 52)
 	for _, r := range f.api.Routes() {
-		if r.Path == "/healthz" {
-			continue
+		if r.Public {
+			continue // checked with their own tokens in viewer_test.go
 		}
 		path := strings.ReplaceAll(r.Path, "{id}", "vm-x")
 		for name, key := range map[string]string{"missing": "", "wrong": wrong, "garbage": "not-a-key"} {
@@ -514,7 +545,7 @@ func TestHostAndImagesAndReadyz(t *testing.T) {
 	}
 	var imgs struct{ Images []struct{ Name string } }
 	f.do("GET", "/v1/images", f.alice, "").json(t, &imgs)
-	if len(imgs.Images) != 1 || imgs.Images[0].Name != "minimal" {
+	if len(imgs.Images) != 2 || imgs.Images[0].Name != "minimal" || imgs.Images[1].Name != "browser" {
 		t.Fatalf("images %+v", imgs)
 	}
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -94,6 +95,24 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 		return errdefs.Invalidf("request body must hold a single JSON object")
 	}
 	return nil
+}
+
+// decodeJSONOptional is decodeJSON for requests whose body may be empty
+// (every field has a default).
+func decodeJSONOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	br := bufio.NewReader(r.Body)
+	if _, err := br.Peek(1); err == io.EOF {
+		return nil
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{br, r.Body}
+	return decodeJSON(w, r, v)
 }
 
 func jsonError(err error) error {

@@ -17,6 +17,7 @@ import (
 	apispec "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -30,16 +31,24 @@ type Server struct {
 	Version  string
 	// Ready reports whether the daemon has finished starting.
 	Ready func() bool
+	// Viewers bridges browser viewers to guests' VNC servers; nil
+	// disables the viewer routes (503).
+	Viewers       *viewer.Service
+	ViewerOptions ViewerOptions
 }
 
-// Route is one registered route, for the spec-conformance test.
-type Route struct{ Method, Path string }
+// Route is one registered route, for the spec-conformance test. Public
+// routes need no API key (they carry their own tokens, or none).
+type Route struct {
+	Method, Path string
+	Public       bool
+}
 
 // Routes lists every route the handler serves.
 func (s *Server) Routes() []Route {
 	var rs []Route
 	for _, r := range s.table() {
-		rs = append(rs, Route{r.method, r.path})
+		rs = append(rs, Route{r.method, r.path, r.public})
 	}
 	return rs
 }
@@ -65,6 +74,12 @@ func (s *Server) table() []route {
 		{"GET", "/v1/vms/{id}/console", false, s.console},
 		{"POST", "/v1/vms/{id}/exec", false, s.execVM},
 		{"GET", "/v1/events", false, s.events},
+		{"POST", "/v1/vms/{id}/viewer", false, s.createViewer},
+		// Viewer routes carry their own tokens instead of API keys.
+		{"POST", "/v1/vms/{id}/viewer/ticket", true, s.viewerTicket},
+		{"GET", "/v1/vms/{id}/viewer/socket", true, s.viewerSocket},
+		{"GET", "/viewer/{id}", true, s.viewerPage},
+		{"GET", "/viewer/assets/{path...}", true, s.viewerAsset},
 	}
 }
 
@@ -72,6 +87,7 @@ func (s *Server) table() []route {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	methods := map[string][]string{}
+	public := map[string]bool{}
 	for _, r := range s.table() {
 		h := r.h
 		if !r.public {
@@ -79,14 +95,19 @@ func (s *Server) Handler() http.Handler {
 		}
 		mux.HandleFunc(r.method+" "+r.path, h)
 		methods[r.path] = append(methods[r.path], r.method)
+		public[r.path] = r.public
 	}
 	// A known path with another method: a JSON 405 naming what is allowed.
 	for path, ms := range methods {
 		allow := strings.Join(ms, ", ")
-		mux.HandleFunc(path, s.authenticate(func(w http.ResponseWriter, r *http.Request) {
+		h := func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)
 			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+" (allowed: "+allow+")")
-		}))
+		}
+		if !public[path] {
+			h = s.authenticate(h)
+		}
+		mux.HandleFunc(path, h)
 	}
 	// Anything else: JSON 404/405 instead of the mux's plain text, but only
 	// after authentication, so unauthenticated callers learn nothing.

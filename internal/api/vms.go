@@ -48,6 +48,8 @@ type vmJSON struct {
 	ReadyAt       *time.Time `json:"ready_at,omitempty"`
 	StoppedAt     *time.Time `json:"stopped_at,omitempty"`
 	DestroyedAt   *time.Time `json:"destroyed_at,omitempty"`
+	// Viewers lists open browser viewers, for VMs that can have them.
+	Viewers []viewerInfoJSON `json:"viewers,omitzero"`
 }
 
 func optTime(t time.Time) *time.Time {
@@ -164,7 +166,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]vmJSON, 0, len(vms))
 	for _, v := range vms {
-		out = append(out, toJSON(v))
+		out = append(out, s.withViewers(toJSON(v)))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"vms": out})
 }
@@ -186,7 +188,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (store.VM, bool)
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
 	if v, ok := s.lookup(w, r); ok {
-		writeJSON(w, http.StatusOK, toJSON(v))
+		writeJSON(w, http.StatusOK, s.withViewers(toJSON(v)))
 	}
 }
 

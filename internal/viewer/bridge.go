@@ -30,7 +30,7 @@ var (
 	ReasonPingTimeout    = CloseReason{4006, "keepalive timeout"}
 	ReasonInvalidToken   = CloseReason{4007, "invalid token"}
 	ReasonViewOnly       = CloseReason{4008, "unsupported input in view-only mode"}
-	ReasonVMStopped      = CloseReason{4009, "vm stopped"}
+	ReasonVMFailed       = CloseReason{4009, "vm failed"}
 	ReasonShutdown       = CloseReason{websocket.StatusGoingAway, "server shutting down"}
 	ReasonClientClosed   = CloseReason{websocket.StatusNormalClosure, "viewer closed"}
 	ReasonBinaryOnly     = CloseReason{websocket.StatusUnsupportedData, "binary messages only"}

@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/store"
 )
 
 // Subprotocol is the WebSocket subprotocol noVNC asks for.
@@ -309,6 +310,19 @@ func (s *Service) CloseVM(vmID string, reason CloseReason, forgetAfter time.Dura
 		v.closer.Close(reason)
 	}
 	return len(s.open[vmID])
+}
+
+// OnTransition closes v's viewers when v leaves service: "vm destroyed"
+// once it is being stopped (hearth stops VMs only to destroy them), "vm
+// failed" when it fails. Viewers of that VM are refused from then on, for
+// as long as forgetAfter (the longest a link lives).
+func (s *Service) OnTransition(v store.VM, forgetAfter time.Duration) {
+	switch v.State {
+	case store.StateStopping, store.StateStopped, store.StateDestroyed:
+		s.CloseVM(v.ID, ReasonVMDestroyed, forgetAfter)
+	case store.StateFailed:
+		s.CloseVM(v.ID, ReasonVMFailed, forgetAfter)
+	}
 }
 
 // Shutdown closes every viewer with ReasonShutdown and waits for them, or

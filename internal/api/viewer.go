@@ -1,0 +1,345 @@
+package api
+
+import (
+	"errors"
+	"io/fs"
+	"mime"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/viewer"
+)
+
+// ViewerOptions configure the browser viewer routes.
+type ViewerOptions struct {
+	// PublicURL, if set, is the base of every viewer link.
+	PublicURL *url.URL
+	// TrustForwarded takes scheme, host and prefix from X-Forwarded-* or
+	// Forwarded headers when PublicURL is nil.
+	TrustForwarded bool
+	DefaultTTL     time.Duration
+	MaxTTL         time.Duration
+	// VNCPort is the guest port viewers reach; only roles that wait for it
+	// can be viewed.
+	VNCPort int
+	// FrameAncestors go into the page's CSP frame-ancestors ('none' if
+	// empty).
+	FrameAncestors []string
+	// Assets hold viewer.html, its scripts and noVNC; AssetsErr says why
+	// they cannot be served (e.g. noVNC not built), nil if they can.
+	Assets    fs.FS
+	AssetsErr error
+}
+
+type viewerInfoJSON struct {
+	ID       string    `json:"id"`
+	OpenedAt time.Time `json:"opened_at"`
+	ViewOnly bool      `json:"view_only"`
+	Session  string    `json:"session,omitempty"`
+	Remote   string    `json:"remote"`
+}
+
+// withViewers adds v's open viewers to its answer.
+func (s *Server) withViewers(j vmJSON) vmJSON {
+	if s.Viewers == nil || !s.VMs.Serves(j.Role, s.ViewerOptions.VNCPort) {
+		return j
+	}
+	open := s.Viewers.Open(j.ID)
+	j.Viewers = make([]viewerInfoJSON, 0, len(open))
+	for _, o := range open {
+		j.Viewers = append(j.Viewers, viewerInfoJSON{ID: o.ID, OpenedAt: o.OpenedAt, ViewOnly: o.ViewOnly, Session: o.Session, Remote: o.Remote})
+	}
+	return j
+}
+
+type createViewerRequest struct {
+	ViewOnly   bool `json:"view_only"`
+	TTLSeconds int  `json:"ttl_seconds"`
+}
+
+type viewerJSON struct {
+	URL          string    `json:"url"`
+	WebSocketURL string    `json:"websocket_url"`
+	ExpiresAt    time.Time `json:"expires_at"`
+	ViewOnly     bool      `json:"view_only"`
+}
+
+// viewable refuses VMs that cannot be viewed now or later.
+func (s *Server) viewable(v store.VM) error {
+	if s.Viewers == nil {
+		return errdefs.Unavailablef("viewers are not enabled on this server")
+	}
+	if !s.VMs.Serves(v.Role, s.ViewerOptions.VNCPort) {
+		return errdefs.Conflictf("vm %s has role %s, which serves no VNC screen (port %d) to view", v.ID, v.Role, s.ViewerOptions.VNCPort)
+	}
+	switch v.State {
+	case store.StatePending, store.StateBooting, store.StateReady:
+		return nil
+	}
+	return errdefs.Conflictf("vm %s is %s: it has no screen to view", v.ID, v.State)
+}
+
+func (s *Server) createViewer(w http.ResponseWriter, r *http.Request) {
+	var req createViewerRequest
+	if err := decodeJSONOptional(w, r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ttl := s.ViewerOptions.DefaultTTL
+	if req.TTLSeconds != 0 {
+		ttl = time.Duration(req.TTLSeconds) * time.Second
+		if req.TTLSeconds < 1 || ttl > s.ViewerOptions.MaxTTL {
+			s.fail(w, r, errdefs.Invalidf("ttl_seconds must be 1-%d, got %d", int(s.ViewerOptions.MaxTTL/time.Second), req.TTLSeconds))
+			return
+		}
+	}
+	v, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	if err := s.viewable(v); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	g, err := s.Viewers.Issue(v.ID, viewer.IssueOptions{TTL: ttl, ViewOnly: req.ViewOnly})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	base := s.viewerBase(r)
+	page := base.JoinPath("viewer", v.ID)
+	page.Fragment = "token=" + g.PageToken // never sent to a server, so never logged
+	writeJSON(w, http.StatusCreated, viewerJSON{
+		URL: page.String(), WebSocketURL: socketURL(base, v.ID, g.SocketToken),
+		ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly,
+	})
+}
+
+// socketURL is the WebSocket URL of vmID's viewer socket with token.
+func socketURL(base *url.URL, vmID, token string) string {
+	u := base.JoinPath("v1", "vms", vmID, "viewer", "socket")
+	u.Scheme = map[string]string{"https": "wss"}[base.Scheme]
+	if u.Scheme == "" {
+		u.Scheme = "ws"
+	}
+	u.RawQuery = url.Values{"token": {token}}.Encode()
+	return u.String()
+}
+
+// viewerBase is the URL browsers reach hearth at: the configured public
+// URL, else the (trusted) forwarded headers, else the request itself.
+func (s *Server) viewerBase(r *http.Request) *url.URL {
+	if s.ViewerOptions.PublicURL != nil {
+		u := *s.ViewerOptions.PublicURL
+		return &u
+	}
+	u := &url.URL{Scheme: "http", Host: r.Host}
+	if r.TLS != nil {
+		u.Scheme = "https"
+	}
+	if !s.ViewerOptions.TrustForwarded {
+		return u
+	}
+	proto, host := forwarded(r.Header.Get("Forwarded"))
+	if proto == "" {
+		proto = firstValue(r.Header.Get("X-Forwarded-Proto"))
+	}
+	if host == "" {
+		host = firstValue(r.Header.Get("X-Forwarded-Host"))
+	}
+	if proto == "http" || proto == "https" {
+		u.Scheme = proto
+	}
+	if validHost(host) {
+		u.Host = host
+	}
+	if p := firstValue(r.Header.Get("X-Forwarded-Prefix")); strings.HasPrefix(p, "/") && !strings.ContainsAny(p, "?#\\ ") {
+		u.Path = strings.TrimSuffix(path.Clean(p), "/")
+	}
+	return u
+}
+
+// forwarded reads proto and host from the first element of an RFC 7239
+// Forwarded header.
+func forwarded(h string) (proto, host string) {
+	first, _, _ := strings.Cut(h, ",")
+	for _, pair := range strings.Split(first, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok {
+			continue
+		}
+		v = strings.Trim(v, `"`)
+		switch strings.ToLower(k) {
+		case "proto":
+			proto = strings.ToLower(v)
+		case "host":
+			host = v
+		}
+	}
+	return proto, host
+}
+
+func firstValue(h string) string {
+	v, _, _ := strings.Cut(h, ",")
+	return strings.TrimSpace(v)
+}
+
+// validHost accepts host or host:port and nothing that could smuggle a
+// path, credentials or another URL.
+func validHost(h string) bool {
+	if h == "" || strings.ContainsAny(h, "/\\@?# ") {
+		return false
+	}
+	u, err := url.Parse("http://" + h)
+	return err == nil && u.Host == h
+}
+
+// viewerPageCSP is the page's content security policy: its own scripts
+// and styles only, WebSocket to hearth, no plugins or forms.
+func (s *Server) viewerPageCSP(base *url.URL) string {
+	ws := "ws://" + base.Host
+	if base.Scheme == "https" {
+		ws = "wss://" + base.Host
+	}
+	ancestors := "'none'"
+	if len(s.ViewerOptions.FrameAncestors) > 0 {
+		ancestors = strings.Join(s.ViewerOptions.FrameAncestors, " ")
+	}
+	return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; " +
+		"connect-src 'self' " + ws + "; frame-ancestors " + ancestors + "; base-uri 'none'; form-action 'none'"
+}
+
+// viewerHeaders are set on every viewer page and asset.
+func viewerHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cross-Origin-Opener-Policy", "same-origin")
+}
+
+func (s *Server) assetsErr() error {
+	if s.ViewerOptions.Assets == nil {
+		return errdefs.Unavailablef("the viewer page is not available on this server")
+	}
+	if s.ViewerOptions.AssetsErr != nil {
+		return errdefs.Unavailablef("the viewer page is not available: %v", s.ViewerOptions.AssetsErr)
+	}
+	return nil
+}
+
+// viewerPage serves the noVNC page. It needs no credentials: the page
+// token is in the URL fragment, which browsers never send.
+func (s *Server) viewerPage(w http.ResponseWriter, r *http.Request) {
+	if err := s.assetsErr(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	page, err := fs.ReadFile(s.ViewerOptions.Assets, "viewer.html")
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	viewerHeaders(w)
+	w.Header().Set("Content-Security-Policy", s.viewerPageCSP(s.viewerBase(r)))
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_, _ = w.Write(page)
+}
+
+// viewerAsset serves the page's scripts, styles and noVNC.
+func (s *Server) viewerAsset(w http.ResponseWriter, r *http.Request) {
+	if err := s.assetsErr(); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	name := r.PathValue("path")
+	if !fs.ValidPath(name) || name == "." || strings.HasSuffix(name, "/") {
+		writeError(w, http.StatusNotFound, "not_found", "no viewer asset "+name)
+		return
+	}
+	data, err := fs.ReadFile(s.ViewerOptions.Assets, name)
+	if err != nil {
+		writeError(w, http.StatusNotFound, "not_found", "no viewer asset "+name)
+		return
+	}
+	ctype := mime.TypeByExtension(path.Ext(name))
+	if ctype == "" {
+		ctype = "application/octet-stream"
+	}
+	viewerHeaders(w)
+	w.Header().Set("Content-Type", ctype)
+	w.Header().Set("Cache-Control", "no-cache")
+	_, _ = w.Write(data)
+}
+
+type ticketJSON struct {
+	WebSocketURL string    `json:"websocket_url"`
+	ExpiresAt    time.Time `json:"expires_at"`
+	ViewOnly     bool      `json:"view_only"`
+}
+
+// viewerTicket trades the page token (Authorization: Bearer) for a
+// single-use socket URL, so the page can connect and reconnect until its
+// link expires.
+func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if s.Viewers == nil {
+		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		return
+	}
+	id := r.PathValue("id")
+	tok, ok := auth.BearerToken(r.Header.Get("Authorization"))
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer"`)
+		writeError(w, http.StatusUnauthorized, "invalid_token", "missing viewer token: send Authorization: Bearer <page token>")
+		return
+	}
+	sock, claims, err := s.Viewers.Ticket(tok, id)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
+		if errors.Is(err, viewer.ErrExpired) {
+			writeError(w, http.StatusUnauthorized, "token_expired", "this viewer link has expired: ask for a new one")
+			return
+		}
+		writeError(w, http.StatusUnauthorized, "invalid_token", "this viewer link is not valid for vm "+id)
+		return
+	}
+	v, err := s.VMs.Get(r.Context(), id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	switch v.State {
+	case store.StatePending, store.StateBooting:
+		s.fail(w, r, errdefs.Conflictf("vm %s is %s; its screen is not up yet", id, v.State))
+		return
+	case store.StateReady:
+	default:
+		s.fail(w, r, errdefs.NotFoundf("vm %s is %s; it has no screen any more", id, v.State))
+		return
+	}
+	writeJSON(w, http.StatusOK, ticketJSON{
+		WebSocketURL: socketURL(s.viewerBase(r), id, sock), ExpiresAt: claims.Expires.UTC(), ViewOnly: claims.ViewOnly,
+	})
+}
+
+// viewerSocket is the viewer's WebSocket. The token is checked by the
+// viewer service before anything reaches the guest; refusals arrive as
+// close frames with a reason the page can show.
+func (s *Server) viewerSocket(w http.ResponseWriter, r *http.Request) {
+	if s.Viewers == nil {
+		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		return
+	}
+	var origins []string
+	if base := s.viewerBase(r); base.Host != r.Host {
+		origins = []string{base.Host}
+	}
+	s.Viewers.ServeSocket(w, r, r.PathValue("id"), r.URL.Query().Get("token"), origins)
+}
