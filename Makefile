@@ -6,18 +6,47 @@ BIN := bin
 LDFLAGS_APP := -X github.com/hearth-project/hearth/internal/app.Version=$(VERSION)
 LDFLAGS_AGENT := -X main.version=$(VERSION)
 
-.PHONY: all build hearth agent image up test test-unit test-integration vet bench clean
+.PHONY: all build hearth agent web web-test image up test test-unit test-integration vet bench clean
 
 all: build
 
 build: hearth agent
 
-hearth:
+hearth: web
 	$(GO) build -trimpath -ldflags "$(LDFLAGS_APP)" -o $(BIN)/hearth ./cmd/hearth
 
 # The in-guest agent: static, no cgo.
 agent:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS_AGENT)" -o $(BIN)/hearth-agent ./cmd/hearth-agent
+
+# The browser viewer's noVNC files, embedded into hearth by the web package.
+# npm installs the pinned, integrity-checked package from web/package-lock.json
+# (from the local cache when it has it); only noVNC's browser files and its
+# licence are copied into web/dist/novnc. The version file is the stamp: it is
+# rewritten only when package.json or the lock change, so a rebuild is instant.
+# The npm cache is hearth's shared one (root, as for image builds), else the
+# user's own.
+NPM ?= npm
+NPM_CACHE ?= $(shell if [ -w /var/cache/hearth/npm ] || [ "$$(id -u)" -eq 0 ]; then echo /var/cache/hearth/npm; else echo "$$HOME/.npm"; fi)
+NOVNC_PKG := web/node_modules/@novnc/novnc
+WEB_STAMP := web/dist/novnc.version
+
+web: $(WEB_STAMP)
+
+$(WEB_STAMP): web/package.json web/package-lock.json web/.npmrc
+	cd web && $(NPM) ci --cache $(NPM_CACHE) --prefer-offline --no-audit --no-fund
+	rm -rf web/dist/novnc $@
+	mkdir -p web/dist/novnc/vendor
+	cp -R $(NOVNC_PKG)/core web/dist/novnc/
+	cp -R $(NOVNC_PKG)/vendor/pako web/dist/novnc/vendor/
+	cp $(NOVNC_PKG)/LICENSE.txt $(NOVNC_PKG)/AUTHORS $(NOVNC_PKG)/docs/LICENSE.MPL-2.0 web/dist/novnc/
+	test -f web/dist/novnc/core/rfb.js
+	node -p 'JSON.parse(require("fs").readFileSync("$(NOVNC_PKG)/package.json")).version' > $@.tmp
+	mv $@.tmp $@
+
+# The viewer page's own logic (reconnect policy), with node's test runner.
+web-test:
+	node --test web/test/*.test.mjs
 
 # The minimal guest image (kernel + busybox initramfs + small ext4 root with the agent).
 image: build
@@ -31,7 +60,7 @@ vet:
 	$(GO) vet ./...
 
 # Every test: unit tests, then (as root) integration tests with real QEMU guests.
-test: vet
+test: web vet web-test
 	./scripts/test.sh
 
 test-unit:
@@ -41,4 +70,4 @@ bench:
 	./bench/run.sh
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) web/dist/novnc $(WEB_STAMP)
