@@ -2,7 +2,7 @@
 # Runs every benchmark (root, QEMU) and writes docs/BENCHMARKS.md. Each one
 # compares hearth with the named alternative in the same run.
 #   ./bench/run.sh                 # all; as root (or: make bench)
-#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk or images
+#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer or images
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
@@ -12,7 +12,7 @@ for tool in iptables bc; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $tool >/dev/null
 done
 make build >/dev/null
-for b in vmbench netbench diskbench; do go build -o bin/$b ./bench/$b; done
+for b in vmbench netbench diskbench viewerbench; do go build -o bin/$b ./bench/$b; done
 RUNS=${RUNS:-10}
 which=${1:-all}
 out=$(mktemp -d)
@@ -36,6 +36,15 @@ fi
 if [ "$which" = all ] || [ "$which" = disk ]; then
   bin/diskbench -runs 5 >"$out/disk.md"
 fi
+if [ "$which" = all ] || [ "$which" = viewer ]; then
+  # The browser viewer's bridge against websockify (Debian's, 0.10), on loopback.
+  if ! command -v websockify >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends websockify >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends websockify >/dev/null; }
+  fi
+  bin/viewerbench >"$out/viewer.md"
+fi
 if [ "$which" = all ] || [ "$which" = images ]; then
   ./bench/images.sh >"$out/images.md"
 fi
@@ -57,6 +66,7 @@ section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
     cat "$out/net300.md"; echo
   fi
   section "$out/disk.md"
+  section "$out/viewer.md"
   section "$out/images.md"
 } > "$out/BENCHMARKS.md"
 if [ "$which" = all ]; then
