@@ -269,7 +269,11 @@ func (s *Server) viewerAsset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctype := mime.TypeByExtension(path.Ext(name))
-	if ctype == "" {
+	switch {
+	case ctype != "":
+	case path.Ext(name) == "":
+		ctype = "text/plain; charset=utf-8" // LICENSE, README
+	default:
 		ctype = "application/octet-stream"
 	}
 	viewerHeaders(w)

@@ -28,6 +28,7 @@ Usage:
   hearth vm create --image NAME [--role R] [--vcpus N] [--memory MIB] [--user U] [--boot-timeout 90s] [--wait]
   hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] | rm ID [--wait]
   hearth vm exec ID [--timeout 30s] -- COMMAND [ARGS...]
+  hearth vm viewer ID [--view-only] [--ttl 15m]   (prints a link to watch the VM's screen in a browser)
   hearth apikey create [--admin] [--user U] [--name NAME] [--save]
   hearth image build [--profile minimal] [--agent PATH] | list
   hearth host setup                  (bridge, ip_forward, nftables; the daemon also does it at start)
@@ -269,7 +270,7 @@ func printJSON(w io.Writer, v any) error {
 
 func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) < 1 {
-		return errors.New("usage: hearth vm create|list|get|wait|console|rm")
+		return errors.New("usage: hearth vm create|list|get|wait|console|exec|viewer|rm")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("vm "+sub, flag.ContinueOnError)
@@ -288,6 +289,8 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		follow      = fs.Bool("follow", false, "keep streaming (console)")
 		offset      = fs.Int64("offset", 0, "start offset (console)")
 		egress      = fs.String("egress", "", "egress policy (create): open or none")
+		viewOnly    = fs.Bool("view-only", false, "the viewer sends no input (viewer)")
+		ttl         = fs.Duration("ttl", 0, "viewer link lifetime (viewer; default: the server's)")
 	)
 	pos, err := parse(fs, args[1:])
 	if err != nil {
@@ -379,6 +382,24 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if res.ExitCode != 0 {
 			return fmt.Errorf("exit status %d", res.ExitCode)
 		}
+		return nil
+	case "viewer":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		if *ttl < 0 || (*ttl > 0 && *ttl < time.Second) {
+			return fmt.Errorf("--ttl must be at least 1s, got %s", *ttl)
+		}
+		l, err := cl.CreateViewer(ctx, id, client.CreateViewer{ViewOnly: *viewOnly, TTLSeconds: int(ttl.Seconds())})
+		if err != nil {
+			return err
+		}
+		// The link is a credential until it expires: it goes to stdout
+		// only, for the caller to hand to one person.
+		fmt.Fprintln(stdout, l.URL)
+		fmt.Fprintf(os.Stderr, "expires %s%s\n", l.ExpiresAt.Local().Format(time.RFC3339),
+			map[bool]string{true: " (view only)"}[l.ViewOnly])
 		return nil
 	case "rm":
 		id, err := needID()

@@ -21,6 +21,7 @@ import (
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
@@ -95,7 +96,18 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return fmt.Errorf("network: %w", err)
 	}
 	defer closeNet()
-	mgr := vm.New(vmConfig(cfg), vm.Deps{Store: st, Driver: drv, Agents: vm.AgentAPIDialer{}, Network: netw, Log: log})
+	var mgr *vm.Manager
+	viewers, err := newViewers(cfg, &mgr, log)
+	if err != nil {
+		return err
+	}
+	forget := cfg.Viewer.MaxTokenTTL.Duration
+	mgr = vm.New(vmConfig(cfg), vm.Deps{Store: st, Driver: drv, Agents: vm.AgentAPIDialer{}, Network: netw, Log: log,
+		OnTransition: func(v store.VM) { viewers.OnTransition(v, forget) }})
+	vopts := viewerOptions(cfg)
+	if vopts.AssetsErr != nil {
+		log.Warn("viewer page unavailable", "err", vopts.AssetsErr)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -108,7 +120,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	defer cancelBase()
 	srv := &http.Server{
 		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now},
-			Log: log, Version: Version, Ready: ready.Load}).Handler(),
+			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 	}
@@ -138,6 +150,11 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
+	// Viewer sockets are hijacked connections the HTTP server no longer
+	// tracks: close them with "server shutting down" (1001).
+	if err := viewers.Shutdown(sctx); err != nil {
+		log.Warn("viewers", "err", err)
+	}
 	if err := mgr.Shutdown(sctx); err != nil {
 		return err
 	}

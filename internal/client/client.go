@@ -66,24 +66,49 @@ type EgressRule struct {
 
 // VM mirrors the API's VM object.
 type VM struct {
-	ID            string     `json:"id"`
-	User          string     `json:"user"`
-	Image         string     `json:"image"`
-	Role          string     `json:"role"`
-	VCPUs         int        `json:"vcpus"`
-	MemoryMiB     int        `json:"memory_mib"`
-	Driver        string     `json:"driver"`
-	State         string     `json:"state"`
-	FailureReason string     `json:"failure_reason,omitempty"`
-	ConsoleTail   *string    `json:"console_tail,omitempty"`
-	Agent         *Agent     `json:"agent,omitempty"`
-	Network       *Network   `json:"network,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-	BootDeadline  time.Time  `json:"boot_deadline"`
-	ReadyAt       *time.Time `json:"ready_at,omitempty"`
-	StoppedAt     *time.Time `json:"stopped_at,omitempty"`
-	DestroyedAt   *time.Time `json:"destroyed_at,omitempty"`
+	ID            string       `json:"id"`
+	User          string       `json:"user"`
+	Image         string       `json:"image"`
+	Role          string       `json:"role"`
+	VCPUs         int          `json:"vcpus"`
+	MemoryMiB     int          `json:"memory_mib"`
+	Driver        string       `json:"driver"`
+	State         string       `json:"state"`
+	FailureReason string       `json:"failure_reason,omitempty"`
+	ConsoleTail   *string      `json:"console_tail,omitempty"`
+	Agent         *Agent       `json:"agent,omitempty"`
+	Network       *Network     `json:"network,omitempty"`
+	CreatedAt     time.Time    `json:"created_at"`
+	UpdatedAt     time.Time    `json:"updated_at"`
+	BootDeadline  time.Time    `json:"boot_deadline"`
+	ReadyAt       *time.Time   `json:"ready_at,omitempty"`
+	StoppedAt     *time.Time   `json:"stopped_at,omitempty"`
+	DestroyedAt   *time.Time   `json:"destroyed_at,omitempty"`
+	Viewers       []ViewerInfo `json:"viewers,omitempty"`
+}
+
+// ViewerInfo is one open browser viewer of a VM.
+type ViewerInfo struct {
+	ID       string    `json:"id"`
+	OpenedAt time.Time `json:"opened_at"`
+	ViewOnly bool      `json:"view_only"`
+	Session  string    `json:"session,omitempty"`
+	Remote   string    `json:"remote"`
+}
+
+// CreateViewer is the body of POST /v1/vms/{id}/viewer.
+type CreateViewer struct {
+	ViewOnly   bool `json:"view_only,omitempty"`
+	TTLSeconds int  `json:"ttl_seconds,omitempty"`
+}
+
+// Viewer is a viewer link: the page (token in its fragment) and a
+// single-use WebSocket URL.
+type Viewer struct {
+	URL          string    `json:"url"`
+	WebSocketURL string    `json:"websocket_url"`
+	ExpiresAt    time.Time `json:"expires_at"`
+	ViewOnly     bool      `json:"view_only"`
 }
 
 // Agent is what the guest agent reported.
@@ -178,6 +203,13 @@ func (c *Client) ListVMs(ctx context.Context) ([]VM, error) {
 func (c *Client) DeleteVM(ctx context.Context, id string) (VM, error) {
 	var v VM
 	err := c.Do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(id), nil, &v)
+	return v, err
+}
+
+// CreateViewer returns a link to view a VM's screen in a browser.
+func (c *Client) CreateViewer(ctx context.Context, id string, req CreateViewer) (Viewer, error) {
+	var v Viewer
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(id)+"/viewer", req, &v)
 	return v, err
 }
 

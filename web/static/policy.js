@@ -22,6 +22,7 @@ export const CLOSE_TEXT = Object.freeze({
   4006: 'keepalive timeout',
   4007: 'invalid token',
   4008: 'unsupported input in view-only mode',
+  4009: 'vm failed',
 });
 
 // What the page does next.
@@ -51,6 +52,7 @@ const FINAL_CLOSE = {
   4004: 'This viewer session reached its maximum lifetime. ' + NEW_LINK,
   4007: NEW_LINK,
   4008: '',
+  4009: 'The VM failed; its owner can see why in the API.',
 };
 
 // Close codes after which the page reconnects by itself (transient).
@@ -190,13 +192,14 @@ export function vmIDFromPath(pathname) {
   }
 }
 
-// ticketURL returns where to POST for a ticket: {vmID}/ticket next to the
-// page (…/viewer/{vmID} → …/viewer/{vmID}/ticket), keeping any path prefix
-// a proxy puts in front, and dropping the page's query and fragment.
+// ticketURL returns where to POST for a ticket: the API's
+// v1/vms/{vmID}/viewer/ticket beside the page's viewer/ directory
+// (…/viewer/{vmID} → …/v1/vms/{vmID}/viewer/ticket), keeping any path
+// prefix a proxy puts in front, and dropping the page's query and fragment.
 export function ticketURL(pageURL) {
   const u = new URL(pageURL);
   const last = u.pathname.split('/').pop();
-  return new URL(`./${last}/ticket`, u).href;
+  return new URL(`../v1/vms/${last}/viewer/ticket`, u).href;
 }
 
 // websocketURL resolves the ticket's websocket_url against the page URL and

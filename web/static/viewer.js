@@ -2,7 +2,7 @@
 //
 // The page lives at …/viewer/{vmID}#token=<page token>. It keeps the page
 // token in sessionStorage (so a reload works) and drops it from the address
-// bar. For every connection it POSTs {vmID}/ticket with the page token as a
+// bar. For every connection it POSTs v1/vms/{vmID}/viewer/ticket with the page token as a
 // bearer token, opens the ticket's single-use websocket_url itself (to read
 // the close code and reason hearth sends) and hands the socket to noVNC.
 // What happens after a close is decided by policy.js.

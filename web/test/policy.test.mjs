@@ -24,6 +24,7 @@ const table = [
   [4006, 'keepalive timeout', RETRY],
   [4007, 'invalid token', STOP],
   [4008, 'unsupported input in view-only mode', STOP],
+  [4009, 'vm failed', STOP],
   [1000, 'viewer closed', STOP],
   [1001, 'server shutting down', RETRY],
   [1003, 'binary messages only', BUTTON],
@@ -87,7 +88,7 @@ test('idle timeout offers Reconnect and never retries by itself', () => {
 });
 
 test('unknown codes let the user decide', () => {
-  for (const code of [1002, 1005, 1008, 1009, 4009, 4999]) {
+  for (const code of [1002, 1005, 1008, 1009, 4999]) {
     assert.equal(decideClose(code, '', 1).action, BUTTON, `code ${code}`);
   }
 });
@@ -209,10 +210,10 @@ test('the VM id comes from the path', () => {
   assert.equal(shortID('vm-1'), 'vm-1');
 });
 
-test('the ticket is next to the page, under any prefix', () => {
-  assert.equal(ticketURL('https://h.example/viewer/vm-1#token=x'), 'https://h.example/viewer/vm-1/ticket');
-  assert.equal(ticketURL('https://h.example/p/q/viewer/vm-1?a=b'), 'https://h.example/p/q/viewer/vm-1/ticket');
-  assert.equal(ticketURL('http://127.0.0.1:8080/viewer/vm%3A1'), 'http://127.0.0.1:8080/viewer/vm%3A1/ticket');
+test('the ticket is the API route beside the page, under any prefix', () => {
+  assert.equal(ticketURL('https://h.example/viewer/vm-1#token=x'), 'https://h.example/v1/vms/vm-1/viewer/ticket');
+  assert.equal(ticketURL('https://h.example/p/q/viewer/vm-1?a=b'), 'https://h.example/p/q/v1/vms/vm-1/viewer/ticket');
+  assert.equal(ticketURL('http://127.0.0.1:8080/viewer/vm%3A1'), 'http://127.0.0.1:8080/v1/vms/vm%3A1/viewer/ticket');
 });
 
 test('websocket_url may be absolute, a path, or relative to the page', () => {

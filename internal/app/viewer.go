@@ -1,0 +1,90 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/hearth-project/hearth/internal/api"
+	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/viewer"
+	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/web"
+)
+
+// viewerKeyFile holds the key viewer links are signed with. It is kept
+// across restarts so that links handed out stay valid.
+const viewerKeyFile = "viewer.key"
+
+// loadViewerKey reads the signing key, creating a random one (0600) on
+// first start.
+func loadViewerKey(stateDir string) ([]byte, error) {
+	path := filepath.Join(stateDir, viewerKeyFile)
+	key, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("make viewer key: %w", err)
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create viewer key: %w", err)
+		}
+		_, werr := f.Write(key)
+		if err := errors.Join(werr, f.Sync(), f.Close()); err != nil {
+			_ = os.Remove(path)
+			return nil, fmt.Errorf("write viewer key %s: %w", path, err)
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read viewer key: %w", err)
+	}
+	if len(key) < viewer.MinKeySize {
+		return nil, fmt.Errorf("viewer key %s is %d bytes, need %d (remove it to make a new one; open viewer links stop working)", path, len(key), viewer.MinKeySize)
+	}
+	return key, nil
+}
+
+// newViewers builds the viewer service; mgr is read when a viewer
+// connects, after the manager exists.
+func newViewers(cfg config.Config, mgr **vm.Manager, log *slog.Logger) (*viewer.Service, error) {
+	key, err := loadViewerKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := viewer.NewSigner(key)
+	if err != nil {
+		return nil, err
+	}
+	port := cfg.Viewer.VNCPort
+	return viewer.NewService(viewer.Config{
+		PingInterval: cfg.Viewer.PingInterval.Duration,
+		IdleTimeout:  cfg.Viewer.IdleTimeout.Duration,
+		MaxLifetime:  cfg.Viewer.MaxLifetime.Duration,
+	}, signer, func(ctx context.Context, id string) (string, error) {
+		return (*mgr).GuestAddr(ctx, id, port)
+	}, log.With("component", "viewer")), nil
+}
+
+// viewerOptions are the API's viewer settings from the configuration.
+func viewerOptions(cfg config.Config) api.ViewerOptions {
+	o := api.ViewerOptions{
+		TrustForwarded: cfg.Viewer.TrustForwardedHeaders,
+		DefaultTTL:     cfg.Viewer.TokenTTL.Duration,
+		MaxTTL:         cfg.Viewer.MaxTokenTTL.Duration,
+		VNCPort:        cfg.Viewer.VNCPort,
+		FrameAncestors: cfg.Viewer.FrameAncestors,
+		Assets:         web.Assets(),
+		AssetsErr:      web.NoVNCBuilt(),
+	}
+	if cfg.Viewer.PublicURL != "" {
+		o.PublicURL, _ = url.Parse(cfg.Viewer.PublicURL) // validated by config.Validate
+	}
+	return o
+}
