@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages hearth needs on a host (idempotent).
+#   scripts/host-deps.sh          what hearth itself needs
+#   scripts/host-deps.sh --test   and what its tests need
 #   qemu-system-x86, qemu-utils  the QEMU driver (-M microvm) and qcow2 overlays
 #   busybox-static               the guest initramfs and minimal root
 #   e2fsprogs                    mkfs.ext4 -d builds root filesystems without loop mounts
@@ -7,8 +9,11 @@
 #   iproute2, nftables           network namespaces for tests; nft to inspect hearth's rules
 #   debootstrap, npm             the workspace and browser images (npm fetches Node.js and the AI CLIs)
 #   xvfb, x11vnc                 a real VNC server on loopback for the viewer bridge's tests
+# With --test:
+#   chromium                     the viewer page end to end (headless, driven over CDP)
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap xvfb x11vnc)
+[ "${1:-}" = "--test" ] && pkgs+=(chromium)
 # npm: any npm will do (only its registry access is used); install Debian's
 # only when none is on PATH, so a host's own Node.js is left alone.
 command -v npm >/dev/null || pkgs+=(npm)

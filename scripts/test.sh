@@ -6,9 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 if [ "$(id -u)" -eq 0 ]; then
-  ./scripts/host-deps.sh
+  ./scripts/host-deps.sh --test
   export HEARTH_TEST_DEBOOTSTRAP=1   # real debootstrap builds in internal/image too
 else
   echo "not root: end-to-end tests with real guests will be skipped (run: sudo make test)" >&2
 fi
-go test -race -count=1 -timeout 40m ./...
+export HEARTH_ARTIFACTS_DIR=${HEARTH_ARTIFACTS_DIR:-$PWD/out/artifacts}
+rm -rf "$HEARTH_ARTIFACTS_DIR"
+rc=0
+go test -race -count=1 -timeout 40m ./... || rc=$?
+# What the end-to-end tests saved (e.g. the viewer's canvas screenshot).
+if [ -d "$HEARTH_ARTIFACTS_DIR" ]; then
+  echo "test artifacts in $HEARTH_ARTIFACTS_DIR:"
+  find "$HEARTH_ARTIFACTS_DIR" -type f -printf '  %p (%s bytes)\n'
+fi
+exit $rc
