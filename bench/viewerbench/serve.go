@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/hearth-project/hearth/internal/viewer"
 )
 
@@ -55,7 +53,7 @@ func serveHearth(args []string) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{"binary"}})
+			ws, err := viewer.Accept(w, r, nil, *bufSize) // as hearth's viewer socket does
 			if err != nil {
 				return
 			}

@@ -39,7 +39,7 @@ var (
 
 // Defaults for zero Options fields.
 const (
-	DefaultBufferSize     = 32 << 10
+	DefaultBufferSize     = 128 << 10
 	DefaultMaxMessageSize = 1 << 20
 )
 

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 )
@@ -152,10 +150,7 @@ func (s *Service) Ticket(pageToken, vmID string) (string, Claims, error) {
 // reason, and no connection is made to the guest. originHosts are the
 // browser origins allowed besides the request's own Host.
 func (s *Service) ServeSocket(w http.ResponseWriter, r *http.Request, vmID, token string, originHosts []string) {
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		Subprotocols:   []string{Subprotocol},
-		OriginPatterns: originHosts,
-	})
+	ws, err := Accept(w, r, originHosts, 0)
 	if err != nil {
 		s.log.Info("viewer upgrade refused", "vm", vmID, "remote", r.RemoteAddr, "err", err)
 		return // Accept has answered
