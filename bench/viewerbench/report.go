@@ -70,12 +70,12 @@ func report(c config, sides []*side, res []result, versions string) {
 	} else {
 		fmt.Printf(" Missed: %s.\n", strings.Join(missed, "; "))
 	}
-	buf := "its default read buffer"
+	buf := "its default chunk (128 KiB, each sent in one write)"
 	if c.hearthBuffer > 0 {
 		buf = fmt.Sprintf("BufferSize %d (**not** hearth's default)", c.hearthBuffer)
 	}
-	fmt.Printf("\nhearth's process is the bridge as hearth runs it: WebSocket accepted with the \"binary\" subprotocol, "+
-		"compression off, viewer.Bridge with a 20 s ping, a 30 min idle limit and %s (no token check or logging); "+
+	fmt.Printf("\nhearth's process is the bridge as hearth runs it: WebSocket accepted by viewer.Accept (\"binary\" subprotocol, "+
+		"compression off), viewer.Bridge with a 20 s ping, a 30 min idle limit and %s (no token check or logging); "+
 		"websockify runs with its defaults (no heartbeat). "+
 		"Pss per idle viewer = (Pss with %d idle viewers − Pss with none) / %d, after it settles.\n", buf, c.idle, c.idle)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
+	"github.com/hearth-project/hearth/web"
 )
 
 // Check is one line of `hearth doctor`.
@@ -84,6 +85,18 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 	out = append(out, checkStateDir(cfg)...)
 	out = append(out, checkNetwork(ctx, cfg)...)
 	out = append(out, checkImages(ctx, cfg))
+	if err := web.NoVNCBuilt(); err != nil {
+		out = append(out, failc("viewer", "the browser viewer page is not in this binary: "+err.Error(),
+			"run make web (needs node and npm), then rebuild hearth"))
+	} else {
+		detail := "noVNC " + web.NoVNCVersion() + " embedded"
+		if cfg.Viewer.PublicURL != "" {
+			detail += "; links on " + cfg.Viewer.PublicURL
+		} else if cfg.Viewer.TrustForwardedHeaders {
+			detail += "; links from trusted X-Forwarded-* headers"
+		}
+		out = append(out, ok("viewer", detail))
+	}
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
 			out = append(out, ok("listen", cfg.Listen+" (loopback only)"))

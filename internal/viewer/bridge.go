@@ -287,9 +287,16 @@ func (b *bridge) keepalive(ctx context.Context) end {
 		}
 		pctx, cancel := context.WithTimeout(ctx, b.opts.PingTimeout)
 		err := b.ws.Ping(pctx)
+		late := errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
 		cancel()
-		if err != nil {
+		if late {
 			return end{reason: ReasonPingTimeout, err: fmt.Errorf("ping viewer: %w", err)}
+		}
+		if err != nil {
+			// The connection is gone (the browser closed it, or the
+			// bridge is ending): the reader reports why.
+			<-ctx.Done()
+			return end{reason: ReasonShutdown}
 		}
 	}
 }

@@ -3,38 +3,73 @@ package viewer
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"io"
+	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
-// rfbConn is a browser-side RFB byte stream over ws. A goroutine keeps
-// reading the WebSocket (so pings are answered while the test is idle) and
-// hands the bytes over through a pipe.
+// rfbConn is a browser-side RFB byte stream over ws. Like a browser, it
+// never stops reading the WebSocket (so pings are answered however long
+// the test is idle): a goroutine moves every message into an unbounded
+// buffer that Read drains.
 type rfbConn struct {
-	io.Reader
 	io.Writer
+	mu   sync.Mutex
+	cond *sync.Cond
+	buf  []byte
+	err  error
 }
 
-func newRFBConn(t *testing.T, ws *websocket.Conn) rfbConn {
+func newRFBConn(t *testing.T, ws *websocket.Conn) *rfbConn {
 	t.Helper()
 	nc := websocket.NetConn(t.Context(), ws, websocket.MessageBinary)
-	pr, pw := io.Pipe()
+	c := &rfbConn{Writer: nc}
+	c.cond = sync.NewCond(&c.mu)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, err := io.Copy(pw, nc)
-		pw.CloseWithError(err)
+		p := make([]byte, 64<<10)
+		for {
+			n, err := nc.Read(p)
+			c.mu.Lock()
+			c.buf = append(c.buf, p[:n]...)
+			if err != nil {
+				c.err = err
+			}
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
 	}()
 	t.Cleanup(func() {
-		pr.Close()
 		ws.CloseNow()
 		<-done
 	})
-	return rfbConn{Reader: pr, Writer: nc}
+	return c
+}
+
+// Read returns buffered bytes, waiting for some; at the end it returns the
+// connection's error (io.EOF for a normal or going-away close).
+func (c *rfbConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.buf) == 0 && c.err == nil {
+		c.cond.Wait()
+	}
+	if len(c.buf) == 0 {
+		return 0, c.err
+	}
+	n := copy(p, c.buf)
+	c.buf = c.buf[n:]
+	return n, nil
 }
 
 func TestBridgeRFBHandshake(t *testing.T) {
@@ -265,5 +300,77 @@ func TestBridgeNoGoroutineLeak(t *testing.T) {
 			t.Fatalf("goroutines: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// streamServer sends data to every connection, then waits for the peer.
+func streamServer(t *testing.T, data []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := c.Write(data); err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// A large stream arrives intact and in order, in frames over 64 KiB too,
+// with pings interleaved.
+func TestBridgeLargeStreamIntact(t *testing.T) {
+	data := make([]byte, 24<<20)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	addr := streamServer(t, data)
+	{
+		// Pings interleave with the data frames: the framing must survive them.
+		srv := newBridgeServer(t, t.Context(), addr, Options{PingInterval: 20 * time.Millisecond, PingTimeout: 10 * time.Second})
+		ws := srv.dial(t)
+		ws.SetReadLimit(1 << 24)
+		got := make([]byte, 0, len(data))
+		sizes := map[string]bool{}
+		for len(got) < len(data) {
+			typ, p, err := ws.Read(t.Context())
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", len(got), err)
+			}
+			if typ != websocket.MessageBinary {
+				t.Fatalf("message type %v", typ)
+			}
+			switch {
+			case len(p) <= 125:
+				sizes["small"] = true
+			case len(p) <= 0xffff:
+				sizes["16-bit"] = true
+			default:
+				sizes["64-bit"] = true
+			}
+			got = append(got, p...)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatal("stream differs")
+		}
+		if !sizes["64-bit"] {
+			t.Fatalf("no frame over 64 KiB (sizes %v)", sizes)
+		}
+		ws.Close(websocket.StatusNormalClosure, "")
+		if r := srv.result(t); r.reason != ReasonClientClosed {
+			t.Fatalf("bridge ended with %v, %v", r.reason, r.err)
+		}
 	}
 }

@@ -216,16 +216,29 @@ func requestUpdate(c io.ReadWriter) error {
 	if _, err := c.Write(req); err != nil {
 		return err
 	}
+	// The server may send other messages first (x11vnc sends the
+	// clipboard, ServerCutText, when it changes): skip them.
+	var typ [1]byte
+	for {
+		if _, err := io.ReadFull(c, typ[:]); err != nil {
+			return fmt.Errorf("read message type: %w", err)
+		}
+		if typ[0] == 0 { // FramebufferUpdate
+			break
+		}
+		if err := skipServerMessage(c, typ[0]); err != nil {
+			return err
+		}
+	}
 	var hdr struct {
-		Type  uint8
 		_     uint8
 		Rects uint16
 	}
 	if err := binary.Read(c, binary.BigEndian, &hdr); err != nil {
 		return fmt.Errorf("read update header: %w", err)
 	}
-	if hdr.Type != 0 || hdr.Rects == 0 {
-		return fmt.Errorf("got message %d with %d rects, want FramebufferUpdate", hdr.Type, hdr.Rects)
+	if hdr.Rects == 0 {
+		return fmt.Errorf("FramebufferUpdate with no rectangles")
 	}
 	for range hdr.Rects {
 		var r struct {
@@ -243,6 +256,41 @@ func requestUpdate(c io.ReadWriter) error {
 		}
 	}
 	return nil
+}
+
+// skipServerMessage reads past a server message other than
+// FramebufferUpdate (RFC 6143 §7.6).
+func skipServerMessage(c io.Reader, typ byte) error {
+	switch typ {
+	case 1: // SetColourMapEntries
+		var h struct {
+			_      uint8
+			First  uint16
+			Colors uint16
+		}
+		if err := binary.Read(c, binary.BigEndian, &h); err != nil {
+			return err
+		}
+		_, err := io.CopyN(io.Discard, c, int64(h.Colors)*6)
+		return err
+	case 2: // Bell
+		return nil
+	case 3: // ServerCutText
+		var h struct {
+			_   [3]uint8
+			Len uint32
+		}
+		if err := binary.Read(c, binary.BigEndian, &h); err != nil {
+			return err
+		}
+		if h.Len > 1<<20 {
+			return fmt.Errorf("ServerCutText of %d bytes", h.Len)
+		}
+		_, err := io.CopyN(io.Discard, c, int64(h.Len))
+		return err
+	default:
+		return fmt.Errorf("unexpected server message type %d", typ)
+	}
 }
 
 // closeOf reads from ws until it fails and returns the close frame.
