@@ -1,6 +1,7 @@
 // Package store defines hearth's persistent state: users, API keys, images,
-// VMs (with the handle that lets a restarted daemon re-attach to them) and an
-// append-only event log. Backends live in sub-packages (sqlite is the embedded
+// VMs (with the handle that lets a restarted daemon re-attach to them),
+// provider logins and the credentials they capture (stored sealed: the store
+// never sees a credential's plaintext) and an append-only event log. Backends live in sub-packages (sqlite is the embedded
 // default); every backend passes the suite in store/storetest.
 package store
 
@@ -137,12 +138,77 @@ type VMFilter struct {
 type Event struct {
 	ID        int64 // assigned by the store, strictly increasing
 	At        time.Time
-	Type      string // e.g. "vm.state"
+	Type      string // e.g. "vm.state", "login.state"
 	VMID      string
 	UserID    string
-	FromState State
+	LoginID   string // set on login events
+	FromState State  // for login events, the login states as State(string)
 	ToState   State
 	Message   string
+}
+
+// LoginState is where a provider login stands.
+type LoginState string
+
+const (
+	LoginStarting     LoginState = "starting"      // the browser VM is being prepared
+	LoginAwaitingUser LoginState = "awaiting_user" // the user has to finish the provider's sign-in
+	LoginCapturing    LoginState = "capturing"     // the CLI's credential file is being taken
+	LoginCompleted    LoginState = "completed"     // the credential is stored (Login.CredentialID)
+	LoginFailed       LoginState = "failed"
+	LoginCancelled    LoginState = "cancelled"
+	LoginExpired      LoginState = "expired"
+)
+
+// Terminal reports whether the login is over: no state change can follow.
+func (s LoginState) Terminal() bool {
+	switch s {
+	case LoginCompleted, LoginFailed, LoginCancelled, LoginExpired:
+		return true
+	}
+	return false
+}
+
+// Login is one attempt to log a user's CLI (e.g. "claude_code") into its
+// provider inside a browser VM. A user has at most one active (non-terminal)
+// login per provider.
+type Login struct {
+	ID            string
+	UserID        string
+	Provider      string
+	State         LoginState
+	FailureReason string
+	BrowserVMID   string // the browser VM running the login ("" until created)
+	CredentialID  string // the captured credential; set when completed
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	ExpiresAt     time.Time
+	CompletedAt   time.Time // when it reached a terminal state (zero before)
+}
+
+// LoginFilter narrows ListLogins. Zero values match everything.
+type LoginFilter struct {
+	UserID   string
+	Provider string
+	// ActiveOnly lists only logins in a non-terminal state.
+	ActiveOnly bool
+}
+
+// Credential is a provider credential a login captured, stored sealed by
+// internal/vault (envelope encryption): the plaintext never reaches the
+// store.
+type Credential struct {
+	ID         string
+	UserID     string
+	Provider   string
+	LoginID    string // the login that captured it
+	KeyID      string // id of the master key that wraps the data key
+	WrappedKey []byte // the per-credential data key, sealed under the master key
+	Sealed     []byte // the credential plaintext sealed under the data key (nonce included)
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	ExpiresAt  time.Time // zero: unknown or does not expire
+	Valid      bool
 }
 
 // Users stores tenants.
@@ -208,6 +274,40 @@ type Leases interface {
 	DeleteLease(ctx context.Context, vmID string) error
 }
 
+// Logins stores provider logins.
+type Logins interface {
+	// CreateLogin inserts l, which must be in a non-terminal state, and
+	// appends a "login.created" event in the same transaction. It fails with
+	// ErrConflict if l.ID exists or the user already has an active login for
+	// l.Provider (the database enforces it, so of concurrent creates exactly
+	// one succeeds).
+	CreateLogin(ctx context.Context, l Login) (Event, error)
+	GetLogin(ctx context.Context, id string) (Login, error)
+	ListLogins(ctx context.Context, f LoginFilter) ([]Login, error) // oldest first
+	// UpdateLogin reads the login, applies fn and writes it back in one
+	// transaction. If fn changes State, a "login.state" event is appended in
+	// the same transaction (Message taken from msg) and returned. A login in
+	// a terminal state cannot change state again (ErrConflict). If fn returns
+	// an error nothing is written and that error is returned.
+	UpdateLogin(ctx context.Context, id, msg string, fn func(*Login) error) (Login, *Event, error)
+}
+
+// Credentials stores sealed credentials, one per user and provider.
+type Credentials interface {
+	// PutCredential inserts c, replacing the record the user already has for
+	// c.Provider, if any.
+	PutCredential(ctx context.Context, c Credential) error
+	GetCredential(ctx context.Context, userID, provider string) (Credential, error)
+	// ListCredentials returns userID's credentials ("" for every user's),
+	// ordered by user, then provider.
+	ListCredentials(ctx context.Context, userID string) ([]Credential, error)
+	// RewrapCredential replaces the KeyID and WrappedKey of the record with
+	// id, but only if its KeyID is still oldKeyID (ErrConflict otherwise):
+	// key rotation's compare-and-swap.
+	RewrapCredential(ctx context.Context, id, oldKeyID, newKeyID string, wrapped []byte) error
+	DeleteCredential(ctx context.Context, userID, provider string) error
+}
+
 // Events is the append-only event log.
 type Events interface {
 	AppendEvent(ctx context.Context, e Event) (Event, error)
@@ -222,6 +322,8 @@ type Store interface {
 	Images
 	VMs
 	Leases
+	Logins
+	Credentials
 	Events
 	Ping(ctx context.Context) error
 	Close() error

@@ -11,7 +11,7 @@ import (
 // defaultEventLimit is how many events ListEvents returns when limit <= 0.
 const defaultEventLimit = 1000
 
-const eventColumns = `id, at, type, vm_id, user_id, from_state, to_state, message`
+const eventColumns = `id, at, type, vm_id, user_id, login_id, from_state, to_state, message`
 
 // AppendEvent appends e to the log and returns it with the ID the store
 // assigned (any ID set by the caller is ignored). IDs strictly increase.
@@ -30,9 +30,9 @@ func (db *DB) AppendEvent(ctx context.Context, e store.Event) (store.Event, erro
 // insertEvent inserts e (ignoring e.ID) and returns its new ID.
 func insertEvent(ctx context.Context, q querier, e store.Event) (int64, error) {
 	res, err := q.ExecContext(ctx,
-		`INSERT INTO events (at, type, vm_id, user_id, from_state, to_state, message)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		timeArg(e.At), e.Type, e.VMID, e.UserID, string(e.FromState), string(e.ToState), e.Message)
+		`INSERT INTO events (at, type, vm_id, user_id, login_id, from_state, to_state, message)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		timeArg(e.At), e.Type, e.VMID, e.UserID, e.LoginID, string(e.FromState), string(e.ToState), e.Message)
 	if err != nil {
 		return 0, fmt.Errorf("insert event: %w", err)
 	}
@@ -66,7 +66,7 @@ func scanEvent(r rowScanner) (store.Event, error) {
 		e        store.Event
 		from, to string
 	)
-	err := r.Scan(&e.ID, scanTime(&e.At), &e.Type, &e.VMID, &e.UserID, &from, &to, &e.Message)
+	err := r.Scan(&e.ID, scanTime(&e.At), &e.Type, &e.VMID, &e.UserID, &e.LoginID, &from, &to, &e.Message)
 	if err != nil {
 		return store.Event{}, noRows(err)
 	}

@@ -23,6 +23,7 @@ func testEvents(t *testing.T, s store.Store) {
 			Type:      "vm.state",
 			VMID:      fmt.Sprintf("vm-%d", i),
 			UserID:    "u-1",
+			LoginID:   fmt.Sprintf("login-%d", i%2), // login events name their login
 			FromState: store.StatePending,
 			ToState:   store.StateBooting,
 			Message:   fmt.Sprintf("event %d", i),

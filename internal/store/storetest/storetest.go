@@ -49,6 +49,20 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentUpdateVM", testConcurrentUpdateVM},
 		{"Leases", testLeases},
 		{"ConcurrentLeases", testConcurrentLeases},
+		{"Logins", testLogins},
+		{"LoginsInvalid", testLoginsInvalid},
+		{"ListLogins", testListLogins},
+		{"LoginAfterTerminal", testLoginAfterTerminal},
+		{"UpdateLogin", testUpdateLogin},
+		{"UpdateLoginTerminal", testUpdateLoginTerminal},
+		{"UpdateLoginRefused", testUpdateLoginRefused},
+		{"ConcurrentCreateLogin", testConcurrentCreateLogin},
+		{"ConcurrentFinishLogin", testConcurrentFinishLogin},
+		{"Credentials", testCredentials},
+		{"CredentialsReplace", testCredentialsReplace},
+		{"CredentialsInvalid", testCredentialsInvalid},
+		{"RewrapCredential", testRewrapCredential},
+		{"ConcurrentRewrapCredential", testConcurrentRewrapCredential},
 		{"Events", testEvents},
 		{"EventsDefaultLimit", testEventsDefaultLimit},
 		{"ZeroTimes", testZeroTimes},
@@ -163,6 +177,37 @@ func normVM(v store.VM) store.VM {
 	return v
 }
 
+func normLogin(l store.Login) store.Login {
+	for _, p := range []*time.Time{&l.CreatedAt, &l.UpdatedAt, &l.ExpiresAt, &l.CompletedAt} {
+		*p = normTime(*p)
+	}
+	return l
+}
+
+func normLogins(ls []store.Login) []store.Login {
+	out := make([]store.Login, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, normLogin(l))
+	}
+	return out
+}
+
+func normCredential(c store.Credential) store.Credential {
+	c.WrappedKey, c.Sealed = normBytes(c.WrappedKey), normBytes(c.Sealed)
+	for _, p := range []*time.Time{&c.CreatedAt, &c.UpdatedAt, &c.ExpiresAt} {
+		*p = normTime(*p)
+	}
+	return c
+}
+
+func normCredentials(cs []store.Credential) []store.Credential {
+	out := make([]store.Credential, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, normCredential(c))
+	}
+	return out
+}
+
 func normEvent(e store.Event) store.Event {
 	e.At = normTime(e.At)
 	return e
@@ -235,6 +280,55 @@ func newVM(id, userID string, state store.State, created time.Time) store.VM {
 		DestroyedAt:     created.Add(6 * time.Second),
 		Network:         []byte(`{"ip":"172.30.0.9","tap":"hthabc"}`),
 	}
+}
+
+// newLogin returns an active login with every field but CompletedAt set.
+func newLogin(id, userID, provider string, created time.Time) store.Login {
+	return store.Login{
+		ID:            id,
+		UserID:        userID,
+		Provider:      provider,
+		State:         store.LoginStarting,
+		FailureReason: "",
+		BrowserVMID:   "vm-browser-" + id,
+		CreatedAt:     created,
+		UpdatedAt:     created.Add(time.Second),
+		ExpiresAt:     created.Add(15 * time.Minute),
+	}
+}
+
+// newCredential returns a credential with every field set; its sealed
+// fields are opaque bytes (the store never opens them).
+func newCredential(id, userID, provider, keyID string, created time.Time) store.Credential {
+	return store.Credential{
+		ID:         id,
+		UserID:     userID,
+		Provider:   provider,
+		LoginID:    "login-" + id,
+		KeyID:      keyID,
+		WrappedKey: []byte("wrapped data key of " + id + " under " + keyID),
+		Sealed:     []byte("sealed credential " + id + "\x00\xff"),
+		CreatedAt:  created,
+		UpdatedAt:  created.Add(time.Second),
+		ExpiresAt:  created.Add(24 * time.Hour),
+		Valid:      true,
+	}
+}
+
+func loginIDs(ls []store.Login) []string {
+	ids := make([]string, 0, len(ls))
+	for _, l := range ls {
+		ids = append(ids, l.ID)
+	}
+	return ids
+}
+
+func credentialIDs(cs []store.Credential) []string {
+	ids := make([]string, 0, len(cs))
+	for _, c := range cs {
+		ids = append(ids, c.ID)
+	}
+	return ids
 }
 
 func vmIDs(vms []store.VM) []string {
