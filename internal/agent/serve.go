@@ -65,6 +65,9 @@ type server struct {
 	limits   map[string]chan struct{} // tighter bounds for some request types
 	requests sync.WaitGroup           // request goroutines
 
+	cmu     sync.Mutex
+	cancels map[requestKey]context.CancelFunc // requests in progress, for cancel
+
 	// Owned by the reading goroutine.
 	received bool     // a line was read from the host
 	sess     *session // the current host session, nil before a challenge
@@ -92,12 +95,18 @@ func newServer(rw io.ReadWriter, token []byte, opts Options) *server {
 		dec:      agentapi.NewDecoder(rw),
 		net:      networker{ops: opts.netOps, linkTimeout: opts.linkTimeout, resolvConf: opts.resolvConf},
 		inflight: make(chan struct{}, maxInflightRequests),
-		limits:   map[string]chan struct{}{agentapi.TypeExec: make(chan struct{}, maxConcurrentExecs)},
+		limits: map[string]chan struct{}{
+			agentapi.TypeExec:  make(chan struct{}, maxConcurrentExecs),
+			agentapi.TypeLogin: make(chan struct{}, maxConcurrentLogins),
+		},
+		cancels: map[requestKey]context.CancelFunc{},
 	}
 	s.handlers = map[string]handler{
 		agentapi.TypePing:     s.ping,
 		agentapi.TypeShutdown: s.shutdown,
 		agentapi.TypeExec:     s.exec,
+		agentapi.TypeLogin:    s.login,
+		agentapi.TypeCancel:   s.cancel,
 	}
 	return s
 }
@@ -259,16 +268,88 @@ func (s *server) onRequest(req agentapi.Envelope) {
 		s.reply(sess, req.ID, nil, err)
 		return
 	}
+	key := requestKey{sess, req.ID}
+	ctx, cancel := context.WithCancel(context.WithValue(sess.ctx, sessionKey{}, sess))
+	s.cmu.Lock()
+	s.cancels[key] = cancel
+	s.cmu.Unlock()
 	s.requests.Add(1)
 	go func() {
 		defer s.requests.Done()
-		result, afterReply, err := h(sess.ctx, req)
+		result, afterReply, err := h(ctx, req)
 		written := s.reply(sess, req.ID, result, err)
+		s.cmu.Lock()
+		delete(s.cancels, key)
+		s.cmu.Unlock()
+		cancel()
 		release()
 		if written && afterReply != nil {
 			afterReply()
 		}
 	}()
+}
+
+// sessionKey carries a request's session in its context.
+type sessionKey struct{}
+
+// requestKey names a request in progress: ids are per session.
+type requestKey struct {
+	sess *session
+	id   uint64
+}
+
+// maxConcurrentLogins bounds the logins running at once.
+const maxConcurrentLogins = 2
+
+// cancel cancels a request of the current session that is still running
+// (one that already ended is not an error).
+func (s *server) cancel(ctx context.Context, req agentapi.Envelope) (any, func(), error) {
+	var c agentapi.Cancel
+	if err := req.DecodeBody(&c); err != nil {
+		return nil, nil, err
+	}
+	s.cmu.Lock()
+	for k, cancel := range s.cancels {
+		if k.id == c.RequestID && k.sess == ctx.Value(sessionKey{}) {
+			cancel()
+		}
+	}
+	s.cmu.Unlock()
+	return struct{}{}, nil, nil
+}
+
+// login runs a provider CLI's login and answers with its credential
+// files. Progress goes to the host as it happens. Neither the files nor
+// the URL are logged.
+func (s *server) login(ctx context.Context, req agentapi.Envelope) (any, func(), error) {
+	var r agentapi.LoginRequest
+	if err := req.DecodeBody(&r); err != nil {
+		return nil, nil, err
+	}
+	if err := r.Validate(); err != nil {
+		return nil, nil, err
+	}
+	progress := func(p agentapi.LoginProgress) {
+		if ctx.Err() != nil {
+			return
+		}
+		msg, err := agentapi.NewMessage(agentapi.TypeLoginProgress, req.ID, p)
+		if err == nil {
+			err = s.enc.Encode(msg)
+		}
+		if err != nil {
+			s.logSendError(ctx, err)
+		}
+	}
+	s.log.Info("login starting", "cmd", clip(r.Argv[0], maxHelloField), "user", r.User)
+	res, err := runLogin(ctx, r, progress, s.log)
+	if err != nil {
+		s.log.Warn("login failed", "cmd", clip(r.Argv[0], maxHelloField), "err", err)
+		return nil, nil, err
+	}
+	s.log.Info("login captured its credentials", "cmd", clip(r.Argv[0], maxHelloField), "files", len(res.Files),
+		"exit_code", res.ExitCode, "duration", res.Duration)
+	return res, nil, nil
 }
 
 // route returns the handler of a request of the configured session.

@@ -77,6 +77,8 @@ type Session struct {
 	err     error
 	lastID  uint64
 	pending map[uint64]chan Envelope
+	// progress holds the callbacks of logins in flight, by request id.
+	progress map[uint64]func(LoginProgress)
 
 	// Owned by the reader goroutine.
 	required  []int
@@ -289,6 +291,8 @@ func (s *Session) dispatch(env Envelope) error {
 		return s.onReady(env)
 	case TypeHeartbeat:
 		return s.onHeartbeat(env)
+	case TypeLoginProgress:
+		return s.onLoginProgress(env)
 	default:
 		return nil
 	}

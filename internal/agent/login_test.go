@@ -1,0 +1,241 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+)
+
+// fakeCLI is a login CLI for tests: it asks which method to use, prints an
+// authorization URL (coloured, like real CLIs) and also hands it to
+// $BROWSER, waits until the "browser" approved, then writes its credential
+// file in two parts (a reader in between sees incomplete JSON) and exits.
+const fakeCLI = `#!/bin/sh
+printf 'Welcome!\n\033[1mChoose a login method:\033[0m\n  1) Browser\n  2) API key\n> '
+read choice
+[ "$choice" = 1 ] || { echo "bad choice: $choice"; exit 3; }
+url="https://auth.invalid/authorize?client_id=fake&state=s123"
+printf 'Open this URL to log in:\n\033[4m%s\033[0m\n' "$url"
+[ -n "$BROWSER" ] && "$BROWSER" "$url"
+while [ ! -e "$APPROVED" ]; do sleep 0.05; done
+mkdir -p "$(dirname "$CRED")"
+printf '{"tokens": {"access_token": "at-secret", ' > "$CRED"
+sleep 0.3
+printf '"refresh_token": "rt-secret"}}\n' >> "$CRED"
+echo "Login successful"
+`
+
+type loginFixture struct {
+	dir, cli, cred, approved, browserLog string
+	sess                                 *agentapi.Session
+}
+
+func newLoginFixture(t *testing.T) *loginFixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &loginFixture{dir: dir, cli: filepath.Join(dir, "fake-cli"), cred: filepath.Join(dir, "home", ".fake", "auth.json"),
+		approved: filepath.Join(dir, "approved"), browserLog: filepath.Join(dir, "browser.log")}
+	if err := os.WriteFile(f.cli, []byte(fakeCLI), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The guest browser: records the URL; the test approves later.
+	browser := filepath.Join(dir, "browser")
+	if err := os.WriteFile(browser, []byte("#!/bin/sh\nprintf '%s\\n' \"$1\" >> "+shellQuote(f.browserLog)+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.sess = execSession(t, agentapi.Config{HeartbeatInterval: time.Hour})
+	return f
+}
+
+func (f *loginFixture) request(t *testing.T) agentapi.LoginRequest {
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return agentapi.LoginRequest{
+		User: u.Username, Argv: []string{f.cli},
+		Env:        []string{"CRED=" + f.cred, "APPROVED=" + f.approved},
+		Steps:      []agentapi.LoginStep{{Expect: `Choose a login method`, Send: "1\n", Timeout: 10 * time.Second}},
+		URLPattern: `https://auth\.invalid/authorize\?\S+`,
+		Browser:    []string{filepath.Join(f.dir, "browser")},
+		Credentials: []agentapi.CredentialFile{{Path: f.cred, Format: "json",
+			Required: []string{"tokens.access_token", "tokens.refresh_token"}}},
+		Timeout: time.Minute,
+	}
+}
+
+type progressLog struct {
+	mu sync.Mutex
+	ps []agentapi.LoginProgress
+	ch chan agentapi.LoginProgress
+}
+
+func newProgressLog() *progressLog { return &progressLog{ch: make(chan agentapi.LoginProgress, 16)} }
+
+func (p *progressLog) add(x agentapi.LoginProgress) {
+	p.mu.Lock()
+	p.ps = append(p.ps, x)
+	p.mu.Unlock()
+	p.ch <- x
+}
+
+func (p *progressLog) waitPhase(t *testing.T, phase string) agentapi.LoginProgress {
+	t.Helper()
+	for {
+		select {
+		case x := <-p.ch:
+			if x.Phase == phase {
+				return x
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no %s progress", phase)
+		}
+	}
+}
+
+// The whole login: the prompt answered, the URL found (once, though the
+// CLI both prints it and hands it to $BROWSER) and opened in the
+// "browser", the credential file captured only once complete.
+func TestLoginCapturesCompleteCredentials(t *testing.T) {
+	f := newLoginFixture(t)
+	progress := newProgressLog()
+	type outcome struct {
+		res agentapi.LoginResult
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := f.sess.Login(t.Context(), f.request(t), progress.add)
+		done <- outcome{res, err}
+	}()
+	progress.waitPhase(t, agentapi.LoginStarted)
+	if p := progress.waitPhase(t, agentapi.LoginPrompt); p.Step != 0 {
+		t.Fatalf("prompt progress %+v", p)
+	}
+	p := progress.waitPhase(t, agentapi.LoginURL)
+	if p.URL != "https://auth.invalid/authorize?client_id=fake&state=s123" {
+		t.Fatalf("url %q", p.URL)
+	}
+	opened, err := os.ReadFile(f.browserLog)
+	if err != nil || strings.Count(string(opened), "https://") != 1 {
+		t.Fatalf("browser opened %q (%v), want the URL once", opened, err)
+	}
+	if err := os.WriteFile(f.approved, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var o outcome
+	select {
+	case o = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("login did not finish")
+	}
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if len(o.res.Files) != 1 || !strings.Contains(string(o.res.Files[0].Content), `"refresh_token": "rt-secret"`) {
+		t.Fatalf("captured %q", o.res.Files)
+	}
+	if o.res.ExitCode != 0 {
+		t.Fatalf("exit code %d", o.res.ExitCode)
+	}
+}
+
+// A CLI that gives up is a failure that says what happened and shows no
+// credential content; cancelling stops the CLI.
+func TestLoginFailuresAndCancel(t *testing.T) {
+	f := newLoginFixture(t)
+
+	t.Run("cli exits first", func(t *testing.T) {
+		req := f.request(t)
+		req.Steps[0].Send = "2\n" // the fake CLI refuses this choice
+		_, err := f.sess.Login(t.Context(), req, nil)
+		var re *agentapi.RemoteError
+		if !errors.As(err, &re) || !strings.Contains(err.Error(), "exited") || !strings.Contains(err.Error(), "bad choice: 2") ||
+			!strings.Contains(err.Error(), "not written") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("prompt never shows", func(t *testing.T) {
+		req := f.request(t)
+		req.Steps[0] = agentapi.LoginStep{Expect: "no such prompt", Send: "x\n", Timeout: 500 * time.Millisecond}
+		_, err := f.sess.Login(t.Context(), req, nil)
+		if err == nil || !strings.Contains(err.Error(), "never showed the prompt of step 0") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("user never finishes", func(t *testing.T) {
+		req := f.request(t)
+		req.Timeout = 2 * time.Second
+		_, err := f.sess.Login(t.Context(), req, nil)
+		if err == nil || !strings.Contains(err.Error(), "waiting for the user to finish in the browser") {
+			t.Fatalf("err = %v", err)
+		}
+		if strings.Contains(err.Error(), "secret") {
+			t.Fatalf("error shows credential content: %v", err)
+		}
+	})
+	t.Run("cancel", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		progress := newProgressLog()
+		done := make(chan error, 1)
+		go func() {
+			_, err := f.sess.Login(ctx, f.request(t), progress.add)
+			done <- err
+		}()
+		progress.waitPhase(t, agentapi.LoginURL)
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v", err)
+		}
+		// The CLI is gone: nothing of it remains in the process table.
+		deadline := time.Now().Add(10 * time.Second)
+		for cliRunning(f.cli) {
+			if time.Now().After(deadline) {
+				t.Fatal("the CLI still runs after cancel")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+}
+
+// cliRunning reports whether a process runs the script at path.
+func cliRunning(path string) bool {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), path) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestCredentialComplete(t *testing.T) {
+	c := agentapi.CredentialFile{Format: "json", Required: []string{"a.b", "c"}}
+	for in, want := range map[string]string{
+		``:                          "empty",
+		`{"a": {"b": "x"}, "c": 1`:  "not complete JSON",
+		`{"a": {"b": ""}, "c": 1}`:  "no a.b",
+		`{"a": {"b": "x"}}`:         "no c",
+		`{"a": {"b": "x"}, "c": 1}`: "",
+		`{"a": "b", "c": 1}`:        "no a.b",
+	} {
+		ok, why := credentialComplete(c, []byte(in))
+		if ok != (want == "") || why != want {
+			t.Errorf("%q: %v %q, want %q", in, ok, why, want)
+		}
+	}
+	if got := plainText([]byte("\x1b[1mbold\x1b[0m \x1b]8;;https://x\x07link\x1b]8;;\x07\r\n")); got != "bold link\n" {
+		t.Errorf("plainText = %q", got)
+	}
+}
