@@ -239,3 +239,37 @@ func TestCredentialComplete(t *testing.T) {
 		t.Errorf("plainText = %q", got)
 	}
 }
+
+// write_file lands atomically with mode 0600 in a directory it makes, and
+// replaces an older file.
+func TestWriteFile(t *testing.T) {
+	s := execSession(t, agentapi.Config{HeartbeatInterval: time.Hour})
+	u, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "new", "dir", "creds.json")
+	for _, content := range []string{`{"v": 1}`, `{"v": 2}`} {
+		if err := s.WriteFile(t.Context(), agentapi.WriteFileRequest{User: u.Username, Path: path, Content: []byte(content)}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || string(got) != content {
+			t.Fatalf("file = %q, %v; want %q", got, err, content)
+		}
+	}
+	for p, want := range map[string]os.FileMode{path: 0o600, filepath.Dir(path): 0o700} {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Perm() != want {
+			t.Fatalf("%s: %v %v, want %v", p, st.Mode().Perm(), err, want)
+		}
+	}
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*hearth-*"))
+	if len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+	err = s.WriteFile(t.Context(), agentapi.WriteFileRequest{User: "no-such-user-here", Path: path, Content: []byte("secret-value")})
+	if err == nil || strings.Contains(err.Error(), "secret-value") || !strings.Contains(err.Error(), "no-such-user-here") {
+		t.Fatalf("unknown user: %v", err)
+	}
+}

@@ -102,11 +102,12 @@ func newServer(rw io.ReadWriter, token []byte, opts Options) *server {
 		cancels: map[requestKey]context.CancelFunc{},
 	}
 	s.handlers = map[string]handler{
-		agentapi.TypePing:     s.ping,
-		agentapi.TypeShutdown: s.shutdown,
-		agentapi.TypeExec:     s.exec,
-		agentapi.TypeLogin:    s.login,
-		agentapi.TypeCancel:   s.cancel,
+		agentapi.TypePing:      s.ping,
+		agentapi.TypeShutdown:  s.shutdown,
+		agentapi.TypeExec:      s.exec,
+		agentapi.TypeLogin:     s.login,
+		agentapi.TypeCancel:    s.cancel,
+		agentapi.TypeWriteFile: s.writeFile,
 	}
 	return s
 }
@@ -315,6 +316,22 @@ func (s *server) cancel(ctx context.Context, req agentapi.Envelope) (any, func()
 		}
 	}
 	s.cmu.Unlock()
+	return struct{}{}, nil, nil
+}
+
+// writeFile writes a file as a guest user. Only the path is logged.
+func (s *server) writeFile(ctx context.Context, req agentapi.Envelope) (any, func(), error) {
+	var r agentapi.WriteFileRequest
+	if err := req.DecodeBody(&r); err != nil {
+		return nil, nil, err
+	}
+	if err := r.Validate(); err != nil {
+		return nil, nil, err
+	}
+	if err := writeFile(ctx, r); err != nil {
+		return nil, nil, err
+	}
+	s.log.Info("file written", "path", clip(r.Path, 256), "user", r.User, "bytes", len(r.Content))
 	return struct{}{}, nil, nil
 }
 

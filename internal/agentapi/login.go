@@ -309,3 +309,42 @@ func (s *Session) onLoginProgress(env Envelope) error {
 	}
 	return nil
 }
+
+// TypeWriteFile is a request: write a file atomically as a guest user
+// (credentials installed into a workspace). Answered with an empty result.
+const TypeWriteFile = "write_file"
+
+// WriteFileRequest writes Content to Path (absolute, or "~/" under User's
+// home) as User: missing directories are made (0700), the file is written
+// beside its target, flushed and renamed over it, mode 0600.
+type WriteFileRequest struct {
+	User    string `json:"user"`
+	Path    string `json:"path"`
+	Content []byte `json:"content_b64"`
+}
+
+// Validate checks a write_file request.
+func (r WriteFileRequest) Validate() error {
+	if r.User == "" || strings.ContainsAny(r.User, "/:\x00") || len(r.User) > 64 {
+		return fmt.Errorf("write_file user %q is not a user name", clipForError(r.User))
+	}
+	if !strings.HasPrefix(r.Path, "/") && !strings.HasPrefix(r.Path, "~/") {
+		return fmt.Errorf("write_file path %q is neither absolute nor under ~/", clipForError(r.Path))
+	}
+	if strings.Contains(r.Path, "/../") || strings.HasSuffix(r.Path, "/..") || strings.HasSuffix(r.Path, "/") ||
+		strings.ContainsRune(r.Path, 0) || !utf8.ValidString(r.Path) {
+		return fmt.Errorf("write_file path %q is not a plain file path", clipForError(r.Path))
+	}
+	if len(r.Content) > MaxCredentialSize {
+		return fmt.Errorf("write_file content is %d bytes, at most %d allowed", len(r.Content), MaxCredentialSize)
+	}
+	return nil
+}
+
+// WriteFile writes a file in the guest as a user (see WriteFileRequest).
+func (s *Session) WriteFile(ctx context.Context, req WriteFileRequest) error {
+	if err := req.Validate(); err != nil {
+		return fmt.Errorf("agentapi: %s: %w", TypeWriteFile, err)
+	}
+	return s.call(ctx, TypeWriteFile, req, &struct{}{})
+}
