@@ -78,6 +78,14 @@ func (a *agentSession) Exec(ctx context.Context, req ExecRequest) (ExecResult, e
 		StderrTruncated: r.StderrTruncated, TimedOut: r.TimedOut, Duration: r.Duration}, nil
 }
 
+func (a *agentSession) Login(ctx context.Context, req agentapi.LoginRequest, progress func(agentapi.LoginProgress)) (agentapi.LoginResult, error) {
+	return a.s.Login(ctx, req, progress)
+}
+
+func (a *agentSession) WriteFile(ctx context.Context, req agentapi.WriteFileRequest) error {
+	return a.s.WriteFile(ctx, req)
+}
+
 func (a *agentSession) Shutdown(ctx context.Context) error { return a.s.Shutdown(ctx) }
 func (a *agentSession) Done() <-chan struct{}              { return a.s.Done() }
 func (a *agentSession) Close() error                       { return a.s.Close() }

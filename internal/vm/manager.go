@@ -353,6 +353,45 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExecRes
 	return res, nil
 }
 
+// readySession returns the agent session of a ready VM, waiting a little
+// for one being (re)established.
+func (m *Manager) readySession(ctx context.Context, id, what string) (AgentSession, error) {
+	v, err := m.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != store.StateReady {
+		return nil, errdefs.Conflictf("vm %s is %s; %s needs a ready vm", id, v.State, what)
+	}
+	sess := m.awaitSession(ctx, id, sessionWait)
+	if sess == nil {
+		return nil, errdefs.Unavailablef("vm %s has no agent session right now; retry", id)
+	}
+	return sess, nil
+}
+
+// Login runs a provider CLI's login in a ready VM through its agent; see
+// agentapi.Session.Login.
+func (m *Manager) Login(ctx context.Context, id string, req agentapi.LoginRequest, progress func(agentapi.LoginProgress)) (agentapi.LoginResult, error) {
+	sess, err := m.readySession(ctx, id, "a login")
+	if err != nil {
+		return agentapi.LoginResult{}, err
+	}
+	return sess.Login(ctx, req, progress)
+}
+
+// WriteFile writes a file as a guest user in a ready VM.
+func (m *Manager) WriteFile(ctx context.Context, id string, req agentapi.WriteFileRequest) error {
+	sess, err := m.readySession(ctx, id, "writing a file")
+	if err != nil {
+		return err
+	}
+	if err := sess.WriteFile(ctx, req); err != nil {
+		return fmt.Errorf("write %s in vm %s: %w", req.Path, id, err)
+	}
+	return nil
+}
+
 // sessionWait is how long Exec waits for an agent session that is being
 // (re)established, e.g. right after the daemon restarted.
 const sessionWait = 15 * time.Second

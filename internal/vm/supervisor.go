@@ -62,6 +62,10 @@ type ExecResult struct {
 type AgentSession interface {
 	Events() <-chan AgentEvent
 	Exec(ctx context.Context, req ExecRequest) (ExecResult, error)
+	// Login runs a provider CLI's login in the guest (agentapi.Session.Login).
+	Login(ctx context.Context, req agentapi.LoginRequest, progress func(agentapi.LoginProgress)) (agentapi.LoginResult, error)
+	// WriteFile writes a file as a guest user (agentapi.Session.WriteFile).
+	WriteFile(ctx context.Context, req agentapi.WriteFileRequest) error
 	Shutdown(ctx context.Context) error
 	Done() <-chan struct{}
 	Close() error

@@ -163,6 +163,33 @@ type Agents struct {
 	mu        sync.Mutex
 	behaviour Behaviour
 	shutdowns int
+	login     LoginFunc
+	written   []WrittenFile
+}
+
+// LoginFunc plays a guest's login: it gets the VM's id (its directory's
+// name), the request and the progress callback.
+type LoginFunc func(ctx context.Context, vmID string, req agentapi.LoginRequest, progress func(agentapi.LoginProgress)) (agentapi.LoginResult, error)
+
+// WrittenFile is a file a write_file request put into a fake guest.
+type WrittenFile struct {
+	VMID string
+	agentapi.WriteFileRequest
+}
+
+// SetLogin sets how guests answer login requests (by default with an
+// error).
+func (a *Agents) SetLogin(f LoginFunc) {
+	a.mu.Lock()
+	a.login = f
+	a.mu.Unlock()
+}
+
+// Written returns the files written into guests so far, oldest first.
+func (a *Agents) Written() []WrittenFile {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]WrittenFile(nil), a.written...)
 }
 
 // SetBehaviour changes how guests answer from now on.
@@ -200,7 +227,7 @@ func (a *Agents) Connect(ctx context.Context, socket string, token []byte, cfg v
 		<-ctx.Done()
 		return nil, vm.AgentHello{}, ctx.Err()
 	}
-	s := &session{events: make(chan vm.AgentEvent, 16), done: make(chan struct{}), agents: a}
+	s := &session{events: make(chan vm.AgentEvent, 16), done: make(chan struct{}), agents: a, vmID: filepath.Base(filepath.Dir(socket))}
 	if b == GuestReady {
 		if cfg.Network != nil {
 			s.events <- vm.AgentEvent{Type: "network_ready", At: time.Now()}
@@ -219,6 +246,34 @@ type session struct {
 	done   chan struct{}
 	once   sync.Once
 	agents *Agents
+	vmID   string
+}
+
+func (s *session) Login(ctx context.Context, req agentapi.LoginRequest, progress func(agentapi.LoginProgress)) (agentapi.LoginResult, error) {
+	if err := req.Validate(); err != nil {
+		return agentapi.LoginResult{}, err
+	}
+	s.agents.mu.Lock()
+	f := s.agents.login
+	s.agents.mu.Unlock()
+	if f == nil {
+		return agentapi.LoginResult{}, &agentapi.RemoteError{Request: agentapi.TypeLogin, Message: "fake guest: no login configured"}
+	}
+	if progress == nil {
+		progress = func(agentapi.LoginProgress) {}
+	}
+	return f(ctx, s.vmID, req, progress)
+}
+
+func (s *session) WriteFile(ctx context.Context, req agentapi.WriteFileRequest) error {
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	s.agents.mu.Lock()
+	defer s.agents.mu.Unlock()
+	req.Content = append([]byte(nil), req.Content...)
+	s.agents.written = append(s.agents.written, WrittenFile{VMID: s.vmID, WriteFileRequest: req})
+	return nil
 }
 
 func (s *session) heartbeats(every time.Duration) {
