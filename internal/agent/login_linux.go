@@ -78,8 +78,19 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 	if err := os.WriteFile(helper, []byte(script), 0o700); err != nil {
 		return agentapi.LoginResult{}, fmt.Errorf("login: %w", err)
 	}
-	for _, p := range []string{dir, helper} {
-		if err := os.Chown(p, int(r.uid), int(r.gid)); err != nil {
+	if err := os.Chown(dir, int(r.uid), int(r.gid)); err != nil {
+		return agentapi.LoginResult{}, fmt.Errorf("login: %w", err)
+	}
+	// CLIs that call a browser opener by name (xdg-open and friends)
+	// instead of $BROWSER find the helper first in PATH.
+	for _, name := range append([]string{"open-url"}, browserOpeners...) {
+		p := filepath.Join(dir, name)
+		if name != "open-url" {
+			if err := os.Symlink("open-url", p); err != nil {
+				return agentapi.LoginResult{}, fmt.Errorf("login: %w", err)
+			}
+		}
+		if err := os.Lchown(p, int(r.uid), int(r.gid)); err != nil {
 			return agentapi.LoginResult{}, fmt.Errorf("login: %w", err)
 		}
 	}
@@ -94,7 +105,7 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 		w.watchFor(p)
 	}
 
-	cmd, tty, err := r.start(helper)
+	cmd, tty, err := r.start(dir, helper)
 	if err != nil {
 		return agentapi.LoginResult{}, err
 	}
@@ -207,6 +218,10 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 
 var errLoginTimeout = errors.New("login timed out")
 
+// browserOpeners are the commands CLIs run to open a URL; in a login they
+// all lead to the agent's helper.
+var browserOpeners = []string{"xdg-open", "sensible-browser", "x-www-browser", "www-browser", "gnome-open", "kde-open"}
+
 func (r *loginRun) lookupUser() error {
 	u, err := user.Lookup(r.req.User)
 	if err != nil {
@@ -222,7 +237,7 @@ func (r *loginRun) lookupUser() error {
 }
 
 // start runs the CLI on a new PTY, in its own session, as the user.
-func (r *loginRun) start(helper string) (*exec.Cmd, *os.File, error) {
+func (r *loginRun) start(helperDir, helper string) (*exec.Cmd, *os.File, error) {
 	path, err := lookPath(r.req.Argv[0], envValue(r.req.Env, "PATH"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("login: %w", err)
@@ -236,9 +251,11 @@ func (r *loginRun) start(helper string) (*exec.Cmd, *os.File, error) {
 	base := []string{
 		"HOME=" + r.home, "USER=" + r.req.User, "LOGNAME=" + r.req.User,
 		"PATH=" + defaultPath, "TERM=xterm-256color", "LANG=C.UTF-8",
-		"BROWSER=" + helper,
 	}
-	cmd.Env = commandEnv(base, r.req.Env)
+	env := commandEnv(base, r.req.Env)
+	// The agent's helper opens URLs, whatever the request says: $BROWSER
+	// and, first in PATH, the usual openers.
+	cmd.Env = commandEnv(env, []string{"BROWSER=" + helper, "PATH=" + helperDir + ":" + envValue(env, "PATH")})
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	if r.uid != uint32(os.Geteuid()) {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: r.uid, Gid: r.gid}

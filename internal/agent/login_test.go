@@ -25,8 +25,8 @@ printf 'Welcome!\n\033[1mChoose a login method:\033[0m\n  1) Browser\n  2) API k
 read choice
 [ "$choice" = 1 ] || { echo "bad choice: $choice"; exit 3; }
 url="https://auth.invalid/authorize?client_id=fake&state=s123"
-printf 'Open this URL to log in:\n\033[4m%s\033[0m\n' "$url"
-[ -n "$BROWSER" ] && "$BROWSER" "$url"
+[ -z "$NO_PRINT" ] && printf 'Open this URL to log in:\n\033[4m%s\033[0m\n' "$url"
+if [ -n "$USE_XDG" ]; then xdg-open "$url"; else "$BROWSER" "$url"; fi
 while [ ! -e "$APPROVED" ]; do sleep 0.05; done
 mkdir -p "$(dirname "$CRED")"
 printf '{"tokens": {"access_token": "at-secret", ' > "$CRED"
@@ -147,6 +147,29 @@ func TestLoginCapturesCompleteCredentials(t *testing.T) {
 	}
 	if o.res.ExitCode != 0 {
 		t.Fatalf("exit code %d", o.res.ExitCode)
+	}
+}
+
+// A CLI that only hands the URL to xdg-open (as node's "open" does) still
+// gets it opened: the agent's helper comes first in PATH.
+func TestLoginURLFromXDGOpen(t *testing.T) {
+	f := newLoginFixture(t)
+	req := f.request(t)
+	req.Env = append(req.Env, "NO_PRINT=1", "USE_XDG=1", "BROWSER=/nonexistent/browser")
+	progress := newProgressLog()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.sess.Login(t.Context(), req, progress.add)
+		done <- err
+	}()
+	if p := progress.waitPhase(t, agentapi.LoginURL); !strings.HasPrefix(p.URL, "https://auth.invalid/authorize?") {
+		t.Fatalf("url %q", p.URL)
+	}
+	if err := os.WriteFile(f.approved, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 
