@@ -16,10 +16,12 @@ import (
 	"io/fs"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/providers"
 )
 
@@ -254,4 +256,24 @@ func (r *Registry) Names() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// LoginRequest is the guest agent's request for this provider's login, run
+// as user, with browser the command that opens a URL in the guest browser.
+func (p Provider) LoginRequest(user string, browser []string) agentapi.LoginRequest {
+	req := agentapi.LoginRequest{
+		User:       user,
+		Argv:       slices.Clone(p.Login.Argv),
+		Env:        slices.Clone(p.Login.Env),
+		URLPattern: p.Login.URLPattern,
+		Browser:    slices.Clone(browser),
+		Timeout:    p.Login.Timeout.D(),
+	}
+	for _, s := range p.Login.Steps {
+		req.Steps = append(req.Steps, agentapi.LoginStep{Expect: s.Expect, Send: s.Send, Timeout: s.Timeout.D()})
+	}
+	for _, c := range p.Credentials {
+		req.Credentials = append(req.Credentials, agentapi.CredentialFile{Path: c.Path, Format: c.Format, Required: slices.Clone(c.Required)})
+	}
+	return req
 }

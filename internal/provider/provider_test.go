@@ -71,8 +71,8 @@ func TestGetUnknownListsNames(t *testing.T) {
 }
 
 // The URL patterns pick the loopback authorization URL out of what each
-// CLI (and hearth's guest helper) prints, as captured from the real CLIs
-// (dummy state and challenge values).
+// CLI prints, as captured from the real CLIs (dummy state and challenge
+// values), and never claude's manual sign-in link.
 func TestURLPatterns(t *testing.T) {
 	r, err := LoadWithTestProviders()
 	if err != nil {
@@ -86,12 +86,13 @@ func TestURLPatterns(t *testing.T) {
 		provider, output, want string
 	}{
 		{"claude_code",
-			// The manual link claude prints (an OSC 8 hyperlink) must not match;
-			// the helper's line that follows must.
-			"Opening browser to sign in\u2026\r\nIf the browser didn't open, visit:\r\n\x1b]8;;https://claude.ai/oauth/authorize?z-AAAA\x07\x1b[94mhttps://claude.ai/oauth/authorize?z-AAAA\x1b[39m\x1b]8;;\x07\r\nPaste code here if prompted > hearth-login-url: " + claudeLoopback + "\r\n",
+			// The manual link claude prints (an OSC 8 hyperlink) must not
+			// match; a loopback URL after it (as a CLI that printed it would
+			// show it) must.
+			"Opening browser to sign in\u2026\r\nIf the browser didn't open, visit:\r\n\x1b]8;;https://claude.ai/oauth/authorize?z-AAAA\x07\x1b[94mhttps://claude.ai/oauth/authorize?z-AAAA\x1b[39m\x1b]8;;\x07\r\nPaste code here if prompted > " + claudeLoopback + "\r\n",
 			claudeLoopback},
 		{"codex", "Starting local login server on http://localhost:1455.\r\nIf your browser did not open, navigate to this URL to authenticate:\r\n\r\n" + codexURL + "\r\n\r\nOn a remote or headless machine?", codexURL},
-		{"gemini_cli", "\r\nOpening authentication page in your browser. Do you want to continue? [Y/n]: y\r\r\nhearth-login-url: " + geminiURL + "\r\n", geminiURL},
+		{"gemini_cli", "\r\nOpening authentication page in your browser. Do you want to continue? [Y/n]: y\r\r\n" + geminiURL + "\r\n", geminiURL},
 		{"fake_cli", "Choose login method: 1) browser 2) api key\r\n1\r\nOpen this URL to log in: " + fakeURL + "\r\n", fakeURL},
 	}
 	for _, tt := range tests {
@@ -187,5 +188,23 @@ func TestCheckUnknownPath(t *testing.T) {
 	_, err := p.Check("/home/hearth/.codex/config.toml", []byte("{}"), time.Now())
 	if !errors.Is(err, ErrUnknownCredential) || !strings.Contains(err.Error(), "known: ~/.codex/auth.json") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Every shipped provider makes a login request the guest agent accepts.
+func TestLoginRequestsValidate(t *testing.T) {
+	r, err := LoadWithTestProviders()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range r.Names() {
+		p, _ := r.Get(name)
+		req := p.LoginRequest("hearth", []string{"/usr/local/bin/hearth-browser"})
+		if err := req.Validate(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if len(req.Credentials) != len(p.Credentials) || len(req.Steps) != len(p.Login.Steps) || req.Timeout != p.Login.Timeout.D() {
+			t.Errorf("%s: request %+v", name, req)
+		}
 	}
 }
