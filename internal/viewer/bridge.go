@@ -31,6 +31,7 @@ var (
 	ReasonInvalidToken   = CloseReason{4007, "invalid token"}
 	ReasonViewOnly       = CloseReason{4008, "unsupported input in view-only mode"}
 	ReasonVMFailed       = CloseReason{4009, "vm failed"}
+	ReasonLoginEnded     = CloseReason{4010, "login ended"}
 	ReasonShutdown       = CloseReason{websocket.StatusGoingAway, "server shutting down"}
 	ReasonClientClosed   = CloseReason{websocket.StatusNormalClosure, "viewer closed"}
 	ReasonBinaryOnly     = CloseReason{websocket.StatusUnsupportedData, "binary messages only"}

@@ -320,6 +320,12 @@ func (s *Service) OnTransition(v store.VM, forgetAfter time.Duration) {
 	}
 }
 
+// CloseLogin closes the viewers of a login's browser VM when the login
+// ends, with text (e.g. "login completed") as the reason (code 4010).
+func (s *Service) CloseLogin(vmID, text string) {
+	s.CloseVM(vmID, CloseReason{ReasonLoginEnded.Code, text}, time.Hour)
+}
+
 // Shutdown closes every viewer with ReasonShutdown and waits for them, or
 // for ctx.
 func (s *Service) Shutdown(ctx context.Context) error {

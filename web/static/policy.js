@@ -23,6 +23,7 @@ export const CLOSE_TEXT = Object.freeze({
   4007: 'invalid token',
   4008: 'unsupported input in view-only mode',
   4009: 'vm failed',
+  4010: 'login ended',
 });
 
 // What the page does next.
@@ -53,6 +54,7 @@ const FINAL_CLOSE = {
   4007: NEW_LINK,
   4008: '',
   4009: 'The VM failed; its owner can see why in the API.',
+  4010: 'This sign-in is over; you can close this page.',
 };
 
 // Close codes after which the page reconnects by itself (transient).

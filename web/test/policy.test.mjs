@@ -25,6 +25,7 @@ const table = [
   [4007, 'invalid token', STOP],
   [4008, 'unsupported input in view-only mode', STOP],
   [4009, 'vm failed', STOP],
+  [4010, 'login ended', STOP],
   [1000, 'viewer closed', STOP],
   [1001, 'server shutting down', RETRY],
   [1003, 'binary messages only', BUTTON],
