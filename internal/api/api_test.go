@@ -21,6 +21,8 @@ import (
 	apispec "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/login"
+	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/viewer"
@@ -42,6 +44,8 @@ type fixture struct {
 	spec   *openapi3.T
 	mgr    *vm.Manager
 	vnc    *fakeVNC
+	guest  *fakeGuestLogin
+	logs   *syncBuffer
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -73,17 +77,21 @@ func newFixture(t *testing.T) *fixture {
 		}
 		return k
 	}
-	if err := st.PutImage(ctx, store.Image{ID: "b0b0b0b0b0b0b0b0b0b0", Name: "browser", Role: "browser",
-		KernelPath: "/k", InitrdPath: "/i", RootfsPath: "/r", CreatedAt: now, Status: store.ImageVerified}); err != nil {
-		t.Fatal(err)
+	for _, im := range []store.Image{{ID: "b0b0b0b0b0b0b0b0b0b0", Name: "browser", Role: "browser"}, {ID: "c0c0c0c0c0c0c0c0c0c0", Name: "workspace", Role: "workspace"}} {
+		im.KernelPath, im.InitrdPath, im.RootfsPath, im.CreatedAt, im.Status = "/k", "/i", "/r", now, store.ImageVerified
+		if err := st.PutImage(ctx, im); err != nil {
+			t.Fatal(err)
+		}
 	}
 	agents := &vmfake.Agents{}
 	netw := vmfake.NewNetwork()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	// Guests' VNC servers are one loopback fake; the manager still decides
 	// whether a VM may be viewed.
 	vnc := newFakeVNC(t)
 	var mgr *vm.Manager
+	var logins *login.Service
 	signer, err := viewer.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
 	if err != nil {
 		t.Fatal(err)
@@ -96,18 +104,33 @@ func newFixture(t *testing.T) *fixture {
 	}, log)
 	t.Cleanup(func() { _ = viewers.Shutdown(context.Background()) })
 	mgr = vm.New(vm.Config{
-		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}},
+		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}, "workspace": {}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
 	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: netw, Log: log,
-		OnTransition: func(v store.VM) { viewers.OnTransition(v, time.Hour) }})
+		OnTransition: func(v store.VM) {
+			viewers.OnTransition(v, time.Hour)
+			if logins != nil {
+				logins.OnVMReady(v)
+			}
+		}})
+	guest := newFakeGuestLogin()
+	agents.SetLogin(guest.run)
+	reg, err := provider.LoadWithTestProviders()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logins = login.New(login.Config{BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: time.Minute,
+		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"}},
+		login.Deps{Store: st, VMs: mgr, Vault: reverseSealer{}, Providers: reg, Viewers: viewers, Events: mgr.Bus(), Log: log})
+	t.Cleanup(func() { _ = logins.Shutdown(context.Background()) })
 	if err := mgr.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = mgr.Shutdown(context.Background()) })
 	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "test",
-		Ready: func() bool { return true }, Viewers: viewers, ViewerOptions: api.ViewerOptions{
+		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
 			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
@@ -127,7 +150,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
-		router: router, spec: spec, mgr: mgr, vnc: vnc}
+		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs}
 }
 
 type answer struct {
@@ -545,7 +568,7 @@ func TestHostAndImagesAndReadyz(t *testing.T) {
 	}
 	var imgs struct{ Images []struct{ Name string } }
 	f.do("GET", "/v1/images", f.alice, "").json(t, &imgs)
-	if len(imgs.Images) != 2 || imgs.Images[0].Name != "minimal" || imgs.Images[1].Name != "browser" {
+	if len(imgs.Images) != 3 || imgs.Images[0].Name != "minimal" || imgs.Images[1].Name != "browser" || imgs.Images[2].Name != "workspace" {
 		t.Fatalf("images %+v", imgs)
 	}
 }

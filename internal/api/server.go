@@ -16,6 +16,7 @@ import (
 
 	apispec "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
@@ -35,6 +36,8 @@ type Server struct {
 	// disables the viewer routes (503).
 	Viewers       *viewer.Service
 	ViewerOptions ViewerOptions
+	// Logins runs provider logins; nil disables the login routes (503).
+	Logins *login.Service
 }
 
 // Route is one registered route, for the spec-conformance test. Public
@@ -80,6 +83,12 @@ func (s *Server) table() []route {
 		{"GET", "/v1/vms/{id}/viewer/socket", true, s.viewerSocket},
 		{"GET", "/viewer/{id}", true, s.viewerPage},
 		{"GET", "/viewer/assets/{path...}", true, s.viewerAsset},
+		{"POST", "/v1/logins", false, s.createLogin},
+		{"GET", "/v1/logins", false, s.listLogins},
+		{"GET", "/v1/logins/{id}", false, s.getLogin},
+		{"GET", "/v1/logins/{id}/events", false, s.loginEvents},
+		{"POST", "/v1/logins/{id}/cancel", false, s.cancelLogin},
+		{"GET", "/v1/credentials", false, s.listCredentials},
 	}
 }
 

@@ -125,6 +125,7 @@ type eventJSON struct {
 	At        time.Time `json:"at"`
 	Type      string    `json:"type"`
 	VM        string    `json:"vm,omitempty"`
+	Login     string    `json:"login,omitempty"`
 	User      string    `json:"user,omitempty"`
 	FromState string    `json:"from_state,omitempty"`
 	ToState   string    `json:"to_state,omitempty"`
@@ -135,20 +136,35 @@ type eventJSON struct {
 // Last-Event-ID (or ?since=) and misses nothing: the log is replayed from
 // the store, then live events follow.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	after, ok := s.resumePoint(w, r, -1)
+	if !ok {
+		return
+	}
 	id := identity(r)
-	var after int64 = -1
+	s.streamEvents(w, r, after, func(e store.Event) (bool, bool) { return id.CanSee(e.UserID), false })
+}
+
+// resumePoint reads Last-Event-ID or ?since=; def if neither is given.
+func (s *Server) resumePoint(w http.ResponseWriter, r *http.Request, def int64) (int64, bool) {
 	since := r.Header.Get("Last-Event-ID")
 	if q := r.URL.Query().Get("since"); q != "" {
 		since = q
 	}
-	if since != "" {
-		n, err := strconv.ParseInt(since, 10, 64)
-		if err != nil || n < 0 {
-			s.fail(w, r, errdefs.Invalidf("since / Last-Event-ID must be a non-negative event id, got %q", since))
-			return
-		}
-		after = n
+	if since == "" {
+		return def, true
 	}
+	n, err := strconv.ParseInt(since, 10, 64)
+	if err != nil || n < 0 {
+		s.fail(w, r, errdefs.Invalidf("since / Last-Event-ID must be a non-negative event id, got %q", since))
+		return 0, false
+	}
+	return n, true
+}
+
+// streamEvents writes events after the id after (none from the store if
+// after < 0) and then live ones, each that pick says to send, until the
+// client goes or pick says to stop after one.
+func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int64, pick func(store.Event) (send, last bool)) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -156,16 +172,18 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
 
+	// send reports whether to go on.
 	send := func(e store.Event) bool {
-		if !id.CanSee(e.UserID) {
+		ok, last := pick(e)
+		if !ok {
 			return true
 		}
-		b, _ := json.Marshal(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, User: e.UserID,
+		b, _ := json.Marshal(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
 			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message})
 		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.ID, e.Type, b); err != nil {
 			return false
 		}
-		return rc.Flush() == nil
+		return rc.Flush() == nil && !last
 	}
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
