@@ -4,6 +4,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/user"
@@ -290,6 +291,28 @@ func TestWriteFile(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*hearth-*"))
 	if len(left) != 0 {
 		t.Fatalf("temporary files left: %v", left)
+	}
+	// merge: json keeps what the file had.
+	settings := filepath.Join(filepath.Dir(path), "settings.json")
+	if err := os.WriteFile(settings, []byte(`{"theme": "dark", "security": {"other": 1}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteFile(t.Context(), agentapi.WriteFileRequest{User: u.Username, Path: settings, Merge: "json",
+		Content: []byte(`{"security": {"auth": {"selectedType": "oauth-personal"}}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	var merged map[string]any
+	if b, err := os.ReadFile(settings); err != nil || json.Unmarshal(b, &merged) != nil {
+		t.Fatalf("merged file %q %v", b, err)
+	}
+	sec, _ := merged["security"].(map[string]any)
+	auth, _ := sec["auth"].(map[string]any)
+	if merged["theme"] != "dark" || sec["other"] != float64(1) || auth["selectedType"] != "oauth-personal" {
+		t.Fatalf("merged = %v", merged)
+	}
+	fresh := filepath.Join(filepath.Dir(path), "fresh.json")
+	if err := s.WriteFile(t.Context(), agentapi.WriteFileRequest{User: u.Username, Path: fresh, Merge: "json", Content: []byte(`{"a": true}`)}); err != nil {
+		t.Fatalf("merge into a missing file: %v", err)
 	}
 	err = s.WriteFile(t.Context(), agentapi.WriteFileRequest{User: "no-such-user-here", Path: path, Content: []byte("secret-value")})
 	if err == nil || strings.Contains(err.Error(), "secret-value") || !strings.Contains(err.Error(), "no-such-user-here") {

@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -36,22 +38,76 @@ func writeFile(ctx context.Context, req agentapi.WriteFileRequest) error {
 	}
 	target := expandHome(req.Path, u.HomeDir)
 	dir := filepath.Dir(target)
+	creds := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	if uint32(uid) == uint32(os.Geteuid()) {
+		creds = nil
+	}
+	content := req.Content
+	if req.Merge == "json" {
+		// Read as the user too: root must not pour a file the user could
+		// not read into one the user owns.
+		current, err := runAs(ctx, creds, u.HomeDir, nil, `cat -- "$1" 2>/dev/null || true`, target)
+		if err != nil {
+			return fmt.Errorf("write_file %s: read the current file: %v", req.Path, err)
+		}
+		if content, err = mergeJSON(current, req.Content); err != nil {
+			return fmt.Errorf("write_file %s: %v", req.Path, err)
+		}
+	}
 	tmp := filepath.Join(dir, "."+filepath.Base(target)+".hearth-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", writeFileScript, "sh", dir, tmp, target)
-	cmd.Env = []string{"PATH=" + defaultPath, "HOME=" + u.HomeDir, "LANG=C.UTF-8"}
-	cmd.Dir = "/"
-	cmd.Stdin = bytes.NewReader(req.Content)
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	if uint32(uid) != uint32(os.Geteuid()) {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-	}
-	if err := cmd.Run(); err != nil {
+	if _, err := runAs(ctx, creds, u.HomeDir, content, writeFileScript, dir, tmp, target); err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("write_file %s as %s: %v: %s", req.Path, req.User, err, clip(strings.TrimSpace(stderr.String()), 300))
+		return fmt.Errorf("write_file %s as %s: %v", req.Path, req.User, err)
 	}
 	return nil
+}
+
+// runAs runs a shell script with args as the user creds (nil: as the
+// agent) and returns its standard output.
+func runAs(ctx context.Context, creds *syscall.Credential, home string, stdin []byte, script string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", script, "sh"}, args...)...)
+	cmd.Env = []string{"PATH=" + defaultPath, "HOME=" + home, "LANG=C.UTF-8"}
+	cmd.Dir = "/"
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if creds != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: creds}
+	}
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%v: %s", err, clip(strings.TrimSpace(stderr.String()), 300))
+	}
+	return stdout.Bytes(), nil
+}
+
+// mergeJSON merges the JSON object patch into the JSON object current
+// (empty: {}): objects merge key by key, anything else is replaced.
+func mergeJSON(current, patch []byte) ([]byte, error) {
+	base := map[string]any{}
+	if len(bytes.TrimSpace(current)) > 0 {
+		if err := json.Unmarshal(current, &base); err != nil {
+			return nil, errors.New("the current file is not a JSON object")
+		}
+	}
+	var p map[string]any
+	if err := json.Unmarshal(patch, &p); err != nil {
+		return nil, errors.New("the content is not a JSON object")
+	}
+	return json.MarshalIndent(mergeObjects(base, p), "", "  ")
+}
+
+func mergeObjects(base, patch map[string]any) map[string]any {
+	for k, v := range patch {
+		pv, pok := v.(map[string]any)
+		bv, bok := base[k].(map[string]any)
+		if pok && bok {
+			base[k] = mergeObjects(bv, pv)
+		} else {
+			base[k] = v
+		}
+	}
+	return base
 }

@@ -321,6 +321,10 @@ type WriteFileRequest struct {
 	User    string `json:"user"`
 	Path    string `json:"path"`
 	Content []byte `json:"content_b64"`
+	// Merge "json" merges Content (a JSON object) into the file's current
+	// JSON object instead of replacing it: nested objects are merged, other
+	// values set. A missing file counts as {}.
+	Merge string `json:"merge,omitempty"`
 }
 
 // Validate checks a write_file request.
@@ -337,6 +341,9 @@ func (r WriteFileRequest) Validate() error {
 	}
 	if len(r.Content) > MaxCredentialSize {
 		return fmt.Errorf("write_file content is %d bytes, at most %d allowed", len(r.Content), MaxCredentialSize)
+	}
+	if r.Merge != "" && r.Merge != "json" {
+		return fmt.Errorf("write_file merge %q unknown (json)", clipForError(r.Merge))
 	}
 	return nil
 }

@@ -123,7 +123,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	logins = login.New(login.Config{BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: time.Minute,
 		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"}},
-		login.Deps{Store: st, VMs: mgr, Vault: reverseSealer{}, Providers: reg, Viewers: viewers, Events: mgr.Bus(), Log: log})
+		login.Deps{Store: st, VMs: mgr, Vault: reverseSealer{st}, Providers: reg, Viewers: viewers, Events: mgr.Bus(), Log: log})
 	t.Cleanup(func() { _ = logins.Shutdown(context.Background()) })
 	if err := mgr.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ func (s *syncBuffer) String() string {
 }
 
 // reverseSealer stands in for the vault.
-type reverseSealer struct{}
+type reverseSealer struct{ st store.Store }
 
 func rev(b []byte) []byte {
 	out := make([]byte, len(b))
@@ -44,9 +44,9 @@ func rev(b []byte) []byte {
 	return out
 }
 
-func (reverseSealer) Seal(c *store.Credential, p []byte) error {
+func (r reverseSealer) Put(ctx context.Context, c store.Credential, p []byte) (store.Credential, error) {
 	c.KeyID, c.WrappedKey, c.Sealed = "k", []byte("w"), rev(p)
-	return nil
+	return c, r.st.PutCredential(ctx, c)
 }
 func (reverseSealer) Open(c store.Credential) ([]byte, error) { return rev(c.Sealed), nil }
 

@@ -57,9 +57,11 @@ type VMs interface {
 	WriteFile(ctx context.Context, id string, req agentapi.WriteFileRequest) error
 }
 
-// Sealer encrypts credentials (internal/vault).
-type Sealer interface {
-	Seal(c *store.Credential, plaintext []byte) error
+// Vault seals and stores credentials, and opens them (internal/vault).
+type Vault interface {
+	// Put seals plaintext into c and stores it, replacing the user's
+	// record for c.Provider; it returns the stored record.
+	Put(ctx context.Context, c store.Credential, plaintext []byte) (store.Credential, error)
 	Open(c store.Credential) ([]byte, error)
 }
 
@@ -77,7 +79,7 @@ type Publisher interface {
 type Deps struct {
 	Store     store.Store
 	VMs       VMs
-	Vault     Sealer
+	Vault     Vault
 	Providers *provider.Registry
 	Viewers   ViewerCloser // may be nil
 	Events    Publisher    // may be nil
@@ -423,11 +425,9 @@ func (s *Service) capture(ctx context.Context, l store.Login, p provider.Provide
 		return store.Credential{}, nil, "encode the credential: " + err.Error()
 	}
 	defer clear(plain)
-	if err := s.d.Vault.Seal(&cred, plain); err != nil {
-		return store.Credential{}, nil, "seal the credential: " + err.Error()
-	}
-	if err := s.d.Store.PutCredential(ctx, cred); err != nil {
-		return store.Credential{}, nil, "store the credential: " + err.Error()
+	cred, err = s.d.Vault.Put(ctx, cred, plain)
+	if err != nil {
+		return store.Credential{}, nil, "seal and store the credential: " + err.Error()
 	}
 	return cred, b.Files, ""
 }
@@ -445,7 +445,7 @@ func (s *Service) installAll(ctx context.Context, userID string, p provider.Prov
 		if v.Role != s.cfg.WorkspaceRole {
 			continue
 		}
-		if err := s.install(ctx, v.ID, files); err != nil {
+		if err := s.install(ctx, v.ID, p, files); err != nil {
 			log.Warn("install credential", "vm", v.ID, "err", err)
 			continue
 		}
@@ -453,9 +453,17 @@ func (s *Service) installAll(ctx context.Context, userID string, p provider.Prov
 	}
 }
 
-func (s *Service) install(ctx context.Context, vmID string, files []bundleFile) error {
+// install writes the credential files and the provider's own install
+// files (settings that let the CLI use the credential without prompting).
+func (s *Service) install(ctx context.Context, vmID string, p provider.Provider, files []bundleFile) error {
 	for _, f := range files {
 		if err := s.d.VMs.WriteFile(ctx, vmID, agentapi.WriteFileRequest{User: s.cfg.WorkspaceUser, Path: f.Path, Content: f.Content}); err != nil {
+			return err
+		}
+	}
+	for _, f := range p.Install {
+		req := agentapi.WriteFileRequest{User: s.cfg.WorkspaceUser, Path: f.Path, Content: []byte(f.Content), Merge: f.Merge}
+		if err := s.d.VMs.WriteFile(ctx, vmID, req); err != nil {
 			return err
 		}
 	}
@@ -493,7 +501,12 @@ func (s *Service) OnVMReady(v store.VM) {
 				log.Warn("decode credential", "provider", c.Provider, "err", "malformed bundle")
 				continue
 			}
-			if err := s.install(ctx, v.ID, b.Files); err != nil {
+			p, err := s.d.Providers.Get(c.Provider)
+			if err != nil {
+				log.Warn("install credential", "provider", c.Provider, "err", err)
+				continue
+			}
+			if err := s.install(ctx, v.ID, p, b.Files); err != nil {
 				log.Warn("install credential", "provider", c.Provider, "err", err)
 				continue
 			}

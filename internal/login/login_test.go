@@ -23,7 +23,7 @@ import (
 
 // testSealer stands in for the vault: it reverses the bytes, which is
 // enough to show that what is stored is not the plaintext.
-type testSealer struct{}
+type testSealer struct{ st store.Store }
 
 func reverse(b []byte) []byte {
 	out := make([]byte, len(b))
@@ -33,9 +33,9 @@ func reverse(b []byte) []byte {
 	return out
 }
 
-func (testSealer) Seal(c *store.Credential, plain []byte) error {
+func (t testSealer) Put(ctx context.Context, c store.Credential, plain []byte) (store.Credential, error) {
 	c.KeyID, c.WrappedKey, c.Sealed = "test", []byte("wrapped"), reverse(plain)
-	return nil
+	return c, t.st.PutCredential(ctx, c)
 }
 
 func (testSealer) Open(c store.Credential) ([]byte, error) { return reverse(c.Sealed), nil }
@@ -144,7 +144,7 @@ func newFixture(t *testing.T, ttl time.Duration) *fixture {
 	svc = login.New(login.Config{
 		BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: ttl,
 		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"},
-	}, login.Deps{Store: st, VMs: f.mgr, Vault: testSealer{}, Providers: reg, Viewers: f.viewers, Events: f.mgr.Bus(), Log: log})
+	}, login.Deps{Store: st, VMs: f.mgr, Vault: testSealer{st}, Providers: reg, Viewers: f.viewers, Events: f.mgr.Bus(), Log: log})
 	f.svc = svc
 	if err := f.mgr.Start(ctx); err != nil {
 		t.Fatal(err)
