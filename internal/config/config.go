@@ -52,7 +52,39 @@ type Config struct {
 	QEMU     QEMUConfig     `toml:"qemu"`
 	Network  NetworkConfig  `toml:"network"`
 	Viewer   ViewerConfig   `toml:"viewer"`
+	Login    LoginConfig    `toml:"login"`
+	Vault    VaultConfig    `toml:"vault"`
 	Shutdown ShutdownConfig `toml:"shutdown"`
+}
+
+// LoginConfig configures provider logins (a CLI's OAuth sign-in run in a
+// browser VM).
+type LoginConfig struct {
+	// BrowserImage boots the login's browser VM; it must hold the
+	// providers' CLIs (profile browser does).
+	BrowserImage string `toml:"browser_image"`
+	VCPUs        int    `toml:"vcpus"`
+	MemoryMiB    int    `toml:"memory_mib"`
+	// Timeout bounds a whole login; past it the login is expired.
+	Timeout Duration `toml:"timeout"`
+	// GuestUser runs the CLI in the browser VM; WorkspaceUser owns the
+	// credentials installed into workspace VMs (role WorkspaceRole).
+	GuestUser     string `toml:"guest_user"`
+	WorkspaceUser string `toml:"workspace_user"`
+	WorkspaceRole string `toml:"workspace_role"`
+	// Browser opens a URL on the browser VM's screen.
+	Browser []string `toml:"browser"`
+	// ProvidersDir holds extra provider definitions (*.yaml, the format of
+	// providers/ in the source); "" = only the built-in ones.
+	ProvidersDir string `toml:"providers_dir"`
+}
+
+// VaultConfig says where the credential vault's master keys are.
+type VaultConfig struct {
+	// KeyFile holds the master keys (0600; made on first start if
+	// missing); relative paths are under StateDir. HEARTH_VAULT_KEY
+	// (base64 of 32 bytes) is used instead when set.
+	KeyFile string `toml:"key_file"`
 }
 
 // ViewerConfig configures browser viewers (noVNC through hearth's
@@ -180,6 +212,17 @@ func Default() Config {
 			DefaultEgress: "open",
 			HostPorts:     []string{},
 		},
+		Login: LoginConfig{
+			BrowserImage:  "browser",
+			VCPUs:         2,
+			MemoryMiB:     1024,
+			Timeout:       Duration{15 * time.Minute},
+			GuestUser:     "hearth",
+			WorkspaceUser: "hearth",
+			WorkspaceRole: "workspace",
+			Browser:       []string{"/usr/local/bin/hearth-browser"},
+		},
+		Vault: VaultConfig{KeyFile: "vault.key"},
 		Viewer: ViewerConfig{
 			TokenTTL:       Duration{15 * time.Minute},
 			MaxTokenTTL:    Duration{2 * time.Hour},
@@ -218,18 +261,21 @@ func Load(path string, env []string) (Config, error) {
 // applyEnv applies HEARTH_* overrides.
 func (c *Config) applyEnv(env []string) error {
 	vars := map[string]*string{
-		"HEARTH_STATE_DIR":         &c.StateDir,
-		"HEARTH_LISTEN":            &c.Listen,
-		"HEARTH_DATABASE":          &c.Database,
-		"HEARTH_IMAGE_DIR":         &c.ImageDir,
-		"HEARTH_CACHE_DIR":         &c.CacheDir,
-		"HEARTH_LOG_LEVEL":         &c.LogLevel,
-		"HEARTH_VM_DRIVER":         &c.VM.Driver,
-		"HEARTH_QEMU_BINARY":       &c.QEMU.Binary,
-		"HEARTH_QEMU_ACCEL":        &c.QEMU.Accel,
-		"HEARTH_NETWORK_BRIDGE":    &c.Network.Bridge,
-		"HEARTH_NETWORK_SUBNET":    &c.Network.Subnet,
-		"HEARTH_VIEWER_PUBLIC_URL": &c.Viewer.PublicURL,
+		"HEARTH_STATE_DIR":           &c.StateDir,
+		"HEARTH_LISTEN":              &c.Listen,
+		"HEARTH_DATABASE":            &c.Database,
+		"HEARTH_IMAGE_DIR":           &c.ImageDir,
+		"HEARTH_CACHE_DIR":           &c.CacheDir,
+		"HEARTH_LOG_LEVEL":           &c.LogLevel,
+		"HEARTH_VM_DRIVER":           &c.VM.Driver,
+		"HEARTH_QEMU_BINARY":         &c.QEMU.Binary,
+		"HEARTH_QEMU_ACCEL":          &c.QEMU.Accel,
+		"HEARTH_NETWORK_BRIDGE":      &c.Network.Bridge,
+		"HEARTH_NETWORK_SUBNET":      &c.Network.Subnet,
+		"HEARTH_VIEWER_PUBLIC_URL":   &c.Viewer.PublicURL,
+		"HEARTH_LOGIN_BROWSER_IMAGE": &c.Login.BrowserImage,
+		"HEARTH_PROVIDERS_DIR":       &c.Login.ProvidersDir,
+		"HEARTH_VAULT_KEY_FILE":      &c.Vault.KeyFile,
 	}
 	durations := map[string]*Duration{
 		"HEARTH_BOOT_TIMEOUT": &c.VM.BootTimeout,
@@ -268,6 +314,9 @@ func (c *Config) applyEnv(env []string) error {
 
 // DatabasePath is the absolute path of the SQLite file.
 func (c Config) DatabasePath() string { return c.under(c.Database) }
+
+// VaultKeyPath is the absolute path of the vault's key file.
+func (c Config) VaultKeyPath() string { return c.under(c.Vault.KeyFile) }
 
 // ImagesPath is the directory that holds built images.
 func (c Config) ImagesPath() string {
@@ -380,7 +429,40 @@ func (c Config) Validate() error {
 	}
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
+	c.Login.validate(bad, c.VM)
+	if c.Vault.KeyFile == "" {
+		bad("vault.key_file", "must not be empty")
+	}
 	return errors.Join(errs...)
+}
+
+func (l LoginConfig) validate(bad func(field, format string, args ...any), v VMConfig) {
+	if l.BrowserImage == "" {
+		bad("login.browser_image", "must not be empty")
+	}
+	if l.VCPUs < 1 || l.VCPUs > v.MaxVCPUs {
+		bad("login.vcpus", "must be 1-%d (vm.max_vcpus), got %d", v.MaxVCPUs, l.VCPUs)
+	}
+	if l.MemoryMiB < v.MinMemoryMiB || l.MemoryMiB > v.MaxMemoryMiB {
+		bad("login.memory_mib", "must be %d-%d, got %d", v.MinMemoryMiB, v.MaxMemoryMiB, l.MemoryMiB)
+	}
+	if l.Timeout.Duration < time.Minute || l.Timeout.Duration > time.Hour {
+		bad("login.timeout", "must be 1m-1h, got %s", l.Timeout.Duration)
+	}
+	for field, u := range map[string]string{"login.guest_user": l.GuestUser, "login.workspace_user": l.WorkspaceUser} {
+		if u == "" || strings.ContainsAny(u, "/: ") {
+			bad(field, "must be a user name, got %q", u)
+		}
+	}
+	if _, ok := v.Roles[l.WorkspaceRole]; !ok {
+		bad("login.workspace_role", "must be one of vm.roles, got %q", l.WorkspaceRole)
+	}
+	if len(l.Browser) == 0 || !filepath.IsAbs(l.Browser[0]) {
+		bad("login.browser", "must start with an absolute path, got %q", l.Browser)
+	}
+	if l.ProvidersDir != "" && !filepath.IsAbs(l.ProvidersDir) {
+		bad("login.providers_dir", "must be an absolute path, got %q", l.ProvidersDir)
+	}
 }
 
 func (v ViewerConfig) validate(bad func(field, format string, args ...any)) {

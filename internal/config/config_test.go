@@ -58,6 +58,15 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"viewer.idle_timeout", func(c *Config) { c.Viewer.IdleTimeout.Duration = -time.Second }},
 		{"viewer.max_lifetime", func(c *Config) { c.Viewer.MaxLifetime.Duration = -time.Second }},
 		{"viewer.vnc_port", func(c *Config) { c.Viewer.VNCPort = 0 }},
+		{"login.browser_image", func(c *Config) { c.Login.BrowserImage = "" }},
+		{"login.vcpus", func(c *Config) { c.Login.VCPUs = 99 }},
+		{"login.memory_mib", func(c *Config) { c.Login.MemoryMiB = 1 }},
+		{"login.timeout", func(c *Config) { c.Login.Timeout.Duration = time.Second }},
+		{"login.guest_user", func(c *Config) { c.Login.GuestUser = "" }},
+		{"login.workspace_role", func(c *Config) { c.Login.WorkspaceRole = "nope" }},
+		{"login.browser", func(c *Config) { c.Login.Browser = []string{"hearth-browser"} }},
+		{"login.providers_dir", func(c *Config) { c.Login.ProvidersDir = "relative/dir" }},
+		{"vault.key_file", func(c *Config) { c.Vault.KeyFile = "" }},
 		{"viewer.frame_ancestors", func(c *Config) { c.Viewer.FrameAncestors = []string{"'self'; script-src *"} }},
 	}
 	for _, tc := range cases {

@@ -14,6 +14,7 @@ package provider
 import (
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
 	"regexp"
 	"slices"
@@ -205,6 +206,13 @@ func LoadWithTestProviders() (*Registry, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// AddDir adds the providers defined in dir (*.yaml, one per file, named
+// after the file), e.g. an operator's own. A name already known is an
+// error.
+func (r *Registry) AddDir(dir string) error {
+	return r.addFS(os.DirFS(dir), ".", dir)
 }
 
 // addFS parses every *.yaml in dir of fsys; display is the directory's

@@ -2,10 +2,14 @@ package provider
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hearth-project/hearth/providers"
 )
 
 func TestShippedProvidersParse(t *testing.T) {
@@ -206,5 +210,29 @@ func TestLoginRequestsValidate(t *testing.T) {
 		if len(req.Credentials) != len(p.Credentials) || len(req.Steps) != len(p.Login.Steps) || req.Timeout != p.Login.Timeout.D() {
 			t.Errorf("%s: request %+v", name, req)
 		}
+	}
+}
+
+func TestAddDir(t *testing.T) {
+	r, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	src, err := providers.TestFS.ReadFile("testdata/fake_cli.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "fake_cli.yaml"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get("fake_cli"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddDir(dir); err == nil || !strings.Contains(err.Error(), "also defined") {
+		t.Fatalf("adding a known name again: %v", err)
 	}
 }
