@@ -31,6 +31,8 @@ Usage:
   hearth vm viewer ID [--view-only] [--ttl 15m]   (prints a link to watch the VM's screen in a browser)
   hearth apikey create [--admin] [--user U] [--name NAME] [--save]
   hearth image build [--profile minimal] [--agent PATH] | list
+  hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
+  hearth vault rotate                (new master key; every stored credential re-wrapped)
   hearth host setup                  (bridge, ip_forward, nftables; the daemon also does it at start)
   hearth doctor
   hearth version
@@ -59,6 +61,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdImage(ctx, args[1:], stdout)
 	case "host":
 		err = cmdHost(ctx, args[1:], stdout)
+	case "vault":
+		err = cmdVault(ctx, args[1:], stdout)
+	case "login":
+		err = cmdLogin(ctx, args[1:], stdout)
 	case "doctor":
 		var failed bool
 		failed, err = cmdDoctor(ctx, args[1:], stdout)

@@ -21,6 +21,7 @@ import (
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vm"
@@ -101,9 +102,20 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	vlt, err := openVault(cfg, st, true, log)
+	if err != nil {
+		return fmt.Errorf("vault: %w", err)
+	}
 	forget := cfg.Viewer.MaxTokenTTL.Duration
+	var logins *login.Service
 	mgr = vm.New(vmConfig(cfg), vm.Deps{Store: st, Driver: drv, Agents: vm.AgentAPIDialer{}, Network: netw, Log: log,
-		OnTransition: func(v store.VM) { viewers.OnTransition(v, forget) }})
+		OnTransition: func(v store.VM) {
+			viewers.OnTransition(v, forget)
+			logins.OnVMReady(v) // installs the user's credentials into a workspace that became ready
+		}})
+	if logins, err = newLogins(cfg, st, mgr, vlt, viewers, log); err != nil {
+		return err
+	}
 	vopts := viewerOptions(cfg)
 	if vopts.AssetsErr != nil {
 		log.Warn("viewer page unavailable", "err", vopts.AssetsErr)
@@ -120,7 +132,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	defer cancelBase()
 	srv := &http.Server{
 		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now},
-			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts}).Handler(),
+			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 	}
@@ -136,6 +148,10 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		_ = srv.Close()
 		return fmt.Errorf("reconcile vms: %w", err)
 	}
+	if err := logins.Recover(ctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("recover logins: %w", err)
+	}
 	ready.Store(true)
 	log.Info("hearth ready")
 
@@ -150,6 +166,11 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
+	// Logins in progress end (failed: hearth is shutting down) and ask for
+	// their browser VMs to go.
+	if err := logins.Shutdown(sctx); err != nil {
+		log.Warn("logins", "err", err)
+	}
 	// Viewer sockets are hijacked connections the HTTP server no longer
 	// tracks: close them with "server shutting down" (1001).
 	if err := viewers.Shutdown(sctx); err != nil {

@@ -111,6 +111,88 @@ type Viewer struct {
 	ViewOnly     bool      `json:"view_only"`
 }
 
+// Login mirrors the API's login object.
+type Login struct {
+	ID            string     `json:"id"`
+	User          string     `json:"user"`
+	Provider      string     `json:"provider"`
+	State         string     `json:"state"`
+	FailureReason string     `json:"failure_reason,omitempty"`
+	BrowserVM     string     `json:"browser_vm,omitempty"`
+	CredentialID  string     `json:"credential_id,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+	ExpiresAt     time.Time  `json:"expires_at"`
+	CompletedAt   *time.Time `json:"completed_at,omitempty"`
+	Viewer        *Viewer    `json:"viewer,omitempty"`
+}
+
+// Terminal reports whether the login has ended.
+func (l Login) Terminal() bool {
+	switch l.State {
+	case "completed", "failed", "cancelled", "expired":
+		return true
+	}
+	return false
+}
+
+// Credential is a stored credential's metadata (no route returns more).
+type Credential struct {
+	ID        string     `json:"id"`
+	User      string     `json:"user"`
+	Provider  string     `json:"provider"`
+	Login     string     `json:"login,omitempty"`
+	Valid     bool       `json:"valid"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// StartLogin starts (or returns the active) login of user's CLI for
+// provider; user "" means the key's own.
+func (c *Client) StartLogin(ctx context.Context, user, provider string) (Login, error) {
+	var l Login
+	body := map[string]string{"provider": provider}
+	if user != "" {
+		body["user"] = user
+	}
+	err := c.Do(ctx, "POST", "/v1/logins", body, &l)
+	return l, err
+}
+
+// GetLogin returns a login (with a viewer link while the user has to act).
+func (c *Client) GetLogin(ctx context.Context, id string) (Login, error) {
+	var l Login
+	err := c.Do(ctx, "GET", "/v1/logins/"+url.PathEscape(id), nil, &l)
+	return l, err
+}
+
+// CancelLogin cancels an active login.
+func (c *Client) CancelLogin(ctx context.Context, id string) (Login, error) {
+	var l Login
+	err := c.Do(ctx, "POST", "/v1/logins/"+url.PathEscape(id)+"/cancel", nil, &l)
+	return l, err
+}
+
+// ListLogins lists logins.
+func (c *Client) ListLogins(ctx context.Context) ([]Login, error) {
+	var out struct{ Logins []Login }
+	err := c.Do(ctx, "GET", "/v1/logins", nil, &out)
+	return out.Logins, err
+}
+
+// ListCredentials lists credential metadata (user "" = the key's own, or
+// every user's for an admin key).
+func (c *Client) ListCredentials(ctx context.Context, user string) ([]Credential, error) {
+	var out struct{ Credentials []Credential }
+	path := "/v1/credentials"
+	if user != "" {
+		path += "?user=" + url.QueryEscape(user)
+	}
+	err := c.Do(ctx, "GET", path, nil, &out)
+	return out.Credentials, err
+}
+
 // Agent is what the guest agent reported.
 type Agent struct {
 	Version         string     `json:"version"`
