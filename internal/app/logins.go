@@ -26,7 +26,16 @@ import (
 // use when make is set).
 func openVault(cfg config.Config, st store.Credentials, make bool, log *slog.Logger) (*vault.Vault, error) {
 	path := cfg.VaultKeyPath()
-	if _, fromEnv := os.LookupEnv(vault.EnvKey); !fromEnv && make {
+	if os.Getenv(vault.EnvKey) == "" && make {
+		// A missing key file next to stored credentials was lost, not
+		// never made: a new key would silently orphan every record.
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+			if cs, err := st.ListCredentials(context.Background(), ""); err != nil {
+				return nil, err
+			} else if len(cs) > 0 {
+				return nil, fmt.Errorf("vault key file %s is missing but %d credentials are stored under it: restore it from a backup (or delete the credentials to start over)", path, len(cs))
+			}
+		}
 		created, err := vault.EnsureKeyFile(path)
 		if err != nil {
 			return nil, err

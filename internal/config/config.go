@@ -83,7 +83,7 @@ type LoginConfig struct {
 type VaultConfig struct {
 	// KeyFile holds the master keys (0600; made on first start if
 	// missing); relative paths are under StateDir. HEARTH_VAULT_KEY
-	// (base64 of 32 bytes) is used instead when set.
+	// (base64 of 32 bytes) replaces it; both at once is an error.
 	KeyFile string `toml:"key_file"`
 }
 

@@ -491,6 +491,12 @@ func (s *Service) OnVMReady(v store.VM) {
 		for _, c := range creds {
 			plain, err := s.d.Vault.Open(c)
 			if err != nil {
+				// A rotation may have re-wrapped it since it was listed.
+				if fresh, gerr := s.d.Store.GetCredential(ctx, c.UserID, c.Provider); gerr == nil {
+					plain, err = s.d.Vault.Open(fresh)
+				}
+			}
+			if err != nil {
 				log.Warn("open credential", "provider", c.Provider, "err", err)
 				continue
 			}
