@@ -2,6 +2,7 @@ package image
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -89,6 +90,9 @@ type SpecFile struct {
 	Mode    FileMode `yaml:"mode" json:"mode"` // permission bits, octal in YAML
 	Owner   string   `yaml:"owner" json:"owner,omitempty"`
 	Content string   `yaml:"content" json:"content"`
+	// ContentBase64 gives binary content (e.g. a test's static helper);
+	// ParseSpec decodes it into Content. At most one of the two is set.
+	ContentBase64 string `yaml:"content_base64" json:"content_base64,omitempty"`
 }
 
 // SpecUnits lists systemd units to enable (WantedBy links, like systemctl
@@ -219,6 +223,23 @@ func ParseSpec(data []byte, file string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	s.applyDefaults()
+	for i := range s.Files {
+		f := &s.Files[i]
+		if f.ContentBase64 == "" {
+			continue
+		}
+		field := fmt.Sprintf("files[%d]", i)
+		if f.Content != "" {
+			c.errorf(field+".content_base64", "give content or content_base64, not both")
+			continue
+		}
+		b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(f.ContentBase64), ""))
+		if err != nil {
+			c.errorf(field+".content_base64", "not base64: %v", err)
+			continue
+		}
+		f.Content = string(b)
+	}
 	c.validate(&s)
 	if err := c.err(); err != nil {
 		return nil, err

@@ -248,3 +248,22 @@ func TestResolveInTree(t *testing.T) {
 		t.Errorf("fileClaim = %+v, %v", c, err)
 	}
 }
+
+func TestSpecBinaryFile(t *testing.T) {
+	base := "name: t\nrole: minimal\nsize_mib: 64\nbase: {kind: busybox}\nfiles:\n  - path: /usr/local/bin/x\n    mode: \"0755\"\n"
+	s, err := ParseSpec([]byte(base+"    content_base64: AAH/\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Files[0].Content != "\x00\x01\xff" {
+		t.Fatalf("content %q", s.Files[0].Content)
+	}
+	for body, want := range map[string]string{
+		"    content_base64: '!!'\n":                 "files[0].content_base64: not base64",
+		"    content: x\n    content_base64: AAH/\n": "not both",
+	} {
+		if _, err := ParseSpec([]byte(base+body), "t.yaml"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", body, err, want)
+		}
+	}
+}
