@@ -226,3 +226,73 @@ func TestLoginCancelAPI(t *testing.T) {
 		t.Fatalf("credentials after cancel: %v", creds.Credentials)
 	}
 }
+
+// The old frontend's routes drive the same logins, with its field names,
+// behind the same keys.
+func TestCompatAuthRoutes(t *testing.T) {
+	f := newFixture(t)
+	a := f.do("POST", "/api/auth/start", f.alice, `{"userId":"alice","provider":"fake_cli"}`)
+	var start struct {
+		Success   bool   `json:"success"`
+		SessionID string `json:"sessionId"`
+	}
+	a.json(t, &start)
+	if a.status != 200 || !start.Success || !strings.HasPrefix(start.SessionID, "lgn_") {
+		t.Fatalf("start: %d %s", a.status, a.body)
+	}
+	a = f.do("POST", "/api/auth/start", f.alice, `{"userId":"alice","provider":"nope"}`)
+	if a.status != 400 || !strings.Contains(string(a.body), `"validProviders"`) || !strings.Contains(string(a.body), "claude_code") {
+		t.Fatalf("unknown provider: %d %s", a.status, a.body)
+	}
+	if a := f.do("POST", "/api/auth/start", f.alice, `{"userId":"bob","provider":"fake_cli"}`); a.status != 400 {
+		t.Fatalf("alice starts bob's: %d %s", a.status, a.body)
+	}
+	if a := f.do("GET", "/api/auth/session/"+start.SessionID, f.bob, ""); a.status != 404 {
+		t.Fatalf("bob reads alice's session: %d", a.status)
+	}
+	f.waitLogin(f.alice, start.SessionID, "awaiting_user")
+	var sess struct {
+		Session struct {
+			Status   string  `json:"status"`
+			NoVNCURL *string `json:"novncURL"`
+		} `json:"session"`
+	}
+	f.do("GET", "/api/auth/session/"+start.SessionID, f.alice, "").json(t, &sess)
+	if sess.Session.Status != "awaiting_user_auth" || sess.Session.NoVNCURL == nil {
+		t.Fatalf("session %+v", sess.Session)
+	}
+	// The noVNC route sends the browser to a fresh viewer page.
+	req, _ := http.NewRequest("GET", f.srv.URL+"/api/auth/session/"+start.SessionID+"/novnc", nil)
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound || !strings.Contains(resp.Header.Get("Location"), "/viewer/") || !strings.Contains(resp.Header.Get("Location"), "#token=") {
+		t.Fatalf("novnc: %d %v", resp.StatusCode, resp.Header)
+	}
+	f.guest.approve <- struct{}{}
+	f.waitLogin(f.alice, start.SessionID, "completed")
+	var creds struct {
+		Credentials []struct {
+			CredentialID string `json:"credential_id"`
+			IsValid      bool   `json:"is_valid"`
+		} `json:"credentials"`
+	}
+	a = f.do("GET", "/api/auth/credentials/alice", f.alice, "")
+	a.json(t, &creds)
+	if a.status != 200 || len(creds.Credentials) != 1 || !creds.Credentials[0].IsValid || strings.Contains(string(a.body), "PLAINTEXT") {
+		t.Fatalf("credentials: %d %s", a.status, a.body)
+	}
+	if a := f.do("GET", "/api/auth/credentials/alice", f.bob, ""); a.status != 404 {
+		t.Fatalf("bob reads alice's credentials: %d", a.status)
+	}
+	// A second session, cancelled through the old route.
+	f.do("POST", "/api/auth/start", f.alice, `{"provider":"fake_cli"}`).json(t, &start)
+	f.waitLogin(f.alice, start.SessionID, "awaiting_user")
+	a = f.do("POST", "/api/auth/session/"+start.SessionID+"/cancel", f.alice, "")
+	if a.status != 200 || !strings.Contains(string(a.body), "Session cancelled") {
+		t.Fatalf("cancel: %d %s", a.status, a.body)
+	}
+}

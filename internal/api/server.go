@@ -89,6 +89,12 @@ func (s *Server) table() []route {
 		{"GET", "/v1/logins/{id}/events", false, s.loginEvents},
 		{"POST", "/v1/logins/{id}/cancel", false, s.cancelLogin},
 		{"GET", "/v1/credentials", false, s.listCredentials},
+		// The old frontend's routes (compat.go).
+		{"POST", "/api/auth/start", false, s.compatStart},
+		{"GET", "/api/auth/session/{id}", false, s.compatSession},
+		{"GET", "/api/auth/session/{id}/novnc", false, s.compatNoVNC},
+		{"POST", "/api/auth/session/{id}/cancel", false, s.compatCancel},
+		{"GET", "/api/auth/credentials/{userId}", false, s.compatCredentials},
 	}
 }
 

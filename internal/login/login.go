@@ -171,6 +171,9 @@ func (s *Service) active(ctx context.Context, userID, providerName string) (*sto
 	return &ls[0], nil
 }
 
+// ProviderNames lists the providers a login may name.
+func (s *Service) ProviderNames() []string { return s.d.Providers.Names() }
+
 // Get returns one login.
 func (s *Service) Get(ctx context.Context, id string) (store.Login, error) {
 	l, err := s.d.Store.GetLogin(ctx, id)
