@@ -238,16 +238,6 @@ func (r *loginRun) lookupUser() error {
 
 // start runs the CLI on a new PTY, in its own session, as the user.
 func (r *loginRun) start(helperDir, helper string) (*exec.Cmd, *os.File, error) {
-	path, err := lookPath(r.req.Argv[0], envValue(r.req.Env, "PATH"))
-	if err != nil {
-		return nil, nil, fmt.Errorf("login: %w", err)
-	}
-	cmd := exec.Command(path)
-	cmd.Args = r.req.Argv
-	cmd.Dir = r.req.Dir
-	if cmd.Dir == "" {
-		cmd.Dir = r.home
-	}
 	base := []string{
 		"HOME=" + r.home, "USER=" + r.req.User, "LOGNAME=" + r.req.User,
 		"PATH=" + defaultPath, "TERM=xterm-256color", "LANG=C.UTF-8",
@@ -255,7 +245,16 @@ func (r *loginRun) start(helperDir, helper string) (*exec.Cmd, *os.File, error) 
 	env := commandEnv(base, r.req.Env)
 	// The agent's helper opens URLs, whatever the request says: $BROWSER
 	// and, first in PATH, the usual openers.
-	cmd.Env = commandEnv(env, []string{"BROWSER=" + helper, "PATH=" + helperDir + ":" + envValue(env, "PATH")})
+	env = commandEnv(env, []string{"BROWSER=" + helper, "PATH=" + helperDir + ":" + envValue(env, "PATH")})
+	path, err := lookPath(r.req.Argv[0], envValue(env, "PATH"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("login: %w", err)
+	}
+	cmd := exec.Command(path)
+	cmd.Args, cmd.Env, cmd.Dir = r.req.Argv, env, r.req.Dir
+	if cmd.Dir == "" {
+		cmd.Dir = r.home
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	if r.uid != uint32(os.Geteuid()) {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: r.uid, Gid: r.gid}

@@ -156,7 +156,8 @@ func TestLoginCapturesCompleteCredentials(t *testing.T) {
 func TestLoginURLFromXDGOpen(t *testing.T) {
 	f := newLoginFixture(t)
 	req := f.request(t)
-	req.Env = append(req.Env, "NO_PRINT=1", "USE_XDG=1", "BROWSER=/nonexistent/browser")
+	req.Env = append(req.Env, "NO_PRINT=1", "USE_XDG=1", "BROWSER=/nonexistent/browser", "PATH="+f.dir+":/usr/bin:/bin")
+	req.Argv = []string{"fake-cli"} // found in the request's PATH
 	progress := newProgressLog()
 	done := make(chan error, 1)
 	go func() {
