@@ -143,7 +143,7 @@ func writeSpecFiles(tree string, files []SpecFile) error {
 			}
 			uid, gid = a.uid, a.gid
 		}
-		if err := writeTreeFile(tree, f.Path, []byte(f.Content), f.Mode.Perm(), uid, gid); err != nil {
+		if err := writeTreeFile(tree, f.Path, f.Data(), f.Mode.Perm(), uid, gid); err != nil {
 			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
 	}

@@ -435,7 +435,8 @@ func (b *builder) statRootfs(dst, uuid string) error {
 func busyboxClaims(s *Spec, agent []byte) claims {
 	files := []FileClaim{{Path: GuestAgentPath, SHA256: sha256Hex(string(agent)), Mode: 0o755, Size: int64(len(agent))}}
 	for _, f := range s.Files {
-		files = append(files, FileClaim{Path: f.Path, SHA256: sha256Hex(f.Content), Mode: f.Mode.Perm() & 0o777, Size: int64(len(f.Content))})
+		data := f.Data()
+		files = append(files, FileClaim{Path: f.Path, SHA256: sha256Hex(string(data)), Mode: f.Mode.Perm() & 0o777, Size: int64(len(data))})
 	}
 	sortFileClaims(files)
 	return claims{packages: []PackageClaim{}, npm: []PackageClaim{}, units: []UnitClaim{}, files: files, users: []UserClaim{}}

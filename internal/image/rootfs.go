@@ -46,7 +46,7 @@ func rootfsTree(s rootfsSpec) (fsTree, error) {
 		return nil, err
 	}
 	for _, f := range s.Spec.Files {
-		if err := t.add(f.Path, fsEntry{mode: f.Mode.Perm(), data: []byte(f.Content)}); err != nil {
+		if err := t.add(f.Path, fsEntry{mode: f.Mode.Perm(), data: f.Data()}); err != nil {
 			return nil, fmt.Errorf("spec file: %w", err)
 		}
 	}

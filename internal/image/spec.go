@@ -90,9 +90,20 @@ type SpecFile struct {
 	Mode    FileMode `yaml:"mode" json:"mode"` // permission bits, octal in YAML
 	Owner   string   `yaml:"owner" json:"owner,omitempty"`
 	Content string   `yaml:"content" json:"content"`
-	// ContentBase64 gives binary content (e.g. a test's static helper);
-	// ParseSpec decodes it into Content. At most one of the two is set.
+	// ContentBase64 gives binary content (e.g. a test's static helper)
+	// instead of Content; it stays encoded in the spec (JSON would mangle
+	// the bytes) and Data decodes it.
 	ContentBase64 string `yaml:"content_base64" json:"content_base64,omitempty"`
+}
+
+// Data is the file's content: Content, or ContentBase64 decoded
+// (validated by ParseSpec).
+func (f SpecFile) Data() []byte {
+	if f.ContentBase64 != "" {
+		b, _ := base64.StdEncoding.DecodeString(f.ContentBase64)
+		return b
+	}
+	return []byte(f.Content)
 }
 
 // SpecUnits lists systemd units to enable (WantedBy links, like systemctl
@@ -223,22 +234,16 @@ func ParseSpec(data []byte, file string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	s.applyDefaults()
-	for i := range s.Files {
-		f := &s.Files[i]
+	for i, f := range s.Files {
 		if f.ContentBase64 == "" {
 			continue
 		}
 		field := fmt.Sprintf("files[%d]", i)
 		if f.Content != "" {
 			c.errorf(field+".content_base64", "give content or content_base64, not both")
-			continue
-		}
-		b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(f.ContentBase64), ""))
-		if err != nil {
+		} else if _, err := base64.StdEncoding.DecodeString(f.ContentBase64); err != nil {
 			c.errorf(field+".content_base64", "not base64: %v", err)
-			continue
 		}
-		f.Content = string(b)
 	}
 	c.validate(&s)
 	if err := c.err(); err != nil {

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -255,8 +256,18 @@ func TestSpecBinaryFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Files[0].Content != "\x00\x01\xff" {
-		t.Fatalf("content %q", s.Files[0].Content)
+	if string(s.Files[0].Data()) != "\x00\x01\xff" {
+		t.Fatalf("content %q", s.Files[0].Data())
+	}
+	// The bytes survive the spec's JSON form (which the build digests and
+	// passes on).
+	b, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Spec
+	if err := json.Unmarshal(b, &back); err != nil || string(back.Files[0].Data()) != "\x00\x01\xff" {
+		t.Fatalf("after JSON: %q %v", back.Files[0].Data(), err)
 	}
 	for body, want := range map[string]string{
 		"    content_base64: '!!'\n":                 "files[0].content_base64: not base64",
