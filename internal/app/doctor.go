@@ -18,6 +18,7 @@ import (
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/vault"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
 	"github.com/hearth-project/hearth/web"
 )
@@ -85,6 +86,12 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 	out = append(out, checkStateDir(cfg)...)
 	out = append(out, checkNetwork(ctx, cfg)...)
 	out = append(out, checkImages(ctx, cfg))
+	out = append(out, checkVault(cfg))
+	if reg, err := loadProviders(cfg); err != nil {
+		out = append(out, failc("providers", err.Error(), "fix the provider definition it names"))
+	} else {
+		out = append(out, ok("providers", strings.Join(reg.Names(), ", ")))
+	}
 	if err := web.NoVNCBuilt(); err != nil {
 		out = append(out, failc("viewer", "the browser viewer page is not in this binary: "+err.Error(),
 			"run make web (needs node and npm), then rebuild hearth"))
@@ -191,6 +198,25 @@ func reflinkSupported(dir string) bool {
 	defer os.Remove(dst.Name())
 	defer dst.Close()
 	return unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())) == nil
+}
+
+// checkVault says where the vault's master key comes from.
+func checkVault(cfg config.Config) Check {
+	if os.Getenv(vault.EnvKey) != "" {
+		if _, err := vault.LoadKeyring(cfg.VaultKeyPath(), os.Environ()); err != nil {
+			return failc("vault", err.Error(), "give "+vault.EnvKey+" as base64 of 32 bytes, and no key file")
+		}
+		return ok("vault", "master key from "+vault.EnvKey)
+	}
+	path := cfg.VaultKeyPath()
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return warn("vault", "no key file yet at "+path, "hearth serve makes it on first start; back it up then")
+	}
+	kr, err := vault.LoadKeyring(path, os.Environ())
+	if err != nil {
+		return failc("vault", err.Error(), "restore the key file from a backup (mode 0600)")
+	}
+	return ok("vault", fmt.Sprintf("%s: %d key(s), current %s", path, len(kr.IDs()), kr.CurrentID()))
 }
 
 func checkImages(ctx context.Context, cfg config.Config) Check {
