@@ -1,0 +1,258 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hearth-project/hearth/images"
+	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/providers"
+	"github.com/hearth-project/hearth/test/fakeauth/fakeauth"
+)
+
+const (
+	loginImage   = "browser-login-e2e"
+	fakeAuthPort = 8080
+)
+
+// loginTestSpec is the browser image's spec with the fake provider CLI in
+// /usr/local/bin and without Node.js and the real CLIs (which the fake
+// does not need), written to a file.
+func loginTestSpec(t *testing.T, fakeCLI string) string {
+	t.Helper()
+	src, err := images.FS.ReadFile("browser.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(fakeCLI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	skip := false
+	for _, line := range strings.Split(string(src), "\n") {
+		switch {
+		case strings.HasPrefix(line, "name: "):
+			line = "name: " + loginImage
+		case line == "node:" || line == "npm:":
+			skip = true
+			continue
+		case skip && (strings.HasPrefix(line, "  ")):
+			continue
+		case line == "  - /usr/local/bin/node":
+			continue
+		case line == "files:":
+			line = "files:\n  - path: /usr/local/bin/fakeprovider\n    mode: \"0755\"\n    content_base64: " + base64.StdEncoding.EncodeToString(bin)
+		}
+		skip = false
+		out = append(out, line)
+	}
+	path := filepath.Join(t.TempDir(), loginImage+".yaml")
+	if err := os.WriteFile(path, []byte(strings.Join(out, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// fakeProviderDir holds the fake_cli provider, pointed at the fake
+// authorization server outside.
+func fakeProviderDir(t *testing.T) string {
+	t.Helper()
+	src, err := providers.TestFS.ReadFile("testdata/fake_cli.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://%s:%d", outsideIP, fakeAuthPort)
+	y := strings.Replace(string(src), "\n  argv:", "\n  env:\n    - FAKE_AUTHORIZE_URL="+base+"/authorize\n    - FAKE_TOKEN_URL="+base+"/token\n  argv:", 1)
+	if y == string(src) {
+		t.Fatal("fake_cli.yaml has no login argv to put the env before")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "fake_cli.yaml"), []byte(y), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// serveFakeAuth runs the fake authorization server in the outside
+// namespace, where guests reach it through NAT.
+func serveFakeAuth(t *testing.T, o *outside) *fakeauth.Server {
+	t.Helper()
+	fa := fakeauth.New(fakeauth.Options{})
+	var ln net.Listener
+	if err := inNetns(o.ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", fmt.Sprintf("%s:%d", o.addr, fakeAuthPort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: fa, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	return fa
+}
+
+// TestLoginEndToEnd is a provider login for real, with a fake CLI and a
+// fake authorization server: the browser VM boots, the agent runs the CLI
+// on a PTY, the guest's Chromium loads the authorization page (the server
+// sees it), the user's approval sends the browser to the CLI's callback on
+// the guest's localhost, the CLI exchanges the code and writes its
+// credential, which hearth captures, seals, stores and installs into the
+// user's running workspace VM (read back through its agent). The browser
+// VM is gone afterwards, and no log holds the token.
+func TestLoginEndToEnd(t *testing.T) {
+	needRoot(t)
+	fakeCLI := filepath.Join(binDir, "fakeprovider")
+	build := exec.Command("go", "build", "-o", fakeCLI, "./test/fakeprovider")
+	build.Dir, build.Env = repoRoot(), append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the fake provider CLI: %v\n%s", err, out)
+	}
+	d := newDaemon(t, "HEARTH_PROVIDERS_DIR="+fakeProviderDir(t), "HEARTH_LOGIN_BROWSER_IMAGE="+loginImage)
+	for _, profile := range []string{loginTestSpec(t, fakeCLI), "workspace"} {
+		start := time.Now()
+		out := d.hearth("image", "build", "--profile", profile, "--agent", filepath.Join(binDir, "hearth-agent"))
+		t.Logf("image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
+	}
+	fa := serveFakeAuth(t, newOutside(t, d))
+
+	ctx := ctxT(t, 20*time.Minute)
+	ws, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "workspace", VCPUs: 1, MemoryMiB: 1024, BootTimeoutSeconds: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	l, err := d.alice.StartLogin(ctx, "", "fake_cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ws, err = d.alice.WaitVM(ctx, ws.ID, "ready", 8*time.Minute); err != nil {
+		t.Fatalf("workspace not ready: %v", err)
+	}
+	l = waitLogin(t, d, l.ID, 8*time.Minute, func(l client.Login) bool { return l.State == "awaiting_user" })
+	if l.Viewer == nil || !strings.Contains(l.Viewer.URL, "/viewer/"+l.BrowserVM+"#token=") {
+		t.Fatalf("awaiting login without a viewer link: %+v", l)
+	}
+	t.Logf("login awaiting the user %s after the request", time.Since(start).Round(time.Second))
+
+	// The guest's browser loaded the authorization page: the server has a
+	// pending authorization (its state is the CLI's).
+	var state string
+	deadline := time.Now().Add(4 * time.Minute)
+	for state == "" {
+		if p := fa.Pending(); len(p) > 0 {
+			state = p[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest browser never loaded the authorization page; server saw %+v", fa.Events())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	// The user approves: the browser goes to the CLI's callback.
+	redirect, err := fa.Approve(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out := guest(t, d.alice, l.BrowserVM, "/usr/local/bin/hearth-browser", redirect); code != 0 {
+		t.Fatalf("send the guest browser to the callback: %d %s", code, out)
+	}
+	l = waitLogin(t, d, l.ID, 4*time.Minute, func(l client.Login) bool { return l.Terminal() })
+	if l.State != "completed" {
+		t.Fatalf("login ended %s: %s\nserver saw %+v", l.State, l.FailureReason, fa.Events())
+	}
+	t.Logf("login completed %s after the request", time.Since(start).Round(time.Second))
+
+	// Installed into the workspace: the user's file, mode 0600.
+	code, out := guest(t, d.alice, ws.ID, "/bin/sh", "-c", "stat -c '%a %U' /home/hearth/.fake/credentials.json && cat /home/hearth/.fake/credentials.json")
+	if code != 0 {
+		t.Fatalf("read the credential in the workspace: %d %s", code, out)
+	}
+	first, body, _ := strings.Cut(out, "\n")
+	if first != "600 hearth" {
+		t.Fatalf("installed file is %q, want mode 600 owned by hearth", first)
+	}
+	var cred struct {
+		FakeOauth struct{ AccessToken, RefreshToken string } `json:"fakeOauth"`
+	}
+	if err := json.Unmarshal([]byte(body), &cred); err != nil || cred.FakeOauth.AccessToken == "" {
+		t.Fatalf("installed credential is not the CLI's: %v", err)
+	}
+	creds, err := d.alice.ListCredentials(ctx, "")
+	if err != nil || len(creds) != 1 || creds[0].Provider != "fake_cli" || !creds[0].Valid || creds[0].ExpiresAt == nil {
+		t.Fatalf("credential metadata %+v %v", creds, err)
+	}
+	if _, err := d.alice.WaitVM(ctx, l.BrowserVM, "destroyed", 2*time.Minute); err != nil {
+		t.Fatalf("browser vm not destroyed: %v", err)
+	}
+
+	// Nothing hearth wrote outside the guests' disks holds the tokens.
+	for _, secret := range []string{cred.FakeOauth.AccessToken, cred.FakeOauth.RefreshToken} {
+		if where := grepStateDir(t, d.stateDir, secret); where != "" {
+			t.Fatalf("credential plaintext found in %s", where)
+		}
+	}
+}
+
+// waitLogin polls a login until done says so.
+func waitLogin(t *testing.T, d *daemon, id string, within time.Duration, done func(client.Login) bool) client.Login {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		l, err := d.alice.GetLogin(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if done(l) {
+			return l
+		}
+		if l.Terminal() || time.Now().After(deadline) {
+			t.Fatalf("login is %s (%s)\ndaemon log:\n%s", l.State, l.FailureReason, tail(d.log(), 40))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// grepStateDir returns a file under dir (the daemon's log, database,
+// console logs, …; not guest disks) that contains s, or "".
+func grepStateDir(t *testing.T, dir, s string) string {
+	t.Helper()
+	found := ""
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || found != "" {
+			return err
+		}
+		switch filepath.Ext(p) {
+		case ".qcow2", ".ext4", ".img", ".sock":
+			return nil
+		}
+		if !e.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		if strings.Contains(string(b), s) {
+			found = p
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return found
+}
