@@ -98,7 +98,13 @@ type Service struct {
 	wg     sync.WaitGroup
 
 	mu   sync.Mutex
-	runs map[string]context.CancelCauseFunc // login id → cancel its run
+	runs map[string]*runHandle // active logins' runs, by login id
+}
+
+// runHandle cancels a run and tells when it has ended.
+type runHandle struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
 }
 
 // New returns a service; call Recover before Start is used.
@@ -107,7 +113,7 @@ func New(cfg Config, d Deps) *Service {
 		d.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Service{cfg: cfg, d: d, ctx: ctx, cancel: cancel, runs: map[string]context.CancelCauseFunc{}}
+	return &Service{cfg: cfg, d: d, ctx: ctx, cancel: cancel, runs: map[string]*runHandle{}}
 }
 
 // Causes of a run's end other than its own outcome.
@@ -199,36 +205,21 @@ func (s *Service) Cancel(ctx context.Context, id string) (store.Login, error) {
 		return l, errdefs.Conflictf("login %s is already %s", id, l.State)
 	}
 	s.mu.Lock()
-	cancel := s.runs[id]
+	run := s.runs[id]
 	s.mu.Unlock()
-	if cancel != nil {
-		cancel(errCancelled)
-	} else {
+	if run == nil {
 		// No run (e.g. it is being recovered): end it here.
 		s.finish(l, store.LoginCancelled, errCancelled.Error())
+		return s.Get(ctx, id)
 	}
-	// The run records the end; answer with the record once it did.
-	return s.waitTerminal(ctx, id)
-}
-
-// waitTerminal waits for login id to reach a terminal state.
-func (s *Service) waitTerminal(ctx context.Context, id string) (store.Login, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		s.mu.Lock()
-		_, running := s.runs[id]
-		s.mu.Unlock()
-		l, err := s.Get(ctx, id)
-		if err != nil || l.State.Terminal() && !running {
-			return l, err
-		}
-		select {
-		case <-ctx.Done():
-			return l, nil
-		case <-time.After(20 * time.Millisecond):
-		}
+	run.cancel(errCancelled)
+	// The run records the end; answer with the record once it has.
+	select {
+	case <-run.done:
+	case <-ctx.Done():
+		return store.Login{}, ctx.Err()
 	}
+	return s.Get(ctx, id)
 }
 
 // Credentials returns the metadata of userID's credentials ("" for all):
@@ -260,8 +251,8 @@ func (s *Service) Recover(ctx context.Context) error {
 // Shutdown stops every run (their logins fail with the reason) and waits.
 func (s *Service) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	for _, cancel := range s.runs {
-		cancel(errShutdown)
+	for _, run := range s.runs {
+		run.cancel(errShutdown)
 	}
 	s.mu.Unlock()
 	s.cancel()
@@ -278,12 +269,14 @@ func (s *Service) Shutdown(ctx context.Context) error {
 func (s *Service) spawn(l store.Login) {
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	ctx, cancelDeadline := context.WithDeadlineCause(ctx, l.ExpiresAt, errExpired)
+	run := &runHandle{cancel: cancel, done: make(chan struct{})}
 	s.mu.Lock()
-	s.runs[l.ID] = cancel
+	s.runs[l.ID] = run
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer close(run.done)
 		defer cancelDeadline()
 		defer func() {
 			s.mu.Lock()
