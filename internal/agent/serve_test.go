@@ -212,7 +212,7 @@ func TestRequests(t *testing.T) {
 	}{
 		{"ping", agentapi.TypePing, ""},
 		{"unknown", "frobnicate", "unknown request type frobnicate"},
-		{"future", "write_file", "unknown request type write_file"},
+		{"future", "teleport", "unknown request type teleport"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

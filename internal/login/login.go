@@ -356,14 +356,16 @@ func (s *Service) attempt(ctx context.Context, l *store.Login, p provider.Provid
 	if reason != "" {
 		return store.LoginFailed, reason
 	}
-	if nl, err := s.update(l.ID, "credential stored", func(x *store.Login) {
+	// Installed before the login says completed, so that a completed
+	// login's user finds the credential in every running workspace.
+	s.installAll(ctx, l.UserID, p, files, log)
+	if nl, err := s.update(l.ID, "credential stored and installed", func(x *store.Login) {
 		x.State, x.CredentialID = store.LoginCompleted, cred.ID
 	}); err != nil {
 		return store.LoginFailed, "record completion: " + err.Error()
 	} else {
 		*l = nl
 	}
-	s.installAll(ctx, l.UserID, p, files, log)
 	return store.LoginCompleted, ""
 }
 
