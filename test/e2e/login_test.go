@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,51 +15,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-project/hearth/images"
 	"github.com/hearth-project/hearth/internal/client"
-	"github.com/hearth-project/hearth/providers"
 	"github.com/hearth-project/hearth/test/fakeauth/fakeauth"
+	"github.com/hearth-project/hearth/test/loginenv"
 )
 
 const (
 	loginImage   = "browser-login-e2e"
-	fakeAuthPort = 8080
+	fakeAuthPort = loginenv.FakeAuthPort
 )
 
-// loginTestSpec is the browser image's spec with the fake provider CLI in
-// /usr/local/bin and without Node.js and the real CLIs (which the fake
-// does not need), written to a file.
+// loginTestSpec writes the browser image's spec with the fake provider
+// CLI (loginenv.Spec) to a file.
 func loginTestSpec(t *testing.T, fakeCLI string) string {
 	t.Helper()
-	src, err := images.FS.ReadFile("browser.yaml")
+	path, err := loginenv.WriteSpec(t.TempDir(), loginImage, fakeCLI)
 	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := os.ReadFile(fakeCLI)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	skip := false
-	for _, line := range strings.Split(string(src), "\n") {
-		switch {
-		case strings.HasPrefix(line, "name: "):
-			line = "name: " + loginImage
-		case line == "node:" || line == "npm:":
-			skip = true
-			continue
-		case skip && (strings.HasPrefix(line, "  ")):
-			continue
-		case line == "  - /usr/local/bin/node":
-			continue
-		case line == "files:":
-			line = "files:\n  - path: /usr/local/bin/fakeprovider\n    mode: \"0755\"\n    content_base64: " + base64.StdEncoding.EncodeToString(bin)
-		}
-		skip = false
-		out = append(out, line)
-	}
-	path := filepath.Join(t.TempDir(), loginImage+".yaml")
-	if err := os.WriteFile(path, []byte(strings.Join(out, "\n")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -70,17 +40,8 @@ func loginTestSpec(t *testing.T, fakeCLI string) string {
 // authorization server outside.
 func fakeProviderDir(t *testing.T) string {
 	t.Helper()
-	src, err := providers.TestFS.ReadFile("testdata/fake_cli.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := fmt.Sprintf("http://%s:%d", outsideIP, fakeAuthPort)
-	y := strings.Replace(string(src), "\n  argv:", "\n  env:\n    - FAKE_AUTHORIZE_URL="+base+"/authorize\n    - FAKE_TOKEN_URL="+base+"/token\n  argv:", 1)
-	if y == string(src) {
-		t.Fatal("fake_cli.yaml has no login argv to put the env before")
-	}
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "fake_cli.yaml"), []byte(y), 0o644); err != nil {
+	if err := loginenv.WriteProviders(dir, loginenv.AuthBase(outsideIP)); err != nil {
 		t.Fatal(err)
 	}
 	return dir
