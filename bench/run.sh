@@ -2,7 +2,8 @@
 # Runs every benchmark (root, QEMU) and writes docs/BENCHMARKS.md. Each one
 # compares hearth with the named alternative in the same run.
 #   ./bench/run.sh                 # all; as root (or: make bench)
-#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer or images
+#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer, images or login
+#   LOGIN_RUNS=5 ./bench/run.sh login   # logins measured (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
@@ -12,11 +13,12 @@ for tool in iptables bc; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $tool >/dev/null
 done
 make build >/dev/null
-for b in vmbench netbench diskbench viewerbench; do go build -o bin/$b ./bench/$b; done
+for b in vmbench netbench diskbench viewerbench loginbench; do go build -o bin/$b ./bench/$b; done
 RUNS=${RUNS:-10}
+LOGIN_RUNS=${LOGIN_RUNS:-5}
 which=${1:-all}
 out=$(mktemp -d)
-trap 'rm -rf "$out"; ip netns del hearth-bench 2>/dev/null || true; ip netns del hearth-bench-vm 2>/dev/null || true' EXIT
+trap 'rm -rf "$out"; for ns in hearth-bench hearth-bench-vm hearth-bench-login hearth-bench-out; do ip netns del $ns 2>/dev/null || true; done' EXIT
 
 if [ "$which" = all ] || [ "$which" = vm ]; then
   # The daemon runs in its own namespace, without guest networking, so both
@@ -48,6 +50,15 @@ fi
 if [ "$which" = all ] || [ "$which" = images ]; then
   ./bench/images.sh >"$out/images.md"
 fi
+if [ "$which" = all ] || [ "$which" = login ]; then
+  # A provider login against fakes, set up as the e2e login test does: the
+  # browser image with the fake CLI (built into bench-images, cached), the
+  # daemon in namespace hearth-bench-login, the fake authorization server
+  # in hearth-bench-out; loginbench makes both namespaces and deletes them.
+  CGO_ENABLED=0 go build -o bin/fakeprovider ./test/fakeprovider
+  bin/loginbench -hearth bin/hearth -agent bin/hearth-agent -fakecli bin/fakeprovider \
+    -images /var/cache/hearth/bench-images -runs "$LOGIN_RUNS" >"$out/login.md"
+fi
 
 section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
 {
@@ -68,6 +79,7 @@ section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
   section "$out/disk.md"
   section "$out/viewer.md"
   section "$out/images.md"
+  section "$out/login.md"
 } > "$out/BENCHMARKS.md"
 if [ "$which" = all ]; then
   cp "$out/BENCHMARKS.md" docs/BENCHMARKS.md   # only a full run rewrites the record
