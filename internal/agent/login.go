@@ -42,41 +42,12 @@ func credentialComplete(c agentapi.CredentialFile, content []byte) (bool, string
 		return false, "not complete JSON"
 	}
 	for _, field := range c.Required {
-		v, ok := lookupField(doc, field)
-		if !ok || isEmpty(v) {
+		v, ok := agentapi.JSONField(doc, field)
+		if !ok || agentapi.JSONEmpty(v) {
 			return false, "no " + field
 		}
 	}
 	return true, ""
-}
-
-// lookupField follows a dotted path through JSON objects.
-func lookupField(doc any, path string) (any, bool) {
-	cur := doc
-	for _, key := range strings.Split(path, ".") {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		if cur, ok = m[key]; !ok {
-			return nil, false
-		}
-	}
-	return cur, true
-}
-
-func isEmpty(v any) bool {
-	switch x := v.(type) {
-	case nil:
-		return true
-	case string:
-		return x == ""
-	case map[string]any:
-		return len(x) == 0
-	case []any:
-		return len(x) == 0
-	}
-	return false
 }
 
 // expandHome resolves "~/" against home and cleans the path.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hearth-project/hearth/internal/agentapi"
 	"io"
 	"math"
 	"strings"
@@ -74,11 +75,11 @@ func (c Credential) Check(content []byte, now time.Time) (Info, error) {
 		return Info{}, fmt.Errorf("%s: %w: want a JSON object, got %s", c.Path, ErrInvalid, jsonKind(doc))
 	}
 	for _, f := range c.Required {
-		v, found := lookup(obj, f)
+		v, found := agentapi.JSONField(obj, f)
 		switch {
 		case !found:
 			return Info{}, fmt.Errorf("%s: %w: %s is absent", c.Path, ErrMissingField, f)
-		case isEmpty(v):
+		case agentapi.JSONEmpty(v):
 			return Info{}, fmt.Errorf("%s: %w: %s is empty", c.Path, ErrMissingField, f)
 		}
 	}
@@ -86,8 +87,8 @@ func (c Credential) Check(content []byte, now time.Time) (Info, error) {
 	if c.ExpiresAt == nil {
 		return info, nil
 	}
-	v, found := lookup(obj, c.ExpiresAt.Field)
-	if !found || isEmpty(v) {
+	v, found := agentapi.JSONField(obj, c.ExpiresAt.Field)
+	if !found || agentapi.JSONEmpty(v) {
 		return Info{}, fmt.Errorf("%s: %w: %s (the expiry) is absent or empty", c.Path, ErrMissingField, c.ExpiresAt.Field)
 	}
 	t, err := parseExpiry(v, c.ExpiresAt.Unit)
@@ -125,36 +126,6 @@ func decodeJSON(content []byte) (any, error) {
 		return nil, fmt.Errorf("%w: data after the JSON value (at byte %d of %d)", ErrInvalid, dec.InputOffset(), len(content))
 	}
 	return v, nil
-}
-
-// lookup finds a dotted field path in a JSON object.
-func lookup(obj map[string]any, field string) (any, bool) {
-	var cur any = obj
-	for _, seg := range strings.Split(field, ".") {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		if cur, ok = m[seg]; !ok {
-			return nil, false
-		}
-	}
-	return cur, true
-}
-
-// isEmpty says a JSON value carries nothing: null, "", {} or [].
-func isEmpty(v any) bool {
-	switch x := v.(type) {
-	case nil:
-		return true
-	case string:
-		return strings.TrimSpace(x) == ""
-	case map[string]any:
-		return len(x) == 0
-	case []any:
-		return len(x) == 0
-	}
-	return false
 }
 
 func jsonKind(v any) string {
