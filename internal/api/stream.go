@@ -185,29 +185,33 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 		}
 		return rc.Flush() == nil && !last
 	}
+	// catchUp sends the stored events after `after`, in id order; it
+	// reports whether to go on.
+	catchUp := func() bool {
+		for {
+			evs, err := s.Store.ListEvents(r.Context(), after, 500)
+			if err != nil {
+				return false
+			}
+			for _, e := range evs {
+				if !send(e) {
+					return false
+				}
+				after = e.ID
+			}
+			if len(evs) < 500 {
+				return true
+			}
+		}
+	}
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
 	for {
 		// Subscribe before replaying so nothing falls between the two.
 		sub := s.VMs.Bus().Subscribe(256)
-		if after >= 0 {
-			for {
-				evs, err := s.Store.ListEvents(r.Context(), after, 500)
-				if err != nil {
-					sub.Close()
-					return
-				}
-				for _, e := range evs {
-					if !send(e) {
-						sub.Close()
-						return
-					}
-					after = e.ID
-				}
-				if len(evs) < 500 {
-					break
-				}
-			}
+		if after >= 0 && !catchUp() {
+			sub.Close()
+			return
 		}
 		dropped := false
 		for !dropped {
@@ -225,14 +229,23 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 					dropped = true // too slow: resume from the store
 					break
 				}
-				if e.ID <= after {
+				if after < 0 {
+					// No resume point: live events only, from the first.
+					if !send(e) {
+						sub.Close()
+						return
+					}
+					after = e.ID
 					continue
 				}
-				if !send(e) {
+				// Events are published after they are stored, by
+				// different goroutines, so one may arrive before an
+				// earlier one: the bus only says "something new", and
+				// the store, where ids are in commit order, says what.
+				if e.ID > after && !catchUp() {
 					sub.Close()
 					return
 				}
-				after = e.ID
 			}
 		}
 		// With no resume point yet, a dropped subscriber simply resubscribes.
