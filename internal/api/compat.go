@@ -1,8 +1,9 @@
 package api
 
 import (
+	"errors"
 	"net/http"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
@@ -72,7 +73,7 @@ func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	l, _, err := s.Logins.Start(r.Context(), user, req.Provider)
-	if errdefsInvalidProvider(err) {
+	if errors.Is(err, errdefs.ErrInvalid) && !slices.Contains(s.Logins.ProviderNames(), req.Provider) {
 		writeJSON(w, http.StatusBadRequest, map[string]any{
 			"error": errdefs.Public(err), "validProviders": s.Logins.ProviderNames(),
 		})
@@ -86,11 +87,6 @@ func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"success": true, "sessionId": l.ID, "provider": l.Provider, "novncURL": c.NoVNCURL, "browserIP": nil,
 	})
-}
-
-// errdefsInvalidProvider reports whether err is the unknown-provider error.
-func errdefsInvalidProvider(err error) bool {
-	return err != nil && strings.Contains(errdefs.Public(err), "unknown provider")
 }
 
 func (s *Server) compatSession(w http.ResponseWriter, r *http.Request) {

@@ -50,10 +50,8 @@ func (s *Server) withViewer(r *http.Request, l store.Login) loginJSON {
 		s.Log.Warn("viewer link for login", "login", l.ID, "err", err)
 		return j
 	}
-	base := s.viewerBase(r)
-	page := base.JoinPath("viewer", l.BrowserVMID)
-	page.Fragment = "token=" + g.PageToken
-	j.Viewer = &viewerJSON{URL: page.String(), WebSocketURL: socketURL(base, l.BrowserVMID, g.SocketToken), ExpiresAt: g.Expires.UTC()}
+	link := viewerLink(s.viewerBase(r), l.BrowserVMID, g)
+	j.Viewer = &link
 	return j
 }
 

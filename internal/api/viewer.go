@@ -112,13 +112,17 @@ func (s *Server) createViewer(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	base := s.viewerBase(r)
-	page := base.JoinPath("viewer", v.ID)
-	page.Fragment = "token=" + g.PageToken // never sent to a server, so never logged
-	writeJSON(w, http.StatusCreated, viewerJSON{
-		URL: page.String(), WebSocketURL: socketURL(base, v.ID, g.SocketToken),
-		ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly,
-	})
+	writeJSON(w, http.StatusCreated, viewerLink(s.viewerBase(r), v.ID, g))
+}
+
+// viewerLink is the answer for grant g on vmID's screen: the page, its
+// token in the fragment (never sent to a server, so never logged), and the
+// single-use socket URL.
+func viewerLink(base *url.URL, vmID string, g viewer.Grant) viewerJSON {
+	page := base.JoinPath("viewer", vmID)
+	page.Fragment = "token=" + g.PageToken
+	return viewerJSON{URL: page.String(), WebSocketURL: socketURL(base, vmID, g.SocketToken),
+		ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly}
 }
 
 // socketURL is the WebSocket URL of vmID's viewer socket with token.

@@ -541,7 +541,7 @@ func (m *Manager) GuestAddr(ctx context.Context, id string, port int) (string, e
 	if v.State == store.StateDestroyed {
 		return "", errdefs.NotFoundf("vm %s is destroyed", id)
 	}
-	if !slices.Contains(m.cfg.Roles[v.Role], port) {
+	if !m.Serves(v.Role, port) {
 		return "", errdefs.Conflictf("vm %s has role %s, which does not serve port %d", id, v.Role, port)
 	}
 	if v.State != store.StateReady {
