@@ -51,10 +51,16 @@ type Spec struct {
 	NICs []NIC
 }
 
-// NIC is one guest network interface on a host TAP device.
+// NIC is one guest network interface on a host TAP device. Address,
+// Gateway and DNS are the guest's side of it; drivers that can hand them to
+// the guest before its agent connects (Firecracker's MMDS) do, the agent is
+// told them again over its channel either way.
 type NIC struct {
-	TAP string
-	MAC string
+	TAP     string
+	MAC     string
+	Address string   // CIDR, e.g. 10.88.0.5/24; empty if unknown
+	Gateway string   // empty if unknown
+	DNS     []string // resolvers
 }
 
 // Handle is the persisted identity of a VM's process and files.
@@ -64,13 +70,20 @@ type Handle struct {
 	PID    int    `json:"pid,omitempty"`
 	// PIDStart is the process start time (clock ticks since boot, from
 	// /proc/PID/stat) so a recycled PID is never mistaken for the VM.
-	PIDStart      uint64 `json:"pid_start,omitempty"`
-	ConsolePath   string `json:"console_path"`
-	AgentSocket   string `json:"agent_socket"`
-	ControlSocket string `json:"control_socket"`
-	DiskPath      string `json:"disk_path"`
-	TokenPath     string `json:"token_path"`
-	Accel         string `json:"accel,omitempty"`
+	PIDStart    uint64 `json:"pid_start,omitempty"`
+	ConsolePath string `json:"console_path"`
+	AgentSocket string `json:"agent_socket"`
+	// AgentVsockPort, when set, says AgentSocket is the host end of a
+	// Firecracker vsock device: a connection reaches the guest only after
+	// "CONNECT <port>\n" is answered with "OK <host port>\n" (DialAgent
+	// does this). Zero means AgentSocket is a plain stream to the agent.
+	AgentVsockPort uint32 `json:"agent_vsock_port,omitempty"`
+	ControlSocket  string `json:"control_socket"`
+	DiskPath       string `json:"disk_path"`
+	TokenPath      string `json:"token_path"`
+	Accel          string `json:"accel,omitempty"`
+	// Jail is the jailer's chroot directory when the VM runs jailed.
+	Jail string `json:"jail,omitempty"`
 }
 
 // Marshal encodes the handle for the store.
@@ -89,6 +102,34 @@ func UnmarshalHandle(b []byte) (Handle, error) {
 		return Handle{}, fmt.Errorf("decode vm handle: %w", err)
 	}
 	return h, nil
+}
+
+// Pauser is implemented by drivers whose Capabilities say Pause: a paused
+// VM keeps its memory and devices but runs no vCPU.
+type Pauser interface {
+	Pause(ctx context.Context, h Handle) error
+	Resume(ctx context.Context, h Handle) error
+}
+
+// Snapshot is the saved state of a paused VM: its device state and its
+// memory, in files the driver wrote. A snapshot holds no per-VM identity
+// that outlives it: Restore gives the restored VM the token and network of
+// the spec it is restored for.
+type Snapshot struct {
+	Driver    string    `json:"driver"`
+	StatePath string    `json:"state_path"`
+	MemPath   string    `json:"mem_path"`
+	Created   time.Time `json:"created"`
+}
+
+// Snapshotter is implemented by drivers whose Capabilities say Snapshot.
+type Snapshotter interface {
+	// CreateSnapshot writes the state of a paused VM into dir.
+	CreateSnapshot(ctx context.Context, h Handle, dir string) (Snapshot, error)
+	// Restore starts a new VM process for spec (prepared with Prepare)
+	// from snap instead of booting it, re-injects spec's identity (token,
+	// TAP, agent socket, network) and resumes it.
+	Restore(ctx context.Context, spec Spec, h *Handle, snap Snapshot) error
 }
 
 // Driver boots and controls VMs. Every method is idempotent: calling it again
