@@ -11,9 +11,10 @@
 #   xvfb, x11vnc                 a real VNC server on loopback for the viewer bridge's tests
 # With --test:
 #   chromium                     the viewer page end to end (headless, driven over CDP)
+#   btrfs-progs                  a loop-mounted btrfs to test the Firecracker driver's reflink disks
 set -euo pipefail
 pkgs=(qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils cpio ca-certificates curl iproute2 nftables debootstrap xvfb x11vnc)
-[ "${1:-}" = "--test" ] && pkgs+=(chromium)
+[ "${1:-}" = "--test" ] && pkgs+=(chromium btrfs-progs)
 # npm: any npm will do (only its registry access is used); install Debian's
 # only when none is on PATH, so a host's own Node.js is left alone.
 command -v npm >/dev/null || pkgs+=(npm)

@@ -116,10 +116,13 @@ type Pauser interface {
 // that outlives it: Restore gives the restored VM the token and network of
 // the spec it is restored for.
 type Snapshot struct {
-	Driver    string    `json:"driver"`
-	StatePath string    `json:"state_path"`
-	MemPath   string    `json:"mem_path"`
-	Created   time.Time `json:"created"`
+	Driver    string `json:"driver"`
+	StatePath string `json:"state_path"`
+	MemPath   string `json:"mem_path"`
+	// DiskPath is the guest's disk as it was when the snapshot was taken
+	// (empty for drivers whose disks are snapshotted otherwise).
+	DiskPath string    `json:"disk_path,omitempty"`
+	Created  time.Time `json:"created"`
 }
 
 // Snapshotter is implemented by drivers whose Capabilities say Snapshot.

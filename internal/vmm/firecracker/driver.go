@@ -1,0 +1,555 @@
+// Package firecracker is the Firecracker driver, hearth's production VMM.
+// It drives one firecracker process per VM over its API socket (API
+// v1.16, modelled in api.go from Firecracker's swagger document): boot
+// source, a root drive that is a private copy-on-write clone of the image
+// (reflink where the filesystem can, else a sparse copy), a virtio-net
+// interface on the VM's TAP, a vsock device whose host end is the agent's
+// Unix socket, MMDS v2 carrying the VM's token and network, the logger and
+// metrics, the serial console in the VM's directory. Optionally every VM
+// runs under Firecracker's jailer (chroot, uid/gid, cgroup limits, network
+// namespace). Pause, resume and snapshots are offered as vmm.Pauser and
+// vmm.Snapshotter.
+//
+// Every path given to Firecracker is relative to its working directory:
+// the VM's directory, or the jail's root, where the jailer chroots. So the
+// requests are the same jailed or not, and a snapshot names no path of the
+// VM it was taken from.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/vmm/proc"
+)
+
+// Names of the files in a VM's root (its directory, or its jail's root).
+// Firecracker is given these relative names.
+const (
+	fileAPI      = "firecracker.sock"
+	fileVsock    = "agent.vsock"
+	fileConsole  = "console.log"
+	fileDisk     = "rootfs.ext4"
+	fileToken    = "token"
+	fileLog      = "firecracker.log"
+	fileMetrics  = "metrics.json"
+	fileOut      = "firecracker.out"
+	fileKernel   = "vmlinux"
+	fileInitrd   = "initrd.img"
+	fileSnapshot = "snapshot.state"
+	fileMemory   = "snapshot.mem"
+	fileSnapDisk = "rootfs.ext4"
+)
+
+// Device names the driver gives Firecracker.
+const (
+	rootDriveID = "rootfs"
+	ifaceID     = "eth0"
+	guestCID    = 3
+)
+
+// Config configures the driver.
+type Config struct {
+	// Binary is the firecracker executable.
+	Binary string
+	// Jailer, when its Binary is set, runs every VM under the jailer.
+	Jailer JailerConfig
+	// Clone is "auto" (probe StateDir), "reflink" or "sparse-copy".
+	Clone string
+	// ProbeDir is where VM directories live; "auto" cloning is probed
+	// there.
+	ProbeDir string
+	// SocketTimeout bounds the wait for the API socket after launch
+	// (zero: 5s); APITimeout bounds each API request (zero: 10s).
+	SocketTimeout time.Duration
+	APITimeout    time.Duration
+	// Logger receives Firecracker's own log lines and metrics, tagged
+	// with the VM. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Driver runs VMs under Firecracker.
+type Driver struct {
+	cfg   Config
+	clone string
+	log   *slog.Logger
+
+	mu        sync.Mutex
+	followers map[string]bool // VM dirs whose logs are being followed
+	started   map[string]bool // VM dirs whose process this driver started
+}
+
+var (
+	_ vmm.Driver      = (*Driver)(nil)
+	_ vmm.Pauser      = (*Driver)(nil)
+	_ vmm.Snapshotter = (*Driver)(nil)
+)
+
+// New checks the configuration and resolves the cloning method.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Binary == "" {
+		cfg.Binary = "firecracker"
+	}
+	if cfg.SocketTimeout <= 0 {
+		cfg.SocketTimeout = 5 * time.Second
+	}
+	if err := cfg.Jailer.validate(); err != nil {
+		return nil, err
+	}
+	clone := cfg.Clone
+	switch clone {
+	case "", "auto":
+		if cfg.ProbeDir == "" {
+			return nil, errors.New("firecracker: disk cloning \"auto\" needs the directory to probe")
+		}
+		var err error
+		if clone, err = ProbeClone(cfg.ProbeDir); err != nil {
+			return nil, fmt.Errorf("firecracker: %w", err)
+		}
+	case CloneReflink, CloneSparse:
+	default:
+		return nil, fmt.Errorf("firecracker: unknown disk cloning %q (want auto, %s or %s)", cfg.Clone, CloneReflink, CloneSparse)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{cfg: cfg, clone: clone, log: log, followers: map[string]bool{}, started: map[string]bool{}}, nil
+}
+
+// Name implements vmm.Driver.
+func (d *Driver) Name() string { return "firecracker" }
+
+// Capabilities implements vmm.Driver.
+func (d *Driver) Capabilities() vmm.Capabilities {
+	return vmm.Capabilities{
+		Accel:          "kvm",
+		AgentTransport: "vsock",
+		DiskCloning:    d.clone,
+		GracefulStop:   true,
+		Pause:          true,
+		Snapshot:       true,
+	}
+}
+
+// Jailed reports whether VMs run under the jailer.
+func (d *Driver) Jailed() bool { return d.cfg.Jailer.Binary != "" }
+
+// root is the directory Firecracker sees as its working directory.
+func (d *Driver) root(spec vmm.Spec) string {
+	if d.Jailed() {
+		return d.cfg.Jailer.root(spec.Dir, d.cfg.Binary, spec.ID)
+	}
+	return spec.Dir
+}
+
+func (d *Driver) handleFor(spec vmm.Spec) vmm.Handle {
+	root := d.root(spec)
+	h := vmm.Handle{
+		Driver: d.Name(),
+		Dir:    spec.Dir,
+		// Sockets and the console are reached through the VM's
+		// directory (symlinks into a jail): a jail path is too long
+		// for a Unix socket address.
+		ConsolePath:    filepath.Join(spec.Dir, fileConsole),
+		AgentSocket:    filepath.Join(spec.Dir, fileVsock),
+		AgentVsockPort: agentapi.VsockPort,
+		ControlSocket:  filepath.Join(spec.Dir, fileAPI),
+		DiskPath:       filepath.Join(root, fileDisk),
+		TokenPath:      filepath.Join(spec.Dir, fileToken),
+		Accel:          "kvm",
+	}
+	if d.Jailed() {
+		h.Jail = root
+	}
+	return h
+}
+
+// Prepare implements vmm.Driver: the VM's directory (and jail), its token
+// file, its private disk, and in a jail the kernel and initrd it boots.
+func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
+	h := d.handleFor(spec)
+	if err := checkSpec(spec); err != nil {
+		return h, err
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return h, fmt.Errorf("create vm dir: %w", err)
+	}
+	if err := writeFileAtomic(h.TokenPath, []byte(agentapi.FormatToken(spec.Token)), 0o600); err != nil {
+		return h, fmt.Errorf("write token: %w", err)
+	}
+	root := d.root(spec)
+	if d.Jailed() {
+		if err := d.cfg.Jailer.prepareRoot(root, spec); err != nil {
+			return h, err
+		}
+		for name, target := range map[string]string{fileAPI: fileAPI, fileVsock: fileVsock, fileConsole: fileConsole} {
+			if err := symlinkInto(filepath.Join(root, target), filepath.Join(spec.Dir, name)); err != nil {
+				return h, err
+			}
+		}
+	}
+	if _, err := os.Stat(h.DiskPath); err == nil {
+		return h, nil // cloned by an earlier attempt
+	}
+	if err := cloneDisk(d.clone, spec.Rootfs, h.DiskPath); err != nil {
+		return h, fmt.Errorf("create disk: %w", err)
+	}
+	if d.Jailed() {
+		if err := d.cfg.Jailer.own(h.DiskPath); err != nil {
+			return h, err
+		}
+	}
+	return h, nil
+}
+
+func checkSpec(spec vmm.Spec) error {
+	switch {
+	case spec.ID == "" || len(spec.ID) > 64 || strings.Trim(spec.ID, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "":
+		return fmt.Errorf("firecracker: vm id %q must be 1-64 letters, digits or '-'", spec.ID)
+	case spec.VCPUs < 1 || spec.VCPUs > 32 || (spec.VCPUs > 1 && spec.VCPUs%2 != 0):
+		return fmt.Errorf("firecracker: %d vcpus: Firecracker takes 1 or an even number up to 32", spec.VCPUs)
+	case spec.MemoryMiB < 1:
+		return fmt.Errorf("firecracker: %d MiB of memory", spec.MemoryMiB)
+	case len(spec.NICs) != 1:
+		// The agent's token travels through MMDS, which answers only on
+		// a network interface.
+		return fmt.Errorf("firecracker: a vm needs exactly one network interface (the agent's token is delivered through MMDS on it), got %d", len(spec.NICs))
+	case spec.Kernel == "" || spec.Rootfs == "":
+		return errors.New("firecracker: kernel and rootfs are required")
+	}
+	return nil
+}
+
+// BootArgs is the kernel command line for spec. Firecracker adds the
+// virtio-mmio device parameters itself.
+func BootArgs(spec vmm.Spec) string {
+	args := []string{"console=ttyS0", "reboot=k", "panic=1", "pci=off", "root=/dev/vda", "rw", "quiet", "hearth.vm=" + spec.ID}
+	return strings.Join(append(args, spec.KernelArgs...), " ")
+}
+
+// Requests returns the API requests that configure and start spec's VM,
+// in the order they are sent. The kernel and initrd paths are the host's
+// (or, jailed, their names in the jail).
+func (d *Driver) Requests(spec vmm.Spec) []Request {
+	kernel, initrd := spec.Kernel, spec.Initrd
+	if d.Jailed() {
+		kernel, initrd = fileKernel, ""
+		if spec.Initrd != "" {
+			initrd = fileInitrd
+		}
+	}
+	nic := spec.NICs[0]
+	reqs := d.loggingRequests()
+	reqs = append(reqs,
+		Request{"PUT", "/machine-config", MachineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB}},
+		Request{"PUT", "/boot-source", BootSource{KernelImagePath: kernel, InitrdPath: initrd, BootArgs: BootArgs(spec)}},
+		Request{"PUT", "/drives/" + rootDriveID, Drive{DriveID: rootDriveID, PathOnHost: fileDisk, IsRootDevice: true}},
+		Request{"PUT", "/network-interfaces/" + ifaceID, NetworkInterface{IfaceID: ifaceID, HostDevName: nic.TAP, GuestMAC: nic.MAC}},
+		Request{"PUT", "/vsock", Vsock{GuestCID: guestCID, UDSPath: fileVsock}},
+		Request{"PUT", "/mmds/config", MMDSConfig{Version: "V2", NetworkInterfaces: []string{ifaceID}}},
+		Request{"PUT", "/mmds", mmdsDocument(spec)},
+		Request{"PUT", "/serial", Serial{SerialOutPath: fileConsole}},
+		Request{"PUT", "/actions", Action{ActionType: ActionInstanceStart}},
+	)
+	return reqs
+}
+
+func (d *Driver) loggingRequests() []Request {
+	return []Request{
+		{"PUT", "/logger", Logger{LogPath: fileLog, Level: "Info", ShowLevel: true}},
+		{"PUT", "/metrics", Metrics{MetricsPath: fileMetrics}},
+	}
+}
+
+// Request is one API call.
+type Request struct {
+	Method, Path string
+	Body         any
+}
+
+func mmdsDocument(spec vmm.Spec) agentapi.MMDSDocument {
+	doc := agentapi.MMDSDocument{Hearth: agentapi.MMDSHearth{VMID: spec.ID, Token: agentapi.FormatToken(spec.Token)}}
+	if n := spec.NICs[0]; n.Address != "" {
+		doc.Hearth.Network = &agentapi.NetworkConfig{MAC: n.MAC, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
+	}
+	return doc
+}
+
+// Start implements vmm.Driver: it launches firecracker (under the jailer
+// when configured) in its own session, waits for the API socket, sends the
+// configuration and InstanceStart. Any refusal fails the start with
+// Firecracker's fault message and leaves no process behind.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error {
+	if h.PID > 0 && proc.Alive(h.PID, h.PIDStart) {
+		return nil
+	}
+	if err := checkSpec(spec); err != nil {
+		return err
+	}
+	root := d.root(spec)
+	if err := d.launch(ctx, spec, h, root, filepath.Join(root, fileOut)); err != nil {
+		return err
+	}
+	c := NewClient(h.ControlSocket, d.cfg.APITimeout)
+	for _, r := range d.Requests(spec) {
+		if err := d.send(ctx, c, r); err != nil {
+			d.kill(*h)
+			return fmt.Errorf("configure firecracker: %w%s", err, d.outputTail(root))
+		}
+	}
+	return nil
+}
+
+func (d *Driver) send(ctx context.Context, c *Client, r Request) error {
+	if r.Method == "PATCH" {
+		return c.Patch(ctx, r.Path, r.Body)
+	}
+	return c.Put(ctx, r.Path, r.Body)
+}
+
+// launch starts the process with its output in outPath and waits for its
+// API socket.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root, outPath string) error {
+	for _, name := range []string{fileAPI, fileVsock} {
+		_ = os.Remove(filepath.Join(root, name))
+	}
+	for _, name := range []string{fileLog, fileMetrics} {
+		// Firecracker appends to these; they must exist (and, jailed,
+		// belong to the jail's user).
+		f, err := os.OpenFile(filepath.Join(root, name), os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("create %s: %w", name, err)
+		}
+		f.Close()
+		if d.Jailed() {
+			if err := d.cfg.Jailer.own(filepath.Join(root, name)); err != nil {
+				return err
+			}
+		}
+	}
+	out, err := os.OpenFile(outPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", outPath, err)
+	}
+	defer out.Close()
+	argv := d.argv(spec)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own session: signals to the daemon's process group never reach
+	// VMs, and the VM outlives the daemon.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("firecracker binary not found: %s (set firecracker.binary)", argv[0])
+		}
+		return fmt.Errorf("start firecracker: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }() // reap it while we live
+	start, err := proc.StartTime(cmd.Process.Pid)
+	if err != nil {
+		<-exited
+		return fmt.Errorf("firecracker exited at once%s", d.outputTail(root))
+	}
+	h.PID, h.PIDStart = cmd.Process.Pid, start
+	d.mu.Lock()
+	d.started[h.Dir] = true
+	d.mu.Unlock()
+	if err := d.waitSocket(ctx, h.ControlSocket, exited); err != nil {
+		d.kill(*h)
+		return fmt.Errorf("%w%s", err, d.outputTail(root))
+	}
+	return nil
+}
+
+func (d *Driver) argv(spec vmm.Spec) []string {
+	fc := []string{"--api-sock", fileAPI}
+	if d.Jailed() {
+		// The jailer gives firecracker --id (and its start times) itself.
+		return d.cfg.Jailer.argv(d.cfg.Binary, spec, fc)
+	}
+	return append([]string{d.cfg.Binary}, append(fc, "--id", spec.ID)...)
+}
+
+// waitSocket waits until the API socket accepts a connection.
+func (d *Driver) waitSocket(ctx context.Context, path string, exited <-chan struct{}) error {
+	deadline := time.NewTimer(d.cfg.SocketTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return errors.New("firecracker exited before its API socket appeared")
+		case <-deadline.C:
+			return fmt.Errorf("firecracker API socket %s did not appear within %s", path, d.cfg.SocketTimeout)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the firecracker API socket: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// outputTail returns ": " and the last lines firecracker printed, if any.
+func (d *Driver) outputTail(root string) string {
+	b, err := os.ReadFile(filepath.Join(root, fileOut))
+	if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return " (firecracker said: " + strings.Join(lines, " | ") + ")"
+}
+
+func (d *Driver) kill(h vmm.Handle) {
+	if err := proc.Signal(h.PID, h.PIDStart, syscall.SIGKILL); err == nil {
+		proc.WaitGone(h.PID, h.PIDStart, 10*time.Second)
+	}
+}
+
+// Alive implements vmm.Driver.
+func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, h.PIDStart) }
+
+// Watch implements vmm.Driver. It also forwards the VM's Firecracker log
+// and metrics into the driver's logger until the process exits, for VMs
+// started by an earlier daemon too.
+func (d *Driver) Watch(h vmm.Handle) (<-chan struct{}, error) {
+	if h.PID <= 0 {
+		ch := make(chan struct{})
+		close(ch)
+		return ch, nil
+	}
+	ch, err := proc.Watch(h.PID, h.PIDStart)
+	if err != nil {
+		return nil, err
+	}
+	d.follow(h, ch)
+	return ch, nil
+}
+
+// Stop implements vmm.Driver: SendCtrlAltDel (the guest reboots, and a
+// Firecracker guest's reboot ends the process), then SIGKILL after grace.
+func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) error {
+	if !d.Alive(h) {
+		return nil
+	}
+	if grace > 0 {
+		actx, cancel := context.WithTimeout(ctx, min(grace, 2*time.Second))
+		err := NewClient(h.ControlSocket, 0).Action(actx, ActionSendCtrlAltDel)
+		cancel()
+		if err == nil && proc.WaitGone(h.PID, h.PIDStart, grace) {
+			return nil
+		}
+	}
+	if err := proc.Signal(h.PID, h.PIDStart, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill firecracker: %w", err)
+	}
+	if !proc.WaitGone(h.PID, h.PIDStart, 10*time.Second) {
+		return fmt.Errorf("firecracker pid %d survived SIGKILL", h.PID)
+	}
+	return nil
+}
+
+// Cleanup implements vmm.Driver: everything but the console log goes; a
+// jail is removed, its console moved into the VM's directory first.
+func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
+	if d.Alive(h) {
+		return fmt.Errorf("cleanup: firecracker pid %d still running", h.PID)
+	}
+	if h.Dir == "" {
+		return nil
+	}
+	root := h.Dir
+	if h.Jail != "" {
+		root = h.Jail
+		if err := keepConsole(filepath.Join(root, fileConsole), h.ConsolePath); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+	}
+	var paths []string
+	for _, name := range []string{fileAPI, fileVsock, fileDisk, fileDisk + ".tmp", fileLog, fileMetrics, fileOut,
+		fileSnapshot, fileMemory, fileKernel, fileInitrd} {
+		paths = append(paths, filepath.Join(root, name))
+	}
+	paths = append(paths, h.TokenPath, h.TokenPath+".tmp", h.AgentSocket, h.ControlSocket)
+	// Listeners for guest-initiated vsock connections: <uds_path>_<port>.
+	if m, _ := filepath.Glob(filepath.Join(root, fileVsock+"_*")); m != nil {
+		paths = append(paths, m...)
+	}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+	}
+	if h.Jail != "" {
+		return d.cfg.Jailer.cleanup(h)
+	}
+	return nil
+}
+
+// keepConsole moves a jailed VM's console log over the symlink to it in
+// the VM's directory.
+func keepConsole(jailed, link string) error {
+	if _, err := os.Stat(jailed); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if fi, err := os.Lstat(link); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+		return nil // already moved
+	}
+	_ = os.Remove(link)
+	return os.Rename(jailed, link)
+}
+
+// Pause implements vmm.Pauser.
+func (d *Driver) Pause(ctx context.Context, h vmm.Handle) error {
+	return NewClient(h.ControlSocket, d.cfg.APITimeout).Patch(ctx, "/vm", VMState{State: "Paused"})
+}
+
+// Resume implements vmm.Pauser.
+func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
+	return NewClient(h.ControlSocket, d.cfg.APITimeout).Patch(ctx, "/vm", VMState{State: "Resumed"})
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// symlinkInto makes link point at target, replacing what was there.
+func symlinkInto(target, link string) error {
+	if cur, err := os.Readlink(link); err == nil && cur == target {
+		return nil
+	}
+	_ = os.Remove(link)
+	if err := os.Symlink(target, link); err != nil {
+		return fmt.Errorf("link %s: %w", link, err)
+	}
+	return nil
+}
+
+// itoa is strconv.Itoa, for argument lists.
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,137 @@
+package firecracker
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hearth-project/hearth/internal/vmm"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if string(want) != got {
+		t.Fatalf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+// goldenSpec is a VM as the manager describes it.
+func goldenSpec() vmm.Spec {
+	return vmm.Spec{ID: "vm-abc", Dir: "/var/lib/hearth/vms/vm-abc", VCPUs: 2, MemoryMiB: 1024,
+		Kernel: "/var/lib/hearth/images/minimal/vmlinux", Initrd: "/var/lib/hearth/images/minimal/initrd.img",
+		Rootfs: "/var/lib/hearth/images/minimal/rootfs.ext4", Token: []byte("0123456789abcdef0123456789abcdef"),
+		NICs: []vmm.NIC{{TAP: "hth-abc", MAC: "02:48:00:00:00:05", Address: "10.88.0.5/24", Gateway: "10.88.0.1", DNS: []string{"10.88.0.1"}}}}
+}
+
+// render writes requests one per block: "METHOD PATH" then the body as
+// indented JSON.
+func render(t *testing.T, reqs []Request) string {
+	t.Helper()
+	var b strings.Builder
+	for _, r := range reqs {
+		body, err := json.MarshalIndent(r.Body, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(r.Method + " " + r.Path + "\n" + string(body) + "\n\n")
+	}
+	return b.String()
+}
+
+func newTestDriver(t *testing.T, cfg Config) *Driver {
+	t.Helper()
+	if cfg.Clone == "" {
+		cfg.Clone = CloneSparse
+	}
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestStartRequestsGolden(t *testing.T) {
+	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker"})
+	golden(t, "start.golden", render(t, d.Requests(goldenSpec())))
+}
+
+func TestStartRequestsJailedGolden(t *testing.T) {
+	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker",
+		Jailer: JailerConfig{Binary: "/usr/local/bin/jailer", UID: 990, GID: 990, NetNS: "/var/run/netns/hearth"}})
+	spec := goldenSpec()
+	golden(t, "start-jailed.golden", render(t, d.Requests(spec)))
+	golden(t, "jailer-argv.golden", strings.Join(d.argv(spec), "\n")+"\n")
+}
+
+func TestRestoreRequestsGolden(t *testing.T) {
+	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker"})
+	spec := goldenSpec()
+	spec.ID, spec.Token = "vm-restored", []byte("fedcba9876543210fedcba9876543210")
+	spec.NICs[0].TAP, spec.NICs[0].Address = "hth-def", "10.88.0.9/24"
+	golden(t, "restore.golden", render(t, d.RestoreRequests(spec)))
+	golden(t, "snapshot-create.golden", render(t, []Request{{"PUT", "/snapshot/create", d.snapshotCreate()}}))
+}
+
+func TestArgvNeverCarriesTheToken(t *testing.T) {
+	for _, j := range []JailerConfig{{}, {Binary: "/usr/local/bin/jailer", UID: 990, GID: 990}} {
+		d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker", Jailer: j})
+		spec := goldenSpec()
+		for _, a := range d.argv(spec) {
+			if strings.Contains(a, string(spec.Token)) || strings.Contains(a, "30313233") {
+				t.Fatalf("token on the command line: %q", a)
+			}
+		}
+	}
+}
+
+func TestSpecChecks(t *testing.T) {
+	d := newTestDriver(t, Config{})
+	bad := map[string]func(*vmm.Spec){
+		"vcpus 3":      func(s *vmm.Spec) { s.VCPUs = 3 },
+		"vcpus 0":      func(s *vmm.Spec) { s.VCPUs = 0 },
+		"vcpus 34":     func(s *vmm.Spec) { s.VCPUs = 34 },
+		"no nic":       func(s *vmm.Spec) { s.NICs = nil },
+		"id with /":    func(s *vmm.Spec) { s.ID = "vm/../x" },
+		"no kernel":    func(s *vmm.Spec) { s.Kernel = "" },
+		"memory 0 MiB": func(s *vmm.Spec) { s.MemoryMiB = 0 },
+	}
+	for name, mutate := range bad {
+		spec := goldenSpec()
+		spec.Dir = filepath.Join(t.TempDir(), "vm")
+		mutate(&spec)
+		if _, err := d.Prepare(t.Context(), spec); err == nil {
+			t.Errorf("%s: prepared", name)
+		}
+		if _, err := os.Stat(spec.Dir); !os.IsNotExist(err) {
+			t.Errorf("%s: a refused spec left %s behind", name, spec.Dir)
+		}
+	}
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"clone":            {Clone: "copy"},
+		"auto without dir": {Clone: "auto"},
+		"jailer as root":   {Clone: CloneSparse, Jailer: JailerConfig{Binary: "jailer"}},
+		"relative netns":   {Clone: CloneSparse, Jailer: JailerConfig{Binary: "jailer", UID: 1, GID: 1, NetNS: "hearth"}},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
