@@ -19,6 +19,7 @@ import (
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vault"
+	"github.com/hearth-project/hearth/internal/vmm/firecracker"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
 	"github.com/hearth-project/hearth/web"
 )
@@ -72,12 +73,7 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 			"enable virtualization (or nested KVM) for this host and give hearth read-write access to /dev/kvm"))
 	}
 	out = append(out, checkQEMU(ctx, cfg)...)
-	if p, err := exec.LookPath("firecracker"); err == nil {
-		out = append(out, ok("firecracker", p))
-	} else {
-		out = append(out, warn("firecracker", "firecracker binary not found (needed only for the firecracker driver)",
-			"install a firecracker release binary into PATH on KVM hosts"))
-	}
+	out = append(out, checkFirecracker(ctx, cfg)...)
 	if khz, err := image.HostTSCkHz(); err == nil {
 		out = append(out, ok("tsc", fmt.Sprintf("host TSC %d kHz (passed to TCG guests as tsc_early_khz)", khz)))
 	} else {
@@ -113,6 +109,73 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 		}
 	}
 	return out
+}
+
+// checkFirecracker reports the Firecracker binary, the jailer and how
+// per-VM disks would be cloned. Missing pieces fail only when the
+// firecracker driver is the configured one.
+func checkFirecracker(ctx context.Context, cfg config.Config) []Check {
+	using := cfg.VM.Driver == "firecracker"
+	missing := func(name, detail, fix string) Check {
+		if using {
+			return failc(name, detail, fix)
+		}
+		return warn(name, detail+" (needed only for the firecracker driver)", fix)
+	}
+	var out []Check
+	if using && !qemu.KVMUsable() {
+		out = append(out, failc("firecracker", "vm.driver is firecracker but this host has no hardware-backed /dev/kvm",
+			"run hearth with the firecracker driver on a KVM host, or set vm.driver = \"qemu\""))
+	}
+	fc := cfg.Firecracker
+	if bin, err := exec.LookPath(fc.Binary); err != nil {
+		out = append(out, missing("firecracker", fc.Binary+" not found",
+			"install a Firecracker release (v1.16) binary and set firecracker.binary"))
+	} else {
+		ver, _ := exec.CommandContext(ctx, bin, "--version").Output()
+		first := strings.SplitN(strings.TrimSpace(string(ver)), "\n", 2)[0]
+		out = append(out, ok("firecracker", bin+" "+first))
+	}
+	if j := fc.Jailer; j.Binary == "" {
+		if using {
+			out = append(out, warn("jailer", "VMs run without the jailer",
+				"set firecracker.jailer.binary, uid and gid to chroot and confine every VM"))
+		}
+	} else if bin, err := exec.LookPath(j.Binary); err != nil {
+		out = append(out, missing("jailer", j.Binary+" not found", "install the jailer from the same Firecracker release"))
+	} else {
+		out = append(out, ok("jailer", fmt.Sprintf("%s: VMs chrooted as %d:%d", bin, j.UID, j.GID)))
+	}
+	out = append(out, checkDiskCloning(cfg))
+	return out
+}
+
+// checkDiskCloning says how the Firecracker driver would clone disks in
+// the state directory.
+func checkDiskCloning(cfg config.Config) Check {
+	dir := cfg.VMsPath()
+	if _, err := os.Stat(dir); err != nil {
+		dir = cfg.StateDir
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return warn("disk cloning", "state dir "+cfg.StateDir+" does not exist yet; cannot probe", "run hearth serve once")
+	}
+	method, err := firecracker.ProbeClone(dir)
+	if err != nil {
+		return warn("disk cloning", err.Error(), "")
+	}
+	if cfg.Firecracker.DiskCloning != "auto" && cfg.Firecracker.DiskCloning != method {
+		if cfg.Firecracker.DiskCloning == firecracker.CloneReflink {
+			return failc("disk cloning", "firecracker.disk_cloning is reflink but "+dir+" cannot reflink",
+				"put the state dir on btrfs or XFS (reflink=1), or set disk_cloning = \"auto\"")
+		}
+		method = cfg.Firecracker.DiskCloning
+	}
+	if method == firecracker.CloneReflink {
+		return ok("disk cloning", "firecracker disks: reflink in "+dir+" (constant time and space per VM)")
+	}
+	return warn("disk cloning", "firecracker disks: sparse copy in "+dir+" (each VM copies the image's data; QEMU uses qcow2 overlays and is unaffected)",
+		"put the state dir on btrfs or XFS (reflink=1) for constant-cost Firecracker disks")
 }
 
 func checkQEMU(ctx context.Context, cfg config.Config) []Check {

@@ -26,6 +26,7 @@ import (
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/vmm/firecracker"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
 )
 
@@ -39,7 +40,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 // newDriver builds the configured VMM driver.
-func newDriver(cfg config.Config) (vmm.Driver, error) {
+func newDriver(cfg config.Config, log *slog.Logger) (vmm.Driver, error) {
 	switch cfg.VM.Driver {
 	case "qemu":
 		khz, err := image.HostTSCkHz()
@@ -47,8 +48,23 @@ func newDriver(cfg config.Config) (vmm.Driver, error) {
 			khz = 0 // only needed under TCG; New says so if it is
 		}
 		return qemu.New(qemu.Config{Binary: cfg.QEMU.Binary, ImgTool: cfg.QEMU.Img, Accel: cfg.QEMU.Accel, TSCkHz: khz})
+	case "firecracker":
+		return firecracker.New(firecrackerConfig(cfg, log))
 	default:
 		return nil, fmt.Errorf("unknown vm driver %q", cfg.VM.Driver)
+	}
+}
+
+func firecrackerConfig(cfg config.Config, log *slog.Logger) firecracker.Config {
+	fc, j := cfg.Firecracker, cfg.Firecracker.Jailer
+	return firecracker.Config{
+		Binary:        fc.Binary,
+		Clone:         fc.DiskCloning,
+		ProbeDir:      cfg.VMsPath(),
+		SocketTimeout: fc.SocketTimeout.Duration,
+		Logger:        log,
+		Jailer: firecracker.JailerConfig{Binary: j.Binary, UID: j.UID, GID: j.GID, NetNS: j.NetNS,
+			ParentCgroup: j.ParentCgroup, MemoryOverheadMiB: j.MemoryOverheadMiB},
 	}
 }
 
@@ -88,7 +104,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	defer st.Close()
 
-	drv, err := newDriver(cfg)
+	drv, err := newDriver(cfg, log)
 	if err != nil {
 		return err
 	}

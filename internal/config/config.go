@@ -48,13 +48,14 @@ type Config struct {
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
 
-	VM       VMConfig       `toml:"vm"`
-	QEMU     QEMUConfig     `toml:"qemu"`
-	Network  NetworkConfig  `toml:"network"`
-	Viewer   ViewerConfig   `toml:"viewer"`
-	Login    LoginConfig    `toml:"login"`
-	Vault    VaultConfig    `toml:"vault"`
-	Shutdown ShutdownConfig `toml:"shutdown"`
+	VM          VMConfig          `toml:"vm"`
+	QEMU        QEMUConfig        `toml:"qemu"`
+	Firecracker FirecrackerConfig `toml:"firecracker"`
+	Network     NetworkConfig     `toml:"network"`
+	Viewer      ViewerConfig      `toml:"viewer"`
+	Login       LoginConfig       `toml:"login"`
+	Vault       VaultConfig       `toml:"vault"`
+	Shutdown    ShutdownConfig    `toml:"shutdown"`
 }
 
 // LoginConfig configures provider logins (a CLI's OAuth sign-in run in a
@@ -139,7 +140,7 @@ type NetworkConfig struct {
 
 // VMConfig bounds what callers may ask for and how long a boot may take.
 type VMConfig struct {
-	Driver           string   `toml:"driver"` // "qemu"
+	Driver           string   `toml:"driver"` // "qemu" or "firecracker"
 	DefaultVCPUs     int      `toml:"default_vcpus"`
 	DefaultMemoryMiB int      `toml:"default_memory_mib"`
 	MaxVCPUs         int      `toml:"max_vcpus"`
@@ -162,6 +163,31 @@ type QEMUConfig struct {
 	Img    string `toml:"qemu_img"`
 	// Accel is "auto" (KVM when /dev/kvm is usable, else TCG), "kvm" or "tcg".
 	Accel string `toml:"accel"`
+}
+
+// FirecrackerConfig configures the Firecracker driver (vm.driver =
+// "firecracker"), which needs KVM.
+type FirecrackerConfig struct {
+	Binary string `toml:"binary"`
+	// DiskCloning is how per-VM root drives are made from an image:
+	// "auto" (reflink if the state dir's file system can, else a sparse
+	// copy), "reflink" or "sparse-copy".
+	DiskCloning string `toml:"disk_cloning"`
+	// SocketTimeout bounds the wait for a new process's API socket.
+	SocketTimeout Duration     `toml:"socket_timeout"`
+	Jailer        JailerConfig `toml:"jailer"`
+}
+
+// JailerConfig runs every Firecracker VM under the jailer when Binary is
+// set: chrooted inside its VM directory, as UID:GID, in cgroups sized from
+// the VM, in NetNS if set (the namespace hearth's bridge and TAPs are in).
+type JailerConfig struct {
+	Binary            string `toml:"binary"`
+	UID               int    `toml:"uid"`
+	GID               int    `toml:"gid"`
+	NetNS             string `toml:"netns"`
+	ParentCgroup      string `toml:"parent_cgroup"`
+	MemoryOverheadMiB int    `toml:"memory_overhead_mib"`
 }
 
 // ShutdownConfig says what a clean daemon stop does to running VMs.
@@ -202,6 +228,12 @@ func Default() Config {
 			Binary: "qemu-system-x86_64",
 			Img:    "qemu-img",
 			Accel:  "auto",
+		},
+		Firecracker: FirecrackerConfig{
+			Binary:        "firecracker",
+			DiskCloning:   "auto",
+			SocketTimeout: Duration{5 * time.Second},
+			Jailer:        JailerConfig{MemoryOverheadMiB: 128},
 		},
 		Network: NetworkConfig{
 			Enabled:       true,
@@ -270,6 +302,8 @@ func (c *Config) applyEnv(env []string) error {
 		"HEARTH_VM_DRIVER":           &c.VM.Driver,
 		"HEARTH_QEMU_BINARY":         &c.QEMU.Binary,
 		"HEARTH_QEMU_ACCEL":          &c.QEMU.Accel,
+		"HEARTH_FIRECRACKER_BINARY":  &c.Firecracker.Binary,
+		"HEARTH_JAILER_BINARY":       &c.Firecracker.Jailer.Binary,
 		"HEARTH_NETWORK_BRIDGE":      &c.Network.Bridge,
 		"HEARTH_NETWORK_SUBNET":      &c.Network.Subnet,
 		"HEARTH_VIEWER_PUBLIC_URL":   &c.Viewer.PublicURL,
@@ -367,8 +401,30 @@ func (c Config) Validate() error {
 		bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	v := c.VM
-	if v.Driver != "qemu" {
-		bad("vm.driver", "unknown driver %q (available: qemu)", v.Driver)
+	switch v.Driver {
+	case "qemu", "firecracker":
+	default:
+		bad("vm.driver", "unknown driver %q (available: qemu, firecracker)", v.Driver)
+	}
+	fc := c.Firecracker
+	switch fc.DiskCloning {
+	case "auto", "reflink", "sparse-copy":
+	default:
+		bad("firecracker.disk_cloning", "must be auto, reflink or sparse-copy, got %q", fc.DiskCloning)
+	}
+	if fc.SocketTimeout.Duration <= 0 {
+		bad("firecracker.socket_timeout", "must be positive")
+	}
+	if j := fc.Jailer; j.Binary != "" {
+		if j.UID <= 0 || j.GID <= 0 {
+			bad("firecracker.jailer", "uid and gid must be an unprivileged user's (not 0), got %d:%d", j.UID, j.GID)
+		}
+		if j.NetNS != "" && !filepath.IsAbs(j.NetNS) {
+			bad("firecracker.jailer.netns", "must be an absolute path, got %q", j.NetNS)
+		}
+		if j.MemoryOverheadMiB < 0 {
+			bad("firecracker.jailer.memory_overhead_mib", "must not be negative")
+		}
 	}
 	if v.MaxVCPUs < 1 || v.MaxVCPUs > 64 {
 		bad("vm.max_vcpus", "must be 1-64, got %d", v.MaxVCPUs)

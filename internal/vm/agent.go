@@ -7,17 +7,19 @@ import (
 
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/vmm"
 )
 
 // AgentAPIDialer connects to guest agents with the agentapi protocol over
-// the VM's host-side Unix socket.
+// the VM's host-side Unix socket (after Firecracker's vsock handshake when
+// the handle asks for it).
 type AgentAPIDialer struct{}
 
 var _ AgentDialer = AgentAPIDialer{}
 
 // Connect implements AgentDialer.
-func (AgentAPIDialer) Connect(ctx context.Context, socket string, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error) {
-	conn, err := agentapi.Dial(ctx, socket)
+func (AgentAPIDialer) Connect(ctx context.Context, h vmm.Handle, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error) {
+	conn, err := vmm.DialAgent(ctx, h)
 	if err != nil {
 		return nil, AgentHello{}, err
 	}
@@ -32,8 +34,8 @@ func (AgentAPIDialer) Connect(ctx context.Context, socket string, token []byte, 
 	}
 	a := &agentSession{s: s, events: make(chan AgentEvent, 32)}
 	go a.relay()
-	h := s.Hello()
-	return a, AgentHello{Version: h.AgentVersion, BootTime: h.BootTime}, nil
+	hello := s.Hello()
+	return a, AgentHello{Version: hello.AgentVersion, BootTime: hello.BootTime}, nil
 }
 
 // agentSession adapts *agentapi.Session to AgentSession.

@@ -71,10 +71,11 @@ type AgentSession interface {
 	Close() error
 }
 
-// AgentDialer connects to a guest agent through its host-side socket and
-// authenticates it with the VM's token.
+// AgentDialer connects to a guest agent through the host side of its
+// channel (the handle's agent socket, see vmm.DialAgent) and authenticates
+// it with the VM's token.
 type AgentDialer interface {
-	Connect(ctx context.Context, socket string, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error)
+	Connect(ctx context.Context, h vmm.Handle, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error)
 }
 
 // heartbeatPersistEvery bounds how often a VM's last heartbeat is written.
@@ -231,7 +232,7 @@ func (m *Manager) boot(inst *instance, v store.VM) (store.VM, vmm.Handle, error)
 			undo.run()
 			return v, vmm.Handle{}, fmt.Errorf("attach network: %w", err)
 		}
-		spec.NICs = []vmm.NIC{{TAP: att.TAP, MAC: att.MAC}}
+		spec.NICs = []vmm.NIC{{TAP: att.TAP, MAC: att.MAC, Address: att.Address, Gateway: att.Gateway, DNS: att.DNS}}
 		netJSON, _ = json.Marshal(att)
 	}
 	h, err := m.driver.Prepare(ctx, spec)
@@ -321,7 +322,7 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		ch := make(chan agentResult, 1)
 		connecting = ch
 		go func() {
-			s, hello, err := m.agents.Connect(ctx, h.AgentSocket, token, agentCfg)
+			s, hello, err := m.agents.Connect(ctx, h, token, agentCfg)
 			ch <- agentResult{s, hello, err}
 		}()
 	}

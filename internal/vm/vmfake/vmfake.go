@@ -207,7 +207,8 @@ func (a *Agents) Shutdowns() int {
 }
 
 // Connect implements vm.AgentDialer.
-func (a *Agents) Connect(ctx context.Context, socket string, token []byte, cfg vm.AgentConfig) (vm.AgentSession, vm.AgentHello, error) {
+func (a *Agents) Connect(ctx context.Context, h vmm.Handle, token []byte, cfg vm.AgentConfig) (vm.AgentSession, vm.AgentHello, error) {
+	socket := h.AgentSocket
 	ports, hb := cfg.RequiredPorts, cfg.Heartbeat
 	a.mu.Lock()
 	b := a.behaviour

@@ -553,3 +553,62 @@ func symlinkInto(target, link string) error {
 
 // itoa is strconv.Itoa, for argument lists.
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// FindStrays lists firecracker processes working in a VM directory under
+// vmsDir (their working directory, or for a jailed one its root, is there)
+// whose VM ID is not in known. Processes of other hearth instances, or
+// firecrackers hearth did not start, are never listed.
+func (d *Driver) FindStrays(vmsDir string, known map[string]bool) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	prefix := filepath.Clean(vmsDir) + string(filepath.Separator)
+	var strays []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		args, err := proc.Cmdline(pid)
+		if err != nil || len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "firecracker") {
+			continue
+		}
+		if id, ok := strayID(pid, prefix); ok && !known[id] {
+			strays = append(strays, pid)
+		}
+	}
+	return strays, nil
+}
+
+// strayID returns the VM ID a firecracker process works for: the first
+// path element under prefix of its root (jailed) or working directory.
+func strayID(pid int, prefix string) (string, bool) {
+	for _, link := range []string{"root", "cwd"} {
+		p, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/" + link)
+		if err != nil {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(p+string(filepath.Separator), prefix); ok {
+			if id, _, _ := strings.Cut(rest, string(filepath.Separator)); id != "" {
+				return id, true
+			}
+		}
+	}
+	return "", false
+}
+
+// KillStray kills a process found by FindStrays.
+func (d *Driver) KillStray(pid int) error {
+	start, err := proc.StartTime(pid)
+	if err != nil {
+		return nil // already gone
+	}
+	if err := proc.Signal(pid, start, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if !proc.WaitGone(pid, start, 10*time.Second) {
+		return fmt.Errorf("pid %d survived SIGKILL", pid)
+	}
+	return nil
+}
