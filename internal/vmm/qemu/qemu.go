@@ -246,6 +246,8 @@ func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) er
 			q.Close()
 			return nil
 		}
+		// The grace may have outlasted the connection's deadline.
+		_ = q.conn.SetDeadline(time.Now().Add(3 * time.Second))
 		_ = q.execute("quit")
 		q.Close()
 		if proc.WaitGone(h.PID, h.PIDStart, 3*time.Second) {

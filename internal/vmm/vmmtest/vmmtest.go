@@ -1,0 +1,796 @@
+// Package vmmtest is the conformance suite of the vmm.Driver contract: the
+// one set of tests every driver (vmm/qemu, vmm/firecracker, a fake) runs,
+// so that the lifecycle manager can rely on the same behaviour from all of
+// them. A driver's test supplies a Harness (how to make the driver and the
+// spec of a VM) and calls Run; every subtest boots its own guest, talks to
+// its agent over the real agent protocol (vmm.DialAgent, then
+// agentapi.Handshake with the VM's token) and removes what it created, even
+// when it fails.
+//
+// What the suite requires beyond the interface's own documentation:
+//
+//   - the guest kernel command line carries hearth.vm=<Spec.ID> and the
+//     Spec's KernelArgs, and never the token;
+//   - the guest runs the hearth agent, which accepts a new host connection
+//     after the previous one closed and answers an exec of cat;
+//   - when the agent has acknowledged a shutdown request, the guest powers
+//     off and the VM process exits by itself (the lifecycle manager's
+//     teardown asks the agent before it calls Stop);
+//   - the console log at Handle.ConsolePath shows the guest's console;
+//   - Start and Restore leave a VM process that does not depend on the
+//     context they were given (it is cancelled as soon as they return).
+//
+// Pause/resume and snapshot/restore are tested only when the driver's
+// Capabilities offer them (they are skipped, saying so, otherwise).
+package vmmtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/vmm/proc"
+)
+
+// Harness is what a driver's test supplies to Run.
+type Harness struct {
+	// NewDriver returns a new driver instance. It is called at the start
+	// of every subtest, and again within one to stand for a restarted
+	// daemon: the second instance must adopt, through a persisted handle
+	// alone, a VM the first one started. It fails t if it cannot.
+	NewDriver func(t *testing.T) vmm.Driver
+	// Spec returns the spec of a new VM called id: kernel, initrd, rootfs,
+	// VCPUs, MemoryMiB, NICs if the driver needs any, and a Dir of its own
+	// that does not exist yet (the driver creates it) and is short enough
+	// for the Unix sockets the driver puts in it (108 bytes per path).
+	// The suite sets ID to id, appends a KernelArgs entry of its own and,
+	// if Token is empty, makes a fresh one (agentapi.NewToken in its
+	// FormatToken text form); a Token the harness sets must be new on every
+	// call.
+	Spec func(t *testing.T, id string) vmm.Spec
+	// BootTimeout bounds the time from Start (or Restore) until the guest
+	// agent has completed a handshake.
+	BootTimeout time.Duration
+	// ConsoleMarker is text the console log contains once the guest agent
+	// answers, e.g. "Linux version" or, for guests booted with "quiet",
+	// "hearth-agent" (the agent logs to the console).
+	ConsoleMarker string
+}
+
+const (
+	// stopGrace is what the graceful Stops give the guest to power off.
+	stopGrace = 10 * time.Second
+	// exitWait bounds how long a process that is gone (or was killed) may
+	// take to be reported so by Watch.
+	exitWait = 5 * time.Second
+	// callTimeout bounds a request to an agent that is up, and a Stop or
+	// Cleanup beyond its grace.
+	callTimeout = time.Minute
+	// pausedWait is how long a Ping to a paused guest must stay unanswered.
+	pausedWait = time.Second
+	// consoleTail is how much of the console a failure message shows.
+	consoleTail = 4000
+	// cmdlineArg is the kernel argument the suite adds to every spec.
+	cmdlineArg = "hearth.vmmtest"
+)
+
+// Run runs the conformance suite against the driver h makes.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	switch {
+	case h.NewDriver == nil || h.Spec == nil:
+		t.Fatal("vmmtest: Harness.NewDriver and Harness.Spec are required")
+	case h.BootTimeout <= 0:
+		t.Fatal("vmmtest: Harness.BootTimeout must be positive")
+	case h.ConsoleMarker == "":
+		t.Fatal("vmmtest: Harness.ConsoleMarker is required")
+	}
+	s := &suite{h: h}
+	t.Run("lifecycle", s.testLifecycle)
+	t.Run("wrong_token_rejected", s.testWrongToken)
+	t.Run("guest_poweroff_ends_process", s.testGuestPowerOff)
+	t.Run("crash_detected", s.testCrash)
+	t.Run("adopted_after_restart", s.testAdoption)
+	t.Run("pause_resume", s.testPause)
+	t.Run("snapshot_restore", s.testSnapshot)
+}
+
+type suite struct{ h Harness }
+
+// vm is one guest under test and the driver currently in charge of it.
+type vm struct {
+	s     *suite
+	d     vmm.Driver
+	spec  vmm.Spec
+	token []byte // raw, parsed from spec.Token
+	h     vmm.Handle
+}
+
+// step runs fn as a named subtest of t and stops t if it fails: the steps
+// of a test build on each other.
+func step(t *testing.T, name string, fn func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, fn) {
+		t.FailNow()
+	}
+}
+
+// newVM asks the harness for a spec and registers, on t, the removal of
+// everything the VM will have: its process, its files and its directory.
+func (s *suite) newVM(t *testing.T, d vmm.Driver, prefix string) *vm {
+	t.Helper()
+	id := prefix + "-" + randomHex(t, 3)
+	spec := s.h.Spec(t, id)
+	spec.ID = id
+	if spec.Dir == "" {
+		t.Fatalf("Harness.Spec(%q) returned no Dir", id)
+	}
+	if _, err := os.Lstat(spec.Dir); err == nil {
+		t.Fatalf("Harness.Spec(%q) returned Dir %s, which exists already; want a new one", id, spec.Dir)
+	}
+	if len(spec.Token) == 0 {
+		tok, err := agentapi.NewToken()
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Token = []byte(agentapi.FormatToken(tok))
+	}
+	token, err := agentapi.ParseToken(string(spec.Token))
+	if err != nil {
+		t.Fatalf("Harness.Spec(%q) returned a token that is not in agentapi.FormatToken's form: %v", id, err)
+	}
+	spec.KernelArgs = append(spec.KernelArgs[:len(spec.KernelArgs):len(spec.KernelArgs)], cmdlineArg+"="+id)
+	v := &vm{s: s, d: d, spec: spec, token: token}
+	t.Cleanup(func() { v.remove(t) })
+	return v
+}
+
+// remove stops the VM, cleans up after it and removes its directory,
+// whatever state an earlier failure left it in.
+func (v *vm) remove(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if err := v.d.Stop(ctx, v.h, 0); err != nil {
+		t.Errorf("cleanup of %s: Stop: %v", v.spec.ID, err)
+		if v.h.PID > 0 {
+			_ = proc.Signal(v.h.PID, v.h.PIDStart, syscall.SIGKILL)
+			proc.WaitGone(v.h.PID, v.h.PIDStart, exitWait)
+		}
+	}
+	if err := v.d.Cleanup(ctx, v.h); err != nil {
+		t.Errorf("cleanup of %s: Cleanup: %v", v.spec.ID, err)
+	}
+	if err := os.RemoveAll(v.spec.Dir); err != nil {
+		t.Errorf("cleanup of %s: %v", v.spec.ID, err)
+	}
+}
+
+// prepare runs Prepare and checks the handle it returns.
+func (v *vm) prepare(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	h, err := v.d.Prepare(ctx, v.spec)
+	v.h = h // even a partial one: the cleanup needs what it names
+	if err != nil {
+		t.Fatalf("Prepare(%s): %v", v.spec.ID, err)
+	}
+	if h.PID != 0 {
+		t.Fatalf("Prepare returned a handle with PID %d; want none before Start", h.PID)
+	}
+}
+
+// start runs Start with a context that is cancelled as soon as Start
+// returns: the VM process must not depend on it (it outlives the daemon).
+func (v *vm) start(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), v.s.h.BootTimeout)
+	err := v.d.Start(ctx, v.spec, &v.h)
+	cancel()
+	if err != nil {
+		t.Fatalf("Start(%s): %v\n%s", v.spec.ID, err, v.consoleTail())
+	}
+	if v.h.PID <= 0 {
+		t.Fatalf("Start returned a handle without a PID: %+v", v.h)
+	}
+}
+
+// boot prepares and starts the VM and waits for its agent.
+func (v *vm) boot(t *testing.T) *agentapi.Session {
+	t.Helper()
+	v.prepare(t)
+	v.start(t)
+	return v.awaitAgent(t, v.token)
+}
+
+// connect dials the agent through the handle and authenticates it with
+// token.
+func (v *vm) connect(ctx context.Context, token []byte) (*agentapi.Session, error) {
+	conn, err := vmm.DialAgent(ctx, v.h)
+	if err != nil {
+		return nil, err
+	}
+	return agentapi.Handshake(ctx, conn, token, agentapi.Config{})
+}
+
+// awaitAgent connects to the agent with token within BootTimeout; the
+// session is closed when t ends.
+func (v *vm) awaitAgent(t *testing.T, token []byte) *agentapi.Session {
+	t.Helper()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), v.s.h.BootTimeout)
+	defer cancel()
+	sess, err := v.connect(ctx, token)
+	if err != nil {
+		t.Fatalf("want a handshake with the agent of %s within %v (BootTimeout); after %v: %v\n%s",
+			v.spec.ID, v.s.h.BootTimeout, time.Since(start).Round(time.Millisecond), err, v.consoleTail())
+	}
+	t.Cleanup(func() { sess.Close() })
+	t.Logf("agent of %s answered after %v (agent %s, guest kernel %s)", v.spec.ID,
+		time.Since(start).Round(time.Millisecond), sess.Hello().AgentVersion, sess.Hello().Kernel)
+	return sess
+}
+
+// ping checks that the agent answers a ping.
+func (v *vm) ping(t *testing.T, sess *agentapi.Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	gt, err := sess.Ping(ctx)
+	if err != nil {
+		t.Fatalf("want the agent of %s to answer a ping: %v\n%s", v.spec.ID, err, v.consoleTail())
+	}
+	if gt.IsZero() {
+		t.Fatal("ping answered without a guest time")
+	}
+}
+
+// guestCmdline returns the guest kernel's command line, read by the agent.
+func (v *vm) guestCmdline(t *testing.T, sess *agentapi.Session) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	res, err := sess.Exec(ctx, agentapi.ExecRequest{Argv: []string{"cat", "/proc/cmdline"}, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatalf("exec of cat /proc/cmdline in %s: %v", v.spec.ID, err)
+	}
+	if res.ExitCode != 0 {
+		t.Fatalf("cat /proc/cmdline in %s exited with %d (signal %q): %s", v.spec.ID, res.ExitCode, res.Signal, res.Stderr)
+	}
+	return string(res.Stdout)
+}
+
+// checkInGuest proves that sess reaches this VM's guest: its kernel
+// command line names the VM and carries the spec's KernelArgs.
+func (v *vm) checkInGuest(t *testing.T, sess *agentapi.Session) string {
+	t.Helper()
+	cmdline := v.guestCmdline(t, sess)
+	args := strings.Fields(cmdline)
+	for _, want := range []string{"hearth.vm=" + v.spec.ID, cmdlineArg + "=" + v.spec.ID} {
+		if !slices.Contains(args, want) {
+			t.Fatalf("want the guest kernel command line to carry %s; it is %q", want, strings.TrimSpace(cmdline))
+		}
+	}
+	return cmdline
+}
+
+// stop runs Stop with grace and checks the process is gone and Watch says
+// so.
+func (v *vm) stop(t *testing.T, grace time.Duration) {
+	t.Helper()
+	exited, err := v.d.Watch(v.h)
+	if err != nil {
+		t.Fatalf("Watch of running %s: %v", v.spec.ID, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace+callTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := v.d.Stop(ctx, v.h, grace); err != nil {
+		t.Fatalf("Stop(%s, grace %v): %v", v.spec.ID, grace, err)
+	}
+	if took := time.Since(start); took >= grace && grace > 0 {
+		t.Logf("Stop with grace %v returned after %v: the guest did not power off when asked, the driver ended the process",
+			grace, took.Round(time.Millisecond))
+	} else {
+		t.Logf("Stop with grace %v returned after %v", grace, took.Round(time.Millisecond))
+	}
+	if v.d.Alive(v.h) {
+		t.Fatalf("Alive is true after Stop returned (pid %d)", v.h.PID)
+	}
+	if !closedWithin(exited, exitWait) {
+		t.Fatalf("Watch channel still open %v after Stop returned", exitWait)
+	}
+}
+
+// cleanup runs Cleanup and checks what it removed and what it kept.
+func (v *vm) cleanup(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if err := v.d.Cleanup(ctx, v.h); err != nil {
+		t.Fatalf("Cleanup(%s): %v", v.spec.ID, err)
+	}
+	for _, f := range []struct{ what, path string }{
+		{"disk", v.h.DiskPath}, {"token", v.h.TokenPath},
+		{"agent socket", v.h.AgentSocket}, {"control socket", v.h.ControlSocket},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Lstat(f.path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("want the %s %s removed by Cleanup; Lstat says %v", f.what, f.path, err)
+		}
+	}
+	if _, err := os.Stat(v.h.ConsolePath); err != nil {
+		t.Errorf("want the console log kept by Cleanup: %v", err)
+	}
+	if err := v.d.Cleanup(ctx, v.h); err != nil {
+		t.Errorf("Cleanup again (want a no-op): %v", err)
+	}
+}
+
+func (v *vm) consoleTail() string {
+	b, err := os.ReadFile(v.h.ConsolePath)
+	if v.h.ConsolePath == "" || err != nil {
+		return fmt.Sprintf("(no console log at %q: %v)", v.h.ConsolePath, err)
+	}
+	if len(b) == 0 {
+		return "(console log " + v.h.ConsolePath + " is empty)"
+	}
+	if len(b) > consoleTail {
+		b = b[len(b)-consoleTail:]
+	}
+	return "console tail (" + v.h.ConsolePath + "):\n" + string(b)
+}
+
+func (s *suite) testLifecycle(t *testing.T) {
+	d := s.h.NewDriver(t)
+	caps := d.Capabilities()
+	t.Logf("driver %s: %+v", d.Name(), caps)
+	v := s.newVM(t, d, "life")
+
+	step(t, "prepare", func(t *testing.T) {
+		v.prepare(t)
+		if v.h.Driver != d.Name() {
+			t.Errorf("handle says driver %q; want %q", v.h.Driver, d.Name())
+		}
+		if v.h.Dir != v.spec.Dir {
+			t.Errorf("handle says dir %q; want the spec's %q", v.h.Dir, v.spec.Dir)
+		}
+		if fi, err := os.Stat(v.spec.Dir); err != nil || !fi.IsDir() {
+			t.Fatalf("want the VM directory %s after Prepare: %v", v.spec.Dir, err)
+		}
+		if fi, err := os.Stat(v.h.DiskPath); err != nil || !fi.Mode().IsRegular() {
+			t.Fatalf("want the disk %q to be a file after Prepare: %v", v.h.DiskPath, err)
+		}
+		checkTokenFile(t, v.h.TokenPath, v.token)
+		if v.d.Alive(v.h) {
+			t.Errorf("Alive is true for a prepared VM that was not started")
+		}
+		before := v.h
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		again, err := d.Prepare(ctx, v.spec)
+		if err != nil {
+			t.Fatalf("Prepare again (want a no-op): %v", err)
+		}
+		if again != before {
+			t.Fatalf("Prepare again returned another handle:\n got %+v\nwant %+v", again, before)
+		}
+		checkTokenFile(t, v.h.TokenPath, v.token)
+	})
+	step(t, "start", func(t *testing.T) {
+		v.start(t)
+		if !d.Alive(v.h) {
+			t.Fatalf("Alive is false right after Start (pid %d)\n%s", v.h.PID, v.consoleTail())
+		}
+		before := v.h
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		if err := d.Start(ctx, v.spec, &v.h); err != nil {
+			t.Fatalf("Start again (want a no-op): %v", err)
+		}
+		if v.h != before {
+			t.Fatalf("Start again changed the handle (a second process?):\n got %+v\nwant %+v", v.h, before)
+		}
+	})
+	step(t, "agent_ready", func(t *testing.T) {
+		sess := v.awaitAgent(t, v.token) // closed when this step ends
+		v.ping(t, sess)
+		cmdline := v.checkInGuest(t, sess)
+		if strings.Contains(cmdline, string(v.spec.Token)) {
+			t.Errorf("the token is on the guest kernel command line: %q", cmdline)
+		}
+	})
+	step(t, "console_shows_boot", func(t *testing.T) {
+		var last []byte
+		ok := waitFor(exitWait, func() bool {
+			last, _ = os.ReadFile(v.h.ConsolePath)
+			return bytes.Contains(last, []byte(s.h.ConsoleMarker))
+		})
+		if !ok {
+			t.Fatalf("want the console log %s to contain %q once the agent answers; it does not\n%s",
+				v.h.ConsolePath, s.h.ConsoleMarker, v.consoleTail())
+		}
+	})
+	step(t, "token_not_on_process_cmdline", func(t *testing.T) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(v.h.PID) + "/cmdline")
+		if err != nil {
+			t.Fatalf("read the command line of pid %d: %v", v.h.PID, err)
+		}
+		if bytes.Contains(b, v.spec.Token) || bytes.Contains(b, v.token) {
+			t.Fatalf("the token is on the command line of the VM process (pid %d)", v.h.PID)
+		}
+	})
+	step(t, "graceful_stop", func(t *testing.T) {
+		v.stop(t, stopGrace)
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		start := time.Now()
+		if err := d.Stop(ctx, v.h, stopGrace); err != nil {
+			t.Fatalf("Stop again (want a no-op): %v", err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("Stop of a stopped VM took %v; want a no-op", took)
+		}
+	})
+	step(t, "cleanup_keeps_console", v.cleanup)
+}
+
+func (s *suite) testWrongToken(t *testing.T) {
+	v := s.newVM(t, s.h.NewDriver(t), "tok")
+	v.prepare(t)
+	v.start(t)
+	wrong, err := agentapi.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	step(t, "handshake_with_another_token_fails", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
+		defer cancel()
+		sess, err := v.connect(ctx, wrong)
+		if err == nil {
+			sess.Close()
+			t.Fatal("a handshake with a token that is not the VM's succeeded; want agentapi.ErrBadProof")
+		}
+		if !errors.Is(err, agentapi.ErrBadProof) {
+			t.Fatalf("want a handshake with another token to fail with agentapi.ErrBadProof; got: %v\n%s", err, v.consoleTail())
+		}
+	})
+	step(t, "then_the_right_token_succeeds", func(t *testing.T) {
+		v.ping(t, v.awaitAgent(t, v.token))
+	})
+}
+
+// testGuestPowerOff checks what the lifecycle manager's teardown tries
+// first: the agent's shutdown request powers the guest off, and the VM
+// process exits on its own.
+func (s *suite) testGuestPowerOff(t *testing.T) {
+	v := s.newVM(t, s.h.NewDriver(t), "off")
+	sess := v.boot(t)
+	exited, err := v.d.Watch(v.h)
+	if err != nil {
+		t.Fatalf("Watch of running %s: %v", v.spec.ID, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if err := sess.Shutdown(ctx); err != nil {
+		t.Fatalf("agent shutdown request: %v", err)
+	}
+	start := time.Now()
+	if !closedWithin(exited, stopGrace) {
+		t.Fatalf("want the VM process (pid %d) to exit within %v of the agent acknowledging a shutdown; it still runs\n%s",
+			v.h.PID, stopGrace, v.consoleTail())
+	}
+	t.Logf("VM process exited %v after the agent acknowledged the shutdown", time.Since(start).Round(time.Millisecond))
+	if v.d.Alive(v.h) {
+		t.Fatal("Alive is true after the VM process exited")
+	}
+	if err := v.d.Stop(ctx, v.h, stopGrace); err != nil {
+		t.Fatalf("Stop of a VM that powered off: %v; want nil (already gone)", err)
+	}
+	v.cleanup(t)
+}
+
+func (s *suite) testCrash(t *testing.T) {
+	v := s.newVM(t, s.h.NewDriver(t), "crash")
+	sess := v.boot(t)
+	exited, err := v.d.Watch(v.h)
+	if err != nil {
+		t.Fatalf("Watch of running %s: %v", v.spec.ID, err)
+	}
+	if closedWithin(exited, 0) {
+		t.Fatal("Watch channel closed while the VM runs")
+	}
+	step(t, "sigkill_closes_watch", func(t *testing.T) {
+		if err := proc.Signal(v.h.PID, v.h.PIDStart, syscall.SIGKILL); err != nil {
+			t.Fatalf("SIGKILL pid %d: %v", v.h.PID, err)
+		}
+		if !closedWithin(exited, exitWait) {
+			t.Fatalf("want the Watch channel closed within %v of SIGKILL to pid %d; still open", exitWait, v.h.PID)
+		}
+		if v.d.Alive(v.h) {
+			t.Fatalf("Alive is true after the process was killed and Watch fired")
+		}
+		again, err := v.d.Watch(v.h)
+		if err != nil {
+			t.Fatalf("Watch of a dead VM: %v", err)
+		}
+		if !closedWithin(again, exitWait) {
+			t.Fatalf("Watch of a dead VM returned a channel that stays open")
+		}
+		if !closedWithin(sess.Done(), exitWait) {
+			t.Errorf("the agent session did not end within %v of the VM process dying", exitWait)
+		}
+	})
+	step(t, "stop_and_cleanup_succeed", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		if err := v.d.Stop(ctx, v.h, stopGrace); err != nil {
+			t.Fatalf("Stop of a crashed VM: %v; want nil (already gone)", err)
+		}
+		v.cleanup(t)
+	})
+}
+
+func (s *suite) testAdoption(t *testing.T) {
+	a := s.h.NewDriver(t)
+	v := s.newVM(t, a, "adopt")
+	sess := v.boot(t)
+	v.ping(t, sess)
+	sess.Close() // the old daemon's connection goes away with it
+
+	stored := v.h.Marshal()
+	h, err := vmm.UnmarshalHandle(stored)
+	if err != nil {
+		t.Fatalf("UnmarshalHandle(%s): %v", stored, err)
+	}
+	if h != v.h {
+		t.Fatalf("handle changed in a Marshal/UnmarshalHandle round trip:\n got %+v\nwant %+v", h, v.h)
+	}
+	b := s.h.NewDriver(t)
+	v.d, v.h = b, h // from here on only the new driver and the stored handle
+
+	var exited <-chan struct{}
+	step(t, "alive_and_watched", func(t *testing.T) {
+		if !b.Alive(h) {
+			t.Fatalf("the new driver says the VM (pid %d) is not alive", h.PID)
+		}
+		var err error
+		if exited, err = b.Watch(h); err != nil {
+			t.Fatalf("Watch by the new driver: %v", err)
+		}
+		if closedWithin(exited, 0) {
+			t.Fatal("Watch channel of the new driver closed while the VM runs")
+		}
+	})
+	step(t, "agent_reconnects", func(t *testing.T) {
+		sess := v.awaitAgent(t, v.token)
+		v.ping(t, sess)
+		v.checkInGuest(t, sess)
+		sess.Close()
+	})
+	step(t, "stop_and_cleanup", func(t *testing.T) {
+		v.stop(t, stopGrace)
+		if !closedWithin(exited, exitWait) {
+			t.Fatalf("the Watch channel taken before Stop is still open %v after it", exitWait)
+		}
+		v.cleanup(t)
+	})
+}
+
+func (s *suite) testPause(t *testing.T) {
+	d := s.h.NewDriver(t)
+	if !d.Capabilities().Pause {
+		t.Skipf("driver %s does not offer pause (Capabilities().Pause is false)", d.Name())
+	}
+	p, ok := d.(vmm.Pauser)
+	if !ok {
+		t.Fatalf("driver %s says it can pause but does not implement vmm.Pauser", d.Name())
+	}
+	v := s.newVM(t, d, "pause")
+	sess := v.boot(t)
+	v.ping(t, sess)
+
+	step(t, "paused_guest_does_not_answer", func(t *testing.T) {
+		ctx := opContext(t)
+		if err := p.Pause(ctx, v.h); err != nil {
+			t.Fatalf("Pause: %v", err)
+		}
+		if err := p.Pause(ctx, v.h); err != nil {
+			t.Fatalf("Pause again (want a no-op): %v", err)
+		}
+		if !d.Alive(v.h) {
+			t.Fatal("Alive is false for a paused VM")
+		}
+		pctx, pcancel := context.WithTimeout(ctx, pausedWait)
+		defer pcancel()
+		if _, err := sess.Ping(pctx); err == nil {
+			t.Fatal("a paused guest answered a ping")
+		} else if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("want a ping to a paused guest to go unanswered for %v; it failed: %v", pausedWait, err)
+		}
+	})
+	step(t, "resumed_guest_answers", func(t *testing.T) {
+		ctx := opContext(t)
+		if err := p.Resume(ctx, v.h); err != nil {
+			t.Fatalf("Resume: %v", err)
+		}
+		if err := p.Resume(ctx, v.h); err != nil {
+			t.Fatalf("Resume again (want a no-op): %v", err)
+		}
+		v.ping(t, sess)
+	})
+	step(t, "paused_vm_stops", func(t *testing.T) {
+		if err := p.Pause(opContext(t), v.h); err != nil {
+			t.Fatalf("Pause: %v", err)
+		}
+		sess.Close()
+		v.stop(t, time.Second)
+		v.cleanup(t)
+	})
+}
+
+func (s *suite) testSnapshot(t *testing.T) {
+	d := s.h.NewDriver(t)
+	caps := d.Capabilities()
+	if !caps.Snapshot {
+		t.Skipf("driver %s does not offer snapshots (Capabilities().Snapshot is false)", d.Name())
+	}
+	snapper, ok := d.(vmm.Snapshotter)
+	if !ok {
+		t.Fatalf("driver %s says it can snapshot but does not implement vmm.Snapshotter", d.Name())
+	}
+	p, ok := d.(vmm.Pauser)
+	if !caps.Pause || !ok {
+		t.Fatalf("driver %s offers snapshots, which are taken of paused VMs, but cannot pause (Pause %v, Pauser %v)", d.Name(), caps.Pause, ok)
+	}
+	src := s.newVM(t, d, "snap")
+	sess := src.boot(t)
+	src.ping(t, sess)
+	snapDir := t.TempDir() // outlives the steps: Restore reads it
+	var snap vmm.Snapshot
+	step(t, "create_from_paused_vm", func(t *testing.T) {
+		ctx := opContext(t)
+		if err := p.Pause(ctx, src.h); err != nil {
+			t.Fatalf("Pause: %v", err)
+		}
+		var err error
+		snap, err = snapper.CreateSnapshot(ctx, src.h, snapDir)
+		if err != nil {
+			t.Fatalf("CreateSnapshot: %v", err)
+		}
+		if snap.Driver != d.Name() {
+			t.Errorf("snapshot says driver %q; want %q", snap.Driver, d.Name())
+		}
+		for _, f := range []string{snap.StatePath, snap.MemPath} {
+			if fi, err := os.Stat(f); err != nil || !fi.Mode().IsRegular() {
+				t.Fatalf("want snapshot file %q: %v", f, err)
+			}
+		}
+		sess.Close()
+		src.stop(t, time.Second)
+	})
+
+	dst := s.newVM(t, d, "restored")
+	if bytes.Equal(dst.token, src.token) {
+		t.Fatal("Harness.Spec returned the same token twice; want a new one per VM")
+	}
+	step(t, "restore_with_new_identity", func(t *testing.T) {
+		dst.prepare(t)
+		ctx, cancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
+		defer cancel()
+		start := time.Now()
+		if err := snapper.Restore(ctx, dst.spec, &dst.h, snap); err != nil {
+			t.Fatalf("Restore(%s from %s's snapshot): %v\n%s", dst.spec.ID, src.spec.ID, err, dst.consoleTail())
+		}
+		if dst.h.PID <= 0 || !d.Alive(dst.h) {
+			t.Fatalf("want a running process after Restore; handle %+v, alive %v", dst.h, d.Alive(dst.h))
+		}
+		t.Logf("Restore returned after %v", time.Since(start).Round(time.Millisecond))
+	})
+	step(t, "old_token_rejected", func(t *testing.T) {
+		// First, so that a restored agent still proving the snapshot's
+		// identity is caught before anything refreshes it.
+		hctx, hcancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
+		defer hcancel()
+		sess, err := dst.connect(hctx, src.token)
+		if err == nil {
+			sess.Close()
+			t.Fatal("the restored VM authenticated with the snapshot's old token; want agentapi.ErrBadProof")
+		}
+		if !errors.Is(err, agentapi.ErrBadProof) {
+			t.Fatalf("want a handshake with the old token to fail with agentapi.ErrBadProof; got: %v\n%s", err, dst.consoleTail())
+		}
+	})
+	step(t, "new_token_accepted", func(t *testing.T) {
+		dst.ping(t, dst.awaitAgent(t, dst.token))
+	})
+	step(t, "stop_and_cleanup", func(t *testing.T) {
+		dst.stop(t, stopGrace)
+		dst.cleanup(t)
+		src.cleanup(t)
+	})
+}
+
+// opContext returns a context for one driver operation, cancelled when t
+// ends.
+func opContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// checkTokenFile checks the token file is private and holds token.
+func checkTokenFile(t *testing.T, path string, token []byte) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("want the token file %q: %v", path, err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("token file %s has mode %v; want 0600", path, perm)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := agentapi.ParseToken(string(b))
+	if err != nil || !bytes.Equal(got, token) {
+		t.Errorf("token file %s does not hold the spec's token (parse error: %v)", path, err)
+	}
+}
+
+// closedWithin reports whether ch is closed within d (at once if d is 0).
+func closedWithin(ch <-chan struct{}, d time.Duration) bool {
+	if d <= 0 {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
+// waitFor polls cond until it holds or d passes; it reports the last result.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func randomHex(t *testing.T, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
