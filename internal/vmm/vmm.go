@@ -45,7 +45,8 @@ type Spec struct {
 	// to Handle.TokenPath and deliver it to the guest at boot without
 	// putting it on a command line.
 	Token []byte
-	// KernelArgs are appended to the driver's own kernel command line.
+	// KernelArgs are appended to the driver's own kernel command line,
+	// which always carries hearth.vm=<ID> and never the token.
 	KernelArgs []string
 	// NICs are network interfaces backed by existing host TAP devices.
 	NICs []NIC
@@ -145,7 +146,8 @@ type Driver interface {
 	Prepare(ctx context.Context, spec Spec) (Handle, error)
 	// Start launches the VM process, detached from the daemon so it
 	// survives a daemon restart, and records its PID in the handle. A
-	// process that dies during start is an error naming the reason.
+	// process that dies during start is an error naming the reason. ctx
+	// bounds the start only: the VM keeps running after it is done.
 	Start(ctx context.Context, spec Spec, h *Handle) error
 	// Alive reports whether the handle's process is running and is the
 	// VM's (not a recycled PID).
