@@ -1,0 +1,344 @@
+package firecracker
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/vmm/firecracker/fctest"
+	"github.com/hearth-project/hearth/internal/vmm/proc"
+)
+
+// Binaries built once for the tests that run the driver against the fake
+// Firecracker (test/fakefirecracker) and, as its guest, the real agent.
+var (
+	fakeFC   string
+	agentBin string
+	buildErr error
+)
+
+func TestMain(m *testing.M) {
+	fctest.MaybeGuestInit()
+	dir, err := os.MkdirTemp("", "hfc-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fakeFC, agentBin = filepath.Join(dir, "firecracker"), filepath.Join(dir, "hearth-agent")
+	buildErr = build(map[string]string{fakeFC: "./test/fakefirecracker", agentBin: "./cmd/hearth-agent"})
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func build(outs map[string]string) error {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	for out, pkg := range outs {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	return nil
+}
+
+func needFake(t *testing.T) {
+	t.Helper()
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+}
+
+// fakeSpec is a VM whose kernel and image are small files (the fake opens
+// them as Firecracker does, and boots nothing).
+func fakeSpec(t *testing.T, id string) vmm.Spec {
+	t.Helper()
+	assets := t.TempDir()
+	spec := vmm.Spec{ID: id, VCPUs: 2, MemoryMiB: 128,
+		Kernel: filepath.Join(assets, "vmlinux"), Initrd: filepath.Join(assets, "initrd.img"),
+		Rootfs: filepath.Join(assets, "rootfs.ext4"), Token: mustToken(t),
+		NICs: []vmm.NIC{{TAP: "hfc" + id[len(id)-4:], MAC: "02:48:00:00:00:05", Address: "10.88.0.5/24", Gateway: "10.88.0.1"}}}
+	for _, p := range []string{spec.Kernel, spec.Initrd} {
+		if err := os.WriteFile(p, []byte("not a kernel"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeSparseImage(t, spec.Rootfs)
+	// Short: sockets live in the VM dir.
+	dir, err := os.MkdirTemp("", "hfc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	spec.Dir = filepath.Join(dir, id)
+	return spec
+}
+
+func mustToken(t *testing.T) []byte {
+	t.Helper()
+	tok, err := agentapi.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// requestLog points the fake at a request log and returns a reader of it.
+func requestLog(t *testing.T) func() []fctest.Request {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "requests.jsonl")
+	t.Setenv("HEARTH_FAKEFC_REQUEST_LOG", path)
+	return func() []fctest.Request {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatalf("request log: %v", err)
+		}
+		defer f.Close()
+		var reqs []fctest.Request
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var r fctest.Request
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				t.Fatalf("request log line %q: %v", sc.Text(), err)
+			}
+			reqs = append(reqs, r)
+		}
+		return reqs
+	}
+}
+
+// checkAccepted fails on any request the spec (or the fake, as
+// Firecracker) refused, and returns the calls as "METHOD PATH" lines.
+func checkAccepted(t *testing.T, reqs []fctest.Request) []string {
+	t.Helper()
+	var calls []string
+	for _, r := range reqs {
+		if r.Violation != "" {
+			t.Errorf("%s %s breaks Firecracker's API spec: %s\nbody: %s", r.Method, r.Path, r.Violation, r.Body)
+		}
+		if r.Status >= 300 {
+			t.Errorf("%s %s refused (%d): %s\nbody: %s", r.Method, r.Path, r.Status, r.Fault, r.Body)
+		}
+		calls = append(calls, r.Method+" "+r.Path)
+	}
+	return calls
+}
+
+func newFakeDriver(t *testing.T, cfg Config) *Driver {
+	t.Helper()
+	needFake(t)
+	if cfg.Binary == "" {
+		cfg.Binary = fakeFC
+	}
+	return newTestDriver(t, cfg)
+}
+
+// TestContractSequence runs create → start → pause → snapshot → resume →
+// stop, then a restore of the snapshot as another VM → stop, through the
+// fake, and fails on any request Firecracker's spec would reject.
+func TestContractSequence(t *testing.T) {
+	log := requestLog(t)
+	var logs syncBuffer
+	d := newFakeDriver(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ctx := t.Context()
+	spec := fakeSpec(t, "vm-contract1")
+	h, err := d.Prepare(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, spec, &h); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Stop(ctx, h, 0) })
+	if !d.Alive(h) {
+		t.Fatal("not alive after Start")
+	}
+	exited, err := d.Watch(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Pause(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := d.CreateSnapshot(ctx, h, filepath.Join(spec.Dir, "..", "snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Resume(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Stop(ctx, h, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d.Alive(h) {
+		t.Fatal("alive after Stop")
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not see the process end")
+	}
+	// Firecracker's log reaches hearth's, tagged with the VM, up to its
+	// last line.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "exit_code=0") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := logs.String(); !strings.Contains(got, "msg=firecracker vm=vm-contract1") || !strings.Contains(got, "exit_code=0") {
+		t.Errorf("firecracker's log was not forwarded into hearth's:\n%s", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(spec.Dir, fileOut)); !strings.Contains(string(b), "Running Firecracker") {
+		t.Errorf("firecracker's own output is not in %s: %q", fileOut, b)
+	}
+	if err := d.Cleanup(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+
+	spec2 := fakeSpec(t, "vm-contract2")
+	h2, err := d.Prepare(ctx, spec2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Restore(ctx, spec2, &h2, snap); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Stop(ctx, h2, 0) })
+	if err := d.Stop(ctx, h2, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	calls := checkAccepted(t, log())
+	want := []string{
+		// first VM
+		"PUT /logger", "PUT /metrics", "PUT /machine-config", "PUT /boot-source", "PUT /drives/rootfs",
+		"PUT /network-interfaces/eth0", "PUT /vsock", "PUT /mmds/config", "PUT /mmds", "PUT /serial",
+		"PUT /actions", "PATCH /vm", "PUT /snapshot/create", "PATCH /vm", "PUT /actions",
+		// the restored one
+		"PUT /logger", "PUT /metrics", "PUT /snapshot/load", "PUT /mmds", "PATCH /vm", "PUT /actions",
+	}
+	if strings.Join(calls, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("calls:\n%s\nwant:\n%s", strings.Join(calls, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestGoldenRequestsMeetTheSpec holds the golden requests themselves to
+// the spec (they are what the contract sequence sends).
+func TestGoldenRequestsMeetTheSpec(t *testing.T) {
+	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker"})
+	spec := goldenSpec()
+	reqs := append(d.Requests(spec), d.RestoreRequests(spec)...)
+	reqs = append(reqs, Request{"PUT", "/snapshot/create", d.snapshotCreate()}, Request{"PATCH", "/vm", VMState{State: "Paused"}},
+		Request{"PUT", "/actions", Action{ActionType: ActionSendCtrlAltDel}})
+	for _, r := range reqs {
+		body, err := json.Marshal(r.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fctest.Validate(r.Method, r.Path, body); err != nil {
+			t.Errorf("%s %s: %v", r.Method, r.Path, err)
+		}
+	}
+}
+
+func TestStartWithoutBinary(t *testing.T) {
+	d := newTestDriver(t, Config{Binary: "/nonexistent/firecracker"})
+	spec := fakeSpec(t, "vm-nobin1")
+	h, err := d.Prepare(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Start(t.Context(), spec, &h)
+	if err == nil || !strings.Contains(err.Error(), "firecracker binary not found: /nonexistent/firecracker") {
+		t.Fatalf("start without a binary: %v", err)
+	}
+	if h.PID != 0 {
+		t.Fatalf("a pid (%d) for a process that never started", h.PID)
+	}
+}
+
+func TestStartAPISocketNeverAppears(t *testing.T) {
+	t.Setenv("HEARTH_FAKEFC_NO_SOCKET", "1")
+	d := newFakeDriver(t, Config{SocketTimeout: 300 * time.Millisecond})
+	spec := fakeSpec(t, "vm-nosock1")
+	h, err := d.Prepare(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Start(t.Context(), spec, &h)
+	if err == nil || !strings.Contains(err.Error(), "API socket") || !strings.Contains(err.Error(), "did not appear within 300ms") {
+		t.Fatalf("start with no API socket: %v", err)
+	}
+	if !strings.Contains(err.Error(), "Running Firecracker") {
+		t.Errorf("the error does not show what firecracker printed: %v", err)
+	}
+	assertGone(t, h)
+}
+
+func TestStartRefusedByFirecracker(t *testing.T) {
+	log := requestLog(t)
+	t.Setenv("HEARTH_FAKEFC_FAULT", "PUT /boot-source=Invalid kernel image: not an ELF file")
+	d := newFakeDriver(t, Config{})
+	spec := fakeSpec(t, "vm-refused")
+	h, err := d.Prepare(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Start(t.Context(), spec, &h)
+	want := "firecracker refused PUT /boot-source (400): Invalid kernel image: not an ELF file"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("start refused: %v, want it to contain %q", err, want)
+	}
+	assertGone(t, h)
+	// Nothing after the refusal was sent.
+	reqs := log()
+	if last := reqs[len(reqs)-1]; last.Path != "/boot-source" {
+		t.Fatalf("last request %s %s, want the refused PUT /boot-source", last.Method, last.Path)
+	}
+	if err := d.Cleanup(t.Context(), h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(h.DiskPath); !os.IsNotExist(err) {
+		t.Fatalf("disk left after cleanup: %v", err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func assertGone(t *testing.T, h vmm.Handle) {
+	t.Helper()
+	if h.PID > 0 && !proc.WaitGone(h.PID, h.PIDStart, 5*time.Second) {
+		t.Fatalf("firecracker pid %d left running after a failed start", h.PID)
+	}
+}
