@@ -1,8 +1,28 @@
 // Command hearth-agent is the hearth guest agent. It runs inside every VM,
-// authenticates to the host over the hearth.agent virtio-serial port with
-// the per-VM token delivered at boot, configures the guest network the host
-// asks for, reports when the VM's required ports accept connections, sends
-// heartbeats and answers host requests (ping, exec, shutdown).
+// authenticates to the host with the per-VM token delivered at boot,
+// configures the guest network the host asks for, reports when the VM's
+// required ports accept connections, sends heartbeats and answers host
+// requests (ping, exec, login, write_file, shutdown).
+//
+// Its channel to the host is, by default, whichever the guest has: the
+// virtio-serial port named hearth.agent (QEMU), else vsock port 1024
+// (Firecracker), where it accepts one host connection at a time. With
+// -listen it listens on a given vsock port or, for development and test
+// harnesses standing in for Firecracker's vsock, on a Unix socket.
+//
+// The token is read from the first source that exists. With virtio-serial
+// the defaults are QEMU fw_cfg, /run/hearth/token and hearth.token= on the
+// kernel command line, read once; with a listener they are Firecracker's
+// MMDS (version 2, at 169.254.169.254 or -mmds-url), /run/hearth/token and
+// the kernel command line, read again for every host connection, so that
+// a VM restored from a snapshot proves its own token.
+//
+// Usage:
+//
+//	hearth-agent [-listen vsock:PORT|unix:PATH] [-port DEVICE]
+//	             [-token-source SRC[,SRC...]]... [-token-file FILE] [-mmds-url URL]
+//
+// A token source is "mmds", "mmds:URL", "cmdline:PATH" or a file path.
 //
 // Build it static: CGO_ENABLED=0 go build -ldflags "-X main.version=..." ./cmd/hearth-agent
 package main
@@ -12,9 +32,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/hearth-project/hearth/internal/agent"
@@ -28,12 +50,15 @@ func main() {
 }
 
 func run() int {
-	port := flag.String("port", "", "agent port device (default: the virtio-serial port named "+agent.PortName+")")
-	tokenFile := flag.String("token-file", "", "read the token from this file only (default: QEMU fw_cfg, /run/hearth/token, then hearth.token= on the kernel command line)")
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Parse()
-
-	if *showVersion {
+	opts, showVersion, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hearth-agent:", err)
+		return 2
+	}
+	if showVersion {
 		fmt.Println(version)
 		return 0
 	}
@@ -42,14 +67,56 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := agent.Options{Port: *port, Version: version, Logger: logger}
-	if *tokenFile != "" {
-		opts.TokenSources = []string{*tokenFile}
-	}
+	opts.Version = version
+	opts.Logger = logger
 	logger.Info("hearth-agent starting", "version", version)
 	if err := agent.Run(ctx, opts); err != nil && !errors.Is(err, context.Canceled) {
 		logger.Error("hearth-agent failed", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// parseFlags turns the command line into agent options, and says whether
+// only the version is asked for. Usage and errors go to output.
+func parseFlags(args []string, output io.Writer) (opts agent.Options, showVersion bool, err error) {
+	fs := flag.NewFlagSet("hearth-agent", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&opts.Port, "port", "",
+		"agent virtio-serial port device (default: the port named "+agent.PortName+")")
+	fs.StringVar(&opts.Listen, "listen", "",
+		"listen for the host on vsock:PORT or unix:PATH (default: the virtio-serial port if the guest has one, else vsock:1024)")
+	fs.Func("token-source",
+		"where to read the token, first that exists; repeat or separate with commas: mmds, mmds:URL, cmdline:PATH or a file "+
+			"(default with virtio-serial: "+strings.Join(agent.DefaultTokenSources, ",")+
+			"; with a listener: "+strings.Join(agent.VsockTokenSources, ",")+")",
+		func(s string) error {
+			for _, src := range strings.Split(s, ",") {
+				if src = strings.TrimSpace(src); src == "" {
+					return errors.New("empty token source")
+				}
+				opts.TokenSources = append(opts.TokenSources, src)
+			}
+			return nil
+		})
+	tokenFile := fs.String("token-file", "", "read the token from this file only (same as -token-source FILE)")
+	fs.StringVar(&opts.MMDSURL, "mmds-url", "",
+		"base URL of the mmds token source (default: http://169.254.169.254 inside a VM, none with -listen unix:...)")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return agent.Options{}, false, err
+	}
+	if fs.NArg() > 0 {
+		return agent.Options{}, false, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *tokenFile != "" {
+		if opts.TokenSources != nil {
+			return agent.Options{}, false, errors.New("-token-file and -token-source are exclusive")
+		}
+		opts.TokenSources = []string{*tokenFile}
+	}
+	if err := opts.Validate(); err != nil {
+		return agent.Options{}, false, err
+	}
+	return opts, showVersion, nil
 }

@@ -1,15 +1,19 @@
 // Package agent is the guest side of the hearth agent protocol
 // (internal/agentapi). It runs inside every VM as cmd/hearth-agent: it finds
-// the virtio-serial port named PortName, reads the per-VM token delivered at
-// boot, and serves the protocol for as long as the VM runs, surviving host
+// its channel to the host (the virtio-serial port named PortName under QEMU,
+// a vsock listener under Firecracker), reads the per-VM token delivered at
+// boot (QEMU fw_cfg, Firecracker's MMDS, a file or the kernel command line),
+// and serves the protocol for as long as the VM runs, surviving host
 // disconnects and reconnects. On the host's word it configures the guest's
 // network (through netlink, no DHCP) and runs commands (exec).
 package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 )
@@ -20,30 +24,67 @@ const PortName = "hearth.agent"
 
 const (
 	virtioPortsDir       = "/sys/class/virtio-ports"
-	devDir               = "/dev"
+	defaultDevDir        = "/dev"
+	defaultVsockDev      = "/dev/vsock"
 	defaultRetryInterval = 150 * time.Millisecond
 	setupRetryInterval   = time.Second
 )
 
-// DefaultTokenSources are where the token is looked for, in order: QEMU
-// fw_cfg, a file written by an init step, and the kernel command line (a
-// development fallback: it is readable by every process in the guest).
+// DefaultTokenSources are where the token is looked for with a
+// virtio-serial port (QEMU), in order: QEMU fw_cfg, a file written by an
+// init step, and the kernel command line (a development fallback: it is
+// readable by every process in the guest).
 var DefaultTokenSources = []string{
 	"/sys/firmware/qemu_fw_cfg/by_name/opt/hearth/token/raw",
 	"/run/hearth/token",
 	"cmdline:/proc/cmdline",
 }
 
+// VsockTokenSources are where the token is looked for with a listener
+// (vsock under Firecracker, or a Unix socket standing in for it), in
+// order: Firecracker's MMDS, a file written by an init step, and the
+// kernel command line.
+var VsockTokenSources = []string{
+	mmdsSource,
+	"/run/hearth/token",
+	"cmdline:/proc/cmdline",
+}
+
 // Options configure the agent. The zero value is usable.
 type Options struct {
-	// Port is the path of the agent's port device. Empty means the
-	// virtio-serial port called PortName, found under /sys/class/virtio-ports.
+	// Port is the path of the agent's virtio-serial port device. Empty
+	// means the port called PortName, found under /sys/class/virtio-ports.
 	Port string
+	// Listen, when set, makes the agent listen for the host rather than
+	// open a virtio-serial port: "vsock:PORT" on a vsock port (any CID), as
+	// under Firecracker, or "unix:PATH" on a Unix socket, for development
+	// and test harnesses standing in for vsock. Empty means the port (Port,
+	// if set), or else whichever channel the guest has: the virtio-serial
+	// port called PortName, or vsock port agentapi.VsockPort if the guest
+	// has a vsock device, checked every second until one appears. Port and
+	// Listen cannot both be set.
+	Listen string
 	// TokenSources are where to read the token from; the first that exists
-	// is used. "cmdline:PATH" means the hearth.token= parameter of the kernel
-	// command line in file PATH; anything else is a file holding the token
-	// as written by agentapi.FormatToken. Nil means DefaultTokenSources.
+	// is used. "mmds" means Firecracker's metadata service (version 2) at
+	// MMDSURL, "mmds:URL" the one at URL; an MMDS that is unreachable or
+	// does not have the token (404) counts as not existing. "cmdline:PATH"
+	// means the hearth.token= parameter of the kernel command line in file
+	// PATH; anything else is a file holding the token as written by
+	// agentapi.FormatToken. Nil means DefaultTokenSources with a
+	// virtio-serial port and VsockTokenSources with a listener.
+	//
+	// With a virtio-serial port the token is read once, at start. With a
+	// listener it is read again for every host connection: a guest
+	// restored from a snapshot then proves the token of the VM it has
+	// become, never that of the VM the snapshot was taken from.
 	TokenSources []string
+	// MMDSURL is the base URL of the "mmds" token source, e.g.
+	// http://127.0.0.1:8080. Empty means http://169.254.169.254 (the
+	// agent then adds the address and route needed to reach it, and
+	// removes them once the token is read), except with a Unix-socket
+	// listener, which runs outside a VM: there "mmds" then counts as
+	// missing.
+	MMDSURL string
 	// Version is the agent version reported in hello.
 	Version string
 	// PowerOff is called once a shutdown request has been answered. Nil
@@ -62,12 +103,21 @@ type Options struct {
 	netOps      netOps
 	linkTimeout time.Duration
 	resolvConf  string
+	// For tests: where virtio-serial ports are listed and their devices
+	// are, the vsock device, and the HTTP client for MMDS (nil means a
+	// direct one, see defaultMMDSClient).
+	portsDir   string
+	devDir     string
+	vsockDev   string
+	mmdsClient *http.Client
+
+	// inGuest says the agent runs in a VM; Run sets it unless the channel
+	// is a Unix socket. Only in a VM does the mmds source use its default
+	// address, and change the network to reach it.
+	inGuest bool
 }
 
 func (o Options) withDefaults() Options {
-	if o.TokenSources == nil {
-		o.TokenSources = DefaultTokenSources
-	}
 	if o.Version == "" {
 		o.Version = "dev"
 	}
@@ -89,18 +139,67 @@ func (o Options) withDefaults() Options {
 	if o.resolvConf == "" {
 		o.resolvConf = defaultResolvConf
 	}
+	if o.portsDir == "" {
+		o.portsDir = virtioPortsDir
+	}
+	if o.devDir == "" {
+		o.devDir = defaultDevDir
+	}
+	if o.vsockDev == "" {
+		o.vsockDev = defaultVsockDev
+	}
 	return o
 }
 
-// Run is the agent: it reads the token, opens the port and serves the
-// protocol until ctx is done, then returns ctx.Err(). A missing token or
-// port is waited for (retrying every second), so Run only returns early
-// for a token source that exists but holds no valid token.
+// Validate reports options that can never work: Port and Listen both
+// set, an invalid Listen, or an invalid MMDS URL. Run checks them first.
+func (o Options) Validate() error {
+	if o.Port != "" && o.Listen != "" {
+		return errors.New("agent: a port and a listen address are exclusive")
+	}
+	if o.Listen != "" {
+		if _, err := parseListen(o.Listen); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	if o.MMDSURL != "" {
+		if _, err := parseMMDSURL(o.MMDSURL); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	if err := checkTokenSources(o.TokenSources); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
+// Run is the agent: it finds its channel, reads the token and serves the
+// protocol until ctx is done, then returns ctx.Err(). A missing channel
+// or token is waited for (retrying every second), so Run only returns
+// early for invalid options or a token source that exists but holds no
+// valid token.
 func Run(ctx context.Context, opts Options) error {
 	opts = opts.withDefaults()
-	log := opts.Logger
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	ch, err := awaitChannel(ctx, opts)
+	if err != nil {
+		return err
+	}
+	opts.inGuest = ch.network != "unix"
+	if ch.network == "" {
+		return runPort(ctx, opts)
+	}
+	return runListener(ctx, ch, opts)
+}
 
-	token, err := awaitToken(ctx, opts)
+// runPort serves the virtio-serial port with the token read at start.
+func runPort(ctx context.Context, opts Options) error {
+	if opts.TokenSources == nil {
+		opts.TokenSources = DefaultTokenSources
+	}
+	token, _, err := awaitToken(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -111,7 +210,7 @@ func Run(ctx context.Context, opts Options) error {
 			return ctx.Err()
 		}
 		if msg := err.Error(); msg != lastErr {
-			log.Warn("agent port unavailable, retrying", "err", err)
+			opts.Logger.Warn("agent port unavailable, retrying", "err", err)
 			lastErr = msg
 		}
 		if err := sleep(ctx, setupRetryInterval); err != nil {
@@ -120,25 +219,34 @@ func Run(ctx context.Context, opts Options) error {
 	}
 }
 
-// awaitToken reads the token, waiting for a source to appear (fw_cfg may
-// show up only once its driver has loaded).
-func awaitToken(ctx context.Context, opts Options) ([]byte, error) {
+// tokenError is a token source that exists but holds no valid token.
+type tokenError struct{ error }
+
+func (e tokenError) Unwrap() error { return e.error }
+
+// awaitToken reads the token and returns it with its source, waiting for
+// a source to appear (fw_cfg may show up only once its driver has loaded,
+// MMDS once the host has filled it in). An error is a tokenError or ctx's.
+func awaitToken(ctx context.Context, opts Options) ([]byte, string, error) {
 	logged := false
 	for {
-		token, src, err := readToken(opts.TokenSources)
+		token, src, err := readToken(ctx, opts)
+		if ctx.Err() != nil {
+			return nil, "", ctx.Err()
+		}
 		if err == nil {
 			opts.Logger.Info("token loaded", "source", src)
-			return token, nil
+			return token, src, nil
 		}
 		if src != "" {
-			return nil, err // the source exists but is unusable
+			return nil, "", tokenError{err} // the source exists but is unusable
 		}
 		if !logged {
 			opts.Logger.Warn("no token yet, waiting", "err", err)
 			logged = true
 		}
 		if err := sleep(ctx, setupRetryInterval); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 }
@@ -149,7 +257,7 @@ func serveDevice(ctx context.Context, token []byte, opts Options) error {
 	path := opts.Port
 	if path == "" {
 		var err error
-		if path, err = findPort(virtioPortsDir, devDir, PortName); err != nil {
+		if path, err = findPort(opts.portsDir, opts.devDir, PortName); err != nil {
 			return err
 		}
 	}

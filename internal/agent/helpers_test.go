@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -78,8 +81,36 @@ func testOptions(t *testing.T, token []byte) (Options, *logBuffer) {
 		Version:  "test-1",
 		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		PowerOff: func() error { t.Error("unexpected power off"); return nil },
+		// Never the test machine's network: a fake netOps, and an MMDS
+		// client that reaches loopback only.
+		netOps:     newFakeNet(),
+		mmdsClient: loopbackClient(),
+		vsockDev:   filepath.Join(t.TempDir(), "no-vsock"),
 	}
 	return opts, logs
+}
+
+// loopbackClient is an HTTP client that refuses to connect anywhere but
+// loopback addresses.
+func loopbackClient() *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			Proxy:             nil,
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				host, _, err := net.SplitHostPort(addr)
+				if err != nil {
+					return nil, err
+				}
+				if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+					return nil, fmt.Errorf("test client: refusing to dial %s: only loopback", addr)
+				}
+				return d.DialContext(ctx, network, addr)
+			},
+		},
+	}
 }
 
 // transport makes a connected host/guest pair of streams.

@@ -77,9 +77,10 @@ func (o netlinkOps) SetMTU(name string, mtu int) error {
 }
 
 // ReplaceAddr implements netOps: it deletes the link's other addresses of
-// addr's family except link-local ones, then adds (or refreshes) addr. An
-// IPv6 address skips duplicate address detection, so that it is usable at
-// once.
+// addr's family except link-local ones (but mmdsLocalAddr, should an agent
+// that died while reading MMDS have left it), then adds (or refreshes)
+// addr. An IPv6 address skips duplicate address detection, so that it is
+// usable at once.
 func (o netlinkOps) ReplaceAddr(name string, addr netip.Prefix) error {
 	l, err := o.h.LinkByName(name)
 	if err != nil {
@@ -95,7 +96,10 @@ func (o netlinkOps) ReplaceAddr(name string, addr netip.Prefix) error {
 	}
 	want := prefixIPNet(addr)
 	for _, a := range existing {
-		if a.IPNet == nil || a.IP.IsLinkLocalUnicast() || sameIPNet(a.IPNet, want) {
+		if a.IPNet == nil || sameIPNet(a.IPNet, want) {
+			continue
+		}
+		if a.IP.IsLinkLocalUnicast() && !sameIPNet(a.IPNet, prefixIPNet(mmdsLocalAddr)) {
 			continue
 		}
 		if err := o.h.AddrDel(l, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
@@ -145,4 +149,115 @@ func prefixIPNet(p netip.Prefix) *net.IPNet {
 
 func sameIPNet(a, b *net.IPNet) bool {
 	return a.IP.Equal(b.IP) && bytes.Equal(a.Mask, b.Mask)
+}
+
+// FirstNIC implements netOps.
+func (o netlinkOps) FirstNIC() (string, error) {
+	links, err := o.linkList()
+	if err != nil {
+		return "", fmt.Errorf("list links: %w", err)
+	}
+	return firstNIC(links)
+}
+
+// firstNIC returns the name of the hardware Ethernet link with the lowest
+// index. A hardware link has no link kind (netlink reports it as a
+// "device"); virtual ones (ifb, veth, bridge, dummy, ...) have one, and
+// may have a MAC address and a lower index than the NIC.
+func firstNIC(links []netlink.Link) (string, error) {
+	var found netlink.Link
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() != "device" || a.Flags&net.FlagLoopback != 0 || a.EncapType != "ether" ||
+			len(a.HardwareAddr) != 6 || bytes.Equal(a.HardwareAddr, make(net.HardwareAddr, 6)) {
+			continue
+		}
+		if found == nil || a.Index < found.Attrs().Index {
+			found = l
+		}
+	}
+	if found == nil {
+		return "", fmt.Errorf("ethernet device: %w", errNoLink)
+	}
+	return found.Attrs().Name, nil
+}
+
+// IPv4Addrs implements netOps.
+func (o netlinkOps) IPv4Addrs(name string) ([]netip.Prefix, error) {
+	l, err := o.h.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := o.addrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if a.IPNet == nil {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			ones, _ := a.Mask.Size()
+			out = append(out, netip.PrefixFrom(ip, ones))
+		}
+	}
+	return out, nil
+}
+
+// AddLinkAddr implements netOps.
+func (o netlinkOps) AddLinkAddr(name string, addr netip.Prefix) error {
+	l, err := o.h.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	err = o.h.AddrAdd(l, &netlink.Addr{IPNet: prefixIPNet(addr), Scope: int(netlink.SCOPE_LINK)})
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
+}
+
+// DelAddr implements netOps.
+func (o netlinkOps) DelAddr(name string, addr netip.Prefix) error {
+	l, err := o.h.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	err = o.h.AddrDel(l, &netlink.Addr{IPNet: prefixIPNet(addr)})
+	if errors.Is(err, unix.EADDRNOTAVAIL) {
+		return nil
+	}
+	return err
+}
+
+// AddLinkRoute implements netOps.
+func (o netlinkOps) AddLinkRoute(name string, dst netip.Prefix) (bool, error) {
+	l, err := o.h.LinkByName(name)
+	if err != nil {
+		return false, err
+	}
+	err = o.h.RouteAdd(linkRoute(l, dst))
+	if errors.Is(err, unix.EEXIST) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// DelLinkRoute implements netOps.
+func (o netlinkOps) DelLinkRoute(name string, dst netip.Prefix) error {
+	l, err := o.h.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	err = o.h.RouteDel(linkRoute(l, dst))
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+// linkRoute is a route to dst straight through l, in the main table.
+func linkRoute(l netlink.Link, dst netip.Prefix) *netlink.Route {
+	return &netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixIPNet(dst), Scope: netlink.SCOPE_LINK}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -23,6 +24,14 @@ import (
 // operation can reach the host's interfaces. The namespace, and every link
 // in it, goes away at cleanup.
 func newTestNetns(t *testing.T) *netlink.Handle {
+	t.Helper()
+	_, h := newTestNetnsAt(t)
+	return h
+}
+
+// newTestNetnsAt is newTestNetns, also returning the namespace (valid
+// until the test ends).
+func newTestNetnsAt(t *testing.T) (netns.NsHandle, *netlink.Handle) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace")
@@ -57,7 +66,7 @@ func newTestNetns(t *testing.T) *netlink.Handle {
 		h.Close()
 		ns.Close()
 	})
-	return h
+	return ns, h
 }
 
 // TestNetlinkOpsInNetns applies networks for real, through netlink, to a
@@ -191,4 +200,210 @@ func checkDefaultRoute(t *testing.T, h *netlink.Handle, family int, dev, gw stri
 	if want := []string{dev + " via " + gw}; !slices.Equal(defaults, want) {
 		t.Fatalf("default routes %v, want %v", defaults, want)
 	}
+}
+
+func TestFirstNIC(t *testing.T) {
+	attrs := func(index int, name, encap string, mac net.HardwareAddr) netlink.LinkAttrs {
+		return netlink.LinkAttrs{Index: index, Name: name, EncapType: encap, HardwareAddr: mac}
+	}
+	lo := attrs(1, "lo", "loopback", make(net.HardwareAddr, 6))
+	lo.Flags = net.FlagLoopback | net.FlagUp
+	links := []netlink.Link{
+		&netlink.Device{LinkAttrs: lo},
+		&netlink.Ifb{LinkAttrs: attrs(2, "ifb0", "ether", mustMAC("62:3e:06:32:52:c0"))},
+		&netlink.Device{LinkAttrs: attrs(3, "sit0", "sit", net.HardwareAddr{0, 0, 0, 0})},
+		&netlink.Device{LinkAttrs: attrs(6, "eth1", "ether", mustMAC("02:fc:00:00:00:02"))},
+		&netlink.Device{LinkAttrs: attrs(5, "eth0", "ether", mustMAC("02:fc:00:00:00:01"))},
+		&netlink.Veth{LinkAttrs: attrs(4, "veth0", "ether", mustMAC("02:fc:00:00:00:03"))},
+		&netlink.Device{LinkAttrs: attrs(7, "eth2", "ether", make(net.HardwareAddr, 6))},
+	}
+	if got, err := firstNIC(links); err != nil || got != "eth0" {
+		t.Fatalf("firstNIC = %q, %v; want eth0", got, err)
+	}
+	if _, err := firstNIC(links[:3]); !errors.Is(err, errNoLink) { // lo, ifb0, sit0
+		t.Fatalf("firstNIC without a NIC = %v, want errNoLink", err)
+	}
+}
+
+// netnsDo runs f on a thread in ns: sockets f opens live in ns.
+func netnsDo(ns netns.NsHandle, f func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	ferr := f()
+	if err := netns.Set(orig); err != nil {
+		return err // the thread stays locked: the runtime discards it
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// nicOps is netlinkOps with a given NIC: a test namespace has no hardware
+// device, only the veth link standing in for one.
+type nicOps struct {
+	netlinkOps
+	nic string
+}
+
+func (o nicOps) FirstNIC() (string, error) { return o.nic, nil }
+
+// TestMMDSInNetns reads the token from an MMDS at 169.254.169.254 in a
+// namespace of its own, reached over a veth link from the guest's
+// namespace, through real netlink: the temporary address and route make it
+// reachable, and are gone after; then again once the host has configured
+// the NIC, and a leftover address does not survive that configuration.
+func TestMMDSInNetns(t *testing.T) {
+	guestNS, gh := newTestNetnsAt(t)
+	mmdsNS, mh := newTestNetnsAt(t)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "hv0", HardwareAddr: mustMAC("02:68:65:61:72:02")}, PeerName: "hv1"}
+	if err := gh.LinkAdd(veth); err != nil {
+		t.Fatalf("create veth: %v", err)
+	}
+	peer, err := gh.LinkByName("hv1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gh.LinkSetNsFd(peer, int(mmdsNS)); err != nil {
+		t.Fatal(err)
+	}
+	// The MMDS side: 169.254.169.254, answering whatever address asks.
+	if peer, err = mh.LinkByName("hv1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mh.AddrAdd(peer, &netlink.Addr{IPNet: mustIPNet(t, "169.254.169.254/16")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mh.LinkSetUp(peer); err != nil {
+		t.Fatal(err)
+	}
+	if err := mh.RouteAdd(&netlink.Route{LinkIndex: peer.Attrs().Index, Dst: mustIPNet(t, "192.0.2.0/24"), Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatal(err)
+	}
+	var l net.Listener
+	if err := netnsDo(mmdsNS, func() (err error) {
+		l, err = net.Listen("tcp", net.JoinHostPort(agentapi.MMDSAddress, "80"))
+		return err
+	}); err != nil {
+		t.Fatalf("listen in the MMDS namespace: %v", err)
+	}
+	m := newFakeMMDSOn(t, l)
+
+	// The guest side: dials from its namespace.
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	client := &http.Client{Transport: &http.Transport{
+		Proxy:             nil,
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = netnsDo(guestNS, func() error {
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	token := newToken(t)
+	opts, _ := testOptions(t, token)
+	opts = opts.withDefaults()
+	opts.netOps = nicOps{netlinkOps{h: gh}, "hv0"}
+	opts.mmdsClient = client
+	opts.inGuest = true
+	opts.TokenSources = []string{"mmds"}
+
+	var during []string
+	m.onGet = func() { during = append(addrStringsAll(t, gh, "hv0"), routesTo(t, gh, agentapi.MMDSAddress)...) }
+	read := func(want []byte) {
+		t.Helper()
+		m.putToken(t, want)
+		got, _, err := readToken(context.Background(), opts)
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("readToken = %x, %v", got, err)
+		}
+	}
+
+	// Before the host's configuration: no address on the NIC.
+	read(token)
+	if want := []string{"169.254.169.1/32", "hv0 169.254.169.254/32"}; !slices.Equal(during, want) {
+		t.Fatalf("while reading: %v, want %v", during, want)
+	}
+	if got := append(addrStringsAll(t, gh, "hv0"), routesTo(t, gh, agentapi.MMDSAddress)...); len(got) != 0 {
+		t.Fatalf("left behind: %v", got)
+	}
+
+	// The host configures the NIC; later (a snapshot restore) the token is
+	// read again: through the host's address, with only the route added.
+	w := networker{ops: opts.netOps, linkTimeout: 2 * time.Second, resolvConf: filepath.Join(t.TempDir(), "resolv.conf")}
+	cfg := agentapi.NetworkConfig{MAC: "02:68:65:61:72:02", Address: "192.0.2.5/24"}
+	if _, err := w.apply(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	token2 := newToken(t)
+	read(token2)
+	if want := []string{"192.0.2.5/24", "hv0 169.254.169.254/32"}; !slices.Equal(during, want) {
+		t.Fatalf("while reading again: %v, want %v", during, want)
+	}
+	if got := append(addrStringsAll(t, gh, "hv0"), routesTo(t, gh, agentapi.MMDSAddress)...); !slices.Equal(got, []string{"192.0.2.5/24"}) {
+		t.Fatalf("after reading again: %v", got)
+	}
+
+	// An address left by an agent that died while reading does not survive
+	// the host's configuration, though other link-local ones do.
+	link, err := gh.LinkByName("hv0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"169.254.169.1/32", "169.254.7.7/16"} {
+		if err := gh.AddrAdd(link, &netlink.Addr{IPNet: mustIPNet(t, a), Scope: int(netlink.SCOPE_LINK)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.apply(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := addrStringsAll(t, gh, "hv0"); !slices.Equal(slices.Sorted(slices.Values(got)), []string{"169.254.7.7/16", "192.0.2.5/24"}) {
+		t.Fatalf("after the host's configuration: %v", got)
+	}
+}
+
+// addrStringsAll lists the IPv4 addresses on name, link-local included.
+func addrStringsAll(t *testing.T, h *netlink.Handle, name string) []string {
+	t.Helper()
+	ps, err := netlinkOps{h: h}.IPv4Addrs(name)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// routesTo lists the main table's routes to ip/32, as "DEV DST".
+func routesTo(t *testing.T, h *netlink.Handle, ip string) []string {
+	t.Helper()
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: mustIPNet(t, ip+"/32"), Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	var out []string
+	for _, r := range routes {
+		l, err := h.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		out = append(out, l.Attrs().Name+" "+r.Dst.String())
+	}
+	return out
 }

@@ -35,13 +35,37 @@ type netOps interface {
 	// LinkUp sets the link administratively up.
 	LinkUp(name string) error
 	// ReplaceAddr makes addr the link's only address of its family, apart
-	// from link-local ones.
+	// from link-local ones other than mmdsLocalAddr (which is the agent's
+	// own, see mmds.go, and goes too).
 	ReplaceAddr(name string, addr netip.Prefix) error
 	// SetMTU sets the link's MTU.
 	SetMTU(name string, mtu int) error
 	// ReplaceDefaultRoute makes gw, through the link, the default route of
 	// gw's family.
 	ReplaceDefaultRoute(name string, gw netip.Addr) error
+
+	// The rest is for reaching MMDS before the host has configured the
+	// network (mmds.go).
+
+	// FirstNIC returns the name of the guest's first hardware Ethernet link
+	// (lowest index; not loopback nor a virtual device such as ifb, veth or
+	// a bridge), or an error wrapping errNoLink.
+	FirstNIC() (string, error)
+	// IPv4Addrs returns the link's IPv4 addresses, link-local ones included.
+	IPv4Addrs(name string) ([]netip.Prefix, error)
+	// AddLinkAddr adds addr to the link with link scope. An address that is
+	// already there is not an error.
+	AddLinkAddr(name string, addr netip.Prefix) error
+	// DelAddr removes addr from the link. One that is not there is not an
+	// error.
+	DelAddr(name string, addr netip.Prefix) error
+	// AddLinkRoute adds a link-scope route to dst through the link in the
+	// main table and reports whether it did: false, without an error, when
+	// a route to dst was already there.
+	AddLinkRoute(name string, dst netip.Prefix) (added bool, err error)
+	// DelLinkRoute removes the link-scope route to dst through the link.
+	// One that is not there is not an error.
+	DelLinkRoute(name string, dst netip.Prefix) error
 }
 
 // networker applies network configurations.

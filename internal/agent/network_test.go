@@ -32,10 +32,11 @@ type fakeNet struct {
 }
 
 type fakeLink struct {
-	mac   net.HardwareAddr
-	up    bool
-	mtu   int
-	addrs []netip.Prefix
+	mac    net.HardwareAddr
+	up     bool
+	mtu    int
+	addrs  []netip.Prefix
+	routes []netip.Prefix // link-scope routes through it
 }
 
 // newFakeNet returns lo and eth0 (with testMAC, down, an old address) and
@@ -125,6 +126,88 @@ func (f *fakeNet) ReplaceDefaultRoute(name string, gw netip.Addr) error {
 	return nil
 }
 
+// FirstNIC returns the first link by name with a MAC, but lo.
+func (f *fakeNet) FirstNIC() (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if time.Now().Before(f.appear) {
+		return "", errNoLink
+	}
+	var names []string
+	for name, l := range f.links {
+		if name != "lo" && l.mac != nil {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return "", errNoLink
+	}
+	return slices.Min(names), nil
+}
+
+func (f *fakeNet) IPv4Addrs(name string) ([]netip.Prefix, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, ok := f.links[name]
+	if !ok {
+		return nil, errors.New("link not found")
+	}
+	var v4 []netip.Prefix
+	for _, p := range l.addrs {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		}
+	}
+	return v4, nil
+}
+
+func (f *fakeNet) AddLinkAddr(name string, addr netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, err := f.do("addr+ "+name+" "+addr.String(), name)
+	if err == nil && !slices.Contains(l.addrs, addr) {
+		l.addrs = append(l.addrs, addr)
+	}
+	return err
+}
+
+func (f *fakeNet) DelAddr(name string, addr netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, err := f.do("addr- "+name+" "+addr.String(), name)
+	if err == nil {
+		l.addrs = slices.DeleteFunc(l.addrs, func(p netip.Prefix) bool { return p == addr })
+	}
+	return err
+}
+
+// AddLinkRoute reports a route to dst through any link as already there.
+func (f *fakeNet) AddLinkRoute(name string, dst netip.Prefix) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, err := f.do("route+ "+name+" "+dst.String(), name)
+	if err != nil {
+		return false, err
+	}
+	for _, other := range f.links {
+		if slices.Contains(other.routes, dst) {
+			return false, nil
+		}
+	}
+	l.routes = append(l.routes, dst)
+	return true, nil
+}
+
+func (f *fakeNet) DelLinkRoute(name string, dst netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, err := f.do("route- "+name+" "+dst.String(), name)
+	if err == nil {
+		l.routes = slices.DeleteFunc(l.routes, func(p netip.Prefix) bool { return p == dst })
+	}
+	return err
+}
+
 // state describes the links and the route.
 func (f *fakeNet) state() string {
 	f.mu.Lock()
@@ -138,7 +221,11 @@ func (f *fakeNet) state() string {
 		}
 	}) {
 		l := f.links[name]
-		fmt.Fprintf(&b, "%s up=%v mtu=%d addrs=%v; ", name, l.up, l.mtu, l.addrs)
+		fmt.Fprintf(&b, "%s up=%v mtu=%d addrs=%v", name, l.up, l.mtu, l.addrs)
+		if len(l.routes) > 0 {
+			fmt.Fprintf(&b, " routes=%v", l.routes)
+		}
+		b.WriteString("; ")
 	}
 	return b.String() + "default " + f.route
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,13 +18,17 @@ const (
 	maxSourceSize = 64 << 10 // a kernel command line is at most a few KiB
 )
 
-// readToken returns the token from the first of sources that exists, and
-// that source. When none exists the source is "". Errors never contain the
-// token.
-func readToken(sources []string) (token []byte, source string, err error) {
-	for _, src := range sources {
-		text, err := readTokenSource(src)
+// readToken returns the token from the first of opts.TokenSources that
+// exists, and that source. When none exists the source is "". Errors never
+// contain the token.
+func readToken(ctx context.Context, opts Options) (token []byte, source string, err error) {
+	var why []string // why MMDS sources count as missing
+	for _, src := range opts.TokenSources {
+		text, err := readTokenSource(ctx, src, opts)
 		if errors.Is(err, fs.ErrNotExist) {
+			if isMMDSSource(src) {
+				why = append(why, src+": "+err.Error())
+			}
 			continue
 		}
 		if err != nil {
@@ -35,12 +40,20 @@ func readToken(sources []string) (token []byte, source string, err error) {
 		}
 		return token, src, nil
 	}
-	return nil, "", fmt.Errorf("read token: none of %s exists", strings.Join(sources, ", "))
+	err = fmt.Errorf("read token: none of %s exists", strings.Join(opts.TokenSources, ", "))
+	if len(why) > 0 {
+		err = fmt.Errorf("%w (%s)", err, strings.Join(why, "; "))
+	}
+	return nil, "", err
 }
 
-// readTokenSource returns the token text of one source. A command line
-// without the parameter counts as not existing.
-func readTokenSource(src string) (string, error) {
+// readTokenSource returns the token text of one source: "mmds[:URL]" (see
+// mmds.go), "cmdline:PATH" or a file. A command line without the parameter
+// counts as not existing.
+func readTokenSource(ctx context.Context, src string, opts Options) (string, error) {
+	if isMMDSSource(src) {
+		return readMMDS(ctx, src, opts)
+	}
 	path, isCmdline := strings.CutPrefix(src, cmdlineSource)
 	b, err := readSmallFile(path)
 	if err != nil {
@@ -55,6 +68,19 @@ func readTokenSource(src string) (string, error) {
 		}
 	}
 	return "", fs.ErrNotExist
+}
+
+// checkTokenSources reports a token source that can never work: an mmds
+// source with an invalid URL.
+func checkTokenSources(sources []string) error {
+	for _, src := range sources {
+		if u, ok := strings.CutPrefix(src, mmdsSource+":"); ok {
+			if _, err := parseMMDSURL(u); err != nil {
+				return fmt.Errorf("token source %s: %w", src, err)
+			}
+		}
+	}
+	return nil
 }
 
 // readSmallFile reads a file of at most maxSourceSize bytes.

@@ -45,7 +45,7 @@ func TestReadToken(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, src, err := readToken(tt.sources)
+			got, src, err := readToken(context.Background(), Options{TokenSources: tt.sources})
 			if src != tt.wantSource || (err != nil) != tt.wantErr {
 				t.Fatalf("readToken = source %q, error %v; want %q, error %v", src, err, tt.wantSource, tt.wantErr)
 			}
@@ -91,6 +91,7 @@ func TestRunTokenErrors(t *testing.T) {
 	token := newToken(t)
 	opts, logs := testOptions(t, token)
 	dir := t.TempDir()
+	opts.Port = filepath.Join(dir, "vport0p1") // the token is read before the port is opened
 
 	// No source yet: Run waits.
 	opts.TokenSources = []string{filepath.Join(dir, "missing")}

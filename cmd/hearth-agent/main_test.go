@@ -1,0 +1,49 @@
+package main
+
+import (
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hearth-project/hearth/internal/agent"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    agent.Options
+		wantErr string
+	}{
+		{nil, agent.Options{}, ""},
+		{[]string{"-listen", "unix:/tmp/fc/vsock-1024.sock", "-mmds-url", "http://127.0.0.1:8080"},
+			agent.Options{Listen: "unix:/tmp/fc/vsock-1024.sock", MMDSURL: "http://127.0.0.1:8080"}, ""},
+		{[]string{"-listen", "vsock:1024"}, agent.Options{Listen: "vsock:1024"}, ""},
+		{[]string{"-port", "/dev/vport1p1", "-token-file", "/run/t"},
+			agent.Options{Port: "/dev/vport1p1", TokenSources: []string{"/run/t"}}, ""},
+		{[]string{"-token-source", "mmds:http://127.0.0.1:1234, /run/hearth/token", "-token-source", "cmdline:/proc/cmdline"},
+			agent.Options{TokenSources: []string{"mmds:http://127.0.0.1:1234", "/run/hearth/token", "cmdline:/proc/cmdline"}}, ""},
+		{[]string{"-listen", "tcp:1"}, agent.Options{}, "invalid listen address"},
+		{[]string{"-listen", "vsock:1024", "-port", "/dev/vport1p1"}, agent.Options{}, "exclusive"},
+		{[]string{"-token-source", "a,,b"}, agent.Options{}, "empty token source"},
+		{[]string{"-token-source", "mmds", "-token-file", "/run/t"}, agent.Options{}, "exclusive"},
+		{[]string{"-mmds-url", "169.254.169.254"}, agent.Options{}, "invalid MMDS URL"},
+		{[]string{"-token-source", "mmds:nope"}, agent.Options{}, "invalid MMDS URL"},
+		{[]string{"extra"}, agent.Options{}, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		got, _, err := parseFlags(tt.args, io.Discard)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("parseFlags(%q) error %v, want %q", tt.args, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("parseFlags(%q) = %+v, %v; want %+v", tt.args, got, err, tt.want)
+		}
+	}
+	if _, v, err := parseFlags([]string{"-version"}, io.Discard); err != nil || !v {
+		t.Errorf("-version: %v, %v", v, err)
+	}
+}
