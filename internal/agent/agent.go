@@ -88,7 +88,8 @@ type Options struct {
 	// Version is the agent version reported in hello.
 	Version string
 	// PowerOff is called once a shutdown request has been answered. Nil
-	// means sync filesystems and power the machine off.
+	// means sync filesystems and power the machine off (reboot it over
+	// vsock: Firecracker ends when its guest reboots).
 	PowerOff func() error
 	// Logger receives the agent's logs, which never contain the token. Nil
 	// means plain text lines on stderr (the guest's serial console).
@@ -179,6 +180,7 @@ func (o Options) Validate() error {
 // early for invalid options or a token source that exists but holds no
 // valid token.
 func Run(ctx context.Context, opts Options) error {
+	ownPowerOff := opts.PowerOff != nil
 	opts = opts.withDefaults()
 	if err := opts.Validate(); err != nil {
 		return err
@@ -188,6 +190,11 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	opts.inGuest = ch.network != "unix"
+	if ch.network == "vsock" && !ownPowerOff {
+		// A vsock guest runs under Firecracker, which has no power
+		// management: a reboot (reboot=k) is what ends its process.
+		opts.PowerOff = reboot
+	}
 	if ch.network == "" {
 		return runPort(ctx, opts)
 	}

@@ -15,3 +15,14 @@ func powerOff() error {
 	}
 	return nil
 }
+
+// reboot syncs filesystems and restarts the machine; Firecracker (whose
+// guests the agent reaches over vsock) exits when its guest reboots. On
+// success it does not return.
+func reboot() error {
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+		return fmt.Errorf("reboot: %w", err)
+	}
+	return nil
+}

@@ -11,3 +11,8 @@ import (
 func powerOff() error {
 	return fmt.Errorf("power off: not supported on %s", runtime.GOOS)
 }
+
+// reboot is only implemented on Linux.
+func reboot() error {
+	return fmt.Errorf("reboot: not supported on %s", runtime.GOOS)
+}
