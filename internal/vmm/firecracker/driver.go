@@ -188,7 +188,7 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return h, fmt.Errorf("create vm dir: %w", err)
 	}
-	if err := writeFileAtomic(h.TokenPath, []byte(agentapi.FormatToken(spec.Token)), 0o600); err != nil {
+	if err := writeFileAtomic(h.TokenPath, spec.Token, 0o600); err != nil {
 		return h, fmt.Errorf("write token: %w", err)
 	}
 	root := d.root(spec)
@@ -282,7 +282,7 @@ type Request struct {
 }
 
 func mmdsDocument(spec vmm.Spec) agentapi.MMDSDocument {
-	doc := agentapi.MMDSDocument{Hearth: agentapi.MMDSHearth{VMID: spec.ID, Token: agentapi.FormatToken(spec.Token)}}
+	doc := agentapi.MMDSDocument{Hearth: agentapi.MMDSHearth{VMID: spec.ID, Token: string(spec.Token)}}
 	if n := spec.NICs[0]; n.Address != "" {
 		doc.Hearth.Network = &agentapi.NetworkConfig{MAC: n.MAC, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
 	}

