@@ -126,3 +126,35 @@ func newTAP(t *testing.T, uid int) string {
 	}
 	return name
 }
+
+// TestFakeFirecrackerJailedConformance runs the suite with every VM under
+// the jailer (the fake's jailer mode, which chroots, joins, limits and drops
+// privileges as the real one does), as an unprivileged uid/gid.
+func TestFakeFirecrackerJailedConformance(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the jailer chroots and drops privileges")
+	}
+	needFake(t)
+	jailer := filepath.Join(filepath.Dir(fakeFC), "jailer")
+	if err := os.Symlink(fakeFC, jailer); err != nil && !os.IsExist(err) {
+		t.Fatal(err)
+	}
+	t.Setenv("HEARTH_FAKEFC_AGENT", agentBin)
+	cfg := Config{Jailer: JailerConfig{Binary: jailer, UID: 65534, GID: 65534}}
+	vmmtest.Run(t, vmmtest.Harness{
+		NewDriver: func(t *testing.T) vmm.Driver { return newFakeDriver(t, cfg) },
+		Spec: func(t *testing.T, id string) vmm.Spec {
+			s := fakeSpec(t, id)
+			s.Token = nil
+			return s
+		},
+		BootTimeout:   30 * time.Second,
+		ConsoleMarker: "hearth-agent",
+		Skip: map[string]string{
+			"guest_poweroff_ends_process": "the fake's guest agent runs as the jail's unprivileged user, " +
+				"which cannot reboot; a real guest's agent is root in its own kernel (the unjailed run covers this)",
+			"guest_cmdline": "the fake's guest agent runs in the jail, which has no /proc and no cat " +
+				"(the unjailed run reads the command line the driver sent)",
+		},
+	})
+}

@@ -327,7 +327,7 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root,
 	for _, name := range []string{fileAPI, fileVsock} {
 		_ = os.Remove(filepath.Join(root, name))
 	}
-	for _, name := range []string{fileLog, fileMetrics} {
+	for _, name := range []string{fileLog, fileMetrics, fileConsole} {
 		// Firecracker appends to these; they must exist (and, jailed,
 		// belong to the jail's user).
 		f, err := os.OpenFile(filepath.Join(root, name), os.O_CREATE|os.O_WRONLY, 0o600)

@@ -76,11 +76,16 @@ func (j JailerConfig) argv(fcBinary string, spec vmm.Spec, fc []string) []string
 	return append(append(args, "--"), fc...)
 }
 
-// prepareRoot makes the jail's root and links (or copies) the kernel and
+// prepareRoot makes the jail's root (owned by the jailed user, who makes
+// its sockets there) and links (or copies) the kernel and
 // initrd into it, readable by the jailed user.
 func (j JailerConfig) prepareRoot(root string, spec vmm.Spec) error {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return fmt.Errorf("create jail: %w", err)
+	}
+	// The jailed process makes its sockets (API, vsock) in its root.
+	if err := j.own(root); err != nil {
+		return err
 	}
 	files := map[string]string{spec.Kernel: fileKernel}
 	if spec.Initrd != "" {
