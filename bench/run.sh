@@ -12,6 +12,8 @@ export PATH=$PATH:/usr/local/go/bin
 for tool in iptables bc; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $tool >/dev/null
 done
+# diskbench loop-mounts a btrfs for the Firecracker driver's reflinks.
+command -v mkfs.btrfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends btrfs-progs >/dev/null
 make build >/dev/null
 for b in vmbench netbench diskbench viewerbench loginbench; do go build -o bin/$b ./bench/$b; done
 RUNS=${RUNS:-10}

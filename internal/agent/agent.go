@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"time"
 )
@@ -105,12 +104,12 @@ type Options struct {
 	linkTimeout time.Duration
 	resolvConf  string
 	// For tests: where virtio-serial ports are listed and their devices
-	// are, the vsock device, and the HTTP client for MMDS (nil means a
-	// direct one, see defaultMMDSClient).
-	portsDir   string
-	devDir     string
-	vsockDev   string
-	mmdsClient *http.Client
+	// are, the vsock device, and how MMDS is dialled (nil means
+	// directly, see defaultMMDSDial).
+	portsDir string
+	devDir   string
+	vsockDev string
+	mmdsDial dialFunc
 
 	// inGuest says the agent runs in a VM; Run sets it unless the channel
 	// is a Unix socket. Only in a VM does the mmds source use its default

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -83,33 +82,25 @@ func testOptions(t *testing.T, token []byte) (Options, *logBuffer) {
 		PowerOff: func() error { t.Error("unexpected power off"); return nil },
 		// Never the test machine's network: a fake netOps, and an MMDS
 		// client that reaches loopback only.
-		netOps:     newFakeNet(),
-		mmdsClient: loopbackClient(),
-		vsockDev:   filepath.Join(t.TempDir(), "no-vsock"),
+		netOps:   newFakeNet(),
+		mmdsDial: loopbackDial(),
+		vsockDev: filepath.Join(t.TempDir(), "no-vsock"),
 	}
 	return opts, logs
 }
 
-// loopbackClient is an HTTP client that refuses to connect anywhere but
-// loopback addresses.
-func loopbackClient() *http.Client {
+// loopbackDial refuses to connect anywhere but loopback addresses.
+func loopbackDial() dialFunc {
 	d := &net.Dialer{Timeout: 5 * time.Second}
-	return &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{
-			Proxy:             nil,
-			DisableKeepAlives: true,
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				host, _, err := net.SplitHostPort(addr)
-				if err != nil {
-					return nil, err
-				}
-				if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
-					return nil, fmt.Errorf("test client: refusing to dial %s: only loopback", addr)
-				}
-				return d.DialContext(ctx, network, addr)
-			},
-		},
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+			return nil, fmt.Errorf("test client: refusing to dial %s: only loopback", addr)
+		}
+		return d.DialContext(ctx, network, addr)
 	}
 }
 

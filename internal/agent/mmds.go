@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/http"
 	"net/netip"
 	urlpkg "net/url"
 	"strconv"
@@ -61,19 +60,6 @@ const (
 	mmdsTimeout = 5 * time.Second
 )
 
-// defaultMMDSClient talks to MMDS directly, never through a proxy from the
-// environment, with a fresh connection per request (MMDS's TCP stack has
-// few connection slots) and no redirects.
-var defaultMMDSClient = &http.Client{
-	Timeout: mmdsTimeout,
-	Transport: &http.Transport{
-		Proxy:             nil,
-		DialContext:       (&net.Dialer{Timeout: mmdsTimeout}).DialContext,
-		DisableKeepAlives: true,
-	},
-	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-}
-
 // isMMDSSource reports whether src is "mmds" or "mmds:URL".
 func isMMDSSource(src string) bool {
 	return src == mmdsSource || strings.HasPrefix(src, mmdsSource+":")
@@ -123,12 +109,13 @@ func readMMDS(ctx context.Context, src string, opts Options) (string, error) {
 			}
 		}()
 	}
-	client := opts.mmdsClient
-	if client == nil {
-		client = defaultMMDSClient
+	dial := opts.mmdsDial
+	if dial == nil {
+		dial = defaultMMDSDial
 	}
 	base = strings.TrimSuffix(u.String(), "/")
-	session, err := mmdsRequest(ctx, client, http.MethodPut, base+agentapi.MMDSSessionPath,
+	m := mmdsServer{dial: dial, host: hostPort(u), prefix: strings.TrimSuffix(u.Path, "/"), base: base}
+	session, err := m.request(ctx, "PUT", agentapi.MMDSSessionPath,
 		agentapi.MMDSSessionTTLHeader, strconv.Itoa(mmdsSessionTTL))
 	if err != nil {
 		return "", err
@@ -137,7 +124,7 @@ func readMMDS(ctx context.Context, src string, opts Options) (string, error) {
 	if session == "" {
 		return "", fmt.Errorf("PUT %s: empty session token", base+agentapi.MMDSSessionPath)
 	}
-	body, err := mmdsRequest(ctx, client, http.MethodGet, base+agentapi.MMDSTokenPath,
+	body, err := m.request(ctx, "GET", agentapi.MMDSTokenPath,
 		agentapi.MMDSSessionHeader, session)
 	if err != nil {
 		return "", err
@@ -152,58 +139,58 @@ func readMMDS(ctx context.Context, src string, opts Options) (string, error) {
 	return text, nil
 }
 
-// parseMMDSURL checks an MMDS base URL: http or https, a host, nothing
-// after the path.
+// parseMMDSURL checks an MMDS base URL: http, a host, nothing after the
+// path.
 func parseMMDSURL(s string) (*urlpkg.URL, error) {
 	u, err := urlpkg.Parse(s)
 	if err != nil {
 		return nil, fmt.Errorf("invalid MMDS URL: %w", err)
 	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+	if u.Scheme != "http" || u.Host == "" || u.User != nil ||
 		u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("invalid MMDS URL %q: want http://HOST[:PORT][/PATH]", s)
 	}
 	return u, nil
 }
 
-// mmdsRequest sends one request with one header and returns the body of a
-// 200 answer. Errors never contain the header's value or the body.
-func mmdsRequest(ctx context.Context, client *http.Client, method, url, header, value string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
-	if err != nil {
-		return "", fmt.Errorf("%s %s: %w", method, url, err)
+// hostPort is u's host with its port (80 if none).
+func hostPort(u *urlpkg.URL) string {
+	if u.Port() != "" {
+		return u.Host
 	}
-	req.Header.Set(header, value)
-	resp, err := client.Do(req)
+	return net.JoinHostPort(u.Hostname(), "80")
+}
+
+// mmdsServer is one MMDS base URL.
+type mmdsServer struct {
+	dial   dialFunc
+	host   string // HOST:PORT
+	prefix string // path before the MMDS paths, usually ""
+	base   string // for messages
+}
+
+// request sends one request with one header and returns the body of a 200
+// answer. Errors never contain the header's value or the body.
+func (m mmdsServer) request(ctx context.Context, method, path, header, value string) (string, error) {
+	url := m.base + path
+	a, err := httpDo(ctx, m.dial, m.host, method, m.prefix+path, header, value, maxSourceSize)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		cause := err
-		if uerr, ok := err.(*urlpkg.Error); ok { // it repeats method and URL
-			cause = uerr.Err
-		}
 		if unreachable(err) {
-			return "", missing("%s %s: unreachable: %v", method, url, cause)
+			return "", missing("%s %s: unreachable: %v", method, url, err)
 		}
-		return "", fmt.Errorf("%s %s: %v", method, url, cause)
+		return "", fmt.Errorf("%s %s: %v", method, url, err)
 	}
-	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
-		return "", missing("%s %s: %s", method, url, resp.Status)
+	switch a.code {
+	case 200:
+	case 404:
+		return "", missing("%s %s: %s", method, url, a.status)
 	default:
-		return "", fmt.Errorf("%s %s: unexpected status %s", method, url, resp.Status)
+		return "", fmt.Errorf("%s %s: unexpected status %s", method, url, a.status)
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxSourceSize+1))
-	if err != nil {
-		return "", fmt.Errorf("%s %s: read answer: %w", method, url, err)
-	}
-	if len(b) > maxSourceSize {
-		return "", fmt.Errorf("%s %s: answer larger than %d bytes", method, url, maxSourceSize)
-	}
-	return string(b), nil
+	return string(a.body), nil
 }
 
 // unreachable reports whether a client error means no MMDS answered: the

@@ -357,18 +357,14 @@ func TestMMDSURLOption(t *testing.T) {
 
 // redirectClient sends what is meant for MMDSAddress:80 to addr (a
 // loopback test server) and refuses everything else.
-func redirectClient(addr string) *http.Client {
+func redirectDial(addr string) dialFunc {
 	d := &net.Dialer{Timeout: 5 * time.Second}
-	return &http.Client{Transport: &http.Transport{
-		Proxy:             nil,
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-			if a != net.JoinHostPort(agentapi.MMDSAddress, "80") {
-				return nil, fmt.Errorf("test client: refusing to dial %s", a)
-			}
-			return d.DialContext(ctx, network, addr)
-		},
-	}}
+	return func(ctx context.Context, network, a string) (net.Conn, error) {
+		if a != net.JoinHostPort(agentapi.MMDSAddress, "80") {
+			return nil, fmt.Errorf("test client: refusing to dial %s", a)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
 }
 
 // TestMMDSDefaultAddress reads the token from 169.254.169.254 as a guest
@@ -389,7 +385,7 @@ func TestMMDSDefaultAddress(t *testing.T) {
 	opts = opts.withDefaults()
 	opts.netOps = fn
 	opts.inGuest = true
-	opts.mmdsClient = redirectClient(m.srv.Listener.Addr().String())
+	opts.mmdsDial = redirectDial(m.srv.Listener.Addr().String())
 	opts.TokenSources = []string{"mmds"}
 	got, _, err := readToken(context.Background(), opts)
 	if err != nil || !slices.Equal(got, token) {
@@ -480,7 +476,7 @@ func TestReachMMDS(t *testing.T) {
 			t.Fatalf("reachMMDS = %v, want errNoLink", err)
 		}
 		// The source then counts as missing.
-		opts := Options{netOps: fn, inGuest: true, mmdsClient: loopbackClient(), TokenSources: []string{"mmds"}}
+		opts := Options{netOps: fn, inGuest: true, mmdsDial: loopbackDial(), TokenSources: []string{"mmds"}}
 		if _, err := readMMDS(context.Background(), "mmds", opts); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("readMMDS = %v, want ErrNotExist", err)
 		}

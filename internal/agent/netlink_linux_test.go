@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -298,22 +297,18 @@ func TestMMDSInNetns(t *testing.T) {
 
 	// The guest side: dials from its namespace.
 	d := &net.Dialer{Timeout: 5 * time.Second}
-	client := &http.Client{Transport: &http.Transport{
-		Proxy:             nil,
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = netnsDo(guestNS, func() error {
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
+	dial := dialFunc(func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = netnsDo(guestNS, func() error {
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	})
 	token := newToken(t)
 	opts, _ := testOptions(t, token)
 	opts = opts.withDefaults()
 	opts.netOps = nicOps{netlinkOps{h: gh}, "hv0"}
-	opts.mmdsClient = client
+	opts.mmdsDial = dial
 	opts.inGuest = true
 	opts.TokenSources = []string{"mmds"}
 

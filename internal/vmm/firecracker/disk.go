@@ -41,9 +41,10 @@ func ProbeClone(dir string) (string, error) {
 	return CloneReflink, nil
 }
 
-// cloneDisk makes dst a private copy of src by method, through a temporary
-// file so a crash never leaves a half-copied disk under dst's name.
-func cloneDisk(method, src, dst string) error {
+// CloneDisk makes dst a private copy of src by method (CloneReflink or
+// CloneSparse), through a temporary file so a crash never leaves a
+// half-copied disk under dst's name.
+func CloneDisk(method, src, dst string) error {
 	tmp := dst + ".tmp"
 	_ = os.Remove(tmp)
 	var err error

@@ -47,7 +47,7 @@ func TestSparseCopyKeepsContentAndHoles(t *testing.T) {
 	dir := t.TempDir()
 	src, dst := filepath.Join(dir, "base.ext4"), filepath.Join(dir, "vm.ext4")
 	want := writeSparseImage(t, src)
-	if err := cloneDisk(CloneSparse, src, dst); err != nil {
+	if err := CloneDisk(CloneSparse, src, dst); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(dst)
@@ -74,10 +74,10 @@ func TestSparseCopyKeepsContentAndHoles(t *testing.T) {
 
 func TestCloneRefusesUnknownMethodAndMissingSource(t *testing.T) {
 	dir := t.TempDir()
-	if err := cloneDisk("full-copy", filepath.Join(dir, "x"), filepath.Join(dir, "y")); err == nil {
+	if err := CloneDisk("full-copy", filepath.Join(dir, "x"), filepath.Join(dir, "y")); err == nil {
 		t.Fatal("unknown method accepted")
 	}
-	if err := cloneDisk(CloneSparse, filepath.Join(dir, "missing"), filepath.Join(dir, "y")); err == nil {
+	if err := CloneDisk(CloneSparse, filepath.Join(dir, "missing"), filepath.Join(dir, "y")); err == nil {
 		t.Fatal("missing source accepted")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "y")); !os.IsNotExist(err) {
@@ -130,7 +130,7 @@ func TestReflinkOnBtrfs(t *testing.T) {
 	syncFS(t, mnt)
 	before := usedBytes(t, mnt)
 	for i := range 5 {
-		if err := cloneDisk(CloneReflink, src, filepath.Join(mnt, "vm"+string(rune('a'+i))+".ext4")); err != nil {
+		if err := CloneDisk(CloneReflink, src, filepath.Join(mnt, "vm"+string(rune('a'+i))+".ext4")); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -205,7 +205,7 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 	if _, err := os.Stat(h.DiskPath); err == nil {
 		return h, nil // cloned by an earlier attempt
 	}
-	if err := cloneDisk(d.clone, spec.Rootfs, h.DiskPath); err != nil {
+	if err := CloneDisk(d.clone, spec.Rootfs, h.DiskPath); err != nil {
 		return h, fmt.Errorf("create disk: %w", err)
 	}
 	if d.Jailed() {

@@ -40,7 +40,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, h vmm.Handle, dir string) (
 		}
 	}
 	// The guest is paused: its disk is consistent with its memory.
-	if err := cloneDisk(d.clone, h.DiskPath, snap.DiskPath); err != nil {
+	if err := CloneDisk(d.clone, h.DiskPath, snap.DiskPath); err != nil {
 		return vmm.Snapshot{}, fmt.Errorf("create snapshot: %w", err)
 	}
 	return snap, nil
@@ -80,7 +80,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, h *vmm.Handle, snap
 		return fmt.Errorf("restore: snapshot was made by %q, not firecracker", snap.Driver)
 	}
 	root := d.root(spec)
-	if err := cloneDisk(d.clone, snap.DiskPath, h.DiskPath); err != nil {
+	if err := CloneDisk(d.clone, snap.DiskPath, h.DiskPath); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	for src, name := range map[string]string{snap.StatePath: fileSnapshot, snap.MemPath: fileMemory} {
