@@ -44,7 +44,8 @@ func run(m *testing.M) int {
 	cacheDir = envOr("HEARTH_TEST_CACHE_DIR", "/var/cache/hearth")
 	imageDir = filepath.Join(cacheDir, "e2e-images")
 	root := repoRoot()
-	for _, b := range []struct{ pkg, out string }{{"./cmd/hearth", "hearth"}, {"./cmd/hearth-agent", "hearth-agent"}} {
+	for _, b := range []struct{ pkg, out string }{{"./cmd/hearth", "hearth"}, {"./cmd/hearth-agent", "hearth-agent"},
+		{"./test/fakefirecracker", "firecracker"}} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

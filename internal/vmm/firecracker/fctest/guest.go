@@ -30,6 +30,8 @@ type guest struct {
 	agentPath, agentSock string
 	bootArgs             string
 	onReboot             func() // the guest rebooted or powered off
+	nics                 []NetworkInterface
+	net                  *guestNet // when the guest has its own network namespace
 	agent                *exec.Cmd
 	agentDone            chan struct{}
 	wg                   sync.WaitGroup
@@ -82,6 +84,7 @@ func (s *Server) bootGuest(bootArgs string) (*guest, error) {
 	}
 	g.serial = &lockedWriter{w: out}
 	g.console = hasSerialConsole(bootArgs)
+	g.nics = append([]NetworkInterface(nil), s.cfg.NetworkInterfaces...)
 
 	// The metadata service answers on 127.0.0.1 instead of the guest's
 	// 169.254.169.254, and only when MMDS was configured.
@@ -145,7 +148,11 @@ func (g *guest) startAgent(mmdsURL string) error {
 			return err
 		}
 		argv = append([]string{self, guestInitArg, cmdline}, argv...)
-		attr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
+		// Its own network namespace too: the guest's NICs and MMDS
+		// live there (see guestNet), and nothing the agent does to
+		// its network reaches the host's.
+		attr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWNET
+		argv[len(argv)-1] = guestMMDSURL
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = g.serial, g.serial
@@ -156,6 +163,22 @@ func (g *guest) startAgent(mmdsURL string) error {
 		return fmt.Errorf("start the guest agent: %w", err)
 	}
 	g.agent, g.agentDone = cmd, make(chan struct{})
+	if isolated {
+		g.net.close() // an earlier agent's
+		gn, err := setupGuestNet(cmd.Process.Pid, g.nics, g.mmds != nil, g.kernelf)
+		if err != nil {
+			cmd.Process.Kill()
+			return err
+		}
+		g.net = gn
+		if gn.mmds != nil {
+			g.wg.Add(1)
+			go func() {
+				defer g.wg.Done()
+				g.mmds.Serve(gn.mmds)
+			}()
+		}
+	}
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
@@ -187,6 +210,7 @@ func (g *guest) stop() {
 	if g.mmds != nil {
 		g.mmds.Close()
 	}
+	g.net.close()
 	g.wg.Wait()
 	if g.serialFile != nil {
 		g.serialFile.Close()
