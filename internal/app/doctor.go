@@ -162,7 +162,7 @@ func checkDiskCloning(cfg config.Config) Check {
 	}
 	method, err := firecracker.ProbeClone(dir)
 	if err != nil {
-		return warn("disk cloning", err.Error(), "")
+		return warn("disk cloning", err.Error(), "make the state dir writable by hearth")
 	}
 	if cfg.Firecracker.DiskCloning != "auto" && cfg.Firecracker.DiskCloning != method {
 		if cfg.Firecracker.DiskCloning == firecracker.CloneReflink {

@@ -51,3 +51,42 @@ func TestDoctorNamesProblemsWithFixes(t *testing.T) {
 		t.Error("no copy-on-write check")
 	}
 }
+
+func TestDoctorFirecracker(t *testing.T) {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	cfg.VM.Driver = "firecracker"
+	cfg.Firecracker.Binary = "firecracker-does-not-exist"
+	cfg.Firecracker.Jailer = config.JailerConfig{Binary: "jailer-does-not-exist", UID: 990, GID: 990}
+	checks := Doctor(context.Background(), cfg)
+	var fc []Check
+	for _, c := range checks {
+		if c.Name == "firecracker" {
+			fc = append(fc, c)
+		}
+		if c.Status != "OK" && c.Fix == "" {
+			t.Errorf("%s is %s without a fix", c.Name, c.Status)
+		}
+	}
+	missing := false
+	for _, c := range fc {
+		missing = missing || (c.Status == "FAIL" && strings.Contains(c.Detail, "firecracker-does-not-exist"))
+	}
+	if !missing {
+		t.Errorf("missing firecracker binary with the firecracker driver is not a failure: %+v", fc)
+	}
+	if c, _ := find(checks, "jailer"); c.Status != "FAIL" || !strings.Contains(c.Detail, "jailer-does-not-exist") {
+		t.Errorf("missing jailer: %+v", c)
+	}
+	c, ok := find(checks, "disk cloning")
+	if !ok || (!strings.Contains(c.Detail, "reflink") && !strings.Contains(c.Detail, "sparse copy")) {
+		t.Errorf("disk cloning not reported: %+v", c)
+	}
+	// The QEMU driver's users are only warned.
+	cfg.VM.Driver = "qemu"
+	for _, c := range Doctor(context.Background(), cfg) {
+		if (c.Name == "firecracker" || c.Name == "jailer") && c.Status == "FAIL" {
+			t.Errorf("%s fails a host that runs the qemu driver: %+v", c.Name, c)
+		}
+	}
+}
