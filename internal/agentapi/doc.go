@@ -4,8 +4,9 @@
 // # Transport
 //
 // The protocol runs over any reliable byte stream: a virtio-serial port whose
-// host end is a per-VM Unix socket (QEMU), and later a vsock connection
-// (Firecracker). Messages are newline-delimited JSON, one per line, at most
+// host end is a per-VM Unix socket (QEMU), or a vsock connection reached
+// through the Firecracker vsock device's Unix socket after its CONNECT
+// handshake (vmm.DialAgent; the agent listens on VsockPort). Messages are newline-delimited JSON, one per line, at most
 // MaxLineSize bytes per line; longer lines are rejected.
 //
 // # Envelope
