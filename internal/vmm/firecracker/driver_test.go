@@ -343,3 +343,36 @@ func assertGone(t *testing.T, h vmm.Handle) {
 		t.Fatalf("firecracker pid %d left running after a failed start", h.PID)
 	}
 }
+
+// TestFindStrays: a firecracker working in a VM directory under the VMs
+// dir is a stray when its VM is unknown, and only then; KillStray ends it.
+func TestFindStrays(t *testing.T) {
+	d := newFakeDriver(t, Config{})
+	spec := fakeSpec(t, "vm-stray01")
+	h, err := d.Prepare(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(t.Context(), spec, &h); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Stop(t.Context(), h, 0) })
+	vmsDir := filepath.Dir(spec.Dir)
+	strays, err := d.FindStrays(vmsDir, map[string]bool{spec.ID: true})
+	if err != nil || len(strays) != 0 {
+		t.Fatalf("a known VM's process listed as a stray: %v %v", strays, err)
+	}
+	if strays, _ := d.FindStrays(t.TempDir(), map[string]bool{}); len(strays) != 0 {
+		t.Fatalf("a process under another VMs dir listed: %v", strays)
+	}
+	strays, err = d.FindStrays(vmsDir, map[string]bool{})
+	if err != nil || len(strays) != 1 || strays[0] != h.PID {
+		t.Fatalf("strays %v (%v), want [%d]", strays, err, h.PID)
+	}
+	if err := d.KillStray(h.PID); err != nil {
+		t.Fatal(err)
+	}
+	if d.Alive(h) {
+		t.Fatal("stray still alive")
+	}
+}
