@@ -599,16 +599,4 @@ func strayID(pid int, prefix string) (string, bool) {
 }
 
 // KillStray kills a process found by FindStrays.
-func (d *Driver) KillStray(pid int) error {
-	start, err := proc.StartTime(pid)
-	if err != nil {
-		return nil // already gone
-	}
-	if err := proc.Signal(pid, start, syscall.SIGKILL); err != nil {
-		return err
-	}
-	if !proc.WaitGone(pid, start, 10*time.Second) {
-		return fmt.Errorf("pid %d survived SIGKILL", pid)
-	}
-	return nil
-}
+func (d *Driver) KillStray(pid int) error { return proc.Kill(pid, 10*time.Second) }

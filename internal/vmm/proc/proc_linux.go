@@ -145,3 +145,19 @@ func WaitGone(pid int, start uint64, d time.Duration) bool {
 		return false
 	}
 }
+
+// Kill sends SIGKILL to pid, whatever process it is now, and waits up to
+// wait for it to be gone. A pid that is already gone is not an error.
+func Kill(pid int, wait time.Duration) error {
+	start, err := StartTime(pid)
+	if err != nil {
+		return nil // already gone
+	}
+	if err := Signal(pid, start, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if !WaitGone(pid, start, wait) {
+		return fmt.Errorf("pid %d survived SIGKILL", pid)
+	}
+	return nil
+}

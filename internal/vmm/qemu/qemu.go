@@ -282,19 +282,7 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 }
 
 // KillStray kills a process found by FindStrays.
-func (d *Driver) KillStray(pid int) error {
-	start, err := proc.StartTime(pid)
-	if err != nil {
-		return nil // already gone
-	}
-	if err := proc.Signal(pid, start, syscall.SIGKILL); err != nil {
-		return err
-	}
-	if !proc.WaitGone(pid, start, 10*time.Second) {
-		return fmt.Errorf("pid %d survived SIGKILL", pid)
-	}
-	return nil
-}
+func (d *Driver) KillStray(pid int) error { return proc.Kill(pid, 10*time.Second) }
 
 // KVMUsable reports whether /dev/kvm can be opened, answers the KVM API and
 // is backed by hardware virtualization (kvm_intel or kvm_amd). Some nested
