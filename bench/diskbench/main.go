@@ -219,7 +219,7 @@ func sharedExcl(mnt, file string, def int64) int64 {
 func syncAll() { syscall.Sync() }
 
 func fsName(dir string) string {
-	out, err := exec.Command("stat", "-f", "-c", "%T", dir).Output()
+	out, err := exec.Command("findmnt", "-n", "-o", "FSTYPE", "-T", dir).Output()
 	if err != nil {
 		return "scratch dir"
 	}
