@@ -146,6 +146,16 @@ func checkFirecracker(ctx context.Context, cfg config.Config) []Check {
 	} else {
 		out = append(out, ok("jailer", fmt.Sprintf("%s: VMs chrooted as %d:%d", bin, j.UID, j.GID)))
 	}
+	if fc.Kernel == "" {
+		if using {
+			out = append(out, warn("guest kernel", "VMs boot their image's Debian kernel, which cannot find Firecracker's virtio-mmio devices",
+				"set firecracker.kernel to a Firecracker guest vmlinux (virtio-mmio command-line devices, vsock, ext4 built in)"))
+		}
+	} else if _, err := os.Stat(fc.Kernel); err != nil {
+		out = append(out, missing("guest kernel", "firecracker.kernel: "+err.Error(), "point firecracker.kernel at a Firecracker guest vmlinux"))
+	} else {
+		out = append(out, ok("guest kernel", fc.Kernel))
+	}
 	out = append(out, checkDiskCloning(cfg))
 	return out
 }

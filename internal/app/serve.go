@@ -59,6 +59,8 @@ func firecrackerConfig(cfg config.Config, log *slog.Logger) firecracker.Config {
 	fc, j := cfg.Firecracker, cfg.Firecracker.Jailer
 	return firecracker.Config{
 		Binary:        fc.Binary,
+		Kernel:        fc.Kernel,
+		Initrd:        fc.Initrd,
 		Clone:         fc.DiskCloning,
 		ProbeDir:      cfg.VMsPath(),
 		SocketTimeout: fc.SocketTimeout.Duration,

@@ -169,6 +169,12 @@ type QEMUConfig struct {
 // "firecracker"), which needs KVM.
 type FirecrackerConfig struct {
 	Binary string `toml:"binary"`
+	// Kernel (an uncompressed vmlinux with virtio-mmio command-line
+	// devices, virtio-blk/net, vsock and ext4 built in) boots every VM
+	// instead of its image's Debian kernel, which Firecracker cannot boot;
+	// Initrd goes with it and may be empty.
+	Kernel string `toml:"kernel"`
+	Initrd string `toml:"initrd"`
 	// DiskCloning is how per-VM root drives are made from an image:
 	// "auto" (reflink if the state dir's file system can, else a sparse
 	// copy), "reflink" or "sparse-copy".
@@ -303,6 +309,7 @@ func (c *Config) applyEnv(env []string) error {
 		"HEARTH_QEMU_BINARY":         &c.QEMU.Binary,
 		"HEARTH_QEMU_ACCEL":          &c.QEMU.Accel,
 		"HEARTH_FIRECRACKER_BINARY":  &c.Firecracker.Binary,
+		"HEARTH_FIRECRACKER_KERNEL":  &c.Firecracker.Kernel,
 		"HEARTH_JAILER_BINARY":       &c.Firecracker.Jailer.Binary,
 		"HEARTH_NETWORK_BRIDGE":      &c.Network.Bridge,
 		"HEARTH_NETWORK_SUBNET":      &c.Network.Subnet,
@@ -411,6 +418,9 @@ func (c Config) Validate() error {
 	case "auto", "reflink", "sparse-copy":
 	default:
 		bad("firecracker.disk_cloning", "must be auto, reflink or sparse-copy, got %q", fc.DiskCloning)
+	}
+	if fc.Initrd != "" && fc.Kernel == "" {
+		bad("firecracker.initrd", "needs firecracker.kernel")
 	}
 	if fc.SocketTimeout.Duration <= 0 {
 		bad("firecracker.socket_timeout", "must be positive")

@@ -135,3 +135,19 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestConfiguredKernelReplacesTheImages: a Firecracker guest kernel from the
+// configuration boots the VM, without the image's initrd unless one is
+// configured with it.
+func TestConfiguredKernelReplacesTheImages(t *testing.T) {
+	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker", Kernel: "/opt/fc/vmlinux"})
+	var boot BootSource
+	for _, r := range d.Requests(goldenSpec()) {
+		if r.Path == "/boot-source" {
+			boot = r.Body.(BootSource)
+		}
+	}
+	if boot.KernelImagePath != "/opt/fc/vmlinux" || boot.InitrdPath != "" {
+		t.Fatalf("boot source %+v", boot)
+	}
+}
