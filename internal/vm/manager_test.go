@@ -270,6 +270,20 @@ func TestCrashAfterReady(t *testing.T) {
 	}
 }
 
+func TestCrashReasonFromTheDriver(t *testing.T) {
+	e := newEnv(t)
+	e.driver.ExitWhy = "KVM error: out of memory"
+	m := e.manager()
+	v, _ := m.Create(context.Background(), vm.CreateRequest{UserID: "alice", Image: "minimal"})
+	v = waitFor(t, m, v.ID, store.StateReady)
+	h, _ := vmm.UnmarshalHandle(v.Handle)
+	e.driver.Kill(h.PID)
+	v = waitFor(t, m, v.ID, store.StateFailed)
+	if v.FailureReason != "vm process exited unexpectedly: KVM error: out of memory" {
+		t.Fatalf("reason %q", v.FailureReason)
+	}
+}
+
 func TestAdoptAfterRestart(t *testing.T) {
 	e := newEnv(t)
 	m1 := e.manager()

@@ -363,6 +363,11 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 			if v.State == store.StateBooting {
 				reason = "vm process exited before the guest became ready"
 			}
+			if ee, ok := m.driver.(vmm.ExitExplainer); ok {
+				if why := ee.ExitReason(h); why != "" {
+					reason += ": " + why
+				}
+			}
 			m.fail(v.ID, reason)
 			return
 

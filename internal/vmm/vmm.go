@@ -105,6 +105,13 @@ func UnmarshalHandle(b []byte) (Handle, error) {
 	return h, nil
 }
 
+// ExitExplainer is implemented by drivers that can say, from the VMM's own
+// output, why a VM's process ended (a refusal, a KVM error, a guest
+// reboot). The answer is one short line, or "" if there is nothing to say.
+type ExitExplainer interface {
+	ExitReason(h Handle) string
+}
+
 // Pauser is implemented by drivers whose Capabilities say Pause: a paused
 // VM keeps its memory and devices but runs no vCPU.
 type Pauser interface {

@@ -28,6 +28,15 @@ type Driver struct {
 	procs   map[int]chan struct{} // pid -> closed on exit
 	Started int
 	FailOn  string // "prepare" or "start": fail that step
+	// ExitWhy is what ExitReason says about any VM.
+	ExitWhy string
+}
+
+// ExitReason implements vmm.ExitExplainer.
+func (d *Driver) ExitReason(vmm.Handle) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ExitWhy
 }
 
 // NewDriver returns a driver with no VMs.
@@ -36,8 +45,9 @@ func NewDriver() *Driver {
 }
 
 var (
-	_ vmm.Driver     = (*Driver)(nil)
-	_ vm.AgentDialer = (*Agents)(nil)
+	_ vmm.Driver        = (*Driver)(nil)
+	_ vmm.ExitExplainer = (*Driver)(nil)
+	_ vm.AgentDialer    = (*Agents)(nil)
 )
 
 func (d *Driver) Name() string { return "fake" }

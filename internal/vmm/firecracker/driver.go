@@ -98,9 +98,10 @@ type Driver struct {
 }
 
 var (
-	_ vmm.Driver      = (*Driver)(nil)
-	_ vmm.Pauser      = (*Driver)(nil)
-	_ vmm.Snapshotter = (*Driver)(nil)
+	_ vmm.Driver        = (*Driver)(nil)
+	_ vmm.Pauser        = (*Driver)(nil)
+	_ vmm.Snapshotter   = (*Driver)(nil)
+	_ vmm.ExitExplainer = (*Driver)(nil)
 )
 
 // New checks the configuration and resolves the cloning method.

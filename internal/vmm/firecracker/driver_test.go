@@ -195,6 +195,9 @@ func TestContractSequence(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Watch did not see the process end")
 	}
+	if why := d.ExitReason(h); !strings.Contains(why, "exit_code=0") {
+		t.Errorf("exit reason after a guest reboot: %q", why)
+	}
 	// Firecracker's log reaches hearth's, tagged with the VM, up to its
 	// last line.
 	deadline := time.Now().Add(5 * time.Second)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/vmm"
@@ -115,3 +116,62 @@ func (t *tail) lines(fn func([]byte)) {
 	}
 }
 
+
+// maxExitReason bounds ExitReason's answer.
+const maxExitReason = 300
+
+// ExitReason implements vmm.ExitExplainer: the last error and exit lines
+// Firecracker wrote to its log (or, failing that, printed), e.g. a KVM
+// error, or "exit_code=0" after the guest rebooted.
+func (d *Driver) ExitReason(h vmm.Handle) string {
+	root := h.Dir
+	if h.Jail != "" {
+		root = h.Jail
+	}
+	for _, name := range []string{fileLog, fileOut} {
+		var picked []string
+		for _, l := range lastLines(filepath.Join(root, name), 16<<10) {
+			if strings.Contains(l, "rror") || strings.Contains(l, "exit_code") || strings.Contains(l, "panic") {
+				picked = append(picked, l)
+			}
+		}
+		if len(picked) > 2 {
+			picked = picked[len(picked)-2:]
+		}
+		if why := strings.Join(picked, " | "); why != "" {
+			if len(why) > maxExitReason {
+				why = "…" + why[len(why)-maxExitReason:]
+			}
+			return "firecracker: " + why
+		}
+	}
+	return ""
+}
+
+// lastLines returns the non-empty lines in the last n bytes of a file.
+func lastLines(path string, n int64) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	off := max(fi.Size()-n, 0)
+	b, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for i, l := range strings.Split(string(b), "\n") {
+		if i == 0 && off > 0 {
+			continue // a partial line
+		}
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
