@@ -224,9 +224,9 @@ func ParseSpec(data []byte, file string) (*Spec, error) {
 		return nil, fmt.Errorf("%s: empty image spec", file)
 	}
 	root := doc.Content[0]
-	c := &specChecker{file: file, lines: map[string]int{}}
-	c.walk(root, reflectSpecType, "")
-	if err := c.err(); err != nil {
+	c := newSpecChecker(file)
+	c.Walk(root, reflectSpecType)
+	if err := c.Err(); err != nil {
 		return nil, err
 	}
 	var s Spec
@@ -240,13 +240,13 @@ func ParseSpec(data []byte, file string) (*Spec, error) {
 		}
 		field := fmt.Sprintf("files[%d]", i)
 		if f.Content != "" {
-			c.errorf(field+".content_base64", "give content or content_base64, not both")
+			c.Errorf(field+".content_base64", "give content or content_base64, not both")
 		} else if _, err := base64.StdEncoding.DecodeString(f.ContentBase64); err != nil {
-			c.errorf(field+".content_base64", "not base64: %v", err)
+			c.Errorf(field+".content_base64", "not base64: %v", err)
 		}
 	}
 	c.validate(&s)
-	if err := c.err(); err != nil {
+	if err := c.Err(); err != nil {
 		return nil, err
 	}
 	return &s, nil
