@@ -71,10 +71,11 @@ func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	}
 	// Host → VM over the bridge, through the VM's TAP and the fake's
 	// frame copying: a TCP server in the guest answers the host.
-	served := make(chan string, 1)
+	served := make(chan error, 1)
 	go func() {
-		_, out := guestIn(t, d.alice, v.ID, "", "/usr/bin/busybox", "nc", "-l", "-p", "8080", "-e", "/usr/bin/busybox", "echo", "hello from "+v.ID)
-		served <- out
+		_, err := d.alice.Exec(ctx, v.ID, client.ExecRequest{TimeoutSeconds: 30,
+			Argv: []string{"/usr/bin/busybox", "nc", "-l", "-p", "8080", "-e", "/usr/bin/busybox", "echo", "hello from " + v.ID}})
+		served <- err
 	}()
 	var got string
 	deadline := time.Now().Add(20 * time.Second)
@@ -94,7 +95,9 @@ func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	if !strings.Contains(got, "hello from "+v.ID) {
 		t.Fatalf("the guest's server answered %q", got)
 	}
-	<-served
+	if err := <-served; err != nil {
+		t.Fatalf("the guest's server: %v", err)
+	}
 	if got := fakeFirecrackers(d.stateDir); len(got) != 1 {
 		t.Fatalf("want one firecracker process, got %q", got)
 	}
