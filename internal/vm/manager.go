@@ -147,6 +147,11 @@ func (m *Manager) validate(ctx context.Context, req *CreateRequest) (store.Image
 	if req.MemoryMiB < m.cfg.MinMemoryMiB || req.MemoryMiB > m.cfg.MaxMemoryMiB {
 		return store.Image{}, errdefs.Invalidf("memory_mib must be between %d and %d, got %d", m.cfg.MinMemoryMiB, m.cfg.MaxMemoryMiB, req.MemoryMiB)
 	}
+	if sc, ok := m.driver.(vmm.SizeChecker); ok {
+		if err := sc.CheckSize(req.VCPUs, req.MemoryMiB); err != nil {
+			return store.Image{}, errdefs.Invalidf("%v", err)
+		}
+	}
 	if req.BootTimeout < time.Second || req.BootTimeout > m.cfg.MaxBootTimeout {
 		return store.Image{}, errdefs.Invalidf("boot_timeout_seconds must be between 1 and %d", int(m.cfg.MaxBootTimeout.Seconds()))
 	}

@@ -105,6 +105,14 @@ func UnmarshalHandle(b []byte) (Handle, error) {
 	return h, nil
 }
 
+// SizeChecker is implemented by drivers with limits of their own on a VM's
+// size (Firecracker takes 1 or an even number of vCPUs), so a request
+// they cannot boot is refused before anything is created. The error says
+// what is wrong in the caller's terms.
+type SizeChecker interface {
+	CheckSize(vcpus, memoryMiB int) error
+}
+
 // ExitExplainer is implemented by drivers that can say, from the VMM's own
 // output, why a VM's process ended (a refusal, a KVM error, a guest
 // reboot). The answer is one short line, or "" if there is nothing to say.

@@ -52,6 +52,15 @@ func fakeFirecrackers(stateDir string) []string {
 func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	d := firecrackerDaemon(t)
 	ctx := ctxT(t, 3*time.Minute)
+	// A size Firecracker cannot run is refused before anything exists.
+	_, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal", VCPUs: 3})
+	var ae *client.Error
+	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "even number") {
+		t.Fatalf("3 vcpus with the firecracker driver: want a 400 that says why, got %v", err)
+	}
+	if vms, err := d.alice.ListVMs(ctx); err != nil || len(vms) != 0 {
+		t.Fatalf("a refused request left VMs: %v %v", vms, err)
+	}
 	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
 	if err != nil {
 		t.Fatal(err)

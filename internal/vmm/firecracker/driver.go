@@ -102,6 +102,7 @@ var (
 	_ vmm.Pauser        = (*Driver)(nil)
 	_ vmm.Snapshotter   = (*Driver)(nil)
 	_ vmm.ExitExplainer = (*Driver)(nil)
+	_ vmm.SizeChecker   = (*Driver)(nil)
 )
 
 // New checks the configuration and resolves the cloning method.
@@ -235,10 +236,8 @@ func checkSpec(spec vmm.Spec) error {
 	switch {
 	case spec.ID == "" || len(spec.ID) > 64 || strings.Trim(spec.ID, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "":
 		return fmt.Errorf("firecracker: vm id %q must be 1-64 letters, digits or '-'", spec.ID)
-	case spec.VCPUs < 1 || spec.VCPUs > 32 || (spec.VCPUs > 1 && spec.VCPUs%2 != 0):
-		return fmt.Errorf("firecracker: %d vcpus: Firecracker takes 1 or an even number up to 32", spec.VCPUs)
-	case spec.MemoryMiB < 1:
-		return fmt.Errorf("firecracker: %d MiB of memory", spec.MemoryMiB)
+	case CheckSize(spec.VCPUs, spec.MemoryMiB) != nil:
+		return fmt.Errorf("firecracker: %w", CheckSize(spec.VCPUs, spec.MemoryMiB))
 	case len(spec.NICs) != 1:
 		// The agent's token travels through MMDS, which answers only on
 		// a network interface.
@@ -248,6 +247,21 @@ func checkSpec(spec vmm.Spec) error {
 	}
 	return nil
 }
+
+// CheckSize says whether Firecracker can run a VM of this size: 1 or an
+// even number of vCPUs up to 32, and some memory.
+func CheckSize(vcpus, memoryMiB int) error {
+	switch {
+	case vcpus < 1 || vcpus > 32 || (vcpus > 1 && vcpus%2 != 0):
+		return fmt.Errorf("vcpus must be 1 or an even number up to 32 with the firecracker driver, got %d", vcpus)
+	case memoryMiB < 1:
+		return fmt.Errorf("memory_mib must be positive, got %d", memoryMiB)
+	}
+	return nil
+}
+
+// CheckSize implements vmm.SizeChecker.
+func (d *Driver) CheckSize(vcpus, memoryMiB int) error { return CheckSize(vcpus, memoryMiB) }
 
 // BootArgs is the kernel command line for spec. Firecracker adds the
 // virtio-mmio device parameters itself.
