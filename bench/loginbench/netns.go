@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 
-	"github.com/vishvananda/netns"
+	"github.com/hearth-project/hearth/test/netnstest"
 )
 
 // Addresses of the link between the daemon's namespace and the outside
@@ -66,38 +65,10 @@ func (n *namespaces) remove() {
 }
 
 // inNetns runs fn on an OS thread switched into the named namespace.
-// Sockets created by fn stay in that namespace after it returns.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	if err := netns.Set(ns); err != nil {
-		return err
-	}
-	defer func() { _ = netns.Set(orig) }()
-	return fn()
-}
+func inNetns(name string, fn func() error) error { return netnstest.Run(name, fn) }
 
 // nsDialer dials from inside the named namespace: the bench's own process
 // reaches the daemon's loopback there, as a browser on that host would.
 func nsDialer(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := inNetns(name, func() error {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			conn = c
-			return err
-		})
-		return conn, err
-	}
+	return netnstest.Dialer(name)
 }

@@ -4,14 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	"github.com/hearth-project/hearth/test/netnstest"
 )
 
 // newNetns creates a network namespace with loopback up and deletes it
@@ -37,37 +35,9 @@ func sh(t *testing.T, name string, args ...string) string {
 }
 
 // inNetns runs fn on an OS thread switched into the named namespace.
-// Sockets created by fn stay in that namespace after it returns.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer ns.Close()
-	if err := netns.Set(ns); err != nil {
-		return err
-	}
-	defer func() { _ = netns.Set(orig) }()
-	return fn()
-}
+func inNetns(name string, fn func() error) error { return netnstest.Run(name, fn) }
 
 // nsDialer dials from inside the named namespace.
 func nsDialer(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := inNetns(name, func() error {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			conn = c
-			return err
-		})
-		return conn, err
-	}
+	return netnstest.Dialer(name)
 }

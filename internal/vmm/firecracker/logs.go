@@ -116,7 +116,6 @@ func (t *tail) lines(fn func([]byte)) {
 	}
 }
 
-
 // maxExitReason bounds ExitReason's answer.
 const maxExitReason = 300
 

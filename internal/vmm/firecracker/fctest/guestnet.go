@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/hearth-project/hearth/test/netnstest"
 )
 
 // guestMMDSURL is where the fake guest's agent finds MMDS when the guest
@@ -61,7 +62,7 @@ func setupGuestNet(pid int, ifaces []NetworkInterface, withMMDS bool, warn func(
 		}
 	}
 	guestTaps := make([]*os.File, len(ifaces))
-	err = inNetns(ns, func() error {
+	err = netnstest.RunIn(ns, func() error {
 		for i, nic := range ifaces {
 			f, err := openTAP(nic.IfaceID)
 			if err != nil {
@@ -163,25 +164,4 @@ func openTAP(name string) (*os.File, error) {
 		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)
 	}
 	return os.NewFile(uintptr(fd), "tap:"+name), nil
-}
-
-// inNetns runs fn on a thread in namespace ns. A thread that cannot be
-// moved back is left locked, so it dies with its goroutine.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err == nil {
-		runtime.UnlockOSThread()
-	}
-	return ferr
 }
