@@ -56,6 +56,9 @@ const (
 	mapPortsID  = 2
 )
 
+// linkLocal4 is IPv4's link-local block (RFC 3927).
+var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
+
 // bridgeFilterPriority is nft's "filter" priority in the bridge family.
 const bridgeFilterPriority = -200
 
@@ -192,6 +195,10 @@ func inetTable(c Config) *tableSpec {
 	forward.add(gotoChain(chainEgress, iifname(br)))  // VM→outside: per-VM policy
 
 	egress := &chainSpec{chain: &nftables.Chain{Name: chainEgress, Table: t}}
+	// Link-local addresses are the host's business (a cloud's metadata
+	// service at 169.254.169.254 hands out the host's credentials): no
+	// VM reaches them, whatever its policy.
+	egress.add(drop(nfproto4(), ipDaddr(linkLocal4)))
 	egress.add(dispatch(nfproto4(), vmapLookup("ip saddr", payload(expr.PayloadBaseNetworkHeader, 12, 4), vmMap.set)))
 	egress.add(drop()) // addresses in no slot (or whose chain returns), and IPv6
 

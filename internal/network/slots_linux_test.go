@@ -166,13 +166,14 @@ func TestAddRemoveLeaveBaseChains(t *testing.T) {
 	if after := baseChains(t, h); after != before {
 		t.Fatalf("base chains changed:\n--- before\n%s--- after\n%s", before, after)
 	}
-	// The egress chain ends in a drop and the bridge's prerouting in a drop
-	// of every hearth TAP; the verdict maps come first.
+	// The egress chain drops link-local destinations first, then
+	// dispatches and ends in a drop; the bridge's prerouting ends in a
+	// drop of every hearth TAP; the verdict maps come first there.
 	rs := buildRuleset(h.Config(), nil)
 	for _, ch := range append(rs.inet.chains, rs.bridge.chains...) {
 		switch ch.chain.Name {
 		case chainEgress:
-			wantTexts(t, ch, "meta nfproto ipv4 ip saddr vmap @vm_egress", "drop")
+			wantTexts(t, ch, "meta nfproto ipv4 ip daddr 169.254.0.0/16 drop", "meta nfproto ipv4 ip saddr vmap @vm_egress", "drop")
 		case chainPre:
 			wantTexts(t, ch, "iifname vmap @vm_ports", `iifname "hth*" drop`)
 		}

@@ -31,6 +31,7 @@ const (
 	blockedTimeout = 400 * time.Millisecond
 	outsideIP      = "198.51.100.2"
 	hostOutsideIP  = "198.51.100.1"
+	metadataIP     = "169.254.169.254"
 )
 
 // vm is a stand-in VM: a namespace whose eth0 is on hearth's bridge.
@@ -284,6 +285,17 @@ func TestTraffic(t *testing.T) {
 		serveTCP(t, o, outsideIP+":"+port)
 	}
 	udpOut := listenUDP(t, o, outsideIP+":9002")
+	// A metadata service at the link-local 169.254.169.254, behind the
+	// outside link, as a cloud host has one: the host reaches it, VMs
+	// must not, whatever their policy.
+	oeth0 := must(nlHandle(t, o).LinkByName("eth0"))(t)
+	if err := nlHandle(t, o).AddrAdd(oeth0, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(metadataIP + "/32"))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hostNL.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix(metadataIP + "/32")), Gw: net.ParseIP(outsideIP)}); err != nil {
+		t.Fatal(err)
+	}
+	serveTCP(t, o, metadataIP+":80")
 
 	// works and blocked check one connection or ping.
 	works := func(what string, err error) {
@@ -335,6 +347,9 @@ func TestTraffic(t *testing.T) {
 			t.Errorf("O saw the connection from %q, want %s (masqueraded)", seen, hostOutsideIP)
 		}
 		works("A→O ping", ping(a.ns, outsideIP, okTimeout))
+		works("H→metadata tcp (the host's)", tcp(hns, metadataIP+":80", okTimeout))
+		blocked("A→metadata tcp (link-local)", tcp(a.ns, metadataIP+":80", blockedTimeout))
+		blocked("A→metadata ping", ping(a.ns, metadataIP, blockedTimeout))
 	})
 	t.Run("unknown vm", func(t *testing.T) {
 		blocked("C→O tcp", tcp(c.ns, outsideIP+":9000", blockedTimeout))
