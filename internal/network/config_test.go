@@ -72,6 +72,8 @@ func TestEgressPolicyValidate(t *testing.T) {
 		{"ipv6 cidr", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: netip.MustParsePrefix("2001:db8::/32")}}}, "egress.allow[0].cidr"},
 		{"host bits", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: cidr}, {CIDR: netip.MustParsePrefix("10.1.2.3/8")}}}, "egress.allow[1].cidr"},
 		{"bad protocol", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: cidr, Protocol: "icmp"}}}, "egress.allow[0].protocol"},
+		{"metadata service", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: netip.MustParsePrefix("169.254.169.254/32")}}}, "egress.allow[0].cidr"},
+		{"link-local block", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: netip.MustParsePrefix("169.254.0.0/16")}}}, "egress.allow[0].cidr"},
 		{"port without protocol", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: cidr, Port: 80}}}, "egress.allow[0].port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

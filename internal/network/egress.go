@@ -23,6 +23,10 @@ type EgressPolicy struct {
 	Allow []AllowRule // only with EgressAllowlist; at least one
 }
 
+// linkLocal4 is IPv4's link-local block (RFC 3927): the host's business
+// (a cloud's metadata service lives at 169.254.169.254), never a VM's.
+var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
+
 // AllowRule allows one destination in allowlist mode.
 type AllowRule struct {
 	CIDR     netip.Prefix // IPv4 destination network
@@ -59,6 +63,8 @@ func (r AllowRule) validate(field string, errs *fieldErrors) {
 		errs.add(field+".cidr", "must be IPv4, got %s", c)
 	case c != c.Masked():
 		errs.add(field+".cidr", "%s has host bits set (did you mean %s?)", c, c.Masked())
+	case c.Bits() >= linkLocal4.Bits() && linkLocal4.Contains(c.Addr()):
+		errs.add(field+".cidr", "%s is link-local (%s): no VM may reach it, whatever its policy", c, linkLocal4)
 	}
 	switch r.Protocol {
 	case "", "tcp", "udp":

@@ -56,9 +56,6 @@ const (
 	mapPortsID  = 2
 )
 
-// linkLocal4 is IPv4's link-local block (RFC 3927).
-var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
-
 // bridgeFilterPriority is nft's "filter" priority in the bridge family.
 const bridgeFilterPriority = -200
 
