@@ -1,31 +1,11 @@
 package network
 
 import (
-	"flag"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/hearth-project/hearth/test/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if string(want) != got {
-		t.Fatalf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
 
 // goldenConfig and goldenSlots are a fixed configuration with one VM of
 // each egress mode.
@@ -72,8 +52,8 @@ func TestRulesetGolden(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := goldenRuleset(t, tc.slots)
-			golden(t, tc.name+".nft.golden", rs.String())
-			golden(t, tc.name+".exprs.golden", dumpRuleset(rs))
+			golden.Check(t, tc.name+".nft.golden", rs.String())
+			golden.Check(t, tc.name+".exprs.golden", dumpRuleset(rs))
 		})
 	}
 }

@@ -2,33 +2,14 @@ package firecracker
 
 import (
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/test/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if string(want) != got {
-		t.Fatalf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
 
 // goldenSpec is a VM as the manager describes it.
 func goldenSpec() vmm.Spec {
@@ -67,15 +48,15 @@ func newTestDriver(t *testing.T, cfg Config) *Driver {
 
 func TestStartRequestsGolden(t *testing.T) {
 	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker"})
-	golden(t, "start.golden", render(t, d.Requests(goldenSpec())))
+	golden.Check(t, "start.golden", render(t, d.Requests(goldenSpec())))
 }
 
 func TestStartRequestsJailedGolden(t *testing.T) {
 	d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker",
 		Jailer: JailerConfig{Binary: "/usr/local/bin/jailer", UID: 990, GID: 990, NetNS: "/var/run/netns/hearth"}})
 	spec := goldenSpec()
-	golden(t, "start-jailed.golden", render(t, d.Requests(spec)))
-	golden(t, "jailer-argv.golden", strings.Join(d.argv(spec), "\n")+"\n")
+	golden.Check(t, "start-jailed.golden", render(t, d.Requests(spec)))
+	golden.Check(t, "jailer-argv.golden", strings.Join(d.argv(spec), "\n")+"\n")
 }
 
 func TestRestoreRequestsGolden(t *testing.T) {
@@ -83,8 +64,8 @@ func TestRestoreRequestsGolden(t *testing.T) {
 	spec := goldenSpec()
 	spec.ID, spec.Token = "vm-restored", []byte("ffeeddccbbaa99887766554433221100")
 	spec.NICs[0].TAP, spec.NICs[0].Address = "hth-def", "10.88.0.9/24"
-	golden(t, "restore.golden", render(t, d.RestoreRequests(spec)))
-	golden(t, "snapshot-create.golden", render(t, []Request{{"PUT", "/snapshot/create", d.snapshotCreate()}}))
+	golden.Check(t, "restore.golden", render(t, d.RestoreRequests(spec)))
+	golden.Check(t, "snapshot-create.golden", render(t, []Request{{"PUT", "/snapshot/create", d.snapshotCreate()}}))
 }
 
 func TestArgvNeverCarriesTheToken(t *testing.T) {

@@ -1,33 +1,12 @@
 package qemu
 
 import (
-	"flag"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/test/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if string(want) != got {
-		t.Fatalf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
 
 func testSpec() (vmm.Spec, vmm.Handle) {
 	spec := vmm.Spec{ID: "vm-abc", Dir: "/var/lib/hearth/vms/vm-abc", VCPUs: 2, MemoryMiB: 512,
@@ -43,7 +22,7 @@ func TestArgsGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			spec, h := testSpec()
-			golden(t, "args-"+accel+".golden", strings.Join(d.Args(spec, h), "\n")+"\n")
+			golden.Check(t, "args-"+accel+".golden", strings.Join(d.Args(spec, h), "\n")+"\n")
 		})
 	}
 }
