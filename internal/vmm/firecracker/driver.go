@@ -233,11 +233,12 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 }
 
 func checkSpec(spec vmm.Spec) error {
+	if err := CheckSize(spec.VCPUs, spec.MemoryMiB); err != nil {
+		return fmt.Errorf("firecracker: %w", err)
+	}
 	switch {
 	case spec.ID == "" || len(spec.ID) > 64 || strings.Trim(spec.ID, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "":
 		return fmt.Errorf("firecracker: vm id %q must be 1-64 letters, digits or '-'", spec.ID)
-	case CheckSize(spec.VCPUs, spec.MemoryMiB) != nil:
-		return fmt.Errorf("firecracker: %w", CheckSize(spec.VCPUs, spec.MemoryMiB))
 	case len(spec.NICs) != 1:
 		// The agent's token travels through MMDS, which answers only on
 		// a network interface.
@@ -452,11 +453,7 @@ func (d *Driver) outputTail(root string) string {
 	return " (firecracker said: " + strings.Join(lines, " | ") + ")"
 }
 
-func (d *Driver) kill(h vmm.Handle) {
-	if err := proc.Signal(h.PID, h.PIDStart, syscall.SIGKILL); err == nil {
-		proc.WaitGone(h.PID, h.PIDStart, 10*time.Second)
-	}
-}
+func (d *Driver) kill(h vmm.Handle) { _ = proc.KillWait(h.PID, h.PIDStart, 10*time.Second) }
 
 // Alive implements vmm.Driver.
 func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, h.PIDStart) }
@@ -492,11 +489,8 @@ func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) er
 			return nil
 		}
 	}
-	if err := proc.Signal(h.PID, h.PIDStart, syscall.SIGKILL); err != nil {
+	if err := proc.KillWait(h.PID, h.PIDStart, 10*time.Second); err != nil {
 		return fmt.Errorf("kill firecracker: %w", err)
-	}
-	if !proc.WaitGone(h.PID, h.PIDStart, 10*time.Second) {
-		return fmt.Errorf("firecracker pid %d survived SIGKILL", h.PID)
 	}
 	return nil
 }

@@ -153,6 +153,12 @@ func Kill(pid int, wait time.Duration) error {
 	if err != nil {
 		return nil // already gone
 	}
+	return KillWait(pid, start, wait)
+}
+
+// KillWait sends SIGKILL to the process pid that started at start and
+// waits up to wait for it to be gone.
+func KillWait(pid int, start uint64, wait time.Duration) error {
 	if err := Signal(pid, start, syscall.SIGKILL); err != nil {
 		return err
 	}

@@ -254,11 +254,8 @@ func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) er
 			return nil
 		}
 	}
-	if err := proc.Signal(h.PID, h.PIDStart, syscall.SIGKILL); err != nil {
+	if err := proc.KillWait(h.PID, h.PIDStart, 10*time.Second); err != nil {
 		return fmt.Errorf("kill qemu: %w", err)
-	}
-	if !proc.WaitGone(h.PID, h.PIDStart, 10*time.Second) {
-		return fmt.Errorf("qemu pid %d survived SIGKILL", h.PID)
 	}
 	return nil
 }
