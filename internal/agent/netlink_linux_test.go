@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/test/netnstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -224,27 +225,6 @@ func TestFirstNIC(t *testing.T) {
 	}
 }
 
-// netnsDo runs f on a thread in ns: sockets f opens live in ns.
-func netnsDo(ns netns.NsHandle, f func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		return err // the thread stays locked: the runtime discards it
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
 // nicOps is netlinkOps with a given NIC: a test namespace has no hardware
 // device, only the veth link standing in for one.
 type nicOps struct {
@@ -287,7 +267,7 @@ func TestMMDSInNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var l net.Listener
-	if err := netnsDo(mmdsNS, func() (err error) {
+	if err := netnstest.RunIn(mmdsNS, func() (err error) {
 		l, err = net.Listen("tcp", net.JoinHostPort(agentapi.MMDSAddress, "80"))
 		return err
 	}); err != nil {
@@ -298,7 +278,7 @@ func TestMMDSInNetns(t *testing.T) {
 	// The guest side: dials from its namespace.
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	dial := dialFunc(func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		err = netnsDo(guestNS, func() error {
+		err = netnstest.RunIn(guestNS, func() error {
 			c, err = d.DialContext(ctx, network, addr)
 			return err
 		})

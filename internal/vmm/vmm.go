@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -178,4 +179,17 @@ type Driver interface {
 	// token) except the console log, which stays readable until the
 	// caller removes the VM's directory. The process must already be gone.
 	Cleanup(ctx context.Context, h Handle) error
+}
+
+// WriteToken writes a VM's token (Spec.Token) to path, readable by its
+// owner only, through a temporary file so a crash never leaves half a token.
+func WriteToken(path string, token []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, token, 0o600); err != nil {
+		return fmt.Errorf("write token: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write token: %w", err)
+	}
+	return nil
 }

@@ -204,8 +204,8 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return h, fmt.Errorf("create vm dir: %w", err)
 	}
-	if err := writeFileAtomic(h.TokenPath, spec.Token, 0o600); err != nil {
-		return h, fmt.Errorf("write token: %w", err)
+	if err := vmm.WriteToken(h.TokenPath, spec.Token); err != nil {
+		return h, err
 	}
 	root := d.root(spec)
 	if d.Jailed() {
@@ -553,14 +553,6 @@ func (d *Driver) Pause(ctx context.Context, h vmm.Handle) error {
 // Resume implements vmm.Pauser.
 func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
 	return NewClient(h.ControlSocket, d.cfg.APITimeout).Patch(ctx, "/vm", VMState{State: "Resumed"})
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // symlinkInto makes link point at target, replacing what was there.

@@ -101,8 +101,8 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return h, fmt.Errorf("create vm dir: %w", err)
 	}
-	if err := writeFileAtomic(h.TokenPath, spec.Token, 0o600); err != nil {
-		return h, fmt.Errorf("write token: %w", err)
+	if err := vmm.WriteToken(h.TokenPath, spec.Token); err != nil {
+		return h, err
 	}
 	if _, err := os.Stat(h.DiskPath); err == nil {
 		return h, nil // overlay exists from an earlier attempt
@@ -304,14 +304,6 @@ func KVMUsable() bool {
 	const kvmGetAPIVersion = 0xAE00
 	v, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmGetAPIVersion, 0)
 	return errno == 0 && v == 12
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // FindStrays lists PIDs of QEMU processes started by a hearth whose VM
