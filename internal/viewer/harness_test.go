@@ -3,7 +3,6 @@ package viewer
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/hearth-project/hearth/test/rfbtest"
 )
 
 const (
@@ -164,133 +165,18 @@ func (b *bridgeServer) result(t *testing.T) result {
 // rfbHandshake performs an RFB 3.8 handshake with security None over c and
 // returns the framebuffer size from ServerInit.
 func rfbHandshake(c io.ReadWriter) (w, h uint16, err error) {
-	ver := make([]byte, 12)
-	if _, err := io.ReadFull(c, ver); err != nil {
-		return 0, 0, fmt.Errorf("read version: %w", err)
-	}
-	if !strings.HasPrefix(string(ver), "RFB 003.") {
-		return 0, 0, fmt.Errorf("server version %q", ver)
-	}
-	if _, err := c.Write([]byte("RFB 003.008\n")); err != nil {
-		return 0, 0, err
-	}
-	var n [1]byte
-	if _, err := io.ReadFull(c, n[:]); err != nil || n[0] == 0 {
-		return 0, 0, fmt.Errorf("read security types: %d %v", n[0], err)
-	}
-	types := make([]byte, n[0])
-	if _, err := io.ReadFull(c, types); err != nil {
-		return 0, 0, err
-	}
-	if !strings.ContainsRune(string(types), 1) {
-		return 0, 0, fmt.Errorf("security None not offered: %v", types)
-	}
-	if _, err := c.Write([]byte{1}); err != nil {
-		return 0, 0, err
-	}
-	var res uint32
-	if err := binary.Read(c, binary.BigEndian, &res); err != nil || res != 0 {
-		return 0, 0, fmt.Errorf("security result %d: %v", res, err)
-	}
-	if _, err := c.Write([]byte{1}); err != nil { // ClientInit, shared
-		return 0, 0, err
-	}
-	var init struct {
-		W, H    uint16
-		Pixel   [16]byte
-		NameLen uint32
-	}
-	if err := binary.Read(c, binary.BigEndian, &init); err != nil {
-		return 0, 0, fmt.Errorf("read ServerInit: %w", err)
-	}
-	if _, err := io.CopyN(io.Discard, c, int64(init.NameLen)); err != nil {
-		return 0, 0, err
-	}
-	return init.W, init.H, nil
+	si, err := rfbtest.Handshake(c)
+	return si.Width, si.Height, err
 }
 
 // requestUpdate asks for a full 16×16 update and reads the raw
-// FramebufferUpdate that answers it.
+// FramebufferUpdate (32 bits per pixel) that answers it.
 func requestUpdate(c io.ReadWriter) error {
-	req := []byte{3, 0, 0, 0, 0, 0, 0, 16, 0, 16}
-	if _, err := c.Write(req); err != nil {
+	if err := rfbtest.RequestUpdate(c, 0, 0, 16, 16); err != nil {
 		return err
 	}
-	// The server may send other messages first (x11vnc sends the
-	// clipboard, ServerCutText, when it changes): skip them.
-	var typ [1]byte
-	for {
-		if _, err := io.ReadFull(c, typ[:]); err != nil {
-			return fmt.Errorf("read message type: %w", err)
-		}
-		if typ[0] == 0 { // FramebufferUpdate
-			break
-		}
-		if err := skipServerMessage(c, typ[0]); err != nil {
-			return err
-		}
-	}
-	var hdr struct {
-		_     uint8
-		Rects uint16
-	}
-	if err := binary.Read(c, binary.BigEndian, &hdr); err != nil {
-		return fmt.Errorf("read update header: %w", err)
-	}
-	if hdr.Rects == 0 {
-		return fmt.Errorf("FramebufferUpdate with no rectangles")
-	}
-	for range hdr.Rects {
-		var r struct {
-			X, Y, W, H uint16
-			Encoding   int32
-		}
-		if err := binary.Read(c, binary.BigEndian, &r); err != nil {
-			return err
-		}
-		if r.Encoding != 0 {
-			return fmt.Errorf("rect encoding %d, want raw", r.Encoding)
-		}
-		if _, err := io.CopyN(io.Discard, c, int64(r.W)*int64(r.H)*4); err != nil {
-			return fmt.Errorf("read pixels: %w", err)
-		}
-	}
-	return nil
-}
-
-// skipServerMessage reads past a server message other than
-// FramebufferUpdate (RFC 6143 §7.6).
-func skipServerMessage(c io.Reader, typ byte) error {
-	switch typ {
-	case 1: // SetColourMapEntries
-		var h struct {
-			_      uint8
-			First  uint16
-			Colors uint16
-		}
-		if err := binary.Read(c, binary.BigEndian, &h); err != nil {
-			return err
-		}
-		_, err := io.CopyN(io.Discard, c, int64(h.Colors)*6)
-		return err
-	case 2: // Bell
-		return nil
-	case 3: // ServerCutText
-		var h struct {
-			_   [3]uint8
-			Len uint32
-		}
-		if err := binary.Read(c, binary.BigEndian, &h); err != nil {
-			return err
-		}
-		if h.Len > 1<<20 {
-			return fmt.Errorf("ServerCutText of %d bytes", h.Len)
-		}
-		_, err := io.CopyN(io.Discard, c, int64(h.Len))
-		return err
-	default:
-		return fmt.Errorf("unexpected server message type %d", typ)
-	}
+	_, err := rfbtest.ReadUpdate(c, 4, io.Discard)
+	return err
 }
 
 // closeOf reads from ws until it fails and returns the close frame.
