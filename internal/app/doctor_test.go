@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -88,5 +89,26 @@ func TestDoctorFirecracker(t *testing.T) {
 		if (c.Name == "firecracker" || c.Name == "jailer") && c.Status == "FAIL" {
 			t.Errorf("%s fails a host that runs the qemu driver: %+v", c.Name, c)
 		}
+	}
+}
+
+func TestDoctorFirecrackerGuestKernel(t *testing.T) {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	cfg.VM.Driver = "firecracker"
+	if c, _ := find(Doctor(context.Background(), cfg), "guest kernel"); c.Status != "WARN" || !strings.Contains(c.Fix, "firecracker.kernel") {
+		t.Errorf("no firecracker.kernel: %+v", c)
+	}
+	cfg.Firecracker.Kernel = "/nonexistent/vmlinux"
+	if c, _ := find(Doctor(context.Background(), cfg), "guest kernel"); c.Status != "FAIL" || !strings.Contains(c.Detail, "/nonexistent/vmlinux") {
+		t.Errorf("missing kernel: %+v", c)
+	}
+	kernel := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(kernel, []byte("elf"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Firecracker.Kernel = kernel
+	if c, _ := find(Doctor(context.Background(), cfg), "guest kernel"); c.Status != "OK" {
+		t.Errorf("present kernel: %+v", c)
 	}
 }

@@ -42,6 +42,16 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"vm.roles.browser", func(c *Config) { c.VM.Roles["browser"] = []int{70000} }},
 		{"qemu.accel", func(c *Config) { c.QEMU.Accel = "hvf" }},
 		{"qemu.binary", func(c *Config) { c.QEMU.Binary = "" }},
+		{"firecracker.disk_cloning", func(c *Config) { c.Firecracker.DiskCloning = "copy" }},
+		{"firecracker.initrd", func(c *Config) { c.Firecracker.Initrd = "/boot/initrd.img" }},
+		{"firecracker.socket_timeout", func(c *Config) { c.Firecracker.SocketTimeout.Duration = 0 }},
+		{"firecracker.jailer", func(c *Config) { c.Firecracker.Jailer = JailerConfig{Binary: "jailer"} }},
+		{"firecracker.jailer.netns", func(c *Config) {
+			c.Firecracker.Jailer = JailerConfig{Binary: "jailer", UID: 990, GID: 990, NetNS: "hearth"}
+		}},
+		{"firecracker.jailer.memory_overhead_mib", func(c *Config) {
+			c.Firecracker.Jailer = JailerConfig{Binary: "jailer", UID: 990, GID: 990, MemoryOverheadMiB: -1}
+		}},
 		{"network.subnet", func(c *Config) { c.Network.Subnet = "172.30.0.0/31" }},
 		{"network.subnet", func(c *Config) { c.Network.Subnet = "172.30.0.5/24" }},
 		{"network.subnet", func(c *Config) { c.Network.Subnet = "fd00::/64" }},
