@@ -21,7 +21,31 @@ var sideFiles = []string{"-wal", "-shm", "-journal"}
 // and gives its -wal and -shm files the database file's mode, so a database
 // that exists before SQLite first opens it keeps all three private.
 func makePrivate(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, privateMode)
+	if err := restrictFile(path, true); err != nil {
+		return err
+	}
+	for _, suffix := range sideFiles {
+		if err := restrictFile(path+suffix, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restrictFile takes group and other access away from the file at path. A
+// missing file is created empty with privateMode if create is set, and
+// skipped otherwise.
+func restrictFile(path string, create bool) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, privateMode)
+		if errors.Is(err, fs.ErrExist) { // made by another process meanwhile
+			f, err = os.Open(path)
+		}
+	}
+	if errors.Is(err, fs.ErrNotExist) && !create {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("open %s: %w", path, err)
 	}
@@ -29,26 +53,7 @@ func makePrivate(path string) error {
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close %s: %w", path, cerr)
 	}
-	if err != nil {
-		return err
-	}
-	for _, suffix := range sideFiles {
-		f, err := os.OpenFile(path+suffix, os.O_RDONLY, 0)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("open %s: %w", path+suffix, err)
-		}
-		err = restrict(f)
-		if cerr := f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("close %s: %w", path+suffix, cerr)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return err
 }
 
 // restrict removes group and other permissions from the open file f.
