@@ -67,14 +67,24 @@ func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
 		if c.key != "" || os.Getenv("HEARTH_API_KEY") != "" {
 			key, err = createKeyRemote(ctx, &c, req)
 		} else {
-			key, err = createKeyLocal(ctx, &c, req, *save)
+			key, err = createKeyLocal(ctx, &c, req)
 		}
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, key)
+		fmt.Fprintln(stdout, key) // first: a failure to save must not lose the key
 		if !expiry.IsZero() {
 			fmt.Fprintf(os.Stderr, "expires %s\n", expiry.Local().Format(time.RFC3339))
+		}
+		if *save {
+			cfg, err := c.config()
+			if err != nil {
+				return err
+			}
+			path := savedKeyPath(cfg)
+			if err := errors.Join(os.WriteFile(path, []byte(key+"\n"), 0o600), os.Chmod(path, 0o600)); err != nil {
+				return fmt.Errorf("save key: %w", err)
+			}
 		}
 		return nil
 	case "list":
@@ -115,7 +125,7 @@ func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
 
 // createKeyLocal writes the key into this host's database: how the first
 // admin key is made, with no daemon or key needed.
-func createKeyLocal(ctx context.Context, c *common, req auth.IssueRequest, save bool) (string, error) {
+func createKeyLocal(ctx context.Context, c *common, req auth.IssueRequest) (string, error) {
 	cfg, err := c.config()
 	if err != nil {
 		return "", err
@@ -129,15 +139,7 @@ func createKeyLocal(ctx context.Context, c *common, req auth.IssueRequest, save 
 	}
 	defer st.Close()
 	key, _, err := auth.Issue(ctx, st, req, time.Now())
-	if err != nil {
-		return "", err
-	}
-	if save {
-		if err := os.WriteFile(savedKeyPath(cfg), []byte(key+"\n"), 0o600); err != nil {
-			return "", fmt.Errorf("save key: %w", err)
-		}
-	}
-	return key, nil
+	return key, err
 }
 
 // createKeyRemote asks the daemon for the key (an admin key is needed).
