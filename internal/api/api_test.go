@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,7 +47,15 @@ type fixture struct {
 	vnc    *fakeVNC
 	guest  *fakeGuestLogin
 	logs   *syncBuffer
+	clock  *testClock // the Verifier's: key expiry is checked against it
+	dbPath string
 }
+
+// testClock is the real time plus an offset a test may advance.
+type testClock struct{ offset atomic.Int64 }
+
+func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
@@ -129,9 +138,11 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = mgr.Shutdown(context.Background()) })
-	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "test",
+	clock := &testClock{}
+	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: clock.Now}, Log: log, Version: "test",
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
 			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
+	t.Cleanup(func() { _ = a.Verifier.Close(context.Background()) }) // before the store closes
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
 
@@ -150,7 +161,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
-		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs}
+		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs, clock: clock, dbPath: dir + "/hearth.db"}
 }
 
 type answer struct {

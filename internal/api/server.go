@@ -89,6 +89,9 @@ func (s *Server) table() []route {
 		{"GET", "/v1/logins/{id}/events", false, s.loginEvents},
 		{"POST", "/v1/logins/{id}/cancel", false, s.cancelLogin},
 		{"GET", "/v1/credentials", false, s.listCredentials},
+		{"GET", "/v1/apikeys", false, s.listAPIKeys},
+		{"POST", "/v1/apikeys", false, s.createAPIKey},
+		{"DELETE", "/v1/apikeys/{id}", false, s.revokeAPIKey},
 		// The old frontend's routes (compat.go).
 		{"POST", "/api/auth/start", false, s.compatStart},
 		{"GET", "/api/auth/session/{id}", false, s.compatSession},
@@ -214,8 +217,15 @@ func (s *Server) authenticate(next http.HandlerFunc) http.HandlerFunc {
 		}
 		id, err := s.Verifier.Verify(r.Context(), tok)
 		if errors.Is(err, auth.ErrUnauthenticated) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="hearth", error="invalid_token"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "invalid API key")
+			msg := "invalid API key"
+			switch {
+			case errors.Is(err, auth.ErrRevoked):
+				msg = "API key revoked"
+			case errors.Is(err, auth.ErrExpired):
+				msg = "API key expired"
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hearth", error="invalid_token", error_description="`+msg+`"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", msg)
 			return
 		}
 		if err != nil {

@@ -14,11 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/config"
-	"github.com/hearth-project/hearth/internal/store"
-	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
 
 const usage = `hearth — microVMs for AI coding CLIs
@@ -29,7 +26,8 @@ Usage:
   hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] | rm ID [--wait]
   hearth vm exec ID [--timeout 30s] -- COMMAND [ARGS...]
   hearth vm viewer ID [--view-only] [--ttl 15m]   (prints a link to watch the VM's screen in a browser)
-  hearth apikey create [--admin] [--user U] [--name NAME] [--save]
+  hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
+  hearth apikey list [--user U] [--json] | revoke ID [--force]
   hearth image build [--profile minimal] [--agent PATH] | list
   hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
   hearth vault rotate                (new master key; every stored credential re-wrapped)
@@ -39,6 +37,8 @@ Usage:
 
 Common flags: --config FILE (or HEARTH_CONFIG), --state-dir DIR, --addr HOST:PORT and
 --key KEY (or HEARTH_API_KEY; root falls back to the key saved by 'apikey create --save').
+'apikey create' writes this host's database (how the first admin key is made) unless
+--key or HEARTH_API_KEY is given: then it asks the daemon, as list and revoke always do.
 `
 
 // Main runs the hearth command line and returns the exit code.
@@ -208,64 +208,6 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	return Serve(ctx, cfg, stdout)
-}
-
-func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) < 1 || args[0] != "create" {
-		return errors.New("usage: hearth apikey create [--admin] [--user U] [--name NAME] [--save]")
-	}
-	fs := flag.NewFlagSet("apikey create", flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	admin := fs.Bool("admin", false, "admin scope (all users' resources)")
-	user := fs.String("user", "", "user the key belongs to (created if new); required without --admin")
-	name := fs.String("name", "", "a label for the key")
-	save := fs.Bool("save", false, "also save the key for this host's CLI (state dir, mode 0600)")
-	if _, err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	cfg, err := c.config()
-	if err != nil {
-		return err
-	}
-	scope := store.ScopeUser
-	if *admin {
-		scope = store.ScopeAdmin
-	} else if *user == "" {
-		return errors.New("a user key needs --user (or pass --admin)")
-	}
-	if err := cfg.EnsureDirs(); err != nil {
-		return err
-	}
-	st, err := sqlite.Open(ctx, cfg.DatabasePath())
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	now := time.Now().UTC()
-	if *user != "" {
-		if _, err := st.GetUser(ctx, *user); errors.Is(err, store.ErrNotFound) {
-			if err := st.CreateUser(ctx, store.User{ID: *user, Name: *user, CreatedAt: now}); err != nil {
-				return fmt.Errorf("create user: %w", err)
-			}
-		} else if err != nil {
-			return err
-		}
-	}
-	key, rec, err := auth.NewKey(*name, scope, *user, now)
-	if err != nil {
-		return err
-	}
-	if err := st.CreateAPIKey(ctx, rec); err != nil {
-		return fmt.Errorf("store api key: %w", err)
-	}
-	if *save {
-		if err := os.WriteFile(savedKeyPath(cfg), []byte(key+"\n"), 0o600); err != nil {
-			return fmt.Errorf("save key: %w", err)
-		}
-	}
-	fmt.Fprintln(stdout, key)
-	return nil
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -83,6 +83,8 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 	out = append(out, checkNetwork(ctx, cfg)...)
 	out = append(out, checkImages(ctx, cfg))
 	out = append(out, checkVault(cfg))
+	out = append(out, checkVaultPlace(cfg)...)
+	out = append(out, checkViewerKey(cfg))
 	if reg, err := loadProviders(cfg); err != nil {
 		out = append(out, failc("providers", err.Error(), "fix the provider definition it names"))
 	} else {

@@ -151,8 +151,9 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	// so streams (SSE, console follow) end instead of holding it up.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
+	verifier := &auth.Verifier{Keys: st, Now: time.Now, Log: log.With("component", "auth")}
 	srv := &http.Server{
-		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now},
+		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
 			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
@@ -187,6 +188,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
+	_ = verifier.Close(sctx) // last-used times still queued
 	// Logins in progress end (failed: hearth is shutting down) and ask for
 	// their browser VMs to go.
 	if err := logins.Shutdown(sctx); err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -22,10 +23,11 @@ import (
 const viewerKeyFile = "viewer.key"
 
 // loadViewerKey reads the signing key, creating a random one (0600) on
-// first start.
+// first start. Like the vault's key file, it refuses a key that group or
+// others may read: anyone who can read it can mint viewer links.
 func loadViewerKey(stateDir string) ([]byte, error) {
 	path := filepath.Join(stateDir, viewerKeyFile)
-	key, err := os.ReadFile(path)
+	key, err := readPrivateFile(path, "viewer key")
 	if errors.Is(err, os.ErrNotExist) {
 		key = make([]byte, 32)
 		if _, err := rand.Read(key); err != nil {
@@ -43,12 +45,52 @@ func loadViewerKey(stateDir string) ([]byte, error) {
 		return key, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read viewer key: %w", err)
+		return nil, err
 	}
 	if len(key) < viewer.MinKeySize {
 		return nil, fmt.Errorf("viewer key %s is %d bytes, need %d (remove it to make a new one; open viewer links stop working)", path, len(key), viewer.MinKeySize)
 	}
 	return key, nil
+}
+
+// readPrivateFile reads the file at path, refusing it unless it is a
+// regular file that only its owner may access. what names it in errors.
+func readPrivateFile(path, what string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	defer f.Close()
+	if err := checkPrivate(f, path, what); err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
+	}
+	if len(b) > maxKeyFile {
+		return nil, fmt.Errorf("%s %s is larger than %d bytes", what, path, maxKeyFile)
+	}
+	return b, nil
+}
+
+// maxKeyFile bounds what readPrivateFile reads.
+const maxKeyFile = 64 << 10
+
+// checkPrivate refuses an open file that is not a regular file or that
+// group or others may access, saying how to fix it.
+func checkPrivate(f *os.File, path, what string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s %s is not a regular file", what, path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s %s has mode %04o: group and others must have no access to it (chmod 600 %s)", what, path, perm, path)
+	}
+	return nil
 }
 
 // newViewers builds the viewer service; mgr is read when a viewer

@@ -12,15 +12,22 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/store"
 )
 
-// ErrUnauthenticated means the key is missing, malformed, unknown, revoked
-// or wrong. Callers never learn which.
+// ErrUnauthenticated means the key is missing, malformed, unknown, wrong,
+// revoked or expired. A caller that does not hold the key's secret never
+// learns which.
 var ErrUnauthenticated = errors.New("unauthenticated")
+
+// ErrRevoked and ErrExpired (both ErrUnauthenticated) say why a key whose
+// secret is right no longer authenticates.
+var (
+	ErrRevoked = fmt.Errorf("API key revoked: %w", ErrUnauthenticated)
+	ErrExpired = fmt.Errorf("API key expired: %w", ErrUnauthenticated)
+)
 
 const prefix = "hearth_"
 
@@ -89,38 +96,11 @@ func parse(key string) (id, secret string, ok bool) {
 	return id, secret, true
 }
 
-// Verifier checks keys against the store and records when each key was
-// last used (at most once a minute per key, to keep writes off the hot path).
-type Verifier struct {
-	Keys store.APIKeys
-	Now  func() time.Time
-
-	mu      sync.Mutex
-	touched map[string]time.Time
-}
-
-const touchEvery = time.Minute
-
-func (v *Verifier) touch(ctx context.Context, id string) {
-	now := time.Now()
-	if v.Now != nil {
-		now = v.Now()
-	}
-	v.mu.Lock()
-	if v.touched == nil {
-		v.touched = map[string]time.Time{}
-	}
-	last, seen := v.touched[id]
-	if seen && now.Sub(last) < touchEvery {
-		v.mu.Unlock()
-		return
-	}
-	v.touched[id] = now
-	v.mu.Unlock()
-	_ = v.Keys.TouchAPIKey(ctx, id, now.UTC()) // bookkeeping only: never fails a request
-}
-
-// Verify returns the identity of key or ErrUnauthenticated.
+// Verify returns the identity of key, or an error wrapping
+// ErrUnauthenticated (ErrRevoked or ErrExpired once the secret is proven
+// right). Revocation and expiry hold from the next request on: every
+// request reads the key's record. The use is recorded without waiting
+// (see Verifier).
 func (v *Verifier) Verify(ctx context.Context, key string) (Identity, error) {
 	id, secret, ok := parse(key)
 	if !ok {
@@ -134,10 +114,17 @@ func (v *Verifier) Verify(ctx context.Context, key string) (Identity, error) {
 		return Identity{}, fmt.Errorf("look up api key: %w", err)
 	}
 	sum := sha256.Sum256([]byte(secret))
-	if subtle.ConstantTimeCompare(sum[:], rec.SecretHash) != 1 || !rec.RevokedAt.IsZero() {
+	if subtle.ConstantTimeCompare(sum[:], rec.SecretHash) != 1 {
 		return Identity{}, ErrUnauthenticated
 	}
-	v.touch(ctx, rec.ID)
+	now := v.now()
+	switch {
+	case rec.Revoked():
+		return Identity{}, ErrRevoked
+	case rec.Expired(now):
+		return Identity{}, ErrExpired
+	}
+	v.recordUse(rec.ID, now)
 	return Identity{KeyID: rec.ID, Scope: rec.Scope, UserID: rec.UserID}, nil
 }
 

@@ -37,6 +37,9 @@ func TestKeysVerifyAndFail(t *testing.T) {
 	if err != nil || id.UserID != "alice" || id.Admin() || !id.CanSee("alice") || id.CanSee("bob") {
 		t.Fatalf("verify: %+v %v", id, err)
 	}
+	if err := v.Close(ctx); err != nil { // the use is written behind the request
+		t.Fatal(err)
+	}
 	got, err := st.GetAPIKey(ctx, rec.ID)
 	if err != nil || got.LastUsedAt.IsZero() {
 		t.Fatalf("use not recorded: %v %v", got.LastUsedAt, err)
@@ -53,11 +56,15 @@ func TestKeysVerifyAndFail(t *testing.T) {
 			t.Errorf("key %q: want ErrUnauthenticated, got %v", k, err)
 		}
 	}
-	if err := st.RevokeAPIKey(ctx, rec.ID, now); err != nil {
+	if _, err := st.RevokeAPIKey(ctx, rec.ID, now, store.RevokeOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Verify(ctx, key); !errors.Is(err, ErrUnauthenticated) {
-		t.Fatalf("revoked key accepted: %v", err)
+	// The very next use is refused, saying why; a wrong secret still learns nothing.
+	if _, err := v.Verify(ctx, key); !errors.Is(err, ErrRevoked) || !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("revoked key: %v", err)
+	}
+	if _, err := v.Verify(ctx, key[:len(key)-1]+"x"); err != ErrUnauthenticated {
+		t.Fatalf("revoked key with a wrong secret: %v", err)
 	}
 	if _, _, err := NewKey("x", store.ScopeUser, "", now); err == nil {
 		t.Fatal("user key without user accepted")

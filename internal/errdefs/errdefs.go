@@ -41,6 +41,9 @@ func NotFoundf(format string, args ...any) error { return newf(ErrNotFound, form
 // Conflictf returns an ErrConflict whose message is meant for the caller.
 func Conflictf(format string, args ...any) error { return newf(ErrConflict, format, args...) }
 
+// Forbiddenf returns an ErrForbidden whose message is meant for the caller.
+func Forbiddenf(format string, args ...any) error { return newf(ErrForbidden, format, args...) }
+
 // Unavailablef returns an ErrUnavailable whose message is meant for the caller.
 func Unavailablef(format string, args ...any) error { return newf(ErrUnavailable, format, args...) }
 

@@ -7,6 +7,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
@@ -17,6 +18,9 @@ import (
 var (
 	ErrNotFound = errdefs.ErrNotFound
 	ErrConflict = errdefs.ErrConflict
+	// ErrLastAdminKey (an ErrConflict) refuses to revoke the only admin key
+	// that still authenticates, unless the caller allows it.
+	ErrLastAdminKey = fmt.Errorf("the last active admin key: %w", errdefs.ErrConflict)
 )
 
 // Scope is what an API key may do.
@@ -45,7 +49,31 @@ type APIKey struct {
 	SecretHash []byte // SHA-256 of the secret part
 	CreatedAt  time.Time
 	LastUsedAt time.Time // zero if never used
-	RevokedAt  time.Time // zero if active
+	RevokedAt  time.Time // zero if not revoked
+	ExpiresAt  time.Time // zero if it never expires
+}
+
+// Revoked reports whether the key has been revoked.
+func (k APIKey) Revoked() bool { return !k.RevokedAt.IsZero() }
+
+// Expired reports whether the key has expired at t.
+func (k APIKey) Expired(t time.Time) bool { return !k.ExpiresAt.IsZero() && !t.Before(k.ExpiresAt) }
+
+// Active reports whether the key authenticates at t: neither revoked nor
+// expired.
+func (k APIKey) Active(t time.Time) bool { return !k.Revoked() && !k.Expired(t) }
+
+// APIKeyFilter narrows ListAPIKeys. Zero values match everything.
+type APIKeyFilter struct {
+	UserID string
+	Scope  Scope
+}
+
+// RevokeOptions changes what RevokeAPIKey refuses.
+type RevokeOptions struct {
+	// AllowLastAdmin revokes the key even if it is the last admin key
+	// that is active.
+	AllowLastAdmin bool
 }
 
 // Image is a bootable guest: kernel, initrd and root filesystem, plus the
@@ -220,11 +248,23 @@ type Users interface {
 
 // APIKeys stores API key records.
 type APIKeys interface {
-	CreateAPIKey(ctx context.Context, k APIKey) error // ErrConflict if the id exists
+	// CreateAPIKey inserts k: ErrConflict if the id exists, ErrNotFound if
+	// k.UserID names no user, errdefs.ErrInvalid for an unknown scope, a
+	// user key without a user, no secret hash or an expiry not after the
+	// creation time.
+	CreateAPIKey(ctx context.Context, k APIKey) error
 	GetAPIKey(ctx context.Context, id string) (APIKey, error)
-	ListAPIKeys(ctx context.Context) ([]APIKey, error)
+	// ListAPIKeys returns the keys f selects, revoked and expired ones
+	// included, oldest first.
+	ListAPIKeys(ctx context.Context, f APIKeyFilter) ([]APIKey, error)
 	TouchAPIKey(ctx context.Context, id string, at time.Time) error
-	RevokeAPIKey(ctx context.Context, id string, at time.Time) error
+	// RevokeAPIKey marks the key revoked at at and returns it as stored. A
+	// revoked key stays as it is (its first RevokedAt). Unless
+	// opt.AllowLastAdmin, revoking an admin key active at at while no other
+	// admin key is fails with ErrLastAdminKey and writes nothing; the check
+	// and the write are one transaction, so of concurrent revocations of
+	// the last two admin keys one fails.
+	RevokeAPIKey(ctx context.Context, id string, at time.Time, opt RevokeOptions) (APIKey, error)
 }
 
 // Images stores image records.

@@ -10,12 +10,12 @@ import (
 	"github.com/hearth-project/hearth/internal/store"
 )
 
-const apiKeyColumns = `id, name, scope, user_id, secret_hash, created_at, last_used_at, revoked_at`
+const apiKeyColumns = `id, name, scope, user_id, secret_hash, created_at, last_used_at, revoked_at, expires_at`
 
 // CreateAPIKey inserts k. It fails with store.ErrConflict if k.ID exists,
 // with store.ErrNotFound if k.UserID names no user, and with
-// errdefs.ErrInvalid if the scope is unknown, a user-scoped key has no user
-// or the secret hash is empty.
+// errdefs.ErrInvalid if the scope is unknown, a user-scoped key has no user,
+// the secret hash is empty or the key would expire before it was made.
 func (db *DB) CreateAPIKey(ctx context.Context, k store.APIKey) error {
 	if err := validateAPIKey(k); err != nil {
 		return fmt.Errorf("create api key %s: %w", k.ID, err)
@@ -27,9 +27,9 @@ func (db *DB) CreateAPIKey(ctx context.Context, k store.APIKey) error {
 			}
 		}
 		res, err := tx.ExecContext(ctx,
-			`INSERT INTO api_keys (`+apiKeyColumns+`) VALUES (`+placeholders(8)+`) ON CONFLICT (id) DO NOTHING`,
+			`INSERT INTO api_keys (`+apiKeyColumns+`) VALUES (`+placeholders(9)+`) ON CONFLICT (id) DO NOTHING`,
 			k.ID, k.Name, string(k.Scope), stringArg(k.UserID), k.SecretHash,
-			timeArg(k.CreatedAt), timeArg(k.LastUsedAt), timeArg(k.RevokedAt))
+			timeArg(k.CreatedAt), timeArg(k.LastUsedAt), timeArg(k.RevokedAt), timeArg(k.ExpiresAt))
 		if err != nil {
 			return err
 		}
@@ -49,6 +49,8 @@ func validateAPIKey(k store.APIKey) error {
 		return fmt.Errorf("user-scoped key needs a user id: %w", errdefs.ErrInvalid)
 	case len(k.SecretHash) == 0:
 		return fmt.Errorf("empty secret hash: %w", errdefs.ErrInvalid)
+	case !k.ExpiresAt.IsZero() && !k.CreatedAt.IsZero() && !k.ExpiresAt.After(k.CreatedAt):
+		return fmt.Errorf("expires %s, not after its creation %s: %w", k.ExpiresAt, k.CreatedAt, errdefs.ErrInvalid)
 	}
 	return nil
 }
@@ -73,9 +75,12 @@ func (db *DB) GetAPIKey(ctx context.Context, id string) (store.APIKey, error) {
 	return k, nil
 }
 
-// ListAPIKeys returns every key, revoked ones included, oldest first.
-func (db *DB) ListAPIKeys(ctx context.Context) ([]store.APIKey, error) {
-	rows, err := db.sql.QueryContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY created_at, id`)
+// ListAPIKeys returns the keys f selects, revoked and expired ones
+// included, oldest first.
+func (db *DB) ListAPIKeys(ctx context.Context, f store.APIKeyFilter) ([]store.APIKey, error) {
+	rows, err := db.sql.QueryContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys
+		WHERE (? = '' OR user_id = ?) AND (? = '' OR scope = ?)
+		ORDER BY created_at, id`, f.UserID, f.UserID, string(f.Scope), string(f.Scope))
 	if err != nil {
 		return nil, fmt.Errorf("list api keys: %w", err)
 	}
@@ -97,15 +102,35 @@ func (db *DB) TouchAPIKey(ctx context.Context, id string, at time.Time) error {
 	return nil
 }
 
-// RevokeAPIKey sets the key's RevokedAt to at.
-func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time) error {
+// RevokeAPIKey marks the key revoked at at and returns it; see
+// store.APIKeys for the last-admin guard, checked in the same transaction.
+func (db *DB) RevokeAPIKey(ctx context.Context, id string, at time.Time, opt store.RevokeOptions) (store.APIKey, error) {
+	var k store.APIKey
 	err := db.writeTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		k, err = scanAPIKey(tx.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE id = ?`, id))
+		if err != nil || k.Revoked() {
+			return err
+		}
+		if k.Scope == store.ScopeAdmin && k.Active(at) && !opt.AllowLastAdmin {
+			var others int
+			err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_keys
+				WHERE scope = 'admin' AND id <> ? AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
+				id, timeArg(at)).Scan(&others)
+			if err != nil {
+				return err
+			}
+			if others == 0 {
+				return store.ErrLastAdminKey
+			}
+		}
+		k.RevokedAt = at.UTC()
 		return execOne(ctx, tx, `UPDATE api_keys SET revoked_at = ? WHERE id = ?`, timeArg(at), id)
 	})
 	if err != nil {
-		return fmt.Errorf("revoke api key %s: %w", id, err)
+		return store.APIKey{}, fmt.Errorf("revoke api key %s: %w", id, err)
 	}
-	return nil
+	return k, nil
 }
 
 func scanAPIKey(r rowScanner) (store.APIKey, error) {
@@ -114,7 +139,7 @@ func scanAPIKey(r rowScanner) (store.APIKey, error) {
 		scope string
 	)
 	err := r.Scan(&k.ID, &k.Name, &scope, scanString(&k.UserID), &k.SecretHash,
-		scanTime(&k.CreatedAt), scanTime(&k.LastUsedAt), scanTime(&k.RevokedAt))
+		scanTime(&k.CreatedAt), scanTime(&k.LastUsedAt), scanTime(&k.RevokedAt), scanTime(&k.ExpiresAt))
 	if err != nil {
 		return store.APIKey{}, noRows(err)
 	}

@@ -66,10 +66,14 @@ type rowScanner interface {
 // every connection (WAL, busy_timeout, foreign keys, synchronous=NORMAL) and
 // applies any pending schema migrations. It refuses a database whose schema
 // is newer than this binary knows, with an error wrapping ErrSchemaTooNew.
-// The directory containing path must exist.
+// The directory containing path must exist. The database and its -wal and
+// -shm files are private to their owner (0600), whatever the umask.
 func Open(ctx context.Context, path string) (*DB, error) {
 	name, err := dsn(path)
 	if err != nil {
+		return nil, err
+	}
+	if err := makePrivate(path); err != nil {
 		return nil, err
 	}
 	sqlDB, err := sql.Open(driverName, name)

@@ -37,6 +37,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Users", testUsers},
 		{"APIKeys", testAPIKeys},
 		{"APIKeysInvalid", testAPIKeysInvalid},
+		{"APIKeyExpiry", testAPIKeyExpiry},
+		{"ListAPIKeys", testListAPIKeys},
+		{"RevokeAPIKey", testRevokeAPIKey},
+		{"RevokeLastAdminKey", testRevokeLastAdminKey},
+		{"ConcurrentRevokeLastAdminKeys", testConcurrentRevokeLastAdminKeys},
 		{"Images", testImages},
 		{"ImagesReplaceAndDelete", testImagesReplaceAndDelete},
 		{"ImageDefaultsUnverified", testImageDefaultsUnverified},
@@ -157,6 +162,7 @@ func normKey(k store.APIKey) store.APIKey {
 	k.CreatedAt = normTime(k.CreatedAt)
 	k.LastUsedAt = normTime(k.LastUsedAt)
 	k.RevokedAt = normTime(k.RevokedAt)
+	k.ExpiresAt = normTime(k.ExpiresAt)
 	return k
 }
 

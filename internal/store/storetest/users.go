@@ -73,14 +73,17 @@ func testAPIKeys(t *testing.T, s store.Store) {
 	equal(t, "touched key", got, user, normKey)
 	mustFail(t, s.TouchAPIKey(ctx, "k-nobody", at(10)), store.ErrNotFound, "touch a missing key")
 
-	must(t, s.RevokeAPIKey(ctx, admin.ID, at(20)), "revoke")
+	revoked, err := s.RevokeAPIKey(ctx, admin.ID, at(20), store.RevokeOptions{})
+	must(t, err, "revoke")
 	admin.RevokedAt = at(20)
+	equal(t, "revoke's answer", revoked, admin, normKey)
 	got, err = s.GetAPIKey(ctx, admin.ID)
 	must(t, err, "get revoked key")
 	equal(t, "revoked key", got, admin, normKey)
-	mustFail(t, s.RevokeAPIKey(ctx, "k-nobody", at(20)), store.ErrNotFound, "revoke a missing key")
+	_, err = s.RevokeAPIKey(ctx, "k-nobody", at(20), store.RevokeOptions{})
+	mustFail(t, err, store.ErrNotFound, "revoke a missing key")
 
-	keys, err := s.ListAPIKeys(ctx)
+	keys, err := s.ListAPIKeys(ctx, store.APIKeyFilter{})
 	must(t, err, "list keys")
 	equalSet(t, "list keys", keys, []store.APIKey{admin, user, adminOfUser}, apiKeyKey, normKey)
 }
@@ -100,7 +103,13 @@ func testAPIKeysInvalid(t *testing.T, s store.Store) {
 	orphan := newKey("k-orphan", store.ScopeUser, "u-nobody", at(0))
 	mustFail(t, s.CreateAPIKey(ctx, orphan), store.ErrNotFound, "create a key for a missing user")
 
-	keys, err := s.ListAPIKeys(ctx)
+	expired := newKey("k-expired", store.ScopeAdmin, "", at(10))
+	expired.ExpiresAt = at(10)
+	mustFail(t, s.CreateAPIKey(ctx, expired), errdefs.ErrInvalid, "create a key that expires when it is made")
+	expired.ExpiresAt = at(9)
+	mustFail(t, s.CreateAPIKey(ctx, expired), errdefs.ErrInvalid, "create a key that expires before it is made")
+
+	keys, err := s.ListAPIKeys(ctx, store.APIKeyFilter{})
 	must(t, err, "list keys")
 	if len(keys) != 0 {
 		t.Fatalf("rejected keys were stored: %+v", keys)
@@ -124,6 +133,7 @@ func testZeroTimes(t *testing.T, s store.Store) {
 	requireZero(t, "key CreatedAt", gotK.CreatedAt)
 	requireZero(t, "key LastUsedAt", gotK.LastUsedAt)
 	requireZero(t, "key RevokedAt", gotK.RevokedAt)
+	requireZero(t, "key ExpiresAt", gotK.ExpiresAt)
 
 	img := newImage(hexID("00000000", "0"), "zero", time.Time{})
 	must(t, s.PutImage(ctx, img), "put image")
