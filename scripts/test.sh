@@ -13,8 +13,14 @@ else
 fi
 export HEARTH_ARTIFACTS_DIR=${HEARTH_ARTIFACTS_DIR:-$PWD/out/artifacts}
 rm -rf "$HEARTH_ARTIFACTS_DIR"
+# What an earlier, interrupted run left (guests, daemons, namespaces…) goes
+# first; every process of this run carries HEARTH_TEST_RUN, so that at the
+# end anything of this run still there is found, removed and fails it.
+go run ./test/leftovers
+run_id="$$-$(date +%s)"
 rc=0
-go test -race -count=1 -timeout 40m ./... || rc=$?
+HEARTH_TEST_RUN=$run_id go test -race -count=1 -timeout 40m ./... || rc=$?
+go run ./test/leftovers -check -run "$run_id" || rc=1
 # What the end-to-end tests saved (e.g. the viewer's canvas screenshot).
 if [ -d "$HEARTH_ARTIFACTS_DIR" ]; then
   echo "test artifacts in $HEARTH_ARTIFACTS_DIR:"

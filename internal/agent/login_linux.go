@@ -48,6 +48,7 @@ type loginRun struct {
 	stepOut []byte // output since the last answered step
 	step    int    // the next step to answer
 	url     string // the authorization URL once found
+	shown   bool   // the sign-in page is on the guest browser's screen
 }
 
 // runLogin runs req until its credential files are complete, it fails, or
@@ -61,8 +62,25 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 	for _, c := range req.Credentials {
 		r.paths = append(r.paths, expandHome(c.Path, r.home))
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, req.Timeout, errLoginTimeout)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// One deadline at a time: with a SetupTimeout, first the setup's (the
+	// CLI, its prompts, the URL, the browser bringing the page up), then,
+	// from the page on screen, the user's (req.Timeout). Without one,
+	// req.Timeout bounds it all.
+	deadline := time.NewTimer(req.Timeout)
+	if req.SetupTimeout > 0 {
+		deadline.Reset(req.SetupTimeout)
+	}
+	defer deadline.Stop()
+	pageShown := func() {
+		r.mu.Lock()
+		r.shown = true
+		r.mu.Unlock()
+		if req.SetupTimeout > 0 {
+			deadline.Reset(req.Timeout) // no stale expiry since Go 1.23
+		}
+	}
 
 	// The $BROWSER helper: a script that drops the URL into a private
 	// directory the watcher below also watches.
@@ -147,6 +165,8 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 		}
 	}()
 
+	// pageReady says when the sign-in page is on screen (PageCheck).
+	var pageReady chan error
 	// check looks at everything once: prompts, the URL, the files. It
 	// returns the captured files when all are complete.
 	check := func() ([]agentapi.CapturedFile, error) {
@@ -161,6 +181,13 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 					return nil, err
 				}
 				armStep()
+				if req.PageCheck == "" {
+					r.progress(agentapi.LoginProgress{Phase: agentapi.LoginURL, URL: u})
+					pageShown()
+				} else {
+					pageReady = make(chan error, 1)
+					go r.watchPage(ctx, pageReady)
+				}
 			}
 		}
 		return r.captured(), nil
@@ -207,16 +234,66 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 			}
 			return agentapi.LoginResult{}, fmt.Errorf("login: the CLI exited (%s) before its credentials were complete (%s); last output: %q",
 				describeExit(waitErr), r.missing(), r.lastOutput())
-		case <-ctx.Done():
-			if errors.Is(context.Cause(ctx), errLoginTimeout) {
-				return agentapi.LoginResult{}, fmt.Errorf("login: timed out after %s waiting for %s", req.Timeout, r.waitingFor())
+		case err := <-pageReady:
+			pageReady = nil
+			if err != nil {
+				return agentapi.LoginResult{}, fmt.Errorf("login: %w", err)
 			}
+			r.log.Info("login: the sign-in page is on the guest browser's screen")
+			r.progress(agentapi.LoginProgress{Phase: agentapi.LoginURL, URL: r.currentURL()})
+			pageShown()
+		case <-deadline.C:
+			if !r.pageOnScreen() && req.SetupTimeout > 0 {
+				return agentapi.LoginResult{}, fmt.Errorf("login: the sign-in page was not on the guest browser's screen within %s (waiting for %s)",
+					req.SetupTimeout, r.waitingFor())
+			}
+			return agentapi.LoginResult{}, fmt.Errorf("login: timed out after %s waiting for %s", req.Timeout, r.waitingFor())
+		case <-ctx.Done():
 			return agentapi.LoginResult{}, fmt.Errorf("login: %w", ctx.Err())
 		}
 	}
 }
 
-var errLoginTimeout = errors.New("login timed out")
+// pagePollMax bounds the pause between two looks at the guest browser.
+const pagePollMax = time.Second
+
+// watchPage looks at the guest browser until the sign-in page is on its
+// screen (nil on ready) or it shows its error page, or ctx ends.
+func (r *loginRun) watchPage(ctx context.Context, ready chan<- error) {
+	pause := 100 * time.Millisecond
+	for {
+		state, err := checkPage(ctx, r.req.PageCheck)
+		switch state {
+		case pageOnScreen:
+			ready <- nil
+			return
+		case pageError:
+			ready <- errPageFailed
+			return
+		}
+		if err != nil {
+			r.log.Debug("login: the sign-in page is not on screen yet", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, pagePollMax)
+	}
+}
+
+func (r *loginRun) pageOnScreen() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.shown
+}
+
+func (r *loginRun) currentURL() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.url
+}
 
 // browserOpeners are the commands CLIs run to open a URL; in a login they
 // all lead to the agent's helper.
@@ -363,8 +440,8 @@ func (r *loginRun) openURL(ctx context.Context, u string) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("login: open the authorization URL in the guest browser: %v: %s", err, clip(strings.TrimSpace(string(out)), 300))
 	}
-	r.log.Info("login: authorization URL opened in the guest browser")
-	r.progress(agentapi.LoginProgress{Phase: agentapi.LoginURL, URL: u})
+	r.log.Info("login: authorization URL handed to the guest browser")
+	r.progress(agentapi.LoginProgress{Phase: agentapi.LoginOpening, URL: u})
 	return nil
 }
 
@@ -406,6 +483,8 @@ func (r *loginRun) waitingFor() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
+	case r.url != "" && !r.shown:
+		return "the guest browser to show the sign-in page"
 	case r.url != "":
 		return "the user to finish in the browser (no complete credentials yet)"
 	case r.step < len(r.req.Steps):

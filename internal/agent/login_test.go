@@ -6,11 +6,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,7 +33,7 @@ const fakeCLI = `#!/bin/sh
 printf 'Welcome!\n\033[1mChoose a login method:\033[0m\n  1) Browser\n  2) API key\n> '
 read choice
 [ "$choice" = 1 ] || { echo "bad choice: $choice"; exit 3; }
-url="https://auth.invalid/authorize?client_id=fake&state=s123"
+url="${AUTH_URL:-https://auth.invalid/authorize?client_id=fake&state=s123}"
 [ -z "$NO_PRINT" ] && printf 'Open this URL to log in:\n\033[4m%s\033[0m\n' "$url"
 if [ -n "$USE_XDG" ]; then xdg-open "$url"; else "$BROWSER" "$url"; fi
 while [ ! -e "$APPROVED" ]; do sleep 0.05; done
@@ -319,4 +327,129 @@ func TestWriteFile(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "secret-value") || !strings.Contains(err.Error(), "no-such-user-here") {
 		t.Fatalf("unknown user: %v", err)
 	}
+}
+
+// The user's time runs only once the sign-in page is on the guest
+// browser's screen: a real Chromium loads a page whose server takes longer
+// than the whole user timeout to answer, and the login still succeeds; the
+// agent says "opening" first and "url" (awaiting the user) only once the
+// document is there.
+func TestLoginUserTimeStartsWithThePageOnScreen(t *testing.T) {
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("needs Debian's chromium (scripts/host-deps.sh --test installs it)")
+	}
+	const hold = 3 * time.Second
+	var served atomic.Int64 // unix nanos of the answer
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(hold)
+		served.Store(time.Now().UnixNano())
+		fmt.Fprint(w, "<!doctype html><title>Sign in</title><p>Sign in")
+	}))
+	defer srv.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devtools := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(devtools)
+
+	f := newLoginFixture(t)
+	profile := t.TempDir()
+	browser := filepath.Join(f.dir, "chromium-browser")
+	script := "#!/bin/sh\nsetsid " + shellQuote(bin) + " --no-sandbox --headless=new --disable-gpu --no-first-run " +
+		"--disable-background-networking --disable-component-update --disable-sync --disable-dev-shm-usage " +
+		"--user-data-dir=" + shellQuote(profile) + " --remote-debugging-port=" + port + ` "$1" >/dev/null 2>&1 </dev/null &` + "\necho $! > " +
+		shellQuote(filepath.Join(f.dir, "chromium.pid")) + "\n"
+	if err := os.WriteFile(browser, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(f.dir, "chromium.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+			}
+		}
+	})
+	req := f.request(t)
+	req.Env = append(req.Env, "AUTH_URL="+srv.URL+"/authorize?client_id=fake")
+	req.URLPattern = `http://127\.0\.0\.1:\d+/authorize\?\S+`
+	req.Browser = []string{browser}
+	req.Timeout = time.Second // the user's part: shorter than the page takes
+	req.SetupTimeout = 2 * time.Minute
+	req.PageCheck = devtools
+
+	progress := newProgressLog()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.sess.Login(t.Context(), req, progress.add)
+		done <- err
+	}()
+	progress.waitPhase(t, agentapi.LoginOpening)
+	var shown time.Time
+	select {
+	case p := <-waitPhaseAsync(progress, agentapi.LoginURL):
+		shown = time.Now()
+		if !strings.HasPrefix(p.URL, srv.URL+"/authorize") {
+			t.Fatalf("url %q", p.URL)
+		}
+	case err := <-done:
+		t.Fatalf("login ended before the page was on screen: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the page never counted as on screen")
+	}
+	if at := served.Load(); at == 0 || shown.Before(time.Unix(0, at)) {
+		t.Fatalf("awaiting the user before the sign-in page was served")
+	}
+	if err := os.WriteFile(f.approved, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("login failed %s after its start: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("login did not finish")
+	}
+	if took := time.Since(start); took < hold+req.Timeout {
+		t.Fatalf("login took %s: the page was held %s, so the test proves nothing", took, hold)
+	}
+}
+
+// The page never comes up: the setup's deadline ends the login with a
+// reason that says so, not the user's.
+func TestLoginSetupTimeoutNamesThePage(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nothing := ln.Addr().String()
+	ln.Close()
+	f := newLoginFixture(t)
+	req := f.request(t)
+	req.Timeout = time.Minute
+	req.SetupTimeout = 2 * time.Second
+	req.PageCheck = nothing // no browser answers: the page is never on screen
+	_, err = f.sess.Login(t.Context(), req, nil)
+	if err == nil || !strings.Contains(err.Error(), "not on the guest browser's screen within 2s") ||
+		!strings.Contains(err.Error(), "waiting for the guest browser to show the sign-in page") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// waitPhaseAsync delivers the first progress of phase.
+func waitPhaseAsync(p *progressLog, phase string) <-chan agentapi.LoginProgress {
+	ch := make(chan agentapi.LoginProgress, 1)
+	go func() {
+		for x := range p.ch {
+			if x.Phase == phase {
+				ch <- x
+				return
+			}
+		}
+	}()
+	return ch
 }

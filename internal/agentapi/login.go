@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"regexp"
 	"strings"
 	"time"
@@ -80,15 +82,28 @@ type LoginRequest struct {
 	Browser []string `json:"browser"`
 	// Credentials are the files the CLI writes when the login succeeds.
 	Credentials []CredentialFile `json:"credentials"`
-	// Timeout bounds the whole login, including the user's part.
+	// Timeout bounds the user's part of the login: from the sign-in page
+	// on screen to complete credentials. Without SetupTimeout it bounds
+	// the whole login.
 	Timeout time.Duration `json:"timeout_ns"`
+	// SetupTimeout, if set, bounds what comes before the user's part: the
+	// CLI's start and prompts, the URL, and the guest browser bringing the
+	// sign-in page up. The user's time does not run while the guest is
+	// still slow to show the page.
+	SetupTimeout time.Duration `json:"setup_timeout_ns,omitempty"`
+	// PageCheck, if set, is the HOST:PORT of the guest browser's DevTools
+	// HTTP endpoint on the guest's loopback: the page counts as on screen
+	// only once the browser shows an http(s) page there. Without it, the
+	// page counts as on screen when the browser command has run.
+	PageCheck string `json:"page_check,omitempty"`
 }
 
 // Login phases reported in LoginProgress.
 const (
 	LoginStarted     = "started"     // the CLI runs on its PTY
 	LoginPrompt      = "prompt"      // a step's prompt was answered (Step is its index)
-	LoginURL         = "url"         // the authorization URL was found and opened in the guest browser
+	LoginOpening     = "opening"     // the authorization URL was found; the guest browser is loading it
+	LoginURL         = "url"         // the authorization page is on the guest browser's screen
 	LoginCredentials = "credentials" // every credential file is complete; the CLI is finishing
 )
 
@@ -179,6 +194,15 @@ func (r LoginRequest) Validate() error {
 	if r.Timeout <= 0 || r.Timeout > MaxLoginTimeout {
 		return fmt.Errorf("login timeout %v outside (0, %v]", r.Timeout, MaxLoginTimeout)
 	}
+	if r.SetupTimeout < 0 || r.SetupTimeout > MaxLoginTimeout {
+		return fmt.Errorf("login setup timeout %v outside [0, %v]", r.SetupTimeout, MaxLoginTimeout)
+	}
+	if r.PageCheck != "" {
+		host, port, err := net.SplitHostPort(r.PageCheck)
+		if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() || port == "" {
+			return fmt.Errorf("login page check %q is not a loopback HOST:PORT", clipForError(r.PageCheck))
+		}
+	}
 	return nil
 }
 
@@ -200,7 +224,7 @@ func (p LoginProgress) Validate() error {
 		if p.Step < 0 || p.Step >= MaxLoginSteps {
 			return fmt.Errorf("%w: login step %d out of range", ErrProtocol, p.Step)
 		}
-	case LoginURL:
+	case LoginOpening, LoginURL:
 		if p.URL == "" || len(p.URL) > MaxLoginURL || !utf8.ValidString(p.URL) {
 			return fmt.Errorf("%w: bad login url", ErrProtocol)
 		}

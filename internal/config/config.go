@@ -75,6 +75,13 @@ type LoginConfig struct {
 	WorkspaceRole string `toml:"workspace_role"`
 	// Browser opens a URL on the browser VM's screen.
 	Browser []string `toml:"browser"`
+	// SetupTimeout bounds bringing the sign-in page up on the browser
+	// VM's screen; the provider's timeout (the user's time) starts after.
+	SetupTimeout Duration `toml:"setup_timeout"`
+	// PageCheck is the guest browser's DevTools endpoint on the guest's
+	// loopback, through which the agent sees the sign-in page on screen
+	// ("" = the page counts as shown once the browser command ran).
+	PageCheck string `toml:"page_check"`
 	// ProvidersDir holds extra provider definitions (*.yaml, the format of
 	// providers/ in the source); "" = only the built-in ones.
 	ProvidersDir string `toml:"providers_dir"`
@@ -259,6 +266,8 @@ func Default() Config {
 			WorkspaceUser: "hearth",
 			WorkspaceRole: "workspace",
 			Browser:       []string{"/usr/local/bin/hearth-browser"},
+			SetupTimeout:  Duration{5 * time.Minute},
+			PageCheck:     "127.0.0.1:9222",
 		},
 		Vault: VaultConfig{KeyFile: "vault.key"},
 		Viewer: ViewerConfig{
@@ -319,8 +328,9 @@ func (c *Config) applyEnv(env []string) error {
 		"HEARTH_VAULT_KEY_FILE":      &c.Vault.KeyFile,
 	}
 	durations := map[string]*Duration{
-		"HEARTH_BOOT_TIMEOUT": &c.VM.BootTimeout,
-		"HEARTH_STOP_TIMEOUT": &c.VM.StopTimeout,
+		"HEARTH_BOOT_TIMEOUT":        &c.VM.BootTimeout,
+		"HEARTH_STOP_TIMEOUT":        &c.VM.StopTimeout,
+		"HEARTH_LOGIN_SETUP_TIMEOUT": &c.Login.SetupTimeout,
 	}
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
@@ -528,6 +538,15 @@ func (l LoginConfig) validate(bad func(field, format string, args ...any), v VMC
 	}
 	if l.ProvidersDir != "" && !filepath.IsAbs(l.ProvidersDir) {
 		bad("login.providers_dir", "must be an absolute path, got %q", l.ProvidersDir)
+	}
+	if l.SetupTimeout.Duration < 10*time.Second || l.SetupTimeout.Duration > l.Timeout.Duration {
+		bad("login.setup_timeout", "must be 10s-login.timeout (%s), got %s", l.Timeout.Duration, l.SetupTimeout.Duration)
+	}
+	if l.PageCheck != "" {
+		host, port, err := net.SplitHostPort(l.PageCheck)
+		if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() || port == "" {
+			bad("login.page_check", "must be a loopback HOST:PORT in the guest (e.g. 127.0.0.1:9222) or empty, got %q", l.PageCheck)
+		}
 	}
 }
 

@@ -44,6 +44,14 @@ type Config struct {
 	WorkspaceRole string
 	// Browser opens a URL in the browser VM's screen.
 	Browser []string
+	// SetupTimeout bounds bringing the sign-in page up in the browser VM
+	// (from the CLI's start to the page on screen); the provider's own
+	// timeout, the user's time, runs only from then on.
+	SetupTimeout time.Duration
+	// PageCheck is the guest browser's DevTools endpoint (HOST:PORT on the
+	// guest's loopback) through which the agent sees the page on screen;
+	// "" counts the page as shown once the browser command has run.
+	PageCheck string
 }
 
 // VMs is what logins need of the lifecycle manager (*vm.Manager).
@@ -372,6 +380,10 @@ func (s *Service) attempt(ctx context.Context, l *store.Login, p provider.Provid
 // onProgress records what the guest reported.
 func (s *Service) onProgress(l *store.Login, p agentapi.LoginProgress) {
 	switch p.Phase {
+	case agentapi.LoginOpening:
+		if nl, err := s.update(l.ID, "the guest browser is loading the provider's sign-in page", func(x *store.Login) {}); err == nil {
+			*l = nl
+		}
 	case agentapi.LoginURL:
 		if nl, err := s.update(l.ID, "the provider's sign-in page is open in the browser vm", func(x *store.Login) {
 			x.State = store.LoginAwaitingUser
@@ -583,6 +595,8 @@ func loginRequest(p provider.Provider, cfg Config) agentapi.LoginRequest {
 	if req.Timeout <= 0 || req.Timeout > cfg.TTL {
 		req.Timeout = cfg.TTL
 	}
+	req.SetupTimeout = min(cfg.SetupTimeout, cfg.TTL)
+	req.PageCheck = cfg.PageCheck
 	return req
 }
 

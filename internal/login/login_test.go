@@ -71,6 +71,7 @@ type guestLogin struct {
 func (g *guestLogin) run(ctx context.Context, vmID string, req agentapi.LoginRequest, progress func(agentapi.LoginProgress)) (agentapi.LoginResult, error) {
 	g.reqs <- req
 	progress(agentapi.LoginProgress{Phase: agentapi.LoginStarted})
+	progress(agentapi.LoginProgress{Phase: agentapi.LoginOpening, URL: "http://auth.invalid/authorize?client_id=fake"})
 	progress(agentapi.LoginProgress{Phase: agentapi.LoginURL, URL: "http://auth.invalid/authorize?client_id=fake"})
 	select {
 	case <-g.approve:
@@ -144,6 +145,7 @@ func newFixture(t *testing.T, ttl time.Duration) *fixture {
 	svc = login.New(login.Config{
 		BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: ttl,
 		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"},
+		SetupTimeout: 30 * time.Second, PageCheck: "127.0.0.1:9222",
 	}, login.Deps{Store: st, VMs: f.mgr, Vault: testSealer{st}, Providers: reg, Viewers: f.viewers, Events: f.mgr.Bus(), Log: log})
 	f.svc = svc
 	if err := f.mgr.Start(ctx); err != nil {
@@ -216,6 +218,11 @@ func TestLoginCompletes(t *testing.T) {
 	req := <-f.guest.reqs
 	if req.User != "hearth" || req.Argv[0] != "fakeprovider" || len(req.Steps) != 1 || req.Credentials[0].Path != "~/.fake/credentials.json" {
 		t.Fatalf("login request %+v", req)
+	}
+	// The user's time (the provider's 2m, capped at the login's TTL) is apart
+	// from the setup's.
+	if req.SetupTimeout != 30*time.Second || req.PageCheck != "127.0.0.1:9222" || req.Timeout != time.Minute {
+		t.Fatalf("login request timeouts: setup %s, user %s, page check %q", req.SetupTimeout, req.Timeout, req.PageCheck)
 	}
 	awaiting := f.waitState(l.ID, store.LoginAwaitingUser)
 	if awaiting.BrowserVMID == "" {

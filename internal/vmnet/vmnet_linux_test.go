@@ -2,8 +2,6 @@ package vmnet
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -21,6 +19,7 @@ import (
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // env is a Service in a network namespace made for the test.
@@ -40,9 +39,7 @@ func newEnv(t *testing.T) *env {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("needs the nft binary to read the ruleset back (apt-get install nftables)")
 	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "hvmnet-" + hex.EncodeToString(b)
+	name := testrun.NetnsName("vmnet")
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
 	"github.com/hearth-project/hearth/internal/vmm/vmmtest"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // TestQEMUDriverConformance runs the driver conformance suite (vmm/vmmtest)
@@ -24,7 +25,7 @@ func TestQEMUDriverConformance(t *testing.T) {
 		t.Fatalf("host TSC frequency (TCG guests need it): %v", err)
 	}
 	// Short: the VM's Unix sockets live in its directory.
-	vms, err := os.MkdirTemp("", "hvmt-")
+	vms, err := testrun.TempDir("vmt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ var builtImage = regexp.MustCompile(`(?m)^image \S+ [0-9a-f]+: (.+) \((?:built|c
 // finds it in the shared e2e image cache, and returns its directory.
 func minimalImage(t *testing.T) string {
 	t.Helper()
-	state, err := os.MkdirTemp("", "hvmt-state-")
+	state, err := testrun.TempDir("img")
 	if err != nil {
 		t.Fatal(err)
 	}

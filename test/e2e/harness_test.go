@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 var (
@@ -34,12 +35,22 @@ func run(m *testing.M) int {
 		skipWhy = "e2e tests need root (QEMU guests, VM state under a private dir); run 'sudo make test'"
 		return m.Run()
 	}
-	tmp, err := os.MkdirTemp("", "hearth-e2e-")
+	// Whatever ends this binary — a failure, a signal, -timeout — every
+	// guest, daemon, namespace and directory it made goes with it, and a
+	// run that left any fails (test/testrun).
+	stop := testrun.Guard()
+	tmp, err := testrun.TempDir("e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
+	code := runIn(m, tmp)
+	stop()
+	_ = os.RemoveAll(tmp)
+	return testrun.Finish(code)
+}
+
+func runIn(m *testing.M, tmp string) int {
 	binDir = filepath.Join(tmp, "bin")
 	cacheDir = envOr("HEARTH_TEST_CACHE_DIR", "/var/cache/hearth")
 	imageDir = filepath.Join(cacheDir, "e2e-images")
@@ -129,7 +140,7 @@ func newDaemon(t *testing.T, extraEnv ...string) *daemon {
 	t.Helper()
 	needRoot(t)
 	// Short socket paths: VM sockets live under the state dir.
-	state, err := os.MkdirTemp("", "he2e-")
+	state, err := testrun.TempDir("d")
 	if err != nil {
 		t.Fatal(err)
 	}

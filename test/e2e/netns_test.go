@@ -2,23 +2,20 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/hearth-project/hearth/test/netnstest"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // newNetns creates a network namespace with loopback up and deletes it
 // when the test ends. Every address a test uses lives in such namespaces.
 func newNetns(t *testing.T) string {
 	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "he2e-" + hex.EncodeToString(b)
+	name := testrun.NetnsName("e2e")
 	sh(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
 	sh(t, "ip", "-n", name, "link", "set", "lo", "up")

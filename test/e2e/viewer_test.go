@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // TestViewerInChromium is the user's path: a browser VM under QEMU, a
@@ -136,7 +137,7 @@ func newChromium(t *testing.T, bin string) context.Context {
 	t.Helper()
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(bin),
-		chromedp.UserDataDir(t.TempDir()),
+		chromedp.UserDataDir(testrun.MustTempDir(t, "chromium")),
 		chromedp.Flag("headless", true),
 		chromedp.NoSandbox, // root in CI
 		chromedp.DisableGPU,

@@ -21,6 +21,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/firecracker/fctest"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // bin holds the fake built once, static (it must run in a chroot), under
@@ -30,7 +31,8 @@ var bin struct {
 }
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fakefc-bin-")
+	stop := testrun.Guard()
+	dir, err := testrun.TempDir("ffcbin")
 	if err != nil {
 		panic(err)
 	}
@@ -51,14 +53,15 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	stop()
 	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testrun.Finish(code))
 }
 
 // shortDir is a temporary directory short enough for Unix socket paths.
 func shortDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "ffc")
+	dir, err := testrun.TempDir("ffc")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
 	"github.com/hearth-project/hearth/internal/vmm/vmmtest"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // TestFakeFirecrackerConformance runs the driver conformance suite against
@@ -79,7 +80,7 @@ func TestFirecrackerConformance(t *testing.T) {
 			return d
 		},
 		Spec: func(t *testing.T, id string) vmm.Spec {
-			dir, err := os.MkdirTemp("", "hfc-")
+			dir, err := testrun.TempDir("fc")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -19,6 +19,7 @@ import (
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/firecracker/fctest"
 	"github.com/hearth-project/hearth/internal/vmm/proc"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // Binaries built once for the tests that run the driver against the fake
@@ -31,7 +32,10 @@ var (
 
 func TestMain(m *testing.M) {
 	fctest.MaybeGuestInit()
-	dir, err := os.MkdirTemp("", "hfc-bin-")
+	// Fake Firecrackers outlive a killed test binary unless removed:
+	// testrun removes them on a signal or a near -timeout.
+	stop := testrun.Guard()
+	dir, err := testrun.TempDir("fcbin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -39,8 +43,9 @@ func TestMain(m *testing.M) {
 	fakeFC, agentBin = filepath.Join(dir, "firecracker"), filepath.Join(dir, "hearth-agent")
 	buildErr = build(map[string]string{fakeFC: "./test/fakefirecracker", agentBin: "./cmd/hearth-agent"})
 	code := m.Run()
+	stop()
 	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testrun.Finish(code))
 }
 
 func build(outs map[string]string) error {
@@ -80,7 +85,7 @@ func fakeSpec(t *testing.T, id string) vmm.Spec {
 	}
 	writeSparseImage(t, spec.Rootfs)
 	// Short: sockets live in the VM dir.
-	dir, err := os.MkdirTemp("", "hfc-")
+	dir, err := testrun.TempDir("fc")
 	if err != nil {
 		t.Fatal(err)
 	}

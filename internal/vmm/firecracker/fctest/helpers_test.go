@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // TestMain lets the test binary stand in for the guest agent: the server
@@ -24,7 +26,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 2 && os.Args[1] == "-listen" {
 		os.Exit(FakeAgentMain(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	os.Exit(testrun.Main(m))
 }
 
 // testServer is a Server with a client for its API socket.
@@ -58,7 +60,7 @@ func (b *syncBuffer) String() string {
 // sockets (t.TempDir's can exceed their 108 bytes).
 func shortTempDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "fct")
+	dir, err := testrun.TempDir("fct")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,153 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// chromium starts Debian's Chromium, headless, on url with its DevTools
+// endpoint on a free loopback port, and returns that HOST:PORT.
+func chromium(t *testing.T, url string) string {
+	t.Helper()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("needs Debian's chromium (scripts/host-deps.sh --test installs it)")
+	}
+	dir := t.TempDir()
+	args := []string{"--headless=new", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+		"--user-data-dir=" + dir, "--remote-debugging-port=0", url}
+	if os.Geteuid() == 0 {
+		args = append([]string{"--no-sandbox"}, args...)
+	}
+	cmd := exec.Command(bin, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// Chromium writes the port it chose into DevToolsActivePort.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "DevToolsActivePort"))
+		if port, _, ok := strings.Cut(string(b), "\n"); err == nil && ok && port != "" {
+			return "127.0.0.1:" + port
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("chromium never opened its DevTools endpoint")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitPage looks at the browser until it reports want, or fails the test.
+func waitPage(t *testing.T, addr string, want pageState, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var last pageState
+	var lastErr error
+	for time.Now().Before(deadline) {
+		if last, lastErr = checkPage(context.Background(), addr); last == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("page state %d, want %d (last error: %v)", last, want, lastErr)
+}
+
+// TestCheckPageWaitsForTheDocument holds the sign-in page's answer: the
+// browser already lists the page under its URL (the navigation is
+// pending), but the page is not on screen until the server answers.
+func TestCheckPageWaitsForTheDocument(t *testing.T) {
+	release := make(chan struct{})
+	requested := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/authorize" {
+			http.NotFound(w, r)
+			return
+		}
+		select {
+		case requested <- struct{}{}:
+		default:
+		}
+		<-release
+		fmt.Fprint(w, "<!doctype html><title>Sign in</title><p>Sign in to the fake provider")
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	addr := chromium(t, srv.URL+"/authorize?client_id=fake")
+	select {
+	case <-requested:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("chromium never asked for the page")
+	}
+	// The navigation is pending: /json/list may already show its URL.
+	for range 5 {
+		if st, err := checkPage(context.Background(), addr); st != pageNotYet {
+			t.Fatalf("page reported %d (err %v) while its server still holds the answer", st, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(release)
+	waitPage(t, addr, pageOnScreen, time.Minute)
+}
+
+// TestCheckPageSeesTheErrorPage: a sign-in page that cannot load (nothing
+// listens) is Chromium's error page, which fails the login at once.
+func TestCheckPageSeesTheErrorPage(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	addr := chromium(t, "http://"+dead+"/authorize")
+	waitPage(t, addr, pageError, time.Minute)
+}
+
+// TestCheckPageBrowserNotUp: nothing listens at the endpoint yet.
+func TestCheckPageBrowserNotUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if st, err := checkPage(context.Background(), addr); st != pageNotYet || err == nil {
+		t.Fatalf("got %d, %v; want not yet, with the dial error", st, err)
+	}
+}
+
+// TestTargetPath: only DevTools paths of ws:// URLs are followed, and only
+// on the endpoint that was asked.
+func TestTargetPath(t *testing.T) {
+	for _, tc := range []struct {
+		ws, want string
+		ok       bool
+	}{
+		{"ws://127.0.0.1:9222/devtools/page/AB", "/devtools/page/AB", true},
+		{"ws://127.0.0.1/devtools/page/AB", "/devtools/page/AB", true},
+		{"ws://127.0.0.1:9222/other", "", false},
+		{"ws://127.0.0.1:9222", "", false},
+		{"http://127.0.0.1:9222/devtools/page/AB", "", false},
+	} {
+		got, err := targetPath(tc.ws)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("targetPath(%q) = %q, %v", tc.ws, got, err)
+		}
+	}
+}
