@@ -21,6 +21,7 @@ import (
 	apispec "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/httplimit"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
@@ -32,6 +33,8 @@ import (
 
 type fixture struct {
 	t      *testing.T
+	dir    string             // holds the database, hearth.db
+	conns  *httplimit.Limiter // with limits only
 	srv    *httptest.Server
 	api    *api.Server
 	st     store.Store
@@ -48,7 +51,11 @@ type fixture struct {
 	logs   *syncBuffer
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { t.Helper(); return newFixtureWith(t, nil) }
+
+// newFixtureWith serves the API on the daemon's HTTP server stack with
+// limits, if not nil (else on a plain test server).
+func newFixtureWith(t *testing.T, limits *httplimit.Config) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -132,7 +139,18 @@ func newFixture(t *testing.T) *fixture {
 	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "test",
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
 			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
-	srv := httptest.NewServer(a.Handler())
+	var srv *httptest.Server
+	var conns *httplimit.Limiter
+	if limits == nil {
+		srv = httptest.NewServer(a.Handler())
+	} else {
+		a.WriteTimeout = limits.WriteTimeout
+		hs, lim := limits.Server(a.Handler(), log)
+		srv = httptest.NewUnstartedServer(nil)
+		srv.Config, srv.Listener = hs, lim.Listener(srv.Listener)
+		srv.Start()
+		conns = lim
+	}
 	t.Cleanup(srv.Close)
 
 	loader := openapi3.NewLoader()
@@ -148,7 +166,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
+	return &fixture{t: t, dir: dir, srv: srv, conns: conns, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
 		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs}
 }
