@@ -68,9 +68,22 @@ func checkOpenFiles(cfg config.Config) Check {
 	}
 	want := openFilesWanted(cfg.API)
 	detail := fmt.Sprintf("limit %d (hard %d); api.max_connections %d needs %d", lim.Cur, lim.Max, cfg.API.MaxConnections, want)
-	if lim.Max >= want || unix.Geteuid() == 0 {
+	if lim.Max >= want {
 		return ok("open files", detail)
+	}
+	if canRaiseHardLimits() {
+		return ok("open files", detail+"; hearth serve raises the hard limit (CAP_SYS_RESOURCE)")
 	}
 	return warn("open files", detail+": a flood of connections could exhaust descriptors",
 		fmt.Sprintf("raise the hard limit (systemd: LimitNOFILE=%d) or lower api.max_connections", want))
+}
+
+// canRaiseHardLimits reports whether this process has CAP_SYS_RESOURCE.
+func canRaiseHardLimits() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[unix.CAP_SYS_RESOURCE/32].Effective&(1<<(unix.CAP_SYS_RESOURCE%32)) != 0
 }
