@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/test/connflood"
 )
 
 var (
@@ -26,6 +27,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	connflood.Helper() // a flood helper process (clients_test.go) runs only that
 	os.Exit(run(m))
 }
 
