@@ -22,6 +22,7 @@ import (
 	apispec "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/httplimit"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
@@ -33,6 +34,8 @@ import (
 
 type fixture struct {
 	t      *testing.T
+	dir    string             // holds the database, hearth.db
+	conns  *httplimit.Limiter // with limits only
 	srv    *httptest.Server
 	api    *api.Server
 	st     store.Store
@@ -57,7 +60,11 @@ type testClock struct{ offset atomic.Int64 }
 func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { t.Helper(); return newFixtureWith(t, nil) }
+
+// newFixtureWith serves the API on the daemon's HTTP server stack with
+// limits, if not nil (else on a plain test server).
+func newFixtureWith(t *testing.T, limits *httplimit.Config) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -143,7 +150,18 @@ func newFixture(t *testing.T) *fixture {
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
 			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
 	t.Cleanup(func() { _ = a.Verifier.Close(context.Background()) }) // before the store closes
-	srv := httptest.NewServer(a.Handler())
+	var srv *httptest.Server
+	var conns *httplimit.Limiter
+	if limits == nil {
+		srv = httptest.NewServer(a.Handler())
+	} else {
+		a.WriteTimeout = limits.WriteTimeout
+		hs, lim := limits.Server(a.Handler(), log)
+		srv = httptest.NewUnstartedServer(nil)
+		srv.Config, srv.Listener = hs, lim.Listener(srv.Listener)
+		srv.Start()
+		conns = lim
+	}
 	t.Cleanup(srv.Close)
 
 	loader := openapi3.NewLoader()
@@ -159,7 +177,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
+	return &fixture{t: t, dir: dir, srv: srv, conns: conns, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
 		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs, clock: clock, dbPath: dir + "/hearth.db"}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
@@ -41,6 +42,8 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // that knows HTTP status codes for domain errors.
 func classify(err error) (int, string) {
 	switch {
+	case errors.Is(err, errBodyTimeout):
+		return http.StatusRequestTimeout, "request_timeout"
 	case errors.Is(err, errdefs.ErrInvalid):
 		return http.StatusBadRequest, "invalid_argument"
 	case errors.Is(err, errdefs.ErrNotFound):
@@ -94,6 +97,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return errdefs.Invalidf("request body must hold a single JSON object")
 	}
+	bodyRead(w)
 	return nil
 }
 
@@ -106,6 +110,7 @@ func decodeJSONOptional(w http.ResponseWriter, r *http.Request, v any) error {
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	br := bufio.NewReader(r.Body)
 	if _, err := br.Peek(1); err == io.EOF {
+		bodyRead(w)
 		return nil
 	}
 	r.Body = struct {
@@ -120,6 +125,8 @@ func jsonError(err error) error {
 	var typ *json.UnmarshalTypeError
 	var big *http.MaxBytesError
 	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errBodyTimeout
 	case errors.Is(err, io.EOF):
 		return errdefs.Invalidf("request body is empty; expected a JSON object")
 	case errors.As(err, &syn):

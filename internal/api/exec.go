@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/vm"
 )
@@ -26,7 +27,7 @@ type execResponse struct {
 	DurationMS      int64  `json:"duration_ms"`
 }
 
-const maxExecTimeout = 10 * time.Minute
+const maxExecTimeoutSeconds = int(agentapi.MaxExecTimeout / time.Second)
 
 // execVM runs a command in a ready VM through its agent and answers with
 // its exit code and output.
@@ -40,21 +41,17 @@ func (s *Server) execVM(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		s.fail(w, r, errdefs.Invalidf("argv must name a command"))
+	// Range first: timeout_seconds * time.Second must not overflow.
+	if req.TimeoutSeconds < 0 || req.TimeoutSeconds > maxExecTimeoutSeconds {
+		s.fail(w, r, errdefs.Invalidf("timeout_seconds must be 0 (the default, %d) to %d, got %d",
+			int(agentapi.DefaultExecTimeout/time.Second), maxExecTimeoutSeconds, req.TimeoutSeconds))
 		return
 	}
-	timeout := 30 * time.Second
-	if req.TimeoutSeconds < 0 || time.Duration(req.TimeoutSeconds)*time.Second > maxExecTimeout {
-		s.fail(w, r, errdefs.Invalidf("timeout_seconds must be between 1 and %d", int(maxExecTimeout.Seconds())))
-		return
-	}
+	// The rest (argv, env, dir, stdin) is checked by the manager with the
+	// agent protocol's own validation.
+	timeout := agentapi.DefaultExecTimeout
 	if req.TimeoutSeconds > 0 {
 		timeout = time.Duration(req.TimeoutSeconds) * time.Second
-	}
-	if len(req.Stdin) > 64<<10 {
-		s.fail(w, r, errdefs.Invalidf("stdin is limited to 64 KiB"))
-		return
 	}
 	res, err := s.VMs.Exec(r.Context(), v.ID, vm.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir,
 		Timeout: timeout, Stdin: []byte(req.Stdin)})

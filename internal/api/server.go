@@ -38,6 +38,9 @@ type Server struct {
 	ViewerOptions ViewerOptions
 	// Logins runs provider logins; nil disables the login routes (503).
 	Logins *login.Service
+	// WriteTimeout bounds delivering a response once the handler starts
+	// to answer, and each write of a stream (limits.go); 0: unbounded.
+	WriteTimeout time.Duration
 }
 
 // Route is one registered route, for the spec-conformance test. Public
@@ -132,7 +135,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", s.authenticate(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
 	}))
-	return s.logRequests(s.recoverPanics(mux))
+	return s.logRequests(s.bound(s.recoverPanics(mux)))
 }
 
 type statusRecorder struct {
@@ -229,7 +232,7 @@ func (s *Server) authenticate(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if err != nil {
-			s.internalError(w, r, err)
+			s.fail(w, r, err) // a busy or full store is a 503
 			return
 		}
 		next(w, r.WithContext(auth.WithIdentity(r.Context(), id)))
@@ -287,7 +290,7 @@ type imageJSON struct {
 func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 	imgs, err := s.Store.ListImages(r.Context())
 	if err != nil {
-		s.internalError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	out := make([]imageJSON, 0, len(imgs))

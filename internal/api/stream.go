@@ -92,11 +92,14 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		for f != nil {
 			n, err := f.ReadAt(buf, offset)
 			if n > 0 {
+				s.armWrite(rc)
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return
 				}
 				offset += int64(n)
-				_ = rc.Flush()
+				if rc.Flush() != nil {
+					return
+				}
 			}
 			if err != nil || n == 0 {
 				break
@@ -180,6 +183,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 		}
 		b, _ := json.Marshal(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
 			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message})
+		s.armWrite(rc)
 		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.ID, e.Type, b); err != nil {
 			return false
 		}
@@ -204,7 +208,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 			}
 		}
 	}
-	keepalive := time.NewTicker(15 * time.Second)
+	keepalive := time.NewTicker(sseKeepalive)
 	defer keepalive.Stop()
 	for {
 		// Subscribe before replaying so nothing falls between the two.
@@ -220,6 +224,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 				sub.Close()
 				return
 			case <-keepalive.C:
+				s.armWrite(rc)
 				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
 					sub.Close()
 					return

@@ -93,11 +93,13 @@ func (s *Server) createViewer(w http.ResponseWriter, r *http.Request) {
 	}
 	ttl := s.ViewerOptions.DefaultTTL
 	if req.TTLSeconds != 0 {
-		ttl = time.Duration(req.TTLSeconds) * time.Second
-		if req.TTLSeconds < 1 || ttl > s.ViewerOptions.MaxTTL {
-			s.fail(w, r, errdefs.Invalidf("ttl_seconds must be 1-%d, got %d", int(s.ViewerOptions.MaxTTL/time.Second), req.TTLSeconds))
+		// Range first: ttl_seconds * time.Second must not overflow.
+		maxTTL := int(s.ViewerOptions.MaxTTL / time.Second)
+		if req.TTLSeconds < 1 || req.TTLSeconds > maxTTL {
+			s.fail(w, r, errdefs.Invalidf("ttl_seconds must be 1-%d, got %d", maxTTL, req.TTLSeconds))
 			return
 		}
+		ttl = time.Duration(req.TTLSeconds) * time.Second
 	}
 	v, ok := s.lookup(w, r)
 	if !ok {

@@ -113,8 +113,14 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.Invalidf("user is required: this admin key belongs to no user"))
 		return
 	}
+	// Range first: boot_timeout_seconds * time.Second must not overflow
+	// (the manager bounds it by vm.max_boot_timeout).
 	if req.BootTimeoutSeconds < 0 {
 		s.fail(w, r, errdefs.Invalidf("boot_timeout_seconds must not be negative"))
+		return
+	}
+	if req.BootTimeoutSeconds > maxSeconds {
+		s.fail(w, r, errdefs.Invalidf("boot_timeout_seconds must be at most %d, got %d", maxSeconds, req.BootTimeoutSeconds))
 		return
 	}
 	// The VM's lifetime belongs to the manager; the request only asks.
@@ -161,7 +167,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	}
 	vms, err := s.VMs.List(r.Context(), f)
 	if err != nil {
-		s.internalError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	out := make([]vmJSON, 0, len(vms))
@@ -208,7 +214,28 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 const (
 	defaultWait = 60 * time.Second
 	maxWait     = 10 * time.Minute
+	// maxSeconds bounds every *_seconds field before it becomes a
+	// time.Duration (a day: more than any limit hearth allows).
+	maxSeconds = 24 * 60 * 60
 )
+
+// parseWaitTimeout reads ?timeout= as a duration ("90s") or a number of
+// seconds, within (0, maxWait].
+func parseWaitTimeout(t string) (time.Duration, error) {
+	bad := errdefs.Invalidf("timeout must be a duration from 1s to %s like 60s, or seconds, got %q", maxWait, t)
+	d, err := time.ParseDuration(t)
+	if err != nil {
+		secs, serr := strconv.ParseInt(t, 10, 64)
+		if serr != nil || secs <= 0 || secs > int64(maxWait/time.Second) {
+			return 0, bad
+		}
+		d = time.Duration(secs) * time.Second
+	}
+	if d <= 0 || d > maxWait {
+		return 0, bad
+	}
+	return d, nil
+}
 
 func (s *Server) waitVM(w http.ResponseWriter, r *http.Request) {
 	v, ok := s.lookup(w, r)
@@ -226,17 +253,9 @@ func (s *Server) waitVM(w http.ResponseWriter, r *http.Request) {
 	}
 	timeout := defaultWait
 	if t := q.Get("timeout"); t != "" {
-		d, err := time.ParseDuration(t)
+		d, err := parseWaitTimeout(t)
 		if err != nil {
-			secs, serr := strconv.Atoi(t)
-			if serr != nil {
-				s.fail(w, r, errdefs.Invalidf("timeout must be a duration like 60s, got %q", t))
-				return
-			}
-			d = time.Duration(secs) * time.Second
-		}
-		if d <= 0 || d > maxWait {
-			s.fail(w, r, errdefs.Invalidf("timeout must be between 1s and %s, got %s", maxWait, d))
+			s.fail(w, r, err)
 			return
 		}
 		timeout = d

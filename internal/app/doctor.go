@@ -102,6 +102,7 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 		}
 		out = append(out, ok("viewer", detail))
 	}
+	out = append(out, checkOpenFiles(cfg))
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
 			out = append(out, ok("listen", cfg.Listen+" (loopback only)"))

@@ -142,6 +142,10 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		log.Warn("viewer page unavailable", "err", vopts.AssetsErr)
 	}
 
+	if n, err := raiseOpenFiles(openFilesWanted(cfg.API)); err != nil || n < openFilesWanted(cfg.API) {
+		log.Warn("open-files limit below what api.max_connections needs (hearth doctor)", "limit", n,
+			"want", openFilesWanted(cfg.API), "err", err)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
@@ -152,15 +156,13 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
 	verifier := &auth.Verifier{Keys: st, Now: time.Now, Log: log.With("component", "auth")}
-	srv := &http.Server{
-		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
-			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins}).Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-	}
+	srv, conns := newHTTPServer(cfg.API, (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
+		Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
+		WriteTimeout: cfg.API.WriteTimeout.Duration}).Handler(), log)
+	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 	srv.RegisterOnShutdown(cancelBase)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(conns.Listener(ln)) }()
 	log.Info("hearth listening", "addr", ln.Addr().String(), "version", Version, "driver", drv.Name(),
 		"accel", drv.Capabilities().Accel, "state_dir", cfg.StateDir)
 

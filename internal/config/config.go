@@ -48,6 +48,7 @@ type Config struct {
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
 
+	API         APIConfig         `toml:"api"`
 	VM          VMConfig          `toml:"vm"`
 	QEMU        QEMUConfig        `toml:"qemu"`
 	Firecracker FirecrackerConfig `toml:"firecracker"`
@@ -219,6 +220,7 @@ func Default() Config {
 		ImageDir: "", // StateDir/images
 		CacheDir: "/var/cache/hearth",
 		LogLevel: "info",
+		API:      defaultAPI(),
 		VM: VMConfig{
 			Driver:           "qemu",
 			DefaultVCPUs:     1,
@@ -503,6 +505,7 @@ func (c Config) Validate() error {
 	if c.QEMU.Img == "" {
 		bad("qemu.qemu_img", "must not be empty")
 	}
+	c.API.validate(bad)
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
 	c.Login.validate(bad, c.VM)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/errdefs"
@@ -65,13 +66,38 @@ func (a *agentSession) relay() {
 
 func (a *agentSession) Events() <-chan AgentEvent { return a.events }
 
+// agentRequest is req in the agent protocol's terms.
+func (req ExecRequest) agentRequest() agentapi.ExecRequest {
+	return agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, Timeout: req.Timeout, Stdin: req.Stdin}
+}
+
+// Validate checks req with the agent protocol's own rules (the ones the
+// guest applies too), as an ErrInvalid whose message names the field.
+func (req ExecRequest) Validate() error {
+	if err := req.agentRequest().Validate(); err != nil {
+		return errdefs.Invalidf("%s", strings.TrimPrefix(err.Error(), "exec "))
+	}
+	return nil
+}
+
 func (a *agentSession) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
-	r, err := a.s.Exec(ctx, agentapi.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Dir, Timeout: req.Timeout, Stdin: req.Stdin})
+	r, err := a.s.Exec(ctx, req.agentRequest())
 	var remote *agentapi.RemoteError
 	if errors.As(err, &remote) {
 		// The guest could not start it (not found, bad dir, too busy):
 		// the caller's mistake or a busy guest, said by the guest.
 		return ExecResult{}, errdefs.Invalidf("guest: %s", remote.Message)
+	}
+	if err != nil && ctx.Err() == nil {
+		if a.s.Err() != nil {
+			// The guest went away (rebooted, crashed, broke the
+			// protocol) while the command was in flight.
+			return ExecResult{}, fmt.Errorf("%w: %w", errdefs.Unavailablef(
+				"the guest agent's session ended before the command's result arrived; whether it ran is unknown"), err)
+		}
+		if errors.Is(err, agentapi.ErrProtocol) || errors.Is(err, agentapi.ErrMalformed) {
+			return ExecResult{}, fmt.Errorf("%w: %w", errdefs.Unavailablef("the guest agent sent an invalid exec result"), err)
+		}
 	}
 	if err != nil {
 		return ExecResult{}, err

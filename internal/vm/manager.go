@@ -337,15 +337,15 @@ func (m *Manager) Delete(ctx context.Context, id string) (store.VM, error) {
 // Exec runs a command in a ready VM through its agent. The command's
 // lifetime is bounded by req.Timeout inside the guest and by ctx here.
 func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
+	if err := req.Validate(); err != nil {
+		return ExecResult{}, err
+	}
 	v, err := m.Get(ctx, id)
 	if err != nil {
 		return ExecResult{}, err
 	}
 	if v.State != store.StateReady {
 		return ExecResult{}, errdefs.Conflictf("vm %s is %s; exec needs a ready vm", id, v.State)
-	}
-	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		return ExecResult{}, errdefs.Invalidf("argv must name a command")
 	}
 	sess := m.awaitSession(ctx, id, sessionWait)
 	if sess == nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/test/connflood"
 	"github.com/hearth-project/hearth/test/testrun"
 )
 
@@ -27,6 +28,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	connflood.Helper() // a flood helper process (clients_test.go) runs only that
 	os.Exit(run(m))
 }
 

@@ -76,7 +76,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := makePrivate(path); err != nil {
 		return nil, err
 	}
-	sqlDB, err := sql.Open(driverName, name)
+	sqlDB, err := openDB(name) // errors classified (unavailable.go)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
