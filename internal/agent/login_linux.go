@@ -49,6 +49,7 @@ type loginRun struct {
 	step    int    // the next step to answer
 	url     string // the authorization URL once found
 	shown   bool   // the sign-in page is on the guest browser's screen
+	pageErr error  // why the last look at the guest browser saw no page
 }
 
 // runLogin runs req until its credential files are complete, it fails, or
@@ -232,8 +233,8 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 			if files, _ := check(); files != nil {
 				return agentapi.LoginResult{Files: files, ExitCode: exitCode(cmd), Duration: time.Since(start)}, nil
 			}
-			return agentapi.LoginResult{}, fmt.Errorf("login: the CLI exited (%s) before its credentials were complete (%s); last output: %q",
-				describeExit(waitErr), r.missing(), r.lastOutput())
+			return agentapi.LoginResult{}, fmt.Errorf("login: the CLI exited (%s) before its credentials were complete (%s) while waiting for %s; last output: %q",
+				describeExit(waitErr), r.missing(), r.waitingFor(), r.lastOutput())
 		case err := <-pageReady:
 			pageReady = nil
 			if err != nil {
@@ -271,6 +272,9 @@ func (r *loginRun) watchPage(ctx context.Context, ready chan<- error) {
 			ready <- errPageFailed
 			return
 		}
+		r.mu.Lock()
+		r.pageErr = err
+		r.mu.Unlock()
 		if err != nil {
 			r.log.Debug("login: the sign-in page is not on screen yet", "err", err)
 		}
@@ -483,6 +487,8 @@ func (r *loginRun) waitingFor() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
+	case r.url != "" && !r.shown && r.pageErr != nil:
+		return fmt.Sprintf("the guest browser to show the sign-in page (last look: %s)", clip(r.pageErr.Error(), 200))
 	case r.url != "" && !r.shown:
 		return "the guest browser to show the sign-in page"
 	case r.url != "":

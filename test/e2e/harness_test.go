@@ -285,7 +285,7 @@ func (d *daemon) cleanup() {
 		}
 	}
 	if t.Failed() {
-		t.Logf("daemon log:\n%s", tail(d.log(), 8000))
+		t.Logf("daemon log (but its request lines):\n%s", tail(withoutRequests(d.log()), 8000))
 	}
 	_ = os.RemoveAll(d.stateDir)
 }
@@ -321,4 +321,15 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// withoutRequests drops the daemon log's per-request lines.
+func withoutRequests(log string) string {
+	var b strings.Builder
+	for line := range strings.Lines(log) {
+		if !strings.Contains(line, `"msg":"http request"`) {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -104,6 +106,7 @@ func TestLoginEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	keepBrowserConsole(t, d, l.ID)
 	if ws, err = d.alice.WaitVM(ctx, ws.ID, "ready", 8*time.Minute); err != nil {
 		t.Fatalf("workspace not ready: %v", err)
 	}
@@ -166,6 +169,60 @@ func TestLoginEndToEnd(t *testing.T) {
 	}
 }
 
+// keepBrowserConsole follows the console of the login's browser VM (its
+// agent's and the guest's messages) into an artifact, and prints its tail
+// if the test fails: the VM is gone by then.
+func keepBrowserConsole(t *testing.T, d *daemon, loginID string) {
+	t.Helper()
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		vmID := ""
+		for vmID == "" {
+			l, err := d.alice.GetLogin(ctx, loginID)
+			if err != nil || l.Terminal() {
+				return
+			}
+			vmID = l.BrowserVM
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		rc, err := d.alice.Console(ctx, vmID, 0, true)
+		if err != nil {
+			return
+		}
+		defer rc.Close()
+		b := make([]byte, 32<<10)
+		for {
+			n, err := rc.Read(b)
+			mu.Lock()
+			if buf.Len() < 16<<20 {
+				buf.Write(b[:n])
+			}
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		path := saveArtifact(t, "login-browser-vm-console.log", buf.Bytes())
+		if t.Failed() {
+			t.Logf("browser vm console (%s), tail:\n%s", path, tail(buf.String(), 6000))
+		}
+	})
+}
+
 // waitLogin polls a login until done says so.
 func waitLogin(t *testing.T, d *daemon, id string, within time.Duration, done func(client.Login) bool) client.Login {
 	t.Helper()
@@ -179,7 +236,7 @@ func waitLogin(t *testing.T, d *daemon, id string, within time.Duration, done fu
 			return l
 		}
 		if l.Terminal() || time.Now().After(deadline) {
-			t.Fatalf("login is %s (%s)\ndaemon log:\n%s", l.State, l.FailureReason, tail(d.log(), 40))
+			t.Fatalf("login is %s (%s)\ndaemon log (but its request lines):\n%s", l.State, l.FailureReason, tail(withoutRequests(d.log()), 8000))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
