@@ -42,6 +42,14 @@ type Config struct {
 	StopTimeout       time.Duration
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
+	// AgentLimits bound what a guest agent may send (zero fields: the
+	// agentapi defaults). An agent that breaks them, or the protocol
+	// otherwise, AgentMaxViolations times within AgentViolationWindow
+	// fails its VM (zero: DefaultAgentMaxViolations and
+	// DefaultAgentViolationWindow).
+	AgentLimits          agentapi.Limits
+	AgentMaxViolations   int
+	AgentViolationWindow time.Duration
 	// StopOnShutdown stops every VM when the manager shuts down; otherwise
 	// VMs keep running and the next manager adopts them.
 	StopOnShutdown bool
