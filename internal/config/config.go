@@ -49,6 +49,7 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 
 	VM          VMConfig          `toml:"vm"`
+	Agent       AgentConfig       `toml:"agent"`
 	QEMU        QEMUConfig        `toml:"qemu"`
 	Firecracker FirecrackerConfig `toml:"firecracker"`
 	Network     NetworkConfig     `toml:"network"`
@@ -230,6 +231,7 @@ func Default() Config {
 				"browser":   {5900},
 			},
 		},
+		Agent: defaultAgent(),
 		QEMU: QEMUConfig{
 			Binary: "qemu-system-x86_64",
 			Img:    "qemu-img",
@@ -472,6 +474,7 @@ func (c Config) Validate() error {
 	if len(v.Roles) == 0 {
 		bad("vm.roles", "must define at least one role")
 	}
+	c.Agent.validate(bad)
 	for role, ports := range v.Roles {
 		if !validName(role) {
 			bad("vm.roles", "role name %q must be 1-32 characters of a-z, 0-9, - and _", role)
