@@ -6,6 +6,7 @@
 package safetext
 
 import (
+	"fmt"
 	"io"
 	"strings"
 	"unicode/utf8"
@@ -129,4 +130,30 @@ func (w *Writer) Close() error {
 	w.pending = nil
 	_, err := w.w.Write([]byte(string(utf8.RuneError)))
 	return err
+}
+
+// EscapeJSON rewrites, in JSON text, every character Text would remove
+// (but the tabs and line feeds of indentation) as a \uXXXX escape. Such
+// characters can only occur inside JSON strings, so the value is the
+// same; only a terminal showing it is safe from them.
+func EscapeJSON(b []byte) []byte {
+	clean := true
+	for _, r := range string(b) {
+		if unsafe(r) && r != '\n' && r != '\t' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return b
+	}
+	out := make([]byte, 0, len(b)+32)
+	for _, r := range string(b) {
+		if unsafe(r) && r != '\n' && r != '\t' {
+			out = fmt.Appendf(out, `\u%04x`, r)
+			continue
+		}
+		out = utf8.AppendRune(out, r)
+	}
+	return out
 }

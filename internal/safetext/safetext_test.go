@@ -2,6 +2,7 @@ package safetext
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -74,5 +75,25 @@ func TestWriterCleansAStreamCutAnywhere(t *testing.T) {
 	w.Close()
 	if out.String() != "a\uFFFD" {
 		t.Fatalf("cut rune at the end: %q", out.String())
+	}
+}
+
+func TestEscapeJSONKeepsTheValue(t *testing.T) {
+	v := map[string]string{"reason": hostile, "plain": "ok"}
+	b, err := json.MarshalIndent(v, "", "\t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	safe := EscapeJSON(b)
+	if !IsClean(string(safe)) {
+		t.Fatalf("escaped JSON still has control characters: %q", safe)
+	}
+	var back map[string]string
+	if err := json.Unmarshal(safe, &back); err != nil {
+		t.Fatal(err)
+	}
+	// Only invalid UTF-8 differs: the encoder already made it U+FFFD.
+	if want := strings.ToValidUTF8(hostile, "\uFFFD"); back["reason"] != want || back["plain"] != "ok" {
+		t.Fatalf("value changed: %q", back["reason"])
 	}
 }

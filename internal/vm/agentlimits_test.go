@@ -257,3 +257,16 @@ func TestAgentVersionIsStoredClean(t *testing.T) {
 	}
 	waitFor(t, m, v.ID, store.StateDestroyed)
 }
+
+// A console tail is the guest's writing: it comes out clean, lines kept.
+func TestConsoleTailIsClean(t *testing.T) {
+	dir := t.TempDir()
+	console := "[    0.1] booting\r\n" + hostile.EvilString + "\n\tlast line\n"
+	if err := os.WriteFile(filepath.Join(dir, "console.log"), []byte(console), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tail := vm.ConsoleTail(store.VM{Dir: dir}, 4096)
+	if want := safetext.Text(console, 0); tail != want || !safetext.IsClean(tail) || !strings.Contains(tail, "\tlast line\n") {
+		t.Fatalf("console tail %q, want %q", tail, want)
+	}
+}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -476,7 +477,8 @@ func waitForVMEvent(ctx context.Context, sub *Subscription, id string) error {
 }
 
 // ConsoleTail returns up to n bytes from the end of the VM's console log,
-// starting at a line boundary.
+// starting at a line boundary, as clean text (package safetext): the guest
+// wrote it, and whoever reads it may print it on a terminal.
 func ConsoleTail(v store.VM, n int64) string {
 	f, err := os.Open(ConsolePath(v))
 	if err != nil {
@@ -501,7 +503,7 @@ func ConsoleTail(v store.VM, n int64) string {
 			s = s[i+1:]
 		}
 	}
-	return s
+	return safetext.Text(s, 0)
 }
 
 // ConsolePath is where a VM's serial console is captured.
