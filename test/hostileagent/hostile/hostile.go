@@ -40,10 +40,11 @@ const (
 	Hangup = "hangup"
 	// EvilText puts terminal escape sequences into the hello's
 	// agent_version and turns network_ready into a network_failed whose
-	// error is made of them.
+	// error is made of them (then, as an agent whose network failed,
+	// sends nothing more in that session but results).
 	EvilText = "evil-text"
 	// Console writes to stdout (the guest's console) as fast as it can,
-	// from the start.
+	// from the first ready on.
 	Console = "console"
 )
 
@@ -83,18 +84,17 @@ func New(modes map[string]bool) *Agent { return &Agent{modes: modes} }
 // Wrap returns rw, the agent's channel to the host for one connection,
 // misbehaving as the modes say. It keeps rw's SetDeadline.
 func (a *Agent) Wrap(rw io.ReadWriter) io.ReadWriter {
-	if a.modes[Console] {
-		a.consoleOnce.Do(func() { go spamConsole(os.Stdout) })
-	}
-	return &conn{rw: rw, modes: a.modes, first: a.conns.Add(1) == 1, closed: make(chan struct{})}
+	return &conn{a: a, rw: rw, modes: a.modes, first: a.conns.Add(1) == 1, closed: make(chan struct{})}
 }
 
 type conn struct {
+	a     *Agent
 	rw    io.ReadWriter
 	modes map[string]bool
 	first bool // the agent's first connection
 
-	heartbeats int // written, guarded by wmu
+	heartbeats int  // written, guarded by wmu
+	netFailed  bool // EvilText: the session's network "failed", guarded by wmu
 
 	wmu      sync.Mutex // one line at a time
 	flooding bool       // guarded by wmu
@@ -134,8 +134,12 @@ func (c *conn) Write(p []byte) (int, error) {
 	switch {
 	case c.modes[EvilText] && env.Type == "hello":
 		line = rewriteHello(p)
+		c.netFailed = false
 	case c.modes[EvilText] && env.Type == "network_ready":
 		line = lineOf("network_failed", map[string]any{"error": EvilString})
+		c.netFailed = true
+	case c.netFailed && env.Type != "result":
+		return len(p), nil
 	}
 	if _, err := c.rw.Write(line); err != nil {
 		return 0, err
@@ -161,6 +165,9 @@ func (c *conn) Write(p []byte) (int, error) {
 		if _, err := c.rw.Write(extra); err != nil {
 			return 0, err
 		}
+	}
+	if c.modes[Console] {
+		c.a.consoleOnce.Do(func() { go spamConsole(os.Stdout) })
 	}
 	if c.modes[HeartbeatFlood] && !c.flooding {
 		c.flooding = true
