@@ -192,12 +192,25 @@ func (c *conn) hangUp() {
 	}
 }
 
+// FloodReport is the line the flood writes to stderr (the guest's
+// console) every FloodReportEvery heartbeats, and when it ends: how many
+// heartbeats the channel has taken.
+const (
+	FloodReport      = "hostile: heartbeats written: %d\n"
+	FloodReportEvery = 100000
+)
+
 // flood writes heartbeats until the channel fails.
 func (c *conn) flood() {
 	var buf bytes.Buffer
-	for seq := 1; ; seq++ {
+	seq := 0
+	defer func() { fmt.Fprintf(os.Stderr, FloodReport, seq) }()
+	for seq = 0; ; seq++ {
+		if seq%FloodReportEvery == 0 && seq > 0 {
+			fmt.Fprintf(os.Stderr, FloodReport, seq)
+		}
 		buf.Reset()
-		fmt.Fprintf(&buf, `{"v":1,"type":"heartbeat","body":{"seq":%d,"uptime_seconds":1,"mem_available_kib":1,"load1":0}}`+"\n", seq)
+		fmt.Fprintf(&buf, `{"v":1,"type":"heartbeat","body":{"seq":%d,"uptime_seconds":1,"mem_available_kib":1,"load1":0}}`+"\n", seq+1)
 		c.wmu.Lock()
 		_, err := c.rw.Write(buf.Bytes())
 		c.wmu.Unlock()
