@@ -176,14 +176,6 @@ func runAttack(t *testing.T, d *daemon, image string) attack {
 	}
 	a.vm = v
 	a.logBytes = logGrowth(d.logPath, logBefore)
-	if os.Getenv("HOSTILE_DEBUG") != "" {
-		b, _ := os.ReadFile(d.logPath)
-		for _, l := range strings.Split(string(b[logBefore:]), "\n") {
-			if !strings.Contains(l, "http request") {
-				t.Log(l)
-			}
-		}
-	}
 	a.dbBytes = fileSizes(filepath.Join(d.stateDir, "hearth.db*")) - dbBefore
 	a.idleP99, a.p99, a.requests = p99(idle), p99(during), len(during)
 	t.Logf("vm failed after %v: %s", a.took.Round(time.Millisecond), a.vm.FailureReason)
@@ -194,8 +186,9 @@ func runAttack(t *testing.T, d *daemon, image string) attack {
 }
 
 // check holds an attack to its bounds: cut off well before a CPU-second,
-// a few log lines and rows, and another user's API unaffected.
-func (a attack) check(t *testing.T, reason string) {
+// a few log lines and rows, and, if latency, another user's API
+// unaffected.
+func (a attack) check(t *testing.T, reason string, latency bool) {
 	t.Helper()
 	if !strings.HasPrefix(a.vm.FailureReason, reason) {
 		t.Errorf("failure reason %q, want it to start with %q", a.vm.FailureReason, reason)
@@ -214,7 +207,7 @@ func (a attack) check(t *testing.T, reason string) {
 	// Within 2× of idle while the guest misbehaves (a hundred requests
 	// at least, or it was cut off too soon to tell); the machine is
 	// shared, so 5 ms of slack.
-	if a.requests >= 100 && a.p99 > 2*a.idleP99+5*time.Millisecond {
+	if latency && a.requests >= 100 && a.p99 > 2*a.idleP99+5*time.Millisecond {
 		t.Errorf("another user's p99 went from %v idle to %v", a.idleP99, a.p99)
 	}
 }
@@ -228,7 +221,7 @@ func TestHostileAgentUnderFirecracker(t *testing.T) {
 	t.Run("heartbeat flood", func(t *testing.T) {
 		d := firecrackerDaemon(t, agentEnv, "HEARTH_HOSTILE="+hostile.HeartbeatFlood)
 		a := runAttack(t, d, "minimal")
-		a.check(t, "guest agent broke protocol: heartbeat flood")
+		a.check(t, "guest agent broke protocol: heartbeat flood", true)
 		deadline := time.Now().Add(time.Minute)
 		for len(fakeFirecrackers(d.stateDir)) != 0 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
@@ -260,7 +253,11 @@ func TestHostileAgentUnderFirecracker(t *testing.T) {
 }
 
 // Under QEMU, with an image whose agent is the hostile one: a heartbeat
-// flood while the guest also floods its console.
+// flood while the guest also floods its console. Another user's latency
+// is logged, not held to a bound: under TCG the guest's vCPU, flooding,
+// is a host thread that takes one of the machine's CPUs from everyone,
+// hearth included (the Firecracker case and bench/guestbench measure
+// what the daemon does).
 func TestHostileAgentUnderQEMU(t *testing.T) {
 	d := newDaemon(t)
 	start := time.Now()
@@ -268,7 +265,7 @@ func TestHostileAgentUnderQEMU(t *testing.T) {
 		"--agent", filepath.Join(binDir, "hostileagent"))
 	t.Logf("image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
 	a := runAttack(t, d, "hostile")
-	a.check(t, "guest agent broke protocol: heartbeat flood")
+	a.check(t, "guest agent broke protocol: heartbeat flood", false)
 	// A failed VM's process is stopped right after it is marked failed.
 	deadline := time.Now().Add(time.Minute)
 	for len(qemuPIDs(d.stateDir)) != 0 && time.Now().Before(deadline) {
