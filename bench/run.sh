@@ -2,7 +2,7 @@
 # Runs every benchmark (root, QEMU) and writes docs/BENCHMARKS.md. Each one
 # compares hearth with the named alternative in the same run.
 #   ./bench/run.sh                 # all; as root (or: make bench)
-#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer, images or login
+#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer, images, login or guest
 #   LOGIN_RUNS=5 ./bench/run.sh login   # logins measured (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ RUNS=${RUNS:-10}
 LOGIN_RUNS=${LOGIN_RUNS:-5}
 which=${1:-all}
 out=$(mktemp -d)
-trap 'rm -rf "$out"; for ns in hearth-bench hearth-bench-vm hearth-bench-login hearth-bench-out; do ip netns del $ns 2>/dev/null || true; done' EXIT
+trap 'rm -rf "$out"; for ns in hearth-bench hearth-bench-vm hearth-bench-login hearth-bench-out hearth-bench-guest; do ip netns del $ns 2>/dev/null || true; done' EXIT
 
 if [ "$which" = all ] || [ "$which" = vm ]; then
   # The daemon runs in its own namespace, without guest networking, so both
@@ -62,6 +62,18 @@ if [ "$which" = all ] || [ "$which" = login ]; then
     -images /var/cache/hearth/bench-images -runs "$LOGIN_RUNS" >"$out/login.md"
 fi
 
+if [ "$which" = all ] || [ "$which" = guest ]; then
+  # A hostile guest (test/hostileagent under the fake Firecracker) floods
+  # heartbeats; the daemons run in a namespace made for them.
+  CGO_ENABLED=0 go build -o bin/hostileagent ./test/hostileagent
+  CGO_ENABLED=0 go build -o bin/firecracker ./test/fakefirecracker
+  go build -o bin/guestbench ./bench/guestbench
+  ip netns add hearth-bench-guest && ip -n hearth-bench-guest link set lo up
+  ip netns exec hearth-bench-guest bin/guestbench -hearth bin/hearth -agent bin/hearth-agent \
+    -hostile bin/hostileagent -firecracker bin/firecracker >"$out/guest.md"
+  ip netns del hearth-bench-guest
+fi
+
 section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
 {
   echo "# Benchmarks"
@@ -82,6 +94,7 @@ section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
   section "$out/viewer.md"
   section "$out/images.md"
   section "$out/login.md"
+  section "$out/guest.md"
 } > "$out/BENCHMARKS.md"
 if [ "$which" = all ]; then
   cp "$out/BENCHMARKS.md" docs/BENCHMARKS.md   # only a full run rewrites the record

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -96,6 +97,11 @@ type Options struct {
 	// RetryInterval is how long to wait before reading the port again while
 	// no host is connected. Zero means 150ms.
 	RetryInterval time.Duration
+	// WrapChannel, if set, wraps every channel to the host before the
+	// protocol is served on it. It exists for test builds of the agent
+	// that misbehave on purpose (test/hostileagent); the wrapper should
+	// keep the channel's SetDeadline. Nil means none.
+	WrapChannel func(io.ReadWriter) io.ReadWriter
 
 	// For tests: how the network is configured (nil means netlink in the
 	// agent's network namespace), how long to wait for the NIC (zero means

@@ -86,6 +86,9 @@ type session struct {
 }
 
 func newServer(rw io.ReadWriter, token []byte, opts Options) *server {
+	if opts.WrapChannel != nil {
+		rw = opts.WrapChannel(rw)
+	}
 	s := &server{
 		rw:       rw,
 		opts:     opts,

@@ -57,11 +57,23 @@ func (e *Encoder) Encode(env Envelope) error {
 // Decoder reads envelopes from lines. It is not safe for concurrent use.
 type Decoder struct {
 	r *bufio.Reader
+	// strict: a line longer than MaxLineSize is not read to its end (the
+	// host ends the session at once, so skipping it would only let the
+	// guest make it read without bound).
+	strict bool
+	size   int // bytes of the last line read, without its line ending
 }
 
 // NewDecoder returns a Decoder reading from r.
 func NewDecoder(r io.Reader) *Decoder {
 	return &Decoder{r: bufio.NewReaderSize(r, readBufferSize)}
+}
+
+// newHostDecoder returns a strict Decoder, for the host's side.
+func newHostDecoder(r io.Reader) *Decoder {
+	d := NewDecoder(r)
+	d.strict = true
+	return d
 }
 
 // Decode reads the next envelope. A line longer than MaxLineSize yields
@@ -71,6 +83,7 @@ func NewDecoder(r io.Reader) *Decoder {
 // error comes from the underlying reader.
 func (d *Decoder) Decode() (Envelope, error) {
 	line, err := d.readLine()
+	d.size = len(line)
 	if err != nil {
 		return Envelope{}, err
 	}
@@ -96,7 +109,7 @@ func (d *Decoder) readLine() ([]byte, error) {
 			n-- // the newline
 		}
 		if n > MaxLineSize {
-			if errors.Is(err, bufio.ErrBufferFull) {
+			if errors.Is(err, bufio.ErrBufferFull) && !d.strict {
 				if derr := d.discardLine(); derr != nil {
 					return nil, derr
 				}

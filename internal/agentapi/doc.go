@@ -48,6 +48,21 @@
 // challenge. Requests in progress when a session ends are cancelled, and
 // their results are never sent into the next session.
 //
+// # Limits
+//
+// The host treats the guest as hostile (Limits, enforced from the first
+// byte of a connection): each message type has a size far below
+// MaxLineSize where the type allows (MaxEventLine for hello and events,
+// MaxOtherLine for login_progress and unknown types; only results, which
+// answer the host's own requests, may use MaxLineSize); messages and bytes
+// are token buckets, except results the host asked for (even late ones);
+// a line must be finished within LineTimeout of its first byte; and a line
+// longer than MaxLineSize is not read on. Breaking any of these, or any
+// rule above, is a protocol violation (ViolationError, a clean reason such
+// as "heartbeat flood (…)") that ends the connection. Text the guest
+// supplies (hello fields, error texts) is made clean (package safetext)
+// before the host keeps it.
+//
 // # Network
 //
 // A config may carry a network (NetworkConfig): the guest NIC with the

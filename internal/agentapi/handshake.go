@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // rejectTimeout bounds the write of a rejected message.
@@ -45,23 +47,28 @@ func handshake(ctx context.Context, conn net.Conn, token []byte, cfg Config) (*S
 	stop := watchContext(ctx, conn.SetDeadline)
 	defer stop()
 
-	enc, dec := NewEncoder(conn), NewDecoder(conn)
-	hello, err := authenticate(conn, enc, dec, token)
+	g := newGuard(conn, cfg.Limits, cfg.HeartbeatInterval)
+	enc, dec := NewEncoder(conn), newHostDecoder(g.reader(conn))
+	hello, err := authenticate(conn, enc, dec, g, token)
 	if err != nil {
+		g.stop()
 		return nil, ctxErr(ctx, err)
 	}
 	msg, err := NewMessage(TypeConfig, 0, cfg)
 	if err != nil {
+		g.stop()
 		return nil, err
 	}
 	if err := enc.Encode(msg); err != nil {
+		g.stop()
 		return nil, ctxErr(ctx, fmt.Errorf("send config: %w", err))
 	}
-	return newSession(conn, enc, dec, hello, cfg), nil
+	return newSession(conn, enc, dec, g, hello, cfg), nil
 }
 
-// authenticate sends a challenge and returns the verified hello answering it.
-func authenticate(conn net.Conn, enc *Encoder, dec *Decoder, token []byte) (Hello, error) {
+// authenticate sends a challenge and returns the verified hello answering
+// it, its text fields made clean (package safetext).
+func authenticate(conn net.Conn, enc *Encoder, dec *Decoder, g *guard, token []byte) (Hello, error) {
 	nonce := make([]byte, NonceSize)
 	if _, err := rand.Read(nonce); err != nil {
 		return Hello{}, fmt.Errorf("nonce: %w", err)
@@ -76,7 +83,7 @@ func authenticate(conn net.Conn, enc *Encoder, dec *Decoder, token []byte) (Hell
 	// messages, and would not read the challenge before they are consumed.
 	sent := make(chan error, 1)
 	go func() { sent <- enc.Encode(msg) }()
-	hello, err := awaitHello(dec, challenge.Nonce)
+	hello, err := awaitHello(dec, g, challenge.Nonce)
 	if err != nil {
 		conn.Close() // unblocks the sender
 		<-sent
@@ -94,19 +101,31 @@ func authenticate(conn net.Conn, enc *Encoder, dec *Decoder, token []byte) (Hell
 		reject(conn, enc, "bad proof")
 		return Hello{}, ErrBadProof
 	}
+	hello.AgentVersion = safetext.Line(hello.AgentVersion, maxShortString)
+	hello.Hostname = safetext.Line(hello.Hostname, maxShortString)
+	hello.Kernel = safetext.Line(hello.Kernel, maxShortString)
 	return hello, nil
 }
 
 // awaitHello returns the first hello that echoes nonce. Anything before it
-// is stale (left over from an earlier connection) and ignored.
-func awaitHello(dec *Decoder, nonce string) (Hello, error) {
+// is stale (left over from an earlier connection) and ignored, but counts
+// against g's limits: a guest cannot flood the host before its hello
+// either.
+func awaitHello(dec *Decoder, g *guard, nonce string) (Hello, error) {
 	for {
 		env, err := dec.Decode()
 		if errors.Is(err, ErrMalformed) {
-			continue // e.g. the tail of a line cut by a reconnect
+			// e.g. the tail of a line cut by a reconnect
+			if err := g.admit("", dec.size, false); err != nil {
+				return Hello{}, err
+			}
+			continue
 		}
 		if err != nil {
-			return Hello{}, fmt.Errorf("await hello: %w", err)
+			return Hello{}, fmt.Errorf("await hello: %w", g.readErr(err))
+		}
+		if err := g.admit(env.Type, dec.size, false); err != nil {
+			return Hello{}, err
 		}
 		if env.Type != TypeHello {
 			continue

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 	"unicode/utf8"
 )
 
@@ -282,7 +284,7 @@ func (s *Session) Login(ctx context.Context, req LoginRequest, progress func(Log
 			return LoginResult{}, fmt.Errorf("agentapi: %s: %w", TypeLogin, s.Err())
 		}
 		if res.Error != "" {
-			return LoginResult{}, &RemoteError{Request: TypeLogin, Message: clipText(res.Error, MaxErrorText)}
+			return LoginResult{}, &RemoteError{Request: TypeLogin, Message: safetext.Line(res.Error, MaxErrorText)}
 		}
 		var out LoginResult
 		if err := res.DecodeBody(&out); err != nil {

@@ -182,6 +182,9 @@ type Config struct {
 	// Network, if not nil, is applied by the guest before it probes ports;
 	// the guest then reports network_ready (or network_failed) first.
 	Network *NetworkConfig
+	// Limits bound what the guest may send. They stay on the host: they
+	// are not part of the message. Zero fields mean the defaults.
+	Limits Limits
 }
 
 type configWire struct {
@@ -217,15 +220,17 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 }
 
 // WithDefaults returns c with a zero HeartbeatInterval replaced by
-// DefaultHeartbeatInterval.
+// DefaultHeartbeatInterval, and zero limits by theirs.
 func (c Config) WithDefaults() Config {
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
 	}
+	c.Limits = c.Limits.WithDefaults()
 	return c
 }
 
-// Validate checks the ports, the interval and the network.
+// Validate checks the ports, the interval, the network and the limits
+// (with their defaults applied).
 func (c Config) Validate() error {
 	if len(c.RequiredPorts) > MaxRequiredPorts {
 		return fmt.Errorf("%d required ports, at most %d allowed", len(c.RequiredPorts), MaxRequiredPorts)
@@ -241,7 +246,7 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	return nil
+	return c.Limits.WithDefaults().Validate()
 }
 
 // Rejected refuses a hello (host → guest); the host then closes the stream.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 	"unicode/utf8"
 )
 
@@ -39,7 +41,8 @@ type Event struct {
 	Gateway  string
 	DNSError string
 
-	// network_failed: why the guest could not apply the network.
+	// network_failed: why the guest could not apply the network, one
+	// clean line (package safetext).
 	Error string
 
 	// heartbeat:
@@ -52,7 +55,7 @@ type Event struct {
 // RemoteError is an error the agent returned for a request.
 type RemoteError struct {
 	Request string // request type
-	Message string // the agent's error text, valid UTF-8 clipped to MaxErrorText bytes
+	Message string // the agent's error text, one clean line (package safetext) of at most MaxErrorText bytes
 }
 
 func (e *RemoteError) Error() string {
@@ -67,6 +70,7 @@ type Session struct {
 	conn   net.Conn
 	enc    *Encoder
 	dec    *Decoder
+	guard  *guard
 	hello  Hello
 	events chan Event
 	done   chan struct{}
@@ -77,6 +81,11 @@ type Session struct {
 	err     error
 	lastID  uint64
 	pending map[uint64]chan Envelope
+	// abandoned are requests whose caller stopped waiting (their ids in
+	// the order they were given up, at most maxAbandoned): a late result
+	// for one was still asked for, and is not charged to the guest.
+	abandoned map[uint64]bool
+	abandonQ  []uint64
 	// progress holds the callbacks of logins in flight, by request id.
 	progress map[uint64]func(LoginProgress)
 
@@ -89,17 +98,22 @@ type Session struct {
 	netFailed bool           // a network_failed was delivered
 }
 
+// maxAbandoned bounds the requests remembered as given up.
+const maxAbandoned = 1024
+
 // newSession starts the session's reader. cfg has been validated.
-func newSession(conn net.Conn, enc *Encoder, dec *Decoder, hello Hello, cfg Config) *Session {
+func newSession(conn net.Conn, enc *Encoder, dec *Decoder, g *guard, hello Hello, cfg Config) *Session {
 	s := &Session{
-		conn:     conn,
-		enc:      enc,
-		dec:      dec,
-		hello:    hello,
-		done:     make(chan struct{}),
-		pending:  make(map[uint64]chan Envelope),
-		required: slices.Clone(cfg.RequiredPorts),
-		reported: make(map[int]bool),
+		conn:      conn,
+		enc:       enc,
+		dec:       dec,
+		guard:     g,
+		hello:     hello,
+		abandoned: map[uint64]bool{},
+		done:      make(chan struct{}),
+		pending:   make(map[uint64]chan Envelope),
+		required:  slices.Clone(cfg.RequiredPorts),
+		reported:  make(map[int]bool),
 	}
 	if cfg.Network != nil {
 		if n, err := cfg.Network.Parse(); err == nil {
@@ -111,7 +125,8 @@ func newSession(conn net.Conn, enc *Encoder, dec *Decoder, hello Hello, cfg Conf
 	return s
 }
 
-// Hello returns the hello the guest authenticated with.
+// Hello returns the hello the guest authenticated with; its text fields
+// are clean (package safetext).
 func (s *Session) Hello() Hello { return s.hello }
 
 // Events returns the guest's network_ready, network_failed, port_ready,
@@ -124,7 +139,8 @@ func (s *Session) Events() <-chan Event { return s.events }
 func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Err returns nil while the session runs, and afterwards why it ended:
-// ErrClosed after Close, or the read or protocol error that ended it.
+// ErrClosed after Close, or the read error or the protocol violation (a
+// *ViolationError, see AsViolation) that ended it.
 func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -179,7 +195,7 @@ func (s *Session) call(ctx context.Context, typ string, req, resp any) error {
 			return fmt.Errorf("agentapi: %s: %w", typ, s.Err())
 		}
 		if res.Error != "" {
-			return &RemoteError{Request: typ, Message: clipText(res.Error, MaxErrorText)}
+			return &RemoteError{Request: typ, Message: safetext.Line(res.Error, MaxErrorText)}
 		}
 		if err := res.DecodeBody(resp); err != nil {
 			return fmt.Errorf("agentapi: %s: %w", typ, err)
@@ -203,10 +219,33 @@ func (s *Session) register() (uint64, chan Envelope, error) {
 	return s.lastID, ch, nil
 }
 
+// unregister forgets request id. If its result has not come, the request
+// is remembered as abandoned.
 func (s *Session) unregister(id uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.pending, id) // no-op once the session has ended
+	if _, ok := s.pending[id]; !ok {
+		return // answered, or the session has ended
+	}
+	delete(s.pending, id)
+	if len(s.abandonQ) == maxAbandoned {
+		delete(s.abandoned, s.abandonQ[0])
+		s.abandonQ = s.abandonQ[1:]
+	}
+	s.abandoned[id] = true
+	s.abandonQ = append(s.abandonQ, id)
+}
+
+// expected reports whether env is a result the host asked for: of a
+// request in flight or abandoned.
+func (s *Session) expected(env Envelope) bool {
+	if env.Type != TypeResult || env.ID == 0 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, pending := s.pending[env.ID]
+	return pending || s.abandoned[env.ID]
 }
 
 // send writes msg, bounded by ctx. A failed write may have left part of a
@@ -247,6 +286,7 @@ func (s *Session) fail(err error) {
 func (s *Session) readLoop() {
 	err := s.readMessages()
 	s.fail(err)
+	s.guard.stop()
 
 	s.mu.Lock()
 	pending := s.pending
@@ -259,13 +299,23 @@ func (s *Session) readLoop() {
 	close(s.done)
 }
 
+// readMessages reads until the connection fails or the guest breaks the
+// protocol: a bad or over-long line, a line that stalls, a message over
+// its type's size, too many messages or bytes (Limits), or a message the
+// session does not accept. Violations are returned as *ViolationError.
 func (s *Session) readMessages() error {
 	for {
 		env, err := s.dec.Decode()
 		if err != nil {
-			return fmt.Errorf("agentapi: read: %w", err)
+			return fmt.Errorf("agentapi: read: %w", s.guard.readErr(err))
+		}
+		if err := s.guard.admit(env.Type, s.dec.size, s.expected(env)); err != nil {
+			return fmt.Errorf("agentapi: %w", err)
 		}
 		if err := s.dispatch(env); err != nil {
+			if v, ok := AsViolation(err); ok {
+				return fmt.Errorf("agentapi: %w", violationf("%s: %s", typeName(env.Type), v.Reason))
+			}
 			return fmt.Errorf("agentapi: %s: %w", env.Type, err)
 		}
 	}
@@ -304,6 +354,7 @@ func (s *Session) deliver(env Envelope) {
 	s.mu.Lock()
 	ch := s.pending[env.ID]
 	delete(s.pending, env.ID)
+	delete(s.abandoned, env.ID) // its id stays queued until it ages out
 	s.mu.Unlock()
 	if ch != nil {
 		ch <- env // buffered, and only ever sent once
@@ -333,7 +384,7 @@ func (s *Session) onNetworkReady(env Envelope) error {
 	s.netIface = m.Interface
 	s.emit(Event{
 		Type: TypeNetworkReady, At: time.Now(), Interface: m.Interface,
-		Address: addr.String(), Gateway: addrString(s.network.Gateway), DNSError: m.DNSError,
+		Address: addr.String(), Gateway: addrString(s.network.Gateway), DNSError: safetext.Line(m.DNSError, MaxErrorText),
 	})
 	return nil
 }
@@ -361,7 +412,7 @@ func (s *Session) onNetworkFailed(env Envelope) error {
 	if m.Error == "" {
 		m.Error = "unspecified error"
 	}
-	s.emit(Event{Type: TypeNetworkFailed, At: time.Now(), Error: m.Error})
+	s.emit(Event{Type: TypeNetworkFailed, At: time.Now(), Error: safetext.Line(m.Error, MaxErrorText)})
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 const usage = `hearth — microVMs for AI coding CLIs
@@ -23,7 +24,7 @@ const usage = `hearth — microVMs for AI coding CLIs
 Usage:
   hearth serve [--config FILE] [--listen ADDR] [--state-dir DIR]
   hearth vm create --image NAME [--role R] [--vcpus N] [--memory MIB] [--user U] [--boot-timeout 90s] [--wait]
-  hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] | rm ID [--wait]
+  hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] [--raw] | rm ID [--wait]
   hearth vm exec ID [--timeout 30s] -- COMMAND [ARGS...]
   hearth vm viewer ID [--view-only] [--ttl 15m]   (prints a link to watch the VM's screen in a browser)
   hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
@@ -83,7 +84,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 2
 		}
-		fmt.Fprintln(stderr, "hearth:", err)
+		// Errors may carry a guest's text (a failure reason, a console
+		// tail): nothing in them may drive the terminal.
+		fmt.Fprintln(stderr, "hearth:", safetext.Text(err.Error(), 0))
 		return 1
 	}
 	return 0
@@ -210,10 +213,15 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer) error {
 	return Serve(ctx, cfg, stdout)
 }
 
+// printJSON prints v indented, with any control character left in its
+// strings escaped for the terminal.
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(safetext.EscapeJSON(b), '\n'))
+	return err
 }
 
 func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
@@ -235,6 +243,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		state       = fs.String("state", "ready", "state to wait for (wait)")
 		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait (exec: the command's limit, at most 10m)")
 		follow      = fs.Bool("follow", false, "keep streaming (console)")
+		raw         = fs.Bool("raw", false, "the guest's console bytes as they are, control characters included (console)")
 		offset      = fs.Int64("offset", 0, "start offset (console)")
 		egress      = fs.String("egress", "", "egress policy (create): open or none")
 		viewOnly    = fs.Bool("view-only", false, "the viewer sends no input (viewer)")
@@ -278,6 +287,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(tw, "ID\tUSER\tROLE\tSTATE\tVCPUS\tMEMORY\tAGE\tREASON")
 		for _, v := range vms {
 			reason, _, _ := strings.Cut(v.FailureReason, "\n")
+			reason = safetext.Line(reason, 200)
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n", v.ID, v.User, v.Role, v.State, v.VCPUs, v.MemoryMiB,
 				time.Since(v.CreatedAt).Round(time.Second), reason)
 		}
@@ -312,7 +322,15 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		defer rc.Close()
-		_, err = io.Copy(stdout, rc)
+		out := stdout
+		if !*raw {
+			// The guest writes its console: by default nothing of it may
+			// drive the terminal.
+			sw := safetext.NewWriter(stdout)
+			defer sw.Close()
+			out = sw
+		}
+		_, err = io.Copy(out, rc)
 		if ctx.Err() != nil {
 			return nil // interrupted while following
 		}
@@ -389,7 +407,7 @@ func waitState(ctx context.Context, cl *client.Client, id, state string, timeout
 		if errors.As(err, &ae) && ae.VM != nil {
 			msg := ae.Message
 			if ae.VM.ConsoleTail != nil && *ae.VM.ConsoleTail != "" {
-				msg += "\n--- console tail ---\n" + *ae.VM.ConsoleTail
+				msg += "\n--- console tail ---\n" + safetext.Text(*ae.VM.ConsoleTail, 0)
 			}
 			return *ae.VM, errors.New(msg)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/provider"
+	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vault"
@@ -212,7 +213,7 @@ func followLogin(ctx context.Context, cl *client.Client, id string, stdout io.Wr
 			shown = true
 		}
 		if l.Terminal() {
-			fmt.Fprintf(stdout, "%s %s %s\n", l.ID, l.State, l.FailureReason)
+			fmt.Fprintf(stdout, "%s %s %s\n", l.ID, l.State, safetext.Line(l.FailureReason, 0))
 			if l.State != "completed" {
 				return fmt.Errorf("login %s", l.State)
 			}

@@ -85,6 +85,10 @@ func vmConfig(cfg config.Config) vm.Config {
 		HeartbeatInterval: cfg.VM.HeartbeatEvery.Duration,
 		HeartbeatTimeout:  cfg.VM.HeartbeatTimeout.Duration,
 		StopOnShutdown:    cfg.Shutdown.StopVMs,
+
+		AgentLimits:          agentLimits(cfg.Agent),
+		AgentMaxViolations:   cfg.Agent.MaxViolations,
+		AgentViolationWindow: cfg.Agent.ViolationWindow.Duration,
 	}
 }
 

@@ -50,6 +50,7 @@ type Config struct {
 
 	API         APIConfig         `toml:"api"`
 	VM          VMConfig          `toml:"vm"`
+	Agent       AgentConfig       `toml:"agent"`
 	QEMU        QEMUConfig        `toml:"qemu"`
 	Firecracker FirecrackerConfig `toml:"firecracker"`
 	Network     NetworkConfig     `toml:"network"`
@@ -239,6 +240,7 @@ func Default() Config {
 				"browser":   {5900},
 			},
 		},
+		Agent: defaultAgent(),
 		QEMU: QEMUConfig{
 			Binary: "qemu-system-x86_64",
 			Img:    "qemu-img",
@@ -484,6 +486,7 @@ func (c Config) Validate() error {
 	if len(v.Roles) == 0 {
 		bad("vm.roles", "must define at least one role")
 	}
+	c.Agent.validate(bad)
 	for role, ports := range v.Roles {
 		if !validName(role) {
 			bad("vm.roles", "role name %q must be 1-32 characters of a-z, 0-9, - and _", role)

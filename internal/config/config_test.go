@@ -78,6 +78,13 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"login.providers_dir", func(c *Config) { c.Login.ProvidersDir = "relative/dir" }},
 		{"vault.key_file", func(c *Config) { c.Vault.KeyFile = "" }},
 		{"viewer.frame_ancestors", func(c *Config) { c.Viewer.FrameAncestors = []string{"'self'; script-src *"} }},
+		{"agent.max_messages_per_second", func(c *Config) { c.Agent.MessagesPerSecond = 0 }},
+		{"agent.message_burst", func(c *Config) { c.Agent.MessageBurst = 100 }},
+		{"agent.max_bytes_per_second", func(c *Config) { c.Agent.BytesPerSecond = -1 }},
+		{"agent.byte_burst", func(c *Config) { c.Agent.ByteBurst = 4096 }},
+		{"agent.line_timeout", func(c *Config) { c.Agent.LineTimeout.Duration = time.Millisecond }},
+		{"agent.max_violations", func(c *Config) { c.Agent.MaxViolations = 0 }},
+		{"agent.violation_window", func(c *Config) { c.Agent.ViolationWindow.Duration = 0 }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.field, func(t *testing.T) {

@@ -24,7 +24,7 @@ func (AgentAPIDialer) Connect(ctx context.Context, h vmm.Handle, token []byte, c
 	if err != nil {
 		return nil, AgentHello{}, err
 	}
-	acfg := agentapi.Config{RequiredPorts: cfg.RequiredPorts, HeartbeatInterval: cfg.Heartbeat}
+	acfg := agentapi.Config{RequiredPorts: cfg.RequiredPorts, HeartbeatInterval: cfg.Heartbeat, Limits: cfg.Limits}
 	if n := cfg.Network; n != nil {
 		acfg.Network = &agentapi.NetworkConfig{MAC: n.MAC, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
 	}
@@ -116,4 +116,5 @@ func (a *agentSession) WriteFile(ctx context.Context, req agentapi.WriteFileRequ
 
 func (a *agentSession) Shutdown(ctx context.Context) error { return a.s.Shutdown(ctx) }
 func (a *agentSession) Done() <-chan struct{}              { return a.s.Done() }
+func (a *agentSession) Err() error                         { return a.s.Err() }
 func (a *agentSession) Close() error                       { return a.s.Close() }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -42,6 +43,14 @@ type Config struct {
 	StopTimeout       time.Duration
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
+	// AgentLimits bound what a guest agent may send (zero fields: the
+	// agentapi defaults). An agent that breaks them, or the protocol
+	// otherwise, AgentMaxViolations times within AgentViolationWindow
+	// fails its VM (zero: DefaultAgentMaxViolations and
+	// DefaultAgentViolationWindow).
+	AgentLimits          agentapi.Limits
+	AgentMaxViolations   int
+	AgentViolationWindow time.Duration
 	// StopOnShutdown stops every VM when the manager shuts down; otherwise
 	// VMs keep running and the next manager adopts them.
 	StopOnShutdown bool
@@ -468,7 +477,8 @@ func waitForVMEvent(ctx context.Context, sub *Subscription, id string) error {
 }
 
 // ConsoleTail returns up to n bytes from the end of the VM's console log,
-// starting at a line boundary.
+// starting at a line boundary, as clean text (package safetext): the guest
+// wrote it, and whoever reads it may print it on a terminal.
 func ConsoleTail(v store.VM, n int64) string {
 	f, err := os.Open(ConsolePath(v))
 	if err != nil {
@@ -493,7 +503,7 @@ func ConsoleTail(v store.VM, n int64) string {
 			s = s[i+1:]
 		}
 	}
-	return s
+	return safetext.Text(s, 0)
 }
 
 // ConsolePath is where a VM's serial console is captured.

@@ -37,6 +37,8 @@ type AgentConfig struct {
 	// Network, if set, is configured by the agent before anything else;
 	// the agent reports ready only once it is up.
 	Network *NetAttachment
+	// Limits bound what the agent may send (agentapi.Limits).
+	Limits agentapi.Limits
 }
 
 // ExecRequest runs a command in the guest.
@@ -68,6 +70,9 @@ type AgentSession interface {
 	WriteFile(ctx context.Context, req agentapi.WriteFileRequest) error
 	Shutdown(ctx context.Context) error
 	Done() <-chan struct{}
+	// Err says why the session ended once Done is closed: a protocol
+	// violation is an error agentapi.AsViolation recognises.
+	Err() error
 	Close() error
 }
 
@@ -288,7 +293,7 @@ type agentResult struct {
 func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-chan struct{}) {
 	log := m.log.With("vm", v.ID)
 	ports := m.cfg.Roles[v.Role]
-	agentCfg := AgentConfig{RequiredPorts: ports, Heartbeat: m.cfg.HeartbeatInterval}
+	agentCfg := AgentConfig{RequiredPorts: ports, Heartbeat: m.cfg.HeartbeatInterval, Limits: m.cfg.AgentLimits}
 	if att, ok, err := attachmentOf(v.Network); err != nil {
 		m.fail(v.ID, err.Error())
 		return
@@ -316,6 +321,11 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		connCancel context.CancelFunc = func() {}
 	)
 	defer func() { connCancel() }()
+	// Reconnects back off, their log lines are sampled, and an agent that
+	// keeps breaking the protocol fails the VM.
+	watch := newAgentWatch(log, m.cfg)
+	defer watch.flush()
+	var retry <-chan time.Time // the next connection attempt is due
 	connect := func(deadline time.Time) {
 		ctx, cancel := context.WithDeadline(m.ctx, deadline)
 		connCancel = cancel
@@ -378,24 +388,35 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 				if m.ctx.Err() != nil {
 					continue
 				}
-				if time.Now().Before(deadline) {
-					// The agent is not there yet (or the session broke
-					// during a restart): try again until the deadline.
-					time.Sleep(200 * time.Millisecond)
-					connect(deadline)
-					continue
+				// The agent is not there yet (or the session broke
+				// during a restart): try again until the deadline,
+				// unless it broke the protocol once too often.
+				why, delay := watch.onEnded(time.Now(), r.err, false)
+				if why != "" {
+					m.fail(v.ID, why)
+					return
 				}
-				continue // the timer reports the failure
+				if time.Now().Add(delay).Before(deadline) {
+					retry = time.After(delay)
+				}
+				continue // past the deadline, the timer reports the failure
 			}
 			sess, events, sessDone = r.sess, r.sess.Events(), r.sess.Done()
 			inst.setSession(sess)
 			helloSeen = true
-			log.Info("agent connected", "agent_version", r.hello.Version)
-			v, _ = m.update(v.ID, func(x *store.VM) {
-				x.AgentVersion = r.hello.Version
-				x.GuestBootAt = r.hello.BootTime
-				x.LastHeartbeatAt = time.Now().UTC()
-			})
+			watch.onConnected(time.Now(), r.hello.Version)
+			// A connection is not a heartbeat: only what the hello says
+			// is recorded, and only when it changed.
+			if r.hello.Version != v.AgentVersion || !r.hello.BootTime.Equal(v.GuestBootAt) {
+				v, _ = m.update(v.ID, func(x *store.VM) {
+					x.AgentVersion = r.hello.Version
+					x.GuestBootAt = r.hello.BootTime
+				})
+			}
+
+		case <-retry:
+			retry = nil
+			connect(deadline)
 
 		case e, ok := <-events:
 			if !ok {
@@ -422,8 +443,10 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 						continue
 					}
 					v = nv
+					resetTimer(timer, m.cfg.HeartbeatTimeout)
 				}
-				resetTimer(timer, m.cfg.HeartbeatTimeout)
+				// A ready VM's agent says ready again after every
+				// reconnect: that proves no liveness, heartbeats do.
 			case "heartbeat":
 				if v.State == store.StateReady {
 					resetTimer(timer, m.cfg.HeartbeatTimeout)
@@ -438,16 +461,23 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 
 		case <-sessDone:
 			// The guest went away (agent restarted, or it is shutting
-			// down); reconnect while the process lives.
-			log.Warn("agent session ended; reconnecting")
+			// down), or broke the protocol; reconnect while the
+			// process lives, after a delay that grows while sessions
+			// keep ending early.
+			ended := sess.Err()
 			inst.setSession(nil)
 			sess.Close()
 			sess, events, sessDone = nil, nil, nil
+			why, delay := watch.onEnded(time.Now(), ended, true)
+			if why != "" {
+				m.fail(v.ID, why)
+				return
+			}
 			deadline = time.Now().Add(m.cfg.HeartbeatTimeout)
 			if v.State == store.StateBooting && v.BootDeadline.Before(deadline) {
 				deadline = v.BootDeadline
 			}
-			connect(deadline)
+			retry = time.After(delay)
 
 		case <-timer.C:
 			if v.State == store.StateReady && sess != nil {

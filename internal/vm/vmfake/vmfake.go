@@ -320,6 +320,14 @@ func (s *session) Shutdown(ctx context.Context) error {
 	return nil
 }
 func (s *session) Done() <-chan struct{} { return s.done }
+func (s *session) Err() error {
+	select {
+	case <-s.done:
+		return agentapi.ErrClosed
+	default:
+		return nil
+	}
+}
 func (s *session) Close() error {
 	s.once.Do(func() { close(s.done) })
 	return nil
