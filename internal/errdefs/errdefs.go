@@ -44,6 +44,9 @@ func Conflictf(format string, args ...any) error { return newf(ErrConflict, form
 // Unavailablef returns an ErrUnavailable whose message is meant for the caller.
 func Unavailablef(format string, args ...any) error { return newf(ErrUnavailable, format, args...) }
 
+// Forbiddenf returns an ErrForbidden whose message is meant for the caller.
+func Forbiddenf(format string, args ...any) error { return newf(ErrForbidden, format, args...) }
+
 // Timeoutf returns an ErrTimeout whose message is meant for the caller.
 func Timeoutf(format string, args ...any) error { return newf(ErrTimeout, format, args...) }
 
