@@ -126,7 +126,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	// The VM's lifetime belongs to the manager; the request only asks.
 	creq := vm.CreateRequest{
 		UserID: user, Image: req.Image, Role: req.Role, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
-		BootTimeout: time.Duration(req.BootTimeoutSeconds) * time.Second,
+		BootTimeout: time.Duration(req.BootTimeoutSeconds) * time.Second, Admin: id.Admin(),
 	}
 	if req.Network != nil {
 		creq.Egress = req.Network.Egress

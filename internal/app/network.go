@@ -7,9 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/network"
@@ -32,12 +34,42 @@ func networkConfig(cfg config.Config) (network.Config, error) {
 		}
 		nc.HostPorts = append(nc.HostPorts, network.PortRule{Protocol: proto, Port: port})
 	}
+	for _, d := range cfg.Network.Deny {
+		p, err := config.ParseCIDR(d)
+		if err != nil {
+			return network.Config{}, fmt.Errorf("network.deny: %w", err)
+		}
+		nc.Deny = append(nc.Deny, p)
+	}
+	for _, a := range cfg.Network.AllowPrivate {
+		p, err := config.ParseCIDR(a)
+		if err != nil {
+			return network.Config{}, fmt.Errorf("network.allow_private: %w", err)
+		}
+		nc.AllowPrivate = append(nc.AllowPrivate, p)
+	}
 	return nc, nc.Validate()
 }
 
+// defaultEgress is the configured egress policy: what VMs that ask for
+// none get, and the most a user key may ask for.
+func defaultEgress(cfg config.Config) vm.Egress {
+	e := vm.Egress{Mode: cfg.Network.DefaultEgress}
+	for _, r := range cfg.Network.DefaultAllow {
+		e.Allow = append(e.Allow, vm.EgressRule{CIDR: r.CIDR, Protocol: r.Protocol, Port: r.Port})
+	}
+	return e
+}
+
+// routesRefresh is how often the host's routes are read again in case a
+// change notification was lost; changes themselves are followed as the
+// kernel announces them.
+const routesRefresh = 30 * time.Second
+
 // newNetworker builds the VM network service, or nil when networking is
-// off. close releases its netlink sockets.
-func newNetworker(cfg config.Config, leases store.Leases) (n vm.Networker, close func(), err error) {
+// off, and keeps the firewall's list of the host's routes in step with
+// the routing tables. close stops that and releases its netlink sockets.
+func newNetworker(cfg config.Config, leases store.Leases, log *slog.Logger) (n vm.Networker, closeNet func(), err error) {
 	if !cfg.Network.Enabled {
 		return nil, func() {}, nil
 	}
@@ -53,12 +85,20 @@ func newNetworker(cfg config.Config, leases store.Leases) (n vm.Networker, close
 	if len(dns) == 0 {
 		dns = hostNameservers("/etc/resolv.conf")
 	}
-	svc, err := vmnet.New(host, leases, dns, vm.Egress{Mode: cfg.Network.DefaultEgress})
+	svc, err := vmnet.New(host, leases, dns, defaultEgress(cfg))
 	if err != nil {
 		host.Close()
 		return nil, nil, err
 	}
-	return svc, func() { host.Close() }, nil
+	ctx, stop := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		host.WatchHostRoutes(ctx, routesRefresh, func(err error) {
+			log.Warn("the firewall may not follow the host's routes", "err", err)
+		})
+	}()
+	return svc, func() { stop(); <-watched; host.Close() }, nil
 }
 
 // hostNameservers returns the non-loopback nameservers of a resolv.conf

@@ -117,7 +117,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if drv.Name() == "firecracker" && !qemu.KVMUsable() {
 		log.Warn("the firecracker driver needs hardware KVM, which this host lacks: VMs will fail to start (hearth doctor)")
 	}
-	netw, closeNet, err := newNetworker(cfg, st)
+	netw, closeNet, err := newNetworker(cfg, st, log)
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}

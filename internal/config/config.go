@@ -140,11 +140,30 @@ type NetworkConfig struct {
 	// DNS servers handed to guests; empty copies the host's non-loopback
 	// nameservers from /etc/resolv.conf.
 	DNS []string `toml:"dns"`
-	// DefaultEgress is the policy of VMs that ask for none: open or none.
+	// DefaultEgress is the policy of VMs that ask for none, and the most
+	// a user key may ask for (admin keys may ask for more): open, none or
+	// allowlist (the rules in DefaultAllow).
 	DefaultEgress string `toml:"default_egress"`
+	// DefaultAllow are the allow-list's rules when DefaultEgress is
+	// "allowlist"; a user key may ask for any subset of them.
+	DefaultAllow []AllowRule `toml:"default_allow"`
 	// HostPorts are the host services VMs may reach on the bridge address,
 	// as "tcp/PORT" or "udp/PORT". None by default.
 	HostPorts []string `toml:"host_ports"`
+	// Deny are IPv4 destinations (CIDRs or addresses) no VM reaches,
+	// whatever its policy and AllowPrivate.
+	Deny []string `toml:"deny"`
+	// AllowPrivate are destinations no VM reaches otherwise (private
+	// ranges, carrier-grade NAT, the host's own subnets) that VMs may
+	// reach as their policy says. Never link-local or metadata addresses.
+	AllowPrivate []string `toml:"allow_private"`
+}
+
+// AllowRule is one rule of an egress allow-list.
+type AllowRule struct {
+	CIDR     string `toml:"cidr"`     // IPv4 CIDR or address
+	Protocol string `toml:"protocol"` // "" (any), "tcp" or "udp"
+	Port     int    `toml:"port"`     // 0 = any; needs a protocol
 }
 
 // VMConfig bounds what callers may ask for and how long a boot may take.
@@ -259,7 +278,10 @@ func Default() Config {
 			TAPPrefix:     "hth",
 			DNS:           []string{},
 			DefaultEgress: "open",
+			DefaultAllow:  []AllowRule{},
 			HostPorts:     []string{},
+			Deny:          []string{},
+			AllowPrivate:  []string{},
 		},
 		Login: LoginConfig{
 			BrowserImage:  "browser",
@@ -611,14 +633,65 @@ func (n NetworkConfig) validate(bad func(field, format string, args ...any)) {
 			bad("network.dns", "%q is not an IP address", d)
 		}
 	}
-	if n.DefaultEgress != "open" && n.DefaultEgress != "none" {
-		bad("network.default_egress", "must be open or none, got %q", n.DefaultEgress)
+	switch n.DefaultEgress {
+	case "open", "none":
+		if len(n.DefaultAllow) > 0 {
+			bad("network.default_allow", "only with default_egress = \"allowlist\", got %q", n.DefaultEgress)
+		}
+	case "allowlist":
+		if len(n.DefaultAllow) == 0 {
+			bad("network.default_allow", "default_egress = \"allowlist\" needs at least one rule (or use \"none\")")
+		}
+	default:
+		bad("network.default_egress", "must be open, none or allowlist, got %q", n.DefaultEgress)
+	}
+	for i, r := range n.DefaultAllow {
+		field := fmt.Sprintf("network.default_allow[%d]", i)
+		if _, err := ParseCIDR(r.CIDR); err != nil {
+			bad(field+".cidr", "%v", err)
+		}
+		if r.Protocol != "" && r.Protocol != "tcp" && r.Protocol != "udp" {
+			bad(field+".protocol", "must be empty (any), tcp or udp, got %q", r.Protocol)
+		}
+		if r.Port < 0 || r.Port > 65535 || r.Port != 0 && r.Protocol == "" {
+			bad(field+".port", "must be 1-65535 with a protocol, or 0 (any), got %d", r.Port)
+		}
 	}
 	for _, hp := range n.HostPorts {
 		if _, _, err := ParseHostPort(hp); err != nil {
 			bad("network.host_ports", "%v", err)
 		}
 	}
+	for i, d := range n.Deny {
+		if _, err := ParseCIDR(d); err != nil {
+			bad(fmt.Sprintf("network.deny[%d]", i), "%v", err)
+		}
+	}
+	for i, a := range n.AllowPrivate {
+		if _, err := ParseCIDR(a); err != nil {
+			bad(fmt.Sprintf("network.allow_private[%d]", i), "%v", err)
+		}
+	}
+}
+
+// ParseCIDR parses an IPv4 CIDR ("10.20.0.0/16") or address ("10.20.0.5",
+// meaning /32); host bits must be zero.
+func ParseCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		a, aerr := netip.ParseAddr(s)
+		if aerr != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 CIDR or address", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	switch {
+	case !p.Addr().Is4():
+		return netip.Prefix{}, fmt.Errorf("%q is not IPv4", s)
+	case p != p.Masked():
+		return netip.Prefix{}, fmt.Errorf("%q has host bits set (did you mean %s?)", s, p.Masked())
+	}
+	return p, nil
 }
 
 // ParseHostPort parses "tcp/8080" or "udp/53".

@@ -58,7 +58,24 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"network.bridge", func(c *Config) { c.Network.Bridge = "a-very-long-bridge-name" }},
 		{"network.tap_prefix", func(c *Config) { c.Network.TAPPrefix = "TAP" }},
 		{"network.dns", func(c *Config) { c.Network.DNS = []string{"resolver"} }},
-		{"network.default_egress", func(c *Config) { c.Network.DefaultEgress = "allowlist" }},
+		{"network.default_egress", func(c *Config) { c.Network.DefaultEgress = "some" }},
+		{"network.default_allow", func(c *Config) { c.Network.DefaultEgress = "allowlist" }},
+		{"network.default_allow", func(c *Config) { c.Network.DefaultAllow = []AllowRule{{CIDR: "203.0.113.0/24"}} }},
+		{"network.default_allow[1].cidr", func(c *Config) {
+			c.Network.DefaultEgress = "allowlist"
+			c.Network.DefaultAllow = []AllowRule{{CIDR: "203.0.113.0/24"}, {CIDR: "203.0.113.1/24"}}
+		}},
+		{"network.default_allow[0].protocol", func(c *Config) {
+			c.Network.DefaultEgress = "allowlist"
+			c.Network.DefaultAllow = []AllowRule{{CIDR: "203.0.113.0/24", Protocol: "icmp"}}
+		}},
+		{"network.default_allow[0].port", func(c *Config) {
+			c.Network.DefaultEgress = "allowlist"
+			c.Network.DefaultAllow = []AllowRule{{CIDR: "203.0.113.0/24", Port: 443}}
+		}},
+		{"network.deny[1]", func(c *Config) { c.Network.Deny = []string{"203.0.113.0/24", "fd00::/8"} }},
+		{"network.allow_private[0]", func(c *Config) { c.Network.AllowPrivate = []string{"ten.twenty"} }},
+		{"network.allow_private[0]", func(c *Config) { c.Network.AllowPrivate = []string{"10.20.0.0/8"} }},
 		{"network.host_ports", func(c *Config) { c.Network.HostPorts = []string{"sctp/9"} }},
 		{"viewer.public_url", func(c *Config) { c.Viewer.PublicURL = "hearth.example.com" }},
 		{"viewer.public_url", func(c *Config) { c.Viewer.PublicURL = "https://hearth.example.com/?a=b" }},
@@ -165,6 +182,34 @@ func TestLoadRejectsUnknownKeysAndBadEnv(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "missing.toml"), nil); err == nil {
 		t.Fatal("missing file must be an error")
+	}
+}
+
+// An operator's egress section: an allow-list default, denies and private
+// exceptions, addresses taken as /32.
+func TestLoadEgressSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hearth.toml")
+	file := `[network]
+default_egress = "allowlist"
+default_allow = [{cidr = "203.0.113.0/24", protocol = "tcp", port = 443}, {cidr = "198.51.100.7"}]
+deny = ["203.0.113.128/25"]
+allow_private = ["10.20.0.0/16", "192.168.1.10"]
+`
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Network
+	want := []AllowRule{{CIDR: "203.0.113.0/24", Protocol: "tcp", Port: 443}, {CIDR: "198.51.100.7"}}
+	if n.DefaultEgress != "allowlist" || !reflect.DeepEqual(n.DefaultAllow, want) ||
+		!reflect.DeepEqual(n.Deny, []string{"203.0.113.128/25"}) || !reflect.DeepEqual(n.AllowPrivate, []string{"10.20.0.0/16", "192.168.1.10"}) {
+		t.Fatalf("network = %+v", n)
+	}
+	if p, err := ParseCIDR("192.168.1.10"); err != nil || p.String() != "192.168.1.10/32" {
+		t.Fatalf("ParseCIDR(address) = %v, %v", p, err)
 	}
 }
 

@@ -34,9 +34,18 @@ type Config struct {
 	// TAPPrefix starts every TAP name; the firewall recognises VM ports by
 	// it. 1-7 characters of a-z and 0-9. Default "hth".
 	TAPPrefix string
-	// HostPorts are the (protocol, port) pairs VMs may reach on the host.
-	// Everything else from VMs to the host is dropped. None by default.
+	// HostPorts are the (protocol, port) pairs VMs may reach on the host,
+	// at the gateway's address only. Everything else from VMs to the host
+	// is dropped. None by default.
 	HostPorts []PortRule
+	// Deny are IPv4 destinations no VM reaches, whatever its policy and
+	// AllowPrivate.
+	Deny []netip.Prefix
+	// AllowPrivate are IPv4 destinations VMs may reach (as their policy
+	// says) although they are private or on the host's own network,
+	// which no VM reaches otherwise. It never lifts link-local addresses
+	// or cloud metadata services.
+	AllowPrivate []netip.Prefix
 }
 
 // PortRule is one host port VMs may reach.
@@ -119,6 +128,7 @@ func (c Config) Validate() error {
 			errs.add(field+".port", "must be 1-65535")
 		}
 	}
+	c.validateDestinations(&errs)
 	return errs.err()
 }
 

@@ -3,6 +3,7 @@ package network
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -45,6 +46,14 @@ func TestConfigValidate(t *testing.T) {
 		{"prefix matches bridge", func(c *Config) { c.TAPPrefix = "hea" }, "network.tap_prefix"},
 		{"host port protocol", func(c *Config) { c.HostPorts = []PortRule{{"sctp", 1}} }, "network.host_ports[0].protocol"},
 		{"host port zero", func(c *Config) { c.HostPorts = []PortRule{{"tcp", 22}, {"udp", 0}} }, "network.host_ports[1].port"},
+		{"ipv6 deny", func(c *Config) { c.Deny = []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "network.deny[0]"},
+		{"deny host bits", func(c *Config) { c.Deny = []netip.Prefix{netip.MustParsePrefix("10.1.2.3/8")} }, "network.deny[0]"},
+		{"invalid allow_private", func(c *Config) { c.AllowPrivate = []netip.Prefix{{}} }, "network.allow_private[0]"},
+		{"allow_private host bits", func(c *Config) {
+			c.AllowPrivate = []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16"), netip.MustParsePrefix("10.1.2.3/8")}
+		}, "network.allow_private[1]"},
+		{"allow_private link-local", func(c *Config) { c.AllowPrivate = []netip.Prefix{netip.MustParsePrefix("169.254.169.254/32")} }, "network.allow_private[0]"},
+		{"allow_private azure", func(c *Config) { c.AllowPrivate = []netip.Prefix{netip.MustParsePrefix("168.63.129.16/32")} }, "network.allow_private[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good
@@ -72,8 +81,6 @@ func TestEgressPolicyValidate(t *testing.T) {
 		{"ipv6 cidr", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: netip.MustParsePrefix("2001:db8::/32")}}}, "egress.allow[0].cidr"},
 		{"host bits", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: cidr}, {CIDR: netip.MustParsePrefix("10.1.2.3/8")}}}, "egress.allow[1].cidr"},
 		{"bad protocol", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: cidr, Protocol: "icmp"}}}, "egress.allow[0].protocol"},
-		{"metadata service", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: netip.MustParsePrefix("169.254.169.254/32")}}}, "egress.allow[0].cidr"},
-		{"link-local block", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: netip.MustParsePrefix("169.254.0.0/16")}}}, "egress.allow[0].cidr"},
 		{"port without protocol", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{{CIDR: cidr, Port: 80}}}, "egress.allow[0].port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -86,6 +93,103 @@ func TestEgressPolicyValidate(t *testing.T) {
 			}
 			assertFieldError(t, err, tc.field)
 		})
+	}
+}
+
+// TestConfigValidateDestinations: an allow_private that contains a
+// metadata address is valid (the address stays denied), and so is a deny
+// list that overlaps it.
+func TestConfigValidateDestinations(t *testing.T) {
+	c := Config{
+		AllowPrivate: []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("10.0.0.0/8")},
+		Deny:         []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("198.51.100.0/24")},
+	}.WithDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckEgress: an allow rule whose every destination the host denies
+// is refused with the reason; one that only overlaps denied ranges is not.
+func TestCheckEgress(t *testing.T) {
+	c := Config{
+		AllowPrivate: []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16"), netip.MustParsePrefix("100.64.0.0/10")},
+		Deny:         []netip.Prefix{netip.MustParsePrefix("10.20.9.0/24"), netip.MustParsePrefix("203.0.113.0/24")},
+	}.WithDefaults()
+	routes := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	allow := func(cidrs ...string) EgressPolicy {
+		p := EgressPolicy{Mode: EgressAllowlist}
+		for _, s := range cidrs {
+			p.Allow = append(p.Allow, AllowRule{CIDR: netip.MustParsePrefix(s), Protocol: "tcp", Port: 443})
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name  string
+		p     EgressPolicy
+		field string // "" = accepted
+		want  string // in the error
+	}{
+		{"open", EgressPolicy{Mode: EgressOpen}, "", ""},
+		{"internet", allow("198.51.100.0/24"), "", ""},
+		{"everything, on a port", allow("0.0.0.0/0"), "", ""},
+		{"all of 10/8 overlaps the allowed part", allow("8.0.0.0/6"), "", ""},
+		{"allowed private", allow("10.20.1.0/24"), "", ""},
+		{"allowed CGNAT", allow("100.64.0.0/16"), "", ""},
+		{"malformed first", EgressPolicy{Mode: EgressAllowlist}, "egress.allow", "at least one rule"},
+		{"metadata", allow("198.51.100.0/24", "169.254.169.254/32"), "egress.allow[1].cidr", "link-local (169.254.0.0/16): no VM may reach it"},
+		{"link-local block", allow("169.254.0.0/16"), "egress.allow[0].cidr", "link-local"},
+		{"azure", allow("168.63.129.16/32"), "egress.allow[0].cidr", "Azure"},
+		{"alibaba inside allowed CGNAT", allow("100.100.100.200/32"), "egress.allow[0].cidr", "Alibaba"},
+		{"private", allow("192.168.1.0/24"), "egress.allow[0].cidr", "private (RFC 1918) (192.168.0.0/16): VMs reach it only where network.allow_private lists it (it lists 10.20.0.0/16, 100.64.0.0/10)"},
+		{"wider than the allowed part", allow("10.0.0.0/8"), "egress.allow[0].cidr", "10.0.0.0/8 is private"},
+		{"denied inside allowed", allow("10.20.9.128/25"), "egress.allow[0].cidr", "network.deny (10.20.9.0/24)"},
+		{"denied public", allow("203.0.113.7/32"), "egress.allow[0].cidr", "network.deny"},
+		{"multicast", allow("239.1.2.3/32"), "egress.allow[0].cidr", "multicast"},
+		{"broadcast", allow("255.255.255.255/32"), "egress.allow[0].cidr", "broadcast"},
+		{"host network", allow("192.0.2.10/32"), "egress.allow[0].cidr", "the host's own network (192.0.2.0/24"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := c.CheckEgress(tc.p, routes)
+			if tc.field == "" {
+				if err != nil {
+					t.Fatalf("CheckEgress() = %v, want nil", err)
+				}
+				return
+			}
+			assertFieldError(t, err, tc.field)
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not say %q", err, tc.want)
+			}
+		})
+	}
+	// Without the host's routes (before the rules are installed) that
+	// check is left to the rules.
+	if err := c.CheckEgress(allow("192.0.2.10/32"), nil); err != nil {
+		t.Fatalf("without host routes: %v", err)
+	}
+	// Without allow_private, the refusal says so.
+	err := Config{}.WithDefaults().CheckEgress(allow("10.1.0.0/16"), nil)
+	if err == nil || !strings.Contains(err.Error(), "network.allow_private lists it (it lists nothing)") {
+		t.Fatalf("CheckEgress() = %v", err)
+	}
+}
+
+func TestAggregate(t *testing.T) {
+	ps := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, netip.MustParsePrefix(x))
+		}
+		return out
+	}
+	got := aggregate(ps("192.0.2.0/24", "10.8.0.0/24", "10.0.0.0/8", "192.0.2.128/25", "10.8.0.0/24", "198.51.100.1/32", "198.51.100.0/31"))
+	want := ps("10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/31")
+	if !slices.Equal(got, want) {
+		t.Fatalf("aggregate = %v, want %v", got, want)
+	}
+	if got := aggregate(nil); len(got) != 0 {
+		t.Fatalf("aggregate(nil) = %v", got)
 	}
 }
 

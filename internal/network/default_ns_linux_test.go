@@ -92,7 +92,7 @@ func wantRuleset(h *Host, slots ...Slot) error {
 	if err != nil {
 		return err
 	}
-	if want := dumpRuleset(buildRuleset(h.Config(), slots)); got != want {
+	if want := dumpRuleset(buildRuleset(h.Config(), h.HostRoutes(), slots)); got != want {
 		return fmt.Errorf("kernel ruleset differs:\n%s---\n%s", got, want)
 	}
 	return nil

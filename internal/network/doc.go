@@ -19,9 +19,16 @@
 // that no rule accepted. Each VM has a chain of its own in each table,
 // named vm-<hash of its id>, reached through a verdict map:
 //
-//   - inet: the egress chain looks the source address up in the map
-//     vm_egress, whose element for the VM's address jumps to its chain, which
-//     holds its egress policy (accept, drop, or the allowlist then drop).
+//   - inet: the egress chain first drops what no VM reaches whatever its
+//     policy: link-local and cloud metadata addresses, Config.Deny, the
+//     host's own addresses; it sends Config.AllowPrivate to the VMs'
+//     chains, then drops private and reserved ranges and (through the
+//     host_routes chain, kept in step with the host's routing tables by
+//     RefreshHostRoutes and WatchHostRoutes) the subnets routed through
+//     the host's interfaces. What is left it looks up by source address
+//     in the map vm_egress, whose element for the VM's address jumps to
+//     its chain, which holds its egress policy (accept, drop, or the
+//     allowlist then drop).
 //   - bridge: prerouting looks the input interface up in the map vm_ports,
 //     whose element for the VM's TAP jumps to its chain, which accepts IPv4
 //     and ARP from the VM's MAC and address; anything else returns and meets

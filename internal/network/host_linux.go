@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -25,6 +27,10 @@ type Host struct {
 	tapMu sync.Mutex     // serializes TAP creation and deletion
 	nftMu sync.Mutex     // serializes nftables changes; guards nft
 	nft   *nftables.Conn // lasting connection for small batches, opened when first needed
+	// routes are the host routes the installed host_routes chain
+	// denies; nil until this Host installed its rules. Written under
+	// nftMu.
+	routes atomic.Pointer[[]netip.Prefix]
 }
 
 // NewHost returns a Host for cfg (zero fields take their defaults). Close

@@ -68,7 +68,7 @@ func TestSetupIdempotent(t *testing.T) {
 	if first.mac != bridgeMAC("hearth0").String() || first.alias != bridgeAlias {
 		t.Fatalf("bridge mac %s alias %q", first.mac, first.alias)
 	}
-	if want := dumpRuleset(buildRuleset(h.Config(), nil)); first.rules != want {
+	if want := dumpRuleset(buildRuleset(h.Config(), h.HostRoutes(), nil)); first.rules != want {
 		t.Fatalf("kernel ruleset differs from the baseline hearth built:\n--- kernel\n%s--- built\n%s", first.rules, want)
 	}
 	if ps := h.Check(ctx); len(ps) != 0 {
@@ -363,7 +363,7 @@ func TestSyncRulesMatchesKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	norm := must(normalizeSlots(h.Config(), slots))(t)
-	if got, want := mustList(t, h), dumpRuleset(buildRuleset(h.Config(), norm)); got != want {
+	if got, want := mustList(t, h), dumpRuleset(buildRuleset(h.Config(), h.HostRoutes(), norm)); got != want {
 		t.Fatalf("kernel ruleset differs from what hearth built:\n--- kernel\n%s--- built\n%s", got, want)
 	}
 	if err := h.SyncRules(context.Background(), []Slot{{VMID: "bad"}}); err == nil {
@@ -520,7 +520,7 @@ func createDeleteCycles(t *testing.T, ops slotOps) {
 		t.Fatalf("ruleset with zero slots differs from the baseline:\n--- got\n%s--- want\n%s", got, baseline)
 	}
 	// The baseline is also what a fresh Setup installs.
-	if got, want := baseline, dumpRuleset(buildRuleset(h.Config(), nil)); got != want {
+	if got, want := baseline, dumpRuleset(buildRuleset(h.Config(), h.HostRoutes(), nil)); got != want {
 		t.Fatalf("baseline differs from a fresh Setup's:\n--- got\n%s--- want\n%s", got, want)
 	}
 }

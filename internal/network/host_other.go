@@ -5,6 +5,8 @@ package network
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"time"
 )
 
 // errUnsupported is returned by every Host operation off Linux.
@@ -57,3 +59,12 @@ func (h *Host) AddSlot(ctx context.Context, s Slot) error { return errUnsupporte
 
 // RemoveSlot fails off Linux.
 func (h *Host) RemoveSlot(ctx context.Context, vmID string) error { return errUnsupported }
+
+// HostRoutes returns nothing off Linux.
+func (h *Host) HostRoutes() []netip.Prefix { return nil }
+
+// RefreshHostRoutes fails off Linux.
+func (h *Host) RefreshHostRoutes(ctx context.Context) (bool, error) { return false, errUnsupported }
+
+// WatchHostRoutes returns at once off Linux.
+func (h *Host) WatchHostRoutes(ctx context.Context, interval time.Duration, report func(error)) {}

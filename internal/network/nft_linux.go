@@ -33,9 +33,23 @@ func (h *Host) SyncRules(ctx context.Context, slots []Slot) error {
 	}
 	h.nftMu.Lock()
 	defer h.nftMu.Unlock()
-	if err := h.apply(buildRuleset(h.cfg, norm)); err != nil {
+	if err := h.applyWithRoutes(norm); err != nil {
 		return fmt.Errorf("sync rules (%d slots): %w", len(norm), err)
 	}
+	return nil
+}
+
+// applyWithRoutes lists the host's routes and replaces hearth's tables
+// with the ruleset for them and slots; the caller holds nftMu.
+func (h *Host) applyWithRoutes(slots []Slot) error {
+	routes, err := h.listHostRoutes()
+	if err != nil {
+		return err
+	}
+	if err := h.apply(buildRuleset(h.cfg, routes, slots)); err != nil {
+		return err
+	}
+	h.routes.Store(&routes)
 	return nil
 }
 
@@ -243,7 +257,7 @@ func (h *Host) ensureTables() error {
 	}
 	h.nftMu.Lock()
 	defer h.nftMu.Unlock()
-	return h.apply(buildRuleset(h.cfg, nil))
+	return h.applyWithRoutes(nil)
 }
 
 // deleteTables removes hearth's tables in one batch; missing ones are fine.
@@ -258,6 +272,7 @@ func (h *Host) deleteTables() error {
 	if err := h.commit(&b); err != nil {
 		return fmt.Errorf("delete nftables tables: %w", err)
 	}
+	h.routes.Store(nil)
 	return nil
 }
 

@@ -213,6 +213,11 @@ func dumpExpr(e expr.Any) string {
 			return fmt.Sprintf("lookup reg %d set %s", e.SourceRegister, e.SetName)
 		}
 		return fmt.Sprintf("lookup reg %d set %s dreg %d", e.SourceRegister, e.SetName, e.DestRegister)
+	case *expr.Fib:
+		if *e == (expr.Fib{Register: e.Register, FlagDADDR: true, ResultADDRTYPE: true}) {
+			return fmt.Sprintf("fib daddr type => reg %d", e.Register)
+		}
+		return fmt.Sprintf("fib %+v", *e)
 	case *expr.Masq:
 		if *e == (expr.Masq{}) {
 			return "masq"

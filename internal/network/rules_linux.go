@@ -21,11 +21,13 @@ import (
 // hearth alone:
 //
 //   - table inet hearth: input (VM→host), forward (VM↔VM via the gateway,
-//     VM→outside, outside→VM), egress (dispatches a VM's packets to its own
-//     chain by source address, through the verdict map vm_egress), one
-//     chain per VM with its egress policy, and postrouting (masquerade).
-//     inet covers IPv6 too, so a VM cannot reach the host over link-local
-//     IPv6 either.
+//     VM→outside, outside→VM), egress (drops what the host denies every
+//     VM, then dispatches a VM's packets to its own chain by source
+//     address, through the verdict map vm_egress), host_routes (drops the
+//     subnets routed through the host's interfaces; the only shared chain
+//     whose rules change, when the host's routes do), one chain per VM
+//     with its egress policy, and postrouting (masquerade). inet covers
+//     IPv6 too, so a VM cannot reach the host over link-local IPv6 either.
 //   - table bridge hearth: prerouting (anti-spoofing: dispatches a frame to
 //     its TAP's chain through the verdict map vm_ports; a VM's chain accepts
 //     ARP and IPv4 from its slot's MAC and IP, anything else falls through
@@ -33,7 +35,8 @@ import (
 //     one VM's TAP to another's). Bridged frames never reach the inet hooks
 //     (no br_netfilter), so only this table sees VM↔VM L2 traffic.
 //
-// The base chains and their rules never change after Setup: a VM is added
+// The base chains and their rules never change after Setup (host_routes
+// is refreshed on its own, see RefreshHostRoutes): a VM is added
 // or removed by creating or deleting its two chains and its two map
 // elements, so the final drops stay last by construction and the cost per
 // VM does not depend on how many others there are (and neither does a
@@ -43,6 +46,7 @@ const (
 	chainInput   = "input"
 	chainForward = "forward"
 	chainEgress  = "egress"
+	chainRoutes  = "host_routes"
 	chainPost    = "postrouting"
 	chainPre     = "prerouting"
 
@@ -120,10 +124,11 @@ type vmPart struct {
 	chain *chainSpec
 }
 
-// buildRuleset returns the ruleset for c and slots (already normalized):
-// the baseline plus each slot's vmSpec, exactly what AddSlot would add.
-func buildRuleset(c Config, slots []Slot) *ruleset {
-	rs := &ruleset{inet: inetTable(c), bridge: bridgeTable(c)}
+// buildRuleset returns the ruleset for c, the host's routes (aggregated)
+// and slots (already normalized): the baseline plus each slot's vmSpec,
+// exactly what AddSlot would add.
+func buildRuleset(c Config, hostRoutes []netip.Prefix, slots []Slot) *ruleset {
+	rs := &ruleset{inet: inetTable(c, hostRoutes), bridge: bridgeTable(c)}
 	for _, s := range slots {
 		v := buildVM(s)
 		rs.inet.addVM(v.egress)
@@ -138,7 +143,7 @@ func buildRuleset(c Config, slots []Slot) *ruleset {
 // expectedChains lists hearth's tables and the base chains each must have.
 func expectedChains() map[nftables.TableFamily][]string {
 	return map[nftables.TableFamily][]string{
-		nftables.TableFamilyINet:   {chainInput, chainForward, chainEgress, chainPost},
+		nftables.TableFamilyINet:   {chainInput, chainForward, chainEgress, chainRoutes, chainPost},
 		nftables.TableFamilyBridge: {chainPre, chainForward},
 	}
 }
@@ -173,15 +178,18 @@ func portsMap() *nftables.Set {
 		KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
 }
 
-func inetTable(c Config) *tableSpec {
+func inetTable(c Config, hostRoutes []netip.Prefix) *tableSpec {
 	t := inetTableObj()
 	br := c.Bridge
 	vmMap := &mapSpec{set: egressMap()}
 
+	// VM→host: replies, and the configured ports at the gateway's address
+	// only (not at the host's other addresses, such as its uplink's).
+	gw := netip.PrefixFrom(c.Gateway(), 32)
 	input := baseChain(t, chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, *nftables.ChainPriorityFilter)
 	input.add(accept(iifname(br), ctEstablished()))
 	for _, p := range sortedPorts(c.HostPorts) {
-		input.add(accept(iifname(br), l4proto(p.Protocol), thDport(p.Port)))
+		input.add(accept(iifname(br), nfproto4(), ipDaddr(gw), l4proto(p.Protocol), thDport(p.Port)))
 	}
 	input.add(drop(iifname(br)))
 
@@ -191,18 +199,46 @@ func inetTable(c Config) *tableSpec {
 	forward.add(drop(oifname(br)))                    // nothing else enters the VM network
 	forward.add(gotoChain(chainEgress, iifname(br)))  // VM→outside: per-VM policy
 
+	// VM→outside, in order: what no VM reaches whatever anyone says
+	// (link-local: a cloud's metadata service hands out the host's
+	// credentials); what the operator denies; the host's own addresses
+	// (matched by the kernel, so they follow DHCP); then the operator's
+	// private exceptions go to the VM's policy ahead of the default deny
+	// of private ranges and of the host's routed subnets; then every
+	// other destination goes to the VM's policy.
 	egress := &chainSpec{chain: &nftables.Chain{Name: chainEgress, Table: t}}
-	// Link-local addresses are the host's business (a cloud's metadata
-	// service at 169.254.169.254 hands out the host's credentials): no
-	// VM reaches them, whatever its policy.
-	egress.add(drop(nfproto4(), ipDaddr(linkLocal4)))
+	for _, r := range neverRanges {
+		egress.add(commented(drop(nfproto4(), ipDaddr(r.prefix)), r.what))
+	}
+	for _, p := range aggregate(c.Deny) {
+		egress.add(commented(drop(nfproto4(), ipDaddr(p)), "network.deny"))
+	}
+	egress.add(commented(drop(fibDaddrTypeLocal()), "the host's addresses"))
+	for _, p := range aggregate(c.AllowPrivate) {
+		egress.add(commented(dispatch(nfproto4(), ipDaddr(p), vmapLookup("ip saddr", payload(expr.PayloadBaseNetworkHeader, 12, 4), vmMap.set)), "network.allow_private"))
+	}
+	for _, r := range privateRanges {
+		egress.add(commented(drop(nfproto4(), ipDaddr(r.prefix)), r.what))
+	}
+	egress.add(jumpChain(chainRoutes))
 	egress.add(dispatch(nfproto4(), vmapLookup("ip saddr", payload(expr.PayloadBaseNetworkHeader, 12, 4), vmMap.set)))
 	egress.add(drop()) // addresses in no slot (or whose chain returns), and IPv6
 
 	post := baseChain(t, chainPost, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, *nftables.ChainPriorityNATSource)
 	post.add(masquerade(nfproto4(), ipSaddr(c.Subnet), oifnameNot(br)))
 
-	return &tableSpec{table: t, vmMap: vmMap, chains: []*chainSpec{input, forward, egress, post}}
+	return &tableSpec{table: t, vmMap: vmMap, chains: []*chainSpec{input, forward, egress, hostRoutesChain(hostRoutes), post}}
+}
+
+// hostRoutesChain drops the subnets routed through the host's interfaces
+// (the operator's networks: its LAN, a VPN's, a container bridge's),
+// aggregated; it returns for anything else.
+func hostRoutesChain(routes []netip.Prefix) *chainSpec {
+	c := &chainSpec{chain: &nftables.Chain{Name: chainRoutes, Table: inetTableObj()}}
+	for _, p := range routes {
+		c.add(drop(nfproto4(), ipDaddr(p)))
+	}
+	return c
 }
 
 func bridgeTable(c Config) *tableSpec {
@@ -368,6 +404,16 @@ func gotoChain(chain string, ms ...match) ruleSpec {
 	return finish(ms, "goto "+chain, &expr.Verdict{Kind: expr.VerdictGoto, Chain: chain})
 }
 
+func jumpChain(chain string, ms ...match) ruleSpec {
+	return finish(ms, "jump "+chain, &expr.Verdict{Kind: expr.VerdictJump, Chain: chain})
+}
+
+// commented gives r a comment, which nft lists with it.
+func commented(r ruleSpec, comment string) ruleSpec {
+	r.comment = comment
+	return r
+}
+
 func masquerade(ms ...match) ruleSpec {
 	return finish(ms, "masquerade", &expr.Masq{})
 }
@@ -451,6 +497,15 @@ func l4proto(proto string) match {
 func thDport(port uint16) match {
 	return match{fmt.Sprintf("th dport %d", port),
 		load(payload(expr.PayloadBaseTransportHeader, 2, 2), expr.CmpOpEq, binary.BigEndian.AppendUint16(nil, port))}
+}
+
+// fibDaddrTypeLocal matches packets to one of the host's own addresses,
+// as the kernel's routing tables say at that moment.
+func fibDaddrTypeLocal() match {
+	return match{"fib daddr type local", []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}}
 }
 
 func ctEstablished() match {

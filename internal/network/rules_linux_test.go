@@ -7,10 +7,18 @@ import (
 	"github.com/hearth-project/hearth/test/golden"
 )
 
-// goldenConfig and goldenSlots are a fixed configuration with one VM of
-// each egress mode.
+// goldenConfig, goldenRoutes and goldenSlots are a fixed configuration,
+// the host's routes and one VM of each egress mode.
 func goldenConfig() Config {
-	return Config{HostPorts: []PortRule{{"udp", 53}, {"tcp", 8080}, {"tcp", 53}}}.WithDefaults()
+	return Config{
+		HostPorts:    []PortRule{{"udp", 53}, {"tcp", 8080}, {"tcp", 53}},
+		Deny:         []netip.Prefix{netip.MustParsePrefix("203.0.113.128/25")},
+		AllowPrivate: []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16"), netip.MustParsePrefix("10.20.5.0/24")},
+	}.WithDefaults()
+}
+
+func goldenRoutes() []netip.Prefix {
+	return aggregate([]netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.8.0.0/24")})
 }
 
 func goldenSlots() []Slot {
@@ -23,7 +31,7 @@ func goldenSlots() []Slot {
 		slot("vm-allow", "172.30.0.3", EgressPolicy{Mode: "allowlist", Allow: []AllowRule{
 			{CIDR: netip.MustParsePrefix("198.51.100.0/24"), Protocol: "tcp", Port: 443},
 			{CIDR: netip.MustParsePrefix("203.0.113.7/32"), Protocol: "udp"},
-			{CIDR: netip.MustParsePrefix("10.0.0.0/8")},
+			{CIDR: netip.MustParsePrefix("10.20.0.0/16")},
 		}}),
 	}
 }
@@ -35,7 +43,7 @@ func goldenRuleset(t *testing.T, slots []Slot) *ruleset {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return buildRuleset(c, norm)
+	return buildRuleset(c, goldenRoutes(), norm)
 }
 
 // TestRulesetGolden pins the generated rules in two forms: nft-like text

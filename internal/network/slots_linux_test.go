@@ -47,7 +47,7 @@ func mustRemove(t *testing.T, h *Host, ids ...string) {
 func wantSlots(t *testing.T, h *Host, what string, slots ...Slot) {
 	t.Helper()
 	norm := must(normalizeSlots(h.Config(), slots))(t)
-	if got, want := mustList(t, h), dumpRuleset(buildRuleset(h.Config(), norm)); got != want {
+	if got, want := mustList(t, h), dumpRuleset(buildRuleset(h.Config(), h.HostRoutes(), norm)); got != want {
 		t.Fatalf("%s: kernel ruleset differs from SyncRules' for %d slots:\n--- kernel\n%s--- want\n%s", what, len(slots), got, want)
 	}
 }
@@ -166,14 +166,23 @@ func TestAddRemoveLeaveBaseChains(t *testing.T) {
 	if after := baseChains(t, h); after != before {
 		t.Fatalf("base chains changed:\n--- before\n%s--- after\n%s", before, after)
 	}
-	// The egress chain drops link-local destinations first, then
-	// dispatches and ends in a drop; the bridge's prerouting ends in a
-	// drop of every hearth TAP; the verdict maps come first there.
-	rs := buildRuleset(h.Config(), nil)
+	// The egress chain drops what no VM reaches (link-local and metadata
+	// services, the operator's denies, the host's addresses), sends the
+	// operator's private exceptions to the VM's chain, drops the other
+	// private ranges and the host's routes, then dispatches and ends in a
+	// drop; the bridge's prerouting ends in a drop of every hearth TAP;
+	// the verdict maps come first there.
+	rs := buildRuleset(h.Config(), h.HostRoutes(), nil)
 	for _, ch := range append(rs.inet.chains, rs.bridge.chains...) {
 		switch ch.chain.Name {
 		case chainEgress:
-			wantTexts(t, ch, "meta nfproto ipv4 ip daddr 169.254.0.0/16 drop", "meta nfproto ipv4 ip saddr vmap @vm_egress", "drop")
+			drop := func(cidr string) string { return "meta nfproto ipv4 ip daddr " + cidr + " drop" }
+			wantTexts(t, ch, drop("169.254.0.0/16"), drop("168.63.129.16"), drop("100.100.100.200"),
+				drop("203.0.113.128/25"), "fib daddr type local drop",
+				"meta nfproto ipv4 ip daddr 10.20.0.0/16 ip saddr vmap @vm_egress",
+				drop("0.0.0.0/8"), drop("10.0.0.0/8"), drop("100.64.0.0/10"), drop("127.0.0.0/8"),
+				drop("172.16.0.0/12"), drop("192.168.0.0/16"), drop("224.0.0.0/4"), drop("240.0.0.0/4"),
+				"jump host_routes", "meta nfproto ipv4 ip saddr vmap @vm_egress", "drop")
 		case chainPre:
 			wantTexts(t, ch, "iifname vmap @vm_ports", `iifname "hth*" drop`)
 		}
@@ -271,7 +280,7 @@ func TestSetupReplacesOldLayout(t *testing.T) {
 	ns := newNetNS(t)
 	h := newTestHost(t, ns, Config{})
 	var b batch
-	for _, ts := range buildRuleset(h.Config(), nil).tables() {
+	for _, ts := range buildRuleset(h.Config(), h.HostRoutes(), nil).tables() {
 		b.addTable(ts.table)
 		for _, ch := range ts.chains {
 			b.addChain(ch.chain)

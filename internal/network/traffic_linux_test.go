@@ -20,8 +20,14 @@ import (
 // The traffic test builds, all in namespaces it creates:
 //
 //	 A (vm-a, eth0 .2) ─┐
-//	 B (vm-b, eth0 .3) ─┼─ veth "hth…" ── hearth0 172.30.0.1/24 ─┐  H (hearth's side)
-//	 C (vm-c, eth0 .4) ─┘   (on the bridge)                      └─ out0 198.51.100.1/24 ── O (eth0 198.51.100.2)
+//	 B (vm-b, eth0 .3) ─┼─ veth "hth…" ── hearth0 172.30.0.1/24 ─┐  H (hearth's side, default route via O)
+//	 C (vm-c, eth0 .4) ─┘   (on the bridge)                      └─ out0 192.0.2.1/24 ── O (eth0 192.0.2.2/24)
+//
+// O is the host's upstream router and, behind it, the internet: it also
+// holds 198.51.100.2 and whatever other addresses a test gives it, which H
+// reaches through its default route. 192.0.2.0/24 is the host's own
+// network (a route through one of its interfaces), which VMs must not
+// reach.
 //
 // The stand-in VMs are veth peers instead of TAPs (a TAP needs a process to
 // carry its frames); the bridge-family rules match them by name the same way.
@@ -29,8 +35,9 @@ import (
 const (
 	okTimeout      = 3 * time.Second
 	blockedTimeout = 400 * time.Millisecond
-	outsideIP      = "198.51.100.2"
-	hostOutsideIP  = "198.51.100.1"
+	outsideIP      = "198.51.100.2" // on the internet, behind O
+	routerIP       = "192.0.2.2"    // O on the host's network
+	hostOutsideIP  = "192.0.2.1"    // H on the host's network: the address VMs are masqueraded to
 	metadataIP     = "169.254.169.254"
 )
 
@@ -92,8 +99,10 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// addOutside creates namespace O linked to H by a veth: out0 in H, eth0 in O.
-func addOutside(t *testing.T, hostNL *netlink.Handle) netns.NsHandle {
+// addOutside creates namespace O linked to H by a veth (out0 in H, eth0
+// in O) on the host's network 192.0.2.0/24, makes O H's default route,
+// and gives O outsideIP and the extra addresses.
+func addOutside(t *testing.T, hostNL *netlink.Handle, extra ...string) netns.NsHandle {
 	t.Helper()
 	o := newNetNS(t)
 	attrs := netlink.NewLinkAttrs()
@@ -108,7 +117,17 @@ func addOutside(t *testing.T, hostNL *netlink.Handle) netns.NsHandle {
 	if err := hostNL.LinkSetUp(veth); err != nil {
 		t.Fatal(err)
 	}
-	configureEth0(t, nlHandle(t, o), netip.MustParsePrefix(outsideIP+"/24"), netip.Addr{})
+	if err := hostNL.RouteAdd(&netlink.Route{LinkIndex: veth.Attrs().Index, Gw: net.ParseIP(routerIP)}); err != nil {
+		t.Fatalf("add default route: %v", err)
+	}
+	onl := nlHandle(t, o)
+	configureEth0(t, onl, netip.MustParsePrefix(routerIP+"/24"), netip.Addr{})
+	eth0 := must(onl.LinkByName("eth0"))(t)
+	for _, a := range append([]string{outsideIP}, extra...) {
+		if err := onl.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(netip.MustParseAddr(a), 32))}); err != nil {
+			t.Fatalf("add %s to O: %v", a, err)
+		}
+	}
 	return o
 }
 
@@ -266,7 +285,10 @@ func TestTraffic(t *testing.T) {
 	a := attachVM(t, h, hostNL, "vm-a", "172.30.0.2")
 	b := attachVM(t, h, hostNL, "vm-b", "172.30.0.3")
 	c := attachVM(t, h, hostNL, "vm-c", "172.30.0.4") // never gets a slot
-	o := addOutside(t, hostNL)
+	// A metadata service at the link-local 169.254.169.254, behind the
+	// outside link, as a cloud host has one: the host reaches it, VMs
+	// must not, whatever their policy.
+	o := addOutside(t, hostNL, metadataIP)
 
 	sync := func(slots ...Slot) {
 		t.Helper()
@@ -285,16 +307,6 @@ func TestTraffic(t *testing.T) {
 		serveTCP(t, o, outsideIP+":"+port)
 	}
 	udpOut := listenUDP(t, o, outsideIP+":9002")
-	// A metadata service at the link-local 169.254.169.254, behind the
-	// outside link, as a cloud host has one: the host reaches it, VMs
-	// must not, whatever their policy.
-	oeth0 := must(nlHandle(t, o).LinkByName("eth0"))(t)
-	if err := nlHandle(t, o).AddrAdd(oeth0, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(metadataIP + "/32"))}); err != nil {
-		t.Fatal(err)
-	}
-	if err := hostNL.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix(metadataIP + "/32")), Gw: net.ParseIP(outsideIP)}); err != nil {
-		t.Fatal(err)
-	}
 	serveTCP(t, o, metadataIP+":80")
 
 	// works and blocked check one connection or ping.

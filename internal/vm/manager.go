@@ -66,6 +66,9 @@ type CreateRequest struct {
 	BootTimeout time.Duration
 	// Egress is the VM's outbound policy; nil means the default.
 	Egress *Egress
+	// Admin says the request comes with an admin key, which may ask for
+	// egress wider than the configured policy; a user key may not.
+	Admin bool
 }
 
 // Deps are the manager's collaborators.
@@ -200,6 +203,9 @@ func (m *Manager) validate(ctx context.Context, req *CreateRequest) (store.Image
 		}
 		if err := m.net.ValidateEgress(*req.Egress); err != nil {
 			return store.Image{}, errdefs.Invalidf("network.egress: %v", err)
+		}
+		if err := req.Egress.Within(m.net.DefaultEgress()); err != nil && !req.Admin {
+			return store.Image{}, errdefs.Forbiddenf("network.egress: %v; only an admin key may ask for more", err)
 		}
 	}
 	if _, err := m.store.GetUser(ctx, req.UserID); errors.Is(err, store.ErrNotFound) {

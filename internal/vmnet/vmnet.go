@@ -35,9 +35,17 @@ type Service struct {
 var _ vm.Networker = (*Service)(nil)
 
 // New returns the service for host. dns is what guests are told to use;
-// egress is the default policy.
+// egress is the default policy, and the most a user key may ask for
+// (vm.Egress.Within).
 func New(host *network.Host, leases store.Leases, dns []string, defaultEgress vm.Egress) (*Service, error) {
 	cfg := host.Config() // one source of truth: the host, defaults applied
+	policy, err := toPolicy(defaultEgress)
+	if err == nil {
+		err = cfg.CheckEgress(policy, nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("network.default_egress: %w", err)
+	}
 	alloc, err := ipam.New(leases, cfg.Subnet, cfg.Gateway())
 	if err != nil {
 		return nil, err
@@ -69,10 +77,15 @@ func toPolicy(e vm.Egress) (network.EgressPolicy, error) {
 	return p, nil
 }
 
-// ValidateEgress implements vm.Networker.
+// ValidateEgress implements vm.Networker: the policy must be well formed
+// and name no destination the host denies every VM (checked against the
+// host's routes as the installed rules have them).
 func (s *Service) ValidateEgress(e vm.Egress) error {
-	_, err := toPolicy(e)
-	return err
+	p, err := toPolicy(e)
+	if err != nil {
+		return err
+	}
+	return s.cfg.CheckEgress(p, s.host.HostRoutes())
 }
 
 // DefaultEgress implements vm.Networker.

@@ -250,3 +250,57 @@ func TestAttachRefusedLeavesNothing(t *testing.T) {
 		t.Fatalf("ruleset differs from the baseline:\n--- got\n%s\n--- want\n%s", got, baseline)
 	}
 }
+
+// TestValidateEgressRefusesDenied: a policy naming only destinations the
+// host denies every VM is refused before anything is created, with the
+// reason, including the host's own subnets as its routes are now.
+func TestValidateEgressRefusesDenied(t *testing.T) {
+	e := newEnv(t)
+	allow := func(cidr string) vm.Egress {
+		return vm.Egress{Mode: "allowlist", Allow: []vm.EgressRule{{CIDR: cidr, Protocol: "tcp", Port: 443}}}
+	}
+	for _, ok := range []vm.Egress{{Mode: "open"}, {Mode: "none"}, allow("198.51.100.0/24"), allow("192.0.2.0/24")} {
+		if err := e.svc.ValidateEgress(ok); err != nil {
+			t.Errorf("ValidateEgress(%+v) = %v", ok, err)
+		}
+	}
+	for cidr, want := range map[string]string{
+		"169.254.169.254": "link-local",
+		"168.63.129.16":   "Azure",
+		"10.1.0.0/16":     "private",
+		"100.64.0.1":      "carrier-grade NAT",
+	} {
+		err := e.svc.ValidateEgress(allow(cidr))
+		if err == nil || !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidateEgress(%s) = %v, want an invalid-argument error saying %q", cidr, err, want)
+		}
+	}
+	// The host joins 192.0.2.0/24 (a DHCP lease on a new interface).
+	for _, args := range [][]string{
+		{"link", "add", "lan0", "type", "veth", "peer", "name", "lan1"},
+		{"addr", "add", "192.0.2.10/24", "dev", "lan0"},
+		{"link", "set", "lan0", "up"},
+		{"link", "set", "lan1", "up"},
+	} {
+		if out, err := exec.Command("ip", append([]string{"-n", e.ns}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	if changed, err := e.host.RefreshHostRoutes(context.Background()); err != nil || !changed {
+		t.Fatalf("RefreshHostRoutes() = %v, %v; want a change", changed, err)
+	}
+	err := e.svc.ValidateEgress(allow("192.0.2.0/24"))
+	if err == nil || !strings.Contains(err.Error(), "the host's own network (192.0.2.0/24") {
+		t.Fatalf("ValidateEgress(the host's network) = %v", err)
+	}
+}
+
+// TestNewRefusesDeniedDefault: a configured default policy that names a
+// destination no VM may reach stops the daemon at start with the reason.
+func TestNewRefusesDeniedDefault(t *testing.T) {
+	e := newEnv(t)
+	_, err := New(e.host, e.st, nil, vm.Egress{Mode: "allowlist", Allow: []vm.EgressRule{{CIDR: "192.168.0.0/24"}}})
+	if err == nil || !strings.Contains(err.Error(), "network.default_egress") || !strings.Contains(err.Error(), "private") {
+		t.Fatalf("New() = %v, want a refusal of the private default", err)
+	}
+}

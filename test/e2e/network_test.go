@@ -15,40 +15,50 @@ import (
 	"github.com/hearth-project/hearth/internal/client"
 )
 
-// outside is a network namespace standing in for the internet, joined to
-// the daemon's namespace by a veth pair. Nothing leaves these namespaces.
+// outside is a network namespace standing in for the host's upstream
+// router and, behind it, the internet, joined to the daemon's namespace by
+// a veth pair on the host's own network (192.0.2.0/24, which VMs must not
+// reach); the daemon's default route leads there. The internet's
+// addresses (outsideIP and any a test adds) live in the outside namespace.
+// Nothing leaves these namespaces.
 type outside struct {
 	ns       string
 	hostAddr string // the daemon side of the link
-	addr     string // the outside side
+	addr     string // the outside's address on the internet
 	mu       sync.Mutex
 	peers    []string // remote addresses seen by the outside servers
 }
 
 const (
-	outsideHostIP = "198.51.100.1"
-	outsideIP     = "198.51.100.2"
+	outsideHostIP = "192.0.2.1"    // the daemon on the host's network: VMs are masqueraded to it
+	routerIP      = "192.0.2.2"    // the outside on the host's network
+	outsideIP     = "198.51.100.2" // the outside on the internet
 )
 
-func newOutside(t *testing.T, d *daemon) *outside {
+func newOutside(t *testing.T, d *daemon, extra ...string) *outside {
 	t.Helper()
 	o := &outside{ns: newNetns(t), hostAddr: outsideHostIP, addr: outsideIP}
 	sh(t, "ip", "-n", d.netns, "link", "add", "veth-out", "type", "veth", "peer", "name", "veth-in", "netns", o.ns)
 	sh(t, "ip", "-n", d.netns, "addr", "add", outsideHostIP+"/24", "dev", "veth-out")
 	sh(t, "ip", "-n", d.netns, "link", "set", "veth-out", "up")
-	sh(t, "ip", "-n", o.ns, "addr", "add", outsideIP+"/24", "dev", "veth-in")
+	sh(t, "ip", "-n", d.netns, "route", "add", "default", "via", routerIP)
+	sh(t, "ip", "-n", o.ns, "addr", "add", routerIP+"/24", "dev", "veth-in")
+	for _, a := range append([]string{outsideIP}, extra...) {
+		sh(t, "ip", "-n", o.ns, "addr", "add", a+"/32", "dev", "veth-in")
+	}
 	sh(t, "ip", "-n", o.ns, "link", "set", "veth-in", "up")
 	return o
 }
 
-// serve answers every TCP connection on port with "outside-ok" and records
-// who connected (a NATed VM shows up as the daemon side's address).
+// serve answers every TCP connection on port, at any of the outside's
+// addresses, with "outside-ok" and records who connected (a NATed VM shows
+// up as the daemon side's address).
 func (o *outside) serve(t *testing.T, port int) {
 	t.Helper()
 	var ln net.Listener
 	err := inNetns(o.ns, func() error {
 		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf("%s:%d", o.addr, port))
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)) // every address the outside holds
 		return err
 	})
 	if err != nil {

@@ -343,6 +343,7 @@ type Network struct {
 	TAPs     map[string]string // vm id -> tap
 	Egress   map[string]vm.Egress
 	Attachs  int
+	policy   vm.Egress // the default; zero: open
 }
 
 var _ vm.Networker = (*Network)(nil)
@@ -361,8 +362,24 @@ func (n *Network) ValidateEgress(e vm.Egress) error {
 	return fmt.Errorf("mode must be open, none or allowlist, got %q", e.Mode)
 }
 
-// DefaultEgress implements vm.Networker.
-func (n *Network) DefaultEgress() vm.Egress { return vm.Egress{Mode: "open"} }
+// DefaultEgress implements vm.Networker: "open" unless SetDefaultEgress
+// said otherwise.
+func (n *Network) DefaultEgress() vm.Egress {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.policy.Mode == "" {
+		return vm.Egress{Mode: "open"}
+	}
+	return n.policy
+}
+
+// SetDefaultEgress sets the configured policy: the default, and the most
+// a user key may ask for.
+func (n *Network) SetDefaultEgress(e vm.Egress) {
+	n.mu.Lock()
+	n.policy = e
+	n.mu.Unlock()
+}
 
 // Capacity, if positive, is how many leases the fake pool holds.
 func (n *Network) SetCapacity(c int) {
