@@ -230,7 +230,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 			egress = *req.Egress
 		}
 		// Only the wanted policy for now; Attach fills in the rest.
-		network, _ = json.Marshal(NetAttachment{Egress: egress})
+		if network, err = json.Marshal(NetAttachment{Egress: egress}); err != nil {
+			return store.VM{}, fmt.Errorf("encode network: %w", err)
+		}
 	}
 	v := store.VM{
 		ID: id, UserID: req.UserID, ImageID: img.ID, Role: req.Role, Network: network,
@@ -250,7 +252,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	}
 	ev, err := m.store.AppendEvent(ctx, store.Event{At: now, Type: "vm.created", VMID: id, UserID: v.UserID,
 		ToState: store.StatePending, Message: fmt.Sprintf("image %s, role %s, %d vcpu, %d MiB", img.Name, v.Role, v.VCPUs, v.MemoryMiB)})
-	if err == nil {
+	if err != nil {
+		// The VM exists and boots; only its creation is missing from the
+		// event log.
+		m.log.Error("record vm.created event", "vm", id, "err", err)
+	} else {
 		m.bus.Publish(ev)
 	}
 	m.spawn(v, modeRun)
@@ -270,14 +276,13 @@ func (m *Manager) reserve(ctx context.Context, v store.VM) (store.VM, error) {
 	ctx = context.WithoutCancel(ctx)
 	addr, err := m.net.Reserve(ctx, v.ID)
 	if err == nil {
-		var nv store.VM
-		nv, err = m.update(v.ID, func(x *store.VM) {
-			att, _ := DecodeAttachment(x.Network)
-			att.Address = addr
-			x.Network, _ = json.Marshal(att)
-		})
+		var network []byte
+		network, err = withAddress(v.Network, addr)
 		if err == nil {
-			return nv, nil
+			var nv store.VM
+			if nv, err = m.update(v.ID, func(x *store.VM) { x.Network = network }); err == nil {
+				return nv, nil
+			}
 		}
 		err = errors.Join(err, m.net.Detach(ctx, v.ID))
 	}
@@ -285,6 +290,20 @@ func (m *Manager) reserve(ctx context.Context, v store.VM) (store.VM, error) {
 		err = errors.Join(err, fmt.Errorf("remove vm record: %w", derr))
 	}
 	return store.VM{}, err
+}
+
+// withAddress returns a VM's stored network with its address set.
+func withAddress(network []byte, addr string) ([]byte, error) {
+	att, err := DecodeAttachment(network)
+	if err != nil {
+		return nil, err
+	}
+	att.Address = addr
+	b, err := json.Marshal(att)
+	if err != nil {
+		return nil, fmt.Errorf("encode network: %w", err)
+	}
+	return b, nil
 }
 
 // Get returns one VM.
