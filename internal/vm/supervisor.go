@@ -160,7 +160,12 @@ func (m *Manager) finishStop(inst *instance) {
 		}
 		m.mu.Unlock()
 		handled = true
-		if cur, err := m.store.GetVM(context.WithoutCancel(m.ctx), inst.id); err == nil && cur.State != store.StateDestroyed {
+		cur, err := m.store.GetVM(context.WithoutCancel(m.ctx), inst.id)
+		if err != nil {
+			// Deleting again (or a restart, for a stopping VM)
+			// finishes it.
+			m.log.Error("read vm to finish its deletion", "vm", inst.id, "err", err)
+		} else if cur.State != store.StateDestroyed {
 			m.teardown(cur, nil)
 		}
 	}
@@ -764,11 +769,18 @@ func (m *Manager) reconcileNetwork(ctx context.Context, vms []store.VM) error {
 			continue
 		}
 		att, err := DecodeAttachment(v.Network)
-		if err != nil || att.Address == "" {
+		if err != nil {
+			// Nothing can be rebuilt from it; its supervisor fails it.
+			m.log.Error("vm network unreadable; its network is released", "vm", v.ID, "err", err)
+			continue
+		}
+		if att.Address == "" {
 			continue // never reserved
 		}
 		if v.State == store.StateFailed {
-			if h, _ := vmm.UnmarshalHandle(v.Handle); !m.driver.Alive(h) {
+			// An unreadable handle names no process: reconcileProcesses
+			// ended whatever ran for the VM.
+			if h, err := vmm.UnmarshalHandle(v.Handle); err != nil || !m.driver.Alive(h) {
 				continue
 			}
 		}
