@@ -447,11 +447,20 @@ func (m *Manager) awaitSession(ctx context.Context, id string, d time.Duration) 
 func (m *Manager) Wait(ctx context.Context, id string, target store.State) (store.VM, error) {
 	sub := m.bus.Subscribe(64)
 	defer func() { sub.Close() }()
+	var last store.VM
 	for {
 		v, err := m.Get(ctx, id)
 		if err != nil {
+			if ctx.Err() != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				// The deadline met the read: that is the caller's timeout.
+				if last.ID == "" {
+					return last, errdefs.Timeoutf("vm %s: no answer before the deadline", id)
+				}
+				return last, errdefs.Timeoutf("vm %s is still %s", id, last.State)
+			}
 			return store.VM{}, err
 		}
+		last = v
 		if v.State == target {
 			return v, nil
 		}
