@@ -87,7 +87,7 @@ func firecrackerTable(dir string, runs int) error {
 	if err := makeBtrfs(pool, mnt, 12<<30); err != nil {
 		return err
 	}
-	defer exec.Command("umount", mnt).Run()
+	defer func() { _ = exec.Command("umount", mnt).Run() }() // best effort: the pool goes with dir
 	ext4Base := filepath.Join(dir, "fc-base.ext4")
 	if err := fillSparse(ext4Base, 8<<30, 1<<30); err != nil {
 		return err

@@ -83,7 +83,7 @@ func useViewer(ctx context.Context, client *http.Client, wsURL, origin string) (
 	if err != nil {
 		return vt, fmt.Errorf("websocket: %w", err)
 	}
-	defer ws.CloseNow()
+	defer func() { _ = ws.CloseNow() }()
 	ws.SetReadLimit(-1) // hearth sends up to one bridge chunk per message
 	vt.open = time.Now()
 	c := &wsStream{ctx: ctx, ws: ws}

@@ -85,8 +85,8 @@ func authenticate(conn net.Conn, enc *Encoder, dec *Decoder, g *guard, token []b
 	go func() { sent <- enc.Encode(msg) }()
 	hello, err := awaitHello(dec, g, challenge.Nonce)
 	if err != nil {
-		conn.Close() // unblocks the sender
-		<-sent
+		_ = conn.Close() // unblocks the sender
+		_ = <-sent       // it fails on the closed connection; awaitHello's error is the one to report
 		return Hello{}, err
 	}
 	if err := <-sent; err != nil {

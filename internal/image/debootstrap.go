@@ -196,7 +196,13 @@ func ensureBaseTree(ctx context.Context, cacheDir string, key baseTreeKey, p *pr
 	if err != nil {
 		return "", err
 	}
-	defer removeTree(tmp)
+	defer func() {
+		// Gone already once renamed; what is left, the next build removes
+		// (removeStaleTrees).
+		if err := removeTree(tmp); err != nil {
+			p.note("remove %s: %v", tmp, err)
+		}
+	}()
 	if err := runDebootstrap(ctx, filepath.Join(tmp, "tree"), key, p, log); err != nil {
 		return "", err
 	}

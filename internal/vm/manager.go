@@ -245,7 +245,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 			egress = *req.Egress
 		}
 		// Only the wanted policy for now; Attach fills in the rest.
-		network, _ = json.Marshal(NetAttachment{Egress: egress})
+		if network, err = json.Marshal(NetAttachment{Egress: egress}); err != nil {
+			return store.VM{}, fmt.Errorf("encode network: %w", err)
+		}
 	}
 	v := store.VM{
 		ID: id, UserID: req.UserID, ImageID: img.ID, Role: req.Role, Network: network,
@@ -265,7 +267,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	}
 	ev, err := m.store.AppendEvent(ctx, store.Event{At: now, Type: "vm.created", VMID: id, UserID: v.UserID,
 		ToState: store.StatePending, Message: fmt.Sprintf("image %s, role %s, %d vcpu, %d MiB", img.Name, v.Role, v.VCPUs, v.MemoryMiB)})
-	if err == nil {
+	if err != nil {
+		// The VM exists and boots; only its creation is missing from the
+		// event log.
+		m.log.Error("record vm.created event", "vm", id, "err", err)
+	} else {
 		m.bus.Publish(ev)
 	}
 	m.spawn(v, modeRun)
@@ -285,14 +291,13 @@ func (m *Manager) reserve(ctx context.Context, v store.VM) (store.VM, error) {
 	ctx = context.WithoutCancel(ctx)
 	addr, err := m.net.Reserve(ctx, v.ID)
 	if err == nil {
-		var nv store.VM
-		nv, err = m.update(v.ID, func(x *store.VM) {
-			att, _ := DecodeAttachment(x.Network)
-			att.Address = addr
-			x.Network, _ = json.Marshal(att)
-		})
+		var network []byte
+		network, err = withAddress(v.Network, addr)
 		if err == nil {
-			return nv, nil
+			var nv store.VM
+			if nv, err = m.update(v.ID, func(x *store.VM) { x.Network = network }); err == nil {
+				return nv, nil
+			}
 		}
 		err = errors.Join(err, m.net.Detach(ctx, v.ID))
 	}
@@ -300,6 +305,20 @@ func (m *Manager) reserve(ctx context.Context, v store.VM) (store.VM, error) {
 		err = errors.Join(err, fmt.Errorf("remove vm record: %w", derr))
 	}
 	return store.VM{}, err
+}
+
+// withAddress returns a VM's stored network with its address set.
+func withAddress(network []byte, addr string) ([]byte, error) {
+	att, err := DecodeAttachment(network)
+	if err != nil {
+		return nil, err
+	}
+	att.Address = addr
+	b, err := json.Marshal(att)
+	if err != nil {
+		return nil, fmt.Errorf("encode network: %w", err)
+	}
+	return b, nil
 }
 
 // Get returns one VM.
@@ -443,11 +462,20 @@ func (m *Manager) awaitSession(ctx context.Context, id string, d time.Duration) 
 func (m *Manager) Wait(ctx context.Context, id string, target store.State) (store.VM, error) {
 	sub := m.bus.Subscribe(64)
 	defer func() { sub.Close() }()
+	var last store.VM
 	for {
 		v, err := m.Get(ctx, id)
 		if err != nil {
+			if ctx.Err() != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				// The deadline met the read: that is the caller's timeout.
+				if last.ID == "" {
+					return last, errdefs.Timeoutf("vm %s: no answer before the deadline", id)
+				}
+				return last, errdefs.Timeoutf("vm %s is still %s", id, last.State)
+			}
 			return store.VM{}, err
 		}
+		last = v
 		if v.State == target {
 			return v, nil
 		}

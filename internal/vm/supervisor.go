@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -164,7 +165,12 @@ func (m *Manager) finishStop(inst *instance) {
 		}
 		m.mu.Unlock()
 		handled = true
-		if cur, err := m.store.GetVM(context.WithoutCancel(m.ctx), inst.id); err == nil && cur.State != store.StateDestroyed {
+		cur, err := m.store.GetVM(context.WithoutCancel(m.ctx), inst.id)
+		if err != nil {
+			// Deleting again (or a restart, for a stopping VM)
+			// finishes it.
+			m.log.Error("read vm to finish its deletion", "vm", inst.id, "err", err)
+		} else if cur.State != store.StateDestroyed {
 			m.teardown(cur, nil)
 		}
 	}
@@ -199,7 +205,12 @@ func (m *Manager) supervise(inst *instance, v store.VM, md mode) {
 			return
 		}
 		if !m.driver.Alive(h) {
-			m.fail(v.ID, "vm process exited while hearth was not running")
+			reason := "vm process exited while hearth was not running"
+			if h.PID == 0 {
+				// Start ended any process it found for the VM.
+				reason = "hearth stopped while it was starting the vm process"
+			}
+			m.fail(v.ID, reason)
 			return
 		}
 		log.Info("adopted running vm", "pid", h.PID, "state", v.State)
@@ -213,7 +224,8 @@ func (m *Manager) supervise(inst *instance, v store.VM, md mode) {
 }
 
 // boot runs the creation steps; each one is idempotent, and a failure undoes
-// what the earlier ones made (the cleanup stack).
+// what the earlier ones made (the cleanup stack). The VM it returns is the
+// last record written, never one a failed write replaced.
 func (m *Manager) boot(inst *instance, v store.VM) (store.VM, vmm.Handle, error) {
 	ctx := context.WithoutCancel(m.ctx)
 	img, err := m.store.GetImage(ctx, v.ImageID)
@@ -227,58 +239,78 @@ func (m *Manager) boot(inst *instance, v store.VM) (store.VM, vmm.Handle, error)
 	spec := vmm.Spec{ID: v.ID, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
 		Kernel: img.KernelPath, Initrd: img.InitrdPath, Rootfs: img.RootfsPath, Token: token}
 	var undo cleanupStack
+	// abort undoes the steps done so far; err stays the VM's failure
+	// reason, what the undoing could not undo is logged (release tries
+	// again once the VM is failed).
+	abort := func(err error) error {
+		if uerr := undo.run(); uerr != nil {
+			m.log.Error("undo boot steps", "vm", v.ID, "err", uerr)
+		}
+		return err
+	}
 	var netJSON []byte
 	if want, _, err := attachmentOf(v.Network); err != nil {
 		return v, vmm.Handle{}, err
 	} else if m.net != nil && len(v.Network) > 0 {
 		att, err := m.net.Attach(ctx, v.ID, want.Egress)
-		undo.push(func() { _ = m.net.Detach(ctx, v.ID) })
+		undo.push(func() error { return m.net.Detach(ctx, v.ID) })
 		if err != nil {
-			undo.run()
-			return v, vmm.Handle{}, fmt.Errorf("attach network: %w", err)
+			return v, vmm.Handle{}, abort(fmt.Errorf("attach network: %w", err))
 		}
 		spec.NICs = []vmm.NIC{{TAP: att.TAP, MAC: att.MAC, Address: att.Address, Gateway: att.Gateway, DNS: att.DNS}}
-		netJSON, _ = json.Marshal(att)
+		if netJSON, err = json.Marshal(att); err != nil {
+			return v, vmm.Handle{}, abort(fmt.Errorf("encode network: %w", err))
+		}
 	}
 	h, err := m.driver.Prepare(ctx, spec)
-	undo.push(func() { _ = m.driver.Cleanup(ctx, h) })
+	undo.push(func() error { return m.driver.Cleanup(ctx, h) })
 	if err != nil {
-		undo.run()
-		return v, h, fmt.Errorf("prepare: %w", err)
+		return v, h, abort(fmt.Errorf("prepare: %w", err))
 	}
-	v, err = m.transition(v.ID, store.StateBooting, "starting "+m.driver.Name(), func(x *store.VM) {
+	// The handle is recorded before the process exists; the process is
+	// found by the VM's directory until its PID is recorded too.
+	nv, err := m.transition(v.ID, store.StateBooting, "starting "+m.driver.Name(), func(x *store.VM) {
 		x.Handle = h.Marshal()
 		if netJSON != nil {
 			x.Network = netJSON
 		}
 	})
 	if err != nil {
-		undo.run()
-		return v, h, err
+		return v, h, abort(err)
 	}
+	v = nv
 	if inst.stopRequested() {
 		return v, h, nil // monitor sees the stop at once and tears down
 	}
+	// Pushed before Start: a start that fails half-way may leave a
+	// process its handle does not name.
+	undo.push(func() error { return m.stopProcesses(ctx, v, h, 0) })
 	if err := m.driver.Start(ctx, spec, &h); err != nil {
-		undo.run()
-		return v, h, err
+		return v, h, abort(err)
 	}
-	undo.push(func() { _ = m.driver.Stop(ctx, h, 0) })
-	if v, err = m.update(v.ID, func(x *store.VM) { x.Handle = h.Marshal() }); err != nil {
-		undo.run()
-		return v, h, fmt.Errorf("record handle: %w", err)
+	nv, err = m.update(v.ID, func(x *store.VM) { x.Handle = h.Marshal() })
+	if err != nil {
+		return v, h, abort(fmt.Errorf("record handle: %w", err))
 	}
-	return v, h, nil
+	return nv, h, nil
 }
 
-type cleanupStack []func()
+// cleanupStack undoes steps in reverse order.
+type cleanupStack []func() error
 
-func (c *cleanupStack) push(f func()) { *c = append(*c, f) }
-func (c *cleanupStack) run() {
+func (c *cleanupStack) push(f func() error) { *c = append(*c, f) }
+
+// run undoes every step, newest first, even after one fails, and returns
+// every failure.
+func (c *cleanupStack) run() error {
+	var errs []error
 	for i := len(*c) - 1; i >= 0; i-- {
-		(*c)[i]()
+		if err := (*c)[i](); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	*c = nil
+	return errors.Join(errs...)
 }
 
 // agentResult is what the agent goroutine hands the monitor.
@@ -406,12 +438,17 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 			helloSeen = true
 			watch.onConnected(time.Now(), r.hello.Version)
 			// A connection is not a heartbeat: only what the hello says
-			// is recorded, and only when it changed.
+			// is recorded, and only when it changed. A failed write keeps
+			// the record as it was.
 			if r.hello.Version != v.AgentVersion || !r.hello.BootTime.Equal(v.GuestBootAt) {
-				v, _ = m.update(v.ID, func(x *store.VM) {
+				if nv, err := m.update(v.ID, func(x *store.VM) {
 					x.AgentVersion = r.hello.Version
 					x.GuestBootAt = r.hello.BootTime
-				})
+				}); err != nil {
+					log.Error("record agent facts", "err", err)
+				} else {
+					v = nv
+				}
 			}
 
 		case <-retry:
@@ -454,7 +491,11 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 					// is for people and is written at most every few beats.
 					if e.At.Sub(persisted) >= heartbeatPersistEvery {
 						persisted = e.At
-						v, _ = m.update(v.ID, func(x *store.VM) { x.LastHeartbeatAt = e.At.UTC() })
+						if nv, err := m.update(v.ID, func(x *store.VM) { x.LastHeartbeatAt = e.At.UTC() }); err != nil {
+							log.Error("record heartbeat", "err", err)
+						} else {
+							v = nv
+						}
 					}
 				}
 			}
@@ -541,37 +582,75 @@ func resetTimer(t *time.Timer, d time.Duration) {
 	t.Reset(d)
 }
 
-// fail marks the VM failed with reason, then releases what it holds.
+// fail marks the VM failed with reason, then releases what it holds. A
+// VM is never left running unsupervised because the store failed: its
+// processes are stopped at once, and the write is retried until the store
+// takes it.
 func (m *Manager) fail(id, reason string) {
-	v, err := m.transition(id, store.StateFailed, reason, func(x *store.VM) {
-		x.FailureReason = reason
-		x.StoppedAt = time.Now().UTC()
-	})
+	mark := func() (store.VM, error) {
+		return m.transition(id, store.StateFailed, reason, func(x *store.VM) {
+			x.FailureReason = reason
+			x.StoppedAt = time.Now().UTC()
+		})
+	}
+	v, err := mark()
+	if err != nil && !errors.Is(err, errdefs.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
+		m.log.Error("mark failed; stopping the vm while the write is retried", "vm", id, "reason", reason, "err", err)
+		m.stopUnrecorded(id)
+		err = m.persist(id, "mark failed", func() error {
+			var err error
+			v, err = mark()
+			return err
+		})
+	}
 	if err != nil {
+		// A conflict: a delete (or another failure) moved it on, and its
+		// teardown owns it now.
 		m.log.Error("mark failed", "vm", id, "reason", reason, "err", err)
 		return
 	}
 	m.release(v)
 }
 
-// release stops a failed VM's process and removes its disk, sockets and
-// token. The console log stays, so the failure can be read, until the VM is
-// deleted.
+// stopUnrecorded stops a VM's processes when its state cannot be written:
+// from its stored record if that can be read, else from where its
+// directory must be.
+func (m *Manager) stopUnrecorded(id string) {
+	ctx := context.WithoutCancel(m.ctx)
+	v, err := m.store.GetVM(ctx, id)
+	if err != nil {
+		v = store.VM{ID: id, Dir: filepath.Join(m.cfg.VMsDir, id)}
+	}
+	h, err := vmm.UnmarshalHandle(v.Handle)
+	if err != nil {
+		m.log.Error("vm handle unreadable; its processes are found by its directory", "vm", id, "err", err)
+	}
+	if err := m.stopProcesses(ctx, v, h, 0); err != nil {
+		m.log.Error("stop vm", "vm", id, "err", err)
+	}
+}
+
+// release stops a failed VM's processes and removes its network, disk,
+// sockets and token. The console log stays, so the failure can be read,
+// until the VM is deleted.
 func (m *Manager) release(v store.VM) {
 	ctx := context.WithoutCancel(m.ctx)
+	log := m.log.With("vm", v.ID)
 	h, err := vmm.UnmarshalHandle(v.Handle)
-	if err != nil || h.Dir == "" {
-		return
+	if err != nil {
+		log.Error("vm handle unreadable; its processes are found by its directory", "err", err)
 	}
-	if err := m.driver.Stop(ctx, h, 0); err != nil {
-		m.log.Error("stop failed vm", "vm", v.ID, "err", err)
-		return
+	if err := m.stopProcesses(ctx, v, h, 0); err != nil {
+		log.Error("stop failed vm", "err", err)
+		return // the network and files stay until the process is gone
 	}
 	if err := m.detach(ctx, v); err != nil {
-		m.log.Error("detach failed vm's network", "vm", v.ID, "err", err)
+		log.Error("detach failed vm's network", "err", err)
 	}
-	if err := m.driver.Cleanup(ctx, h); err != nil {
-		m.log.Error("clean up failed vm", "vm", v.ID, "err", err)
+	if h.Dir != "" {
+		if err := m.driver.Cleanup(ctx, h); err != nil {
+			log.Error("clean up failed vm", "err", err)
+		}
 	}
 }
 
@@ -586,20 +665,34 @@ func (m *Manager) detach(ctx context.Context, v store.VM) error {
 
 // teardown stops the VM gracefully (agent first, then the driver), removes
 // every resource and marks it destroyed. Each step is idempotent, so a
-// teardown interrupted by a crash is finished by the next daemon.
+// teardown interrupted by a crash is finished by the next daemon; a state
+// the store fails to write is retried (persist).
 func (m *Manager) teardown(v store.VM, sess AgentSession) {
 	ctx := context.WithoutCancel(m.ctx)
 	log := m.log.With("vm", v.ID)
 	if cur, err := m.store.GetVM(ctx, v.ID); err == nil {
 		v = cur // the caller's copy may predate a delete or a failure
+	} else {
+		log.Error("read vm before teardown; using the supervisor's copy", "err", err)
 	}
 	if v.State == store.StateDestroyed {
 		return
 	}
-	h, _ := vmm.UnmarshalHandle(v.Handle)
+	move := func(to store.State, msg string, fn func(*store.VM)) error {
+		return m.persist(v.ID, "mark "+string(to), func() error {
+			nv, err := m.transition(v.ID, to, msg, fn)
+			if err == nil {
+				v = nv
+			}
+			return err
+		})
+	}
+	h, err := vmm.UnmarshalHandle(v.Handle)
+	if err != nil {
+		log.Error("vm handle unreadable; its processes are found by its directory", "err", err)
+	}
 	if v.State != store.StateFailed && v.State != store.StateStopped {
-		var err error
-		if v, err = m.transition(v.ID, store.StateStopping, "stop requested", nil); err != nil {
+		if err := move(store.StateStopping, "stop requested", nil); err != nil {
 			log.Error("mark stopping", "err", err)
 			return
 		}
@@ -617,22 +710,22 @@ func (m *Manager) teardown(v store.VM, sess AgentSession) {
 			cancel()
 		}
 		if sess != nil {
-			sess.Close()
+			if err := sess.Close(); err != nil {
+				log.Debug("close agent session", "err", err)
+			}
 		}
-		if err := m.driver.Stop(ctx, h, grace/2); err != nil {
+		if err := m.stopProcesses(ctx, v, h, grace/2); err != nil {
 			log.Error("stop vm", "err", err)
 			m.fail(v.ID, fmt.Sprintf("stop: %v", err))
 			return
 		}
-		if v, err = m.transition(v.ID, store.StateStopped, "vm process stopped", func(x *store.VM) { x.StoppedAt = time.Now().UTC() }); err != nil {
+		if err := move(store.StateStopped, "vm process stopped", func(x *store.VM) { x.StoppedAt = time.Now().UTC() }); err != nil {
 			log.Error("mark stopped", "err", err)
 			return
 		}
-	} else if h.Dir != "" {
-		if err := m.driver.Stop(ctx, h, 0); err != nil {
-			log.Error("stop vm", "err", err)
-			return
-		}
+	} else if err := m.stopProcesses(ctx, v, h, 0); err != nil {
+		log.Error("stop vm", "err", err)
+		return
 	}
 	if err := m.detach(ctx, v); err != nil {
 		log.Error("detach network", "err", err)
@@ -650,7 +743,7 @@ func (m *Manager) teardown(v store.VM, sess AgentSession) {
 			return
 		}
 	}
-	if _, err := m.transition(v.ID, store.StateDestroyed, "all resources released", func(x *store.VM) { x.DestroyedAt = time.Now().UTC() }); err != nil {
+	if err := move(store.StateDestroyed, "all resources released", func(x *store.VM) { x.DestroyedAt = time.Now().UTC() }); err != nil {
 		log.Error("mark destroyed", "err", err)
 	}
 }
@@ -660,16 +753,23 @@ func (m *Manager) teardown(v store.VM, sess AgentSession) {
 // and deletions are finished, and VM directories or processes that belong
 // to no VM are removed.
 func (m *Manager) Start(ctx context.Context) error {
-	vms, err := m.store.ListVMs(ctx, store.VMFilter{})
+	vms, err := m.store.ListVMs(ctx, store.VMFilter{IncludeDestroyed: true})
 	if err != nil {
 		return fmt.Errorf("list vms: %w", err)
+	}
+	// Processes first: an address or TAP is released only once no process
+	// the store does not account for can still use it.
+	if err := m.reconcileProcesses(vms); err != nil {
+		return err
 	}
 	if err := m.reconcileNetwork(ctx, vms); err != nil {
 		return err
 	}
 	known := map[string]bool{}
 	for _, v := range vms {
-		known[v.ID] = true
+		if v.State != store.StateDestroyed {
+			known[v.ID] = true
+		}
 		switch v.State {
 		case store.StatePending:
 			m.spawn(v, modeRun)
@@ -678,7 +778,8 @@ func (m *Manager) Start(ctx context.Context) error {
 		case store.StateStopping, store.StateStopped:
 			m.spawn(v, modeDestroy) // a deletion was interrupted: finish it
 		case store.StateFailed:
-			if h, _ := vmm.UnmarshalHandle(v.Handle); m.driver.Alive(h) || (h.DiskPath != "" && exists(h.DiskPath)) {
+			h, err := vmm.UnmarshalHandle(v.Handle)
+			if err != nil || m.driver.Alive(h) || (h.DiskPath != "" && exists(h.DiskPath)) {
 				m.spawn(v, modeAdopt) // supervise releases what a failed VM still holds
 			}
 		}
@@ -699,11 +800,18 @@ func (m *Manager) reconcileNetwork(ctx context.Context, vms []store.VM) error {
 			continue
 		}
 		att, err := DecodeAttachment(v.Network)
-		if err != nil || att.Address == "" {
+		if err != nil {
+			// Nothing can be rebuilt from it; its supervisor fails it.
+			m.log.Error("vm network unreadable; its network is released", "vm", v.ID, "err", err)
+			continue
+		}
+		if att.Address == "" {
 			continue // never reserved
 		}
 		if v.State == store.StateFailed {
-			if h, _ := vmm.UnmarshalHandle(v.Handle); !m.driver.Alive(h) {
+			// An unreadable handle names no process: reconcileProcesses
+			// ended whatever ran for the VM.
+			if h, err := vmm.UnmarshalHandle(v.Handle); err != nil || !m.driver.Alive(h) {
 				continue
 			}
 		}
@@ -715,34 +823,17 @@ func (m *Manager) reconcileNetwork(ctx context.Context, vms []store.VM) error {
 	return nil
 }
 
-// StrayFinder is implemented by drivers that can list their processes that
-// belong to no known VM.
-type StrayFinder interface {
-	FindStrays(vmsDir string, known map[string]bool) ([]int, error)
-	KillStray(pid int) error
-}
-
+// removeStrays removes VM directories that belong to no VM that is not
+// destroyed (their processes are gone: reconcileProcesses).
 func (m *Manager) removeStrays(known map[string]bool) error {
 	entries, err := os.ReadDir(m.cfg.VMsDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("read vms dir: %w", err)
 	}
-	if sf, ok := m.driver.(StrayFinder); ok {
-		pids, err := sf.FindStrays(m.cfg.VMsDir, known)
-		if err != nil {
-			return fmt.Errorf("find stray vm processes: %w", err)
-		}
-		for _, pid := range pids {
-			m.log.Warn("killing stray vm process", "pid", pid)
-			if err := sf.KillStray(pid); err != nil {
-				m.log.Error("kill stray", "pid", pid, "err", err)
-			}
-		}
-	}
 	for _, e := range entries {
 		if !known[e.Name()] {
 			m.log.Warn("removing stray vm directory", "dir", e.Name())
-			if err := os.RemoveAll(m.cfg.VMsDir + "/" + e.Name()); err != nil {
+			if err := os.RemoveAll(filepath.Join(m.cfg.VMsDir, e.Name())); err != nil {
 				return fmt.Errorf("remove stray %s: %w", e.Name(), err)
 			}
 		}

@@ -63,8 +63,12 @@ func VsockConnect(ctx context.Context, conn net.Conn, port uint32) error {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	_ = conn.SetDeadline(deadline)
-	defer conn.SetDeadline(time.Time{})
+	if err := conn.SetDeadline(deadline); err != nil {
+		return fmt.Errorf("vsock connect to port %d: %w", port, err)
+	}
+	// The connection is the caller's from here; a deadline that cannot be
+	// cleared shows up on its first read.
+	defer func() { _ = conn.SetDeadline(time.Time{}) }()
 	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
 		return fmt.Errorf("vsock connect to port %d: %w", port, err)
 	}

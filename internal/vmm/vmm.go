@@ -121,6 +121,30 @@ type ExitExplainer interface {
 	ExitReason(h Handle) string
 }
 
+// Process is one VMM process found on the host: its PID and start time
+// (as in Handle), so a recycled PID is never mistaken for it.
+type Process struct {
+	PID   int
+	Start uint64
+}
+
+// ProcessFinder is implemented by drivers that can find their processes
+// on the host without a handle: from the VM directory each process was
+// started for, which the process itself carries (QEMU's pidfile, a
+// Firecracker's working directory). A daemon killed after launching a
+// process but before recording its PID finds it this way, and so do
+// strays of VMs the store does not know.
+type ProcessFinder interface {
+	// FindProcesses lists the driver's processes working for a VM whose
+	// directory is directly under vmsDir, by that directory's name (the
+	// VM's id). Processes of VMs elsewhere (another hearth's) are never
+	// listed, nor the helpers a VMM process runs itself.
+	FindProcesses(vmsDir string) (map[string][]Process, error)
+	// KillProcess ends p, if it still is that process, and returns once
+	// it is gone.
+	KillProcess(p Process) error
+}
+
 // Pauser is implemented by drivers whose Capabilities say Pause: a paused
 // VM keeps its memory and devices but runs no vCPU.
 type Pauser interface {

@@ -386,12 +386,13 @@ func (j *jail) setupCgroups(stderr io.Writer) {
 		parent := root
 		for _, part := range strings.Split(j.parentCgroup, "/") {
 			for c := range ctrls {
-				os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+c), 0)
+				// Best effort: a controller that cannot be enabled fails its value below.
+				_ = os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+c), 0)
 			}
 			parent = filepath.Join(parent, part)
 		}
 		for c := range ctrls {
-			os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+c), 0)
+			_ = os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+"+c), 0)
 		}
 		for _, cg := range j.cgroups {
 			if err := os.WriteFile(filepath.Join(dir, cg[0]), []byte(cg[1]+"\n"), 0); err != nil {
@@ -538,12 +539,12 @@ func loopbackUp() error {
 
 func monotonicUS() int64 {
 	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) // cannot fail for this clock
 	return ts.Nano() / int64(time.Microsecond)
 }
 
 func processCPUUS() int64 {
 	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_PROCESS_CPUTIME_ID, &ts) // cannot fail for this clock
 	return ts.Nano() / int64(time.Microsecond)
 }

@@ -26,6 +26,7 @@ type Driver struct {
 	mu      sync.Mutex
 	nextPID int
 	procs   map[int]chan struct{} // pid -> closed on exit
+	dirs    map[int]string        // pid -> the VM directory it works for
 	Started int
 	FailOn  string // "prepare" or "start": fail that step
 	// ExitWhy is what ExitReason says about any VM.
@@ -41,12 +42,13 @@ func (d *Driver) ExitReason(vmm.Handle) string {
 
 // NewDriver returns a driver with no VMs.
 func NewDriver() *Driver {
-	return &Driver{nextPID: 1000, procs: map[int]chan struct{}{}}
+	return &Driver{nextPID: 1000, procs: map[int]chan struct{}{}, dirs: map[int]string{}}
 }
 
 var (
 	_ vmm.Driver        = (*Driver)(nil)
 	_ vmm.ExitExplainer = (*Driver)(nil)
+	_ vmm.ProcessFinder = (*Driver)(nil)
 	_ vm.AgentDialer    = (*Agents)(nil)
 )
 
@@ -83,6 +85,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 	d.nextPID++
 	h.PID, h.PIDStart = d.nextPID, 1
 	d.procs[h.PID] = make(chan struct{})
+	d.dirs[h.PID] = h.Dir
 	d.Started++
 	return nil
 }
@@ -140,6 +143,31 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// FindProcesses implements vmm.ProcessFinder: live processes by the name
+// of their VM directory, when it is directly under vmsDir.
+func (d *Driver) FindProcesses(vmsDir string) (map[string][]vmm.Process, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	found := map[string][]vmm.Process{}
+	for pid, ch := range d.procs {
+		select {
+		case <-ch:
+			continue
+		default:
+		}
+		if dir := d.dirs[pid]; filepath.Dir(dir) == filepath.Clean(vmsDir) {
+			found[filepath.Base(dir)] = append(found[filepath.Base(dir)], vmm.Process{PID: pid, Start: 1})
+		}
+	}
+	return found, nil
+}
+
+// KillProcess implements vmm.ProcessFinder.
+func (d *Driver) KillProcess(p vmm.Process) error {
+	d.Kill(p.PID)
 	return nil
 }
 

@@ -103,6 +103,7 @@ var (
 	_ vmm.Snapshotter   = (*Driver)(nil)
 	_ vmm.ExitExplainer = (*Driver)(nil)
 	_ vmm.SizeChecker   = (*Driver)(nil)
+	_ vmm.ProcessFinder = (*Driver)(nil)
 )
 
 // New checks the configuration and resolves the cloning method.
@@ -570,17 +571,18 @@ func symlinkInto(target, link string) error {
 // itoa is strconv.Itoa, for argument lists.
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// FindStrays lists firecracker processes working in a VM directory under
-// vmsDir (their working directory, or for a jailed one its root, is there)
-// whose VM ID is not in known. Processes of other hearth instances, or
-// firecrackers hearth did not start, are never listed.
-func (d *Driver) FindStrays(vmsDir string, known map[string]bool) ([]int, error) {
+// FindProcesses implements vmm.ProcessFinder: a firecracker process works
+// in its VM's directory (its working directory, or for a jailed one its
+// root, is there) from the moment it exists. Processes a firecracker runs
+// itself (the fake's guest) end with it and are not listed. Firecrackers
+// hearth did not start, or under another VMs directory, are never listed.
+func (d *Driver) FindProcesses(vmsDir string) (map[string][]vmm.Process, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list processes: %w", err)
 	}
 	prefix := filepath.Clean(vmsDir) + string(filepath.Separator)
-	var strays []int
+	byPID := map[int]vmProcess{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -590,16 +592,44 @@ func (d *Driver) FindStrays(vmsDir string, known map[string]bool) ([]int, error)
 		if err != nil || len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "firecracker") {
 			continue
 		}
-		if id, ok := strayID(pid, prefix); ok && !known[id] {
-			strays = append(strays, pid)
+		dir, ok := vmDirOf(pid, prefix)
+		if !ok {
+			continue
 		}
+		start, err := proc.StartTime(pid)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		byPID[pid] = vmProcess{dir, vmm.Process{PID: pid, Start: start}}
 	}
-	return strays, nil
+	return topmost(byPID, proc.ParentPID), nil
 }
 
-// strayID returns the VM ID a firecracker process works for: the first
-// path element under prefix of its root (jailed) or working directory.
-func strayID(pid int, prefix string) (string, bool) {
+// vmProcess is a process found working for the VM directory dir.
+type vmProcess struct {
+	dir string
+	p   vmm.Process
+}
+
+// topmost groups found processes by VM directory, leaving out those whose
+// parent is a found process of the same VM: they are part of it.
+func topmost(byPID map[int]vmProcess, parentOf func(int) (int, error)) map[string][]vmm.Process {
+	out := map[string][]vmm.Process{}
+	for pid, f := range byPID {
+		if ppid, err := parentOf(pid); err == nil {
+			if parent, ok := byPID[ppid]; ok && parent.dir == f.dir {
+				continue
+			}
+		}
+		out[f.dir] = append(out[f.dir], f.p)
+	}
+	return out
+}
+
+// vmDirOf returns the VM directory a firecracker process works for: the
+// first path element under prefix of its root (jailed) or working
+// directory.
+func vmDirOf(pid int, prefix string) (string, bool) {
 	for _, link := range []string{"root", "cwd"} {
 		p, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/" + link)
 		if err != nil {
@@ -614,5 +644,10 @@ func strayID(pid int, prefix string) (string, bool) {
 	return "", false
 }
 
-// KillStray kills a process found by FindStrays.
-func (d *Driver) KillStray(pid int) error { return proc.Kill(pid, 10*time.Second) }
+// KillProcess implements vmm.ProcessFinder.
+func (d *Driver) KillProcess(p vmm.Process) error {
+	if err := proc.KillWait(p.PID, p.Start, 10*time.Second); err != nil {
+		return fmt.Errorf("kill firecracker: %w", err)
+	}
+	return nil
+}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -352,9 +353,9 @@ func assertGone(t *testing.T, h vmm.Handle) {
 	}
 }
 
-// TestFindStrays: a firecracker working in a VM directory under the VMs
-// dir is a stray when its VM is unknown, and only then; KillStray ends it.
-func TestFindStrays(t *testing.T) {
+// TestFindProcesses: a firecracker working in a VM directory under the VMs
+// dir is found by that directory, and only under it; KillProcess ends it.
+func TestFindProcesses(t *testing.T) {
 	d := newFakeDriver(t, Config{})
 	spec := fakeSpec(t, "vm-stray01")
 	h, err := d.Prepare(t.Context(), spec)
@@ -366,21 +367,46 @@ func TestFindStrays(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = d.Stop(t.Context(), h, 0) })
 	vmsDir := filepath.Dir(spec.Dir)
-	strays, err := d.FindStrays(vmsDir, map[string]bool{spec.ID: true})
-	if err != nil || len(strays) != 0 {
-		t.Fatalf("a known VM's process listed as a stray: %v %v", strays, err)
+	if found, _ := d.FindProcesses(t.TempDir()); len(found) != 0 {
+		t.Fatalf("a process under another VMs dir listed: %v", found)
 	}
-	if strays, _ := d.FindStrays(t.TempDir(), map[string]bool{}); len(strays) != 0 {
-		t.Fatalf("a process under another VMs dir listed: %v", strays)
+	found, err := d.FindProcesses(vmsDir)
+	want := []vmm.Process{{PID: h.PID, Start: h.PIDStart}}
+	if err != nil || len(found) != 1 || !slices.Equal(found[filepath.Base(spec.Dir)], want) {
+		t.Fatalf("found %v (%v), want %v", found, err, want)
 	}
-	strays, err = d.FindStrays(vmsDir, map[string]bool{})
-	if err != nil || len(strays) != 1 || strays[0] != h.PID {
-		t.Fatalf("strays %v (%v), want [%d]", strays, err, h.PID)
-	}
-	if err := d.KillStray(h.PID); err != nil {
+	if err := d.KillProcess(want[0]); err != nil {
 		t.Fatal(err)
 	}
 	if d.Alive(h) {
-		t.Fatal("stray still alive")
+		t.Fatal("still alive after KillProcess")
+	}
+}
+
+// TestOwnChildrenAreNotListed: a firecracker-named process whose parent is
+// a firecracker of the same VM (the fake's guest init, until it execs the
+// agent) belongs to its parent and is not listed; one under another VM is.
+func TestOwnChildrenAreNotListed(t *testing.T) {
+	p := func(pid int) vmm.Process { return vmm.Process{PID: pid, Start: uint64(pid) * 10} }
+	found := map[int]vmProcess{
+		10: {"vm-a", p(10)},
+		11: {"vm-a", p(11)}, // child of 10
+		20: {"vm-b", p(20)},
+		21: {"vm-c", p(21)}, // child of 20, but another VM's
+		30: {"vm-a", p(30)}, // its parent is gone
+	}
+	parents := map[int]int{10: 1, 11: 10, 20: 1, 21: 20}
+	got := topmost(found, func(pid int) (int, error) {
+		if pp, ok := parents[pid]; ok {
+			return pp, nil
+		}
+		return 0, os.ErrNotExist
+	})
+	for _, ps := range got {
+		slices.SortFunc(ps, func(a, b vmm.Process) int { return a.PID - b.PID })
+	}
+	want := map[string][]vmm.Process{"vm-a": {p(10), p(30)}, "vm-b": {p(20)}, "vm-c": {p(21)}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got %v, want %v", got, want)
 	}
 }

@@ -17,19 +17,43 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// stat returns the fields of /proc/PID/stat after comm (field 2), which may
+// contain spaces and parentheses: the first one is field 3 (state).
+func stat(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, fmt.Errorf("read stat of pid %d: %w", pid, err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("parse stat of pid %d: no comm terminator", pid)
+	}
+	return strings.Fields(string(b[i+1:])), nil
+}
+
+// ParentPID returns the PID of pid's parent (field 4 of /proc/PID/stat).
+func ParentPID(pid int) (int, error) {
+	fields, err := stat(pid)
+	if err != nil {
+		return 0, err
+	}
+	if len(fields) < 2 {
+		return 0, fmt.Errorf("parse stat of pid %d: %d fields", pid, len(fields))
+	}
+	ppid, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return 0, fmt.Errorf("parse parent of pid %d: %w", pid, err)
+	}
+	return ppid, nil
+}
+
 // StartTime returns the start time of pid in clock ticks since boot (field 22
 // of /proc/PID/stat).
 func StartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	fields, err := stat(pid)
 	if err != nil {
-		return 0, fmt.Errorf("read stat of pid %d: %w", pid, err)
+		return 0, err
 	}
-	// comm (field 2) may contain spaces and parentheses: parse after the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse stat of pid %d: no comm terminator", pid)
-	}
-	fields := strings.Fields(string(b[i+1:]))
 	// fields[0] is field 3 (state); start time is field 22.
 	const idx = 22 - 3
 	if len(fields) <= idx {

@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"os"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -61,5 +62,20 @@ func TestStartTimeMissing(t *testing.T) {
 	}
 	if Alive(0, 0) || Alive(-1, 0) {
 		t.Fatal("non-positive pid alive")
+	}
+}
+
+func TestParentPID(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	ppid, err := ParentPID(cmd.Process.Pid)
+	if err != nil || ppid != os.Getpid() {
+		t.Fatalf("parent of our child: %d %v, want %d", ppid, err, os.Getpid())
+	}
+	if _, err := ParentPID(1 << 30); err == nil {
+		t.Fatal("expected error for missing pid")
 	}
 }

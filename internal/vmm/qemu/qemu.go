@@ -50,7 +50,10 @@ type Driver struct {
 	accel string
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver        = (*Driver)(nil)
+	_ vmm.ProcessFinder = (*Driver)(nil)
+)
 
 // New resolves the accelerator once ("auto" becomes "kvm" or "tcg").
 func New(cfg Config) (*Driver, error) {
@@ -278,9 +281,6 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	return nil
 }
 
-// KillStray kills a process found by FindStrays.
-func (d *Driver) KillStray(pid int) error { return proc.Kill(pid, 10*time.Second) }
-
 // KVMUsable reports whether /dev/kvm can be opened, answers the KVM API and
 // is backed by hardware virtualization (kvm_intel or kvm_amd). Some nested
 // hosts expose a software /dev/kvm (e.g. kvm_pvm) that opens fine but cannot
@@ -306,17 +306,18 @@ func KVMUsable() bool {
 	return errno == 0 && v == 12
 }
 
-// FindStrays lists PIDs of QEMU processes started by a hearth whose VM
-// directories live under vmsDir (their -pidfile is there) and whose VM ID
-// (from "-name hearth-ID") is not in known. Processes of other hearth
-// instances on the same host are never listed.
-func FindStrays(vmsDir string, known map[string]bool) ([]int, error) {
+// FindProcesses implements vmm.ProcessFinder. hearth's QEMU processes are
+// named "hearth-<id>" (-name) and write their pidfile into their VM's
+// directory, so the command line alone says which VM directory a process
+// works for, from the moment it exists: a daemon killed while QEMU starts
+// finds it again. Both processes of a QEMU that is still daemonizing are
+// listed.
+func (d *Driver) FindProcesses(vmsDir string) (map[string][]vmm.Process, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list processes: %w", err)
 	}
-	prefix := filepath.Clean(vmsDir) + string(filepath.Separator)
-	var strays []int
+	found := map[string][]vmm.Process{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -324,29 +325,59 @@ func FindStrays(vmsDir string, known map[string]bool) ([]int, error) {
 		}
 		args, err := proc.Cmdline(pid)
 		if err != nil || len(args) < 3 || !strings.Contains(filepath.Base(args[0]), "qemu") {
+			continue // gone meanwhile, a zombie, or not QEMU
+		}
+		dir, ok := vmDirOf(args, pid, vmsDir)
+		if !ok {
 			continue
 		}
-		if id, ok := strayID(args, prefix); ok && !known[id] {
-			strays = append(strays, pid)
+		start, err := proc.StartTime(pid)
+		if err != nil {
+			continue // gone meanwhile
 		}
+		found[dir] = append(found[dir], vmm.Process{PID: pid, Start: start})
 	}
-	return strays, nil
+	return found, nil
 }
 
-// strayID returns the VM ID of a hearth QEMU command line whose pidfile is
-// under prefix.
-func strayID(args []string, prefix string) (string, bool) {
-	var id, pidfile string
+// KillProcess implements vmm.ProcessFinder.
+func (d *Driver) KillProcess(p vmm.Process) error {
+	if err := proc.KillWait(p.PID, p.Start, 10*time.Second); err != nil {
+		return fmt.Errorf("kill qemu: %w", err)
+	}
+	return nil
+}
+
+// vmDirOf returns the name of the VM directory under vmsDir that a hearth
+// QEMU command line (of process pid) writes its pidfile into.
+func vmDirOf(args []string, pid int, vmsDir string) (string, bool) {
+	var named bool
+	var pidfile string
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "-name":
-			id = strings.TrimPrefix(args[i+1], "hearth-")
-			if id == args[i+1] {
-				return "", false
-			}
+			named = strings.HasPrefix(args[i+1], "hearth-") && len(args[i+1]) > len("hearth-")
 		case "-pidfile":
 			pidfile = args[i+1]
 		}
 	}
-	return id, id != "" && strings.HasPrefix(pidfile, prefix)
+	if !named || pidfile == "" {
+		return "", false
+	}
+	if !filepath.IsAbs(pidfile) {
+		cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
+		if err != nil {
+			return "", false
+		}
+		pidfile = filepath.Join(cwd, pidfile)
+	}
+	rel, err := filepath.Rel(filepath.Clean(vmsDir), filepath.Clean(pidfile))
+	if err != nil {
+		return "", false
+	}
+	dir, file, ok := strings.Cut(rel, string(filepath.Separator))
+	if !ok || file != filePID || dir == ".." || dir == "." {
+		return "", false
+	}
+	return dir, true
 }

@@ -55,21 +55,26 @@ func TestNewAccel(t *testing.T) {
 	}
 }
 
-func TestStrayID(t *testing.T) {
+func TestVMDirOf(t *testing.T) {
 	cases := []struct {
 		args []string
-		id   string
+		dir  string
 		ok   bool
 	}{
 		{[]string{"qemu-system-x86_64", "-name", "hearth-vm-1", "-pidfile", "/state/vms/vm-1/qemu.pid"}, "vm-1", true},
+		{[]string{"qemu-system-x86_64", "-name", "hearth-vm-1", "-pidfile", "/state/vms//vm-1/qemu.pid"}, "vm-1", true},
 		{[]string{"qemu-system-x86_64", "-name", "hearth-vm-1", "-pidfile", "/other/vms/vm-1/qemu.pid"}, "", false},
+		{[]string{"qemu-system-x86_64", "-name", "hearth-vm-1", "-pidfile", "/state/vms/qemu.pid"}, "", false},
+		{[]string{"qemu-system-x86_64", "-name", "hearth-vm-1", "-pidfile", "/state/vms/vm-1/x/qemu.pid"}, "", false},
+		{[]string{"qemu-system-x86_64", "-name", "hearth-vm-1", "-pidfile", "/state/vms/../vm-1/qemu.pid"}, "", false},
 		{[]string{"qemu-system-x86_64", "-name", "mine", "-pidfile", "/state/vms/x/qemu.pid"}, "", false},
+		{[]string{"qemu-system-x86_64", "-name", "hearth-", "-pidfile", "/state/vms/x/qemu.pid"}, "", false},
 		{[]string{"qemu-system-x86_64", "-m", "1"}, "", false},
 	}
 	for _, c := range cases {
-		id, ok := strayID(c.args, "/state/vms/")
-		if ok != c.ok || (ok && id != c.id) {
-			t.Errorf("%v: got %q %v", c.args, id, ok)
+		dir, ok := vmDirOf(c.args, 0, "/state/vms/")
+		if ok != c.ok || (ok && dir != c.dir) {
+			t.Errorf("%v: got %q %v", c.args, dir, ok)
 		}
 	}
 }

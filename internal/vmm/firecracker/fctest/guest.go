@@ -99,7 +99,7 @@ func (s *Server) bootGuest(bootArgs string) (*guest, error) {
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			g.mmds.Serve(ln)
+			_ = g.mmds.Serve(ln) // ends when the guest stops (Close)
 		}()
 	} else {
 		ln.Close() // nothing answers: the guest cannot reach MMDS
@@ -167,7 +167,7 @@ func (g *guest) startAgent(mmdsURL string) error {
 		g.net.close() // an earlier agent's
 		gn, err := setupGuestNet(cmd.Process.Pid, g.nics, g.mmds != nil, g.kernelf)
 		if err != nil {
-			cmd.Process.Kill()
+			_ = cmd.Process.Kill() // its Wait (below) reaps it
 			return err
 		}
 		g.net = gn
@@ -175,7 +175,7 @@ func (g *guest) startAgent(mmdsURL string) error {
 			g.wg.Add(1)
 			go func() {
 				defer g.wg.Done()
-				g.mmds.Serve(gn.mmds)
+				_ = g.mmds.Serve(gn.mmds) // ends when the guest stops (Close)
 			}()
 		}
 	}
@@ -198,14 +198,14 @@ func (g *guest) startAgent(mmdsURL string) error {
 // signalAgent sends sig (SIGSTOP to pause, SIGCONT to resume).
 func (g *guest) signalAgent(sig syscall.Signal) {
 	if pid := g.agentPID(); pid != 0 {
-		syscall.Kill(pid, sig)
+		_ = syscall.Kill(pid, sig) // an agent already gone has nothing to pause
 	}
 }
 
 // stop ends the guest: the agent is killed, MMDS stops answering.
 func (g *guest) stop() {
 	if g.agent != nil && g.agent.Process != nil {
-		g.agent.Process.Kill()
+		_ = g.agent.Process.Kill() // already gone is fine
 	}
 	if g.mmds != nil {
 		g.mmds.Close()

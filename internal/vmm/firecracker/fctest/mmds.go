@@ -142,7 +142,7 @@ func (m *mmdsStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	text := func(status int, msg string) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(status)
-		w.Write([]byte(msg))
+		_, _ = w.Write([]byte(msg)) // a guest that hung up reads nothing
 	}
 	var ttl uint32
 	ttlRaw, hasTTL := firstHeader(r, tokenTTLHeaders)
@@ -209,7 +209,7 @@ func (m *mmdsStore) get(w http.ResponseWriter, r *http.Request, text func(int, s
 		b, _ := json.Marshal(v)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
-		w.Write(b)
+		_, _ = w.Write(b) // a guest that hung up reads nothing
 		return
 	}
 	switch x := v.(type) {
