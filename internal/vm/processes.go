@@ -19,7 +19,7 @@ import (
 // second way finds what the first cannot: a process launched by a daemon
 // that died before recording its PID, or whose record a failed store write
 // lost. Reconciliation at start and every stop use both, so no VM process
-// outlives its VM (ADR 00XX).
+// outlives its VM (ADR 0018).
 
 // reconcileProcesses ends every VMM process under the VMs directories that
 // the store does not account for: processes of VMs the store does not know
