@@ -43,12 +43,16 @@ type fixture struct {
 	router routers.Router
 	spec   *openapi3.T
 	mgr    *vm.Manager
+	driver *vmfake.Driver
+	vmsDir string
 	vnc    *fakeVNC
 	guest  *fakeGuestLogin
 	logs   *syncBuffer
 }
 
-func newFixture(t *testing.T) *fixture {
+// newFixture builds the API on a manager with fake VMs; opts adjust the
+// manager's configuration.
+func newFixture(t *testing.T, opts ...func(*vm.Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -103,12 +107,17 @@ func newFixture(t *testing.T) *fixture {
 		return vnc.addr(), nil
 	}, log)
 	t.Cleanup(func() { _ = viewers.Shutdown(context.Background()) })
-	mgr = vm.New(vm.Config{
+	cfg := vm.Config{
 		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}, "workspace": {}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
-	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: netw, Log: log,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	driver := vmfake.NewDriver()
+	mgr = vm.New(cfg, vm.Deps{Store: st, Driver: driver, Agents: agents, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, time.Hour)
 			if logins != nil {
@@ -150,7 +159,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
-		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs}
+		router: router, spec: spec, mgr: mgr, driver: driver, vmsDir: cfg.VMsDir, vnc: vnc, guest: guest, logs: logs}
 }
 
 type answer struct {
@@ -477,7 +486,7 @@ func TestConsoleOffsets(t *testing.T) {
 	f := newFixture(t)
 	v := f.createVM(f.alice, `{"image":"minimal"}`)
 	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
-	a := f.do("GET", "/v1/vms/"+v.ID+"/console", f.alice, "")
+	a := f.awaitConsole(v.ID, 30)
 	if a.status != 200 || string(a.body) != "fake kernel booting\nfake init\n" {
 		t.Fatalf("console: %d %q", a.status, a.body)
 	}

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -45,6 +44,9 @@ type Config struct {
 	// StopOnShutdown stops every VM when the manager shuts down; otherwise
 	// VMs keep running and the next manager adopts them.
 	StopOnShutdown bool
+	// Console bounds each VM's console log and how fast it is read; zero
+	// means DefaultConsole.
+	Console ConsoleConfig
 }
 
 // CreateRequest is what a caller may ask for.
@@ -465,43 +467,6 @@ func waitForVMEvent(ctx context.Context, sub *Subscription, id string) error {
 			return ctx.Err()
 		}
 	}
-}
-
-// ConsoleTail returns up to n bytes from the end of the VM's console log,
-// starting at a line boundary.
-func ConsoleTail(v store.VM, n int64) string {
-	f, err := os.Open(ConsolePath(v))
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := st.Size() - n
-	if off < 0 {
-		off = 0
-	}
-	buf := make([]byte, st.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil {
-		return ""
-	}
-	s := string(buf)
-	if off > 0 {
-		if i := strings.IndexByte(s, '\n'); i >= 0 {
-			s = s[i+1:]
-		}
-	}
-	return s
-}
-
-// ConsolePath is where a VM's serial console is captured.
-func ConsolePath(v store.VM) string {
-	if h, err := vmm.UnmarshalHandle(v.Handle); err == nil && h.ConsolePath != "" {
-		return h.ConsolePath
-	}
-	return filepath.Join(v.Dir, "console.log")
 }
 
 // transition moves a VM to a new state (checked against the state machine),
