@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/consolelog"
+	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -160,4 +162,34 @@ func readN(t *testing.T, r io.Reader, n int) string {
 		t.Fatalf("the followed console did not deliver %d bytes within 10s", n)
 	}
 	return string(b)
+}
+
+// Low free space in the state dir: /readyz says so with 503 and a new VM
+// is refused with 503 before anything is made.
+func TestLowDiskSpaceAnswers503(t *testing.T) {
+	f := newFixture(t, func(c *vm.Config) { c.MinFree = 1 << 60 }) // more than any disk has
+	a := f.do("GET", "/readyz", f.alice, "")
+	if a.status != http.StatusServiceUnavailable || !strings.Contains(a.errMessage(), "low disk space") ||
+		!strings.Contains(a.errMessage(), "free under") {
+		t.Fatalf("readyz with low disk space: %d %s", a.status, a.body)
+	}
+	a = f.do("POST", "/v1/vms", f.alice, `{"image":"minimal"}`)
+	if a.status != http.StatusServiceUnavailable || !strings.Contains(a.errMessage(), "low disk space") {
+		t.Fatalf("create with low disk space: %d %s", a.status, a.body)
+	}
+	if vms, _ := f.mgr.List(context.Background(), store.VMFilter{}); len(vms) != 0 {
+		t.Fatalf("a refused create left %d vms", len(vms))
+	}
+	if entries, _ := os.ReadDir(f.vmsDir); len(entries) != 0 {
+		t.Fatalf("a refused create left %d vm directories", len(entries))
+	}
+	// Bad input is still the caller's mistake first.
+	if a := f.do("POST", "/v1/vms", f.alice, `{"image":"minimal","vcpus":99}`); a.status != http.StatusBadRequest {
+		t.Fatalf("an invalid create with low disk space: %d %s", a.status, a.body)
+	}
+
+	ok := newFixture(t, func(c *vm.Config) { c.MinFree = 1 << 10 })
+	if a := ok.do("GET", "/readyz", ok.alice, ""); a.status != http.StatusOK {
+		t.Fatalf("readyz with room: %d %s", a.status, a.body)
+	}
 }

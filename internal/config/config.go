@@ -47,6 +47,10 @@ type Config struct {
 	CacheDir string `toml:"cache_dir"`
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
+	// StateDirMinFree is the free space below which the state dir's file
+	// system counts as full: /readyz answers 503, new VMs are refused
+	// (503) and doctor warns, while what is running goes on. 0 disables.
+	StateDirMinFree Size `toml:"state_dir_min_free"`
 
 	VM          VMConfig          `toml:"vm"`
 	QEMU        QEMUConfig        `toml:"qemu"`
@@ -56,6 +60,7 @@ type Config struct {
 	Login       LoginConfig       `toml:"login"`
 	Vault       VaultConfig       `toml:"vault"`
 	Shutdown    ShutdownConfig    `toml:"shutdown"`
+	Console     ConsoleConfig     `toml:"console"`
 }
 
 // LoginConfig configures provider logins (a CLI's OAuth sign-in run in a
@@ -212,6 +217,9 @@ func Default() Config {
 		ImageDir: "", // StateDir/images
 		CacheDir: "/var/cache/hearth",
 		LogLevel: "info",
+		// Room to finish what runs: VM overlays, console logs, the
+		// database and its journal.
+		StateDirMinFree: 512 << 20,
 		VM: VMConfig{
 			Driver:           "qemu",
 			DefaultVCPUs:     1,
@@ -260,7 +268,8 @@ func Default() Config {
 			WorkspaceRole: "workspace",
 			Browser:       []string{"/usr/local/bin/hearth-browser"},
 		},
-		Vault: VaultConfig{KeyFile: "vault.key"},
+		Vault:   VaultConfig{KeyFile: "vault.key"},
+		Console: ConsoleConfig{MaxSize: 16 << 20, HeadSize: 1 << 20, Rate: 128 << 10, Burst: 1 << 20},
 		Viewer: ViewerConfig{
 			TokenTTL:       Duration{15 * time.Minute},
 			MaxTokenTTL:    Duration{2 * time.Hour},
@@ -318,6 +327,13 @@ func (c *Config) applyEnv(env []string) error {
 		"HEARTH_PROVIDERS_DIR":       &c.Login.ProvidersDir,
 		"HEARTH_VAULT_KEY_FILE":      &c.Vault.KeyFile,
 	}
+	sizes := map[string]*Size{
+		"HEARTH_STATE_DIR_MIN_FREE": &c.StateDirMinFree,
+		"HEARTH_CONSOLE_MAX_SIZE":   &c.Console.MaxSize,
+		"HEARTH_CONSOLE_HEAD_SIZE":  &c.Console.HeadSize,
+		"HEARTH_CONSOLE_RATE":       &c.Console.Rate,
+		"HEARTH_CONSOLE_BURST":      &c.Console.Burst,
+	}
 	durations := map[string]*Duration{
 		"HEARTH_BOOT_TIMEOUT": &c.VM.BootTimeout,
 		"HEARTH_STOP_TIMEOUT": &c.VM.StopTimeout,
@@ -332,6 +348,12 @@ func (c *Config) applyEnv(env []string) error {
 			continue
 		}
 		if p, ok := durations[k]; ok {
+			if err := p.UnmarshalText([]byte(v)); err != nil {
+				return fmt.Errorf("environment %s: %w", k, err)
+			}
+			continue
+		}
+		if p, ok := sizes[k]; ok {
 			if err := p.UnmarshalText([]byte(v)); err != nil {
 				return fmt.Errorf("environment %s: %w", k, err)
 			}
@@ -493,6 +515,10 @@ func (c Config) Validate() error {
 	if c.QEMU.Img == "" {
 		bad("qemu.qemu_img", "must not be empty")
 	}
+	if c.StateDirMinFree < 0 {
+		bad("state_dir_min_free", "must not be negative, got %s", c.StateDirMinFree)
+	}
+	c.Console.validate(bad)
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
 	c.Login.validate(bad, c.VM)

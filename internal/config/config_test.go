@@ -77,6 +77,11 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"login.browser", func(c *Config) { c.Login.Browser = []string{"hearth-browser"} }},
 		{"login.providers_dir", func(c *Config) { c.Login.ProvidersDir = "relative/dir" }},
 		{"vault.key_file", func(c *Config) { c.Vault.KeyFile = "" }},
+		{"state_dir_min_free", func(c *Config) { c.StateDirMinFree = -1 }},
+		{"console.max_size", func(c *Config) { c.Console.MaxSize = c.Console.HeadSize }},
+		{"console.head_size", func(c *Config) { c.Console.HeadSize = -1 }},
+		{"console.rate", func(c *Config) { c.Console.Rate = 10 }},
+		{"console.burst", func(c *Config) { c.Console.Burst = 0 }},
 		{"viewer.frame_ancestors", func(c *Config) { c.Viewer.FrameAncestors = []string{"'self'; script-src *"} }},
 	}
 	for _, tc := range cases {

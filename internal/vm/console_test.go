@@ -2,6 +2,7 @@ package vm_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/consolelog"
+	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
@@ -177,5 +179,20 @@ func TestFailedVMsLastWordsAreKept(t *testing.T) {
 	got := waitFor(t, m, v.ID, store.StateFailed)
 	if tail := vm.ConsoleTail(got, 4096); !strings.Contains(tail, "the last words") {
 		t.Fatalf("console tail of the failed VM: %q", tail)
+	}
+}
+
+func TestCreateRefusedWhenDiskIsLow(t *testing.T) {
+	e := newEnv(t)
+	m := e.managerWith(func(c *vm.Config) { c.MinFree = 1 << 60 })
+	_, err := m.Create(context.Background(), vm.CreateRequest{UserID: "alice", Image: "minimal"})
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(errdefs.Public(err), "low disk space") {
+		t.Fatalf("create with low disk space: %v", err)
+	}
+	if vms, _ := e.st.ListVMs(context.Background(), store.VMFilter{IncludeDestroyed: true}); len(vms) != 0 {
+		t.Fatalf("a refused create left %d vms", len(vms))
+	}
+	if err := m.CheckDiskSpace(); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("CheckDiskSpace = %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/diskspace"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vmm"
@@ -47,6 +48,10 @@ type Config struct {
 	// Console bounds each VM's console log and how fast it is read; zero
 	// means DefaultConsole.
 	Console ConsoleConfig
+	// MinFree is the free space VMsDir's file system must keep: below it
+	// new VMs are refused (ErrUnavailable) and CheckDiskSpace says so.
+	// Zero disables the check.
+	MinFree int64
 }
 
 // CreateRequest is what a caller may ask for.
@@ -223,6 +228,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	if err != nil {
 		return store.VM{}, err
 	}
+	// A VM needs room (its disk, its console, its records): refuse it
+	// before anything is made rather than fail it, or others, later.
+	if err := m.CheckDiskSpace(); err != nil {
+		return store.VM{}, err
+	}
 	now := time.Now().UTC()
 	id := newID()
 	var network []byte
@@ -287,6 +297,15 @@ func (m *Manager) reserve(ctx context.Context, v store.VM) (store.VM, error) {
 		err = errors.Join(err, fmt.Errorf("remove vm record: %w", derr))
 	}
 	return store.VM{}, err
+}
+
+// CheckDiskSpace is an errdefs.ErrUnavailable saying what is low when the
+// file system VMs live on has less than Config.MinFree free, else nil.
+func (m *Manager) CheckDiskSpace() error {
+	if m.cfg.MinFree <= 0 {
+		return nil
+	}
+	return diskspace.Check(m.cfg.VMsDir, uint64(m.cfg.MinFree))
 }
 
 // Get returns one VM.
