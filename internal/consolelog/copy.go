@@ -62,13 +62,19 @@ func (b *Bucket) Refund(n int) { b.tokens = min(b.burst, b.tokens+float64(n)) }
 // ReadSize is the most one read takes from a console.
 const ReadSize = 32 << 10
 
+// settle is how long Copy lets a trickle gather after a small read: a
+// UART hands its VMM one byte at a time, and reading each on its own would
+// cost a read and a write per byte. It bounds a console's added latency.
+const settle = 20 * time.Millisecond
+
 // Copy reads src into w until src ends or fails (its error is returned;
 // nil at EOF) or ctx is done (ctx.Err()). It reads no faster than bucket
 // allows: over any span of time t at most Burst + ReadSize + Rate×t bytes
 // (ReadSize for a read whose tokens were taken before t began). While the
 // bucket is empty nothing is read, so a guest that writes faster meets its
 // VMM's own limit (QEMU stops its UART; Firecracker drops what its pipe
-// cannot take) rather than costing the daemon more.
+// cannot take) rather than costing the daemon more. After a small read it
+// waits a moment for more, so a trickle costs few reads.
 // A failed write to the log (a full disk) drops what could not be written
 // and is reported to dropped, if set; copying goes on.
 func Copy(ctx context.Context, w *Writer, src io.Reader, bucket *Bucket, dropped func(n int, err error)) error {
@@ -93,6 +99,15 @@ func Copy(ctx context.Context, w *Writer, src io.Reader, bucket *Bucket, dropped
 				return ctx.Err()
 			}
 			return fmt.Errorf("read console: %w", rerr)
+		}
+		if n < ReadSize/4 {
+			t := time.NewTimer(settle)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
 		}
 	}
 }
