@@ -203,7 +203,7 @@ func (s *suite) testConsole(t *testing.T) {
 	})
 	step(t, "stop_and_cleanup", func(t *testing.T) {
 		sess.Close()
-		v.stop(t, stopGrace)
+		v.stop(t, time.Second) // graceful stops are the lifecycle's test
 		v.detachConsole()
 		v.cleanup(t)
 	})
