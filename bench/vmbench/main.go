@@ -192,7 +192,7 @@ func byHand(ctx context.Context, imgDir, accel string) (time.Duration, error) {
 	tok, _ := agentapi.NewToken()
 	spec := vmm.Spec{ID: "bench-hand", Dir: dir, VCPUs: 1, MemoryMiB: 256,
 		Kernel: filepath.Join(imgDir, "vmlinux"), Initrd: filepath.Join(imgDir, "initrd.img"), Rootfs: filepath.Join(imgDir, "rootfs.ext4")}
-	h := vmm.Handle{Dir: dir, ConsolePath: filepath.Join(dir, "console.log"), AgentSocket: filepath.Join(dir, "agent.sock"),
+	h := vmm.Handle{Dir: dir, ConsoleStream: filepath.Join(dir, "console.sock"), AgentSocket: filepath.Join(dir, "agent.sock"),
 		ControlSocket: filepath.Join(dir, "qmp.sock"), DiskPath: filepath.Join(dir, "disk.qcow2"), TokenPath: filepath.Join(dir, "token")}
 	start := time.Now()
 	if err := os.WriteFile(h.TokenPath, []byte(hex.EncodeToString(tok)), 0o600); err != nil {

@@ -47,6 +47,8 @@ type fixture struct {
 	router routers.Router
 	spec   *openapi3.T
 	mgr    *vm.Manager
+	driver *vmfake.Driver
+	vmsDir string
 	vnc    *fakeVNC
 	guest  *fakeGuestLogin
 	logs   *syncBuffer
@@ -60,11 +62,16 @@ type testClock struct{ offset atomic.Int64 }
 func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
-func newFixture(t *testing.T) *fixture { t.Helper(); return newFixtureWith(t, nil) }
+// newFixture builds the API on a manager with fake VMs; opts adjust the
+// manager's configuration.
+func newFixture(t *testing.T, opts ...func(*vm.Config)) *fixture {
+	t.Helper()
+	return newFixtureWith(t, nil, opts...)
+}
 
 // newFixtureWith serves the API on the daemon's HTTP server stack with
 // limits, if not nil (else on a plain test server).
-func newFixtureWith(t *testing.T, limits *httplimit.Config) *fixture {
+func newFixtureWith(t *testing.T, limits *httplimit.Config, opts ...func(*vm.Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -119,12 +126,17 @@ func newFixtureWith(t *testing.T, limits *httplimit.Config) *fixture {
 		return vnc.addr(), nil
 	}, log)
 	t.Cleanup(func() { _ = viewers.Shutdown(context.Background()) })
-	mgr = vm.New(vm.Config{
+	cfg := vm.Config{
 		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}, "workspace": {}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
-	}, vm.Deps{Store: st, Driver: vmfake.NewDriver(), Agents: agents, Network: netw, Log: log,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	driver := vmfake.NewDriver()
+	mgr = vm.New(cfg, vm.Deps{Store: st, Driver: driver, Agents: agents, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, time.Hour)
 			if logins != nil {
@@ -179,7 +191,8 @@ func newFixtureWith(t *testing.T, limits *httplimit.Config) *fixture {
 	}
 	return &fixture{t: t, dir: dir, srv: srv, conns: conns, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
-		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs, clock: clock, dbPath: dir + "/hearth.db"}
+		router: router, spec: spec, mgr: mgr, driver: driver, vmsDir: cfg.VMsDir, vnc: vnc, guest: guest, logs: logs,
+		clock: clock, dbPath: dir + "/hearth.db"}
 }
 
 type answer struct {
@@ -506,7 +519,7 @@ func TestConsoleOffsets(t *testing.T) {
 	f := newFixture(t)
 	v := f.createVM(f.alice, `{"image":"minimal"}`)
 	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
-	a := f.do("GET", "/v1/vms/"+v.ID+"/console", f.alice, "")
+	a := f.awaitConsole(v.ID, 30)
 	if a.status != 200 || string(a.body) != "fake kernel booting\nfake init\n" {
 		t.Fatalf("console: %d %q", a.status, a.body)
 	}

@@ -16,6 +16,7 @@ import (
 
 	apispec "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/viewer"
@@ -257,6 +258,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.Ready != nil && !s.Ready() {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "starting")
+		return
+	}
+	// A full disk fails every user's writes: take this node out first.
+	if err := s.VMs.CheckDiskSpace(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "unavailable", errdefs.Public(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -10,14 +10,16 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vm"
 )
 
-// console serves the VM's whole serial console from ?offset=, and with
-// ?follow=1 keeps streaming what the guest writes until the VM is gone or
-// the client leaves.
+// console serves the VM's serial console from ?offset= (a logical offset:
+// the log keeps the boot head and the latest output, and a skipped stretch
+// reads as one marker line), and with ?follow=1 keeps streaming what the
+// guest writes until the VM is gone or the client leaves.
 func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	v, ok := s.lookup(w, r)
 	if !ok {
@@ -42,76 +44,71 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		}
 		follow = b
 	}
-	f, err := os.Open(vm.ConsolePath(v))
-	if errors.Is(err, os.ErrNotExist) {
-		if v.State == store.StateDestroyed {
-			s.fail(w, r, errdefs.NotFoundf("vm %s is destroyed; its console is gone", v.ID))
-			return
-		}
-		f = nil // not written yet: an empty console so far
-	} else if err != nil {
+	path := vm.ConsolePath(v)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && v.State == store.StateDestroyed {
+		s.fail(w, r, errdefs.NotFoundf("vm %s is destroyed; its console is gone", v.ID))
+		return
+	}
+	info, err := consolelog.Stat(path) // a log not written yet is empty so far
+	if err != nil {
 		s.internalError(w, r, err)
 		return
 	}
-	if f != nil {
-		defer f.Close()
-	}
-	size := int64(0)
-	if f != nil {
-		if st, err := f.Stat(); err == nil {
-			size = st.Size()
-		}
-	}
-	if offset > size {
-		offset = size
-	}
+	offset = min(offset, info.Size)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Console-Offset", strconv.FormatInt(offset, 10))
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	rd := consolelog.NewReader(path, offset)
+	buf := make([]byte, 32<<10)
 	if !follow {
-		w.Header().Set("X-Console-Size", strconv.FormatInt(size, 10))
+		w.Header().Set("X-Console-Size", strconv.FormatInt(info.Size, 10))
 		w.WriteHeader(http.StatusOK)
-		if f != nil {
-			_, _ = io.Copy(w, io.NewSectionReader(f, offset, size-offset))
+		// What the log held when the answer started, and no more.
+		for rd.Offset() < info.Size || rd.Marking() {
+			k := int64(len(buf))
+			if !rd.Marking() {
+				k = min(k, info.Size-rd.Offset())
+			}
+			n, err := rd.Read(buf[:k])
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
 		}
 		return
 	}
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
-	buf := make([]byte, 32<<10)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if f == nil {
-			f, _ = os.Open(vm.ConsolePath(v))
-			if f != nil {
-				defer f.Close()
-			}
-		}
-		for f != nil {
-			n, err := f.ReadAt(buf, offset)
+		for {
+			n, err := rd.Read(buf)
 			if n > 0 {
 				s.armWrite(rc)
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return
 				}
-				offset += int64(n)
 				if rc.Flush() != nil {
 					return
 				}
 			}
-			if err != nil || n == 0 {
+			if err != nil {
 				break
 			}
 		}
 		cur, err := s.VMs.Get(r.Context(), v.ID)
-		if err != nil || cur.State == store.StateDestroyed || (cur.State.Terminal() && f == nil) {
+		if err != nil || cur.State == store.StateDestroyed {
 			return
 		}
 		if cur.State.Terminal() {
-			// One last read above drained it: the guest writes no more.
-			if st, err := f.Stat(); err == nil && st.Size() <= offset {
+			// The guest writes no more: end once what was recorded is out.
+			if info, err := consolelog.Stat(path); err != nil || info.Size <= rd.Offset() {
 				return
 			}
 		}

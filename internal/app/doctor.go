@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/diskspace"
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vault"
@@ -112,6 +113,28 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 		}
 	}
 	return out
+}
+
+// checkFreeSpace reports the state dir's free space against
+// state_dir_min_free, below which the daemon is not ready and refuses new
+// VMs.
+func checkFreeSpace(cfg config.Config) Check {
+	u, err := diskspace.Of(cfg.StateDir)
+	if err != nil {
+		return warn("free disk", err.Error(), "check the state dir's file system")
+	}
+	detail := fmt.Sprintf("%s free under %s", diskspace.Bytes(u.Free), u.Path)
+	if u.Inodes > 0 {
+		detail += fmt.Sprintf(", %d inodes", u.FreeInodes)
+	}
+	if why := u.Low(uint64(cfg.StateDirMinFree)); why != "" {
+		return warn("free disk", why+": /readyz answers 503 and new VMs are refused until there is room",
+			"free space (or inodes) on the state dir's file system, or move state_dir")
+	}
+	if u.Free < 5<<30 {
+		return warn("free disk", detail, "VM overlays grow as guests write; keep 5 GiB or more free")
+	}
+	return ok("free disk", detail)
 }
 
 // checkFirecracker reports the Firecracker binary, the jailer and how
@@ -235,19 +258,7 @@ func checkStateDir(cfg config.Config) []Check {
 	default:
 		out = append(out, ok("state dir", fmt.Sprintf("%s mode %#o", cfg.StateDir, mode)))
 	}
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(cfg.StateDir, &sfs); err == nil {
-		free := int64(sfs.Bavail) * sfs.Bsize
-		gib := float64(free) / (1 << 30)
-		switch {
-		case gib < 1:
-			out = append(out, failc("free disk", fmt.Sprintf("%.1f GiB free under %s", gib, cfg.StateDir), "free space or move state_dir"))
-		case gib < 5:
-			out = append(out, warn("free disk", fmt.Sprintf("%.1f GiB free under %s", gib, cfg.StateDir), "VM overlays grow as guests write; keep 5 GiB or more free"))
-		default:
-			out = append(out, ok("free disk", fmt.Sprintf("%.1f GiB free under %s", gib, cfg.StateDir)))
-		}
-	}
+	out = append(out, checkFreeSpace(cfg))
 	if reflinkSupported(cfg.StateDir) {
 		out = append(out, ok("copy-on-write", "qcow2 overlays (qemu); the filesystem also supports reflink clones"))
 	} else {

@@ -112,3 +112,20 @@ func TestDoctorFirecrackerGuestKernel(t *testing.T) {
 		t.Errorf("present kernel: %+v", c)
 	}
 }
+
+// Free space below state_dir_min_free is a warning that says what it
+// costs (not ready, no new VMs) and how to fix it.
+func TestDoctorWarnsOfLowFreeSpace(t *testing.T) {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	cfg.StateDirMinFree = 1 << 60 // more than any disk has
+	c, ok := find(Doctor(context.Background(), cfg), "free disk")
+	if !ok || c.Status != "WARN" || !strings.Contains(c.Detail, "state_dir_min_free") ||
+		!strings.Contains(c.Detail, "/readyz answers 503") || c.Fix == "" {
+		t.Fatalf("free disk below the threshold: %+v", c)
+	}
+	cfg.StateDirMinFree = 1 << 10
+	if c, _ := find(Doctor(context.Background(), cfg), "free disk"); strings.Contains(c.Detail, "state_dir_min_free") {
+		t.Fatalf("free disk above the threshold: %+v", c)
+	}
+}

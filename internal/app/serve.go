@@ -20,6 +20,7 @@ import (
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
@@ -89,6 +90,9 @@ func vmConfig(cfg config.Config) vm.Config {
 		AgentLimits:          agentLimits(cfg.Agent),
 		AgentMaxViolations:   cfg.Agent.MaxViolations,
 		AgentViolationWindow: cfg.Agent.ViolationWindow.Duration,
+		MinFree:              int64(cfg.StateDirMinFree),
+		Console: vm.ConsoleConfig{Limits: consolelog.Limits{Max: int64(cfg.Console.MaxSize), Head: int64(cfg.Console.HeadSize)},
+			Rate: int64(cfg.Console.Rate), Burst: int64(cfg.Console.Burst)},
 	}
 }
 

@@ -47,6 +47,10 @@ type Config struct {
 	CacheDir string `toml:"cache_dir"`
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
+	// StateDirMinFree is the free space below which the state dir's file
+	// system counts as full: /readyz answers 503, new VMs are refused
+	// (503) and doctor warns, while what is running goes on. 0 disables.
+	StateDirMinFree Size `toml:"state_dir_min_free"`
 
 	API         APIConfig         `toml:"api"`
 	VM          VMConfig          `toml:"vm"`
@@ -58,6 +62,7 @@ type Config struct {
 	Login       LoginConfig       `toml:"login"`
 	Vault       VaultConfig       `toml:"vault"`
 	Shutdown    ShutdownConfig    `toml:"shutdown"`
+	Console     ConsoleConfig     `toml:"console"`
 }
 
 // LoginConfig configures provider logins (a CLI's OAuth sign-in run in a
@@ -241,6 +246,9 @@ func Default() Config {
 		CacheDir: "/var/cache/hearth",
 		LogLevel: "info",
 		API:      defaultAPI(),
+		// Room to finish what runs: VM overlays, console logs, the
+		// database and its journal.
+		StateDirMinFree: 512 << 20,
 		VM: VMConfig{
 			Driver:           "qemu",
 			DefaultVCPUs:     1,
@@ -295,7 +303,8 @@ func Default() Config {
 			SetupTimeout:  Duration{5 * time.Minute},
 			PageCheck:     "127.0.0.1:9222",
 		},
-		Vault: VaultConfig{KeyFile: "vault.key"},
+		Vault:   VaultConfig{KeyFile: "vault.key"},
+		Console: ConsoleConfig{MaxSize: 16 << 20, HeadSize: 1 << 20, Rate: 128 << 10, Burst: 1 << 20},
 		Viewer: ViewerConfig{
 			TokenTTL:       Duration{15 * time.Minute},
 			MaxTokenTTL:    Duration{2 * time.Hour},
@@ -353,6 +362,13 @@ func (c *Config) applyEnv(env []string) error {
 		"HEARTH_PROVIDERS_DIR":       &c.Login.ProvidersDir,
 		"HEARTH_VAULT_KEY_FILE":      &c.Vault.KeyFile,
 	}
+	sizes := map[string]*Size{
+		"HEARTH_STATE_DIR_MIN_FREE": &c.StateDirMinFree,
+		"HEARTH_CONSOLE_MAX_SIZE":   &c.Console.MaxSize,
+		"HEARTH_CONSOLE_HEAD_SIZE":  &c.Console.HeadSize,
+		"HEARTH_CONSOLE_RATE":       &c.Console.Rate,
+		"HEARTH_CONSOLE_BURST":      &c.Console.Burst,
+	}
 	durations := map[string]*Duration{
 		"HEARTH_BOOT_TIMEOUT":        &c.VM.BootTimeout,
 		"HEARTH_STOP_TIMEOUT":        &c.VM.StopTimeout,
@@ -368,6 +384,12 @@ func (c *Config) applyEnv(env []string) error {
 			continue
 		}
 		if p, ok := durations[k]; ok {
+			if err := p.UnmarshalText([]byte(v)); err != nil {
+				return fmt.Errorf("environment %s: %w", k, err)
+			}
+			continue
+		}
+		if p, ok := sizes[k]; ok {
 			if err := p.UnmarshalText([]byte(v)); err != nil {
 				return fmt.Errorf("environment %s: %w", k, err)
 			}
@@ -531,6 +553,10 @@ func (c Config) Validate() error {
 		bad("qemu.qemu_img", "must not be empty")
 	}
 	c.API.validate(bad)
+	if c.StateDirMinFree < 0 {
+		bad("state_dir_min_free", "must not be negative, got %s", c.StateDirMinFree)
+	}
+	c.Console.validate(bad)
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
 	c.Login.validate(bad, c.VM)

@@ -20,6 +20,7 @@ import (
 	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/test/hostileagent/hostile"
 )
 
@@ -265,7 +266,9 @@ func TestConsoleTailIsClean(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "console.log"), []byte(console), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tail := vm.ConsoleTail(store.VM{Dir: dir}, 4096)
+	// A plain console file, as a VM started by an older hearth has.
+	h := vmm.Handle{Dir: dir, ConsolePath: filepath.Join(dir, "console.log")}
+	tail := vm.ConsoleTail(store.VM{Dir: dir, Handle: h.Marshal()}, 4096)
 	if want := safetext.Text(console, 0); tail != want || !safetext.IsClean(tail) || !strings.Contains(tail, "\tlast line\n") {
 		t.Fatalf("console tail %q, want %q", tail, want)
 	}

@@ -100,8 +100,12 @@ func TestStrayProcessesEndedOnStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := func(dir string) vmm.Handle {
-		h := vmm.Handle{Dir: dir}
-		if err := e.driver.Start(context.Background(), vmm.Spec{Dir: dir}, &h); err != nil {
+		spec := vmm.Spec{Dir: dir}
+		h, err := e.driver.Prepare(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.driver.Start(context.Background(), spec, &h); err != nil {
 			t.Fatal(err)
 		}
 		return h

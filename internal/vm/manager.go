@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -23,8 +22,8 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/diskspace"
 	"github.com/hearth-project/hearth/internal/errdefs"
-	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
@@ -54,6 +53,13 @@ type Config struct {
 	// StopOnShutdown stops every VM when the manager shuts down; otherwise
 	// VMs keep running and the next manager adopts them.
 	StopOnShutdown bool
+	// Console bounds each VM's console log and how fast it is read; zero
+	// means DefaultConsole.
+	Console ConsoleConfig
+	// MinFree is the free space VMsDir's file system must keep: below it
+	// new VMs are refused (ErrUnavailable) and CheckDiskSpace says so.
+	// Zero disables the check.
+	MinFree int64
 }
 
 // CreateRequest is what a caller may ask for.
@@ -236,6 +242,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	if err != nil {
 		return store.VM{}, err
 	}
+	// A VM needs room (its disk, its console, its records): refuse it
+	// before anything is made rather than fail it, or others, later.
+	if err := m.CheckDiskSpace(); err != nil {
+		return store.VM{}, err
+	}
 	now := time.Now().UTC()
 	id := newID()
 	var network []byte
@@ -319,6 +330,15 @@ func withAddress(network []byte, addr string) ([]byte, error) {
 		return nil, fmt.Errorf("encode network: %w", err)
 	}
 	return b, nil
+}
+
+// CheckDiskSpace is an errdefs.ErrUnavailable saying what is low when the
+// file system VMs live on has less than Config.MinFree free, else nil.
+func (m *Manager) CheckDiskSpace() error {
+	if m.cfg.MinFree <= 0 {
+		return nil
+	}
+	return diskspace.Check(m.cfg.VMsDir, uint64(m.cfg.MinFree))
 }
 
 // Get returns one VM.
@@ -508,44 +528,6 @@ func waitForVMEvent(ctx context.Context, sub *Subscription, id string) error {
 			return ctx.Err()
 		}
 	}
-}
-
-// ConsoleTail returns up to n bytes from the end of the VM's console log,
-// starting at a line boundary, as clean text (package safetext): the guest
-// wrote it, and whoever reads it may print it on a terminal.
-func ConsoleTail(v store.VM, n int64) string {
-	f, err := os.Open(ConsolePath(v))
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := st.Size() - n
-	if off < 0 {
-		off = 0
-	}
-	buf := make([]byte, st.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil {
-		return ""
-	}
-	s := string(buf)
-	if off > 0 {
-		if i := strings.IndexByte(s, '\n'); i >= 0 {
-			s = s[i+1:]
-		}
-	}
-	return safetext.Text(s, 0)
-}
-
-// ConsolePath is where a VM's serial console is captured.
-func ConsolePath(v store.VM) string {
-	if h, err := vmm.UnmarshalHandle(v.Handle); err == nil && h.ConsolePath != "" {
-		return h.ConsolePath
-	}
-	return filepath.Join(v.Dir, "console.log")
 }
 
 // transition moves a VM to a new state (checked against the state machine),

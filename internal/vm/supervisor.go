@@ -337,6 +337,11 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		m.fail(v.ID, err.Error())
 		return
 	}
+	// The console is recorded for as long as this supervisor runs; a
+	// restarted daemon's supervisor records it again (what the guest
+	// wrote in between is lost).
+	rec := m.recordConsole(v, h)
+	defer rec.stop(0)
 	var sess AgentSession
 	defer func() {
 		inst.setSession(nil)
@@ -385,12 +390,14 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 		case <-inst.stop:
 			connCancel()
 			inst.setSession(nil)
+			rec.stop(0) // before teardown removes the VM's directory
 			m.teardown(v, sess)
 			sess = nil
 			return
 
 		case <-m.ctx.Done():
 			if m.cfg.StopOnShutdown {
+				rec.stop(0)
 				m.teardown(v, sess)
 				sess = nil
 			}
@@ -398,9 +405,13 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 
 		case <-exited:
 			if inst.stopRequested() {
+				rec.stop(0)
 				m.teardown(v, nil)
 				return
 			}
+			// The guest's last words (a panic, say) are for the tail of
+			// its failure.
+			rec.stop(consoleDrain)
 			reason := "vm process exited unexpectedly"
 			if v.State == store.StateBooting {
 				reason = "vm process exited before the guest became ready"

@@ -72,8 +72,14 @@ type Handle struct {
 	PID    int    `json:"pid,omitempty"`
 	// PIDStart is the process start time (clock ticks since boot, from
 	// /proc/PID/stat) so a recycled PID is never mistaken for the VM.
-	PIDStart    uint64 `json:"pid_start,omitempty"`
-	ConsolePath string `json:"console_path"`
+	PIDStart uint64 `json:"pid_start,omitempty"`
+	// ConsoleStream is the host end of the guest's serial console, which
+	// the daemon reads (OpenConsole) into a log it keeps within bounds.
+	// The VMM itself never writes the console to a file.
+	ConsoleStream string `json:"console_stream,omitempty"`
+	// ConsolePath is set only in handles of VMs started by an older
+	// hearth, whose VMM wrote the console to this file itself.
+	ConsolePath string `json:"console_path,omitempty"`
 	AgentSocket string `json:"agent_socket"`
 	// AgentVsockPort, when set, says AgentSocket is the host end of a
 	// Firecracker vsock device: a connection reaches the guest only after

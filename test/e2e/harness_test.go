@@ -146,6 +146,13 @@ func newDaemon(t *testing.T, extraEnv ...string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newDaemonIn(t, state, extraEnv...)
+}
+
+// newDaemonIn is newDaemon with its state in the directory state, which
+// it removes when the test ends.
+func newDaemonIn(t *testing.T, state string, extraEnv ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, stateDir: state, addr: "127.0.0.1:7070", logPath: filepath.Join(state, "hearth.log")}
 	d.netns = newNetns(t)
 	d.env = append([]string{"HEARTH_STATE_DIR=" + state, "HEARTH_LISTEN=" + d.addr, "HEARTH_IMAGE_DIR=" + imageDir,

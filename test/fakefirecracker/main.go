@@ -70,7 +70,9 @@ func main() {
 	case "fake-agent":
 		os.Exit(fctest.FakeAgentMain(os.Args[1:]))
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	// Firecracker writes its standard output (the serial console when
+	// none is configured, the log before PUT /logger) without blocking.
+	os.Exit(run(os.Args[1:], fctest.NonBlockingStdout(), os.Stderr))
 }
 
 // argSpec is one flag of an ArgParser-style command line.

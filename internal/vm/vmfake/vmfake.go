@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
@@ -27,6 +28,7 @@ type Driver struct {
 	nextPID int
 	procs   map[int]chan struct{} // pid -> closed on exit
 	dirs    map[int]string        // pid -> the VM directory it works for
+	console map[int]int           // pid -> the process's end of its console FIFO
 	Started int
 	FailOn  string // "prepare" or "start": fail that step
 	// ExitWhy is what ExitReason says about any VM.
@@ -42,7 +44,7 @@ func (d *Driver) ExitReason(vmm.Handle) string {
 
 // NewDriver returns a driver with no VMs.
 func NewDriver() *Driver {
-	return &Driver{nextPID: 1000, procs: map[int]chan struct{}{}, dirs: map[int]string{}}
+	return &Driver{nextPID: 1000, procs: map[int]chan struct{}{}, dirs: map[int]string{}, console: map[int]int{}}
 }
 
 var (
@@ -58,7 +60,7 @@ func (d *Driver) Capabilities() vmm.Capabilities {
 }
 
 func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
-	h := vmm.Handle{Driver: "fake", Dir: spec.Dir, ConsolePath: filepath.Join(spec.Dir, "console.log"),
+	h := vmm.Handle{Driver: "fake", Dir: spec.Dir, ConsoleStream: filepath.Join(spec.Dir, "console.fifo"),
 		AgentSocket: filepath.Join(spec.Dir, "agent.sock"), DiskPath: filepath.Join(spec.Dir, "disk"),
 		TokenPath: filepath.Join(spec.Dir, "token")}
 	if d.FailOn == "prepare" {
@@ -73,12 +75,21 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 	if err := os.WriteFile(h.DiskPath, []byte("disk"), 0o600); err != nil {
 		return h, err
 	}
-	return h, os.WriteFile(h.ConsolePath, []byte("fake kernel booting\nfake init\n"), 0o600)
+	if err := syscall.Mkfifo(h.ConsoleStream, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
+		return h, err
+	}
+	return h, nil
 }
 
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error {
 	if d.FailOn == "start" {
 		return errors.New("qemu failed to start: fake")
+	}
+	// The "process" holds its console FIFO as Firecracker does: open
+	// for reading and writing, written without blocking.
+	fd, err := syscall.Open(h.ConsoleStream, syscall.O_RDWR|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open console: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -86,8 +97,27 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 	h.PID, h.PIDStart = d.nextPID, 1
 	d.procs[h.PID] = make(chan struct{})
 	d.dirs[h.PID] = h.Dir
+	d.console[h.PID] = fd
 	d.Started++
+	_, _ = syscall.Write(fd, []byte("fake kernel booting\nfake init\n"))
 	return nil
+}
+
+// WriteConsole writes to a running VM's console as its guest would, and
+// says how much the console took: what the pipe cannot take at once is
+// dropped, as Firecracker does.
+func (d *Driver) WriteConsole(h vmm.Handle, b []byte) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	fd, ok := d.console[h.PID]
+	if !ok {
+		return 0
+	}
+	n, err := syscall.Write(fd, b)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 func (d *Driver) Alive(h vmm.Handle) bool {
@@ -127,6 +157,10 @@ func (d *Driver) Kill(pid int) {
 			close(ch)
 		}
 	}
+	if fd, ok := d.console[pid]; ok {
+		syscall.Close(fd)
+		delete(d.console, pid)
+	}
 }
 
 func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) error {
@@ -138,7 +172,7 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	if d.Alive(h) {
 		return errors.New("still running")
 	}
-	for _, p := range []string{h.DiskPath, h.TokenPath, h.AgentSocket} {
+	for _, p := range []string{h.DiskPath, h.TokenPath, h.AgentSocket, h.ConsoleStream} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -156,6 +156,8 @@ func TestFakeFirecrackerJailedConformance(t *testing.T) {
 				"which cannot reboot; a real guest's agent is root in its own kernel (the unjailed run covers this)",
 			"guest_cmdline": "the fake's guest agent runs in the jail, which has no /proc and no cat " +
 				"(the unjailed run reads the command line the driver sent)",
+			"console": "the fake's jailed guest has no /dev/ttyS0 to write (the jail has no /dev); " +
+				"the unjailed run has the guest write its console",
 		},
 	})
 }

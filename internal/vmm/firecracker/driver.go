@@ -5,7 +5,7 @@
 // (reflink where the filesystem can, else a sparse copy), a virtio-net
 // interface on the VM's TAP, a vsock device whose host end is the agent's
 // Unix socket, MMDS v2 carrying the VM's token and network, the logger and
-// metrics, the serial console in the VM's directory. Optionally every VM
+// metrics, the serial console into a FIFO the daemon reads. Optionally every VM
 // runs under Firecracker's jailer (chroot, uid/gid, cgroup limits, network
 // namespace). Pause, resume and snapshots are offered as vmm.Pauser and
 // vmm.Snapshotter.
@@ -39,19 +39,22 @@ import (
 // Names of the files in a VM's root (its directory, or its jail's root).
 // Firecracker is given these relative names.
 const (
-	fileAPI      = "firecracker.sock"
-	fileVsock    = "agent.vsock"
-	fileConsole  = "console.log"
-	fileDisk     = "rootfs.ext4"
-	fileToken    = "token"
-	fileLog      = "firecracker.log"
-	fileMetrics  = "metrics.json"
-	fileOut      = "firecracker.out"
-	fileKernel   = "vmlinux"
-	fileInitrd   = "initrd.img"
-	fileSnapshot = "snapshot.state"
-	fileMemory   = "snapshot.mem"
-	fileSnapDisk = "rootfs.ext4"
+	fileAPI     = "firecracker.sock"
+	fileVsock   = "agent.vsock"
+	fileConsole = "console.fifo"
+	// fileOldConsole is where VMs started by an older hearth have
+	// Firecracker write their console.
+	fileOldConsole = "console.log"
+	fileDisk       = "rootfs.ext4"
+	fileToken      = "token"
+	fileLog        = "firecracker.log"
+	fileMetrics    = "metrics.json"
+	fileOut        = "firecracker.out"
+	fileKernel     = "vmlinux"
+	fileInitrd     = "initrd.img"
+	fileSnapshot   = "snapshot.state"
+	fileMemory     = "snapshot.mem"
+	fileSnapDisk   = "rootfs.ext4"
 )
 
 // Device names the driver gives Firecracker.
@@ -169,10 +172,10 @@ func (d *Driver) handleFor(spec vmm.Spec) vmm.Handle {
 	h := vmm.Handle{
 		Driver: d.Name(),
 		Dir:    spec.Dir,
-		// Sockets and the console are reached through the VM's
-		// directory (symlinks into a jail): a jail path is too long
-		// for a Unix socket address.
-		ConsolePath:    filepath.Join(spec.Dir, fileConsole),
+		// Sockets are reached through the VM's directory (symlinks into
+		// a jail): a jail path is too long for a Unix socket address. The
+		// console's FIFO has no such limit.
+		ConsoleStream:  filepath.Join(root, fileConsole),
 		AgentSocket:    filepath.Join(spec.Dir, fileVsock),
 		AgentVsockPort: agentapi.VsockPort,
 		ControlSocket:  filepath.Join(spec.Dir, fileAPI),
@@ -213,7 +216,7 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 		if err := d.cfg.Jailer.prepareRoot(root, spec); err != nil {
 			return h, err
 		}
-		for name, target := range map[string]string{fileAPI: fileAPI, fileVsock: fileVsock, fileConsole: fileConsole} {
+		for name, target := range map[string]string{fileAPI: fileAPI, fileVsock: fileVsock} {
 			if err := symlinkInto(filepath.Join(root, target), filepath.Join(spec.Dir, name)); err != nil {
 				return h, err
 			}
@@ -294,6 +297,9 @@ func (d *Driver) Requests(spec vmm.Spec) []Request {
 		Request{"PUT", "/vsock", Vsock{GuestCID: guestCID, UDSPath: fileVsock}},
 		Request{"PUT", "/mmds/config", MMDSConfig{Version: "V2", NetworkInterfaces: []string{ifaceID}}},
 		Request{"PUT", "/mmds", mmdsDocument(spec)},
+		// Firecracker opens the FIFO for reading and writing and writes
+		// it without blocking: what the daemon does not read in time is
+		// dropped, and a VM never waits for the daemon.
 		Request{"PUT", "/serial", Serial{SerialOutPath: fileConsole}},
 		Request{"PUT", "/actions", Action{ActionType: ActionInstanceStart}},
 	)
@@ -333,7 +339,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 		return err
 	}
 	root := d.root(spec)
-	if err := d.launch(ctx, spec, h, root, filepath.Join(root, fileOut)); err != nil {
+	if err := d.launch(ctx, spec, h, root, false); err != nil {
 		return err
 	}
 	c := NewClient(h.ControlSocket, d.cfg.APITimeout)
@@ -353,13 +359,15 @@ func (d *Driver) send(ctx context.Context, c *Client, r Request) error {
 	return c.Put(ctx, r.Path, r.Body)
 }
 
-// launch starts the process with its output in outPath and waits for its
-// API socket.
-func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root, outPath string) error {
+// launch starts the process and waits for its API socket. Its output
+// goes to firecracker.out, except that a restored VM's standard output is
+// its serial console (PUT /serial is refused after a snapshot is loaded),
+// so with consoleOut it goes into the console's FIFO.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root string, consoleOut bool) error {
 	for _, name := range []string{fileAPI, fileVsock} {
 		_ = os.Remove(filepath.Join(root, name))
 	}
-	for _, name := range []string{fileLog, fileMetrics, fileConsole} {
+	for _, name := range []string{fileLog, fileMetrics} {
 		// Firecracker appends to these; they must exist (and, jailed,
 		// belong to the jail's user).
 		f, err := os.OpenFile(filepath.Join(root, name), os.O_CREATE|os.O_WRONLY, 0o600)
@@ -373,15 +381,27 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root,
 			}
 		}
 	}
-	out, err := os.OpenFile(outPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err := d.makeConsole(h.ConsoleStream); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(filepath.Join(root, fileOut), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", outPath, err)
+		return fmt.Errorf("open %s: %w", fileOut, err)
 	}
 	defer out.Close()
+	stdout := out
+	if consoleOut {
+		// Read and write, as Firecracker opens serial_out_path: the open
+		// does not wait for a reader, and none is needed later.
+		if stdout, err = os.OpenFile(h.ConsoleStream, os.O_RDWR, 0); err != nil {
+			return fmt.Errorf("open console: %w", err)
+		}
+		defer stdout.Close()
+	}
 	argv := d.argv(spec)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = root
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Stdout, cmd.Stderr = stdout, out
 	// Its own session: signals to the daemon's process group never reach
 	// VMs, and the VM outlives the daemon.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -508,12 +528,16 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	root := h.Dir
 	if h.Jail != "" {
 		root = h.Jail
-		if err := keepConsole(filepath.Join(root, fileConsole), h.ConsolePath); err != nil {
-			return fmt.Errorf("cleanup: %w", err)
+		if h.ConsolePath != "" {
+			// Started by an older hearth, which had the console written
+			// into the jail.
+			if err := keepConsole(filepath.Join(root, fileOldConsole), h.ConsolePath); err != nil {
+				return fmt.Errorf("cleanup: %w", err)
+			}
 		}
 	}
 	var paths []string
-	for _, name := range []string{fileAPI, fileVsock, fileDisk, fileDisk + ".tmp", fileLog, fileMetrics, fileOut,
+	for _, name := range []string{fileAPI, fileVsock, fileConsole, fileDisk, fileDisk + ".tmp", fileLog, fileMetrics, fileOut,
 		fileSnapshot, fileMemory, fileKernel, fileInitrd} {
 		paths = append(paths, filepath.Join(root, name))
 	}
@@ -533,8 +557,22 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	return nil
 }
 
+// makeConsole makes the FIFO Firecracker writes the serial console into
+// (afresh: a leftover could be anything), owned in a jail by the jail's
+// user, who opens it.
+func (d *Driver) makeConsole(path string) error {
+	_ = os.Remove(path)
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		return fmt.Errorf("make console fifo: %w", err)
+	}
+	if d.Jailed() {
+		return d.cfg.Jailer.own(path)
+	}
+	return nil
+}
+
 // keepConsole moves a jailed VM's console log over the symlink to it in
-// the VM's directory.
+// the VM's directory (VMs started by an older hearth only).
 func keepConsole(jailed, link string) error {
 	if _, err := os.Stat(jailed); errors.Is(err, os.ErrNotExist) {
 		return nil

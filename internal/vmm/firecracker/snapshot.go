@@ -96,8 +96,9 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, h *vmm.Handle, snap
 		}
 	}
 	// The console cannot be configured on a restored VM (PUT /serial is
-	// pre-boot only): its serial output is the process's stdout.
-	if err := d.launch(ctx, spec, h, root, filepath.Join(root, fileConsole)); err != nil {
+	// pre-boot only): its serial output is the process's stdout, which
+	// launch points at the console's FIFO.
+	if err := d.launch(ctx, spec, h, root, true); err != nil {
 		return err
 	}
 	c := NewClient(h.ControlSocket, d.cfg.APITimeout)

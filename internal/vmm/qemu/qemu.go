@@ -1,7 +1,8 @@
 // Package qemu is the QEMU driver: `-M microvm` guests with KVM when the host
 // has it and TCG otherwise, a qcow2 overlay per VM over the raw image, the
 // agent channel on a virtio-serial port whose host end is a Unix socket, QMP
-// for control and the serial console in a file in the VM's directory.
+// for control and the serial console on a Unix socket QEMU listens on,
+// which the daemon reads (QEMU writes no console file).
 package qemu
 
 import (
@@ -23,7 +24,7 @@ import (
 
 // Names of the files a VM's directory holds.
 const (
-	fileConsole = "console.log"
+	fileConsole = "console.sock"
 	fileAgent   = "agent.sock"
 	fileQMP     = "qmp.sock"
 	fileDisk    = "disk.qcow2"
@@ -129,7 +130,7 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 func handleFor(dir string) vmm.Handle {
 	return vmm.Handle{
 		Dir:           dir,
-		ConsolePath:   filepath.Join(dir, fileConsole),
+		ConsoleStream: filepath.Join(dir, fileConsole),
 		AgentSocket:   filepath.Join(dir, fileAgent),
 		ControlSocket: filepath.Join(dir, fileQMP),
 		DiskPath:      filepath.Join(dir, fileDisk),
@@ -161,7 +162,11 @@ func (d *Driver) Args(spec vmm.Spec, h vmm.Handle) []string {
 		"-smp", strconv.Itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-daemonize", "-pidfile", filepath.Join(h.Dir, filePID),
-		"-serial", "file:"+h.ConsolePath,
+		// The serial console is a socket QEMU listens on: with no reader
+		// connected it discards what the guest writes, and with a slow
+		// one its UART waits (back-pressure on the guest alone).
+		"-chardev", "socket,id=console,path="+h.ConsoleStream+",server=on,wait=off",
+		"-serial", "chardev:console",
 		"-kernel", spec.Kernel,
 		"-initrd", spec.Initrd,
 		"-append", strings.Join(kargs, " "),
@@ -190,8 +195,10 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 		return nil // already running
 	}
 	pidFile := filepath.Join(h.Dir, filePID)
-	for _, p := range []string{pidFile, h.AgentSocket, h.ControlSocket} {
-		_ = os.Remove(p)
+	for _, p := range []string{pidFile, h.AgentSocket, h.ControlSocket, h.ConsoleStream} {
+		if p != "" {
+			_ = os.Remove(p)
+		}
 	}
 	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, d.cfg.Binary, d.Args(spec, *h)...)
@@ -264,7 +271,8 @@ func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) er
 }
 
 // Cleanup implements vmm.Driver: it removes the disk, token, sockets and
-// pidfile. The console log stays; the VM's directory belongs to the caller.
+// pidfile. The VM's directory (and the console log the daemon keeps there)
+// belongs to the caller.
 func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	if d.Alive(h) {
 		return fmt.Errorf("cleanup: qemu pid %d still running", h.PID)
@@ -273,7 +281,10 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 		return nil
 	}
 	for _, p := range []string{h.DiskPath, h.DiskPath + ".tmp", h.TokenPath, h.TokenPath + ".tmp", h.AgentSocket,
-		h.ControlSocket, filepath.Join(h.Dir, filePID), filepath.Join(h.Dir, fileStderr)} {
+		h.ControlSocket, h.ConsoleStream, filepath.Join(h.Dir, filePID), filepath.Join(h.Dir, fileStderr)} {
+		if p == "" {
+			continue
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("cleanup: %w", err)
 		}

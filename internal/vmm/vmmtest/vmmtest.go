@@ -16,7 +16,10 @@
 //   - when the agent has acknowledged a shutdown request, the guest powers
 //     off and the VM process exits by itself (the lifecycle manager's
 //     teardown asks the agent before it calls Stop);
-//   - the console log at Handle.ConsolePath shows the guest's console;
+//   - the guest's serial console (its /dev/ttyS0) reaches the host through
+//     Handle.ConsoleStream (vmm.OpenConsole) from the VM's start; a guest
+//     writing it while no one reads is neither held up nor stored by the
+//     VMM, and a new reader gets what the guest writes next;
 //   - Start and Restore leave a VM process that does not depend on the
 //     context they were given (it is cancelled as soon as they return).
 //
@@ -40,6 +43,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/proc"
 )
@@ -63,14 +67,15 @@ type Harness struct {
 	// BootTimeout bounds the time from Start (or Restore) until the guest
 	// agent has completed a handshake.
 	BootTimeout time.Duration
-	// ConsoleMarker is text the console log contains once the guest agent
+	// ConsoleMarker is text the console shows once the guest agent
 	// answers, e.g. "Linux version" or, for guests booted with "quiet",
 	// "hearth-agent" (the agent logs to the console).
 	ConsoleMarker string
 	// Skip names subtests (e.g. "guest_poweroff_ends_process") this
 	// harness cannot run, each with the reason, which the skip reports;
 	// "guest_cmdline" skips reading the guest's kernel command line
-	// through the agent. Only for limits of a stand-in, never of a driver.
+	// through the agent, "console" the guest's writes to /dev/ttyS0. Only
+	// for limits of a stand-in, never of a driver.
 	Skip map[string]string
 }
 
@@ -112,6 +117,7 @@ func Run(t *testing.T, h Harness) {
 		{"guest_poweroff_ends_process", s.testGuestPowerOff},
 		{"crash_detected", s.testCrash},
 		{"adopted_after_restart", s.testAdoption},
+		{"console", s.testConsole},
 		{"pause_resume", s.testPause},
 		{"snapshot_restore", s.testSnapshot},
 	} {
@@ -128,11 +134,13 @@ type suite struct{ h Harness }
 
 // vm is one guest under test and the driver currently in charge of it.
 type vm struct {
-	s     *suite
-	d     vmm.Driver
-	spec  vmm.Spec
-	token []byte // raw, parsed from spec.Token
-	h     vmm.Handle
+	s       *suite
+	d       vmm.Driver
+	spec    vmm.Spec
+	token   []byte // raw, parsed from spec.Token
+	h       vmm.Handle
+	console *capture   // the console read since Start, as the daemon reads it
+	owner   *testing.T // the test the VM belongs to
 }
 
 // step runs fn as a named subtest of t and stops t if it fails: the steps
@@ -169,7 +177,7 @@ func (s *suite) newVM(t *testing.T, d vmm.Driver, prefix string) *vm {
 		t.Fatalf("Harness.Spec(%q) returned a token that is not in agentapi.FormatToken's form: %v", id, err)
 	}
 	spec.KernelArgs = append(spec.KernelArgs[:len(spec.KernelArgs):len(spec.KernelArgs)], cmdlineArg+"="+id)
-	v := &vm{s: s, d: d, spec: spec, token: token}
+	v := &vm{s: s, d: d, spec: spec, token: token, owner: t}
 	t.Cleanup(func() { v.remove(t) })
 	return v
 }
@@ -222,6 +230,7 @@ func (v *vm) start(t *testing.T) {
 	if v.h.PID <= 0 {
 		t.Fatalf("Start returned a handle without a PID: %+v", v.h)
 	}
+	v.attachConsole(t)
 }
 
 // boot prepares and starts the VM and waits for its agent.
@@ -349,6 +358,7 @@ func (v *vm) cleanup(t *testing.T) {
 	for _, f := range []struct{ what, path string }{
 		{"disk", v.h.DiskPath}, {"token", v.h.TokenPath},
 		{"agent socket", v.h.AgentSocket}, {"control socket", v.h.ControlSocket},
+		{"console stream", v.h.ConsoleStream},
 	} {
 		if f.path == "" {
 			continue
@@ -357,8 +367,8 @@ func (v *vm) cleanup(t *testing.T) {
 			t.Errorf("want the %s %s removed by Cleanup; Lstat says %v", f.what, f.path, err)
 		}
 	}
-	if _, err := os.Stat(v.h.ConsolePath); err != nil {
-		t.Errorf("want the console log kept by Cleanup: %v", err)
+	if fi, err := os.Stat(v.spec.Dir); err != nil || !fi.IsDir() {
+		t.Errorf("want the VM directory (the daemon's, with its console log) kept by Cleanup: %v", err)
 	}
 	if err := v.d.Cleanup(ctx, v.h); err != nil {
 		t.Errorf("Cleanup again (want a no-op): %v", err)
@@ -366,17 +376,17 @@ func (v *vm) cleanup(t *testing.T) {
 }
 
 func (v *vm) consoleTail() string {
-	b, err := os.ReadFile(v.h.ConsolePath)
-	if v.h.ConsolePath == "" || err != nil {
-		return fmt.Sprintf("(no console log at %q: %v)", v.h.ConsolePath, err)
+	if v.console == nil {
+		return "(no console read)"
+	}
+	b, err := consolelog.Tail(v.console.dir, consoleTail)
+	if err != nil {
+		return fmt.Sprintf("(console: %v)", err)
 	}
 	if len(b) == 0 {
-		return "(console log " + v.h.ConsolePath + " is empty)"
+		return "(the console of " + v.spec.ID + " is empty)"
 	}
-	if len(b) > consoleTail {
-		b = b[len(b)-consoleTail:]
-	}
-	return "console tail (" + v.h.ConsolePath + "):\n" + string(b)
+	return "console tail:\n" + string(b)
 }
 
 func (s *suite) testLifecycle(t *testing.T) {
@@ -439,15 +449,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 		}
 	})
 	step(t, "console_shows_boot", func(t *testing.T) {
-		var last []byte
-		ok := waitFor(exitWait, func() bool {
-			last, _ = os.ReadFile(v.h.ConsolePath)
-			return bytes.Contains(last, []byte(s.h.ConsoleMarker))
-		})
-		if !ok {
-			t.Fatalf("want the console log %s to contain %q once the agent answers; it does not\n%s",
-				v.h.ConsolePath, s.h.ConsoleMarker, v.consoleTail())
-		}
+		v.awaitConsole(t, s.h.ConsoleMarker, exitWait)
 	})
 	step(t, "token_not_on_process_cmdline", func(t *testing.T) {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(v.h.PID) + "/cmdline")
@@ -470,7 +472,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 			t.Errorf("Stop of a stopped VM took %v; want a no-op", took)
 		}
 	})
-	step(t, "cleanup_keeps_console", v.cleanup)
+	step(t, "cleanup_keeps_dir", v.cleanup)
 }
 
 func (s *suite) testWrongToken(t *testing.T) {
@@ -574,7 +576,8 @@ func (s *suite) testAdoption(t *testing.T) {
 	v := s.newVM(t, a, "adopt")
 	sess := v.boot(t)
 	v.ping(t, sess)
-	sess.Close() // the old daemon's connection goes away with it
+	sess.Close() // the old daemon's connections go away with it
+	v.detachConsole()
 
 	stored := v.h.Marshal()
 	h, err := vmm.UnmarshalHandle(stored)
@@ -604,6 +607,11 @@ func (s *suite) testAdoption(t *testing.T) {
 		sess := v.awaitAgent(t, v.token)
 		v.ping(t, sess)
 		v.checkInGuest(t, sess)
+		if _, skip := s.h.Skip["console"]; !skip {
+			// The console too: read again through the stored handle.
+			v.attachConsole(t)
+			v.guestEcho(t, sess, "hearth-vmmtest-adopted-")
+		}
 		sess.Close()
 	})
 	step(t, "stop_and_cleanup", func(t *testing.T) {
@@ -723,6 +731,7 @@ func (s *suite) testSnapshot(t *testing.T) {
 		if dst.h.PID <= 0 || !d.Alive(dst.h) {
 			t.Fatalf("want a running process after Restore; handle %+v, alive %v", dst.h, d.Alive(dst.h))
 		}
+		dst.attachConsole(t)
 		t.Logf("Restore returned after %v", time.Since(start).Round(time.Millisecond))
 	})
 	step(t, "old_token_rejected", func(t *testing.T) {

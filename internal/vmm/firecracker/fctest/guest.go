@@ -21,7 +21,7 @@ const AgentVsockPort = 1024
 // guest is what runs "inside" the fake VM.
 type guest struct {
 	serial     *lockedWriter
-	serialFile *os.File
+	serialFile *dropWriter
 	console    bool // boot args have console=ttyS0: kernel lines go to serial
 
 	mmds     *http.Server
@@ -76,10 +76,11 @@ func (s *Server) bootGuest(bootArgs string) (*guest, error) {
 	g := &guest{agentPath: s.opts.AgentPath, agentSock: s.GuestSocket(AgentVsockPort), bootArgs: bootArgs, onReboot: s.reboot}
 	var out io.Writer = s.opts.Stdout
 	if s.cfg.Serial != nil && s.cfg.Serial.SerialOutPath != "" {
-		f, err := openLogFile(s.cfg.Serial.SerialOutPath)
+		f, err := openDropFile(s.cfg.Serial.SerialOutPath)
 		if err != nil {
 			return nil, fmt.Errorf("cannot open the serial output %s: %w", s.cfg.Serial.SerialOutPath, err)
 		}
+		f.onError = func(err error) { s.log.write(levelError, "fc_vcpu 0", serialErrorf(err), false) }
 		g.serialFile, out = f, f
 	}
 	g.serial = &lockedWriter{w: out}

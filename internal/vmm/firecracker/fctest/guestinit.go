@@ -53,8 +53,8 @@ func selfPath() (string, error) {
 }
 
 // guestInit sets up the guest's view: nothing it mounts reaches the host's
-// mount namespace, its /proc shows only its PID namespace, and
-// /proc/cmdline is the file cmdline.
+// mount namespace, its /proc shows only its PID namespace, /proc/cmdline is
+// the file cmdline, and its /dev is its own (see guestDev).
 func guestInit(cmdline string) error {
 	if os.Getpid() != 1 {
 		return fmt.Errorf("not the init of a new PID namespace (pid %d)", os.Getpid())
@@ -70,6 +70,45 @@ func guestInit(cmdline string) error {
 	}
 	if err := unix.Mount(cmdline, "/proc/cmdline", "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind the guest command line: %w", err)
+	}
+	return guestDev()
+}
+
+// guestDev gives the guest a /dev of its own, as a guest kernel's devtmpfs
+// would: the usual character devices, a private devpts, and its serial
+// port, /dev/ttyS0 (and /dev/console), which is the guest init's standard
+// output, the pipe the fake copies to its serial device. So a guest
+// process writing its console goes where a real guest's would, and none of
+// the host's devices (its own console among them) is in reach.
+func guestDev() error {
+	if err := unix.Mount("tmpfs", "/dev", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("mount /dev: %w", err)
+	}
+	for _, d := range []struct {
+		name         string
+		major, minor uint32
+	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}} {
+		if err := unix.Mknod("/dev/"+d.name, unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor))); err != nil {
+			return fmt.Errorf("mknod /dev/%s: %w", d.name, err)
+		}
+		// The umask must not narrow it.
+		if err := os.Chmod("/dev/"+d.name, 0o666); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir("/dev/pts", 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("mount /dev/pts: %w", err)
+	}
+	for link, target := range map[string]string{
+		"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+		"stderr": "/proc/self/fd/2", "ttyS0": "/proc/1/fd/1", "console": "/proc/1/fd/1",
+	} {
+		if err := os.Symlink(target, "/dev/"+link); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -307,11 +307,12 @@ func (s *Server) putCPUConfig(body []byte) reply {
 	return noContent
 }
 
-// openLogFile opens a log, metrics or serial output path the way
-// Firecracker does: created if missing, written from its start, never
-// truncated, non-blocking (a FIFO without a reader is not waited for).
+// openLogFile opens a log or metrics path the way Firecracker does
+// (open_file_nonblock): created if missing, read-write, written from its
+// start, never truncated, non-blocking (a FIFO without a reader is not
+// waited for). The serial output is opened the same way (openDropFile).
 func openLogFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NONBLOCK, 0o644)
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NONBLOCK, 0o644)
 }
 
 func (s *Server) putLogger(body []byte) reply {
