@@ -46,10 +46,20 @@ type fixture struct {
 	vnc    *fakeVNC
 	guest  *fakeGuestLogin
 	logs   *syncBuffer
+	dbPath string
 }
 
-func newFixture(t *testing.T) *fixture {
+// fixtureOptions change the server a fixture runs (events_test.go).
+type fixtureOptions struct {
+	maxStreams int
+}
+
+func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	t.Helper()
+	var o fixtureOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	dir := t.TempDir()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, dir+"/hearth.db")
@@ -131,7 +141,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Cleanup(func() { _ = mgr.Shutdown(context.Background()) })
 	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "test",
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
-			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
+			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}, MaxStreams: o.maxStreams}
 	srv := httptest.NewServer(a.Handler())
 	t.Cleanup(srv.Close)
 
@@ -150,7 +160,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	return &fixture{t: t, srv: srv, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
-		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs}
+		router: router, spec: spec, mgr: mgr, vnc: vnc, guest: guest, logs: logs, dbPath: dir + "/hearth.db"}
 }
 
 type answer struct {

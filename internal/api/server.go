@@ -38,6 +38,10 @@ type Server struct {
 	ViewerOptions ViewerOptions
 	// Logins runs provider logins; nil disables the login routes (503).
 	Logins *login.Service
+	// MaxStreams bounds the event streams one user (user keys) or one
+	// admin key has open at once; 0: no bound.
+	MaxStreams int
+	streams    *streamSlots // made by Handler
 }
 
 // Route is one registered route, for the spec-conformance test. Public
@@ -100,6 +104,7 @@ func (s *Server) table() []route {
 
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
+	s.streams = &streamSlots{open: map[string]int{}}
 	mux := http.NewServeMux()
 	methods := map[string][]string{}
 	public := map[string]bool{}

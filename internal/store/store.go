@@ -302,6 +302,10 @@ type Leases interface {
 	DeleteLease(ctx context.Context, vmID string) error
 }
 
+// EventLoginCreated is the type of the event CreateLogin appends: every
+// login's first.
+const EventLoginCreated = "login.created"
+
 // Logins stores provider logins.
 type Logins interface {
 	// CreateLogin inserts l, which must be in a non-terminal state, and
