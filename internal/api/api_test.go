@@ -52,6 +52,8 @@ type fixture struct {
 // fixtureOptions change the server a fixture runs (events_test.go).
 type fixtureOptions struct {
 	maxStreams int
+	loginBurst int
+	loginEvery time.Duration
 }
 
 func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
@@ -132,7 +134,8 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 		t.Fatal(err)
 	}
 	logins = login.New(login.Config{BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: time.Minute,
-		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"}},
+		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"},
+		CreateBurst: o.loginBurst, CreateEvery: o.loginEvery},
 		login.Deps{Store: st, VMs: mgr, Vault: reverseSealer{st}, Providers: reg, Viewers: viewers, Events: mgr.Bus(), Log: log})
 	t.Cleanup(func() { _ = logins.Shutdown(context.Background()) })
 	if err := mgr.Start(ctx); err != nil {

@@ -394,3 +394,24 @@ func TestEventStreamCap(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestLoginStartRateLimitAPI: beyond the allowance, starting a login is a
+// 429 with Retry-After and a message that says what to do, on both routes.
+func TestLoginStartRateLimitAPI(t *testing.T) {
+	f := newFixture(t, func(o *fixtureOptions) { o.loginBurst, o.loginEvery = 1, time.Hour })
+	f.cancelledLogin(f.alice)
+	for _, c := range []struct{ path, body string }{
+		{"/v1/logins", `{"provider":"fake_cli"}`},
+		{"/api/auth/start", `{"provider":"fake_cli"}`},
+	} {
+		a := f.do("POST", c.path, f.alice, c.body)
+		ra, err := strconv.Atoi(a.header.Get("Retry-After"))
+		if a.status != http.StatusTooManyRequests || err != nil || ra < 3500 || ra > 3600 ||
+			!strings.Contains(string(a.body), "too many logins") {
+			t.Fatalf("%s beyond the allowance: %d Retry-After %q %s", c.path, a.status, a.header.Get("Retry-After"), a.body)
+		}
+	}
+	if a := f.do("POST", "/v1/logins", f.bob, `{"provider":"fake_cli"}`); a.status != http.StatusCreated {
+		t.Fatalf("bob's first login: %d %s", a.status, a.body)
+	}
+}
