@@ -71,7 +71,7 @@ func loginConfig(cfg config.Config) login.Config {
 		BrowserImage: l.BrowserImage, VCPUs: l.VCPUs, MemoryMiB: l.MemoryMiB,
 		BootTimeout: cfg.VM.BootTimeout.Duration, TTL: l.Timeout.Duration,
 		GuestUser: l.GuestUser, WorkspaceUser: l.WorkspaceUser, WorkspaceRole: l.WorkspaceRole,
-		Browser: l.Browser,
+		Browser: l.Browser, CreateBurst: l.CreateBurst, CreateEvery: l.CreateEvery.Duration,
 	}
 }
 

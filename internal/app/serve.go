@@ -105,6 +105,12 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer st.Close()
+	// Retention runs under its own context, ended (and waited for) before
+	// the store closes.
+	pruneCtx, stopPruning := context.WithCancel(context.Background())
+	pruned := make(chan struct{})
+	go func() { defer close(pruned); newPruner(cfg, st, log).Run(pruneCtx) }()
+	defer func() { stopPruning(); <-pruned }()
 
 	drv, err := newDriver(cfg, log)
 	if err != nil {
@@ -153,7 +159,8 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	defer cancelBase()
 	srv := &http.Server{
 		Handler: (&api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now},
-			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins}).Handler(),
+			Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
+			MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 	}

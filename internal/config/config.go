@@ -56,6 +56,7 @@ type Config struct {
 	Login       LoginConfig       `toml:"login"`
 	Vault       VaultConfig       `toml:"vault"`
 	Shutdown    ShutdownConfig    `toml:"shutdown"`
+	Events      EventsConfig      `toml:"events"`
 }
 
 // LoginConfig configures provider logins (a CLI's OAuth sign-in run in a
@@ -78,6 +79,10 @@ type LoginConfig struct {
 	// ProvidersDir holds extra provider definitions (*.yaml, the format of
 	// providers/ in the source); "" = only the built-in ones.
 	ProvidersDir string `toml:"providers_dir"`
+	// CreateBurst logins a user may start at once, then one more every
+	// CreateEvery (a token bucket per user); beyond it, a 429.
+	CreateBurst int      `toml:"create_burst"`
+	CreateEvery Duration `toml:"create_every"`
 }
 
 // VaultConfig says where the credential vault's master keys are.
@@ -259,8 +264,11 @@ func Default() Config {
 			WorkspaceUser: "hearth",
 			WorkspaceRole: "workspace",
 			Browser:       []string{"/usr/local/bin/hearth-browser"},
+			CreateBurst:   5,
+			CreateEvery:   Duration{time.Minute},
 		},
-		Vault: VaultConfig{KeyFile: "vault.key"},
+		Vault:  VaultConfig{KeyFile: "vault.key"},
+		Events: defaultEvents(),
 		Viewer: ViewerConfig{
 			TokenTTL:       Duration{15 * time.Minute},
 			MaxTokenTTL:    Duration{2 * time.Hour},
@@ -496,6 +504,7 @@ func (c Config) Validate() error {
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
 	c.Login.validate(bad, c.VM)
+	c.Events.validate(bad)
 	if c.Vault.KeyFile == "" {
 		bad("vault.key_file", "must not be empty")
 	}
@@ -528,6 +537,12 @@ func (l LoginConfig) validate(bad func(field, format string, args ...any), v VMC
 	}
 	if l.ProvidersDir != "" && !filepath.IsAbs(l.ProvidersDir) {
 		bad("login.providers_dir", "must be an absolute path, got %q", l.ProvidersDir)
+	}
+	if l.CreateBurst < 1 {
+		bad("login.create_burst", "must be at least 1, got %d", l.CreateBurst)
+	}
+	if l.CreateEvery.Duration < time.Second {
+		bad("login.create_every", "must be at least 1s, got %s", l.CreateEvery.Duration)
 	}
 }
 
