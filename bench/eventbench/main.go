@@ -29,6 +29,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/auth"
+	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vm"
@@ -39,7 +40,7 @@ func main() {
 	streams := flag.Int("streams", 300, "idle event streams alice holds open")
 	rounds := flag.Int("rounds", 3, "rounds per side")
 	duration := flag.Duration("duration", 10*time.Second, "length of one round")
-	streamCap := flag.Int("stream-cap", -1, "the server's cap on one user's concurrent streams (-1: its default)")
+	streamCap := flag.Int("stream-cap", -1, "the server's cap on one user's concurrent streams (-1: the configured default, 0: none)")
 	flag.Parse()
 	if err := run(*streams, *rounds, *duration, *streamCap); err != nil {
 		fmt.Fprintln(os.Stderr, "eventbench:", err)
@@ -286,5 +287,12 @@ func pct(ds []time.Duration, p int) string {
 	return fmt.Sprintf("%.1f ms", float64(s[i].Microseconds())/1000)
 }
 
-// configure applies the server settings the bench varies.
-func configure(srv *api.Server, streamCap int) {}
+// configure applies the server settings the bench varies: the cap on one
+// user's streams is the configured default unless -stream-cap says
+// otherwise (0: no cap, to measure the filtering alone).
+func configure(srv *api.Server, streamCap int) {
+	srv.MaxStreams = config.Default().Events.MaxStreamsPerUser
+	if streamCap >= 0 {
+		srv.MaxStreams = streamCap
+	}
+}
