@@ -25,7 +25,7 @@ func defaultEvents() EventsConfig {
 		MaxAge:            Duration{30 * 24 * time.Hour},
 		MaxRows:           1_000_000,
 		PruneInterval:     Duration{time.Minute},
-		PruneBatch:        1000,
+		PruneBatch:        250,
 		MaxStreamsPerUser: 16,
 	}
 }

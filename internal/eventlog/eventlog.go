@@ -1,9 +1,11 @@
 // Package eventlog keeps the event log bounded: a Pruner forgets events
 // older than a maximum age or beyond a maximum count, periodically and off
 // the request path, in batches of one short transaction each, so writers
-// never wait for more than one batch. The store only ever forgets the
-// oldest events (store.Events); streams tell clients that resume from
-// before what was forgotten (internal/api).
+// never wait for more than one batch, and after each full batch it pauses
+// as long as the batch took, so a large backlog (a first run on an old
+// log) holds the write lock at most half the time. The store only ever
+// forgets the oldest events (store.Events); streams tell clients that
+// resume from before what was forgotten (internal/api).
 package eventlog
 
 import (
@@ -71,8 +73,9 @@ func (p *Pruner) Run(ctx context.Context) {
 	}
 }
 
-// Prune runs one pass: batches until one removes fewer than Batch. It
-// returns how many events it removed.
+// Prune runs one pass: batches until one removes fewer than Batch, each
+// full one followed by a pause as long as it took. It returns how many
+// events it removed.
 func (p *Pruner) Prune(ctx context.Context) (int, error) {
 	r := store.EventRetention{KeepRows: p.cfg.MaxRows, Batch: p.cfg.Batch}
 	if p.cfg.MaxAge > 0 {
@@ -83,6 +86,7 @@ func (p *Pruner) Prune(ctx context.Context) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
+		start := time.Now()
 		n, err := p.st.PruneEvents(ctx, r)
 		total += n
 		if err != nil {
@@ -90,6 +94,13 @@ func (p *Pruner) Prune(ctx context.Context) (int, error) {
 		}
 		if n < r.Batch {
 			return total, nil
+		}
+		pause := time.NewTimer(time.Since(start))
+		select {
+		case <-ctx.Done():
+			pause.Stop()
+			return total, ctx.Err()
+		case <-pause.C:
 		}
 	}
 }

@@ -51,11 +51,11 @@ func fillEvents(tb testing.TB, db *DB, n, users int) (loginEvents int) {
 	return 5
 }
 
-// largeLog is how many events the large-log tests write: 200k, or 20k
+// largeLog is how many events the large-log tests write: 200k, or 5k
 // under the race detector (which makes writing them take minutes).
 func largeLog() int {
 	if raceEnabled {
-		return 20_000
+		return 5_000
 	}
 	return 200_000
 }
