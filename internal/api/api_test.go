@@ -62,17 +62,36 @@ type testClock struct{ offset atomic.Int64 }
 func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 
-// newFixture builds the API on a manager with fake VMs; opts adjust the
-// manager's configuration.
-func newFixture(t *testing.T, opts ...func(*vm.Config)) *fixture {
-	t.Helper()
-	return newFixtureWith(t, nil, opts...)
+// fixtureOptions change the server a fixture runs.
+type fixtureOptions struct {
+	maxStreams int
+	loginBurst int
+	loginEvery time.Duration
+	// limits, if set, serve the API on the daemon's HTTP server stack
+	// with them (else on a plain test server).
+	limits *httplimit.Config
+	// vm adjusts the manager's configuration.
+	vm func(*vm.Config)
+}
+
+// withVM adjusts the fixture manager's configuration.
+func withVM(f func(*vm.Config)) func(*fixtureOptions) {
+	return func(o *fixtureOptions) { o.vm = f }
 }
 
 // newFixtureWith serves the API on the daemon's HTTP server stack with
-// limits, if not nil (else on a plain test server).
-func newFixtureWith(t *testing.T, limits *httplimit.Config, opts ...func(*vm.Config)) *fixture {
+// limits.
+func newFixtureWith(t *testing.T, limits *httplimit.Config) *fixture {
 	t.Helper()
+	return newFixture(t, func(o *fixtureOptions) { o.limits = limits })
+}
+
+func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
+	t.Helper()
+	var o fixtureOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	dir := t.TempDir()
 	ctx := context.Background()
 	st, err := sqlite.Open(ctx, dir+"/hearth.db")
@@ -132,8 +151,8 @@ func newFixtureWith(t *testing.T, limits *httplimit.Config, opts ...func(*vm.Con
 		BootTimeout: 5 * time.Second, MaxBootTimeout: time.Minute, StopTimeout: time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 2 * time.Second,
 	}
-	for _, o := range opts {
-		o(&cfg)
+	if o.vm != nil {
+		o.vm(&cfg)
 	}
 	driver := vmfake.NewDriver()
 	mgr = vm.New(cfg, vm.Deps{Store: st, Driver: driver, Agents: agents, Network: netw, Log: log,
@@ -150,7 +169,8 @@ func newFixtureWith(t *testing.T, limits *httplimit.Config, opts ...func(*vm.Con
 		t.Fatal(err)
 	}
 	logins = login.New(login.Config{BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: time.Minute,
-		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"}},
+		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"},
+		CreateBurst: o.loginBurst, CreateEvery: o.loginEvery},
 		login.Deps{Store: st, VMs: mgr, Vault: reverseSealer{st}, Providers: reg, Viewers: viewers, Events: mgr.Bus(), Log: log})
 	t.Cleanup(func() { _ = logins.Shutdown(context.Background()) })
 	if err := mgr.Start(ctx); err != nil {
@@ -160,11 +180,11 @@ func newFixtureWith(t *testing.T, limits *httplimit.Config, opts ...func(*vm.Con
 	clock := &testClock{}
 	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: clock.Now}, Log: log, Version: "test",
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
-			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}}
+			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}, MaxStreams: o.maxStreams}
 	t.Cleanup(func() { _ = a.Verifier.Close(context.Background()) }) // before the store closes
 	var srv *httptest.Server
 	var conns *httplimit.Limiter
-	if limits == nil {
+	if limits := o.limits; limits == nil {
 		srv = httptest.NewServer(a.Handler())
 	} else {
 		a.WriteTimeout = limits.WriteTimeout

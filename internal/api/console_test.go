@@ -76,9 +76,9 @@ func lines(from, n int) []byte {
 // skipped, and the latest output; offsets and follow work across it.
 func TestConsoleIsBoundedAndSaysWhatItSkipped(t *testing.T) {
 	lim := consolelog.Limits{Max: 64 << 10, Head: 8 << 10}
-	f := newFixture(t, func(c *vm.Config) {
+	f := newFixture(t, withVM(func(c *vm.Config) {
 		c.Console = vm.ConsoleConfig{Limits: lim, Rate: 64 << 20, Burst: 64 << 20}
-	})
+	}))
 	v := f.createVM(f.alice, `{"image":"minimal"}`)
 	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
 	f.awaitConsole(v.ID, 30) // the fake's boot lines
@@ -167,7 +167,7 @@ func readN(t *testing.T, r io.Reader, n int) string {
 // Low free space in the state dir: /readyz says so with 503 and a new VM
 // is refused with 503 before anything is made.
 func TestLowDiskSpaceAnswers503(t *testing.T) {
-	f := newFixture(t, func(c *vm.Config) { c.MinFree = 1 << 60 }) // more than any disk has
+	f := newFixture(t, withVM(func(c *vm.Config) { c.MinFree = 1 << 60 })) // more than any disk has
 	a := f.do("GET", "/readyz", f.alice, "")
 	if a.status != http.StatusServiceUnavailable || !strings.Contains(a.errMessage(), "low disk space") ||
 		!strings.Contains(a.errMessage(), "free under") {
@@ -188,7 +188,7 @@ func TestLowDiskSpaceAnswers503(t *testing.T) {
 		t.Fatalf("an invalid create with low disk space: %d %s", a.status, a.body)
 	}
 
-	ok := newFixture(t, func(c *vm.Config) { c.MinFree = 1 << 10 })
+	ok := newFixture(t, withVM(func(c *vm.Config) { c.MinFree = 1 << 10 }))
 	if a := ok.do("GET", "/readyz", ok.alice, ""); a.status != http.StatusOK {
 		t.Fatalf("readyz with room: %d %s", a.status, a.body)
 	}

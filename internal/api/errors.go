@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
 )
@@ -56,6 +58,8 @@ func classify(err error) (int, string) {
 		return http.StatusRequestTimeout, "wait_timeout"
 	case errors.Is(err, errdefs.ErrUnavailable):
 		return http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, errdefs.ErrRateLimited):
+		return http.StatusTooManyRequests, "rate_limited"
 	default:
 		return http.StatusInternalServerError, "internal"
 	}
@@ -68,6 +72,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusInternalServerError || msg == "" {
 		s.internalError(w, r, err)
 		return
+	}
+	if after, ok := errdefs.RetryAfter(err); ok {
+		// Whole seconds, rounded up: never "0", which means "now".
+		w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((after+time.Second-1)/time.Second)), 10))
 	}
 	writeError(w, status, code, msg)
 }

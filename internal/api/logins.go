@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -168,8 +169,9 @@ func (s *Server) cancelLogin(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, loginToJSON(l))
 }
 
-// loginEvents streams one login's events from its start (or Last-Event-ID)
-// and ends after the one that makes it terminal.
+// loginEvents streams one login's events from its first (or after
+// Last-Event-ID) and ends after the one that makes it terminal, or at once
+// when the login is over and everything after the resume point is sent.
 func (s *Server) loginEvents(w http.ResponseWriter, r *http.Request) {
 	l, ok := s.lookupLogin(w, r)
 	if !ok {
@@ -179,12 +181,19 @@ func (s *Server) loginEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s.streamEvents(w, r, after, func(e store.Event) (bool, bool) {
-		if e.LoginID != l.ID {
-			return false, false
-		}
-		return true, store.LoginState(e.ToState).Terminal()
-	})
+	st := eventStream{
+		filter: store.EventFilter{LoginID: l.ID},
+		after:  after,
+		last:   func(e store.Event) bool { return store.LoginState(e.ToState).Terminal() },
+		over: func(ctx context.Context) bool {
+			cur, err := s.Logins.Get(ctx, l.ID)
+			return err == nil && cur.State.Terminal()
+		},
+	}
+	if r.Header.Get("Last-Event-ID") == "" && r.URL.Query().Get("since") == "" {
+		st.first = store.EventLoginCreated
+	}
+	s.streamEvents(w, r, st)
 }
 
 type credentialJSON struct {

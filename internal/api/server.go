@@ -42,6 +42,10 @@ type Server struct {
 	// WriteTimeout bounds delivering a response once the handler starts
 	// to answer, and each write of a stream (limits.go); 0: unbounded.
 	WriteTimeout time.Duration
+	// MaxStreams bounds the event streams one user (user keys) or one
+	// admin key has open at once; 0: no bound.
+	MaxStreams int
+	streams    *streamSlots // made by Handler
 }
 
 // Route is one registered route, for the spec-conformance test. Public
@@ -107,6 +111,7 @@ func (s *Server) table() []route {
 
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
+	s.streams = &streamSlots{open: map[string]int{}}
 	mux := http.NewServeMux()
 	methods := map[string][]string{}
 	public := map[string]bool{}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -132,16 +133,25 @@ type eventJSON struct {
 	Message   string    `json:"message,omitempty"`
 }
 
-// events streams state changes as server-sent events. A client resumes with
-// Last-Event-ID (or ?since=) and misses nothing: the log is replayed from
-// the store, then live events follow.
+// eventsDropped is the type of the event a stream sends in place of
+// events retention forgot before the stream could send them.
+const eventsDropped = "events.dropped"
+
+// events streams state changes as server-sent events: every user's for an
+// admin key, its own user's for a user key (the store query filters, and
+// only those events wake the stream). A client resumes with Last-Event-ID
+// (or ?since=) and misses nothing the log still holds; if retention forgot
+// events after its resume point, an events.dropped event says so first.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	after, ok := s.resumePoint(w, r, -1)
 	if !ok {
 		return
 	}
-	id := identity(r)
-	s.streamEvents(w, r, after, func(e store.Event) (bool, bool) { return id.CanSee(e.UserID), false })
+	var f store.EventFilter
+	if id := identity(r); !id.Admin() {
+		f.UserID = id.UserID
+	}
+	s.streamEvents(w, r, eventStream{filter: f, after: after})
 }
 
 // resumePoint reads Last-Event-ID or ?since=; def if neither is given.
@@ -161,47 +171,91 @@ func (s *Server) resumePoint(w http.ResponseWriter, r *http.Request, def int64) 
 	return n, true
 }
 
-// streamEvents writes events after the id after (none from the store if
-// after < 0) and then live ones, each that pick says to send, until the
-// client goes or pick says to stop after one.
-func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int64, pick func(store.Event) (send, last bool)) {
+// eventStream says what one stream sends.
+type eventStream struct {
+	filter store.EventFilter
+	// after is the resume point: events with higher ids are sent; -1 for
+	// live events only.
+	after int64
+	// first, if set, is the type of the first event of everything filter
+	// matches ("login.created"): a stream from the start (after 0) that
+	// finds it has lost nothing to retention.
+	first string
+	// last reports whether e ends the stream (after it is sent).
+	last func(e store.Event) bool
+	// over reports whether no more events can come; checked before each
+	// catch-up, it ends the stream once that catch-up is sent.
+	over func(ctx context.Context) bool
+}
+
+// streamEvents writes the stored events after st.after (none if it is
+// negative) and then live ones, until the client goes or st says the
+// stream is over. At most Server.MaxStreams streams per user (user keys)
+// or key (admin keys) are open at once; more are refused with a 429.
+func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventStream) {
+	release, ok := s.openStream(w, r)
+	if !ok {
+		return
+	}
+	defer release()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
+	ctx := r.Context()
 
-	// send reports whether to go on.
-	send := func(e store.Event) bool {
-		ok, last := pick(e)
-		if !ok {
-			return true
-		}
-		b, _ := json.Marshal(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
-			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message})
+	write := func(j eventJSON) bool {
+		b, _ := json.Marshal(j)
 		s.armWrite(rc)
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.ID, e.Type, b); err != nil {
+		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", j.ID, j.Type, b); err != nil {
 			return false
 		}
-		return rc.Flush() == nil && !last
+		return rc.Flush() == nil
 	}
-	// catchUp sends the stored events after `after`, in id order; it
-	// reports whether to go on.
+	// send writes e if the stream carries it; it reports whether to go on.
+	send := func(e store.Event) bool {
+		if !st.filter.Matches(e) {
+			return true
+		}
+		return write(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
+			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message}) && (st.last == nil || !st.last(e))
+	}
+	// catchUp sends the stored events after st.after, in id order; it
+	// reports whether to go on. The horizon is read after each page: one
+	// above st.after means retention may have forgotten events the
+	// client has not seen, which it is told (with the horizon as the
+	// event's id, so a reconnect resumes from there) before the rest.
 	catchUp := func() bool {
+		over := st.over != nil && st.over(ctx)
 		for {
-			evs, err := s.Store.ListEvents(r.Context(), after, 500)
+			evs, err := s.Store.QueryEvents(ctx, st.filter, st.after, 500)
 			if err != nil {
 				return false
+			}
+			horizon, err := s.Store.EventHorizon(ctx)
+			if err != nil {
+				return false
+			}
+			whole := st.first != "" && st.after == 0 && len(evs) > 0 && evs[0].Type == st.first
+			st.first = ""
+			if horizon > st.after && !whole {
+				if !write(eventJSON{ID: horizon, At: time.Now().UTC(), Type: eventsDropped,
+					Message: fmt.Sprintf("events up to id %d were removed by retention before this stream sent them; re-read the current state", horizon)}) {
+					return false
+				}
+				st.after = horizon
+				continue
 			}
 			for _, e := range evs {
 				if !send(e) {
 					return false
 				}
-				after = e.ID
+				st.after = e.ID
 			}
 			if len(evs) < 500 {
-				return true
+				return !over
 			}
 		}
 	}
@@ -209,15 +263,15 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 	defer keepalive.Stop()
 	for {
 		// Subscribe before replaying so nothing falls between the two.
-		sub := s.VMs.Bus().Subscribe(256)
-		if after >= 0 && !catchUp() {
+		sub := s.VMs.Bus().Subscribe(256, st.filter)
+		if st.after >= 0 && !catchUp() {
 			sub.Close()
 			return
 		}
 		dropped := false
 		for !dropped {
 			select {
-			case <-r.Context().Done():
+			case <-ctx.Done():
 				sub.Close()
 				return
 			case <-keepalive.C:
@@ -231,20 +285,20 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, after int6
 					dropped = true // too slow: resume from the store
 					break
 				}
-				if after < 0 {
+				if st.after < 0 {
 					// No resume point: live events only, from the first.
 					if !send(e) {
 						sub.Close()
 						return
 					}
-					after = e.ID
+					st.after = e.ID
 					continue
 				}
 				// Events are published after they are stored, by
 				// different goroutines, so one may arrive before an
 				// earlier one: the bus only says "something new", and
 				// the store, where ids are in commit order, says what.
-				if e.ID > after && !catchUp() {
+				if e.ID > st.after && !catchUp() {
 					sub.Close()
 					return
 				}

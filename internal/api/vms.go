@@ -270,6 +270,9 @@ func (s *Server) waitVM(w http.ResponseWriter, r *http.Request) {
 			if got.FailureReason != "" {
 				msg += ": " + got.FailureReason
 			}
+			if got.ID == "" {
+				got = v // the wait ended before it read the VM again
+			}
 			j := toJSON(got)
 			writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg}, VM: &j})
 			return

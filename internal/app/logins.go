@@ -73,6 +73,7 @@ func loginConfig(cfg config.Config) login.Config {
 		BootTimeout: cfg.VM.BootTimeout.Duration, TTL: l.Timeout.Duration,
 		GuestUser: l.GuestUser, WorkspaceUser: l.WorkspaceUser, WorkspaceRole: l.WorkspaceRole,
 		Browser: l.Browser, SetupTimeout: l.SetupTimeout.Duration, PageCheck: l.PageCheck,
+		CreateBurst: l.CreateBurst, CreateEvery: l.CreateEvery.Duration,
 	}
 }
 

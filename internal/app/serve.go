@@ -113,6 +113,12 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer st.Close()
+	// Retention runs under its own context, ended (and waited for) before
+	// the store closes.
+	pruneCtx, stopPruning := context.WithCancel(context.Background())
+	pruned := make(chan struct{})
+	go func() { defer close(pruned); newPruner(cfg, st, log).Run(pruneCtx) }()
+	defer func() { stopPruning(); <-pruned }()
 
 	drv, err := newDriver(cfg, log)
 	if err != nil {
@@ -166,7 +172,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	verifier := &auth.Verifier{Keys: st, Now: time.Now, Log: log.With("component", "auth")}
 	srv, conns := newHTTPServer(cfg.API, (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
 		Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
-		WriteTimeout: cfg.API.WriteTimeout.Duration}).Handler(), log)
+		WriteTimeout: cfg.API.WriteTimeout.Duration, MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(), log)
 	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 	srv.RegisterOnShutdown(cancelBase)
 	errc := make(chan error, 1)

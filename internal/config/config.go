@@ -63,6 +63,7 @@ type Config struct {
 	Vault       VaultConfig       `toml:"vault"`
 	Shutdown    ShutdownConfig    `toml:"shutdown"`
 	Console     ConsoleConfig     `toml:"console"`
+	Events      EventsConfig      `toml:"events"`
 }
 
 // LoginConfig configures provider logins (a CLI's OAuth sign-in run in a
@@ -92,6 +93,10 @@ type LoginConfig struct {
 	// ProvidersDir holds extra provider definitions (*.yaml, the format of
 	// providers/ in the source); "" = only the built-in ones.
 	ProvidersDir string `toml:"providers_dir"`
+	// CreateBurst logins a user may start at once, then one more every
+	// CreateEvery (a token bucket per user); beyond it, a 429.
+	CreateBurst int      `toml:"create_burst"`
+	CreateEvery Duration `toml:"create_every"`
 }
 
 // VaultConfig says where the credential vault's master keys are.
@@ -302,9 +307,12 @@ func Default() Config {
 			Browser:       []string{"/usr/local/bin/hearth-browser"},
 			SetupTimeout:  Duration{5 * time.Minute},
 			PageCheck:     "127.0.0.1:9222",
+			CreateBurst:   5,
+			CreateEvery:   Duration{time.Minute},
 		},
 		Vault:   VaultConfig{KeyFile: "vault.key"},
 		Console: ConsoleConfig{MaxSize: 16 << 20, HeadSize: 1 << 20, Rate: 128 << 10, Burst: 1 << 20},
+		Events:  defaultEvents(),
 		Viewer: ViewerConfig{
 			TokenTTL:       Duration{15 * time.Minute},
 			MaxTokenTTL:    Duration{2 * time.Hour},
@@ -560,6 +568,7 @@ func (c Config) Validate() error {
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
 	c.Login.validate(bad, c.VM)
+	c.Events.validate(bad)
 	if c.Vault.KeyFile == "" {
 		bad("vault.key_file", "must not be empty")
 	}
@@ -601,6 +610,12 @@ func (l LoginConfig) validate(bad func(field, format string, args ...any), v VMC
 		if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() || port == "" {
 			bad("login.page_check", "must be a loopback HOST:PORT in the guest (e.g. 127.0.0.1:9222) or empty, got %q", l.PageCheck)
 		}
+	}
+	if l.CreateBurst < 1 {
+		bad("login.create_burst", "must be at least 1, got %d", l.CreateBurst)
+	}
+	if l.CreateEvery.Duration < time.Second {
+		bad("login.create_every", "must be at least 1s, got %s", l.CreateEvery.Duration)
 	}
 }
 

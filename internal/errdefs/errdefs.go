@@ -7,6 +7,7 @@ package errdefs
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // The error classes.
@@ -17,6 +18,7 @@ var (
 	ErrUnavailable = errors.New("unavailable")       // 503: try again later
 	ErrForbidden   = errors.New("forbidden")         // 403
 	ErrTimeout     = errors.New("deadline exceeded") // 408 for waits the caller bounded
+	ErrRateLimited = errors.New("rate limited")      // 429: the caller must slow down (RetryAfter says how long)
 )
 
 // classError carries a caller-facing message and a class.
@@ -49,6 +51,30 @@ func Unavailablef(format string, args ...any) error { return newf(ErrUnavailable
 
 // Timeoutf returns an ErrTimeout whose message is meant for the caller.
 func Timeoutf(format string, args ...any) error { return newf(ErrTimeout, format, args...) }
+
+// rateError is an ErrRateLimited that says when to try again.
+type rateError struct {
+	*classError
+	after time.Duration
+}
+
+func (e *rateError) Unwrap() error { return e.classError }
+
+// RateLimitedf returns an ErrRateLimited whose message is meant for the
+// caller, who may try again after retryAfter.
+func RateLimitedf(retryAfter time.Duration, format string, args ...any) error {
+	return &rateError{classError: &classError{class: ErrRateLimited, msg: fmt.Sprintf(format, args...)}, after: retryAfter}
+}
+
+// RetryAfter returns how long the caller of a RateLimitedf error should
+// wait, and false for any other error.
+func RetryAfter(err error) (time.Duration, bool) {
+	var re *rateError
+	if errors.As(err, &re) {
+		return re.after, true
+	}
+	return 0, false
+}
 
 // Public returns the caller-facing message of err if it was made by this
 // package's constructors, and "" otherwise (so internal detail such as

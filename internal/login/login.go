@@ -52,6 +52,11 @@ type Config struct {
 	// guest's loopback) through which the agent sees the page on screen;
 	// "" counts the page as shown once the browser command has run.
 	PageCheck string
+	// CreateBurst logins a user may start at once, and one more every
+	// CreateEvery after that (a token bucket per user); more are refused
+	// with a rate-limit error. Either zero: no limit.
+	CreateBurst int
+	CreateEvery time.Duration
 }
 
 // VMs is what logins need of the lifecycle manager (*vm.Manager).
@@ -107,6 +112,8 @@ type Service struct {
 
 	mu   sync.Mutex
 	runs map[string]*runHandle // active logins' runs, by login id
+
+	starts *limiter // logins started per user
 }
 
 // runHandle cancels a run and tells when it has ended.
@@ -121,7 +128,8 @@ func New(cfg Config, d Deps) *Service {
 		d.Now = time.Now
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Service{cfg: cfg, d: d, ctx: ctx, cancel: cancel, runs: map[string]*runHandle{}}
+	return &Service{cfg: cfg, d: d, ctx: ctx, cancel: cancel, runs: map[string]*runHandle{},
+		starts: newLimiter(cfg.CreateBurst, cfg.CreateEvery)}
 }
 
 // Causes of a run's end other than its own outcome.
@@ -160,9 +168,19 @@ func (s *Service) Start(ctx context.Context, userID, providerName string) (l sto
 		return store.Login{}, false, err
 	}
 	now := s.d.Now().UTC()
+	// Only a login that is really started costs a token: answering with
+	// the active one above does not.
+	if ok, wait := s.starts.take(userID, now); !ok {
+		return store.Login{}, false, errdefs.RateLimitedf(wait,
+			"user %s started too many logins lately (at most %d at once, then one every %s); try again in %s",
+			userID, s.cfg.CreateBurst, s.cfg.CreateEvery, wait.Round(time.Second))
+	}
 	l = store.Login{ID: newID(), UserID: userID, Provider: providerName, State: store.LoginStarting,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL)}
 	ev, err := s.d.Store.CreateLogin(ctx, l)
+	if err != nil {
+		s.starts.give(userID, now)
+	}
 	if errors.Is(err, store.ErrConflict) {
 		// Another request won the race: answer with its login.
 		if active, aerr := s.active(ctx, userID, providerName); aerr == nil && active != nil {

@@ -99,7 +99,7 @@ func goodCreds(exp time.Time) []byte {
 	return fmt.Appendf(nil, `{"fakeOauth": {"accessToken": "at-SECRET-1", "refreshToken": "rt-SECRET-2", "expiresAt": %d}}`, exp.UnixMilli())
 }
 
-func newFixture(t *testing.T, ttl time.Duration) *fixture {
+func newFixture(t *testing.T, ttl time.Duration, opts ...func(*login.Config)) *fixture {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -142,11 +142,15 @@ func newFixture(t *testing.T, ttl time.Duration) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc = login.New(login.Config{
+	cfg := login.Config{
 		BrowserImage: "browser", VCPUs: 1, MemoryMiB: 256, BootTimeout: 5 * time.Second, TTL: ttl,
 		GuestUser: "hearth", WorkspaceUser: "hearth", WorkspaceRole: "workspace", Browser: []string{"/usr/local/bin/hearth-browser"},
 		SetupTimeout: 30 * time.Second, PageCheck: "127.0.0.1:9222",
-	}, login.Deps{Store: st, VMs: f.mgr, Vault: testSealer{st}, Providers: reg, Viewers: f.viewers, Events: f.mgr.Bus(), Log: log})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	svc = login.New(cfg, login.Deps{Store: st, VMs: f.mgr, Vault: testSealer{st}, Providers: reg, Viewers: f.viewers, Events: f.mgr.Bus(), Log: log})
 	f.svc = svc
 	if err := f.mgr.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -392,4 +396,46 @@ func TestRecover(t *testing.T) {
 		t.Fatalf("reason %q", l.FailureReason)
 	}
 	f.waitDestroyed(v.ID)
+}
+
+// Starting logins is rate-limited per user: a burst, then one per
+// interval. Answering with the active login, or refusing a bad request,
+// costs nothing; another user has their own allowance.
+func TestLoginStartRateLimit(t *testing.T) {
+	f := newFixture(t, time.Minute, func(c *login.Config) { c.CreateBurst, c.CreateEvery = 2, time.Hour })
+	ctx := context.Background()
+	if err := f.st.CreateUser(ctx, store.User{ID: "bob", Name: "bob", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		l, existing, err := f.svc.Start(ctx, "alice", "fake_cli")
+		if err != nil || existing {
+			t.Fatalf("login %d: %+v %v %v", i, l, existing, err)
+		}
+		if again, existing, err := f.svc.Start(ctx, "alice", "fake_cli"); err != nil || !existing || again.ID != l.ID {
+			t.Fatalf("the active login again: %+v %v %v", again, existing, err)
+		}
+		if _, _, err := f.svc.Start(ctx, "alice", "no_such_cli"); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Fatalf("unknown provider: %v", err)
+		}
+		if _, err := f.svc.Cancel(ctx, l.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, err := f.svc.Start(ctx, "alice", "fake_cli")
+	if !errors.Is(err, errdefs.ErrRateLimited) {
+		t.Fatalf("third login within the hour: %v, want rate limited", err)
+	}
+	if wait, ok := errdefs.RetryAfter(err); !ok || wait < 59*time.Minute || wait > time.Hour {
+		t.Fatalf("retry after %s (%v), want about an hour", wait, ok)
+	}
+	if msg := errdefs.Public(err); !strings.Contains(msg, "too many logins") || !strings.Contains(msg, "one every 1h0m0s") {
+		t.Fatalf("message %q", msg)
+	}
+	if ls, err := f.st.ListLogins(ctx, store.LoginFilter{UserID: "alice"}); err != nil || len(ls) != 2 {
+		t.Fatalf("alice has %d logins (%v), want the 2 allowed", len(ls), err)
+	}
+	if _, existing, err := f.svc.Start(ctx, "bob", "fake_cli"); err != nil || existing {
+		t.Fatalf("bob's login: %v %v", existing, err)
+	}
 }

@@ -1,8 +1,10 @@
 // Package store defines hearth's persistent state: users, API keys, images,
 // VMs (with the handle that lets a restarted daemon re-attach to them),
 // provider logins and the credentials they capture (stored sealed: the store
-// never sees a credential's plaintext) and an append-only event log. Backends live in sub-packages (sqlite is the embedded
-// default); every backend passes the suite in store/storetest.
+// never sees a credential's plaintext) and an append-only event log (which
+// only retention shortens, from its oldest end). Backends live in
+// sub-packages (sqlite is the embedded default); every backend passes the
+// suite in store/storetest.
 package store
 
 import (
@@ -175,6 +177,32 @@ type Event struct {
 	Message   string
 }
 
+// EventFilter narrows QueryEvents and live subscriptions to the events one
+// reader may see. Zero values match everything; set fields must all match.
+type EventFilter struct {
+	UserID  string // only this user's events
+	LoginID string // only this login's events
+	VMID    string // only this VM's events
+}
+
+// Matches reports whether e passes f.
+func (f EventFilter) Matches(e Event) bool {
+	return (f.UserID == "" || f.UserID == e.UserID) &&
+		(f.LoginID == "" || f.LoginID == e.LoginID) &&
+		(f.VMID == "" || f.VMID == e.VMID)
+}
+
+// EventRetention says which old events PruneEvents removes. An event goes
+// when it is older than Before or more than KeepRows ids older than the
+// newest id ever assigned; either limit alone is enough.
+type EventRetention struct {
+	Before   time.Time // zero: no age limit
+	KeepRows int       // <= 0: no row limit
+	// Batch bounds the events one call removes (and so how long it holds
+	// the write lock); it must be positive.
+	Batch int
+}
+
 // LoginState is where a provider login stands.
 type LoginState string
 
@@ -314,6 +342,10 @@ type Leases interface {
 	DeleteLease(ctx context.Context, vmID string) error
 }
 
+// EventLoginCreated is the type of the event CreateLogin appends: every
+// login's first.
+const EventLoginCreated = "login.created"
+
 // Logins stores provider logins.
 type Logins interface {
 	// CreateLogin inserts l, which must be in a non-terminal state, and
@@ -348,11 +380,28 @@ type Credentials interface {
 	DeleteCredential(ctx context.Context, userID, provider string) error
 }
 
-// Events is the append-only event log.
+// Events is the append-only event log. Nothing changes or removes an
+// event but retention (PruneEvents), and retention only forgets the oldest
+// events: it advances a horizon, and every event with an ID above the
+// horizon is kept. A reader that listed events after X and then reads a
+// horizon <= X has missed none; a horizon > X means events after X may be
+// gone.
 type Events interface {
 	AppendEvent(ctx context.Context, e Event) (Event, error)
-	// ListEvents returns events with ID > afterID, oldest first, at most limit.
+	// ListEvents returns events with ID > afterID, oldest first, at most
+	// limit (1000 if limit <= 0).
 	ListEvents(ctx context.Context, afterID int64, limit int) ([]Event, error)
+	// QueryEvents is ListEvents of the events f matches. The backend
+	// filters (an indexed query): it never reads a row f excludes.
+	QueryEvents(ctx context.Context, f EventFilter, afterID int64, limit int) ([]Event, error)
+	// EventHorizon returns the highest event ID retention has forgotten
+	// (0 if none). It never decreases.
+	EventHorizon(ctx context.Context) (int64, error)
+	// PruneEvents forgets, oldest first and in one transaction, at most
+	// r.Batch events that r says are too old, stopping at the first event
+	// it keeps; it returns how many it removed. Call it until it returns
+	// fewer than r.Batch.
+	PruneEvents(ctx context.Context, r EventRetention) (int, error)
 }
 
 // Store is everything hearth persists.

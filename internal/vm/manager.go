@@ -480,16 +480,17 @@ func (m *Manager) awaitSession(ctx context.Context, id string, d time.Duration) 
 // Wait blocks until the VM reaches target, the target becomes unreachable
 // (e.g. the VM failed while the caller waited for ready), or ctx ends.
 func (m *Manager) Wait(ctx context.Context, id string, target store.State) (store.VM, error) {
-	sub := m.bus.Subscribe(64)
+	only := store.EventFilter{VMID: id}
+	sub := m.bus.Subscribe(64, only)
 	defer func() { sub.Close() }()
 	var last store.VM
 	for {
 		v, err := m.Get(ctx, id)
 		if err != nil {
 			if ctx.Err() != nil && !errors.Is(err, errdefs.ErrNotFound) {
-				// The deadline met the read: that is the caller's timeout.
+				// The caller's deadline passed while reading the row.
 				if last.ID == "" {
-					return last, errdefs.Timeoutf("vm %s: no answer before the deadline", id)
+					return last, errdefs.Timeoutf("vm %s: the wait ended before its state was read", id)
 				}
 				return last, errdefs.Timeoutf("vm %s is still %s", id, last.State)
 			}
@@ -502,9 +503,9 @@ func (m *Manager) Wait(ctx context.Context, id string, target store.State) (stor
 		if !Reachable(v.State, target) {
 			return v, errdefs.Conflictf("vm %s is %s and can no longer become %s", id, v.State, target)
 		}
-		if err := waitForVMEvent(ctx, sub, id); err != nil {
+		if err := waitForVMEvent(ctx, sub); err != nil {
 			if errors.Is(err, errBusDropped) {
-				sub = m.bus.Subscribe(64) // fell behind: re-read the row and go on
+				sub = m.bus.Subscribe(64, only) // fell behind: re-read the row and go on
 				continue
 			}
 			return v, errdefs.Timeoutf("vm %s is still %s", id, v.State)
@@ -514,19 +515,17 @@ func (m *Manager) Wait(ctx context.Context, id string, target store.State) (stor
 
 var errBusDropped = errors.New("subscription dropped")
 
-func waitForVMEvent(ctx context.Context, sub *Subscription, id string) error {
-	for {
-		select {
-		case e, ok := <-sub.C:
-			if !ok {
-				return errBusDropped
-			}
-			if e.VMID == id {
-				return nil
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+// waitForVMEvent waits for the next event of sub (which carries only
+// the VM's own).
+func waitForVMEvent(ctx context.Context, sub *Subscription) error {
+	select {
+	case _, ok := <-sub.C:
+		if !ok {
+			return errBusDropped
 		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -17,7 +17,7 @@ import (
 
 // Types of the events the login methods append.
 const (
-	eventLoginCreated = "login.created"
+	eventLoginCreated = store.EventLoginCreated
 	eventLoginState   = "login.state"
 )
 

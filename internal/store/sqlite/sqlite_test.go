@@ -206,10 +206,11 @@ func TestPragmas(t *testing.T) {
 		}
 		conns = append(conns, c)
 		for pragma, want := range map[string]string{
-			"journal_mode": "wal",
-			"busy_timeout": "5000",
-			"foreign_keys": "1",
-			"synchronous":  "1", // NORMAL
+			"journal_mode":       "wal",
+			"busy_timeout":       "5000",
+			"foreign_keys":       "1",
+			"synchronous":        "1", // NORMAL
+			"recursive_triggers": "1",
 		} {
 			var got string
 			if err := c.QueryRowContext(ctx, "PRAGMA "+pragma).Scan(&got); err != nil {
@@ -232,6 +233,10 @@ func TestEventsAppendOnly(t *testing.T) {
 	for _, stmt := range []string{
 		`UPDATE events SET message = 'changed' WHERE id = ?`,
 		`DELETE FROM events WHERE id = ?`,
+		// REPLACE deletes the row it conflicts with, and SQLite runs no
+		// delete trigger for that unless recursive_triggers is on.
+		`INSERT OR REPLACE INTO events (id, at, type, vm_id, user_id, from_state, to_state, message)
+			VALUES (?, NULL, 'test', '', '', '', '', 'changed')`,
 	} {
 		_, err := db.sql.ExecContext(ctx, stmt, e.ID)
 		if err == nil || !strings.Contains(err.Error(), "append-only") {

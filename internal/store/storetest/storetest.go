@@ -70,6 +70,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentRewrapCredential", testConcurrentRewrapCredential},
 		{"Events", testEvents},
 		{"EventsDefaultLimit", testEventsDefaultLimit},
+		{"QueryEvents", testQueryEvents},
+		{"PruneEvents", testPruneEvents},
 		{"ZeroTimes", testZeroTimes},
 		{"CanceledContext", testCanceledContext},
 	}
