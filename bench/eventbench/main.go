@@ -94,7 +94,7 @@ func run(streams, rounds int, duration time.Duration, streamCap int) error {
 	if err := mgr.Start(ctx); err != nil {
 		return err
 	}
-	defer mgr.Shutdown(context.Background())
+	defer func() { _ = mgr.Shutdown(context.Background()) }()
 	srv := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: time.Now}, Log: log, Version: "bench",
 		Ready: func() bool { return true }}
 	configure(srv, streamCap)
@@ -103,7 +103,7 @@ func run(streams, rounds int, duration time.Duration, streamCap int) error {
 		return err
 	}
 	hs := &http.Server{Handler: srv.Handler()}
-	go hs.Serve(ln)
+	go func() { _ = hs.Serve(ln) }() // ends with Close
 	defer hs.Close()
 
 	b := &bench{base: "http://" + ln.Addr().String(), hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
