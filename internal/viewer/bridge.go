@@ -30,6 +30,7 @@ var (
 	ReasonPingTimeout    = CloseReason{4006, "keepalive timeout"}
 	ReasonInvalidToken   = CloseReason{4007, "invalid token"}
 	ReasonViewOnly       = CloseReason{4008, "unsupported input in view-only mode"}
+	ReasonViewOnlyGuest  = CloseReason{4008, "guest vnc handshake unsupported in view-only mode"}
 	ReasonVMFailed       = CloseReason{4009, "vm failed"}
 	ReasonLoginEnded     = CloseReason{4010, "login ended"}
 	ReasonShutdown       = CloseReason{websocket.StatusGoingAway, "server shutting down"}
@@ -61,7 +62,7 @@ type Options struct {
 	// time: a viewer lives no longer than the token that opened it.
 	Expires time.Time
 	// ViewOnly drops the client's input (key, pointer, cut text and guest
-	// control messages).
+	// control messages), following the RFB handshake in both directions.
 	ViewOnly bool
 	// BufferSize is the size of the TCP read buffer; each chunk read is
 	// sent as one binary message. Default DefaultBufferSize.
@@ -130,6 +131,7 @@ type bridge struct {
 	opts     Options
 	lastData atomic.Int64 // UnixNano of the last data either way
 	ends     chan end     // one slot per goroutine: sends never block
+	filter   *inputFilter // view-only: sees both directions; nil otherwise
 }
 
 // Bridge copies binary WebSocket messages to vnc and vnc's bytes back as
@@ -141,6 +143,9 @@ type bridge struct {
 // failure otherwise.
 func Bridge(ctx context.Context, ws *websocket.Conn, vnc net.Conn, opts Options) (CloseReason, error) {
 	b := &bridge{ws: ws, vnc: vnc, opts: opts.withDefaults(), ends: make(chan end, 3)}
+	if b.opts.ViewOnly {
+		b.filter = &inputFilter{}
+	}
 	b.touch()
 	ws.SetReadLimit(b.opts.MaxMessageSize)
 
@@ -224,10 +229,6 @@ func (b *bridge) close(r CloseReason) {
 
 // browserToVNC copies browser messages to vnc, one message at a time.
 func (b *bridge) browserToVNC(ctx context.Context) end {
-	var filter *inputFilter
-	if b.opts.ViewOnly {
-		filter = &inputFilter{}
-	}
 	for {
 		typ, p, err := b.ws.Read(ctx)
 		if err != nil {
@@ -237,8 +238,8 @@ func (b *bridge) browserToVNC(ctx context.Context) end {
 			return end{reason: ReasonBinaryOnly}
 		}
 		b.touch()
-		if filter != nil {
-			if p, err = filter.Filter(p); err != nil {
+		if b.filter != nil {
+			if p, err = b.filter.Filter(p); err != nil {
 				return end{reason: ReasonViewOnly, err: fmt.Errorf("filter viewer input: %w", err)}
 			}
 		}
@@ -263,6 +264,13 @@ func (b *bridge) vncToBrowser(ctx context.Context) end {
 		n, err := b.vnc.Read(buf)
 		if n > 0 {
 			b.touch()
+			if b.filter != nil {
+				// Before the browser sees them, so its answer is read
+				// in the state they set.
+				if ferr := b.filter.Server(buf[:n]); ferr != nil {
+					return end{reason: ReasonViewOnlyGuest, err: fmt.Errorf("follow guest vnc handshake: %w", ferr)}
+				}
+			}
 			if werr := b.ws.Write(ctx, websocket.MessageBinary, buf[:n]); werr != nil {
 				return browserEnd(werr)
 			}
