@@ -24,8 +24,10 @@ func Connect(ctx context.Context, signer *Signer, replay *Replay, token, vmID st
 	if c.Kind != KindSocket {
 		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w: %s token on the socket", vmID, ErrWrongKind, c.Kind)
 	}
-	if replay != nil && !replay.Use(c) {
-		return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w", vmID, ErrReplayed)
+	if replay != nil {
+		if err := replay.Use(c); err != nil {
+			return nil, Claims{}, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+		}
 	}
 	conn, err := dial(ctx)
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -190,77 +189,4 @@ func newNonce() (string, error) {
 		return "", fmt.Errorf("read random nonce: %w", err)
 	}
 	return b64.EncodeToString(b[:]), nil
-}
-
-// Replay remembers the nonces of used tokens until they expire, so a token
-// cannot open a second viewer (for instance after its viewer closed). It is
-// safe for concurrent use; the zero value is ready.
-type Replay struct {
-	mu   sync.Mutex
-	used map[string]time.Time // nonce → expiry
-	now  func() time.Time     // for tests; time.Now when nil
-}
-
-// MarkUsed records c's nonce as used until c expires.
-func (r *Replay) MarkUsed(c Claims) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.markLocked(c)
-}
-
-// Seen reports whether c's nonce was used and has not yet expired.
-func (r *Replay) Seen(c Claims) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.seenLocked(c)
-}
-
-// Use atomically checks and marks c: it returns false if c was already used.
-func (r *Replay) Use(c Claims) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.seenLocked(c) {
-		return false
-	}
-	r.markLocked(c)
-	return true
-}
-
-// Len reports how many unexpired nonces are remembered.
-func (r *Replay) Len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.pruneLocked()
-	return len(r.used)
-}
-
-func (r *Replay) markLocked(c Claims) {
-	r.pruneLocked()
-	if r.used == nil {
-		r.used = make(map[string]time.Time)
-	}
-	r.used[c.Nonce] = c.Expires
-}
-
-func (r *Replay) seenLocked(c Claims) bool {
-	exp, ok := r.used[c.Nonce]
-	return ok && r.clock().Before(exp)
-}
-
-// pruneLocked forgets nonces whose tokens have expired (Verify refuses
-// those anyway).
-func (r *Replay) pruneLocked() {
-	now := r.clock()
-	for n, exp := range r.used {
-		if !now.Before(exp) {
-			delete(r.used, n)
-		}
-	}
-}
-
-func (r *Replay) clock() time.Time {
-	if r.now != nil {
-		return r.now()
-	}
-	return time.Now()
 }
