@@ -45,7 +45,7 @@ func (s *Server) withViewer(r *http.Request, l store.Login) loginJSON {
 	if ttl < time.Second {
 		return j
 	}
-	g, err := s.Viewers.Issue(l.BrowserVMID, viewer.IssueOptions{TTL: ttl, Session: l.ID})
+	g, err := s.Viewers.Issue(r.Context(), l.BrowserVMID, viewer.IssueOptions{TTL: ttl, Session: l.ID})
 	if err != nil {
 		s.Log.Warn("viewer link for login", "login", l.ID, "err", err)
 		return j

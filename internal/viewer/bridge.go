@@ -33,6 +33,11 @@ var (
 	ReasonViewOnlyGuest  = CloseReason{4008, "guest vnc handshake unsupported in view-only mode"}
 	ReasonVMFailed       = CloseReason{4009, "vm failed"}
 	ReasonLoginEnded     = CloseReason{4010, "login ended"}
+	ReasonLinkFull       = CloseReason{4011, "too many viewers on this link"}
+	ReasonVMFull         = CloseReason{4012, "too many viewers on this vm"}
+	ReasonRevoked        = CloseReason{4013, "viewer links revoked"}
+	ReasonSocketExpired  = CloseReason{4014, "socket token expired"}
+	ReasonBusy           = CloseReason{websocket.StatusTryAgainLater, "server busy: try again later"}
 	ReasonShutdown       = CloseReason{websocket.StatusGoingAway, "server shutting down"}
 	ReasonClientClosed   = CloseReason{websocket.StatusNormalClosure, "viewer closed"}
 	ReasonBinaryOnly     = CloseReason{websocket.StatusUnsupportedData, "binary messages only"}

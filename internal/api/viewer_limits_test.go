@@ -1,0 +1,166 @@
+package api_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/hearth-project/hearth/internal/viewer"
+)
+
+// withViewerService serves f's API with a viewer service of its own,
+// configured with cfg, over f's store (its epochs) and VNC fake, and
+// returns the server's base URL.
+func (f *fixture) withViewerService(cfg viewer.Config, trustForwarded bool) string {
+	f.t.Helper()
+	signer, err := viewer.NewSigner([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	cfg.PingInterval = time.Second
+	svc := viewer.NewService(cfg, signer, f.st, func(ctx context.Context, id string) (string, error) {
+		if _, err := f.mgr.GuestAddr(ctx, id, 5900); err != nil {
+			return "", err
+		}
+		return f.vnc.addr(), nil
+	}, f.api.Log)
+	f.t.Cleanup(func() { _ = svc.Shutdown(context.Background()) })
+	b := *f.api
+	b.Viewers = svc
+	b.ViewerOptions.TrustForwarded = trustForwarded
+	srv := httptest.NewServer(b.Handler())
+	f.t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// post sends a request to base with the given headers and checks the
+// answer against openapi.yaml.
+func (f *fixture) post(method, base, path string, hdr http.Header) answer {
+	f.t.Helper()
+	req, _ := http.NewRequest(method, base+path, nil)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header, body: b}
+	// The spec's server is f.srv; the route and schemas are the same.
+	check := req.Clone(context.Background())
+	check.URL.Scheme, check.URL.Host = "http", strings.TrimPrefix(f.srv.URL, "http://")
+	f.checkSpec(check, "", a)
+	return a
+}
+
+func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
+
+// openTicket buys a ticket at base with page and opens its socket, reading
+// the guest's greeting.
+func (f *fixture) openTicket(base, id, page string) *websocket.Conn {
+	f.t.Helper()
+	a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(page))
+	if a.status != 200 {
+		f.t.Fatalf("ticket: %d %s", a.status, a.body)
+	}
+	var tk struct {
+		WebSocketURL string `json:"websocket_url"`
+	}
+	a.json(f.t, &tk)
+	ws, _, err := dialViewer(f.t, tk.WebSocketURL, nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if _, greet, err := ws.Read(f.t.Context()); err != nil || string(greet) != "RFB 003.008\n" {
+		f.t.Fatalf("greeting %q %v", greet, err)
+	}
+	return ws
+}
+
+// A link or VM with all the viewers it may have: the ticket says so (409
+// viewer_limit) and the socket is refused with the reason.
+func TestViewerCapsAnswers(t *testing.T) {
+	f := newFixture(t)
+	id := f.readyBrowser()
+	base := f.withViewerService(viewer.Config{MaxPerLink: 1, MaxPerVM: 2}, false)
+	l := f.viewerLink(id, "")
+	f.openTicket(base, id, l.pageToken(t))
+	a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t)))
+	if a.status != 409 || a.errCode() != "viewer_limit" || !strings.Contains(a.errMessage(), "link already has 1 open viewers") {
+		t.Fatalf("ticket on a full link: %d %s", a.status, a.body)
+	}
+	// A third link buys a ticket while the VM has room, then a second link
+	// takes the room.
+	full := f.viewerLink(id, "")
+	var early struct {
+		WebSocketURL string `json:"websocket_url"`
+	}
+	f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(full.pageToken(t))).json(t, &early)
+	f.openTicket(base, id, f.viewerLink(id, "").pageToken(t))
+	a = f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(full.pageToken(t)))
+	if a.status != 409 || a.errCode() != "viewer_limit" || !strings.Contains(a.errMessage(), "vm already has 2 open viewers") {
+		t.Fatalf("ticket on a full vm: %d %s", a.status, a.body)
+	}
+	// The early ticket: refused at the socket with the reason.
+	ws, _, err := dialViewer(t, early.WebSocketURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, reason := closeCode(t, ws); code != 4012 || reason != "too many viewers on this vm" {
+		t.Fatalf("socket on a full vm: %d %q", code, reason)
+	}
+}
+
+// Ticket exchange answers 429 with Retry-After past a link's or a client's
+// rate; the client is the peer, or with trusted forwarded headers the
+// address the proxy saw.
+func TestViewerTicketRateLimit(t *testing.T) {
+	f := newFixture(t)
+	id := f.readyBrowser()
+	base := f.withViewerService(viewer.Config{TicketsPerLink: 2, TicketsPerClient: 6}, true)
+	l := f.viewerLink(id, "")
+	for i := range 2 {
+		if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t))); a.status != 200 {
+			t.Fatalf("ticket %d: %d %s", i, a.status, a.body)
+		}
+	}
+	a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t)))
+	retry, err := strconv.Atoi(a.header.Get("Retry-After"))
+	if a.status != 429 || a.errCode() != "rate_limited" || !strings.Contains(a.errMessage(), "this link") || err != nil || retry < 1 || retry > 30 {
+		t.Fatalf("third ticket of a link: %d %v %s", a.status, a.header, a.body)
+	}
+	if a.header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("refused ticket's Cache-Control %q", a.header.Get("Cache-Control"))
+	}
+	// Per client: three tickets so far came from 127.0.0.1; bad tokens
+	// count too.
+	fwd := func(addr string) http.Header {
+		return http.Header{"Authorization": {"Bearer nonsense"}, "X-Forwarded-For": {"203.0.113.66, " + addr}}
+	}
+	for i := range 6 {
+		if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", fwd("198.51.100.1")); a.status != 401 {
+			t.Fatalf("attempt %d: %d %s", i, a.status, a.body)
+		}
+	}
+	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", fwd("198.51.100.1")); a.status != 429 || !strings.Contains(a.errMessage(), "this client") {
+		t.Fatalf("seventh attempt of a client: %d %s", a.status, a.body)
+	}
+	// The proxy's own address is the last one: a client cannot escape its
+	// limit by prepending addresses of its choosing.
+	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", http.Header{"Authorization": {"Bearer nonsense"},
+		"X-Forwarded-For": {"192.0.2.77, 198.51.100.1"}}); a.status != 429 {
+		t.Fatalf("same client, another claimed origin: %d %s", a.status, a.body)
+	}
+	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", fwd("198.51.100.2")); a.status != 401 {
+		t.Fatalf("another client: %d %s", a.status, a.body)
+	}
+}
