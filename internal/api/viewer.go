@@ -398,6 +398,35 @@ func (s *Server) clientAddr(r *http.Request) string {
 	return r.RemoteAddr
 }
 
+type revokeViewersJSON struct {
+	VM     string `json:"vm"`
+	Closed int    `json:"closed"`
+}
+
+// revokeViewers closes every viewer of a VM and revokes every viewer link
+// issued for it so far (owner or admin); links asked for afterwards work.
+func (s *Server) revokeViewers(w http.ResponseWriter, r *http.Request) {
+	if s.Viewers == nil {
+		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		return
+	}
+	v, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	if !s.VMs.Serves(v.Role, s.ViewerOptions.VNCPort) {
+		s.fail(w, r, errdefs.Conflictf("vm %s has role %s, which serves no VNC screen (port %d) to view", v.ID, v.Role, s.ViewerOptions.VNCPort))
+		return
+	}
+	n, err := s.Viewers.RevokeVM(r.Context(), v.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.Log.Info("viewers revoked", "request_id", requestID(r), "vm", v.ID, "closed", n)
+	writeJSON(w, http.StatusOK, revokeViewersJSON{VM: v.ID, Closed: n})
+}
+
 // viewerSocket is the viewer's WebSocket. The token is checked by the
 // viewer service before anything reaches the guest; refusals arrive as
 // close frames with a reason the page can show.

@@ -86,6 +86,95 @@ func (f *fixture) openTicket(base, id, page string) *websocket.Conn {
 	return ws
 }
 
+// The owner (or an admin) closes every viewer of a VM and revokes every
+// link issued for it: open viewers close with 4013, old page tokens buy no
+// ticket (401 link_revoked), old socket URLs are refused without reaching
+// the guest, also after a restart; other VMs and new links work.
+func TestRevokeViewers(t *testing.T) {
+	f := newFixture(t)
+	id, other := f.readyBrowser(), f.readyBrowser()
+	l, lo := f.viewerLink(id, ""), f.viewerLink(other, "")
+	ws := f.openTicket(f.srv.URL, id, l.pageToken(t))
+	wsOther := f.openTicket(f.srv.URL, other, lo.pageToken(t))
+	var spare struct {
+		WebSocketURL string `json:"websocket_url"`
+	}
+	f.ticket(id, "Bearer "+l.pageToken(t)).json(t, &spare)
+	mini := f.createVM(f.alice, `{"image":"minimal"}`)
+
+	for name, tc := range map[string]struct {
+		path, key string
+		status    int
+	}{
+		"another user's vm": {"/v1/vms/" + id + "/viewers", f.bob, 404},
+		"unknown vm":        {"/v1/vms/nosuch/viewers", f.alice, 404},
+		"no screen":         {"/v1/vms/" + mini.ID + "/viewers", f.alice, 409},
+		"no key":            {"/v1/vms/" + id + "/viewers", "", 401},
+	} {
+		if a := f.do("DELETE", tc.path, tc.key, ""); a.status != tc.status {
+			t.Errorf("%s: %d %s, want %d", name, a.status, a.body, tc.status)
+		}
+	}
+	if n := f.openViewers(id); n != 1 {
+		t.Fatalf("%d viewers open after refused revocations, want 1", n)
+	}
+
+	a := f.do("DELETE", "/v1/vms/"+id+"/viewers", f.alice, "")
+	if a.status != 200 || !strings.Contains(string(a.body), `"closed": 1`) {
+		t.Fatalf("revoke: %d %s", a.status, a.body)
+	}
+	if code, reason := closeCode(t, ws); code != 4013 || reason != "viewer links revoked" {
+		t.Fatalf("open viewer closed with %d %q, want 4013 viewer links revoked", code, reason)
+	}
+	if a := f.ticket(id, "Bearer "+l.pageToken(t)); a.status != 401 || a.errCode() != "link_revoked" {
+		t.Fatalf("ticket with a revoked link: %d %s", a.status, a.body)
+	}
+	before := f.vnc.accepts.Load()
+	for _, u := range []string{spare.WebSocketURL, l.WebSocketURL} {
+		w, _, err := dialViewer(t, u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code, _ := closeCode(t, w); code != 4013 {
+			t.Fatalf("revoked socket url closed with %d, want 4013", code)
+		}
+	}
+	if f.vnc.accepts.Load() != before {
+		t.Fatal("a revoked token reached the guest")
+	}
+	// The other VM's viewer and link are untouched; a new link works.
+	if n := f.openViewers(other); n != 1 {
+		t.Fatalf("another vm's viewers: %d open, want 1", n)
+	}
+	_ = wsOther
+	f.openTicket(f.srv.URL, other, lo.pageToken(t))
+	fresh := f.viewerLink(id, "")
+	f.openTicket(f.srv.URL, id, fresh.pageToken(t))
+	// An admin may too.
+	if a := f.do("DELETE", "/v1/vms/"+id+"/viewers", f.admin, ""); a.status != 200 || !strings.Contains(string(a.body), `"closed": 1`) {
+		t.Fatalf("admin revoke: %d %s", a.status, a.body)
+	}
+
+	// A restarted daemon (a new viewer service, same key, same store)
+	// still refuses the revoked links and honours the new one.
+	fresh = f.viewerLink(id, "")
+	base := f.withViewerService(viewer.Config{}, false)
+	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t))); a.status != 401 || a.errCode() != "link_revoked" {
+		t.Fatalf("revoked link after a restart: %d %s", a.status, a.body)
+	}
+	f.openTicket(base, id, fresh.pageToken(t))
+}
+
+// openViewers is how many viewers the API lists on the VM.
+func (f *fixture) openViewers(id string) int {
+	f.t.Helper()
+	var got struct {
+		Viewers []struct{} `json:"viewers"`
+	}
+	f.do("GET", "/v1/vms/"+id, f.alice, "").json(f.t, &got)
+	return len(got.Viewers)
+}
+
 // A link or VM with all the viewers it may have: the ticket says so (409
 // viewer_limit) and the socket is refused with the reason.
 func TestViewerCapsAnswers(t *testing.T) {
