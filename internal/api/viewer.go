@@ -116,6 +116,7 @@ func (s *Server) createViewer(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	noStore(w)
 	writeJSON(w, http.StatusCreated, viewerLink(s.viewerBase(r), v.ID, g))
 }
 

@@ -253,3 +253,43 @@ func TestViewerTicketRateLimit(t *testing.T) {
 		t.Fatalf("another client: %d %s", a.status, a.body)
 	}
 }
+
+// Every answer that carries a viewer token says Cache-Control: no-store.
+func TestTokenAnswersAreNotCached(t *testing.T) {
+	f := newFixture(t)
+	id := f.readyBrowser()
+	noStore := func(what string, a answer) {
+		t.Helper()
+		if a.status >= 300 && a.status != http.StatusFound {
+			t.Fatalf("%s: %d %s", what, a.status, a.body)
+		}
+		if got := a.header.Get("Cache-Control"); got != "no-store" {
+			t.Errorf("%s: Cache-Control %q, want no-store", what, got)
+		}
+	}
+	a := f.do("POST", "/v1/vms/"+id+"/viewer", f.alice, "")
+	noStore("POST /v1/vms/{id}/viewer", a)
+	var l viewerLink
+	a.json(t, &l)
+	noStore("POST ticket", f.ticket(id, "Bearer "+l.pageToken(t)))
+
+	var lg loginAnswer
+	f.do("POST", "/v1/logins", f.alice, `{"provider":"fake_cli"}`).json(t, &lg)
+	f.waitLogin(f.alice, lg.ID, "awaiting_user")
+	a = f.do("GET", "/v1/logins/"+lg.ID, f.alice, "")
+	if !strings.Contains(string(a.body), "#token=") {
+		t.Fatalf("login without a viewer link: %s", a.body)
+	}
+	noStore("GET /v1/logins/{id}", a)
+	noStore("POST /v1/logins (the active one)", f.do("POST", "/v1/logins", f.alice, `{"provider":"fake_cli"}`))
+	noStore("POST /api/auth/start", f.do("POST", "/api/auth/start", f.alice, `{"provider":"fake_cli"}`))
+	noStore("GET /api/auth/session/{id}", f.do("GET", "/api/auth/session/"+lg.ID, f.alice, ""))
+	req, _ := http.NewRequest("GET", f.srv.URL+"/api/auth/session/"+lg.ID+"/novnc", nil)
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	noStore("GET /api/auth/session/{id}/novnc", answer{status: resp.StatusCode, header: resp.Header})
+}
