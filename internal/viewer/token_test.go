@@ -213,16 +213,28 @@ func TestReplayUseIsNotLinear(t *testing.T) {
 	t.Logf("per use: %v with 1k tokens, %v with %d", small, perUse(r, now), r.Len())
 }
 
+// BenchmarkReplayUse is one use of a set holding n unexpired tokens, in
+// the steady state of a busy daemon: each use adds a token and the oldest
+// one expires, so the set stays at n.
 func BenchmarkReplayUse(b *testing.B) {
 	for _, n := range []int{1_000, 10_000, 100_000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			const step = time.Millisecond
 			now := time.Unix(1_800_000_000, 0)
 			r := &Replay{Max: 1 << 30, now: func() time.Time { return now }}
-			fillReplay(r, n, now)
+			for i := range n {
+				_ = r.Use(Claims{Nonce: "fill" + strconv.Itoa(i), Expires: now.Add(time.Duration(i+1) * step)})
+			}
 			i := 0
 			for b.Loop() {
-				_ = r.Use(Claims{Nonce: "b" + strconv.Itoa(i), Expires: now.Add(2 * time.Minute)})
+				now = now.Add(step)
+				if err := r.Use(Claims{Nonce: "b" + strconv.Itoa(i), Expires: now.Add(time.Duration(n) * step)}); err != nil {
+					b.Fatal(err)
+				}
 				i++
+			}
+			if got := r.Len(); got != n {
+				b.Fatalf("set holds %d tokens, want %d", got, n)
 			}
 		})
 	}
