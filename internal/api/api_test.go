@@ -138,7 +138,7 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	viewers := viewer.NewService(viewer.Config{PingInterval: time.Second}, signer, func(ctx context.Context, id string) (string, error) {
+	viewers := viewer.NewService(viewer.Config{PingInterval: time.Second}, signer, st, func(ctx context.Context, id string) (string, error) {
 		if _, err := mgr.GuestAddr(ctx, id, 5900); err != nil {
 			return "", err
 		}

@@ -39,8 +39,8 @@ type compatSession struct {
 	ErrorMessage string    `json:"error_message,omitempty"`
 }
 
-func (s *Server) compatSessionOf(r *http.Request, l store.Login) compatSession {
-	j := s.withViewer(r, l)
+func (s *Server) compatSessionOf(w http.ResponseWriter, r *http.Request, l store.Login) compatSession {
+	j := s.withViewer(w, r, l)
 	c := compatSession{SessionID: l.ID, UserID: l.UserID, Provider: l.Provider, Status: compatStatus[l.State],
 		StartedAt: l.CreatedAt.UTC(), ErrorMessage: l.FailureReason}
 	if l.BrowserVMID != "" {
@@ -83,7 +83,8 @@ func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	c := s.compatSessionOf(r, l)
+	c := s.compatSessionOf(w, r, l)
+	noStore(w) // the old frontend's answers may carry a viewer link
 	writeJSON(w, http.StatusOK, map[string]any{
 		"success": true, "sessionId": l.ID, "provider": l.Provider, "novncURL": c.NoVNCURL, "browserIP": nil,
 	})
@@ -91,7 +92,8 @@ func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) compatSession(w http.ResponseWriter, r *http.Request) {
 	if l, ok := s.lookupLogin(w, r); ok {
-		writeJSON(w, http.StatusOK, map[string]any{"session": s.compatSessionOf(r, l)})
+		noStore(w)
+		writeJSON(w, http.StatusOK, map[string]any{"session": s.compatSessionOf(w, r, l)})
 	}
 }
 
@@ -102,12 +104,12 @@ func (s *Server) compatNoVNC(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	j := s.withViewer(r, l)
+	j := s.withViewer(w, r, l)
 	if j.Viewer == nil {
 		s.fail(w, r, errdefs.Conflictf("session %s is %s: there is no screen to show", l.ID, compatStatus[l.State]))
 		return
 	}
-	w.Header().Set("Cache-Control", "no-store")
+	noStore(w)
 	w.Header().Set("Referrer-Policy", "no-referrer")
 	http.Redirect(w, r, j.Viewer.URL, http.StatusFound)
 }

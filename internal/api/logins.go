@@ -33,8 +33,9 @@ func loginToJSON(l store.Login) loginJSON {
 }
 
 // withViewer adds a fresh viewer link to a login the user has to act on:
-// bound to the login (its session) and no longer-lived than it.
-func (s *Server) withViewer(r *http.Request, l store.Login) loginJSON {
+// bound to the login (its session) and no longer-lived than it. The
+// answer then carries a token and must not be cached.
+func (s *Server) withViewer(w http.ResponseWriter, r *http.Request, l store.Login) loginJSON {
 	j := loginToJSON(l)
 	if s.Viewers == nil || l.BrowserVMID == "" || (l.State != store.LoginAwaitingUser && l.State != store.LoginCapturing) {
 		return j
@@ -46,11 +47,12 @@ func (s *Server) withViewer(r *http.Request, l store.Login) loginJSON {
 	if ttl < time.Second {
 		return j
 	}
-	g, err := s.Viewers.Issue(l.BrowserVMID, viewer.IssueOptions{TTL: ttl, Session: l.ID})
+	g, err := s.Viewers.Issue(r.Context(), l.BrowserVMID, viewer.IssueOptions{TTL: ttl, Session: l.ID})
 	if err != nil {
 		s.Log.Warn("viewer link for login", "login", l.ID, "err", err)
 		return j
 	}
+	noStore(w)
 	link := viewerLink(s.viewerBase(r), l.BrowserVMID, g)
 	j.Viewer = &link
 	return j
@@ -106,7 +108,7 @@ func (s *Server) createLogin(w http.ResponseWriter, r *http.Request) {
 	if existing {
 		status = http.StatusOK // the active login for this user and provider
 	}
-	writeJSON(w, status, s.withViewer(r, l))
+	writeJSON(w, status, s.withViewer(w, r, l))
 }
 
 // lookupLogin returns the login in the path if the caller may see it.
@@ -129,7 +131,7 @@ func (s *Server) lookupLogin(w http.ResponseWriter, r *http.Request) (store.Logi
 
 func (s *Server) getLogin(w http.ResponseWriter, r *http.Request) {
 	if l, ok := s.lookupLogin(w, r); ok {
-		writeJSON(w, http.StatusOK, s.withViewer(r, l))
+		writeJSON(w, http.StatusOK, s.withViewer(w, r, l))
 	}
 }
 

@@ -86,6 +86,7 @@ func (s *Server) table() []route {
 		{"POST", "/v1/vms/{id}/exec", false, s.execVM},
 		{"GET", "/v1/events", false, s.events},
 		{"POST", "/v1/vms/{id}/viewer", false, s.createViewer},
+		{"DELETE", "/v1/vms/{id}/viewers", false, s.revokeViewers},
 		// Viewer routes carry their own tokens instead of API keys.
 		{"POST", "/v1/vms/{id}/viewer/ticket", true, s.viewerTicket},
 		{"GET", "/v1/vms/{id}/viewer/socket", true, s.viewerSocket},

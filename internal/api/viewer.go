@@ -2,11 +2,14 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
+	"math"
 	"mime"
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -64,10 +67,11 @@ type createViewerRequest struct {
 }
 
 type viewerJSON struct {
-	URL          string    `json:"url"`
-	WebSocketURL string    `json:"websocket_url"`
-	ExpiresAt    time.Time `json:"expires_at"`
-	ViewOnly     bool      `json:"view_only"`
+	URL                   string    `json:"url"`
+	WebSocketURL          string    `json:"websocket_url"`
+	WebSocketURLExpiresAt time.Time `json:"websocket_url_expires_at"`
+	ExpiresAt             time.Time `json:"expires_at"`
+	ViewOnly              bool      `json:"view_only"`
 }
 
 // viewable refuses VMs that cannot be viewed now or later.
@@ -109,12 +113,18 @@ func (s *Server) createViewer(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	g, err := s.Viewers.Issue(v.ID, viewer.IssueOptions{TTL: ttl, ViewOnly: req.ViewOnly})
+	g, err := s.Viewers.Issue(r.Context(), v.ID, viewer.IssueOptions{TTL: ttl, ViewOnly: req.ViewOnly})
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	noStore(w)
 	writeJSON(w, http.StatusCreated, viewerLink(s.viewerBase(r), v.ID, g))
+}
+
+// noStore keeps an answer that carries viewer tokens out of every cache.
+func noStore(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
 }
 
 // viewerLink is the answer for grant g on vmID's screen: the page, its
@@ -124,7 +134,7 @@ func viewerLink(base *url.URL, vmID string, g viewer.Grant) viewerJSON {
 	page := base.JoinPath("viewer", vmID)
 	page.Fragment = "token=" + g.PageToken
 	return viewerJSON{URL: page.String(), WebSocketURL: socketURL(base, vmID, g.SocketToken),
-		ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly}
+		WebSocketURLExpiresAt: g.SocketExpires.UTC(), ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly}
 }
 
 // socketURL is the WebSocket URL of vmID's viewer socket with token.
@@ -289,16 +299,17 @@ func (s *Server) viewerAsset(w http.ResponseWriter, r *http.Request) {
 }
 
 type ticketJSON struct {
-	WebSocketURL string    `json:"websocket_url"`
-	ExpiresAt    time.Time `json:"expires_at"`
-	ViewOnly     bool      `json:"view_only"`
+	WebSocketURL  string    `json:"websocket_url"`
+	ExpiresAt     time.Time `json:"expires_at"`
+	LinkExpiresAt time.Time `json:"link_expires_at"`
+	ViewOnly      bool      `json:"view_only"`
 }
 
 // viewerTicket trades the page token (Authorization: Bearer) for a
 // single-use socket URL, so the page can connect and reconnect until its
 // link expires.
 func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
+	noStore(w)
 	if s.Viewers == nil {
 		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
 		return
@@ -310,14 +321,9 @@ func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "invalid_token", "missing viewer token: send Authorization: Bearer <page token>")
 		return
 	}
-	sock, claims, err := s.Viewers.Ticket(tok, id)
+	sock, claims, err := s.Viewers.Ticket(r.Context(), tok, id, s.clientAddr(r))
 	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
-		if errors.Is(err, viewer.ErrExpired) {
-			writeError(w, http.StatusUnauthorized, "token_expired", "this viewer link has expired: ask for a new one")
-			return
-		}
-		writeError(w, http.StatusUnauthorized, "invalid_token", "this viewer link is not valid for vm "+id)
+		s.ticketRefused(w, r, id, err)
 		return
 	}
 	v, err := s.VMs.Get(r.Context(), id)
@@ -335,8 +341,93 @@ func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ticketJSON{
-		WebSocketURL: socketURL(s.viewerBase(r), id, sock), ExpiresAt: claims.Expires.UTC(), ViewOnly: claims.ViewOnly,
+		WebSocketURL: socketURL(s.viewerBase(r), id, sock), ExpiresAt: claims.Expires.UTC(),
+		LinkExpiresAt: claims.LinkEnd().UTC(), ViewOnly: claims.ViewOnly,
 	})
+}
+
+// ticketRefused answers a refused ticket: 429 with Retry-After for a
+// rate limit, 409 for a link or VM with all the viewers it may have, 401
+// for a token that buys nothing (saying whether the link expired or was
+// revoked).
+func (s *Server) ticketRefused(w http.ResponseWriter, r *http.Request, id string, err error) {
+	var (
+		rl *viewer.RateLimitError
+		le *viewer.LimitError
+	)
+	switch {
+	case errors.As(err, &rl):
+		secs := max(1, int(math.Ceil(rl.RetryAfter.Seconds())))
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		writeError(w, http.StatusTooManyRequests, "rate_limited",
+			fmt.Sprintf("too many viewer tickets for this %s: retry in %d s", rl.What, secs))
+	case errors.As(err, &le):
+		writeError(w, http.StatusConflict, "viewer_limit", le.Error()+": close one, then reconnect")
+	case errors.Is(err, viewer.ErrRevoked):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "link_revoked", "the vm's viewer links were revoked: ask for a new one")
+	case errors.Is(err, viewer.ErrExpired):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "token_expired", "this viewer link has expired: ask for a new one")
+	case errors.Is(err, viewer.ErrMalformed), errors.Is(err, viewer.ErrForged),
+		errors.Is(err, viewer.ErrWrongVM), errors.Is(err, viewer.ErrWrongKind):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "invalid_token", "this viewer link is not valid for vm "+id)
+	default:
+		s.fail(w, r, err)
+	}
+}
+
+// clientAddr is the address a request came from, for rate limits: the
+// peer, or with trusted forwarded headers the address the proxy saw (the
+// last X-Forwarded-For element it appended, else Forwarded's for=).
+func (s *Server) clientAddr(r *http.Request) string {
+	if s.ViewerOptions.TrustForwarded {
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			parts := strings.Split(xff[len(xff)-1], ",")
+			if a := strings.TrimSpace(parts[len(parts)-1]); a != "" {
+				return a
+			}
+		}
+		if fw := r.Header.Values("Forwarded"); len(fw) > 0 {
+			elems := strings.Split(fw[len(fw)-1], ",")
+			for _, pair := range strings.Split(elems[len(elems)-1], ";") {
+				if k, v, ok := strings.Cut(strings.TrimSpace(pair), "="); ok && strings.EqualFold(k, "for") {
+					return strings.Trim(v, `"`)
+				}
+			}
+		}
+	}
+	return r.RemoteAddr
+}
+
+type revokeViewersJSON struct {
+	VM     string `json:"vm"`
+	Closed int    `json:"closed"`
+}
+
+// revokeViewers closes every viewer of a VM and revokes every viewer link
+// issued for it so far (owner or admin); links asked for afterwards work.
+func (s *Server) revokeViewers(w http.ResponseWriter, r *http.Request) {
+	if s.Viewers == nil {
+		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		return
+	}
+	v, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	if !s.VMs.Serves(v.Role, s.ViewerOptions.VNCPort) {
+		s.fail(w, r, errdefs.Conflictf("vm %s has role %s, which serves no VNC screen (port %d) to view", v.ID, v.Role, s.ViewerOptions.VNCPort))
+		return
+	}
+	n, err := s.Viewers.RevokeVM(r.Context(), v.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.Log.Info("viewers revoked", "request_id", requestID(r), "vm", v.ID, "closed", n)
+	writeJSON(w, http.StatusOK, revokeViewersJSON{VM: v.ID, Closed: n})
 }
 
 // viewerSocket is the viewer's WebSocket. The token is checked by the

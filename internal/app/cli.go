@@ -27,6 +27,7 @@ Usage:
   hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] [--raw] | rm ID [--wait]
   hearth vm exec ID [--timeout 30s] -- COMMAND [ARGS...]
   hearth vm viewer ID [--view-only] [--ttl 15m]   (prints a link to watch the VM's screen in a browser)
+  hearth vm viewers ls ID | rm ID    (the VM's open viewers; rm closes them all and revokes every link so far)
   hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
   hearth apikey list [--user U] [--json] | revoke ID [--force]
   hearth image build [--profile minimal] [--agent PATH] | list
@@ -226,7 +227,7 @@ func printJSON(w io.Writer, v any) error {
 
 func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) < 1 {
-		return errors.New("usage: hearth vm create|list|get|wait|console|exec|viewer|rm")
+		return errors.New("usage: hearth vm create|list|get|wait|console|exec|viewer|viewers|rm")
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("vm "+sub, flag.ContinueOnError)
@@ -367,6 +368,8 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(os.Stderr, "expires %s%s\n", l.ExpiresAt.Local().Format(time.RFC3339),
 			map[bool]string{true: " (view only)"}[l.ViewOnly])
 		return nil
+	case "viewers":
+		return vmViewers(ctx, cl, pos, stdout)
 	case "rm":
 		id, err := needID()
 		if err != nil {

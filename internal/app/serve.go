@@ -133,7 +133,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	defer closeNet()
 	var mgr *vm.Manager
-	viewers, err := newViewers(cfg, &mgr, log)
+	viewers, err := newViewers(cfg, st, &mgr, log)
 	if err != nil {
 		return err
 	}

@@ -93,9 +93,10 @@ func checkPrivate(f *os.File, path, what string) error {
 	return nil
 }
 
-// newViewers builds the viewer service; mgr is read when a viewer
-// connects, after the manager exists.
-func newViewers(cfg config.Config, mgr **vm.Manager, log *slog.Logger) (*viewer.Service, error) {
+// newViewers builds the viewer service, keeping viewer epochs in epochs
+// (the store); mgr is read when a viewer connects, after the manager
+// exists.
+func newViewers(cfg config.Config, epochs viewer.Epochs, mgr **vm.Manager, log *slog.Logger) (*viewer.Service, error) {
 	key, err := loadViewerKey(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -106,10 +107,15 @@ func newViewers(cfg config.Config, mgr **vm.Manager, log *slog.Logger) (*viewer.
 	}
 	port := cfg.Viewer.VNCPort
 	return viewer.NewService(viewer.Config{
-		PingInterval: cfg.Viewer.PingInterval.Duration,
-		IdleTimeout:  cfg.Viewer.IdleTimeout.Duration,
-		MaxLifetime:  cfg.Viewer.MaxLifetime.Duration,
-	}, signer, func(ctx context.Context, id string) (string, error) {
+		PingInterval:     cfg.Viewer.PingInterval.Duration,
+		IdleTimeout:      cfg.Viewer.IdleTimeout.Duration,
+		MaxLifetime:      cfg.Viewer.MaxLifetime.Duration,
+		SocketTTL:        cfg.Viewer.SocketTokenTTL.Duration,
+		MaxPerLink:       cfg.Viewer.MaxViewersPerLink,
+		MaxPerVM:         cfg.Viewer.MaxViewersPerVM,
+		TicketsPerLink:   cfg.Viewer.TicketRatePerLink,
+		TicketsPerClient: cfg.Viewer.TicketRatePerClient,
+	}, signer, epochs, func(ctx context.Context, id string) (string, error) {
 		return (*mgr).GuestAddr(ctx, id, port)
 	}, log.With("component", "viewer")), nil
 }

@@ -103,12 +103,19 @@ type CreateViewer struct {
 }
 
 // Viewer is a viewer link: the page (token in its fragment) and a
-// single-use WebSocket URL.
+// single-use WebSocket URL, good for seconds.
 type Viewer struct {
-	URL          string    `json:"url"`
-	WebSocketURL string    `json:"websocket_url"`
-	ExpiresAt    time.Time `json:"expires_at"`
-	ViewOnly     bool      `json:"view_only"`
+	URL                   string    `json:"url"`
+	WebSocketURL          string    `json:"websocket_url"`
+	WebSocketURLExpiresAt time.Time `json:"websocket_url_expires_at"`
+	ExpiresAt             time.Time `json:"expires_at"`
+	ViewOnly              bool      `json:"view_only"`
+}
+
+// RevokedViewers is the answer of DELETE /v1/vms/{id}/viewers.
+type RevokedViewers struct {
+	VM     string `json:"vm"`
+	Closed int    `json:"closed"`
 }
 
 // Login mirrors the API's login object.
@@ -293,6 +300,14 @@ func (c *Client) CreateViewer(ctx context.Context, id string, req CreateViewer) 
 	var v Viewer
 	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(id)+"/viewer", req, &v)
 	return v, err
+}
+
+// RevokeViewers closes every viewer of a VM and revokes every viewer link
+// issued for it so far.
+func (c *Client) RevokeViewers(ctx context.Context, id string) (RevokedViewers, error) {
+	var r RevokedViewers
+	err := c.Do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(id)+"/viewers", nil, &r)
+	return r, err
 }
 
 // WaitVM waits (server-side, no polling) for the VM to reach state.

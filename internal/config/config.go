@@ -135,6 +135,18 @@ type ViewerConfig struct {
 	// a frame (CSP frame-ancestors, e.g. "https://app.example.com" or
 	// "'self'"); none by default.
 	FrameAncestors []string `toml:"frame_ancestors"`
+	// SocketTokenTTL is how long a socket token (one WebSocket, once) may
+	// wait to be used: seconds, whatever the link's lifetime.
+	SocketTokenTTL Duration `toml:"socket_token_ttl"`
+	// MaxViewersPerLink and MaxViewersPerVM cap the viewers open at once
+	// through one link and on one VM; beyond them a viewer is refused.
+	MaxViewersPerLink int `toml:"max_viewers_per_link"`
+	MaxViewersPerVM   int `toml:"max_viewers_per_vm"`
+	// TicketRatePerLink and TicketRatePerClient bound ticket exchanges
+	// (the page buying a socket token): per minute, in bursts of as many,
+	// for one link and for one client address (IPv6: its /64).
+	TicketRatePerLink   int `toml:"ticket_rate_per_link"`
+	TicketRatePerClient int `toml:"ticket_rate_per_client"`
 }
 
 // NetworkConfig configures VM networking on the host.
@@ -321,6 +333,12 @@ func Default() Config {
 			MaxLifetime:    Duration{8 * time.Hour},
 			VNCPort:        5900,
 			FrameAncestors: []string{},
+
+			SocketTokenTTL:      Duration{30 * time.Second},
+			MaxViewersPerLink:   4,
+			MaxViewersPerVM:     8,
+			TicketRatePerLink:   20,
+			TicketRatePerClient: 60,
 		},
 	}
 }
@@ -643,6 +661,21 @@ func (v ViewerConfig) validate(bad func(field, format string, args ...any)) {
 	}
 	if v.VNCPort < 1 || v.VNCPort > 65535 {
 		bad("viewer.vnc_port", "must be 1-65535, got %d", v.VNCPort)
+	}
+	if v.SocketTokenTTL.Duration < time.Second || v.SocketTokenTTL.Duration > 5*time.Minute {
+		bad("viewer.socket_token_ttl", "must be 1s-5m (a socket token is used at once), got %s", v.SocketTokenTTL.Duration)
+	}
+	if v.MaxViewersPerVM < 1 || v.MaxViewersPerVM > 1000 {
+		bad("viewer.max_viewers_per_vm", "must be 1-1000, got %d", v.MaxViewersPerVM)
+	}
+	if v.MaxViewersPerLink < 1 || v.MaxViewersPerLink > max(1, v.MaxViewersPerVM) {
+		bad("viewer.max_viewers_per_link", "must be 1-%d (viewer.max_viewers_per_vm), got %d", max(1, v.MaxViewersPerVM), v.MaxViewersPerLink)
+	}
+	if v.TicketRatePerLink < 1 || v.TicketRatePerLink > 10000 {
+		bad("viewer.ticket_rate_per_link", "must be 1-10000 tickets a minute, got %d", v.TicketRatePerLink)
+	}
+	if v.TicketRatePerClient < 1 || v.TicketRatePerClient > 100000 {
+		bad("viewer.ticket_rate_per_client", "must be 1-100000 tickets a minute, got %d", v.TicketRatePerClient)
 	}
 	for _, a := range v.FrameAncestors {
 		if a == "'self'" {

@@ -380,6 +380,17 @@ type Credentials interface {
 	DeleteCredential(ctx context.Context, userID, provider string) error
 }
 
+// ViewerEpochs stores each VM's viewer epoch: viewer links carry the epoch
+// they were issued in, and revoking a VM's viewers moves it on.
+type ViewerEpochs interface {
+	// ViewerEpoch is vmID's epoch: 0 until first bumped (and for unknown
+	// VMs).
+	ViewerEpoch(ctx context.Context, vmID string) (uint64, error)
+	// BumpViewerEpoch adds one to vmID's epoch and returns the new value;
+	// ErrNotFound if there is no such VM. Deleting the VM forgets it.
+	BumpViewerEpoch(ctx context.Context, vmID string) (uint64, error)
+}
+
 // Events is the append-only event log. Nothing changes or removes an
 // event but retention (PruneEvents), and retention only forgets the oldest
 // events: it advances a horizon, and every event with an ID above the
@@ -413,6 +424,7 @@ type Store interface {
 	Leases
 	Logins
 	Credentials
+	ViewerEpochs
 	Events
 	Ping(ctx context.Context) error
 	Close() error

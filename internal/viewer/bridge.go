@@ -30,8 +30,14 @@ var (
 	ReasonPingTimeout    = CloseReason{4006, "keepalive timeout"}
 	ReasonInvalidToken   = CloseReason{4007, "invalid token"}
 	ReasonViewOnly       = CloseReason{4008, "unsupported input in view-only mode"}
+	ReasonViewOnlyGuest  = CloseReason{4008, "guest vnc handshake unsupported in view-only mode"}
 	ReasonVMFailed       = CloseReason{4009, "vm failed"}
 	ReasonLoginEnded     = CloseReason{4010, "login ended"}
+	ReasonLinkFull       = CloseReason{4011, "too many viewers on this link"}
+	ReasonVMFull         = CloseReason{4012, "too many viewers on this vm"}
+	ReasonRevoked        = CloseReason{4013, "viewer links revoked"}
+	ReasonSocketExpired  = CloseReason{4014, "socket token expired"}
+	ReasonBusy           = CloseReason{websocket.StatusTryAgainLater, "server busy: try again later"}
 	ReasonShutdown       = CloseReason{websocket.StatusGoingAway, "server shutting down"}
 	ReasonClientClosed   = CloseReason{websocket.StatusNormalClosure, "viewer closed"}
 	ReasonBinaryOnly     = CloseReason{websocket.StatusUnsupportedData, "binary messages only"}
@@ -61,7 +67,7 @@ type Options struct {
 	// time: a viewer lives no longer than the token that opened it.
 	Expires time.Time
 	// ViewOnly drops the client's input (key, pointer, cut text and guest
-	// control messages).
+	// control messages), following the RFB handshake in both directions.
 	ViewOnly bool
 	// BufferSize is the size of the TCP read buffer; each chunk read is
 	// sent as one binary message. Default DefaultBufferSize.
@@ -130,6 +136,7 @@ type bridge struct {
 	opts     Options
 	lastData atomic.Int64 // UnixNano of the last data either way
 	ends     chan end     // one slot per goroutine: sends never block
+	filter   *inputFilter // view-only: sees both directions; nil otherwise
 }
 
 // Bridge copies binary WebSocket messages to vnc and vnc's bytes back as
@@ -141,6 +148,9 @@ type bridge struct {
 // failure otherwise.
 func Bridge(ctx context.Context, ws *websocket.Conn, vnc net.Conn, opts Options) (CloseReason, error) {
 	b := &bridge{ws: ws, vnc: vnc, opts: opts.withDefaults(), ends: make(chan end, 3)}
+	if b.opts.ViewOnly {
+		b.filter = &inputFilter{}
+	}
 	b.touch()
 	ws.SetReadLimit(b.opts.MaxMessageSize)
 
@@ -224,10 +234,6 @@ func (b *bridge) close(r CloseReason) {
 
 // browserToVNC copies browser messages to vnc, one message at a time.
 func (b *bridge) browserToVNC(ctx context.Context) end {
-	var filter *inputFilter
-	if b.opts.ViewOnly {
-		filter = &inputFilter{}
-	}
 	for {
 		typ, p, err := b.ws.Read(ctx)
 		if err != nil {
@@ -237,8 +243,8 @@ func (b *bridge) browserToVNC(ctx context.Context) end {
 			return end{reason: ReasonBinaryOnly}
 		}
 		b.touch()
-		if filter != nil {
-			if p, err = filter.Filter(p); err != nil {
+		if b.filter != nil {
+			if p, err = b.filter.Filter(p); err != nil {
 				return end{reason: ReasonViewOnly, err: fmt.Errorf("filter viewer input: %w", err)}
 			}
 		}
@@ -263,6 +269,13 @@ func (b *bridge) vncToBrowser(ctx context.Context) end {
 		n, err := b.vnc.Read(buf)
 		if n > 0 {
 			b.touch()
+			if b.filter != nil {
+				// Before the browser sees them, so its answer is read
+				// in the state they set.
+				if ferr := b.filter.Server(buf[:n]); ferr != nil {
+					return end{reason: ReasonViewOnlyGuest, err: fmt.Errorf("follow guest vnc handshake: %w", ferr)}
+				}
+			}
 			if werr := b.ws.Write(ctx, websocket.MessageBinary, buf[:n]); werr != nil {
 				return browserEnd(werr)
 			}

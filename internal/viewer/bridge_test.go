@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/hearth-project/hearth/test/rfbtest"
 )
 
 // rfbConn is a browser-side RFB byte stream over ws. Like a browser, it
@@ -102,34 +104,163 @@ func TestBridgeRFBHandshake(t *testing.T) {
 	}
 }
 
+// scriptedVNC serves s on loopback until the test ends.
+func scriptedVNC(t *testing.T, s *rfbtest.Server) string {
+	t.Helper()
+	if s.Messages == nil {
+		s.Messages = make(chan rfbtest.Message, 256)
+	}
+	ln, err := s.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String()
+}
+
+// endOf waits for the viewer's stream to end and returns the close code.
+func endOf(t *testing.T, c *rfbConn) websocket.StatusCode {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(c)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return websocket.CloseStatus(err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("viewer never ended")
+		return 0
+	}
+}
+
+// A view-only client's input never reaches the server; everything else
+// does, intact, however the browser splits it into messages.
 func TestBridgeViewOnlyDropsInput(t *testing.T) {
-	addr, got := echoServer(t)
-	srv := newBridgeServer(t, t.Context(), addr, Options{ViewOnly: true})
-	ws := srv.dial(t)
-	in, want := clientStream()
+	s := &rfbtest.Server{Version: "RFB 003.008\n", Width: 16, Height: 16}
+	srv := newBridgeServer(t, t.Context(), scriptedVNC(t, s), Options{ViewOnly: true})
+	c := newRFBConn(t, srv.dial(t))
+	if _, err := rfbtest.Handshake(c); err != nil {
+		t.Fatal(err)
+	}
+	var in []byte
+	var want [][]byte
+	for _, st := range messages() {
+		in = append(in, st.client...)
+		if len(st.want) > 0 {
+			want = append(want, st.want)
+		}
+	}
 	for p := in; len(p) > 0; { // uneven message boundaries
 		n := min(7, len(p))
-		if err := ws.Write(t.Context(), websocket.MessageBinary, p[:n]); err != nil {
+		if _, err := c.Write(p[:n]); err != nil {
 			t.Fatal(err)
 		}
 		p = p[n:]
 	}
-	var received []byte
-	deadline := time.After(5 * time.Second)
-	for len(received) < len(want) {
+	for i, w := range want {
 		select {
-		case b := <-got:
-			received = append(received, b...)
-		case <-deadline:
-			t.Fatalf("server received %d of %d bytes", len(received), len(want))
+		case m := <-s.Messages:
+			if !bytes.Equal(m.Bytes, w) {
+				t.Fatalf("message %d at the server: %v, want %v", i, m.Bytes, w)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("server received %d of %d messages", i, len(want))
 		}
 	}
-	if !bytes.Equal(received, want) {
-		t.Fatalf("server received\n%v\nwant\n%v", received, want)
+	c.Write([]byte{99}) // unknown message type
+	if code := endOf(t, c); code != ReasonViewOnly.Code {
+		t.Fatalf("close = %d, want %v", code, ReasonViewOnly)
 	}
-	ws.Write(t.Context(), websocket.MessageBinary, []byte{99}) // unknown message type
-	if ce := closeOf(t, ws, 5*time.Second); ce.Code != ReasonViewOnly.Code {
-		t.Fatalf("close = %v, want %v", ce, ReasonViewOnly)
+	if r := srv.result(t); r.reason != ReasonViewOnly {
+		t.Fatalf("bridge ended with %v", r.reason)
+	}
+}
+
+// A view-only client of an RFB 3.3 server, the client also saying 3.3:
+// the server chose the security type, and input is still dropped.
+func TestBridgeViewOnlyRFB33(t *testing.T) {
+	s := &rfbtest.Server{Version: "RFB 003.003\n", Minor: 3, Width: 16, Height: 16}
+	srv := newBridgeServer(t, t.Context(), scriptedVNC(t, s), Options{ViewOnly: true})
+	c := newRFBConn(t, srv.dial(t))
+	buf := make([]byte, 24)
+	if _, err := io.ReadFull(c, buf[:12]); err != nil || string(buf[:12]) != "RFB 003.003\n" {
+		t.Fatalf("version %q %v", buf[:12], err)
+	}
+	c.Write([]byte("RFB 003.003\n"))
+	if _, err := io.ReadFull(c, buf[:4]); err != nil || !bytes.Equal(buf[:4], []byte{0, 0, 0, 1}) {
+		t.Fatalf("security %v %v", buf[:4], err)
+	}
+	c.Write([]byte{1}) // ClientInit
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("ServerInit: %v", err)
+	}
+	fur := []byte{3, 0, 0, 0, 0, 0, 0, 16, 0, 16}
+	c.Write(append([]byte{4, 1, 0, 0, 0, 0, 0, 0x61}, fur...))
+	c.Write(append([]byte{5, 1, 0, 10, 0, 20}, fur...))
+	for i := range 2 {
+		select {
+		case m := <-s.Messages:
+			if !bytes.Equal(m.Bytes, fur) {
+				t.Fatalf("message %d at the server: %v, want only update requests", i, m.Bytes)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("server received %d of 2 update requests", i)
+		}
+	}
+}
+
+// The view-only filter follows the version and security the server chose,
+// not the client's claim. A client that claims 3.8 to a server running
+// 3.3 would otherwise be one byte out of step with it: its "ClientInit"
+// is the server's first message type, so a byte the filter passes as
+// ClientInit arrives as a KeyEvent, its body taken from an update request.
+func TestBridgeViewOnlyFollowsTheServer(t *testing.T) {
+	for name, s := range map[string]*rfbtest.Server{
+		"3.3 server":                 {Version: "RFB 003.003\n", Minor: 3},
+		"3.8 server that speaks 3.3": {Version: "RFB 003.008\n", Minor: 3},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s.Width, s.Height = 16, 16
+			srv := newBridgeServer(t, t.Context(), scriptedVNC(t, s), Options{ViewOnly: true})
+			c := newRFBConn(t, srv.dial(t))
+			ver := make([]byte, 12)
+			if _, err := io.ReadFull(c, ver); err != nil {
+				t.Fatal(err)
+			}
+			// Each step follows the server as a real client would; a
+			// bridge that refuses ends the stream and the rest is moot.
+			c.Write([]byte("RFB 003.008\n"))
+			io.ReadFull(c, make([]byte, 4)) // the 3.3 security type (None)
+			c.Write([]byte{1})              // the filter's security None; the server's ClientInit
+			io.ReadFull(c, make([]byte, 24))
+			c.Write([]byte{4}) // the filter's ClientInit; the server's KeyEvent
+			// An update request to the filter; to the server, the
+			// KeyEvent's body: pressed, key 0x61 ('a').
+			c.Write([]byte{3, 1, 0, 0, 0, 0, 0x61, 0x10, 0, 0x10})
+			c.Write([]byte{5, 1, 0, 10, 0, 20}) // a pointer event, to be dropped
+			select {
+			case m := <-s.Messages:
+				t.Fatalf("the server received message %v from a view-only viewer", m.Bytes)
+			case r := <-srv.results:
+				if r.reason.Code != ReasonViewOnly.Code {
+					t.Fatalf("bridge ended with %v, %v; want %v", r.reason, r.err, ReasonViewOnly)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("bridge neither refused the client nor passed its bytes")
+			}
+			for {
+				select {
+				case m := <-s.Messages:
+					if m.Input() {
+						t.Fatalf("input %v reached the server", m.Bytes)
+					}
+				default:
+					return
+				}
+			}
+		})
 	}
 }
 

@@ -1,9 +1,11 @@
 package viewer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // Client→server RFB message types (RFC 6143 §7.5 and common extensions).
@@ -34,27 +36,158 @@ type rfbPhase int
 
 const (
 	phaseVersion    rfbPhase = iota // 12-byte ProtocolVersion
-	phaseSecurity                   // 1-byte security type
+	phaseSecurity                   // 3.7/3.8: 1-byte security type; 3.3: nothing
 	phaseVNCAuth                    // 16-byte VNC authentication response
 	phaseClientInit                 // 1-byte shared flag
 	phaseMessages                   // normal client→server messages
 )
 
-// inputFilter parses the client→server RFB stream (3.7/3.8, security None
-// or VNC authentication) and drops input messages: key and pointer events,
-// cut text, and the extensions that control the guest (QEMU key events,
-// xvp, desktop resize, GII). Bytes are streamed: only a message's header is
-// held, so memory stays bounded whatever the message size.
+// serverPhase is where the server side of the RFB handshake is.
+type serverPhase int
+
+const (
+	serverVersion  serverPhase = iota // 12-byte ProtocolVersion
+	serverWaits                       // nothing until the client's version
+	serverSecurity                    // 3.3: u32 type; 3.7/3.8: count + types
+	serverDone                        // the rest is not parsed
+)
+
+// Security types a view-only bridge can follow (RFC 6143 §7.2).
+const (
+	securityInvalid = 0
+	securityNone    = 1
+	securityVNCAuth = 2
+)
+
+// inputFilter follows both directions of an RFB handshake and drops the
+// client's input messages: key and pointer events, cut text, and the
+// extensions that control the guest (QEMU key events, xvp, desktop resize,
+// GII). The protocol state comes from what the server sent, never from the
+// client's word alone: the version the server announced bounds the one the
+// client may pick (3.3, 3.7 or 3.8), a 3.3 server chooses the security
+// type itself, and a 3.7/3.8 client may only pick a type the server
+// offered. Client handshake bytes that arrive before the server message
+// that gives them a meaning, or that do not fit it, end the viewer.
+// Bytes are streamed: only a unit's header is held, so memory stays
+// bounded whatever the message size. Filter and Server may run on
+// different goroutines.
 type inputFilter struct {
+	mu sync.Mutex
+
+	// Client side.
 	phase     rfbPhase
 	hdr       []byte // header bytes of the current unit, not yet emitted
 	remaining int64  // body bytes of the current unit still to pass or drop
 	drop      bool   // whether the current unit is dropped
+
+	// Server side.
+	sphase      serverPhase
+	shdr        []byte // server handshake bytes of the current unit
+	serverMinor int    // minor version the server announced
+	minor       int    // minor version in use: the client's pick
+	offered     []byte // security types a 3.7/3.8 server offered
+	security    byte   // the security type in use, once known
+	failed      bool   // the server refused the handshake
+}
+
+// Server follows the server→client bytes p. It must see every server byte,
+// in order, before they reach the client: the client's answer to them is
+// then always read in the state they set.
+func (f *inputFilter) Server(p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for len(p) > 0 {
+		switch f.sphase {
+		case serverDone:
+			return nil
+		case serverWaits:
+			return fmt.Errorf("%w: server sent %d bytes before the client's version", errUnsupportedRFB, len(p))
+		}
+		need := f.serverNeed()
+		take := min(need-len(f.shdr), len(p))
+		f.shdr = append(f.shdr, p[:take]...)
+		p = p[take:]
+		if len(f.shdr) < need {
+			return nil
+		}
+		if f.serverNeed() > need { // a security type list's length is known now
+			continue
+		}
+		if err := f.serverUnit(); err != nil {
+			return err
+		}
+		f.shdr = f.shdr[:0]
+	}
+	return nil
+}
+
+// serverNeed is how many bytes the current server unit has.
+func (f *inputFilter) serverNeed() int {
+	switch {
+	case f.sphase == serverVersion:
+		return 12
+	case f.minor == 3:
+		return 4 // u32 security type
+	case len(f.shdr) == 0:
+		return 1 // number of security types
+	default:
+		return 1 + int(f.shdr[0])
+	}
+}
+
+// serverUnit takes in the complete server unit in f.shdr.
+func (f *inputFilter) serverUnit() error {
+	h := f.shdr
+	if f.sphase == serverVersion {
+		minor, ok := rfbVersion(h)
+		if !ok {
+			return fmt.Errorf("%w: server protocol version %q", errUnsupportedRFB, h)
+		}
+		f.serverMinor, f.sphase = minor, serverWaits
+		return nil
+	}
+	// serverSecurity
+	f.sphase = serverDone
+	if f.minor == 3 {
+		t := binary.BigEndian.Uint32(h)
+		switch t {
+		case securityInvalid:
+			f.failed = true
+		case securityNone, securityVNCAuth:
+			f.security = byte(t)
+		default:
+			return fmt.Errorf("%w: rfb 3.3 server chose security type %d", errUnsupportedRFB, t)
+		}
+		return nil
+	}
+	if h[0] == 0 {
+		f.failed = true // a reason follows, then the server hangs up
+		return nil
+	}
+	f.offered = append([]byte(nil), h[1:]...)
+	return nil
+}
+
+// rfbVersion parses "RFB 003.xxx\n" and returns xxx.
+func rfbVersion(v []byte) (int, bool) {
+	if len(v) != 12 || string(v[:8]) != "RFB 003." || v[11] != '\n' {
+		return 0, false
+	}
+	n := 0
+	for _, d := range v[8:11] {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		n = n*10 + int(d-'0')
+	}
+	return n, true
 }
 
 // Filter returns the bytes of p that may reach the server. out is a new
 // slice (p is not modified).
 func (f *inputFilter) Filter(p []byte) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	out := make([]byte, 0, len(p))
 	for {
 		if f.remaining > 0 {
@@ -67,6 +200,9 @@ func (f *inputFilter) Filter(p []byte) ([]byte, error) {
 			if f.remaining > 0 {
 				return out, nil // p is exhausted
 			}
+		}
+		if len(p) == 0 && len(f.hdr) == 0 {
+			return out, nil // between units: wait for the client
 		}
 		u, err := f.unit()
 		if err != nil {
@@ -81,13 +217,21 @@ func (f *inputFilter) Filter(p []byte) ([]byte, error) {
 			p = p[take:]
 			continue
 		}
-		out = f.complete(out, u)
+		out, err = f.complete(out, u)
+		if err != nil {
+			return nil, err
+		}
 	}
 }
 
 // complete emits (or drops) the buffered header of unit u and arranges for
 // its body to follow.
-func (f *inputFilter) complete(out []byte, u unit) []byte {
+func (f *inputFilter) complete(out []byte, u unit) ([]byte, error) {
+	if u.check != nil {
+		if err := u.check(f.hdr); err != nil {
+			return nil, err
+		}
+	}
 	if !u.drop {
 		out = append(out, f.hdr...)
 	}
@@ -95,40 +239,45 @@ func (f *inputFilter) complete(out []byte, u unit) []byte {
 	f.drop = u.drop
 	f.hdr = f.hdr[:0]
 	f.phase = u.next
-	return out
+	return out, nil
 }
 
 // unit describes one handshake step or message of the client stream.
 type unit struct {
-	need  int      // header bytes needed to know total (read on while fewer)
-	total int64    // full length once need bytes are known
-	drop  bool     // whether the unit is input to drop
-	next  rfbPhase // phase after this unit
+	need  int                // header bytes needed to know total (read on while fewer)
+	total int64              // full length once need bytes are known
+	drop  bool               // whether the unit is input to drop
+	next  rfbPhase           // phase after this unit
+	check func([]byte) error // run on the complete header before it is emitted
 }
 
-// unit describes the unit starting with f.hdr.
+// unit describes the unit starting with f.hdr, in the state the server's
+// bytes have set.
 func (f *inputFilter) unit() (unit, error) {
 	h := f.hdr
 	switch f.phase {
 	case phaseVersion:
-		if len(h) < 12 {
-			return unit{need: 12}, nil
+		if f.sphase == serverVersion {
+			return unit{}, fmt.Errorf("%w: client spoke before the server's version", errUnsupportedRFB)
 		}
-		if v := string(h[:12]); v != "RFB 003.007\n" && v != "RFB 003.008\n" {
-			return unit{}, fmt.Errorf("%w: protocol version %q", errUnsupportedRFB, v)
-		}
-		return unit{need: 12, total: 12, next: phaseSecurity}, nil
+		return unit{need: 12, total: 12, next: phaseSecurity, check: f.clientVersion}, nil
 	case phaseSecurity:
+		switch {
+		case f.sphase != serverDone:
+			return unit{}, fmt.Errorf("%w: client spoke before the server's security message", errUnsupportedRFB)
+		case f.failed:
+			return unit{}, fmt.Errorf("%w: client spoke after the server refused the handshake", errUnsupportedRFB)
+		case f.minor == 3: // the server chose; the client says nothing
+			return unit{next: f.afterSecurity(f.security)}, nil
+		}
 		if len(h) < 1 {
 			return unit{need: 1}, nil
 		}
-		switch h[0] {
-		case 1: // None
-			return unit{need: 1, total: 1, next: phaseClientInit}, nil
-		case 2: // VNC authentication
-			return unit{need: 1, total: 1, next: phaseVNCAuth}, nil
+		t := h[0]
+		if (t != securityNone && t != securityVNCAuth) || !bytes.Contains(f.offered, []byte{t}) {
+			return unit{}, fmt.Errorf("%w: security type %d (server offered %v)", errUnsupportedRFB, t, f.offered)
 		}
-		return unit{}, fmt.Errorf("%w: security type %d", errUnsupportedRFB, h[0])
+		return unit{need: 1, total: 1, next: f.afterSecurity(t)}, nil
 	case phaseVNCAuth:
 		return unit{need: 16, total: 16, next: phaseClientInit}, nil
 	case phaseClientInit:
@@ -140,6 +289,28 @@ func (f *inputFilter) unit() (unit, error) {
 	u, err := clientMessage(h)
 	u.next = phaseMessages
 	return u, err
+}
+
+// clientVersion checks the client's ProtocolVersion: 3.3, 3.7 or 3.8, and
+// no later than the server's (RFC 6143 §7.1.1), and sets the version in use.
+func (f *inputFilter) clientVersion(h []byte) error {
+	minor, ok := rfbVersion(h)
+	if !ok || (minor != 3 && minor != 7 && minor != 8) {
+		return fmt.Errorf("%w: protocol version %q", errUnsupportedRFB, h)
+	}
+	if minor > f.serverMinor {
+		return fmt.Errorf("%w: client claims rfb 3.%d, server announced 3.%d", errUnsupportedRFB, minor, f.serverMinor)
+	}
+	f.minor, f.sphase = minor, serverSecurity
+	return nil
+}
+
+// afterSecurity is the client phase that follows security type t.
+func (f *inputFilter) afterSecurity(t byte) rfbPhase {
+	if t == securityVNCAuth {
+		return phaseVNCAuth
+	}
+	return phaseClientInit
 }
 
 // clientMessage sizes the client→server message whose first bytes are h

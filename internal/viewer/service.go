@@ -21,7 +21,16 @@ import (
 // Subprotocol is the WebSocket subprotocol noVNC asks for.
 const Subprotocol = "binary"
 
-// Config tunes a Service. Zero durations disable the matching limit.
+// Defaults for zero Config fields.
+const (
+	// DefaultSocketTTL is how long a socket token may wait to be used:
+	// the page uses it at once, and a token that outlives a restart is
+	// worthless anyway (see Service).
+	DefaultSocketTTL = 30 * time.Second
+)
+
+// Config tunes a Service. Zero durations disable the matching limit; zero
+// counts mean no cap.
 type Config struct {
 	// PingInterval: the server pings each browser this often; a missing
 	// pong closes the viewer with ReasonPingTimeout.
@@ -30,6 +39,28 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxLifetime bounds any one connection, whatever its token says.
 	MaxLifetime time.Duration
+	// SocketTTL is a socket token's lifetime (DefaultSocketTTL if zero).
+	SocketTTL time.Duration
+	// MaxPerLink and MaxPerVM cap the viewers open at once through one
+	// link and on one VM.
+	MaxPerLink, MaxPerVM int
+	// TicketsPerLink and TicketsPerClient bound ticket exchanges: per
+	// minute, in bursts of as many, for one link and for one client
+	// address (IPv6: its /64).
+	TicketsPerLink, TicketsPerClient int
+	// MaxUsed bounds the used socket tokens remembered at once
+	// (DefaultMaxUsed if zero).
+	MaxUsed int
+}
+
+// Epochs keeps each VM's viewer epoch where it survives restarts (the
+// store). Every link carries the epoch it was issued in; RevokeVM moves
+// the epoch on, and tokens of another epoch are refused.
+type Epochs interface {
+	// ViewerEpoch is vmID's epoch: 0 until its viewers are first revoked.
+	ViewerEpoch(ctx context.Context, vmID string) (uint64, error)
+	// BumpViewerEpoch moves vmID's epoch on and returns the new one.
+	BumpViewerEpoch(ctx context.Context, vmID string) (uint64, error)
 }
 
 // Resolver returns the address of a VM's VNC server. It answers with
@@ -38,12 +69,14 @@ type Config struct {
 type Resolver func(ctx context.Context, vmID string) (string, error)
 
 // Grant is what Issue hands out: a page token (reusable until Expires, to
-// open the page and buy socket tokens) and a single-use socket token.
+// open the page and buy socket tokens) and a single-use socket token,
+// valid until SocketExpires.
 type Grant struct {
-	PageToken   string
-	SocketToken string
-	Expires     time.Time
-	ViewOnly    bool
+	PageToken     string
+	SocketToken   string
+	Expires       time.Time
+	SocketExpires time.Time
+	ViewOnly      bool
 }
 
 // IssueOptions say what a grant allows.
@@ -64,16 +97,53 @@ type Info struct {
 	OpenedAt time.Time
 }
 
+// Refusals of the viewer service besides the token sentinels.
+var (
+	ErrVNCUnreachable = errors.New("guest vnc unreachable")
+	ErrRevoked        = errors.New("viewer link revoked")
+	ErrStale          = errors.New("viewer socket token expired or issued before a restart")
+	ErrLinkFull       = errors.New("too many viewers on this link")
+	ErrVMFull         = errors.New("too many viewers on this vm")
+)
+
+// LimitError is a viewer refused by a cap; errors.Is matches ErrLinkFull
+// or ErrVMFull.
+type LimitError struct {
+	Link bool // the link's cap, else the VM's
+	Max  int
+}
+
+func (e *LimitError) Error() string {
+	if e.Link {
+		return fmt.Sprintf("this viewer link already has %d open viewers, the most allowed", e.Max)
+	}
+	return fmt.Sprintf("this vm already has %d open viewers, the most allowed", e.Max)
+}
+
+// Is matches the sentinel of the cap that refused.
+func (e *LimitError) Is(target error) bool {
+	return (e.Link && target == ErrLinkFull) || (!e.Link && target == ErrVMFull)
+}
+
 // Service issues viewer tokens, bridges viewer sockets to guests and keeps
 // track of the open viewers so that a VM's end closes them with a reason.
+//
+// Socket tokens name the Service that issued them (a random instance id):
+// only it remembers which were used, so a new Service (a restarted
+// daemon) refuses them all and pages buy fresh ones with their page token.
 type Service struct {
-	cfg     Config
-	signer  *Signer
-	replay  Replay
-	resolve Resolver
-	dialer  net.Dialer
-	log     *slog.Logger
-	now     func() time.Time
+	cfg      Config
+	signer   *Signer
+	epochs   Epochs
+	instance string
+	replay   Replay
+	resolve  Resolver
+	dialer   net.Dialer
+	log      *slog.Logger
+	now      func() time.Time
+
+	linkTickets   *limiter
+	clientTickets *limiter
 
 	ctx    context.Context // cancelled by Shutdown: viewers close with ReasonShutdown
 	cancel context.CancelFunc
@@ -84,10 +154,16 @@ type Service struct {
 	// gone remembers VMs closed by CloseVM until their tokens can no
 	// longer be used, so a viewer racing the close is refused too.
 	gone map[string]goneVM
+	// floor is, per VM revoked since this Service started, the oldest
+	// epoch still valid: a viewer that read the epoch just before a
+	// revocation is refused when it registers.
+	floor map[string]uint64
 }
 
 type openViewer struct {
 	info   Info
+	link   string
+	epoch  uint64
 	closer *Closer
 }
 
@@ -96,57 +172,173 @@ type goneVM struct {
 	until  time.Time
 }
 
-// NewService returns a Service signing with signer and finding guests with
-// resolve.
-func NewService(cfg Config, signer *Signer, resolve Resolver, log *slog.Logger) *Service {
+// NewService returns a Service signing with signer, keeping epochs in
+// epochs and finding guests with resolve.
+func NewService(cfg Config, signer *Signer, epochs Epochs, resolve Resolver, log *slog.Logger) *Service {
+	if cfg.SocketTTL <= 0 {
+		cfg.SocketTTL = DefaultSocketTTL
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Service{
-		cfg: cfg, signer: signer, resolve: resolve, log: log, now: time.Now,
-		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
-		ctx:    ctx, cancel: cancel,
-		open: map[string]map[string]*openViewer{}, gone: map[string]goneVM{},
+		cfg: cfg, signer: signer, epochs: epochs, instance: newID(""), resolve: resolve, log: log, now: time.Now,
+		replay:      Replay{Max: cfg.MaxUsed},
+		dialer:      net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
+		linkTickets: newLimiter(cfg.TicketsPerLink), clientTickets: newLimiter(cfg.TicketsPerClient),
+		ctx: ctx, cancel: cancel,
+		open: map[string]map[string]*openViewer{}, gone: map[string]goneVM{}, floor: map[string]uint64{},
 	}
 }
 
-// Issue signs a page token and a socket token for vmID, both expiring
-// after o.TTL.
-func (s *Service) Issue(vmID string, o IssueOptions) (Grant, error) {
+// Issue signs a page token and a socket token for vmID in its current
+// epoch, both for a new link that ends after o.TTL.
+func (s *Service) Issue(ctx context.Context, vmID string, o IssueOptions) (Grant, error) {
 	if o.TTL <= 0 {
 		return Grant{}, errdefs.Invalidf("viewer ttl must be positive")
 	}
-	exp := s.now().Add(o.TTL).Truncate(time.Second)
-	c := Claims{Kind: KindPage, VMID: vmID, Session: o.Session, ViewOnly: o.ViewOnly, Expires: exp}
+	epoch, err := s.epochs.ViewerEpoch(ctx, vmID)
+	if err != nil {
+		return Grant{}, fmt.Errorf("issue viewer link for vm %s: %w", vmID, err)
+	}
+	now := s.now()
+	exp := now.Add(o.TTL).Truncate(time.Second)
+	c := Claims{Kind: KindPage, VMID: vmID, Session: o.Session, ViewOnly: o.ViewOnly, Expires: exp,
+		Link: newID("lnk_"), Epoch: epoch}
 	page, err := s.signer.Sign(c)
 	if err != nil {
 		return Grant{}, err
 	}
-	c.Kind = KindSocket
-	sock, err := s.signer.Sign(c)
+	sock, sc, err := s.socketToken(c, now)
 	if err != nil {
 		return Grant{}, err
 	}
-	return Grant{PageToken: page, SocketToken: sock, Expires: exp, ViewOnly: o.ViewOnly}, nil
+	return Grant{PageToken: page, SocketToken: sock, Expires: exp, SocketExpires: sc.Expires, ViewOnly: o.ViewOnly}, nil
+}
+
+// socketToken signs a socket token of page claims c: this Service's,
+// valid for SocketTTL (rounded up to the second) but not past the link.
+func (s *Service) socketToken(c Claims, now time.Time) (string, Claims, error) {
+	exp := now.Add(s.cfg.SocketTTL)
+	if t := exp.Truncate(time.Second); !t.Equal(exp) {
+		exp = t.Add(time.Second)
+	}
+	link := c.LinkEnd()
+	c.Kind, c.Nonce, c.Instance = KindSocket, "", s.instance
+	if link.Before(exp) {
+		exp = link
+	}
+	c.Expires, c.LinkExpires = exp, link
+	tok, err := s.signer.Sign(c)
+	return tok, c, err
 }
 
 // Ticket exchanges a valid page token for vmID for a fresh single-use
-// socket token with the same rights and expiry. Errors wrap the token
-// sentinels (ErrExpired for an expired page) and never contain the token.
-func (s *Service) Ticket(pageToken, vmID string) (string, Claims, error) {
-	c, err := s.signer.Verify(pageToken, vmID, s.now())
+// socket token with the same rights, valid for seconds. client is the
+// caller's address, for its rate limit. Errors wrap the token sentinels
+// (ErrExpired for an expired page), ErrRevoked, ErrRateLimited
+// (*RateLimitError) or ErrLinkFull/ErrVMFull (*LimitError), and never
+// contain the token.
+func (s *Service) Ticket(ctx context.Context, pageToken, vmID, client string) (string, Claims, error) {
+	now := s.now()
+	if ok, wait := s.clientTickets.allow(clientKey(client), now); !ok {
+		return "", Claims{}, &RateLimitError{What: "client", RetryAfter: wait}
+	}
+	c, err := s.signer.Verify(pageToken, vmID, now)
 	if err != nil {
 		return "", Claims{}, err
 	}
 	if c.Kind != KindPage {
 		return "", Claims{}, fmt.Errorf("%w: %s token where a page token is needed", ErrWrongKind, c.Kind)
 	}
-	c.Kind, c.Nonce = KindSocket, ""
-	tok, err := s.signer.Sign(c)
-	return tok, c, err
+	if c.Link == "" {
+		c.Link = c.Nonce // a link issued before links were named
+	}
+	if err := s.current(ctx, c); err != nil {
+		return "", Claims{}, err
+	}
+	if ok, wait := s.linkTickets.allow(vmID+" "+c.Link, now); !ok {
+		return "", Claims{}, &RateLimitError{What: "link", RetryAfter: wait}
+	}
+	s.mu.Lock()
+	err = s.roomLocked(c)
+	s.mu.Unlock()
+	if err != nil {
+		return "", Claims{}, err
+	}
+	return s.socketToken(c, now)
+}
+
+// current refuses c unless it is of its VM's current viewer epoch.
+func (s *Service) current(ctx context.Context, c Claims) error {
+	epoch, err := s.epochs.ViewerEpoch(ctx, c.VMID)
+	if err != nil {
+		return fmt.Errorf("read viewer epoch of vm %s: %w", c.VMID, err)
+	}
+	s.mu.Lock()
+	floor := s.floor[c.VMID]
+	s.mu.Unlock()
+	if c.Epoch != epoch || c.Epoch < floor {
+		return ErrRevoked
+	}
+	return nil
+}
+
+// roomLocked refuses a viewer of c's link when the link or the VM has as
+// many open viewers as allowed.
+func (s *Service) roomLocked(c Claims) error {
+	m := s.open[c.VMID]
+	if s.cfg.MaxPerLink > 0 {
+		n := 0
+		for _, v := range m {
+			if v.link == c.Link {
+				n++
+			}
+		}
+		if n >= s.cfg.MaxPerLink {
+			return &LimitError{Link: true, Max: s.cfg.MaxPerLink}
+		}
+	}
+	if s.cfg.MaxPerVM > 0 && len(m) >= s.cfg.MaxPerVM {
+		return &LimitError{Max: s.cfg.MaxPerVM}
+	}
+	return nil
+}
+
+// admit checks a socket token for vmID: signature, VM, kind, issued by
+// this Service, unexpired, of the current epoch, and unused (which it then
+// is no more). Nothing is dialled before.
+func (s *Service) admit(ctx context.Context, token, vmID string) (Claims, error) {
+	c, err := s.signer.Verify(token, vmID, s.now())
+	if err != nil && !errors.Is(err, ErrExpired) {
+		return Claims{}, err
+	}
+	if c.Kind != KindSocket {
+		return Claims{}, fmt.Errorf("%w: %s token on the socket", ErrWrongKind, c.Kind)
+	}
+	if err != nil {
+		if s.now().Before(c.LinkEnd()) {
+			return Claims{}, fmt.Errorf("%w: %w", ErrStale, err) // its link lives on: the page buys another
+		}
+		return Claims{}, err
+	}
+	if c.Instance != s.instance {
+		return Claims{}, ErrStale
+	}
+	if c.Link == "" {
+		c.Link = c.Nonce
+	}
+	if err := s.current(ctx, c); err != nil {
+		return Claims{}, err
+	}
+	if err := s.replay.Use(c); err != nil {
+		return Claims{}, err
+	}
+	return c, nil
 }
 
 // ServeSocket upgrades r to a WebSocket and bridges it to vmID's VNC
-// server if token allows it. A refused token (forged, expired, replayed,
-// another VM's, a page token) is answered with a close frame giving the
+// server if token allows it and the link and VM have room for another
+// viewer. A refused token (forged, expired, replayed, revoked, another
+// VM's, a page token) or viewer is answered with a close frame giving the
 // reason, and no connection is made to the guest. originHosts are the
 // browser origins allowed besides the request's own Host.
 func (s *Service) ServeSocket(w http.ResponseWriter, r *http.Request, vmID, token string, originHosts []string) {
@@ -168,34 +360,21 @@ func (s *Service) ServeSocket(w http.ResponseWriter, r *http.Request, vmID, toke
 	v := &openViewer{closer: NewCloser(), info: Info{
 		ID: newViewerID(), VMID: vmID, Remote: r.RemoteAddr, OpenedAt: s.now().UTC(),
 	}}
-	conn, claims, err := Connect(r.Context(), s.signer, &s.replay, token, vmID, func(ctx context.Context) (net.Conn, error) {
-		// Registered before the dial, so a VM that ends meanwhile closes
-		// this viewer too; refused if it already ended.
-		if reason, gone := s.register(v); gone {
-			return nil, &closedError{reason}
-		}
-		addr, err := s.resolve(ctx, vmID)
-		if err != nil {
-			return nil, err
-		}
-		return s.dialer.DialContext(ctx, "tcp", addr)
-	})
+	claims, conn, err := s.connect(r.Context(), v, token)
 	if err != nil {
-		s.unregister(v)
 		reason := s.refusal(err)
 		s.log.Info("viewer refused", "vm", vmID, "viewer", v.info.ID, "remote", r.RemoteAddr, "reason", reason.Text, "err", err)
 		_ = ws.Close(reason.Code, reason.Text)
 		return
 	}
 	defer s.unregister(v)
-	s.setClaims(v, claims)
 
 	s.log.Info("viewer opened", "vm", vmID, "viewer", v.info.ID, "remote", r.RemoteAddr, "view_only", claims.ViewOnly, "session", claims.Session)
 	reason, err := Bridge(s.ctx, ws, conn, Options{
 		PingInterval: s.cfg.PingInterval,
 		IdleTimeout:  s.cfg.IdleTimeout,
 		MaxLifetime:  s.cfg.MaxLifetime,
-		Expires:      claims.Expires,
+		Expires:      claims.LinkEnd(),
 		ViewOnly:     claims.ViewOnly,
 		Closer:       v.closer,
 	})
@@ -207,47 +386,94 @@ func (s *Service) ServeSocket(w http.ResponseWriter, r *http.Request, vmID, toke
 	s.log.Info("viewer closed", attrs...)
 }
 
+// connect admits token, registers v (so a VM that ends or is revoked
+// meanwhile closes it too), then dials the guest. On error v is not
+// registered.
+func (s *Service) connect(ctx context.Context, v *openViewer, token string) (Claims, net.Conn, error) {
+	vmID := v.info.VMID
+	c, err := s.admit(ctx, token, vmID)
+	if err != nil {
+		return Claims{}, nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+	}
+	v.link, v.epoch, v.info.ViewOnly, v.info.Session = c.Link, c.Epoch, c.ViewOnly, c.Session
+	if err := s.register(v); err != nil {
+		return Claims{}, nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+	}
+	addr, err := s.resolve(ctx, vmID)
+	var conn net.Conn
+	if err == nil {
+		conn, err = s.dialer.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrVNCUnreachable, err)
+		}
+	}
+	if err != nil {
+		s.unregister(v)
+		return Claims{}, nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+	}
+	return c, conn, nil
+}
+
 // closedError is a dial refused because the VM's viewers were closed.
 type closedError struct{ reason CloseReason }
 
 func (e *closedError) Error() string { return "vm viewers closed: " + e.reason.Text }
 
-// refusal is the close reason for a failed Connect.
+// refusal is the close reason for a viewer that could not connect.
 func (s *Service) refusal(err error) CloseReason {
 	var ce *closedError
 	switch {
 	case errors.As(err, &ce):
 		return ce.reason
+	case errors.Is(err, ErrRevoked):
+		return ReasonRevoked
+	case errors.Is(err, ErrLinkFull):
+		return ReasonLinkFull
+	case errors.Is(err, ErrVMFull):
+		return ReasonVMFull
+	case errors.Is(err, ErrStale):
+		return ReasonSocketExpired
+	case errors.Is(err, ErrBusy):
+		return ReasonBusy
+	case errors.Is(err, ErrExpired):
+		return ReasonTokenExpired
+	case errors.Is(err, ErrVNCUnreachable):
+		return ReasonVNCUnreachable
 	case errors.Is(err, errdefs.ErrNotFound):
 		return ReasonVMDestroyed
 	case errors.Is(err, errdefs.ErrConflict):
 		// Not ready yet (or any more): worth retrying while it boots.
 		return ReasonVNCUnreachable
+	case errors.Is(err, ErrMalformed), errors.Is(err, ErrForged), errors.Is(err, ErrWrongVM),
+		errors.Is(err, ErrWrongKind), errors.Is(err, ErrReplayed):
+		return ReasonInvalidToken
 	}
-	return ReasonFor(err)
+	return ReasonInternal // the store could not say the epoch: worth a retry
 }
 
-// register adds v to the open viewers unless v's VM was closed; then it
-// reports the reason.
-func (s *Service) register(v *openViewer) (CloseReason, bool) {
+// register adds v to the open viewers unless v's VM was closed (the
+// error carries the reason), its epoch was revoked meanwhile, or there is
+// no room for it.
+func (s *Service) register(v *openViewer) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if g, ok := s.gone[v.info.VMID]; ok && s.now().Before(g.until) {
-		return g.reason, true
+	vmID := v.info.VMID
+	if g, ok := s.gone[vmID]; ok && s.now().Before(g.until) {
+		return &closedError{g.reason}
 	}
-	m := s.open[v.info.VMID]
+	if v.epoch < s.floor[vmID] {
+		return ErrRevoked
+	}
+	if err := s.roomLocked(Claims{VMID: vmID, Link: v.link}); err != nil {
+		return err
+	}
+	m := s.open[vmID]
 	if m == nil {
 		m = map[string]*openViewer{}
-		s.open[v.info.VMID] = m
+		s.open[vmID] = m
 	}
 	m[v.info.ID] = v
-	return CloseReason{}, false
-}
-
-func (s *Service) setClaims(v *openViewer, c Claims) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v.info.ViewOnly, v.info.Session = c.ViewOnly, c.Session
+	return nil
 }
 
 func (s *Service) unregister(v *openViewer) {
@@ -307,6 +533,28 @@ func (s *Service) CloseVM(vmID string, reason CloseReason, forgetAfter time.Dura
 	return len(s.open[vmID])
 }
 
+// RevokeVM closes every viewer of vmID with ReasonRevoked and makes every
+// link issued for it so far useless: page and socket tokens alike, in
+// this process at once and, through the persisted epoch, after restarts.
+// Links issued afterwards work. It returns how many viewers it closed.
+func (s *Service) RevokeVM(ctx context.Context, vmID string) (int, error) {
+	epoch, err := s.epochs.BumpViewerEpoch(ctx, vmID)
+	if err != nil {
+		return 0, fmt.Errorf("revoke viewers of vm %s: %w", vmID, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.floor[vmID] = max(s.floor[vmID], epoch)
+	n := 0
+	for _, v := range s.open[vmID] {
+		if v.epoch < epoch {
+			v.closer.Close(ReasonRevoked)
+			n++
+		}
+	}
+	return n, nil
+}
+
 // OnTransition closes v's viewers when v leaves service: "vm destroyed"
 // once it is being stopped (hearth stops VMs only to destroy them), "vm
 // failed" when it fails. Viewers of that VM are refused from then on, for
@@ -315,6 +563,11 @@ func (s *Service) OnTransition(v store.VM, forgetAfter time.Duration) {
 	switch v.State {
 	case store.StateStopping, store.StateStopped, store.StateDestroyed:
 		s.CloseVM(v.ID, ReasonVMDestroyed, forgetAfter)
+		if v.State == store.StateDestroyed {
+			s.mu.Lock()
+			delete(s.floor, v.ID) // the VM's tokens are refused as gone from now on
+			s.mu.Unlock()
+		}
 	case store.StateFailed:
 		s.CloseVM(v.ID, ReasonVMFailed, forgetAfter)
 	}
@@ -342,8 +595,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	}
 }
 
-func newViewerID() string {
+func newViewerID() string { return newID("vwr_") }
+
+// newID is prefix and 64 random bits in hex.
+func newID(prefix string) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	return "vwr_" + hex.EncodeToString(b)
+	return prefix + hex.EncodeToString(b)
 }

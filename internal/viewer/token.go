@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -53,18 +52,46 @@ type Claims struct {
 	VMID     string
 	Session  string
 	ViewOnly bool
-	Expires  time.Time
-	Nonce    string
+	// Expires is when the token can no longer be used: the link's end for
+	// a page token, seconds after issue for a socket token.
+	Expires time.Time
+	Nonce   string
+	// Link names the viewer link (the grant) a token belongs to: the
+	// socket tokens bought with a page token carry its link, so viewers
+	// can be counted per link.
+	Link string
+	// Epoch is the VM's viewer epoch when the link was issued; revoking
+	// the VM's viewers moves the epoch on and refuses every older token.
+	Epoch uint64
+	// LinkExpires is when the link ends (a viewer lives no longer); zero
+	// means Expires.
+	LinkExpires time.Time
+	// Instance names the hearth process that issued a socket token: only
+	// that process remembers which socket tokens were used, so no other
+	// accepts them.
+	Instance string
+}
+
+// LinkEnd is when the claims' link ends: LinkExpires, else Expires.
+func (c Claims) LinkEnd() time.Time {
+	if c.LinkExpires.IsZero() {
+		return c.Expires
+	}
+	return c.LinkExpires
 }
 
 // wireClaims is the JSON form of Claims inside a token.
 type wireClaims struct {
-	Kind     Kind   `json:"k"`
-	VMID     string `json:"vm"`
-	Session  string `json:"sid,omitempty"`
-	ViewOnly bool   `json:"vo,omitempty"`
-	Expires  int64  `json:"exp"`
-	Nonce    string `json:"n"`
+	Kind        Kind   `json:"k"`
+	VMID        string `json:"vm"`
+	Session     string `json:"sid,omitempty"`
+	ViewOnly    bool   `json:"vo,omitempty"`
+	Expires     int64  `json:"exp"`
+	Nonce       string `json:"n"`
+	Link        string `json:"l,omitempty"`
+	Epoch       uint64 `json:"ep,omitempty"`
+	LinkExpires int64  `json:"lx,omitempty"`
+	Instance    string `json:"i,omitempty"`
 }
 
 var b64 = base64.RawURLEncoding
@@ -106,10 +133,14 @@ func (s *Signer) Sign(c Claims) (string, error) {
 		}
 		c.Nonce = n
 	}
-	payload, err := json.Marshal(wireClaims{
+	w := wireClaims{
 		Kind: c.Kind, VMID: c.VMID, Session: c.Session, ViewOnly: c.ViewOnly,
-		Expires: c.Expires.Unix(), Nonce: c.Nonce,
-	})
+		Expires: c.Expires.Unix(), Nonce: c.Nonce, Link: c.Link, Epoch: c.Epoch, Instance: c.Instance,
+	}
+	if !c.LinkExpires.IsZero() {
+		w.LinkExpires = c.LinkExpires.Unix()
+	}
+	payload, err := json.Marshal(w)
 	if err != nil {
 		return "", fmt.Errorf("sign viewer token: %w", err)
 	}
@@ -119,7 +150,9 @@ func (s *Signer) Sign(c Claims) (string, error) {
 
 // Verify checks token's signature, that it is for vmID and that it has not
 // expired at now. Errors wrap ErrMalformed, ErrForged, ErrWrongVM or
-// ErrExpired; they never contain the token.
+// ErrExpired; they never contain the token. With ErrExpired the claims are
+// returned too (they are authentic), so a caller can tell an expired
+// socket token of a live link from an expired link.
 func (s *Signer) Verify(token, vmID string, now time.Time) (Claims, error) {
 	body, sig, err := split(token)
 	if err != nil {
@@ -136,7 +169,7 @@ func (s *Signer) Verify(token, vmID string, now time.Time) (Claims, error) {
 		return Claims{}, ErrWrongVM
 	}
 	if !now.Before(c.Expires) {
-		return Claims{}, ErrExpired
+		return c, ErrExpired
 	}
 	return c, nil
 }
@@ -177,10 +210,14 @@ func decodeClaims(body string) (Claims, error) {
 	if w.VMID == "" || w.Nonce == "" || w.Expires == 0 || (w.Kind != KindPage && w.Kind != KindSocket) {
 		return Claims{}, fmt.Errorf("%w: missing claims", ErrMalformed)
 	}
-	return Claims{
+	c := Claims{
 		Kind: w.Kind, VMID: w.VMID, Session: w.Session, ViewOnly: w.ViewOnly,
-		Expires: time.Unix(w.Expires, 0), Nonce: w.Nonce,
-	}, nil
+		Expires: time.Unix(w.Expires, 0), Nonce: w.Nonce, Link: w.Link, Epoch: w.Epoch, Instance: w.Instance,
+	}
+	if w.LinkExpires != 0 {
+		c.LinkExpires = time.Unix(w.LinkExpires, 0)
+	}
+	return c, nil
 }
 
 // newNonce returns 128 random bits, base64url-encoded.
@@ -190,77 +227,4 @@ func newNonce() (string, error) {
 		return "", fmt.Errorf("read random nonce: %w", err)
 	}
 	return b64.EncodeToString(b[:]), nil
-}
-
-// Replay remembers the nonces of used tokens until they expire, so a token
-// cannot open a second viewer (for instance after its viewer closed). It is
-// safe for concurrent use; the zero value is ready.
-type Replay struct {
-	mu   sync.Mutex
-	used map[string]time.Time // nonce → expiry
-	now  func() time.Time     // for tests; time.Now when nil
-}
-
-// MarkUsed records c's nonce as used until c expires.
-func (r *Replay) MarkUsed(c Claims) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.markLocked(c)
-}
-
-// Seen reports whether c's nonce was used and has not yet expired.
-func (r *Replay) Seen(c Claims) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.seenLocked(c)
-}
-
-// Use atomically checks and marks c: it returns false if c was already used.
-func (r *Replay) Use(c Claims) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.seenLocked(c) {
-		return false
-	}
-	r.markLocked(c)
-	return true
-}
-
-// Len reports how many unexpired nonces are remembered.
-func (r *Replay) Len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.pruneLocked()
-	return len(r.used)
-}
-
-func (r *Replay) markLocked(c Claims) {
-	r.pruneLocked()
-	if r.used == nil {
-		r.used = make(map[string]time.Time)
-	}
-	r.used[c.Nonce] = c.Expires
-}
-
-func (r *Replay) seenLocked(c Claims) bool {
-	exp, ok := r.used[c.Nonce]
-	return ok && r.clock().Before(exp)
-}
-
-// pruneLocked forgets nonces whose tokens have expired (Verify refuses
-// those anyway).
-func (r *Replay) pruneLocked() {
-	now := r.clock()
-	for n, exp := range r.used {
-		if !now.Before(exp) {
-			delete(r.used, n)
-		}
-	}
-}
-
-func (r *Replay) clock() time.Time {
-	if r.now != nil {
-		return r.now()
-	}
-	return time.Now()
 }

@@ -26,8 +26,10 @@ import (
 // TestViewerInChromium is the user's path: a browser VM under QEMU, a
 // viewer link from the API, Debian's Chromium opening it, noVNC connected
 // through hearth's bridge to the guest's x11vnc, and a screen that shows
-// what the guest draws. Deleting the VM closes the viewer with the reason
-// on the page. The canvas screenshot is saved under out/artifacts.
+// what the guest draws. Revoking the VM's viewers with the CLI closes the
+// page with the reason and a new link connects again; deleting the VM
+// closes the viewer with the reason on the page. The canvas screenshot is
+// saved under out/artifacts.
 func TestViewerInChromium(t *testing.T) {
 	needRoot(t)
 	browserBin, err := exec.LookPath("chromium")
@@ -119,6 +121,43 @@ func TestViewerInChromium(t *testing.T) {
 	}
 	if len(got.Viewers) != 1 {
 		t.Fatalf("viewers on the vm = %+v, want the page's", got.Viewers)
+	}
+
+	// The VM's owner closes its viewers and revokes every link with the
+	// CLI: the page shows why and stops; the revoked link buys nothing
+	// after a reload; a new link connects again.
+	revoked, err := hearthCmd(d, "vm", "viewers", "rm", v.ID, "--addr", fwd, "--key", d.alice.Key)
+	if err != nil || !strings.Contains(revoked, "closed 1 viewers") {
+		t.Fatalf("hearth vm viewers rm: %v\n%s", err, revoked)
+	}
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.documentElement.dataset.closeCode === "4013" && document.documentElement.dataset.viewerState === "disconnected"`, chromedp.WithPollingTimeout(60*time.Second))); err != nil {
+		t.Fatalf("page did not learn that its link was revoked: %v; state: %s", err, state())
+	}
+	if s := state(); !strings.Contains(s, "viewer links revoked") || !strings.Contains(s, "revoked their links") {
+		t.Fatalf("page shows %q, want the revocation", s)
+	}
+	if err := chromedp.Do(bctx, chromedp.Navigate(page.String())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.documentElement.dataset.viewerState === "disconnected" && /revoked/.test(document.querySelector("#status").textContent)`, chromedp.WithPollingTimeout(60*time.Second))); err != nil {
+		t.Fatalf("a reloaded revoked link did not say so: %v; state: %s", err, state())
+	}
+	link, err = d.alice.CreateViewer(ctx, v.ID, client.CreateViewer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page, err = url.Parse(link.URL); err != nil {
+		t.Fatal(err)
+	}
+	page.Host = fwd
+	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(bctx, chromedp.Navigate(page.String())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.documentElement.dataset.viewerState === "connected"`, chromedp.WithPollingTimeout(90*time.Second))); err != nil {
+		t.Fatalf("a new link did not connect after the revocation: %v (page state: %s)", err, state())
 	}
 
 	// Deleting the VM closes the viewer with a reason the page shows.

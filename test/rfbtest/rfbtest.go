@@ -1,7 +1,8 @@
 // Package rfbtest is a minimal RFB (VNC) client for tests and benchmarks
 // that need to prove a VNC stream works end to end: the RFB 3.8 handshake
 // with security None, a framebuffer update request, and reading the raw
-// update that answers it (RFC 6143).
+// update that answers it (RFC 6143); and a scripted RFB server (Server)
+// for tests of what a client's bytes become at a VNC server.
 package rfbtest
 
 import (

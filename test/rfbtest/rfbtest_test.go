@@ -65,3 +65,45 @@ func TestHandshakeWithoutSecurityNone(t *testing.T) {
 		t.Fatalf("handshake: %v", err)
 	}
 }
+
+// The scripted server runs the handshake it is told to, whatever the
+// client claims, and reports each message whole.
+func TestScriptedServer(t *testing.T) {
+	for _, tt := range []struct {
+		version string
+		minor   int
+	}{{"RFB 003.008\n", 0}, {"RFB 003.008\n", 8}, {"RFB 003.007\n", 7}} {
+		client, server := net.Pipe()
+		s := &Server{Version: tt.version, Minor: tt.minor, Width: 4, Height: 2, Messages: make(chan Message, 4)}
+		done := make(chan error, 1)
+		go func() { done <- s.Serve(server); server.Close() }()
+		if tt.minor == 7 {
+			// Handshake speaks 3.8; a 3.7 server sends no SecurityResult
+			// for None, so play the client by hand.
+			buf := make([]byte, 12)
+			io.ReadFull(client, buf)
+			client.Write([]byte("RFB 003.007\n"))
+			io.ReadFull(client, buf[:2])
+			client.Write([]byte{1, 1})
+			io.ReadFull(client, make([]byte, 24))
+		} else if si, err := Handshake(client); err != nil || si.Width != 4 || si.Height != 2 {
+			t.Fatalf("%q: handshake %+v %v", tt.version, si, err)
+		}
+		key := []byte{4, 1, 0, 0, 0, 0, 0, 0x61}
+		go func() {
+			RequestUpdate(client, 0, 0, 4, 2)
+			client.Write(key)
+			client.Write([]byte{0x63}) // unknown: the server stops
+		}()
+		if m := <-s.Messages; m.Type != 3 || len(m.Bytes) != 10 || m.Input() {
+			t.Fatalf("first message %+v", m)
+		}
+		if m := <-s.Messages; !bytes.Equal(m.Bytes, key) || !m.Input() {
+			t.Fatalf("second message %+v", m)
+		}
+		if err := <-done; err == nil || !strings.Contains(err.Error(), "unknown client message type 99") {
+			t.Fatalf("server ended with %v", err)
+		}
+		client.Close()
+	}
+}

@@ -13,6 +13,7 @@ export const CLOSE_TEXT = Object.freeze({
   1005: 'closed without a status',
   1006: 'connection dropped',
   1011: 'internal error',
+  1013: 'server busy: try again later',
   4000: 'vm destroyed',
   4001: 'token expired',
   4002: 'idle timeout',
@@ -24,6 +25,10 @@ export const CLOSE_TEXT = Object.freeze({
   4008: 'unsupported input in view-only mode',
   4009: 'vm failed',
   4010: 'login ended',
+  4011: 'too many viewers on this link',
+  4012: 'too many viewers on this vm',
+  4013: 'viewer links revoked',
+  4014: 'socket token expired',
 });
 
 // What the page does next.
@@ -44,6 +49,8 @@ export const MAX_ATTEMPTS = 8;
 export const STABLE_MS = 15000;
 
 const NEW_LINK = 'Ask for a new viewer link.';
+const REVOKED = `The VM's owner closed its viewers and revoked their links. ${NEW_LINK}`;
+const FULL = 'Close another viewer of this VM, then press Reconnect.';
 
 // Close codes that end the session for good, with what to tell the user.
 const FINAL_CLOSE = {
@@ -55,10 +62,21 @@ const FINAL_CLOSE = {
   4008: '',
   4009: 'The VM failed; its owner can see why in the API.',
   4010: 'This sign-in is over; you can close this page.',
+  4013: REVOKED,
 };
 
-// Close codes after which the page reconnects by itself (transient).
-const RETRY_CLOSE = new Set([1001, 1006, 1011, 4003, 4005, 4006]);
+// Close codes after which only the user can tell when to try again: a
+// full link or VM frees a slot when someone closes a viewer.
+const BUTTON_CLOSE = {
+  4002: 'Press Reconnect to continue.',
+  4011: FULL,
+  4012: FULL,
+};
+
+// Close codes after which the page reconnects by itself (transient). 4014
+// is a socket token that came too late (or from before hearth restarted):
+// the page token buys a fresh one.
+const RETRY_CLOSE = new Set([1001, 1006, 1011, 1013, 4003, 4005, 4006, 4014]);
 
 // backoffDelay returns the wait in milliseconds before automatic attempt
 // number attempt (1 for the first retry): BASE_DELAY_MS·2^(attempt−1),
@@ -91,9 +109,9 @@ export function closeText(code, reason) {
   return CLOSE_TEXT[code] || 'connection closed';
 }
 
-// retryOrGiveUp turns a transient failure into RETRY with a delay, or into
-// BUTTON once attempt exceeds MAX_ATTEMPTS.
-function retryOrGiveUp(what, attempt, random) {
+// retryOrGiveUp turns a transient failure into RETRY with a delay (at
+// least minDelayMs), or into BUTTON once attempt exceeds MAX_ATTEMPTS.
+function retryOrGiveUp(what, attempt, random, minDelayMs = 0) {
   if (attempt > MAX_ATTEMPTS) {
     return {
       state: 'disconnected',
@@ -105,7 +123,7 @@ function retryOrGiveUp(what, attempt, random) {
   return {
     state: 'reconnecting',
     action: RETRY,
-    delayMs: backoffDelay(attempt, random),
+    delayMs: Math.max(backoffDelay(attempt, random), minDelayMs),
     message: `${what}. Reconnecting (attempt ${attempt} of ${MAX_ATTEMPTS})`,
   };
 }
@@ -124,8 +142,8 @@ export function decideClose(code, reason, attempt, random = Math.random) {
   if (Object.hasOwn(FINAL_CLOSE, code)) {
     const hint = FINAL_CLOSE[code];
     d = { state: 'disconnected', action: STOP, delayMs: null, message: hint ? `${what}. ${hint}` : what };
-  } else if (code === 4002) {
-    d = { state: 'disconnected', action: BUTTON, delayMs: null, message: `${what}. Press Reconnect to continue.` };
+  } else if (Object.hasOwn(BUTTON_CLOSE, code)) {
+    d = { state: 'disconnected', action: BUTTON, delayMs: null, message: `${what}. ${BUTTON_CLOSE[code]}` };
   } else if (RETRY_CLOSE.has(code)) {
     d = retryOrGiveUp(what, attempt, random);
   } else {
@@ -139,13 +157,17 @@ export function decideClose(code, reason, attempt, random = Math.random) {
 // decideTicket says what to do when POST ticket did not return a ticket.
 // status is the HTTP status (0 when the request itself failed: network
 // down, server unreachable); errorCode and errorMessage are from the JSON
-// error body, if any. The result is shaped as decideClose's, without code.
-export function decideTicket(status, errorCode, errorMessage, attempt, random = Math.random) {
+// error body, if any; retryAfter is the Retry-After header (seconds), if
+// any. The result is shaped as decideClose's, without code.
+export function decideTicket(status, errorCode, errorMessage, attempt, random = Math.random, retryAfter = '') {
   const detail = typeof errorMessage === 'string' && errorMessage.trim() !== '' ? `: ${errorMessage.trim()}` : '';
   const stop = (message) => ({ state: 'disconnected', action: STOP, delayMs: null, message });
   if (status === 401) {
     if (errorCode === 'token_expired') {
       return stop(`Viewer link expired. ${NEW_LINK}`);
+    }
+    if (errorCode === 'link_revoked') {
+      return stop(REVOKED);
     }
     return stop(`Viewer link not valid${detail}. ${NEW_LINK}`);
   }
@@ -155,13 +177,21 @@ export function decideTicket(status, errorCode, errorMessage, attempt, random = 
   if (status === 404) {
     return stop('The VM no longer exists.');
   }
+  if (status === 409 && errorCode === 'viewer_limit') {
+    return { state: 'disconnected', action: BUTTON, delayMs: null, message: `No room for another viewer${detail}. ${FULL}` };
+  }
   if (status === 409) {
     return retryOrGiveUp(`VM not ready yet${detail}`, attempt, random);
+  }
+  if (status === 429) {
+    const secs = Number.parseInt(String(retryAfter), 10);
+    const wait = Number.isFinite(secs) && secs > 0 ? Math.min(secs, 3600) * 1000 : 0;
+    return retryOrGiveUp(`Too many connection attempts${detail}`, attempt, random, wait);
   }
   if (status === 0) {
     return retryOrGiveUp('Cannot reach hearth', attempt, random);
   }
-  if (status === 429 || status >= 500) {
+  if (status >= 500) {
     return retryOrGiveUp(`hearth is unavailable (HTTP ${status}${detail})`, attempt, random);
   }
   return { state: 'disconnected', action: BUTTON, delayMs: null, message: `Viewer ticket refused (HTTP ${status}${detail})` };

@@ -140,7 +140,7 @@ async function connect() {
   if (!res.ok) {
     const e = await readError(res);
     if (gen === generation) {
-      fail(policy.decideTicket(res.status, e.code, e.message, attempt + 1));
+      fail(policy.decideTicket(res.status, e.code, e.message, attempt + 1, Math.random, res.headers.get('Retry-After') || ''));
     }
     return;
   }

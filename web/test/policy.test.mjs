@@ -26,11 +26,16 @@ const table = [
   [4008, 'unsupported input in view-only mode', STOP],
   [4009, 'vm failed', STOP],
   [4010, 'login ended', STOP],
+  [4011, 'too many viewers on this link', BUTTON],
+  [4012, 'too many viewers on this vm', BUTTON],
+  [4013, 'viewer links revoked', STOP],
+  [4014, 'socket token expired', RETRY],
   [1000, 'viewer closed', STOP],
   [1001, 'server shutting down', RETRY],
   [1003, 'binary messages only', BUTTON],
   [1006, '', RETRY],
   [1011, 'internal error', RETRY],
+  [1013, 'server busy: try again later', RETRY],
 ];
 
 test('close decision table', () => {
@@ -72,11 +77,52 @@ test('expired link and lifetime tell the user to get a new link', () => {
 });
 
 test('final closes never reconnect, whatever the attempt', () => {
-  for (const code of [4000, 4001, 4004, 4007, 4008, 1000]) {
+  for (const code of [4000, 4001, 4004, 4007, 4008, 4013, 1000]) {
     for (const attempt of [1, 2, MAX_ATTEMPTS, MAX_ATTEMPTS + 5]) {
       assert.equal(decideClose(code, '', attempt).action, STOP, `code ${code} attempt ${attempt}`);
     }
   }
+});
+
+test('a revoked link stops for good and says who closed it', () => {
+  for (const attempt of [1, MAX_ATTEMPTS + 1]) {
+    const d = decideClose(4013, 'viewer links revoked', attempt);
+    assert.equal(d.action, STOP);
+    assert.match(d.message, /^viewer links revoked \(4013\)\. The VM's owner .*revoked.*new viewer link/);
+  }
+  const t = decideTicket(401, 'link_revoked', 'the vm\'s viewer links were revoked: ask for a new one', 1, low);
+  assert.equal(t.action, STOP);
+  assert.match(t.message, /revoked.*new viewer link/);
+});
+
+test('a full link or VM waits for the user, never retrying by itself', () => {
+  for (const code of [4011, 4012]) {
+    for (const attempt of [1, 2, MAX_ATTEMPTS + 1]) {
+      const d = decideClose(code, CLOSE_TEXT[code], attempt, high);
+      assert.equal(d.action, BUTTON, `code ${code} attempt ${attempt}`);
+      assert.equal(d.delayMs, null);
+      assert.match(d.message, /Close another viewer.*Reconnect/);
+    }
+  }
+  const t = decideTicket(409, 'viewer_limit', 'this vm already has 8 open viewers, the most allowed', 1, high);
+  assert.equal(t.action, BUTTON);
+  assert.match(t.message, /8 open viewers.*Close another viewer/);
+});
+
+test('a late socket token is bought again, within the attempt limit', () => {
+  assert.equal(decideClose(4014, 'socket token expired', 1, low).action, RETRY);
+  assert.equal(decideClose(4014, 'socket token expired', MAX_ATTEMPTS + 1, low).action, BUTTON);
+});
+
+test('a rate-limited ticket waits at least Retry-After, within the attempt limit', () => {
+  const d = decideTicket(429, 'rate_limited', 'too many viewer tickets for this link: retry in 12 s', 1, high, '12');
+  assert.equal(d.action, RETRY);
+  assert.equal(d.delayMs, 12000);
+  assert.match(d.message, /Too many connection attempts: too many viewer tickets/);
+  assert.equal(decideTicket(429, 'rate_limited', '', 6, high, '2').delayMs, backoffDelay(6, high)); // backoff is longer
+  assert.equal(decideTicket(429, 'rate_limited', '', 1, high, 'soon').delayMs, BASE_DELAY_MS);
+  assert.equal(decideTicket(429, 'rate_limited', '', 1, high, '99999').delayMs, 3600e3);
+  assert.equal(decideTicket(429, 'rate_limited', '', MAX_ATTEMPTS + 1, high, '1').action, BUTTON);
 });
 
 test('idle timeout offers Reconnect and never retries by itself', () => {
@@ -89,13 +135,13 @@ test('idle timeout offers Reconnect and never retries by itself', () => {
 });
 
 test('unknown codes let the user decide', () => {
-  for (const code of [1002, 1005, 1008, 1009, 4999]) {
+  for (const code of [1002, 1005, 1008, 1009, 4015, 4999]) {
     assert.equal(decideClose(code, '', 1).action, BUTTON, `code ${code}`);
   }
 });
 
 test('transient closes retry with growing delays, then give up with a button', () => {
-  for (const code of [4003, 4005, 4006, 1001, 1006, 1011]) {
+  for (const code of [4003, 4005, 4006, 4014, 1001, 1006, 1011, 1013]) {
     let prev = 0;
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const d = decideClose(code, '', attempt, high);
@@ -161,7 +207,9 @@ test('ticket answers', () => {
     [503, 'unavailable', RETRY, /unavailable/],
     [502, '', RETRY, /HTTP 502/],
     [500, 'internal', RETRY, /HTTP 500/],
-    [429, '', RETRY, /HTTP 429/],
+    [429, 'rate_limited', RETRY, /Too many connection attempts/],
+    [409, 'viewer_limit', BUTTON, /Close another viewer/],
+    [401, 'link_revoked', STOP, /revoked/],
     [0, '', RETRY, /Cannot reach hearth/],
     [400, 'bad_request', BUTTON, /HTTP 400/],
   ];

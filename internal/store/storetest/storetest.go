@@ -68,6 +68,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CredentialsInvalid", testCredentialsInvalid},
 		{"RewrapCredential", testRewrapCredential},
 		{"ConcurrentRewrapCredential", testConcurrentRewrapCredential},
+		{"ViewerEpochs", testViewerEpochs},
+		{"ConcurrentBumpViewerEpoch", testConcurrentBumpViewerEpoch},
 		{"Events", testEvents},
 		{"EventsDefaultLimit", testEventsDefaultLimit},
 		{"QueryEvents", testQueryEvents},
