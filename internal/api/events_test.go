@@ -12,12 +12,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 
+	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/store"
 )
 
@@ -414,4 +416,74 @@ func TestLoginStartRateLimitAPI(t *testing.T) {
 	if a := f.do("POST", "/v1/logins", f.bob, `{"provider":"fake_cli"}`); a.status != http.StatusCreated {
 		t.Fatalf("bob's first login: %d %s", a.status, a.body)
 	}
+}
+
+// pacedStore counts how many event reads run at once for each user's
+// streams, each read taking a little while.
+type pacedStore struct {
+	store.Store
+	mu        sync.Mutex
+	now, most map[string]int
+	reads     atomic.Int64
+}
+
+func (p *pacedStore) QueryEvents(ctx context.Context, f store.EventFilter, after int64, limit int) ([]store.Event, error) {
+	p.mu.Lock()
+	p.now[f.UserID]++
+	p.most[f.UserID] = max(p.most[f.UserID], p.now[f.UserID])
+	p.mu.Unlock()
+	p.reads.Add(1)
+	time.Sleep(5 * time.Millisecond) // a read long enough for others to overlap it
+	evs, err := p.Store.QueryEvents(ctx, f, after, limit)
+	p.mu.Lock()
+	p.now[f.UserID]--
+	p.mu.Unlock()
+	return evs, err
+}
+
+// TestOneUsersStreamsShareTheirStoreReads: an event of alice's wakes all
+// of her streams at once; they read the store a couple at a time, never
+// all together, so they cannot take every store connection from other
+// users' requests.
+func TestOneUsersStreamsShareTheirStoreReads(t *testing.T) {
+	f := newFixture(t, func(o *fixtureOptions) { o.maxStreams = 100 })
+	ps := &pacedStore{Store: f.st, now: map[string]int{}, most: map[string]int{}}
+	a := *f.api
+	a.Store = ps
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	const n = 40
+	for range n {
+		r := f.stream(ctx, srv.URL, "/v1/events", f.alice, "0")
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("stream: %d", r.StatusCode)
+		}
+		defer r.Body.Close()
+		go func() { _, _ = io.Copy(io.Discard, r.Body) }()
+	}
+	before := ps.reads.Load()
+	ps.mu.Lock()
+	clear(ps.most)
+	ps.mu.Unlock()
+	// One of alice's events wakes all n streams.
+	f.createVM(f.alice, `{"image":"minimal"}`)
+	deadline := time.Now().Add(30 * time.Second)
+	for ps.reads.Load() < before+n {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d woken streams read the store", ps.reads.Load()-before, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ps.mu.Lock()
+	most := ps.most["alice"]
+	ps.mu.Unlock()
+	if api.StoreReadsPerPrincipal > n/8 {
+		t.Fatalf("%d store reads at once per user leaves no one else a connection", api.StoreReadsPerPrincipal)
+	}
+	if most > api.StoreReadsPerPrincipal {
+		t.Fatalf("alice's woken streams read the store %d at once, want at most %d", most, api.StoreReadsPerPrincipal)
+	}
+	t.Logf("%d woken streams read the store at most %d at once", n, most)
 }

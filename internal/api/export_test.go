@@ -9,3 +9,6 @@ func SetSSEKeepalive(d time.Duration) func() {
 	sseKeepalive = d
 	return func() { sseKeepalive = old }
 }
+
+// StoreReadsPerPrincipal is storeReadsPerPrincipal, for tests.
+const StoreReadsPerPrincipal = storeReadsPerPrincipal

@@ -112,7 +112,7 @@ func (s *Server) table() []route {
 
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler {
-	s.streams = &streamSlots{open: map[string]int{}}
+	s.streams = &streamSlots{open: map[string]int{}, reads: map[string]chan struct{}{}}
 	mux := http.NewServeMux()
 	methods := map[string][]string{}
 	public := map[string]bool{}

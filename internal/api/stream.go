@@ -193,7 +193,7 @@ type eventStream struct {
 // stream is over. At most Server.MaxStreams streams per user (user keys)
 // or key (admin keys) are open at once; more are refused with a 429.
 func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventStream) {
-	release, ok := s.openStream(w, r)
+	release, reads, ok := s.openStream(w, r)
 	if !ok {
 		return
 	}
@@ -222,21 +222,37 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 		return write(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
 			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message}) && (st.last == nil || !st.last(e))
 	}
+	// query reads one page and the horizon, taking one of the caller's
+	// store-read turns for it (streamSlots).
+	query := func(first bool) (evs []store.Event, horizon int64, over, ok bool) {
+		select {
+		case reads <- struct{}{}:
+		case <-ctx.Done():
+			return nil, 0, false, false
+		}
+		defer func() { <-reads }()
+		over = first && st.over != nil && st.over(ctx)
+		evs, err := s.Store.QueryEvents(ctx, st.filter, st.after, 500)
+		if err != nil {
+			return nil, 0, false, false
+		}
+		horizon, err = s.Store.EventHorizon(ctx)
+		return evs, horizon, over, err == nil
+	}
 	// catchUp sends the stored events after st.after, in id order; it
 	// reports whether to go on. The horizon is read after each page: one
 	// above st.after means retention may have forgotten events the
 	// client has not seen, which it is told (with the horizon as the
 	// event's id, so a reconnect resumes from there) before the rest.
 	catchUp := func() bool {
-		over := st.over != nil && st.over(ctx)
-		for {
-			evs, err := s.Store.QueryEvents(ctx, st.filter, st.after, 500)
-			if err != nil {
+		overAtStart := false
+		for first := true; ; first = false {
+			evs, horizon, over, ok := query(first)
+			if !ok {
 				return false
 			}
-			horizon, err := s.Store.EventHorizon(ctx)
-			if err != nil {
-				return false
+			if first {
+				overAtStart = over
 			}
 			whole := st.first != "" && st.after == 0 && len(evs) > 0 && evs[0].Type == st.first
 			st.first = ""
@@ -255,7 +271,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 				st.after = e.ID
 			}
 			if len(evs) < 500 {
-				return !over
+				return !overAtStart
 			}
 		}
 	}

@@ -8,11 +8,21 @@ import (
 	"github.com/hearth-project/hearth/internal/auth"
 )
 
-// streamSlots counts the event streams open per principal (see principal).
+// streamSlots counts the event streams open per principal (see principal)
+// and paces their store reads.
 type streamSlots struct {
 	mu   sync.Mutex
 	open map[string]int
+	// reads holds, per principal with a stream open, a semaphore of
+	// storeReadsPerPrincipal.
+	reads map[string]chan struct{}
 }
+
+// storeReadsPerPrincipal is how many of one principal's streams read the
+// store at once. An event of theirs wakes every one of their streams
+// together; paced, they queue among themselves instead of taking every
+// store connection from other users' requests.
+const storeReadsPerPrincipal = 2
 
 // principal is whom a stream counts against: a user key's user (all its
 // keys together), or an admin key itself.
@@ -24,22 +34,25 @@ func principal(id auth.Identity) (key, name string) {
 }
 
 // openStream takes one of the caller's stream slots, or answers 429 when
-// they are all taken. release gives the slot back.
-func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+// they are all taken. release gives the slot back; reads paces the
+// stream's store reads (send to take a turn, receive to give it back).
+func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release func(), reads chan struct{}, ok bool) {
 	max := s.MaxStreams
-	if max <= 0 {
-		return func() {}, true
-	}
 	key, name := principal(identity(r))
 	sl := s.streams
 	sl.mu.Lock()
-	if sl.open[key] >= max {
+	if max > 0 && sl.open[key] >= max {
 		sl.mu.Unlock()
 		writeError(w, http.StatusTooManyRequests, "too_many_streams",
 			fmt.Sprintf("%s already has %d event streams open, the most allowed (events.max_streams_per_user); close one first", name, max))
-		return nil, false
+		return nil, nil, false
 	}
 	sl.open[key]++
+	reads = sl.reads[key]
+	if reads == nil {
+		reads = make(chan struct{}, storeReadsPerPrincipal)
+		sl.reads[key] = reads
+	}
 	sl.mu.Unlock()
 	var once sync.Once
 	return func() {
@@ -48,7 +61,8 @@ func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release fun
 			defer sl.mu.Unlock()
 			if sl.open[key]--; sl.open[key] <= 0 {
 				delete(sl.open, key)
+				delete(sl.reads, key)
 			}
 		})
-	}, true
+	}, reads, true
 }
