@@ -68,6 +68,7 @@ type row struct {
 	cpu                    time.Duration
 	outcome                string
 	idle, withStreams, bad []time.Duration
+	held, refused          int // the attacker's event streams
 }
 
 const (
@@ -77,6 +78,12 @@ message_burst = 1000000000000
 max_bytes_per_second = 1e15
 byte_burst = 1000000000000000
 max_violations = 1000000000
+
+[events]
+max_streams_per_user = 1000000
+`
+	allStreams = `[events]
+max_streams_per_user = 1000
 `
 	neverFail = `[agent]
 max_violations = 1000000000
@@ -88,6 +95,7 @@ func (b bench) run() error {
 	for _, c := range []struct{ name, toml string }{
 		{"limits off (nothing bounds the guest)", limitsOff},
 		{"hearth defaults", ""},
+		{"hearth defaults, every stream allowed (events.max_streams_per_user = 1000)", allStreams},
 		{"hearth defaults, VM never failed (agent.max_violations = 10⁹)", neverFail},
 	} {
 		r, err := b.one(c.name, c.toml)
@@ -96,20 +104,20 @@ func (b bench) run() error {
 		}
 		rows = append(rows, r)
 	}
-	fmt.Printf("## hostile guest: heartbeat flood (%d idle event streams held by its user)\n\n", b.streams)
+	fmt.Printf("## hostile guest: heartbeat flood while its user opens %d idle event streams\n\n", b.streams)
 	fmt.Printf("Made by `./bench/run.sh guest`: %d vCPUs. The guest is test/hostileagent under the fake Firecracker: the real agent, "+
 		"authenticated with its VM's token, writing heartbeats as fast as its vsock socket takes them once ready, across reconnects. "+
 		"Each daemon is attacked twice, from the attacker's VM being ready until it failed or %s passed: once alone, for the daemon's "+
 		"CPU (utime+stime from /proc) and the heartbeats the guest wrote, once while another user times GET /v1/vms (one request "+
 		"every 2 ms at most), which he also timed idle and with the attacker's streams open.\n\n", numCPU(), b.sample)
-	fmt.Println("| daemon | heartbeats the guest wrote | daemon CPU | CPU per million heartbeats | the attacker's VM | other user's p99: idle | + streams | + flood (requests) | flood / idle | flood / streams |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| daemon | attacker's streams held / refused (429) | heartbeats the guest wrote | daemon CPU | CPU per million heartbeats | the attacker's VM | other user's p99: idle | + streams | + flood (requests) | flood / idle | flood / streams |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		per := "–"
 		if r.written >= 100000 {
 			per = fmt.Sprintf("%.2f s", r.cpu.Seconds()/(float64(r.written)/1e6))
 		}
-		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s (%d) | %.1f× | **%.1f×** |\n", r.name, count(r.written), ms(r.cpu), per, r.outcome,
+		fmt.Printf("| %s | %d / %d | %s | %s | %s | %s | %s | %s | %s (%d) | **%.1f×** | %.1f× |\n", r.name, r.held, r.refused, count(r.written), ms(r.cpu), per, r.outcome,
 			ms(p99(r.idle)), ms(p99(r.withStreams)), ms(p99(r.bad)), len(r.bad),
 			float64(p99(r.bad))/float64(p99(r.idle)), float64(p99(r.bad))/float64(p99(r.withStreams)))
 	}
@@ -184,7 +192,7 @@ func (b bench) one(name, agentTOML string) (row, error) {
 	r.idle = latencies(ctx, bob, 2000, nil)
 	sctx, stopStreams := context.WithCancel(ctx)
 	defer stopStreams()
-	if err := openStreams(sctx, addr, aliceKey, b.streams); err != nil {
+	if r.held, r.refused, err = openStreams(sctx, addr, aliceKey, b.streams); err != nil {
 		return r, err
 	}
 	r.withStreams = latencies(ctx, bob, 2000, nil)
@@ -240,8 +248,9 @@ func (b bench) one(name, agentTOML string) (row, error) {
 }
 
 // openStreams opens n event streams as key and keeps reading them until
-// ctx is done.
-func openStreams(ctx context.Context, addr, key string, n int) error {
+// ctx is done; it says how many the daemon took and how many it refused
+// (429: the user's stream cap).
+func openStreams(ctx context.Context, addr, key string, n int) (held, refused int, err error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: n}
 	hc := &http.Client{Transport: tr}
 	var wg sync.WaitGroup
@@ -251,12 +260,18 @@ func openStreams(ctx context.Context, addr, key string, n int) error {
 		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := hc.Do(req)
 		if err != nil {
-			return err
+			return held, refused, err
+		}
+		if resp.StatusCode == http.StatusTooManyRequests {
+			resp.Body.Close()
+			refused++
+			continue
 		}
 		if resp.StatusCode != 200 {
 			resp.Body.Close()
-			return fmt.Errorf("GET /v1/events: %s", resp.Status)
+			return held, refused, fmt.Errorf("GET /v1/events: %s", resp.Status)
 		}
+		held++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -268,7 +283,7 @@ func openStreams(ctx context.Context, addr, key string, n int) error {
 		}()
 	}
 	go func() { wg.Wait(); close(errs) }()
-	return nil
+	return held, refused, nil
 }
 
 // latencies times GET /v1/vms as c, one request every 2 ms at most: n of
