@@ -193,3 +193,30 @@ func TestLowDiskSpaceAnswers503(t *testing.T) {
 		t.Fatalf("readyz with room: %d %s", a.status, a.body)
 	}
 }
+
+// A console log the host cannot read (here a loop where its directory
+// should be) is the server's trouble, said as a 503 with a reason, not a
+// bare 500.
+func TestUnreadableConsoleIs503(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	if a := f.do("DELETE", "/v1/vms/"+v.ID, f.alice, ""); a.status != http.StatusAccepted {
+		t.Fatalf("delete: %d %s", a.status, a.body)
+	}
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?state=destroyed&timeout=10s", f.alice, "")
+	dir := filepath.Join(f.vmsDir, v.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("console", filepath.Join(dir, "console")); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"", "?follow=1"} {
+		a := f.do("GET", "/v1/vms/"+v.ID+"/console"+q, f.alice, "")
+		if a.status != http.StatusServiceUnavailable || a.errCode() != "unavailable" ||
+			!strings.Contains(a.errMessage(), "console") {
+			t.Fatalf("an unreadable console%s: %d %s", q, a.status, a.body)
+		}
+	}
+}

@@ -52,7 +52,11 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := consolelog.Stat(path) // a log not written yet is empty so far
 	if err != nil {
-		s.internalError(w, r, err)
+		// The host cannot read its own file (an I/O error, a log being
+		// rotated faster than it can be listed): the server's trouble,
+		// and maybe passing.
+		s.Log.Error("console log unreadable", "request_id", requestID(r), "vm", v.ID, "err", err)
+		s.fail(w, r, errdefs.Unavailablef("the console of vm %s cannot be read right now; retry", v.ID))
 		return
 	}
 	offset = min(offset, info.Size)
