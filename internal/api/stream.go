@@ -59,6 +59,15 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.Unavailablef("the console of vm %s cannot be read right now; retry", v.ID))
 		return
 	}
+	if follow {
+		// A follow holds a connection and reads the log and the VM until
+		// the VM is gone: it takes one of the caller's stream slots.
+		release, ok := s.openStream(w, r)
+		if !ok {
+			return
+		}
+		defer release()
+	}
 	offset = min(offset, info.Size)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Console-Offset", strconv.FormatInt(offset, 10))
