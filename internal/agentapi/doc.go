@@ -95,7 +95,9 @@
 // a PTY, answer its prompts (expect/send steps), find the authorization URL
 // in its output (or from $BROWSER, which points at the agent's own helper)
 // and open it in the guest's browser, then wait until every credential file
-// is complete and answer with their contents. Along the way the guest sends
+// is complete and answer with their contents (at most MaxCredentialSize
+// bytes each and MaxCredentialTotal together, so the result fits one
+// line; more fails the login saying so). Along the way the guest sends
 // login_progress {phase: started|prompt|url|credentials, step?, url?} with
 // the request's id. cancel {request_id} → {} cancels a request in flight
 // (the login's process group is killed). Failures are errors that never
