@@ -89,7 +89,8 @@
 // stdout_b64, stderr_b64) so that any bytes survive; each output is cut at
 // MaxExecOutput bytes. A command that cannot start is a result with an
 // error. The guest answers requests concurrently, with heartbeats going on,
-// and refuses more than a few at once (8 execs).
+// and refuses more than a few at once (8 execs). The host waits for an
+// exec's answer no longer than its timeout and a grace (ErrNoAnswer).
 //
 // login (LoginRequest) → LoginResult: run a CLI's login as a guest user on
 // a PTY, answer its prompts (expect/send steps), find the authorization URL
