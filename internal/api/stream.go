@@ -100,6 +100,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	_ = rc.Flush()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	keyChecked := time.Now()
 	for {
 		for {
 			n, err := rd.Read(buf)
@@ -125,6 +126,12 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 			if info, err := consolelog.Stat(path); err != nil || info.Size <= rd.Offset() {
 				return
 			}
+		}
+		if time.Since(keyChecked) >= keyCheckEvery {
+			if s.keyGone(r.Context(), r) {
+				return // revoked or expired since the follow began
+			}
+			keyChecked = time.Now()
 		}
 		select {
 		case <-r.Context().Done():
@@ -274,6 +281,8 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 	}
 	keepalive := time.NewTicker(sseKeepalive)
 	defer keepalive.Stop()
+	keyCheck := time.NewTicker(keyCheckEvery)
+	defer keyCheck.Stop()
 	for {
 		// Subscribe before replaying so nothing falls between the two.
 		sub := s.VMs.Bus().Subscribe(256, st.filter)
@@ -290,6 +299,13 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 			case <-keepalive.C:
 				s.armWrite(rc)
 				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
+					sub.Close()
+					return
+				}
+			case <-keyCheck.C:
+				if s.keyGone(ctx, r) {
+					// Revoked or expired since the stream began: a
+					// reconnect is told why (401).
 					sub.Close()
 					return
 				}
