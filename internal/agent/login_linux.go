@@ -213,7 +213,7 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 			if final := r.captured(); final != nil {
 				files = final
 			}
-			return agentapi.LoginResult{Files: files, ExitCode: code, Duration: time.Since(start)}, nil
+			return loginResult(files, code, start)
 		}
 		select {
 		case <-outputs:
@@ -231,7 +231,7 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 			// One last look: the CLI may have written the files and exited
 			// at once.
 			if files, _ := check(); files != nil {
-				return agentapi.LoginResult{Files: files, ExitCode: exitCode(cmd), Duration: time.Since(start)}, nil
+				return loginResult(files, exitCode(cmd), start)
 			}
 			return agentapi.LoginResult{}, fmt.Errorf("login: the CLI exited (%s) before its credentials were complete (%s) while waiting for %s; last output: %q",
 				describeExit(waitErr), r.missing(), r.waitingFor(), r.lastOutput())
@@ -253,6 +253,16 @@ func runLogin(ctx context.Context, req agentapi.LoginRequest, progress func(agen
 			return agentapi.LoginResult{}, fmt.Errorf("login: %w", ctx.Err())
 		}
 	}
+}
+
+// loginResult is the result of a login whose credential files are
+// complete, unless they are more than a result can carry back: then the
+// login fails saying so (instead of a bare "result too large").
+func loginResult(files []agentapi.CapturedFile, code int, start time.Time) (agentapi.LoginResult, error) {
+	if err := agentapi.CheckCredentialTotal(files); err != nil {
+		return agentapi.LoginResult{}, fmt.Errorf("login: %w", err)
+	}
+	return agentapi.LoginResult{Files: files, ExitCode: code, Duration: time.Since(start)}, nil
 }
 
 // pagePollMax bounds the pause between two looks at the guest browser.

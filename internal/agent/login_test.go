@@ -414,7 +414,11 @@ func TestLoginUserTimeStartsWithThePageOnScreen(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("login did not finish")
 	}
-	if took := time.Since(start); took < hold+req.Timeout {
+	// The login succeeded though bringing the page up alone took longer
+	// than the user's time: that time did not run meanwhile. (The user
+	// here approves at once, so the whole login may take less than hold
+	// plus the user's time.)
+	if took := time.Since(start); took < hold || hold <= req.Timeout {
 		t.Fatalf("login took %s: the page was held %s, so the test proves nothing", took, hold)
 	}
 }
@@ -452,4 +456,46 @@ func waitPhaseAsync(p *progressLog, phase string) <-chan agentapi.LoginProgress 
 		}
 	}()
 	return ch
+}
+
+// Credential files that are complete and each within the per-file limit
+// but too large together for one result fail the login at once with a
+// reason that says so, not with a bare "result too large" or a timeout.
+func TestLoginCredentialsTooLargeTogether(t *testing.T) {
+	f := newLoginFixture(t)
+	cli := filepath.Join(f.dir, "copy-cli")
+	script := "#!/bin/sh\n" +
+		"url='https://auth.invalid/authorize?client_id=fake&state=big'\n" +
+		"printf 'Open this URL to log in:\\n%s\\n' \"$url\"\n" +
+		"\"$BROWSER\" \"$url\"\n" +
+		"for d in \"$CRED1\" \"$CRED2\" \"$CRED3\" \"$CRED4\"; do cp \"$SRC\" \"$d.tmp\" && mv \"$d.tmp\" \"$d\"; done\n" +
+		"echo 'Login successful'\n"
+	if err := os.WriteFile(cli, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// 200 KiB of JSON each: within the per-file limit, 800 KiB together
+	// (1.07 MiB in base64, more than a message line holds).
+	src := filepath.Join(f.dir, "big.json")
+	if err := os.WriteFile(src, []byte(`{"token": "`+strings.Repeat("x", 200<<10)+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	req := f.request(t)
+	req.Argv, req.Steps = []string{cli}, nil
+	req.Env = []string{"SRC=" + src}
+	req.Credentials = nil
+	for i := 1; i <= 4; i++ {
+		p := filepath.Join(f.dir, fmt.Sprintf("cred%d.json", i))
+		req.Env = append(req.Env, fmt.Sprintf("CRED%d=%s", i, p))
+		req.Credentials = append(req.Credentials, agentapi.CredentialFile{Path: p, Format: "json", Required: []string{"token"}})
+	}
+	req.Timeout = 2 * time.Minute
+	started := time.Now()
+	_, err := f.sess.Login(t.Context(), req, nil)
+	var re *agentapi.RemoteError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "credential files hold") || !strings.Contains(err.Error(), "together") {
+		t.Fatalf("err = %v", err)
+	}
+	if d := time.Since(started); d > time.Minute {
+		t.Fatalf("the login failed only after %s", d)
+	}
 }

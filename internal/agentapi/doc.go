@@ -89,13 +89,16 @@
 // stdout_b64, stderr_b64) so that any bytes survive; each output is cut at
 // MaxExecOutput bytes. A command that cannot start is a result with an
 // error. The guest answers requests concurrently, with heartbeats going on,
-// and refuses more than a few at once (8 execs).
+// and refuses more than a few at once (8 execs). The host waits for an
+// exec's answer no longer than its timeout and a grace (ErrNoAnswer).
 //
 // login (LoginRequest) → LoginResult: run a CLI's login as a guest user on
 // a PTY, answer its prompts (expect/send steps), find the authorization URL
 // in its output (or from $BROWSER, which points at the agent's own helper)
 // and open it in the guest's browser, then wait until every credential file
-// is complete and answer with their contents. Along the way the guest sends
+// is complete and answer with their contents (at most MaxCredentialSize
+// bytes each and MaxCredentialTotal together, so the result fits one
+// line; more fails the login saying so). Along the way the guest sends
 // login_progress {phase: started|prompt|url|credentials, step?, url?} with
 // the request's id. cancel {request_id} → {} cancels a request in flight
 // (the login's process group is killed). Failures are errors that never

@@ -267,18 +267,33 @@ func (r ExecResult) Validate() error {
 	return nil
 }
 
+// ErrNoAnswer is a request the guest did not answer within the time its
+// own terms allow (an exec: its timeout and execAnswerGrace).
+var ErrNoAnswer = errors.New("the guest agent did not answer in time")
+
+// execAnswerGrace is how long after an exec's timeout its answer may take:
+// the guest kills the command's process group at the timeout, then
+// answers.
+var execAnswerGrace = 15 * time.Second
+
 // Exec runs a command in the guest and returns its result. The request is
 // validated first (a zero Timeout means DefaultExecTimeout). A command that
 // could not be started yields a *RemoteError. ctx bounds only the wait on
 // the host: cancelling it returns at once, while the command runs on until
-// it ends or its timeout kills it.
+// it ends or its timeout kills it. A guest that has not answered by the
+// command's timeout and a grace is not waited for: ErrNoAnswer.
 func (s *Session) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	req = req.WithDefaults()
 	if err := req.Validate(); err != nil {
 		return ExecResult{}, fmt.Errorf("agentapi: %s: %w", TypeExec, err)
 	}
 	var res ExecResult
-	if err := s.call(ctx, TypeExec, req, &res); err != nil {
+	cctx, cancel := context.WithTimeoutCause(ctx, req.Timeout+execAnswerGrace, ErrNoAnswer)
+	defer cancel()
+	if err := s.call(cctx, TypeExec, req, &res); err != nil {
+		if ctx.Err() == nil && errors.Is(context.Cause(cctx), ErrNoAnswer) {
+			return ExecResult{}, fmt.Errorf("agentapi: %s: %w (within %s of its %s timeout)", TypeExec, ErrNoAnswer, execAnswerGrace, req.Timeout)
+		}
 		return ExecResult{}, err
 	}
 	if err := res.Validate(); err != nil {

@@ -167,3 +167,31 @@ func TestSessionExecErrors(t *testing.T) {
 	default:
 	}
 }
+
+// A guest that takes an exec and never answers it is not waited for
+// without end: past the command's timeout and a grace the call fails
+// with ErrNoAnswer (not the caller's own deadline), and the session goes
+// on.
+func TestExecUnansweredIsNotWaitedForever(t *testing.T) {
+	defer func(g time.Duration) { execAnswerGrace = g }(execAnswerGrace)
+	execAnswerGrace = 200 * time.Millisecond
+	s, g := startSession(t, Config{}, func(g *fakeGuest) { g.authenticate(testToken) })
+	g.run(func() {
+		g.expect(TypeExec) // never answered
+		ping := g.expect(TypePing)
+		g.send(TypeResult, ping.ID, PingResult{GuestTime: time.Now()})
+		_, _ = io.Copy(io.Discard, g.conn)
+	})
+	ctx := ctxTimeout(t, 30*time.Second)
+	start := time.Now()
+	_, err := s.Exec(ctx, ExecRequest{Argv: []string{"/bin/true"}, Timeout: 500 * time.Millisecond})
+	if !errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		t.Fatalf("unanswered exec after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	if d := time.Since(start); d < 700*time.Millisecond {
+		t.Fatalf("gave up after %s, before the command's timeout and the grace", d)
+	}
+	if _, err := s.Ping(ctxTimeout(t, 5*time.Second)); err != nil {
+		t.Fatalf("the session after an unanswered exec: %v", err)
+	}
+}

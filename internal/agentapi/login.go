@@ -38,6 +38,12 @@ const (
 	MaxCredentialFiles = 8
 	// MaxCredentialSize bounds one captured credential file.
 	MaxCredentialSize = 256 << 10
+	// MaxCredentialTotal bounds a login's credential files together: their
+	// result, base64 and all, must fit one MaxLineSize line (8 files of
+	// MaxCredentialSize would need 2.7 MiB).
+	MaxCredentialTotal = 512 << 10
+	// MaxCredentialPath bounds a credential file's path.
+	MaxCredentialPath = 1024
 	// MaxLoginURL bounds the authorization URL the guest reports.
 	MaxLoginURL = 8 << 10
 	// maxPattern bounds a regular expression in a request.
@@ -178,6 +184,9 @@ func (r LoginRequest) Validate() error {
 		return fmt.Errorf("login needs 1-%d credential files, got %d", MaxCredentialFiles, len(r.Credentials))
 	}
 	for _, c := range r.Credentials {
+		if len(c.Path) > MaxCredentialPath {
+			return fmt.Errorf("credential path %q is longer than %d bytes", clipForError(c.Path), MaxCredentialPath)
+		}
 		if !strings.HasPrefix(c.Path, "/") && !strings.HasPrefix(c.Path, "~/") {
 			return fmt.Errorf("credential path %q is neither absolute nor under ~/", clipForError(c.Path))
 		}
@@ -249,8 +258,24 @@ func (r LoginResult) Validate(req LoginRequest) error {
 			return fmt.Errorf("%w: login file %d is %d bytes", ErrProtocol, i, len(f.Content))
 		}
 	}
+	if err := CheckCredentialTotal(r.Files); err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
 	if r.ExitCode < -1 || r.ExitCode > 255 {
 		return fmt.Errorf("%w: exit code %d out of range", ErrProtocol, r.ExitCode)
+	}
+	return nil
+}
+
+// CheckCredentialTotal refuses credential files that hold more than
+// MaxCredentialTotal bytes together.
+func CheckCredentialTotal(files []CapturedFile) error {
+	total := 0
+	for _, f := range files {
+		total += len(f.Content)
+	}
+	if total > MaxCredentialTotal {
+		return fmt.Errorf("the %d credential files hold %d bytes together, more than the %d a login can carry", len(files), total, MaxCredentialTotal)
 	}
 	return nil
 }

@@ -1,13 +1,16 @@
 package api_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/store"
 )
 
@@ -294,5 +297,79 @@ func TestAPIKeyBadInputIsA400(t *testing.T) {
 	}
 	if _, err := f.st.GetUser(context.Background(), "dave"); err == nil {
 		t.Fatal("refused requests made user dave")
+	}
+}
+
+// A key revoked while it streams loses its streams too, not only its
+// next request: an event stream (every user's events, for an admin key)
+// and a console follow end within seconds; another key's stream goes on.
+func TestRevokedKeyLosesItsOpenStreams(t *testing.T) {
+	t.Cleanup(api.SetSSEKeepalive(300 * time.Millisecond))
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	ops := f.createKey(f.admin, `{"name":"ops","admin":true}`)
+	second := f.createKey(f.admin, `{"name":"second","user":"alice"}`)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+
+	ended := func(name string, r *http.Response) <-chan error {
+		ch := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(io.Discard, r.Body)
+			ch <- fmt.Errorf("%s: %v", name, err)
+		}()
+		return ch
+	}
+	var open []*http.Response
+	defer func() {
+		for _, r := range open {
+			r.Body.Close()
+		}
+	}()
+	for _, s := range []struct{ path, key string }{
+		{"/v1/events", ops.Key},
+		{"/v1/vms/" + v.ID + "/console?follow=1", second.Key},
+		{"/v1/events", f.alice},
+	} {
+		r := f.stream(ctx, f.srv.URL, s.path, s.key, "")
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s", s.path, r.Status)
+		}
+		open = append(open, r)
+	}
+	admin, follow := ended("the revoked admin key's event stream", open[0]), ended("the revoked user key's console follow", open[1])
+	for _, id := range []string{ops.APIKey.ID, second.APIKey.ID} {
+		if a := f.do("DELETE", "/v1/apikeys/"+id, f.admin, ""); a.status != http.StatusOK {
+			t.Fatalf("revoke %s: %d %s", id, a.status, a.body)
+		}
+	}
+	for _, ch := range []<-chan error{admin, follow} {
+		select {
+		case err := <-ch:
+			t.Log(err)
+		case <-time.After(45 * time.Second):
+			t.Fatal("a stream of a key revoked 45s ago is still open")
+		}
+	}
+	// Alice's own key streams on: its keepalives still arrive.
+	br := bufio.NewReader(open[2].Body)
+	got := make(chan string, 1)
+	go func() {
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil || strings.HasPrefix(line, ": keepalive") {
+				got <- line
+				return
+			}
+		}
+	}()
+	select {
+	case line := <-got:
+		if !strings.HasPrefix(line, ": keepalive") {
+			t.Fatalf("another key's stream ended too: %q", line)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("another key's stream went quiet")
 	}
 }

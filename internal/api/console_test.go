@@ -193,3 +193,94 @@ func TestLowDiskSpaceAnswers503(t *testing.T) {
 		t.Fatalf("readyz with room: %d %s", a.status, a.body)
 	}
 }
+
+// Following a console holds a connection and reads the log and the VM
+// as long as the VM runs: follows count against the caller's stream cap
+// (with event streams), beyond it a 429 says so, a plain read is never
+// refused, other users are unaffected, and a closed follow frees its slot.
+func TestConsoleFollowsCountAsStreams(t *testing.T) {
+	f := newFixture(t, func(o *fixtureOptions) { o.maxStreams = 2 })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	mine := f.createVM(f.alice, `{"image":"minimal"}`)
+	theirs := f.createVM(f.bob, `{"image":"minimal"}`)
+	follow := "/v1/vms/" + mine.ID + "/console?follow=1"
+	var open []*http.Response
+	defer func() {
+		for _, r := range open {
+			r.Body.Close()
+		}
+	}()
+	for range 2 {
+		r := f.stream(ctx, f.srv.URL, follow, f.alice, "")
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("follow within the cap: %s", r.Status)
+		}
+		open = append(open, r)
+	}
+	for _, path := range []string{follow, "/v1/events"} {
+		r := f.stream(ctx, f.srv.URL, path, f.alice, "")
+		if r.StatusCode != http.StatusTooManyRequests {
+			r.Body.Close()
+			t.Fatalf("%s beyond the cap: %s", path, r.Status)
+		}
+		a := answer{status: r.StatusCode, header: r.Header}
+		a.body, _ = io.ReadAll(r.Body)
+		r.Body.Close()
+		if a.errCode() != "too_many_streams" || !strings.Contains(a.errMessage(), "user alice") ||
+			!strings.Contains(a.errMessage(), "2 streams open") {
+			t.Fatalf("%s beyond the cap: %d %s", path, a.status, a.body)
+		}
+	}
+	if a := f.do("GET", "/v1/vms/"+mine.ID+"/console", f.alice, ""); a.status != http.StatusOK {
+		t.Fatalf("a plain console read with every stream slot taken: %d %s", a.status, a.body)
+	}
+	r := f.stream(ctx, f.srv.URL, "/v1/vms/"+theirs.ID+"/console?follow=1", f.bob, "")
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("another user's follow: %s", r.Status)
+	}
+	open = append(open, r)
+
+	open[0].Body.Close()
+	open = open[1:]
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := f.stream(ctx, f.srv.URL, follow, f.alice, "")
+		if r.StatusCode == http.StatusOK {
+			open = append(open, r)
+			break
+		}
+		r.Body.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("a follow closed 30s ago still holds its slot: %s", r.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A console log the host cannot read (here a loop where its directory
+// should be) is the server's trouble, said as a 503 with a reason, not a
+// bare 500.
+func TestUnreadableConsoleIs503(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	if a := f.do("DELETE", "/v1/vms/"+v.ID, f.alice, ""); a.status != http.StatusAccepted {
+		t.Fatalf("delete: %d %s", a.status, a.body)
+	}
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?state=destroyed&timeout=10s", f.alice, "")
+	dir := filepath.Join(f.vmsDir, v.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("console", filepath.Join(dir, "console")); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"", "?follow=1"} {
+		a := f.do("GET", "/v1/vms/"+v.ID+"/console"+q, f.alice, "")
+		if a.status != http.StatusServiceUnavailable || a.errCode() != "unavailable" ||
+			!strings.Contains(a.errMessage(), "console") {
+			t.Fatalf("an unreadable console%s: %d %s", q, a.status, a.body)
+		}
+	}
+}

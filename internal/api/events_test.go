@@ -375,7 +375,7 @@ func TestEventStreamCap(t *testing.T) {
 	} {
 		a := f.do("GET", c.path, c.key, "")
 		if a.status != http.StatusTooManyRequests || a.errCode() != "too_many_streams" ||
-			!strings.Contains(a.errMessage(), c.who) || !strings.Contains(a.errMessage(), "2 event streams open") {
+			!strings.Contains(a.errMessage(), c.who) || !strings.Contains(a.errMessage(), "2 streams open") {
 			t.Fatalf("%s beyond the cap: %d %s", c.path, a.status, a.body)
 		}
 	}

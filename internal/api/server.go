@@ -42,8 +42,8 @@ type Server struct {
 	// WriteTimeout bounds delivering a response once the handler starts
 	// to answer, and each write of a stream (limits.go); 0: unbounded.
 	WriteTimeout time.Duration
-	// MaxStreams bounds the event streams one user (user keys) or one
-	// admin key has open at once; 0: no bound.
+	// MaxStreams bounds the streams (event streams, console follows) one
+	// user (user keys) or one admin key has open at once; 0: no bound.
 	MaxStreams int
 	streams    *streamSlots // made by Handler
 }

@@ -52,8 +52,21 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := consolelog.Stat(path) // a log not written yet is empty so far
 	if err != nil {
-		s.internalError(w, r, err)
+		// The host cannot read its own file (an I/O error, a log being
+		// rotated faster than it can be listed): the server's trouble,
+		// and maybe passing.
+		s.Log.Error("console log unreadable", "request_id", requestID(r), "vm", v.ID, "err", err)
+		s.fail(w, r, errdefs.Unavailablef("the console of vm %s cannot be read right now; retry", v.ID))
 		return
+	}
+	if follow {
+		// A follow holds a connection and reads the log and the VM until
+		// the VM is gone: it takes one of the caller's stream slots.
+		release, _, ok := s.openStream(w, r)
+		if !ok {
+			return
+		}
+		defer release()
 	}
 	offset = min(offset, info.Size)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -87,6 +100,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	_ = rc.Flush()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	keyChecked := time.Now()
 	for {
 		for {
 			n, err := rd.Read(buf)
@@ -112,6 +126,12 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 			if info, err := consolelog.Stat(path); err != nil || info.Size <= rd.Offset() {
 				return
 			}
+		}
+		if time.Since(keyChecked) >= keyCheckEvery {
+			if s.keyGone(r.Context(), r) {
+				return // revoked or expired since the follow began
+			}
+			keyChecked = time.Now()
 		}
 		select {
 		case <-r.Context().Done():
@@ -277,6 +297,8 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 	}
 	keepalive := time.NewTicker(sseKeepalive)
 	defer keepalive.Stop()
+	keyCheck := time.NewTicker(keyCheckEvery)
+	defer keyCheck.Stop()
 	for {
 		// Subscribe before replaying so nothing falls between the two.
 		sub := s.VMs.Bus().Subscribe(256, st.filter)
@@ -293,6 +315,13 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 			case <-keepalive.C:
 				s.armWrite(rc)
 				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
+					sub.Close()
+					return
+				}
+			case <-keyCheck.C:
+				if s.keyGone(ctx, r) {
+					// Revoked or expired since the stream began: a
+					// reconnect is told why (401).
 					sub.Close()
 					return
 				}

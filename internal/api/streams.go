@@ -8,8 +8,9 @@ import (
 	"github.com/hearth-project/hearth/internal/auth"
 )
 
-// streamSlots counts the event streams open per principal (see principal)
-// and paces their store reads.
+// streamSlots counts the streams open per principal (see principal):
+// event streams and console follows, which hold a connection and read the
+// store for as long as they run; and it paces their store reads.
 type streamSlots struct {
 	mu   sync.Mutex
 	open map[string]int
@@ -44,7 +45,7 @@ func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release fun
 	if max > 0 && sl.open[key] >= max {
 		sl.mu.Unlock()
 		writeError(w, http.StatusTooManyRequests, "too_many_streams",
-			fmt.Sprintf("%s already has %d event streams open, the most allowed (events.max_streams_per_user); close one first", name, max))
+			fmt.Sprintf("%s already has %d streams open (event streams and console follows), the most allowed (events.max_streams_per_user); close one first", name, max))
 		return nil, nil, false
 	}
 	sl.open[key]++

@@ -95,6 +95,10 @@ func (a *agentSession) Exec(ctx context.Context, req ExecRequest) (ExecResult, e
 			return ExecResult{}, fmt.Errorf("%w: %w", errdefs.Unavailablef(
 				"the guest agent's session ended before the command's result arrived; whether it ran is unknown"), err)
 		}
+		if errors.Is(err, agentapi.ErrNoAnswer) {
+			return ExecResult{}, fmt.Errorf("%w: %w", errdefs.Unavailablef(
+				"the guest agent did not answer within the command's timeout and a grace; whether it ran is unknown"), err)
+		}
 		if errors.Is(err, agentapi.ErrProtocol) || errors.Is(err, agentapi.ErrMalformed) {
 			return ExecResult{}, fmt.Errorf("%w: %w", errdefs.Unavailablef("the guest agent sent an invalid exec result"), err)
 		}

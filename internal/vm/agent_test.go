@@ -3,6 +3,7 @@ package vm_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -128,5 +129,23 @@ func TestExecWithAnInvalidResult(t *testing.T) {
 	_, err := sess.Exec(ctx, vm.ExecRequest{Argv: []string{"true"}})
 	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(errdefs.Public(err), "invalid exec result") {
 		t.Fatalf("exec with an invalid result: %v (public %q)", err, errdefs.Public(err))
+	}
+}
+
+// A guest that takes an exec and never answers it: past the command's
+// timeout and the protocol's grace the exec is unavailable with a reason,
+// not a request held for as long as its client waits, nor a 500.
+func TestExecNeverAnswered(t *testing.T) {
+	token := []byte("0123456789abcdef0123456789abcdef")
+	path := scriptedGuest(t, token, func(conn net.Conn, _ *agentapi.Encoder, req agentapi.Envelope) {
+		_, _ = io.Copy(io.Discard, conn) // reads on, answers nothing
+	})
+	sess := connect(t, path, token)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := sess.Exec(ctx, vm.ExecRequest{Argv: []string{"true"}, Timeout: time.Millisecond})
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(errdefs.Public(err), "did not answer") || ctx.Err() != nil {
+		t.Fatalf("an exec never answered, after %s: %v (public %q)", time.Since(start).Round(time.Second), err, errdefs.Public(err))
 	}
 }
