@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/consolelog"
 )
 
 // Lines the guest agent logs (to the journal, which forwards them to the
@@ -17,8 +17,9 @@ const (
 )
 
 // consoleWatch records, in host time, when output first appears on a VM's
-// serial console: QEMU writes it to a file in the VM's directory as the
-// guest prints it, and the bench reads that file every few milliseconds.
+// serial console: the daemon records it into the VM's console log as the
+// guest prints it (internal/consolelog), and the bench reads that log every
+// few milliseconds.
 type consoleWatch struct {
 	mu    sync.Mutex
 	first time.Time            // the first byte
@@ -27,17 +28,12 @@ type consoleWatch struct {
 
 const consolePoll = 5 * time.Millisecond
 
-// watchConsole follows the console file at path (which QEMU creates)
+// watchConsole follows the console log in dir (which the daemon creates)
 // until ctx ends, looking for markers.
-func watchConsole(ctx context.Context, path string, markers ...string) *consoleWatch {
+func watchConsole(ctx context.Context, dir string, markers ...string) *consoleWatch {
 	w := &consoleWatch{marks: map[string]time.Time{}}
 	go func() {
-		var f *os.File
-		defer func() {
-			if f != nil {
-				f.Close()
-			}
-		}()
+		r := consolelog.NewReader(dir, 0)
 		var text strings.Builder
 		buf := make([]byte, 64<<10)
 		tick := time.NewTicker(consolePoll)
@@ -48,14 +44,8 @@ func watchConsole(ctx context.Context, path string, markers ...string) *consoleW
 				return
 			case <-tick.C:
 			}
-			if f == nil {
-				var err error
-				if f, err = os.Open(path); err != nil {
-					continue
-				}
-			}
 			for {
-				n, err := f.Read(buf)
+				n, err := r.Read(buf)
 				if n > 0 {
 					now := time.Now()
 					text.Write(buf[:n])
@@ -71,8 +61,8 @@ func watchConsole(ctx context.Context, path string, markers ...string) *consoleW
 					}
 					w.mu.Unlock()
 				}
-				if err == io.EOF || n == 0 || err != nil {
-					break
+				if n == 0 || err != nil {
+					break // caught up, or not there yet
 				}
 			}
 		}
