@@ -3,16 +3,21 @@ package api_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/internal/httplimit"
+	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/test/connflood"
 )
 
@@ -192,4 +197,64 @@ func TestIdleFloodDoesNotLockOutTheAdmin(t *testing.T) {
 	if fl.Failed > flood/10 {
 		t.Fatalf("%d of %d flood connections could not even be opened", fl.Failed, flood)
 	}
+}
+
+// A whole console read by a client that takes it slowly but steadily is
+// delivered whole, however long it takes: the write deadline is per chunk,
+// not for the whole answer (a 16 MiB console would otherwise need about
+// half a megabyte a second to arrive within api.write_timeout).
+func TestSlowSteadyConsoleReadIsWhole(t *testing.T) {
+	limits := short
+	f := newFixture(t, func(o *fixtureOptions) {
+		o.limits = &limits
+		o.vm = func(c *vm.Config) {
+			c.Console = vm.ConsoleConfig{Limits: consolelog.Limits{Max: 16 << 20, Head: 1 << 20}, Rate: 1 << 30, Burst: 1 << 30}
+		}
+	})
+	v := f.createVM(f.alice, `{"image":"minimal"}`)
+	f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=10s", f.alice, "")
+	f.awaitConsole(v.ID, 30) // the fake's boot lines
+	out := lines(0, 200_000) // 7.4 MB: more than the kernel buffers between the two ends hold
+	f.guestConsole(v.ID, out)
+	a := f.awaitConsole(v.ID, int64(30+len(out)))
+	size, _ := strconv.ParseInt(a.header.Get("X-Console-Size"), 10, 64)
+
+	// A client with a small receive buffer, reading 64 KiB every 50 ms.
+	d := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return errors.Join(err, serr)
+	}}
+	c, err := d.Dial("tcp", f.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := "GET /v1/vms/" + v.ID + "/console HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + f.alice + "\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 4096), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var got int64
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := io.ReadFull(resp.Body, buf)
+		got += int64(n)
+		if err != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(start)
+	if got != size {
+		t.Fatalf("a steady reader got %d of the console's %d bytes in %s", got, size, took.Round(time.Millisecond))
+	}
+	if took < 2*limits.WriteTimeout {
+		t.Fatalf("read in %s: too fast to show anything about a %s write timeout", took, limits.WriteTimeout)
+	}
+	t.Logf("%d bytes in %s through a %s write timeout", got, took.Round(time.Millisecond), limits.WriteTimeout)
 }

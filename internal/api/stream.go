@@ -77,7 +77,11 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	if !follow {
 		w.Header().Set("X-Console-Size", strconv.FormatInt(info.Size, 10))
 		w.WriteHeader(http.StatusOK)
-		// What the log held when the answer started, and no more.
+		rc := http.NewResponseController(w)
+		// What the log held when the answer started, and no more. Each
+		// chunk gets the write timeout afresh: a client that keeps taking
+		// the answer gets all of it however long that takes; one that
+		// stops is cut within the timeout.
 		for rd.Offset() < info.Size || rd.Marking() {
 			k := int64(len(buf))
 			if !rd.Marking() {
@@ -85,6 +89,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 			}
 			n, err := rd.Read(buf[:k])
 			if n > 0 {
+				s.armWrite(rc)
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return
 				}
