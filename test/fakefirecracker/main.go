@@ -26,8 +26,8 @@
 //	                           these requests 400 with that fault_message
 //	HEARTH_FAKEFC_NO_SOCKET=1  start, but never create the API socket
 //	HEARTH_FAKEFC_GUEST_DIR    the fake guest's sockets (default: next to the API socket)
-//	HEARTH_FAKEFC_LOG_FLOOD=N  once the guest runs, it makes Firecracker write N log
-//	                           lines and N/10 metrics as fast as they are taken
+//	HEARTH_FAKEFC_LOG_FLOOD=D  once the guest runs, it makes Firecracker write log lines
+//	                           and metrics as fast as they are taken, for the duration D
 //	                           (fctest.Options.LogFlood)
 //
 // Invoked under the name "jailer" it is a fake of Firecracker's jailer
@@ -44,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hearth-project/hearth/internal/vmm/firecracker/fctest"
 )
@@ -287,8 +288,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opts.Logger = &l
 	}
 	if v := os.Getenv(envLogFlood); v != "" {
-		if opts.LogFlood, err = strconv.Atoi(v); err != nil || opts.LogFlood < 0 {
-			return fail(exitGenericError, "fakefirecracker: %s=%q is not a number of lines", envLogFlood, v)
+		if opts.LogFlood, err = time.ParseDuration(v); err != nil || opts.LogFlood < 0 {
+			return fail(exitGenericError, "fakefirecracker: %s=%q is not a duration", envLogFlood, v)
 		}
 	}
 	if opts.Faults, err = parseFaults(os.Getenv(envFault)); err != nil {

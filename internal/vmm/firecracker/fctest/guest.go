@@ -273,28 +273,29 @@ func (s *Server) action(body []byte) reply {
 }
 
 // flood is a guest that keeps Firecracker logging as fast as its log
-// takes lines: n error lines of the kind a guest triggers by driving a
-// device wrongly, each written as Firecracker writes a line, and a metrics
-// flush after every tenth. Firecracker limits each of its log call sites
-// (10 lines, then one per 500 ms) but has many, and unrestricted ones; the
-// flood stands in for the worst of them together. What a full pipe cannot
-// take is lost and counted, as in Firecracker. A last line says how many
-// were written and lost; unlike Firecracker's lines it is tried again
-// until it goes out whole, so whoever reads the log learns that the flood
-// is over.
-func (s *Server) flood(n int) {
+// takes lines, for d: error lines of the kind a guest triggers by driving
+// a device wrongly, each written as Firecracker writes a line, and a
+// metrics flush after every tenth. Firecracker limits each of its log call
+// sites (10 lines, then one per 500 ms) but has many, and unrestricted
+// ones; the flood stands in for the worst of them together. What a full
+// pipe cannot take is lost and counted, as in Firecracker. A last line
+// says how many were written and lost; unlike Firecracker's lines it is
+// tried again until it goes out whole, so whoever reads the log learns
+// that the flood is over.
+func (s *Server) flood(d time.Duration) {
 	defer s.bg.Done()
-	lost, metrics, metricsLost := 0, 0, 0
-	for i := range n {
+	lines, lost, metrics, metricsLost := 0, 0, 0, 0
+	for end := time.Now().Add(d); time.Now().Before(end); {
 		select {
 		case <-s.done:
 			return
 		default:
 		}
-		if !s.log.write(levelError, "fc_vcpu 0", fmt.Sprintf("Failed to handle a write to virtio-block: fctest log flood, line %d of %d", i+1, n), false) {
+		lines++
+		if !s.log.write(levelError, "fc_vcpu 0", fmt.Sprintf("Failed to handle a write to virtio-block: fctest log flood, line %d", lines), false) {
 			lost++
 		}
-		if i%10 == 9 {
+		if lines%10 == 0 {
 			s.mu.Lock()
 			if s.metrics != nil {
 				metrics++
@@ -305,7 +306,7 @@ func (s *Server) flood(n int) {
 			s.mu.Unlock()
 		}
 	}
-	done := fmt.Sprintf("fctest: log flood done: %d lines (%d lost), %d metrics (%d lost)", n, lost, metrics, metricsLost)
+	done := fmt.Sprintf("fctest: log flood done: %d lines (%d lost), %d metrics (%d lost)", lines, lost, metrics, metricsLost)
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for !s.log.write(levelError, "fc_vcpu 0", done, true) {

@@ -86,7 +86,7 @@ func drain(t *testing.T, f *os.File) []byte {
 // reads fills, then whole lines are lost and counted, a FlushMetrics that
 // cannot write fails, and neither the API nor the guest ever waits.
 func TestLogAndMetricsFIFOsNobodyReadsNeverHoldFirecrackerUp(t *testing.T) {
-	ts := startServer(t, Options{LogFlood: 20000})
+	ts := startServer(t, Options{LogFlood: 500 * time.Millisecond})
 	logs, metrics := filepath.Join(ts.dir, "log.fifo"), filepath.Join(ts.dir, "metrics.fifo")
 	for _, p := range []string{logs, metrics} {
 		if err := syscall.Mkfifo(p, 0o600); err != nil {
@@ -124,7 +124,7 @@ func TestLogAndMetricsFIFOsNobodyReadsNeverHoldFirecrackerUp(t *testing.T) {
 		t.Errorf("the flood took %v: Firecracker waited for a reader", took)
 	}
 	last := string(got[bytes.LastIndex(got, []byte("fctest: log flood done")):])
-	if !strings.Contains(last, "20000 lines (") || strings.Contains(last, "(0 lost)") {
+	if strings.Contains(last, "(0 lost)") {
 		t.Errorf("want lines and metrics lost to the full pipes: %q", last)
 	}
 	// What went out went out in whole lines.

@@ -61,9 +61,10 @@ type Options struct {
 	// ExitDelay is how long after answering SendCtrlAltDel the "guest"
 	// takes to reboot, which makes Firecracker exit (default 100ms).
 	ExitDelay time.Duration
-	// LogFlood, if positive, is how many log lines a misbehaving guest
-	// makes Firecracker write once it runs (see Server.flood).
-	LogFlood int
+	// LogFlood, if positive, is how long a misbehaving guest makes
+	// Firecracker write log lines and metrics as fast as they are taken,
+	// once it runs (see Server.flood).
+	LogFlood time.Duration
 }
 
 // Request is one API request the server answered.
