@@ -225,6 +225,9 @@ func TestAdoptedVMKeepsBeingFollowed(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d1.Stop(context.Background(), h, 0) })
+	if _, err := d1.Watch(h); err != nil { // as the daemon's supervisor does
+		t.Fatal(err)
+	}
 	waitLog(t, &logs1, `vm=vm-adopt1 line="`, `PUT request on \"/actions\"`)
 	stopFollowing(t, h.Dir) // the first daemon is gone
 
