@@ -38,8 +38,11 @@ const (
 	readPerTick = 64 << 10
 	// drainMax bounds the last read of a pipe once the process ended.
 	drainMax = 1 << 20
-	// maxLogLine bounds one line; longer ones are cut.
+	// maxLogLine bounds one log or output line; longer ones are cut.
 	maxLogLine = 8 << 10
+	// maxMetricsLine bounds one metrics line (Firecracker's are several
+	// KiB); a longer one is cut, so not valid JSON, and dropped.
+	maxMetricsLine = 64 << 10
 	// summaryEvery is the least time between two summaries of lines left
 	// out of hearth's log for one VM.
 	summaryEvery = 10 * time.Second
@@ -335,7 +338,11 @@ func (f *follower) take(s *source, b []byte) {
 			chunk = b[:i]
 		}
 		if !s.cut {
-			if room := maxLogLine - len(s.line); len(chunk) > room {
+			limit := maxLogLine
+			if s.kind == srcMetrics {
+				limit = maxMetricsLine
+			}
+			if room := limit - len(s.line); len(chunk) > room {
 				s.line = append(s.line, chunk[:room]...)
 				s.cut = true
 			} else {

@@ -398,3 +398,29 @@ func TestMountUnder(t *testing.T) {
 		t.Fatalf("mountUnder(/proc) = %q %v", m, err)
 	}
 }
+
+// TestLongLines: a metrics line of many KiB (Firecracker's are) is
+// forwarded whole; a log line longer than maxLogLine is cut, and what
+// follows its end is a line of its own.
+func TestLongLines(t *testing.T) {
+	var logs syncBuffer
+	f := &follower{vm: "vm-long1", log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		bucket: lineBucket{rate: 100, burst: 100, tokens: 100}}
+	metrics := `{"utc_timestamp_ms":1,"devices":"` + strings.Repeat("m", 20<<10) + `"}` + "\n"
+	m := &source{kind: srcMetrics}
+	f.take(m, []byte(metrics[:5000]))
+	f.take(m, []byte(metrics[5000:]))
+	l := &source{kind: srcLog}
+	f.take(l, []byte(strings.Repeat("x", 3*maxLogLine)))
+	f.take(l, []byte("y\nnext\n"))
+	got := logs.String()
+	if !strings.Contains(got, `msg="firecracker metrics" vm=vm-long1`) || !strings.Contains(got, strings.Repeat("m", 20<<10)) {
+		t.Errorf("a 20 KiB metrics line was not forwarded whole")
+	}
+	if !strings.Contains(got, `line=`+strings.Repeat("x", maxLogLine)+"\n") || strings.Contains(got, "xy") {
+		t.Errorf("a long log line was not cut at %d bytes", maxLogLine)
+	}
+	if !strings.Contains(got, "line=next\n") {
+		t.Errorf("the line after a cut one is lost:\n%s", lastBytes(got, 500))
+	}
+}
