@@ -66,6 +66,9 @@ func firecrackerConfig(cfg config.Config, log *slog.Logger) firecracker.Config {
 		ProbeDir:      cfg.VMsPath(),
 		SocketTimeout: fc.SocketTimeout.Duration,
 		Logger:        log,
+		LogMaxSize:    int64(fc.LogMaxSize),
+		LogRate:       fc.LogRate,
+		LogBurst:      fc.LogBurst,
 		Jailer: firecracker.JailerConfig{Binary: j.Binary, UID: j.UID, GID: j.GID, NetNS: j.NetNS,
 			ParentCgroup: j.ParentCgroup, MemoryOverheadMiB: j.MemoryOverheadMiB},
 	}

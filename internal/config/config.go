@@ -232,6 +232,13 @@ type FirecrackerConfig struct {
 	// SocketTimeout bounds the wait for a new process's API socket.
 	SocketTimeout Duration     `toml:"socket_timeout"`
 	Jailer        JailerConfig `toml:"jailer"`
+	// LogMaxSize bounds what is kept on disk of one VM's Firecracker log
+	// and output (vms/<id>/firecracker-log/); LogRate and LogBurst bound
+	// how many of one VM's Firecracker lines a second go into hearth's
+	// log (the rest are counted in a periodic summary).
+	LogMaxSize Size `toml:"log_max_size"`
+	LogRate    int  `toml:"log_rate"`
+	LogBurst   int  `toml:"log_burst"`
 }
 
 // JailerConfig runs every Firecracker VM under the jailer when Binary is
@@ -295,6 +302,9 @@ func Default() Config {
 			DiskCloning:   "auto",
 			SocketTimeout: Duration{5 * time.Second},
 			Jailer:        JailerConfig{MemoryOverheadMiB: 128},
+			LogMaxSize:    1 << 20,
+			LogRate:       10,
+			LogBurst:      50,
 		},
 		Network: NetworkConfig{
 			Enabled:       true,
@@ -508,6 +518,15 @@ func (c Config) Validate() error {
 	}
 	if fc.SocketTimeout.Duration <= 0 {
 		bad("firecracker.socket_timeout", "must be positive")
+	}
+	if fc.LogMaxSize < 32<<10 {
+		bad("firecracker.log_max_size", "must be at least 32KiB, got %s", fc.LogMaxSize)
+	}
+	if fc.LogRate < 1 {
+		bad("firecracker.log_rate", "must be at least 1 (line per second), got %d", fc.LogRate)
+	}
+	if fc.LogBurst < 1 {
+		bad("firecracker.log_burst", "must be at least 1, got %d", fc.LogBurst)
 	}
 	if j := fc.Jailer; j.Binary != "" {
 		if j.UID <= 0 || j.GID <= 0 {

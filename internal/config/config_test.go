@@ -45,6 +45,9 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"firecracker.disk_cloning", func(c *Config) { c.Firecracker.DiskCloning = "copy" }},
 		{"firecracker.initrd", func(c *Config) { c.Firecracker.Initrd = "/boot/initrd.img" }},
 		{"firecracker.socket_timeout", func(c *Config) { c.Firecracker.SocketTimeout.Duration = 0 }},
+		{"firecracker.log_max_size", func(c *Config) { c.Firecracker.LogMaxSize = 16 << 10 }},
+		{"firecracker.log_rate", func(c *Config) { c.Firecracker.LogRate = 0 }},
+		{"firecracker.log_burst", func(c *Config) { c.Firecracker.LogBurst = 0 }},
 		{"firecracker.jailer", func(c *Config) { c.Firecracker.Jailer = JailerConfig{Binary: "jailer"} }},
 		{"firecracker.jailer.netns", func(c *Config) {
 			c.Firecracker.Jailer = JailerConfig{Binary: "jailer", UID: 990, GID: 990, NetNS: "hearth"}

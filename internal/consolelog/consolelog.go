@@ -1,4 +1,5 @@
-// Package consolelog keeps a VM's serial console on disk within a fixed
+// Package consolelog keeps a VM's serial console (or other output a guest
+// can make grow, such as Firecracker's own log) on disk within a fixed
 // bound, whatever the guest writes and for however long: the first bytes
 // (the boot head) are kept for good, the latest ones (the rolling tail) in
 // at most two segment files, the older of which is removed when a third

@@ -47,8 +47,9 @@ func fakeFirecrackers(stateDir string) []string {
 // driver becomes ready only once its agent, reached over vsock with the
 // token it read from MMDS, has configured the leased address; the host
 // reaches it over the bridge; its kernel command line is what the driver
-// sent; it survives a kill -9 of the daemon and is adopted by the next;
-// deleting it ends the process and returns every resource.
+// sent; it survives a kill -9 of the daemon and is adopted by the next,
+// which follows its Firecracker log; deleting it ends the process and
+// returns every resource.
 func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	d := firecrackerDaemon(t)
 	ctx := ctxT(t, 3*time.Minute)
@@ -129,6 +130,11 @@ func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	}
 	if _, err := d.alice.WaitVM(ctx, v.ID, "destroyed", time.Minute); err != nil {
 		t.Fatal(err)
+	}
+	// The new daemon followed the adopted VM's Firecracker log to its
+	// last line.
+	if l := d.log(); !strings.Contains(l, `"msg":"firecracker","vm":"`+v.ID+`"`) || !strings.Contains(l, "exit_code=0") {
+		t.Errorf("the adopted VM's Firecracker log did not reach the new daemon's log up to its exit:\n%s", tail(l, 3000))
 	}
 	deadline = time.Now().Add(20 * time.Second)
 	for len(fakeFirecrackers(d.stateDir)) != 0 {

@@ -26,6 +26,9 @@
 //	                           these requests 400 with that fault_message
 //	HEARTH_FAKEFC_NO_SOCKET=1  start, but never create the API socket
 //	HEARTH_FAKEFC_GUEST_DIR    the fake guest's sockets (default: next to the API socket)
+//	HEARTH_FAKEFC_LOG_FLOOD=D  once the guest runs, it makes Firecracker write log lines
+//	                           and metrics as fast as they are taken, for the duration D
+//	                           (fctest.Options.LogFlood)
 //
 // Invoked under the name "jailer" it is a fake of Firecracker's jailer
 // instead (see jailer.go); under the name "fake-agent" it is
@@ -41,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hearth-project/hearth/internal/vmm/firecracker/fctest"
 )
@@ -60,6 +64,7 @@ const (
 	envFault      = "HEARTH_FAKEFC_FAULT"
 	envNoSocket   = "HEARTH_FAKEFC_NO_SOCKET"
 	envGuestDir   = "HEARTH_FAKEFC_GUEST_DIR"
+	envLogFlood   = "HEARTH_FAKEFC_LOG_FLOOD"
 )
 
 func main() {
@@ -281,6 +286,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return fail(exitBadConfiguration, "Invalid value for logger level: %s.Possible values: [Error, Warning, Info, Debug]", l.Level)
 		}
 		opts.Logger = &l
+	}
+	if v := os.Getenv(envLogFlood); v != "" {
+		if opts.LogFlood, err = time.ParseDuration(v); err != nil || opts.LogFlood < 0 {
+			return fail(exitGenericError, "fakefirecracker: %s=%q is not a duration", envLogFlood, v)
+		}
 	}
 	if opts.Faults, err = parseFaults(os.Getenv(envFault)); err != nil {
 		return fail(exitGenericError, "fakefirecracker: %s: %v", envFault, err)

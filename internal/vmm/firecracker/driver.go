@@ -5,7 +5,8 @@
 // (reflink where the filesystem can, else a sparse copy), a virtio-net
 // interface on the VM's TAP, a vsock device whose host end is the agent's
 // Unix socket, MMDS v2 carrying the VM's token and network, the logger and
-// metrics, the serial console into a FIFO the daemon reads. Optionally every VM
+// metrics and its own output into FIFOs the daemon reads (logs.go), the serial
+// console into a FIFO the daemon reads. Optionally every VM
 // runs under Firecracker's jailer (chroot, uid/gid, cgroup limits, network
 // namespace). Pause, resume and snapshots are offered as vmm.Pauser and
 // vmm.Snapshotter.
@@ -27,7 +28,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -47,14 +47,25 @@ const (
 	fileOldConsole = "console.log"
 	fileDisk       = "rootfs.ext4"
 	fileToken      = "token"
-	fileLog        = "firecracker.log"
-	fileMetrics    = "metrics.json"
-	fileOut        = "firecracker.out"
-	fileKernel     = "vmlinux"
-	fileInitrd     = "initrd.img"
-	fileSnapshot   = "snapshot.state"
-	fileMemory     = "snapshot.mem"
-	fileSnapDisk   = "rootfs.ext4"
+	// Firecracker's log, metrics, and standard output and error: FIFOs
+	// the daemon reads.
+	fileLogFIFO     = "log.fifo"
+	fileMetricsFIFO = "metrics.fifo"
+	fileOutFIFO     = "output.fifo"
+	// dirKeptLog, in the VM's directory (never in a jail), is the bounded
+	// log of what Firecracker wrote to its log and output.
+	dirKeptLog = "firecracker-log"
+	// Files VMs started by an older hearth have Firecracker write
+	// instead.
+	fileLog     = "firecracker.log"
+	fileMetrics = "metrics.json"
+	fileOut     = "firecracker.out"
+
+	fileKernel   = "vmlinux"
+	fileInitrd   = "initrd.img"
+	fileSnapshot = "snapshot.state"
+	fileMemory   = "snapshot.mem"
+	fileSnapDisk = "rootfs.ext4"
 )
 
 // Device names the driver gives Firecracker.
@@ -87,6 +98,13 @@ type Config struct {
 	// Logger receives Firecracker's own log lines and metrics, tagged
 	// with the VM. Nil discards them.
 	Logger *slog.Logger
+	// LogMaxSize bounds what is kept on disk of one VM's Firecracker log
+	// and output (zero: DefaultLogMaxSize; at least MinLogMaxSize).
+	LogMaxSize int64
+	// LogRate is how many of one VM's lines a second (after LogBurst at
+	// once) go into Logger; the rest are counted, and a summary says how
+	// many were left out (zero: DefaultLogRate, DefaultLogBurst).
+	LogRate, LogBurst int
 }
 
 // Driver runs VMs under Firecracker.
@@ -94,10 +112,6 @@ type Driver struct {
 	cfg   Config
 	clone string
 	log   *slog.Logger
-
-	mu        sync.Mutex
-	followers map[string]bool // VM dirs whose logs are being followed
-	started   map[string]bool // VM dirs whose process this driver started
 }
 
 var (
@@ -120,6 +134,21 @@ func New(cfg Config) (*Driver, error) {
 	if err := cfg.Jailer.validate(); err != nil {
 		return nil, err
 	}
+	if cfg.LogMaxSize == 0 {
+		cfg.LogMaxSize = DefaultLogMaxSize
+	}
+	if cfg.LogRate == 0 {
+		cfg.LogRate = DefaultLogRate
+	}
+	if cfg.LogBurst == 0 {
+		cfg.LogBurst = DefaultLogBurst
+	}
+	switch {
+	case cfg.LogMaxSize < MinLogMaxSize:
+		return nil, fmt.Errorf("firecracker: log max size %d must be at least %d", cfg.LogMaxSize, MinLogMaxSize)
+	case cfg.LogRate < 0 || cfg.LogBurst < 1:
+		return nil, fmt.Errorf("firecracker: log rate %d and burst %d must be positive", cfg.LogRate, cfg.LogBurst)
+	}
 	clone := cfg.Clone
 	switch clone {
 	case "", "auto":
@@ -138,7 +167,7 @@ func New(cfg Config) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{cfg: cfg, clone: clone, log: log, followers: map[string]bool{}, started: map[string]bool{}}, nil
+	return &Driver{cfg: cfg, clone: clone, log: log}, nil
 }
 
 // Name implements vmm.Driver.
@@ -308,8 +337,9 @@ func (d *Driver) Requests(spec vmm.Spec) []Request {
 
 func (d *Driver) loggingRequests() []Request {
 	return []Request{
-		{"PUT", "/logger", Logger{LogPath: fileLog, Level: "Info", ShowLevel: true}},
-		{"PUT", "/metrics", Metrics{MetricsPath: fileMetrics}},
+		// FIFOs, written as the console's (see logs.go).
+		{"PUT", "/logger", Logger{LogPath: fileLogFIFO, Level: "Info", ShowLevel: true}},
+		{"PUT", "/metrics", Metrics{MetricsPath: fileMetricsFIFO}},
 	}
 }
 
@@ -338,15 +368,14 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 	if err := checkSpec(spec); err != nil {
 		return err
 	}
-	root := d.root(spec)
-	if err := d.launch(ctx, spec, h, root, false); err != nil {
+	if err := d.launch(ctx, spec, h, d.root(spec), false); err != nil {
 		return err
 	}
 	c := NewClient(h.ControlSocket, d.cfg.APITimeout)
 	for _, r := range d.Requests(spec) {
 		if err := d.send(ctx, c, r); err != nil {
 			d.kill(*h)
-			return fmt.Errorf("configure firecracker: %w%s", err, d.outputTail(root))
+			return fmt.Errorf("configure firecracker: %w%s", err, d.outputTail(*h))
 		}
 	}
 	return nil
@@ -360,34 +389,45 @@ func (d *Driver) send(ctx context.Context, c *Client, r Request) error {
 }
 
 // launch starts the process and waits for its API socket. Its output
-// goes to firecracker.out, except that a restored VM's standard output is
-// its serial console (PUT /serial is refused after a snapshot is loaded),
-// so with consoleOut it goes into the console's FIFO.
+// goes into a FIFO the daemon reads (with its log and metrics, from the
+// start), except that a restored VM's standard output is its serial
+// console (PUT /serial is refused after a snapshot is loaded), so with
+// consoleOut it goes into the console's FIFO.
 func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root string, consoleOut bool) error {
+	// An earlier process of this VM has ended (Start and Restore launch
+	// none while one runs); its last lines are read before its pipes go.
+	awaitFollower(h.Dir, followerWait)
 	for _, name := range []string{fileAPI, fileVsock} {
 		_ = os.Remove(filepath.Join(root, name))
 	}
-	for _, name := range []string{fileLog, fileMetrics} {
-		// Firecracker appends to these; they must exist (and, jailed,
-		// belong to the jail's user).
-		f, err := os.OpenFile(filepath.Join(root, name), os.O_CREATE|os.O_WRONLY, 0o600)
-		if err != nil {
-			return fmt.Errorf("create %s: %w", name, err)
-		}
-		f.Close()
-		if d.Jailed() {
-			if err := d.cfg.Jailer.own(filepath.Join(root, name)); err != nil {
-				return err
-			}
+	// Firecracker opens the log's and the metrics' FIFOs itself (jailed,
+	// as the jail's user); its output's the daemon opens for it.
+	for _, p := range []string{h.ConsoleStream, filepath.Join(root, fileLogFIFO), filepath.Join(root, fileMetricsFIFO), filepath.Join(root, fileOutFIFO)} {
+		if err := d.makeFIFO(p); err != nil {
+			return err
 		}
 	}
-	if err := d.makeConsole(h.ConsoleStream); err != nil {
-		return err
+	fol, err := d.newFollower(*h)
+	if err == nil && fol == nil {
+		err = errors.New("its FIFO is gone")
 	}
-	out, err := os.OpenFile(filepath.Join(root, fileOut), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", fileOut, err)
+		return fmt.Errorf("read firecracker's log: %w", err)
 	}
+	started := false
+	defer func() {
+		if !started {
+			fol.close()
+		}
+	}()
+	// Read-write, as Firecracker opens its log: never EPIPE when no daemon
+	// reads, and non-blocking (set before the process shares it), so what
+	// a full pipe cannot take is lost, not waited for.
+	outFD, err := openPipe(filepath.Join(root, fileOutFIFO))
+	if err != nil {
+		return fmt.Errorf("open output: %w", err)
+	}
+	out := os.NewFile(uintptr(outFD), fileOutFIFO)
 	defer out.Close()
 	stdout := out
 	if consoleOut {
@@ -413,18 +453,20 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec, h *vmm.Handle, root 
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }() // reap it while we live
+	started = true
+	followers.Lock()
+	followers.m[h.Dir] = fol
+	followers.Unlock()
+	go fol.run(h.Dir, exited)
 	start, err := proc.StartTime(cmd.Process.Pid)
 	if err != nil {
 		<-exited
-		return fmt.Errorf("firecracker exited at once%s", d.outputTail(root))
+		return fmt.Errorf("firecracker exited at once%s", d.outputTail(*h))
 	}
 	h.PID, h.PIDStart = cmd.Process.Pid, start
-	d.mu.Lock()
-	d.started[h.Dir] = true
-	d.mu.Unlock()
 	if err := d.waitSocket(ctx, h.ControlSocket, exited); err != nil {
 		d.kill(*h)
-		return fmt.Errorf("%w%s", err, d.outputTail(root))
+		return fmt.Errorf("%w%s", err, d.outputTail(*h))
 	}
 	return nil
 }
@@ -461,27 +503,14 @@ func (d *Driver) waitSocket(ctx context.Context, path string, exited <-chan stru
 	}
 }
 
-// outputTail returns ": " and the last lines firecracker printed, if any.
-func (d *Driver) outputTail(root string) string {
-	b, err := os.ReadFile(filepath.Join(root, fileOut))
-	if err != nil || len(strings.TrimSpace(string(b))) == 0 {
-		return ""
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return " (firecracker said: " + strings.Join(lines, " | ") + ")"
-}
-
 func (d *Driver) kill(h vmm.Handle) { _ = proc.KillWait(h.PID, h.PIDStart, 10*time.Second) }
 
 // Alive implements vmm.Driver.
 func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, h.PIDStart) }
 
-// Watch implements vmm.Driver. It also forwards the VM's Firecracker log
-// and metrics into the driver's logger until the process exits, for VMs
-// started by an earlier daemon too.
+// Watch implements vmm.Driver. It also follows the VM's Firecracker log,
+// metrics and output (logs.go) until the process exits, for VMs started
+// by an earlier daemon too.
 func (d *Driver) Watch(h vmm.Handle) (<-chan struct{}, error) {
 	if h.PID <= 0 {
 		ch := make(chan struct{})
@@ -516,8 +545,9 @@ func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) er
 	return nil
 }
 
-// Cleanup implements vmm.Driver: everything but the console log goes; a
-// jail is removed, its console moved into the VM's directory first.
+// Cleanup implements vmm.Driver: everything but the console log and the
+// kept Firecracker log goes; a jail is removed, its console moved into
+// the VM's directory first.
 func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	if d.Alive(h) {
 		return fmt.Errorf("cleanup: firecracker pid %d still running", h.PID)
@@ -525,6 +555,8 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	if h.Dir == "" {
 		return nil
 	}
+	// The process is gone: its follower reads the last lines and ends.
+	awaitFollower(h.Dir, followerWait)
 	root := h.Dir
 	if h.Jail != "" {
 		root = h.Jail
@@ -537,7 +569,8 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 		}
 	}
 	var paths []string
-	for _, name := range []string{fileAPI, fileVsock, fileConsole, fileDisk, fileDisk + ".tmp", fileLog, fileMetrics, fileOut,
+	for _, name := range []string{fileAPI, fileVsock, fileConsole, fileDisk, fileDisk + ".tmp",
+		fileLogFIFO, fileMetricsFIFO, fileOutFIFO, fileLog, fileMetrics, fileOut,
 		fileSnapshot, fileMemory, fileKernel, fileInitrd} {
 		paths = append(paths, filepath.Join(root, name))
 	}
@@ -557,13 +590,12 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	return nil
 }
 
-// makeConsole makes the FIFO Firecracker writes the serial console into
-// (afresh: a leftover could be anything), owned in a jail by the jail's
-// user, who opens it.
-func (d *Driver) makeConsole(path string) error {
+// makeFIFO makes a FIFO Firecracker writes into (afresh: a leftover could
+// be anything), owned in a jail by the jail's user, who opens it.
+func (d *Driver) makeFIFO(path string) error {
 	_ = os.Remove(path)
 	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		return fmt.Errorf("make console fifo: %w", err)
+		return fmt.Errorf("make fifo %s: %w", filepath.Base(path), err)
 	}
 	if d.Jailed() {
 		return d.cfg.Jailer.own(path)

@@ -110,6 +110,9 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		"auto without dir": {Clone: "auto"},
 		"jailer as root":   {Clone: CloneSparse, Jailer: JailerConfig{Binary: "jailer"}},
 		"relative netns":   {Clone: CloneSparse, Jailer: JailerConfig{Binary: "jailer", UID: 1, GID: 1, NetNS: "hearth"}},
+		"tiny kept log":    {Clone: CloneSparse, LogMaxSize: 4 << 10},
+		"negative rate":    {Clone: CloneSparse, LogRate: -1},
+		"negative burst":   {Clone: CloneSparse, LogBurst: -1},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -105,7 +105,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, h *vmm.Handle, snap
 	for _, r := range d.RestoreRequests(spec) {
 		if err := d.send(ctx, c, r); err != nil {
 			d.kill(*h)
-			return fmt.Errorf("restore: %w%s", err, d.outputTail(root))
+			return fmt.Errorf("restore: %w%s", err, d.outputTail(*h))
 		}
 	}
 	return nil

@@ -245,6 +245,10 @@ func (s *Server) action(body []byte) reply {
 		}
 		s.guest = g
 		s.setState(stateRunning)
+		if s.opts.LogFlood > 0 {
+			s.bg.Add(1)
+			go s.flood(s.opts.LogFlood)
+		}
 		return noContent
 	case "FlushMetrics":
 		if !started {
@@ -266,6 +270,52 @@ func (s *Server) action(body []byte) reply {
 		return rep
 	}
 	return badRequest("fctest: unknown action %q", a.ActionType) // the spec check rules this out
+}
+
+// flood is a guest that keeps Firecracker logging as fast as its log
+// takes lines, for d: error lines of the kind a guest triggers by driving
+// a device wrongly, each written as Firecracker writes a line, and a
+// metrics flush after every tenth. Firecracker limits each of its log call
+// sites (10 lines, then one per 500 ms) but has many, and unrestricted
+// ones; the flood stands in for the worst of them together. What a full
+// pipe cannot take is lost and counted, as in Firecracker. A last line
+// says how many were written and lost; unlike Firecracker's lines it is
+// tried again until it goes out whole, so whoever reads the log learns
+// that the flood is over.
+func (s *Server) flood(d time.Duration) {
+	defer s.bg.Done()
+	lines, lost, metrics, metricsLost := 0, 0, 0, 0
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		lines++
+		if !s.log.write(levelError, "fc_vcpu 0", fmt.Sprintf("Failed to handle a write to virtio-block: fctest log flood, line %d", lines), false) {
+			lost++
+		}
+		if lines%10 == 0 {
+			s.mu.Lock()
+			if s.metrics != nil {
+				metrics++
+				if s.flushMetrics() != nil {
+					metricsLost++
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	done := fmt.Sprintf("fctest: log flood done: %d lines (%d lost), %d metrics (%d lost)", lines, lost, metrics, metricsLost)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !s.log.write(levelError, "fc_vcpu 0", done, true) {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // reboot is the guest reacting to Ctrl+Alt+Del: on x86 it reboots, which

@@ -3,7 +3,6 @@ package fctest
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -30,14 +29,19 @@ var levelTags = [...]string{"OFF", "ERROR", "WARN", "INFO", "DEBUG", "TRACE"}
 // to the process's stdout until PUT /logger names a log_path. Before that
 // only warnings and errors (and the unrestricted start line) are written,
 // as Firecracker's default level is Warning; PUT /logger defaults to Info.
+// Like Firecracker's, it writes each line with one write_all to a
+// non-blocking descriptor: a line a full pipe cannot take (or takes only
+// in part) is lost and counted (METRICS.logger.missed_log_count), and the
+// writer never waits.
 type fcLogger struct {
 	mu         sync.Mutex
 	id         string
 	out        io.Writer
-	file       *os.File
+	file       *dropWriter
 	level      int
 	showLevel  bool
 	showOrigin bool
+	missed     int64
 }
 
 func newLogger(id string, stdout io.Writer) *fcLogger {
@@ -54,10 +58,10 @@ func (l *fcLogger) configure(c Logger) error {
 		}
 		level = lv
 	}
-	var f *os.File
+	var f *dropWriter
 	if c.LogPath != "" {
 		var err error
-		if f, err = openLogFile(c.LogPath); err != nil {
+		if f, err = openDropFile(c.LogPath); err != nil {
 			return fmt.Errorf("cannot open the log file: %w", err)
 		}
 	}
@@ -83,11 +87,13 @@ func (l *fcLogger) close() {
 	}
 }
 
-func (l *fcLogger) write(level int, thread, msg string, unrestricted bool) {
+// write writes one line if its level is enabled (or it is unrestricted),
+// and reports whether the line went out whole.
+func (l *fcLogger) write(level int, thread, msg string, unrestricted bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !unrestricted && level > l.level {
-		return
+		return false
 	}
 	tag := []string{l.id, thread}
 	if l.showLevel {
@@ -96,7 +102,27 @@ func (l *fcLogger) write(level int, thread, msg string, unrestricted bool) {
 	if l.showOrigin {
 		tag = append(tag, "fctest/fake.go:0")
 	}
-	fmt.Fprintf(l.out, "%s [%s] %s\n", time.Now().Format("2006-01-02T15:04:05.000000000"), strings.Join(tag, ":"), msg)
+	line := fmt.Sprintf("%s [%s] %s\n", time.Now().Format("2006-01-02T15:04:05.000000000"), strings.Join(tag, ":"), msg)
+	var err error
+	if w, ok := l.out.(*dropWriter); ok {
+		if w.writeAll([]byte(line)) > 0 {
+			err = io.ErrShortWrite
+		}
+	} else {
+		_, err = io.WriteString(l.out, line)
+	}
+	if err != nil {
+		l.missed++
+		return false
+	}
+	return true
+}
+
+// missedLines is how many lines were lost (missed_log_count).
+func (l *fcLogger) missedLines() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.missed
 }
 
 // Unrestricted writes a line whatever the level (Firecracker's start and

@@ -307,14 +307,6 @@ func (s *Server) putCPUConfig(body []byte) reply {
 	return noContent
 }
 
-// openLogFile opens a log or metrics path the way Firecracker does
-// (open_file_nonblock): created if missing, read-write, written from its
-// start, never truncated, non-blocking (a FIFO without a reader is not
-// waited for). The serial output is opened the same way (openDropFile).
-func openLogFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NONBLOCK, 0o644)
-}
-
 func (s *Server) putLogger(body []byte) reply {
 	var l Logger
 	if r := decodeBody(body, &l); r != nil {
@@ -335,7 +327,7 @@ func (s *Server) putMetrics(body []byte) reply {
 	if s.metrics != nil {
 		return badRequest("Metrics error: Reinitialization of metrics not allowed.")
 	}
-	f, err := openLogFile(m.MetricsPath)
+	f, err := openDropFile(m.MetricsPath)
 	if err != nil {
 		return badRequest("Metrics error: Cannot initialize the metrics system due to bad user input: %v", err)
 	}
@@ -353,7 +345,10 @@ func (s *Server) putSerial(body []byte) reply {
 	return noContent
 }
 
-// flushMetrics writes one metrics line, as FlushMetrics does.
+// flushMetrics writes one metrics line, as FlushMetrics (and the
+// periodic flush) does: to the non-blocking metrics file, a line a full
+// pipe cannot take whole being lost, counted (missed_metrics_count) and an
+// error.
 func (s *Server) flushMetrics() error {
 	if s.metrics == nil {
 		return nil // Firecracker: nothing to write to, not an error
@@ -361,11 +356,13 @@ func (s *Server) flushMetrics() error {
 	m := map[string]any{
 		"utc_timestamp_ms": nowMillis(),
 		"api_server":       map[string]int{"process_startup_time_us": 0, "process_startup_time_cpu_us": 0},
+		"logger":           map[string]int64{"missed_log_count": s.log.missedLines(), "missed_metrics_count": s.missedMetrics},
 		"fctest":           map[string]any{"requests": s.counts, "state": string(s.state)},
 	}
 	b, _ := json.Marshal(m)
-	if _, err := s.metrics.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("Failed to write metrics: %v", err)
+	if s.metrics.writeAll(append(b, '\n')) > 0 {
+		s.missedMetrics++
+		return fmt.Errorf("Failed to write metrics: %v", syscall.EAGAIN)
 	}
 	return nil
 }

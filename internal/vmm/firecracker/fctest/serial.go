@@ -52,6 +52,14 @@ func NonBlockingStdout() io.Writer {
 // Write implements io.Writer. It never fails: a write the descriptor
 // cannot take is counted as lost, as Firecracker's UART does.
 func (w *dropWriter) Write(p []byte) (int, error) {
+	w.writeAll(p)
+	return len(p), nil
+}
+
+// writeAll writes p as Rust's write_all does on a non-blocking
+// descriptor: as much as the descriptor takes, then (on EAGAIN, a full
+// pipe) the rest is dropped. It returns how many bytes were dropped.
+func (w *dropWriter) writeAll(p []byte) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	rest := p
@@ -68,10 +76,10 @@ func (w *dropWriter) Write(p []byte) (int, error) {
 			if w.onError != nil && w.limiter.allow() {
 				w.onError(err)
 			}
-			break
+			return len(rest)
 		}
 	}
-	return len(p), nil
+	return 0
 }
 
 // Lost is how many bytes could not be written.

@@ -80,3 +80,60 @@ func drain(t *testing.T, f *os.File) []byte {
 	}
 	return out
 }
+
+// Firecracker's log and metrics may be named pipes (its documentation
+// recommends them) and are written as the serial output is: a pipe nobody
+// reads fills, then whole lines are lost and counted, a FlushMetrics that
+// cannot write fails, and neither the API nor the guest ever waits.
+func TestLogAndMetricsFIFOsNobodyReadsNeverHoldFirecrackerUp(t *testing.T) {
+	ts := startServer(t, Options{LogFlood: 500 * time.Millisecond})
+	logs, metrics := filepath.Join(ts.dir, "log.fifo"), filepath.Join(ts.dir, "metrics.fifo")
+	for _, p := range []string{logs, metrics} {
+		if err := syscall.Mkfifo(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ts.ok("PUT", "/logger", `{"log_path":"`+logs+`","level":"Info","show_level":true}`)
+	ts.ok("PUT", "/metrics", `{"metrics_path":"`+metrics+`"}`)
+	kernel := ts.file("vmlinux", 1024)
+	ts.ok("PUT", "/boot-source", `{"kernel_image_path":"`+kernel+`","boot_args":"reboot=k"}`)
+	start := time.Now()
+	ts.ok("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	// The flood fills both pipes; the API still answers at once, and a
+	// flush that finds its pipe full fails as Firecracker's does.
+	var failed int
+	for range 200 {
+		if code, _ := ts.do("PUT", "/actions", `{"action_type":"FlushMetrics"}`); code == 400 {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Error("200 FlushMetrics into a full pipe all succeeded")
+	}
+	r, err := os.OpenFile(logs, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var got []byte
+	waitFor(t, "the flood's last line", func() bool {
+		got = append(got, drain(t, r)...)
+		return bytes.Contains(got, []byte("fctest: log flood done"))
+	})
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("the flood took %v: Firecracker waited for a reader", took)
+	}
+	last := string(got[bytes.LastIndex(got, []byte("fctest: log flood done")):])
+	if strings.Contains(last, "(0 lost)") {
+		t.Errorf("want lines and metrics lost to the full pipes: %q", last)
+	}
+	// What went out went out in whole lines.
+	for _, l := range strings.Split(strings.TrimSuffix(string(got), "\n"), "\n") {
+		if !strings.Contains(l, "[test-vm:") {
+			t.Fatalf("a partial line in the log: %q", l)
+		}
+	}
+	if ts.log.missedLines() == 0 {
+		t.Error("no missed log lines counted")
+	}
+}

@@ -61,6 +61,10 @@ type Options struct {
 	// ExitDelay is how long after answering SendCtrlAltDel the "guest"
 	// takes to reboot, which makes Firecracker exit (default 100ms).
 	ExitDelay time.Duration
+	// LogFlood, if positive, is how long a misbehaving guest makes
+	// Firecracker write log lines and metrics as fast as they are taken,
+	// once it runs (see Server.flood).
+	LogFlood time.Duration
 }
 
 // Request is one API request the server answered.
@@ -117,10 +121,12 @@ type Server struct {
 	mmds     *mmdsStore
 	vsock    *vsockDev
 	guest    *guest
-	metrics  *os.File
-	requests []Request
-	counts   map[string]int // requests per method and resource, for metrics
-	closed   bool
+	metrics  *dropWriter
+	// missedMetrics counts metrics lines lost (missed_metrics_count).
+	missedMetrics int64
+	requests      []Request
+	counts        map[string]int // requests per method and resource, for metrics
+	closed        bool
 	// rebootPending: Ctrl+Alt+Del was sent; a paused guest reboots once
 	// resumed.
 	rebootPending bool
@@ -183,7 +189,7 @@ func Start(opts Options) (*Server, error) {
 	}
 	s.log.Unrestricted("Running Firecracker v" + SpecVersion)
 	if opts.MetricsPath != "" {
-		f, err := openLogFile(opts.MetricsPath)
+		f, err := openDropFile(opts.MetricsPath)
 		if err != nil {
 			s.closeFiles()
 			s.cleanupGuestDir()
