@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/safetext"
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 )
 
 // Limits bound what a guest may send on one connection, from the first
@@ -161,8 +162,8 @@ func AsViolation(err error) (*ViolationError, bool) {
 // own.
 type guard struct {
 	lim   Limits
-	msgs  bucket
-	bytes bucket
+	msgs  tokenbucket.Bucket
+	bytes tokenbucket.Bucket
 
 	conn  net.Conn
 	stall *time.Timer
@@ -175,15 +176,14 @@ type guard struct {
 // newGuard returns a guard for conn whose heartbeats come every
 // heartbeat; lim has its defaults applied.
 func newGuard(conn net.Conn, lim Limits, heartbeat time.Duration) *guard {
-	now := time.Now()
 	rate := lim.MessageRate
 	if heartbeat > 0 {
 		rate += 2 * float64(time.Second) / float64(heartbeat)
 	}
 	g := &guard{
 		lim:   lim,
-		msgs:  newBucket(now, rate, float64(lim.MessageBurst)),
-		bytes: newBucket(now, lim.ByteRate, float64(lim.ByteBurst)),
+		msgs:  tokenbucket.New(rate, float64(lim.MessageBurst)),
+		bytes: tokenbucket.New(lim.ByteRate, float64(lim.ByteBurst)),
 		conn:  conn,
 	}
 	g.stall = time.AfterFunc(time.Hour, g.onStall)
@@ -272,11 +272,11 @@ func (g *guard) admit(typ string, size int, expected bool) error {
 		return nil
 	}
 	now := time.Now()
-	if !g.msgs.take(now, 1) {
-		return violationf("%s flood (more than %d messages at once or %.0f a second)", typeName(typ), int(g.msgs.burst), g.msgs.rate)
+	if !g.msgs.Take(now, 1) {
+		return violationf("%s flood (more than %d messages at once or %.0f a second)", typeName(typ), int(g.msgs.Burst()), g.msgs.Rate())
 	}
-	if !g.bytes.take(now, float64(size)) {
-		return violationf("%s flood (more than %d bytes at once or %.0f a second)", typeName(typ), int(g.bytes.burst), g.bytes.rate)
+	if !g.bytes.Take(now, float64(size)) {
+		return violationf("%s flood (more than %d bytes at once or %.0f a second)", typeName(typ), int(g.bytes.Burst()), g.bytes.Rate())
 	}
 	return nil
 }
@@ -289,27 +289,4 @@ func typeName(typ string) string {
 		return typ
 	}
 	return "unknown message"
-}
-
-// bucket is a token bucket.
-type bucket struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-func newBucket(now time.Time, rate, burst float64) bucket {
-	return bucket{rate: rate, burst: burst, tokens: burst, last: now}
-}
-
-// take removes n tokens if there are that many.
-func (b *bucket) take(now time.Time, n float64) bool {
-	if d := now.Sub(b.last); d > 0 {
-		b.tokens = min(b.burst, b.tokens+d.Seconds()*b.rate)
-		b.last = now
-	}
-	if b.tokens < n {
-		return false
-	}
-	b.tokens -= n
-	return true
 }

@@ -6,28 +6,20 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 )
 
 // Bucket is a token bucket of bytes: it holds at most Burst tokens and
-// gains Rate per second.
+// gains Rate per second, and a reader waits on it.
 type Bucket struct {
-	rate, burst float64
-	tokens      float64
-	last        time.Time
-	now         func() time.Time
+	tb  tokenbucket.Bucket
+	now func() time.Time
 }
 
 // NewBucket returns a full bucket. rate and burst must be positive.
 func NewBucket(rate, burst int64) *Bucket {
-	return &Bucket{rate: float64(rate), burst: float64(burst), tokens: float64(burst), now: time.Now}
-}
-
-func (b *Bucket) refill() {
-	now := b.now()
-	if !b.last.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	}
-	b.last = now
+	return &Bucket{tb: tokenbucket.New(float64(rate), float64(burst)), now: time.Now}
 }
 
 // Take waits until the bucket holds at least min(want, quantum) tokens,
@@ -37,16 +29,15 @@ func (b *Bucket) refill() {
 // Refund: tokens are taken before a read that may wait long for its
 // bytes, so time spent waiting never adds to what the read may return.
 func (b *Bucket) Take(ctx context.Context, want int) (int, error) {
-	need := min(float64(want), max(1, b.rate/20), b.burst)
+	need := min(float64(want), max(1, b.tb.Rate()/20), b.tb.Burst())
 	for {
-		b.refill()
-		if b.tokens >= need {
-			n := int(min(float64(want), b.tokens))
-			b.tokens -= float64(n)
+		now := b.now()
+		if have := b.tb.Available(now); have >= need {
+			n := int(min(float64(want), have))
+			b.tb.Take(now, float64(n))
 			return n, nil
 		}
-		wait := time.Duration((need - b.tokens) / b.rate * float64(time.Second))
-		t := time.NewTimer(max(wait, time.Millisecond))
+		t := time.NewTimer(max(b.tb.Wait(now, need), time.Millisecond))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -57,7 +48,7 @@ func (b *Bucket) Take(ctx context.Context, want int) (int, error) {
 }
 
 // Refund gives back n tokens Take took and that were not used.
-func (b *Bucket) Refund(n int) { b.tokens = min(b.burst, b.tokens+float64(n)) }
+func (b *Bucket) Refund(n int) { b.tb.Give(float64(n)) }
 
 // ReadSize is the most one read takes from a console.
 const ReadSize = 32 << 10

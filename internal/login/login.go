@@ -22,6 +22,7 @@ import (
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 	"github.com/hearth-project/hearth/internal/vm"
 )
 
@@ -113,7 +114,7 @@ type Service struct {
 	mu   sync.Mutex
 	runs map[string]*runHandle // active logins' runs, by login id
 
-	starts *limiter // logins started per user
+	starts *tokenbucket.Keyed // logins started per user
 }
 
 // runHandle cancels a run and tells when it has ended.
@@ -129,7 +130,17 @@ func New(cfg Config, d Deps) *Service {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Service{cfg: cfg, d: d, ctx: ctx, cancel: cancel, runs: map[string]*runHandle{},
-		starts: newLimiter(cfg.CreateBurst, cfg.CreateEvery)}
+		starts: startLimiter(cfg.CreateBurst, cfg.CreateEvery)}
+}
+
+// startLimiter is a token bucket per user: burst logins at once, then one
+// every `every`; either zero allows everything. Users idle long enough to
+// be full again are forgotten.
+func startLimiter(burst int, every time.Duration) *tokenbucket.Keyed {
+	if burst <= 0 || every <= 0 {
+		return nil
+	}
+	return tokenbucket.NewKeyed(1/every.Seconds(), float64(burst), 0, every)
 }
 
 // Causes of a run's end other than its own outcome.
@@ -170,7 +181,7 @@ func (s *Service) Start(ctx context.Context, userID, providerName string) (l sto
 	now := s.d.Now().UTC()
 	// Only a login that is really started costs a token: answering with
 	// the active one above does not.
-	if ok, wait := s.starts.take(userID, now); !ok {
+	if ok, wait := s.starts.Take(userID, now); !ok {
 		return store.Login{}, false, errdefs.RateLimitedf(wait,
 			"user %s started too many logins lately (at most %d at once, then one every %s); try again in %s",
 			userID, s.cfg.CreateBurst, s.cfg.CreateEvery, wait.Round(time.Second))
@@ -179,7 +190,7 @@ func (s *Service) Start(ctx context.Context, userID, providerName string) (l sto
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.cfg.TTL)}
 	ev, err := s.d.Store.CreateLogin(ctx, l)
 	if err != nil {
-		s.starts.give(userID, now)
+		s.starts.Give(userID)
 	}
 	if errors.Is(err, store.ErrConflict) {
 		// Another request won the race: answer with its login.

@@ -3,10 +3,10 @@ package viewer
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net/netip"
-	"sync"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 )
 
 // ErrRateLimited is a ticket refused because its link or its client asked
@@ -27,85 +27,24 @@ func (e *RateLimitError) Error() string {
 // Is makes errors.Is(err, ErrRateLimited) true.
 func (e *RateLimitError) Is(target error) bool { return target == ErrRateLimited }
 
-// Bounds of a limiter's memory.
-const (
-	// maxLimiterKeys is the most keys a limiter tracks; past it, new keys
-	// are refused until idle ones are forgotten.
-	maxLimiterKeys = 1 << 16
-	// sweepEvery is how often idle buckets are forgotten.
-	sweepEvery = time.Minute
-)
+// maxLimiterKeys is the most keys a ticket limiter tracks; past it, new
+// keys are refused until idle ones are forgotten (at most a minute).
+const maxLimiterKeys = 1 << 16
 
-// limiter is a token bucket per key: bursts of up to perMinute, refilled
-// at perMinute a minute. Buckets that have refilled are forgotten at the
-// next sweep, so memory follows the keys active in the last minute or so,
-// and never exceeds maxLimiterKeys.
-type limiter struct {
-	perMinute int // 0: no limit
-	maxKeys   int
-
-	mu        sync.Mutex
-	buckets   map[string]*bucket
-	lastSweep time.Time
+// newLimiter is a token bucket per key: bursts of up to perMinute,
+// refilled at perMinute a minute, forgotten once full again (checked every
+// minute). perMinute 0: no limit.
+func newLimiter(perMinute int) *tokenbucket.Keyed {
+	return tokenbucket.NewKeyed(float64(perMinute)/60, float64(perMinute), maxLimiterKeys, time.Minute)
 }
 
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
-func newLimiter(perMinute int) *limiter {
-	return &limiter{perMinute: perMinute, maxKeys: maxLimiterKeys, buckets: map[string]*bucket{}}
-}
-
-// allow takes one token from key's bucket at now. When there is none it
-// says how long until there will be.
-func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
-	if l == nil || l.perMinute <= 0 {
-		return true, 0
+// allow takes one of key's tokens at now; refused, it says when to try
+// again (a second at the least).
+func allow(l *tokenbucket.Keyed, key string, now time.Time) (bool, time.Duration) {
+	if ok, wait := l.Take(key, now); !ok {
+		return false, max(wait, time.Second)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.lastSweep) >= sweepEvery {
-		l.sweepLocked(now)
-	}
-	rate := float64(l.perMinute) / 60 // tokens a second
-	b := l.buckets[key]
-	if b == nil {
-		if len(l.buckets) >= l.maxKeys {
-			// Too many clients at once: refuse newcomers until the
-			// next sweep rather than grow.
-			return false, max(time.Second, l.lastSweep.Add(sweepEvery).Sub(now))
-		}
-		b = &bucket{tokens: float64(l.perMinute), at: now}
-		l.buckets[key] = b
-	}
-	b.tokens = min(float64(l.perMinute), b.tokens+now.Sub(b.at).Seconds()*rate)
-	b.at = now
-	if b.tokens >= 1 {
-		b.tokens--
-		return true, 0
-	}
-	wait := time.Duration(math.Ceil((1 - b.tokens) / rate * float64(time.Second)))
-	return false, max(wait, time.Second)
-}
-
-// sweepLocked forgets the buckets that would be full by now.
-func (l *limiter) sweepLocked(now time.Time) {
-	l.lastSweep = now
-	rate := float64(l.perMinute) / 60
-	for k, b := range l.buckets {
-		if b.tokens+now.Sub(b.at).Seconds()*rate >= float64(l.perMinute) {
-			delete(l.buckets, k)
-		}
-	}
-}
-
-// size is the number of tracked keys.
-func (l *limiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.buckets)
+	return true, 0
 }
 
 // clientKey is the rate-limit key of a client address ("host" or

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 )
 
 // Subprotocol is the WebSocket subprotocol noVNC asks for.
@@ -142,8 +143,8 @@ type Service struct {
 	log      *slog.Logger
 	now      func() time.Time
 
-	linkTickets   *limiter
-	clientTickets *limiter
+	linkTickets   *tokenbucket.Keyed
+	clientTickets *tokenbucket.Keyed
 
 	ctx    context.Context // cancelled by Shutdown: viewers close with ReasonShutdown
 	cancel context.CancelFunc
@@ -239,7 +240,7 @@ func (s *Service) socketToken(c Claims, now time.Time) (string, Claims, error) {
 // contain the token.
 func (s *Service) Ticket(ctx context.Context, pageToken, vmID, client string) (string, Claims, error) {
 	now := s.now()
-	if ok, wait := s.clientTickets.allow(clientKey(client), now); !ok {
+	if ok, wait := allow(s.clientTickets, clientKey(client), now); !ok {
 		return "", Claims{}, &RateLimitError{What: "client", RetryAfter: wait}
 	}
 	c, err := s.signer.Verify(pageToken, vmID, now)
@@ -255,7 +256,7 @@ func (s *Service) Ticket(ctx context.Context, pageToken, vmID, client string) (s
 	if err := s.current(ctx, c); err != nil {
 		return "", Claims{}, err
 	}
-	if ok, wait := s.linkTickets.allow(vmID+" "+c.Link, now); !ok {
+	if ok, wait := allow(s.linkTickets, vmID+" "+c.Link, now); !ok {
 		return "", Claims{}, &RateLimitError{What: "link", RetryAfter: wait}
 	}
 	s.mu.Lock()

@@ -403,14 +403,14 @@ func TestServiceTicketRateLimit(t *testing.T) {
 		t.Fatalf("another /64: %v", err)
 	}
 	// Clients idle long enough to be full again are forgotten.
-	if n := h.svc.clientTickets.size(); n < 3 {
+	if n := h.svc.clientTickets.Len(); n < 3 {
 		t.Fatalf("%d clients tracked, want the recent ones", n)
 	}
 	now = now.Add(2 * time.Minute)
 	if err := ticket("forged", "203.0.113.1:1"); !errors.Is(err, ErrMalformed) {
 		t.Fatal(err)
 	}
-	if n := h.svc.clientTickets.size(); n != 1 {
+	if n := h.svc.clientTickets.Len(); n != 1 {
 		t.Fatalf("%d clients tracked after two idle minutes, want 1", n)
 	}
 }

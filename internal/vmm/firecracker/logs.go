@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hearth-project/hearth/internal/consolelog"
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
 
@@ -93,7 +94,7 @@ type follower struct {
 	mu     sync.Mutex // one read at a time; guards everything below
 	closed bool
 	buf    []byte
-	bucket lineBucket
+	bucket tokenbucket.Bucket // lines into hearth's log
 	// left is how many lines were left out of hearth's log since the
 	// last summary, which was at summarized; skipped how many bytes of an
 	// older hearth's files were not read.
@@ -133,9 +134,8 @@ func vmRoot(h vmm.Handle) string {
 func (d *Driver) newFollower(h vmm.Handle) (*follower, error) {
 	root := vmRoot(h)
 	f := &follower{vm: filepath.Base(h.Dir), log: d.log, buf: make([]byte, readPerTick),
-		bucket: lineBucket{rate: float64(d.cfg.LogRate), burst: float64(d.cfg.LogBurst)},
+		bucket: tokenbucket.New(float64(d.cfg.LogRate), float64(d.cfg.LogBurst)),
 		quit:   make(chan struct{}), done: make(chan struct{})}
-	f.bucket.tokens = f.bucket.burst
 	if fi, err := os.Stat(filepath.Join(root, fileLogFIFO)); err == nil && fi.Mode()&os.ModeNamedPipe != 0 {
 		for _, p := range []struct {
 			kind int
@@ -384,7 +384,7 @@ func (f *follower) line(kind int, line []byte) {
 // forward says whether a line may go into hearth's log now, counting it
 // as left out if not.
 func (f *follower) forward() bool {
-	if f.bucket.take(time.Now()) {
+	if f.bucket.Take(time.Now(), 1) {
 		return true
 	}
 	f.left++
@@ -403,30 +403,12 @@ func (f *follower) summarize(last bool) {
 	if f.left == 0 && f.skipped == 0 || !last && now.Sub(f.summarized) < summaryEvery {
 		return
 	}
-	attrs := []any{"vm", f.vm, "lines", f.left, "since", f.summarized.UTC().Format(time.RFC3339), "rate", f.bucket.rate}
+	attrs := []any{"vm", f.vm, "lines", f.left, "since", f.summarized.UTC().Format(time.RFC3339), "rate", f.bucket.Rate()}
 	if f.skipped > 0 {
 		attrs = append(attrs, "bytes_unread", f.skipped)
 	}
 	f.log.Warn("firecracker log lines left out of hearth's log", attrs...)
 	f.left, f.skipped, f.summarized = 0, 0, now
-}
-
-// lineBucket is a token bucket of lines.
-type lineBucket struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-func (b *lineBucket) take(now time.Time) bool {
-	if !b.last.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
 }
 
 // tail reads what is appended to a file, and frees what it has read.

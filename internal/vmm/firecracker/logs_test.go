@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
 
@@ -405,7 +406,7 @@ func TestMountUnder(t *testing.T) {
 func TestLongLines(t *testing.T) {
 	var logs syncBuffer
 	f := &follower{vm: "vm-long1", log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		bucket: lineBucket{rate: 100, burst: 100, tokens: 100}}
+		bucket: tokenbucket.New(100, 100)}
 	metrics := `{"utc_timestamp_ms":1,"devices":"` + strings.Repeat("m", 20<<10) + `"}` + "\n"
 	m := &source{kind: srcMetrics}
 	f.take(m, []byte(metrics[:5000]))
