@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/vmm/proc"
 )
 
 // The helper process: it makes a directory, a network namespace (as
@@ -56,6 +58,7 @@ func TestHelperMakesThings(t *testing.T) {
 type made struct {
 	dir, ns string
 	pid     int
+	start   uint64
 	cmd     *exec.Cmd
 }
 
@@ -92,7 +95,11 @@ func startHelper(t *testing.T, mode string, args ...string) made {
 	case l := <-lines:
 		f := strings.Split(l, " ")
 		pid, _ := strconv.Atoi(f[2])
-		m := made{dir: f[0], ns: f[1], pid: pid, cmd: cmd}
+		start, err := proc.StartTime(pid)
+		if err != nil {
+			t.Fatalf("the helper's process: %v", err)
+		}
+		m := made{dir: f[0], ns: f[1], pid: pid, start: start, cmd: cmd}
 		t.Cleanup(func() { _ = syscall.Kill(m.pid, syscall.SIGKILL); _ = os.RemoveAll(m.dir) })
 		return m
 	case <-time.After(time.Minute):
@@ -112,7 +119,7 @@ func (m made) gone(t *testing.T, within time.Duration) {
 			_, err := os.Stat(filepath.Join(netnsDir, m.ns))
 			nsThere = err == nil
 		}
-		procThere := Alive(m.pid) && !zombie(m.pid)
+		procThere := proc.Alive(m.pid, m.start)
 		if os.IsNotExist(dirErr) && !nsThere && !procThere {
 			return
 		}
