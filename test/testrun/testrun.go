@@ -18,6 +18,7 @@ package testrun
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -74,11 +75,7 @@ func MustTempDir(t testing.TB, tag string) string {
 // random suffix.
 func NetnsName(tag string) string {
 	var b [4]byte
-	f, err := os.Open("/dev/urandom")
-	if err == nil {
-		_, _ = f.Read(b[:])
-		f.Close()
-	}
+	_, _ = rand.Read(b[:]) // never fails
 	return fmt.Sprintf("%s%d-%s-%x", Prefix, os.Getpid(), tag, b)
 }
 
