@@ -59,13 +59,7 @@ func logGrowth(path string, offset int64) int64 {
 	if int64(len(b)) < offset {
 		return 0
 	}
-	var n int64
-	for _, l := range strings.SplitAfter(string(b[offset:]), "\n") {
-		if !strings.Contains(l, `"msg":"http request"`) {
-			n += int64(len(l))
-		}
-	}
-	return n
+	return int64(len(withoutRequests(string(b[offset:]))))
 }
 
 // latencies runs cheap authenticated GETs as c, one every 2 ms at most,
