@@ -17,6 +17,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/consolelog"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // floodLimits are the console bounds a flood test runs with: small, so a
@@ -284,7 +285,7 @@ func TestFirecrackerConsoleFloodIsBounded(t *testing.T) {
 // daemon is ready again.
 func TestLowDiskSpaceMakesTheDaemonUnready(t *testing.T) {
 	needRoot(t)
-	state, err := os.MkdirTemp("", "he2e-fs-")
+	state, err := testrun.TempDir("fs") // its mount too goes if the test is cut off
 	if err != nil {
 		t.Fatal(err)
 	}
