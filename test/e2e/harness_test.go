@@ -181,6 +181,15 @@ func hearthCmd(d *daemon, args ...string) (string, error) {
 	return string(out), err
 }
 
+// hearthAs runs the CLI inside the daemon's namespace with key as
+// HEARTH_API_KEY; it returns stdout and stderr together.
+func (d *daemon) hearthAs(key string, args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", d.netns, filepath.Join(binDir, "hearth")}, args...)...)
+	cmd.Env = append(append(os.Environ(), d.env...), "HEARTH_API_KEY="+key)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // hearth runs a CLI command against this daemon's state and returns stdout.
 func (d *daemon) hearth(args ...string) string {
 	d.t.Helper()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -219,10 +218,7 @@ func TestHostileAgentUnderFirecracker(t *testing.T) {
 			t.Errorf("agent %+v", a.vm.Agent)
 		}
 		for _, args := range [][]string{{"vm", "list"}, {"vm", "get", a.vm.ID}, {"vm", "wait", a.vm.ID, "--timeout", "5s"}} {
-			cmd := exec.Command("ip", append([]string{"netns", "exec", d.netns, filepath.Join(binDir, "hearth")}, args...)...)
-			cmd.Env = append(append(os.Environ(), d.env...), "HEARTH_API_KEY="+d.alice.Key)
-			b, _ := cmd.CombinedOutput()
-			out := string(b)
+			out, _ := d.hearthAs(d.alice.Key, args...)
 			if !safetext.IsClean(out) || !strings.Contains(out, "hacked") {
 				t.Errorf("hearth %s printed %q", strings.Join(args, " "), out)
 			}
