@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -109,7 +110,7 @@ func (b bench) run() error {
 		"authenticated with its VM's token, writing heartbeats as fast as its vsock socket takes them once ready, across reconnects. "+
 		"Each daemon is attacked twice, from the attacker's VM being ready until it failed or %s passed: once alone, for the daemon's "+
 		"CPU (utime+stime from /proc) and the heartbeats the guest wrote, once while another user times GET /v1/vms (one request "+
-		"every 2 ms at most), which he also timed idle and with the attacker's streams open.\n\n", numCPU(), b.sample)
+		"every 2 ms at most), which he also timed idle and with the attacker's streams open.\n\n", procstat.NumCPU(), b.sample)
 	fmt.Println("| daemon | attacker's streams held / refused (429) | heartbeats the guest wrote | daemon CPU | CPU per million heartbeats | the attacker's VM | other user's p99: idle | + streams | + flood (requests) | flood / idle | flood / streams |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -207,7 +208,7 @@ func (b bench) one(name, agentTOML string) (row, error) {
 		if _, err := alice.WaitVM(ctx, v.ID, "ready", 2*time.Minute); err != nil {
 			return r, fmt.Errorf("the attacker's vm: %w", err)
 		}
-		cpu0, start := cpuTime(pid), time.Now()
+		cpu0, start := procstat.CPUTime(pid), time.Now()
 		failed := make(chan client.VM, 1)
 		go func() {
 			got, err := alice.WaitVM(ctx, v.ID, "failed", b.sample)
@@ -220,7 +221,7 @@ func (b bench) one(name, agentTOML string) (row, error) {
 		}()
 		if pass == 0 {
 			v := <-failed
-			r.cpu = cpuTime(pid) - cpu0
+			r.cpu = procstat.CPUTime(pid) - cpu0
 			if v.State == "failed" {
 				r.outcome = fmt.Sprintf("failed after %.1f s: %s", time.Since(start).Seconds(), v.FailureReason)
 			} else {
@@ -332,25 +333,6 @@ func p99(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)*99/100]
-}
-
-// cpuTime is utime+stime of pid.
-func cpuTime(pid int) time.Duration {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
-func numCPU() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(b), "processor\t:")
 }
 
 func ms(d time.Duration) string {

@@ -44,6 +44,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/test/fakeauth/fakeauth"
 	"github.com/hearth-project/hearth/test/loginenv"
@@ -611,7 +612,7 @@ func report(ss []sample, accel string, c config, load0, load1 string) {
 		"provider CLI (test/fakeprovider) instead of Node.js and the real CLIs, as in the e2e login test; the fake authorization "+
 		"server (test/fakeauth) sits in an outside namespace the guest reaches through hearth's NAT. Host load average (1 min): "+
 		"%s at the start, %s at the end.\n\n",
-		len(ss), time.Now().UTC().Format("2006-01-02"), accel, numCPU(), qemuVer, s0.vcpus, s0.mem, len(ss), c.image, load0, load1)
+		len(ss), time.Now().UTC().Format("2006-01-02"), accel, procstat.NumCPU(), qemuVer, s0.vcpus, s0.mem, len(ss), c.image, load0, load1)
 	fmt.Println("A viewer is usable when the login is `awaiting_user` and a WebSocket to its viewer's `websocket_url`, " +
 		"opened from hearth's origin, has completed the RFB handshake (version, security None, ClientInit, ServerInit) " +
 		"and read the whole FramebufferUpdate answering a full-screen, non-incremental request.")
@@ -697,11 +698,6 @@ func report(ss []sample, accel string, c config, load0, load1 string) {
 		"could start is the clone (about 25 s) + 45 s + one health request + the RFB probe + 5 s, about 75 s, however fast the guest. " +
 		"Its 90–120 s ends at the desktop, before the sign-in; hearth's total includes the CLI and the browser launch (d).")
 	fmt.Println()
-}
-
-func numCPU() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(b), "processor\t:")
 }
 
 func sorted(ds []time.Duration) []time.Duration {

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/image"
@@ -130,7 +131,7 @@ func run(hearthBin, agentBin string, runs int, sample time.Duration) error {
 	}
 	imgDir := filepath.Join("/var/cache/hearth/bench-images", "minimal-"+imgs.Images[0].ID[:16])
 
-	fmt.Printf("accel: %s, runs: %d per side, %d vCPU host\n\n", host.Capabilities.Accel, runs, numCPU())
+	fmt.Printf("accel: %s, runs: %d per side, %d vCPU host\n\n", host.Capabilities.Accel, runs, procstat.NumCPU())
 	var hearthT, handT []time.Duration
 	for i := 0; i < runs; i++ {
 		t, err := byHand(ctx, imgDir, host.Capabilities.Accel)
@@ -314,9 +315,9 @@ func resources(ctx context.Context, d *daemon, sample time.Duration) error {
 	pid := d.cmd.Process.Pid
 	measure := func() (rssKiB int64, cpu time.Duration) {
 		time.Sleep(sample / 10) // settle
-		c0 := cpuTime(pid)
+		c0 := procstat.CPUTime(pid)
 		time.Sleep(sample)
-		return rss(pid), cpuTime(pid) - c0
+		return rss(pid), procstat.CPUTime(pid) - c0
 	}
 	rss0, cpu0 := measure()
 	var ids []string
@@ -358,22 +359,6 @@ func rss(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-// cpuTime is utime+stime of pid.
-func cpuTime(pid int) time.Duration {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	f := strings.Fields(s[i+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
-func numCPU() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(b), "processor\t:")
 }
 
 func sorted(ds []time.Duration) []time.Duration {

@@ -121,3 +121,52 @@ func TestRunPrunesPeriodically(t *testing.T) {
 		t.Fatal("Run did not end with its context")
 	}
 }
+
+// slowStore takes d for every PruneEvents and removes a full batch the
+// first full times.
+type slowStore struct {
+	d     time.Duration
+	full  int
+	calls int
+}
+
+func (s *slowStore) PruneEvents(ctx context.Context, r store.EventRetention) (int, error) {
+	time.Sleep(s.d)
+	s.calls++
+	if s.calls <= s.full {
+		return r.Batch, nil
+	}
+	return 0, nil
+}
+
+// TestPrunePausesAfterFullBatches: after each full batch a pass waits as
+// long as the batch took, so draining a backlog holds the write lock at
+// most about half the time.
+func TestPrunePausesAfterFullBatches(t *testing.T) {
+	const batchTook = 50 * time.Millisecond
+	s := &slowStore{d: batchTook, full: 3}
+	p := eventlog.New(eventlog.Config{MaxRows: 1, Interval: time.Minute, Batch: 10}, s, slog.New(slog.DiscardHandler), nil)
+	start := time.Now()
+	n, err := p.Prune(t.Context())
+	took := time.Since(start)
+	if err != nil || n != 30 || s.calls != 4 {
+		t.Fatalf("pruned %d (%v) in %d calls; want 30 in 4", n, err, s.calls)
+	}
+	// Four batches and three pauses, each at least as long as a batch.
+	if want := 7 * batchTook; took < want {
+		t.Fatalf("the pass took %v; with a pause after each full batch it takes at least %v", took, want)
+	}
+
+	// A pass cut off during a pause ends at once.
+	s = &slowStore{d: batchTook, full: 100}
+	p = eventlog.New(eventlog.Config{MaxRows: 1, Interval: time.Minute, Batch: 10}, s, slog.New(slog.DiscardHandler), nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*batchTook/2) // during the first pause
+	defer cancel()
+	start = time.Now()
+	if _, err := p.Prune(ctx); err == nil {
+		t.Fatal("a cancelled pass returned no error")
+	}
+	if took := time.Since(start); took > 10*batchTook {
+		t.Fatalf("a pass cancelled during its pause took %v to end", took)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,15 +11,6 @@ import (
 
 	"github.com/hearth-project/hearth/internal/client"
 )
-
-// hearthAs runs the CLI inside the daemon's namespace with key as
-// HEARTH_API_KEY; it returns stdout and stderr together.
-func (d *daemon) hearthAs(key string, args ...string) (string, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", d.netns, filepath.Join(binDir, "hearth")}, args...)...)
-	cmd.Env = append(append(os.Environ(), d.env...), "HEARTH_API_KEY="+key)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
 
 func keyID(key string) string { return strings.Split(key, "_")[1] }
 

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/consolelog"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 // floodLimits are the console bounds a flood test runs with: small, so a
@@ -30,22 +30,6 @@ func (l floodLimits) env() []string {
 }
 
 const floodFor = 15 * time.Second
-
-// cpuTicks is the user and system time of a process, in clock ticks.
-func cpuTicks(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The fields after the command name (which may hold spaces).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return utime + stime
-}
-
-const clockTicks = 100 // USER_HZ on Linux
 
 // vmFilesSize is the bytes the VM's directory holds but for its disk.
 func vmFilesSize(t *testing.T, dir string) int64 {
@@ -79,20 +63,20 @@ func floodConsole(t *testing.T, d *daemon, lim floodLimits, flooder, quiet clien
 	logDir := filepath.Join(vmDir, "console")
 	pid := d.cmd.Process.Pid // ip netns exec execs hearth in its place
 	// What the daemon costs without a flood, answering the same requests.
-	ticks0, start := cpuTicks(t, pid), time.Now()
+	cpu0, start := procCPU(t, pid), time.Now()
 	for range 5 {
 		time.Sleep(time.Second)
 		_, _ = d.alice.GetVM(ctx, quiet.ID)
 		guest(t, d.alice, quiet.ID, "echo", "quiet")
 	}
-	idle := time.Duration(cpuTicks(t, pid)-ticks0) * time.Second / clockTicks
+	idle := procCPU(t, pid) - cpu0
 	idleFor := time.Since(start)
 
 	before, err := consolelog.Stat(logDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ticks0, start = cpuTicks(t, pid), time.Now()
+	cpu0, start = procCPU(t, pid), time.Now()
 
 	var wg sync.WaitGroup
 	var res client.ExecResult
@@ -129,7 +113,7 @@ func floodConsole(t *testing.T, d *daemon, lim floodLimits, flooder, quiet clien
 	}
 	wg.Wait()
 	took := time.Since(start)
-	cpu := time.Duration(cpuTicks(t, pid)-ticks0) * time.Second / clockTicks
+	cpu := procCPU(t, pid) - cpu0
 	if execErr != nil {
 		t.Fatalf("the flood: %v", execErr)
 	}
@@ -301,7 +285,7 @@ func TestFirecrackerConsoleFloodIsBounded(t *testing.T) {
 // daemon is ready again.
 func TestLowDiskSpaceMakesTheDaemonUnready(t *testing.T) {
 	needRoot(t)
-	state, err := os.MkdirTemp("", "he2e-fs-")
+	state, err := testrun.TempDir("fs") // its mount too goes if the test is cut off
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,27 +95,4 @@ func guestProbe(t *testing.T, c *client.Client, id string, addrs map[string]bool
 		}
 	}
 	return got
-}
-
-// hostServe accepts TCP connections on addr in the daemon's namespace
-// (the host) and closes them.
-func hostServe(t *testing.T, d *daemon, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := inNetns(d.netns, func() (err error) {
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 }

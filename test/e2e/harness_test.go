@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -180,6 +181,15 @@ func hearthCmd(d *daemon, args ...string) (string, error) {
 	return string(out), err
 }
 
+// hearthAs runs the CLI inside the daemon's namespace with key as
+// HEARTH_API_KEY; it returns stdout and stderr together.
+func (d *daemon) hearthAs(key string, args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", d.netns, filepath.Join(binDir, "hearth")}, args...)...)
+	cmd.Env = append(append(os.Environ(), d.env...), "HEARTH_API_KEY="+key)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // hearth runs a CLI command against this daemon's state and returns stdout.
 func (d *daemon) hearth(args ...string) string {
 	d.t.Helper()
@@ -322,6 +332,21 @@ func qemuPIDs(dir string) []int {
 		}
 	}
 	return pids
+}
+
+// procCPU is the CPU time process pid has used so far.
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name: state is the first, utime the 12th,
+	// stime the 13th (clock ticks, 100 a second on Linux).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

@@ -3,12 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -42,21 +39,6 @@ func hostileSpec(t *testing.T, mode string) string {
 	return path
 }
 
-// procCPU is the CPU time process pid has used so far.
-func procCPU(t *testing.T, pid int) time.Duration {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Fields after the command name: state is the first, utime the 12th,
-	// stime the 13th (clock ticks, 100 a second on Linux).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
-
 // fileSizes is the bytes in the files matching glob.
 func fileSizes(glob string) int64 {
 	paths, _ := filepath.Glob(glob)
@@ -76,13 +58,7 @@ func logGrowth(path string, offset int64) int64 {
 	if int64(len(b)) < offset {
 		return 0
 	}
-	var n int64
-	for _, l := range strings.SplitAfter(string(b[offset:]), "\n") {
-		if !strings.Contains(l, `"msg":"http request"`) {
-			n += int64(len(l))
-		}
-	}
-	return n
+	return int64(len(withoutRequests(string(b[offset:]))))
 }
 
 // latencies runs cheap authenticated GETs as c, one every 2 ms at most,
@@ -242,10 +218,7 @@ func TestHostileAgentUnderFirecracker(t *testing.T) {
 			t.Errorf("agent %+v", a.vm.Agent)
 		}
 		for _, args := range [][]string{{"vm", "list"}, {"vm", "get", a.vm.ID}, {"vm", "wait", a.vm.ID, "--timeout", "5s"}} {
-			cmd := exec.Command("ip", append([]string{"netns", "exec", d.netns, filepath.Join(binDir, "hearth")}, args...)...)
-			cmd.Env = append(append(os.Environ(), d.env...), "HEARTH_API_KEY="+d.alice.Key)
-			b, _ := cmd.CombinedOutput()
-			out := string(b)
+			out, _ := d.hearthAs(d.alice.Key, args...)
 			if !safetext.IsClean(out) || !strings.Contains(out, "hacked") {
 				t.Errorf("hearth %s printed %q", strings.Join(args, " "), out)
 			}

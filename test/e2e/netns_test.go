@@ -34,6 +34,37 @@ func sh(t *testing.T, name string, args ...string) string {
 // inNetns runs fn on an OS thread switched into the named namespace.
 func inNetns(name string, fn func() error) error { return netnstest.Run(name, fn) }
 
+// serveIn listens on addr inside the named namespace until the test ends
+// and hands every connection, one after another, to handle, which closes
+// it.
+func serveIn(t *testing.T, ns, addr string, handle func(net.Conn)) {
+	t.Helper()
+	var ln net.Listener
+	if err := inNetns(ns, func() (err error) {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			handle(c)
+		}
+	}()
+}
+
+// hostServe accepts TCP connections on addr in the daemon's namespace
+// (the host) and closes them.
+func hostServe(t *testing.T, d *daemon, addr string) {
+	t.Helper()
+	serveIn(t, d.netns, addr, func(c net.Conn) { c.Close() })
+}
+
 // nsDialer dials from inside the named namespace.
 func nsDialer(name string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return netnstest.Dialer(name)

@@ -55,31 +55,15 @@ func newOutside(t *testing.T, d *daemon, extra ...string) *outside {
 // up as the daemon side's address).
 func (o *outside) serve(t *testing.T, port int) {
 	t.Helper()
-	var ln net.Listener
-	err := inNetns(o.ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)) // every address the outside holds
-		return err
+	serveIn(t, o.ns, fmt.Sprintf(":%d", port), func(c net.Conn) { // every address the outside holds
+		o.mu.Lock()
+		o.peers = append(o.peers, c.RemoteAddr().String())
+		o.mu.Unlock()
+		br := bufio.NewReader(c)
+		_, _ = http.ReadRequest(br)
+		_, _ = c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\noutside-ok"))
+		c.Close()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			o.mu.Lock()
-			o.peers = append(o.peers, c.RemoteAddr().String())
-			o.mu.Unlock()
-			br := bufio.NewReader(c)
-			_, _ = http.ReadRequest(br)
-			_, _ = c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\noutside-ok"))
-			c.Close()
-		}
-	}()
 }
 
 func (o *outside) seen() []string {
@@ -203,24 +187,7 @@ func TestVMNetworkIsolationAndEgress(t *testing.T) {
 
 	// VM → host: nothing by default (a server on the bridge address).
 	gw := open.Network.Gateway
-	var ln net.Listener
-	if err := inNetns(d.netns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", gw+":9999")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	hostServe(t, d, gw+":9999")
 	if code, o := guest(t, d.alice, open.ID, "/bin/busybox", "nc", "-w", "3", gw, "9999"); code == 0 {
 		t.Errorf("vm reached the host on %s:9999: %s", gw, o)
 	}

@@ -18,6 +18,7 @@ package testrun
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +36,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hearth-project/hearth/internal/vmm/proc"
 )
 
 const (
@@ -72,11 +75,7 @@ func MustTempDir(t testing.TB, tag string) string {
 // random suffix.
 func NetnsName(tag string) string {
 	var b [4]byte
-	f, err := os.Open("/dev/urandom")
-	if err == nil {
-		_, _ = f.Read(b[:])
-		f.Close()
-	}
+	_, _ = rand.Read(b[:]) // never fails
 	return fmt.Sprintf("%s%d-%s-%x", Prefix, os.Getpid(), tag, b)
 }
 
@@ -96,7 +95,8 @@ type Leftover struct {
 	Kind  string // "process", "mount", "netns" or "dir"
 	Name  string // PID and command line, mount point, namespace name or path
 	Owner int    // the test process (0: marked only by RunEnv)
-	pid   int
+	pid   int    // a process's PID and start time (internal/vmm/proc)
+	start uint64
 }
 
 func (l Leftover) String() string {
@@ -106,8 +106,9 @@ func (l Leftover) String() string {
 	return fmt.Sprintf("%s %s", l.Kind, l.Name)
 }
 
-// Alive reports whether a process with pid exists.
-func Alive(pid int) bool {
+// alive reports whether a process with pid exists (a test process: only
+// its PID is known, from the names of what it made).
+func alive(pid int) bool {
 	return pid > 0 && syscall.Kill(pid, 0) != syscall.ESRCH
 }
 
@@ -120,7 +121,7 @@ func Owned(pid int) []Leftover {
 // every process marked with RunEnv=run (if run is not empty): once a run's
 // tests have ended, none of its processes should be left.
 func Abandoned(run string) []Leftover {
-	return find(func(owner int) bool { return !Alive(owner) }, run)
+	return find(func(owner int) bool { return !alive(owner) }, run)
 }
 
 func find(match func(owner int) bool, run string) []Leftover {
@@ -189,13 +190,18 @@ func findProcesses(match func(owner int) bool, run string, dirs []string) []Left
 				}
 			}
 		}
-		if marked {
-			cmd := strings.TrimSpace(string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
-			if len(cmd) > 160 {
-				cmd = cmd[:160] + "…"
-			}
-			out = append(out, Leftover{Kind: "process", Name: fmt.Sprintf("%d %s", pid, cmd), Owner: owner, pid: pid})
+		if !marked {
+			continue
 		}
+		start, err := proc.StartTime(pid)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		cmd := strings.TrimSpace(string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
+		if len(cmd) > 160 {
+			cmd = cmd[:160] + "…"
+		}
+		out = append(out, Leftover{Kind: "process", Name: fmt.Sprintf("%d %s", pid, cmd), Owner: owner, pid: pid, start: start})
 	}
 	return out
 }
@@ -264,20 +270,21 @@ func unescapeMount(s string) string {
 // (the order Owned and Abandoned return), and says what it could not.
 func Remove(ls []Leftover) error {
 	var errs []error
-	var pids []int
+	var procs []Leftover
 	for _, l := range ls {
 		if l.Kind == "process" {
-			_ = syscall.Kill(l.pid, syscall.SIGKILL)
-			pids = append(pids, l.pid)
+			_ = proc.Signal(l.pid, l.start, syscall.SIGKILL)
+			procs = append(procs, l)
 		}
 	}
+	// Gone means exited: a zombie its parent has not reaped runs nothing.
+	// Once the deadline has passed, WaitGone may answer either way for a
+	// process that is gone; Alive says for sure.
 	deadline := time.Now().Add(15 * time.Second)
-	for _, pid := range pids {
-		for Alive(pid) && !zombie(pid) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if Alive(pid) && !zombie(pid) {
-			errs = append(errs, fmt.Errorf("process %d survived SIGKILL", pid))
+	for _, l := range procs {
+		proc.WaitGone(l.pid, l.start, time.Until(deadline))
+		if proc.Alive(l.pid, l.start) {
+			errs = append(errs, fmt.Errorf("process %d survived SIGKILL", l.pid))
 		}
 	}
 	for _, l := range ls {
@@ -297,17 +304,6 @@ func Remove(ls []Leftover) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// zombie reports whether pid has exited and waits for its parent to reap
-// it (nothing of it runs any more).
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
 // Main runs a test binary's tests so that what they make never outlives

@@ -8,10 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/vmm/proc"
 )
 
 // The helper process: it makes a directory, a network namespace (as
@@ -56,6 +57,7 @@ func TestHelperMakesThings(t *testing.T) {
 type made struct {
 	dir, ns string
 	pid     int
+	start   uint64
 	cmd     *exec.Cmd
 }
 
@@ -67,7 +69,7 @@ func startHelper(t *testing.T, mode string, args ...string) made {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr strings.Builder // read only after Wait, which waits for its copying
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -92,7 +94,11 @@ func startHelper(t *testing.T, mode string, args ...string) made {
 	case l := <-lines:
 		f := strings.Split(l, " ")
 		pid, _ := strconv.Atoi(f[2])
-		m := made{dir: f[0], ns: f[1], pid: pid, cmd: cmd}
+		start, err := proc.StartTime(pid)
+		if err != nil {
+			t.Fatalf("the helper's process: %v", err)
+		}
+		m := made{dir: f[0], ns: f[1], pid: pid, start: start, cmd: cmd}
 		t.Cleanup(func() { _ = syscall.Kill(m.pid, syscall.SIGKILL); _ = os.RemoveAll(m.dir) })
 		return m
 	case <-time.After(time.Minute):
@@ -112,7 +118,7 @@ func (m made) gone(t *testing.T, within time.Duration) {
 			_, err := os.Stat(filepath.Join(netnsDir, m.ns))
 			nsThere = err == nil
 		}
-		procThere := Alive(m.pid) && !zombie(m.pid)
+		procThere := proc.Alive(m.pid, m.start)
 		if os.IsNotExist(dirErr) && !nsThere && !procThere {
 			return
 		}
@@ -194,21 +200,4 @@ func TestOwnerOf(t *testing.T) {
 			t.Errorf("ownerOf(%q) = %d, %v", name, got, ok)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

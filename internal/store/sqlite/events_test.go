@@ -258,30 +258,7 @@ func TestEventsAppendOnlyBeyondRetention(t *testing.T) {
 func TestMigrateEventRetention(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hearth.db")
 	ctx := t.Context()
-	ms, err := loadedMigrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	name, err := dsn(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := sql.Open(driverName, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := raw.ExecContext(ctx, createMigrationsTable); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms[:4] {
-		if _, err := raw.ExecContext(ctx, m.sql); err != nil {
-			t.Fatalf("%s: %v", m.name, err)
-		}
-		if _, err := raw.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`,
-			m.version, timeArg(time.Now())); err != nil {
-			t.Fatal(err)
-		}
-	}
+	raw := rawAtVersion(t, path, 4)
 	for i := range 3 {
 		if _, err := raw.ExecContext(ctx, `INSERT INTO events (at, type, vm_id, user_id, login_id, from_state, to_state, message)
 			VALUES (?, 'login.state', '', 'u-1', 'lgn-1', 'starting', 'awaiting_user', ?)`,

@@ -1,14 +1,12 @@
 package sqlite
 
 import (
-	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/hearth-project/hearth/internal/store"
 )
@@ -111,30 +109,7 @@ func TestCredentialSchemaConstraints(t *testing.T) {
 func TestMigrateEventsLoginID(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hearth.db")
 	ctx := t.Context()
-	ms, err := loadedMigrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	name, err := dsn(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := sql.Open(driverName, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := raw.ExecContext(ctx, createMigrationsTable); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range ms[:3] {
-		if _, err := raw.ExecContext(ctx, m.sql); err != nil {
-			t.Fatalf("%s: %v", m.name, err)
-		}
-		if _, err := raw.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`,
-			m.version, timeArg(time.Now())); err != nil {
-			t.Fatal(err)
-		}
-	}
+	raw := rawAtVersion(t, path, 3)
 	if _, err := raw.ExecContext(ctx, `INSERT INTO events (at, type, vm_id, user_id, from_state, to_state, message)
 		VALUES (NULL, 'vm.state', 'vm-1', 'u-1', 'pending', 'booting', 'old')`); err != nil {
 		t.Fatal(err)

@@ -65,10 +65,10 @@ type rowScanner interface {
 // Open opens (creating it if needed) the database file at path, configures
 // every connection (WAL, busy_timeout, foreign keys, synchronous=NORMAL,
 // recursive triggers) and applies any pending schema migrations. It refuses
-// a database whose schema
-// is newer than this binary knows, with an error wrapping ErrSchemaTooNew.
-// The directory containing path must exist. The database and its -wal and
-// -shm files are private to their owner (0600), whatever the umask.
+// a database whose schema is newer than this binary knows, with an error
+// wrapping ErrSchemaTooNew. The directory containing path must exist. The
+// database and its -wal and -shm files are private to their owner (0600),
+// whatever the umask.
 func Open(ctx context.Context, path string) (*DB, error) {
 	name, err := dsn(path)
 	if err != nil {
@@ -158,7 +158,7 @@ func dsn(path string) (string, error) {
 		"_pragma=foreign_keys(1)",
 		"_pragma=synchronous(NORMAL)",
 		// REPLACE's implicit deletes run delete triggers too, so it cannot
-		// get around the event log's (migrations/0005).
+		// get around the event log's (migrations/0006).
 		"_pragma=recursive_triggers(1)",
 		"_txlock=immediate",
 	}

@@ -44,6 +44,49 @@ func openClosed(t *testing.T, path string) *DB {
 	return db
 }
 
+// rawDB opens the database at path with the plain driver, outside the
+// store, as another process or an older hearth would. It is closed when
+// the test ends, if the test has not closed it.
+func rawDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	name, err := dsn(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sql.Open(driverName, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return raw
+}
+
+// rawAtVersion creates the database at path with the schema of the first
+// n migrations, as a hearth of that version left it, and returns it open
+// outside the store, for the test to write rows an upgrade must keep.
+func rawAtVersion(t *testing.T, path string, n int) *sql.DB {
+	t.Helper()
+	ctx := t.Context()
+	ms, err := loadedMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := rawDB(t, path)
+	if _, err := raw.ExecContext(ctx, createMigrationsTable); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:n] {
+		if _, err := raw.ExecContext(ctx, m.sql); err != nil {
+			t.Fatalf("%s: %v", m.name, err)
+		}
+		if _, err := raw.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`,
+			m.version, timeArg(time.Now())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return raw
+}
+
 // latestVersion is the schema version this binary migrates to.
 func latestVersion() (int, error) {
 	ms, err := loadedMigrations()

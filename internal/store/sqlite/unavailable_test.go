@@ -20,16 +20,7 @@ import (
 // another process would, outside the store.
 func holdConn(t *testing.T, path string) *sql.Conn {
 	t.Helper()
-	name, err := dsn(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := sql.Open(driverName, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	c, err := raw.Conn(t.Context())
+	c, err := rawDB(t, path).Conn(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}

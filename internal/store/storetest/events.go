@@ -48,23 +48,9 @@ func testEvents(t *testing.T, s store.Store) {
 	equal(t, "events with a negative limit", events, appended, normEvents)
 
 	// Page through two at a time.
-	var paged []store.Event
-	after := int64(0)
-	for page := 0; ; page++ {
-		events, err := s.ListEvents(ctx, after, 2)
-		must(t, err, "list a page of events")
-		if len(events) > 2 {
-			t.Fatalf("page %d has %d events, limit 2", page, len(events))
-		}
-		if len(events) == 0 {
-			break
-		}
-		paged = append(paged, events...)
-		after = events[len(events)-1].ID
-		if page > len(appended) {
-			t.Fatal("paging does not end")
-		}
-	}
+	paged := pageEvents(t, "events", 0, 2, len(appended), func(after int64, limit int) ([]store.Event, error) {
+		return s.ListEvents(ctx, after, limit)
+	})
 	equal(t, "paged events", paged, appended, normEvents)
 
 	events, err = s.ListEvents(ctx, appended[2].ID, 0)
@@ -136,28 +122,41 @@ func testQueryEvents(t *testing.T, s store.Store) {
 
 		// Three at a time from the middle of the log.
 		after := all[20].ID
-		var paged, wantAfter []store.Event
+		var wantAfter []store.Event
 		for _, e := range want {
 			if e.ID > after {
 				wantAfter = append(wantAfter, e)
 			}
 		}
-		for page := 0; ; page++ {
-			es, err := s.QueryEvents(ctx, f, after, 3)
-			must(t, err, "query a page of events")
-			if len(es) > 3 {
-				t.Fatalf("%+v: page of %d events, limit 3", f, len(es))
-			}
-			if len(es) == 0 {
-				break
-			}
-			paged = append(paged, es...)
-			after = es[len(es)-1].ID
-			if page > len(all) {
-				t.Fatal("paging does not end")
-			}
-		}
+		paged := pageEvents(t, fmt.Sprintf("events %+v", f), after, 3, len(all), func(after int64, limit int) ([]store.Event, error) {
+			return s.QueryEvents(ctx, f, after, limit)
+		})
 		equal(t, fmt.Sprintf("paged events %+v", f), paged, wantAfter, normEvents)
+	}
+}
+
+// pageEvents reads the events after after through list, limit at a time,
+// until a page is empty, and returns them all. It fails the test if a page
+// is over the limit or paging takes more than maxPages pages.
+func pageEvents(t *testing.T, what string, after int64, limit, maxPages int,
+	list func(after int64, limit int) ([]store.Event, error),
+) []store.Event {
+	t.Helper()
+	var paged []store.Event
+	for page := 0; ; page++ {
+		events, err := list(after, limit)
+		must(t, err, "list a page of "+what)
+		if len(events) > limit {
+			t.Fatalf("%s: page %d has %d events, limit %d", what, page, len(events), limit)
+		}
+		if len(events) == 0 {
+			return paged
+		}
+		paged = append(paged, events...)
+		after = events[len(events)-1].ID
+		if page > maxPages {
+			t.Fatalf("%s: paging does not end", what)
+		}
 	}
 }
 
