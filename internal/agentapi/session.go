@@ -10,9 +10,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hearth-project/hearth/internal/safetext"
-	"unicode/utf8"
 )
 
 // ErrClosed is the error of a session ended by Session.Close.
