@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,22 +13,36 @@ import (
 	"time"
 )
 
-// chromium starts Debian's Chromium, headless, on url with its DevTools
-// endpoint on a free loopback port, and returns that HOST:PORT.
-func chromium(t *testing.T, url string) string {
+// chromiumBin returns Debian's Chromium, or skips the test without it.
+func chromiumBin(t *testing.T) string {
 	t.Helper()
 	bin, err := exec.LookPath("chromium")
 	if err != nil {
 		t.Skip("needs Debian's chromium (scripts/host-deps.sh --test installs it)")
 	}
-	dir := t.TempDir()
+	return bin
+}
+
+// chromiumArgs are the flags of a quiet headless Chromium whose profile
+// is dir and whose DevTools endpoint is on loopback port port (0: one it
+// picks and writes into dir's DevToolsActivePort).
+func chromiumArgs(dir, port string) []string {
 	args := []string{"--headless=new", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-		"--user-data-dir=" + dir, "--remote-debugging-port=0", url}
+		"--user-data-dir=" + dir, "--remote-debugging-port=" + port}
 	if os.Geteuid() == 0 {
 		args = append([]string{"--no-sandbox"}, args...)
 	}
-	cmd := exec.Command(bin, args...)
+	return args
+}
+
+// chromium starts Debian's Chromium, headless, on url with its DevTools
+// endpoint on a free loopback port, and returns that HOST:PORT.
+func chromium(t *testing.T, url string) string {
+	t.Helper()
+	bin := chromiumBin(t)
+	dir := t.TempDir()
+	cmd := exec.Command(bin, append(chromiumArgs(dir, "0"), url)...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -109,25 +122,13 @@ func TestCheckPageWaitsForTheDocument(t *testing.T) {
 // TestCheckPageSeesTheErrorPage: a sign-in page that cannot load (nothing
 // listens) is Chromium's error page, which fails the login at once.
 func TestCheckPageSeesTheErrorPage(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
-	addr := chromium(t, "http://"+dead+"/authorize")
+	addr := chromium(t, "http://"+freeAddr(t)+"/authorize")
 	waitPage(t, addr, pageError, time.Minute)
 }
 
 // TestCheckPageBrowserNotUp: nothing listens at the endpoint yet.
 func TestCheckPageBrowserNotUp(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	if st, err := checkPage(context.Background(), addr); st != pageNotYet || err == nil {
+	if st, err := checkPage(context.Background(), freeAddr(t)); st != pageNotYet || err == nil {
 		t.Fatalf("got %d, %v; want not yet, with the dial error", st, err)
 	}
 }
