@@ -118,16 +118,11 @@ func targetPath(wsURL string) (string, error) {
 // evaluateReadyState opens the target's WebSocket and reads its document's
 // readyState and location.
 func evaluateReadyState(ctx context.Context, addr, path string) (state, href string, err error) {
-	conn, err := devtoolsDial(ctx, "tcp", addr)
+	conn, done, err := dialBounded(ctx, devtoolsDial, addr)
 	if err != nil {
 		return "", "", err
 	}
-	defer conn.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer done()
 	br := bufio.NewReader(io.LimitReader(conn, maxHeaderBytes+2*maxDevtoolsAnswer))
 	if err := wsHandshake(conn, br, addr, path); err != nil {
 		return "", "", err
@@ -178,31 +173,18 @@ func wsHandshake(w io.Writer, br *bufio.Reader, addr, path string) error {
 	if _, err := io.WriteString(w, req); err != nil {
 		return err
 	}
-	line, err := readLine(br)
-	if err != nil {
-		return err
-	}
-	if proto, status, _ := strings.Cut(line, " "); !strings.HasPrefix(proto, "HTTP/1.") || !strings.HasPrefix(status, "101") {
-		return fmt.Errorf("devtools: websocket upgrade refused: %q", clip(line, 80))
-	}
 	sum := sha1.Sum([]byte(key + wsGUID))
 	want := base64.StdEncoding.EncodeToString(sum[:])
 	accepted := false
-	for n := 0; ; n++ {
-		h, err := readLine(br)
-		if err != nil {
-			return err
-		}
-		if h == "" {
-			break
-		}
-		if n > 100 {
-			return errors.New("devtools: too many header lines")
-		}
-		k, v, _ := strings.Cut(h, ":")
-		if strings.EqualFold(strings.TrimSpace(k), "Sec-WebSocket-Accept") && strings.TrimSpace(v) == want {
-			accepted = true
-		}
+	code, status, err := readHead(br, func(k, v string) error {
+		accepted = accepted || k == "sec-websocket-accept" && v == want
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("devtools: websocket upgrade: %w", err)
+	}
+	if code != 101 {
+		return fmt.Errorf("devtools: websocket upgrade refused: %q", clip(status, 80))
 	}
 	if !accepted {
 		return errors.New("devtools: websocket upgrade without a valid Sec-WebSocket-Accept")
