@@ -1,8 +1,13 @@
 package agent
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -151,4 +156,93 @@ func TestTargetPath(t *testing.T) {
 			t.Errorf("targetPath(%q) = %q, %v", tc.ws, got, err)
 		}
 	}
+}
+
+// TestWebSocketFrames: what wsWriteText sends (masked, each length form)
+// wsReadMessage reads back; fragments are joined, control frames skipped,
+// a close or a message over the limit ends the read.
+func TestWebSocketFrames(t *testing.T) {
+	for _, n := range []int{0, 125, 126, 0xffff, 0x10000} {
+		var buf bytes.Buffer
+		payload := bytes.Repeat([]byte{'a'}, n)
+		if err := wsWriteText(&buf, payload); err != nil {
+			t.Fatal(err)
+		}
+		if buf.Bytes()[1]&0x80 == 0 {
+			t.Errorf("%d bytes: frame not masked", n)
+		}
+		got, err := wsReadMessage(bufio.NewReader(&buf), 1<<20)
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Errorf("%d bytes: read back %d bytes, %v", n, len(got), err)
+		}
+	}
+	frame := func(b0 byte, payload string) string { return string([]byte{b0, byte(len(payload))}) + payload }
+	for _, tc := range []struct {
+		name, in, want string
+		limit          int
+		bad            bool
+	}{
+		{"fragments", frame(0x01, "ab") + frame(0x09, "p") + frame(0x80, "cd"), "abcd", 64, false},
+		{"close", frame(0x88, ""), "", 64, true},
+		{"over the limit", frame(0x81, "abcdef"), "", 4, true},
+		{"fragments over the limit", frame(0x01, "abc") + frame(0x80, "def"), "", 4, true},
+		{"cut short", frame(0x81, "abcdef")[:4], "", 64, true},
+	} {
+		got, err := wsReadMessage(bufio.NewReader(strings.NewReader(tc.in)), tc.limit)
+		if (err != nil) != tc.bad || string(got) != tc.want {
+			t.Errorf("%s: got %q, %v", tc.name, got, err)
+		}
+	}
+}
+
+// TestWebSocketHandshake: the upgrade succeeds only on a 101 that proves
+// the key (Sec-WebSocket-Accept).
+func TestWebSocketHandshake(t *testing.T) {
+	accept := func(req string) string {
+		for _, l := range strings.Split(req, "\r\n") {
+			if k, v, ok := strings.Cut(l, ": "); ok && k == "Sec-WebSocket-Key" {
+				sum := sha1.Sum([]byte(v + wsGUID))
+				return base64.StdEncoding.EncodeToString(sum[:])
+			}
+		}
+		return ""
+	}
+	for _, tc := range []struct {
+		name   string
+		answer func(req string) string
+		err    string
+	}{
+		{"accepted", func(req string) string {
+			return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nsec-websocket-accept:  " + accept(req) + "\r\n\r\n"
+		}, ""},
+		{"wrong accept", func(string) string {
+			return "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: bm9wZQ==\r\n\r\n"
+		}, "without a valid Sec-WebSocket-Accept"},
+		{"refused", func(string) string { return "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n" }, "refused: \"403 Forbidden\""},
+		{"not http", func(string) string { return "SSH-2.0-OpenSSH\r\n\r\n" }, "malformed status line"},
+	} {
+		var req bytes.Buffer
+		// The answer is made from the request, which is written first.
+		r := &lazyReader{make: func() string { return tc.answer(req.String()) }}
+		err := wsHandshake(&req, bufio.NewReader(r), "127.0.0.1:9222", "/devtools/page/AB")
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if !strings.HasPrefix(req.String(), "GET /devtools/page/AB HTTP/1.1\r\nHost: 127.0.0.1:9222\r\n") {
+			t.Errorf("%s: request %q", tc.name, req.String())
+		}
+	}
+}
+
+// lazyReader reads the string make returns, made at the first read.
+type lazyReader struct {
+	make func() string
+	r    io.Reader
+}
+
+func (l *lazyReader) Read(p []byte) (int, error) {
+	if l.r == nil {
+		l.r = strings.NewReader(l.make())
+	}
+	return l.r.Read(p)
 }
