@@ -9,12 +9,12 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 const (
@@ -632,9 +632,7 @@ func interruptOnDone(ctx context.Context, rw io.ReadWriter) (stop func()) {
 
 // errorText is err's text as the host accepts it: valid UTF-8 of at most
 // agentapi.MaxErrorText bytes.
-func errorText(err error) string {
-	return clip(strings.ToValidUTF8(err.Error(), "\uFFFD"), agentapi.MaxErrorText)
-}
+func errorText(err error) string { return safetext.Clip(err.Error(), agentapi.MaxErrorText) }
 
 // clip shortens s to at most n bytes without splitting a UTF-8 sequence.
 func clip(s string, n int) string {

@@ -53,6 +53,22 @@ func Text(s string, max int) string {
 	})
 }
 
+// Clip returns s as valid UTF-8 (each run of invalid bytes one U+FFFD)
+// of at most max bytes, cut at a rune boundary. Unlike Line and Text it
+// removes nothing: it is for text that is quoted (%q) or sent on in JSON,
+// where control characters are escaped, and that must stay within a
+// bound however its bytes are encoded. max <= 0 means no bound.
+func Clip(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if max <= 0 || len(s) <= max {
+		return s
+	}
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
+	}
+	return s[:max]
+}
+
 // IsClean reports whether Text would leave s as it is (ignoring length).
 func IsClean(s string) bool {
 	for _, r := range s {
