@@ -182,16 +182,18 @@ func (s *server) onChallenge(ctx context.Context, env agentapi.Envelope) {
 	s.log.Info("host connected, sent hello")
 }
 
-// hello describes this guest and proves knowledge of the token.
+// hello describes this guest and proves knowledge of the token. Its text
+// fields are valid UTF-8 within the host's bound: JSON would turn each
+// invalid byte into three, and the host refuses a hello with a longer field.
 func (s *server) hello(nonceText string, nonce []byte) agentapi.Hello {
 	up := uptimeSeconds()
 	return agentapi.Hello{
 		Protocol:      agentapi.ProtocolVersion,
-		AgentVersion:  clip(s.opts.Version, maxHelloField),
+		AgentVersion:  safetext.Clip(s.opts.Version, maxHelloField),
 		BootTime:      bootTime(time.Now(), up),
 		UptimeSeconds: up,
-		Hostname:      clip(hostname(), maxHelloField),
-		Kernel:        clip(kernelRelease(), maxHelloField),
+		Hostname:      safetext.Clip(hostname(), maxHelloField),
+		Kernel:        safetext.Clip(kernelRelease(), maxHelloField),
 		Nonce:         nonceText,
 		Proof:         agentapi.Proof(s.token, nonce),
 	}
