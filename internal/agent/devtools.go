@@ -14,6 +14,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // A login's sign-in page counts as on screen only once the guest browser
@@ -67,7 +69,7 @@ func checkPage(ctx context.Context, addr string) (pageState, error) {
 		return pageNotYet, err // not listening yet: the browser is starting
 	}
 	if ans.code != 200 {
-		return pageNotYet, fmt.Errorf("devtools: /json/list answered %s", clip(ans.status, 80))
+		return pageNotYet, fmt.Errorf("devtools: /json/list answered %s", safetext.Clip(ans.status, 80))
 	}
 	var targets []devtoolsTarget
 	if err := json.Unmarshal(ans.body, &targets); err != nil {
@@ -110,7 +112,7 @@ func targetPath(wsURL string) (string, error) {
 	rest, ok := strings.CutPrefix(wsURL, "ws://")
 	_, path, slash := strings.Cut(rest, "/")
 	if !ok || !slash || !strings.HasPrefix(path, "devtools/") {
-		return "", fmt.Errorf("devtools: target url %q is not a ws:// devtools url", clip(wsURL, 80))
+		return "", fmt.Errorf("devtools: target url %q is not a ws:// devtools url", safetext.Clip(wsURL, 80))
 	}
 	return "/" + path, nil
 }
@@ -151,7 +153,7 @@ func evaluateReadyState(ctx context.Context, addr, path string) (state, href str
 			continue // an event, not our answer
 		}
 		if ans.Error != nil {
-			return "", "", fmt.Errorf("devtools: Runtime.evaluate: %s", clip(ans.Error.Message, 200))
+			return "", "", fmt.Errorf("devtools: Runtime.evaluate: %s", safetext.Clip(ans.Error.Message, 200))
 		}
 		state, href, _ = strings.Cut(ans.Result.Result.Value, " ")
 		return state, href, nil
@@ -184,7 +186,7 @@ func wsHandshake(w io.Writer, br *bufio.Reader, addr, path string) error {
 		return fmt.Errorf("devtools: websocket upgrade: %w", err)
 	}
 	if code != 101 {
-		return fmt.Errorf("devtools: websocket upgrade refused: %q", clip(status, 80))
+		return fmt.Errorf("devtools: websocket upgrade refused: %q", safetext.Clip(status, 80))
 	}
 	if !accepted {
 		return errors.New("devtools: websocket upgrade without a valid Sec-WebSocket-Accept")

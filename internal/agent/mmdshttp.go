@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // The agent talks to MMDS (and to the guest browser's DevTools endpoint,
@@ -84,10 +86,10 @@ func readHead(r *bufio.Reader, header func(name, value string) error) (code int,
 	}
 	proto, status, ok := strings.Cut(line, " ")
 	if !ok || !strings.HasPrefix(proto, "HTTP/1.") || len(status) < 3 {
-		return 0, "", fmt.Errorf("malformed status line %q", clip(line, 80))
+		return 0, "", fmt.Errorf("malformed status line %q", safetext.Clip(line, 80))
 	}
 	if code, err = strconv.Atoi(status[:3]); err != nil {
-		return 0, "", fmt.Errorf("malformed status line %q", clip(line, 80))
+		return 0, "", fmt.Errorf("malformed status line %q", safetext.Clip(line, 80))
 	}
 	for n := 0; ; n++ {
 		h, err := readLine(r)
@@ -115,7 +117,7 @@ func readAnswer(r *bufio.Reader, maxBody int) (httpAnswer, error) {
 		case "content-length":
 			var err error
 			if length, err = strconv.Atoi(v); err != nil || length < 0 {
-				return fmt.Errorf("malformed Content-Length %q", clip(v, 40))
+				return fmt.Errorf("malformed Content-Length %q", safetext.Clip(v, 40))
 			}
 		case "transfer-encoding":
 			chunked = strings.EqualFold(v, "chunked")
@@ -154,7 +156,7 @@ func readChunked(r *bufio.Reader, maxBody int) ([]byte, error) {
 		sz, _, _ := strings.Cut(line, ";")
 		n, err := strconv.ParseUint(strings.TrimSpace(sz), 16, 31)
 		if err != nil {
-			return nil, fmt.Errorf("malformed chunk size %q", clip(line, 40))
+			return nil, fmt.Errorf("malformed chunk size %q", safetext.Clip(line, 40))
 		}
 		if n == 0 {
 			return body, nil

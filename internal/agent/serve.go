@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/safetext"
@@ -234,7 +233,7 @@ func (s *server) onConfig(env agentapi.Envelope) {
 func (s *server) onRejected(env agentapi.Envelope) {
 	var r agentapi.Rejected
 	_ = env.DecodeBody(&r)
-	s.log.Warn("host rejected agent", "reason", clip(r.Reason, maxHelloField))
+	s.log.Warn("host rejected agent", "reason", safetext.Clip(r.Reason, maxHelloField))
 	s.endSession()
 }
 
@@ -336,7 +335,7 @@ func (s *server) writeFile(ctx context.Context, req agentapi.Envelope) (any, fun
 	if err := writeFile(ctx, r); err != nil {
 		return nil, nil, err
 	}
-	s.log.Info("file written", "path", clip(r.Path, 256), "user", r.User, "bytes", len(r.Content))
+	s.log.Info("file written", "path", safetext.Clip(r.Path, 256), "user", r.User, "bytes", len(r.Content))
 	return struct{}{}, nil, nil
 }
 
@@ -363,13 +362,13 @@ func (s *server) login(ctx context.Context, req agentapi.Envelope) (any, func(),
 			s.logSendError(ctx, err)
 		}
 	}
-	s.log.Info("login starting", "cmd", clip(r.Argv[0], maxHelloField), "user", r.User)
+	s.log.Info("login starting", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "user", r.User)
 	res, err := runLogin(ctx, r, progress, s.log)
 	if err != nil {
-		s.log.Warn("login failed", "cmd", clip(r.Argv[0], maxHelloField), "err", err)
+		s.log.Warn("login failed", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "err", err)
 		return nil, nil, err
 	}
-	s.log.Info("login captured its credentials", "cmd", clip(r.Argv[0], maxHelloField), "files", len(res.Files),
+	s.log.Info("login captured its credentials", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "files", len(res.Files),
 		"exit_code", res.ExitCode, "duration", res.Duration)
 	return res, nil, nil
 }
@@ -384,7 +383,7 @@ func (s *server) route(req agentapi.Envelope) (handler, error) {
 	}
 	h, ok := s.handlers[req.Type]
 	if !ok {
-		return nil, fmt.Errorf("unknown request type %s", clip(req.Type, maxHelloField))
+		return nil, fmt.Errorf("unknown request type %s", safetext.Clip(req.Type, maxHelloField))
 	}
 	return h, nil
 }
@@ -469,10 +468,10 @@ func (s *server) exec(ctx context.Context, req agentapi.Envelope) (any, func(), 
 	}
 	res, err := runCommand(ctx, r)
 	if err != nil {
-		s.log.Warn("exec failed", "cmd", clip(r.Argv[0], maxHelloField), "err", err)
+		s.log.Warn("exec failed", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "err", err)
 		return nil, nil, fmt.Errorf("exec: %w", err)
 	}
-	s.log.Info("exec done", "cmd", clip(r.Argv[0], maxHelloField), "exit_code", res.ExitCode,
+	s.log.Info("exec done", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "exit_code", res.ExitCode,
 		"signal", res.Signal, "timed_out", res.TimedOut, "duration", res.Duration)
 	return res, nil, nil
 }
@@ -635,14 +634,3 @@ func interruptOnDone(ctx context.Context, rw io.ReadWriter) (stop func()) {
 // errorText is err's text as the host accepts it: valid UTF-8 of at most
 // agentapi.MaxErrorText bytes.
 func errorText(err error) string { return safetext.Clip(err.Error(), agentapi.MaxErrorText) }
-
-// clip shortens s to at most n bytes without splitting a UTF-8 sequence.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
-}
