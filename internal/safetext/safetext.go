@@ -6,6 +6,7 @@
 package safetext
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -28,6 +29,10 @@ func unsafe(r rune) bool {
 	return false
 }
 
+// removed reports whether Text removes r: what unsafe says, but line feeds
+// and tabs.
+func removed(r rune) bool { return unsafe(r) && r != '\n' && r != '\t' }
+
 // Line returns s as one clean line of at most max bytes: invalid UTF-8
 // becomes U+FFFD, tabs and line breaks become spaces and every other
 // control character is removed. max <= 0 means no bound.
@@ -45,12 +50,7 @@ func Line(s string, max int) string {
 // feeds and tabs are kept (carriage returns are removed). max <= 0 means
 // no bound.
 func Text(s string, max int) string {
-	return clean(s, max, func(r rune) (rune, bool) {
-		if r == '\n' || r == '\t' {
-			return r, true
-		}
-		return r, !unsafe(r)
-	})
+	return clean(s, max, func(r rune) (rune, bool) { return r, !removed(r) })
 }
 
 // Clip returns s as valid UTF-8 (each run of invalid bytes one U+FFFD)
@@ -71,12 +71,7 @@ func Clip(s string, max int) string {
 
 // IsClean reports whether Text would leave s as it is (ignoring length).
 func IsClean(s string) bool {
-	for _, r := range s {
-		if unsafe(r) && r != '\n' && r != '\t' {
-			return false
-		}
-	}
-	return utf8.ValidString(s)
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, removed)
 }
 
 func clean(s string, max int, keep func(rune) (rune, bool)) string {
@@ -126,7 +121,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 		r, size := utf8.DecodeRune(in[i:])
 		i += size
-		if r == '\n' || r == '\t' || !unsafe(r) {
+		if !removed(r) {
 			out = utf8.AppendRune(out, r)
 		}
 	}
@@ -153,19 +148,12 @@ func (w *Writer) Close() error {
 // characters can only occur inside JSON strings, so the value is the
 // same; only a terminal showing it is safe from them.
 func EscapeJSON(b []byte) []byte {
-	clean := true
-	for _, r := range string(b) {
-		if unsafe(r) && r != '\n' && r != '\t' {
-			clean = false
-			break
-		}
-	}
-	if clean {
+	if !bytes.ContainsFunc(b, removed) {
 		return b
 	}
 	out := make([]byte, 0, len(b)+32)
 	for _, r := range string(b) {
-		if unsafe(r) && r != '\n' && r != '\t' {
+		if removed(r) {
 			out = fmt.Appendf(out, `\u%04x`, r)
 			continue
 		}
