@@ -32,11 +32,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/hearth-project/hearth/internal/agent"
@@ -50,7 +48,7 @@ func main() {
 }
 
 func run() int {
-	opts, showVersion, err := parseFlags(os.Args[1:], os.Stderr)
+	opts, showVersion, err := agent.ParseFlags("hearth-agent", os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -75,48 +73,4 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-// parseFlags turns the command line into agent options, and says whether
-// only the version is asked for. Usage and errors go to output.
-func parseFlags(args []string, output io.Writer) (opts agent.Options, showVersion bool, err error) {
-	fs := flag.NewFlagSet("hearth-agent", flag.ContinueOnError)
-	fs.SetOutput(output)
-	fs.StringVar(&opts.Port, "port", "",
-		"agent virtio-serial port device (default: the port named "+agent.PortName+")")
-	fs.StringVar(&opts.Listen, "listen", "",
-		"listen for the host on vsock:PORT or unix:PATH (default: the virtio-serial port if the guest has one, else vsock:1024)")
-	fs.Func("token-source",
-		"where to read the token, first that exists; repeat or separate with commas: mmds, mmds:URL, cmdline:PATH or a file "+
-			"(default with virtio-serial: "+strings.Join(agent.DefaultTokenSources, ",")+
-			"; with a listener: "+strings.Join(agent.VsockTokenSources, ",")+")",
-		func(s string) error {
-			for _, src := range strings.Split(s, ",") {
-				if src = strings.TrimSpace(src); src == "" {
-					return errors.New("empty token source")
-				}
-				opts.TokenSources = append(opts.TokenSources, src)
-			}
-			return nil
-		})
-	tokenFile := fs.String("token-file", "", "read the token from this file only (same as -token-source FILE)")
-	fs.StringVar(&opts.MMDSURL, "mmds-url", "",
-		"base URL of the mmds token source (default: http://169.254.169.254 inside a VM, none with -listen unix:...)")
-	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		return agent.Options{}, false, err
-	}
-	if fs.NArg() > 0 {
-		return agent.Options{}, false, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	if *tokenFile != "" {
-		if opts.TokenSources != nil {
-			return agent.Options{}, false, errors.New("-token-file and -token-source are exclusive")
-		}
-		opts.TokenSources = []string{*tokenFile}
-	}
-	if err := opts.Validate(); err != nil {
-		return agent.Options{}, false, err
-	}
-	return opts, showVersion, nil
 }

@@ -14,6 +14,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // A login's sign-in page counts as on screen only once the guest browser
@@ -67,7 +69,7 @@ func checkPage(ctx context.Context, addr string) (pageState, error) {
 		return pageNotYet, err // not listening yet: the browser is starting
 	}
 	if ans.code != 200 {
-		return pageNotYet, fmt.Errorf("devtools: /json/list answered %s", clip(ans.status, 80))
+		return pageNotYet, fmt.Errorf("devtools: /json/list answered %s", safetext.Clip(ans.status, 80))
 	}
 	var targets []devtoolsTarget
 	if err := json.Unmarshal(ans.body, &targets); err != nil {
@@ -110,7 +112,7 @@ func targetPath(wsURL string) (string, error) {
 	rest, ok := strings.CutPrefix(wsURL, "ws://")
 	_, path, slash := strings.Cut(rest, "/")
 	if !ok || !slash || !strings.HasPrefix(path, "devtools/") {
-		return "", fmt.Errorf("devtools: target url %q is not a ws:// devtools url", clip(wsURL, 80))
+		return "", fmt.Errorf("devtools: target url %q is not a ws:// devtools url", safetext.Clip(wsURL, 80))
 	}
 	return "/" + path, nil
 }
@@ -118,16 +120,11 @@ func targetPath(wsURL string) (string, error) {
 // evaluateReadyState opens the target's WebSocket and reads its document's
 // readyState and location.
 func evaluateReadyState(ctx context.Context, addr, path string) (state, href string, err error) {
-	conn, err := devtoolsDial(ctx, "tcp", addr)
+	conn, done, err := dialBounded(ctx, devtoolsDial, addr)
 	if err != nil {
 		return "", "", err
 	}
-	defer conn.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer done()
 	br := bufio.NewReader(io.LimitReader(conn, maxHeaderBytes+2*maxDevtoolsAnswer))
 	if err := wsHandshake(conn, br, addr, path); err != nil {
 		return "", "", err
@@ -156,7 +153,7 @@ func evaluateReadyState(ctx context.Context, addr, path string) (state, href str
 			continue // an event, not our answer
 		}
 		if ans.Error != nil {
-			return "", "", fmt.Errorf("devtools: Runtime.evaluate: %s", clip(ans.Error.Message, 200))
+			return "", "", fmt.Errorf("devtools: Runtime.evaluate: %s", safetext.Clip(ans.Error.Message, 200))
 		}
 		state, href, _ = strings.Cut(ans.Result.Result.Value, " ")
 		return state, href, nil
@@ -178,31 +175,18 @@ func wsHandshake(w io.Writer, br *bufio.Reader, addr, path string) error {
 	if _, err := io.WriteString(w, req); err != nil {
 		return err
 	}
-	line, err := readLine(br)
-	if err != nil {
-		return err
-	}
-	if proto, status, _ := strings.Cut(line, " "); !strings.HasPrefix(proto, "HTTP/1.") || !strings.HasPrefix(status, "101") {
-		return fmt.Errorf("devtools: websocket upgrade refused: %q", clip(line, 80))
-	}
 	sum := sha1.Sum([]byte(key + wsGUID))
 	want := base64.StdEncoding.EncodeToString(sum[:])
 	accepted := false
-	for n := 0; ; n++ {
-		h, err := readLine(br)
-		if err != nil {
-			return err
-		}
-		if h == "" {
-			break
-		}
-		if n > 100 {
-			return errors.New("devtools: too many header lines")
-		}
-		k, v, _ := strings.Cut(h, ":")
-		if strings.EqualFold(strings.TrimSpace(k), "Sec-WebSocket-Accept") && strings.TrimSpace(v) == want {
-			accepted = true
-		}
+	code, status, err := readHead(br, func(k, v string) error {
+		accepted = accepted || k == "sec-websocket-accept" && v == want
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("devtools: websocket upgrade: %w", err)
+	}
+	if code != 101 {
+		return fmt.Errorf("devtools: websocket upgrade refused: %q", safetext.Clip(status, 80))
 	}
 	if !accepted {
 		return errors.New("devtools: websocket upgrade without a valid Sec-WebSocket-Accept")

@@ -227,6 +227,12 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freeAddr returns a 127.0.0.1:PORT that nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	return net.JoinHostPort("127.0.0.1", itoa(freePort(t)))
+}
+
 // listen listens on 127.0.0.1:port until the test ends.
 func listen(t *testing.T, port int) {
 	t.Helper()

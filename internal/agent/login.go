@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // Login runs a provider CLI's login (see agentapi.LoginRequest): on a PTY,
@@ -82,7 +83,7 @@ func lastLine(out string) string {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		if l := strings.TrimSpace(lines[i]); l != "" {
-			return clip(l, 200)
+			return safetext.Clip(l, 200)
 		}
 	}
 	return ""

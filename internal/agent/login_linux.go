@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 const (
@@ -452,7 +453,7 @@ func (r *loginRun) openURL(ctx context.Context, u string) error {
 	cmd := exec.CommandContext(bctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "PATH="+defaultPath)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("login: open the authorization URL in the guest browser: %v: %s", err, clip(strings.TrimSpace(string(out)), 300))
+		return fmt.Errorf("login: open the authorization URL in the guest browser: %v: %s", err, safetext.Clip(strings.TrimSpace(string(out)), 300))
 	}
 	r.log.Info("login: authorization URL handed to the guest browser")
 	r.progress(agentapi.LoginProgress{Phase: agentapi.LoginOpening, URL: u})
@@ -498,7 +499,7 @@ func (r *loginRun) waitingFor() string {
 	defer r.mu.Unlock()
 	switch {
 	case r.url != "" && !r.shown && r.pageErr != nil:
-		return fmt.Sprintf("the guest browser to show the sign-in page (last look: %s)", clip(r.pageErr.Error(), 200))
+		return fmt.Sprintf("the guest browser to show the sign-in page (last look: %s)", safetext.Clip(r.pageErr.Error(), 200))
 	case r.url != "" && !r.shown:
 		return "the guest browser to show the sign-in page"
 	case r.url != "":

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -335,10 +334,7 @@ func TestWriteFile(t *testing.T) {
 // agent says "opening" first and "url" (awaiting the user) only once the
 // document is there.
 func TestLoginUserTimeStartsWithThePageOnScreen(t *testing.T) {
-	bin, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Skip("needs Debian's chromium (scripts/host-deps.sh --test installs it)")
-	}
+	bin := chromiumBin(t)
 	const hold = 3 * time.Second
 	var served atomic.Int64 // unix nanos of the answer
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -347,20 +343,17 @@ func TestLoginUserTimeStartsWithThePageOnScreen(t *testing.T) {
 		fmt.Fprint(w, "<!doctype html><title>Sign in</title><p>Sign in")
 	}))
 	defer srv.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	devtools := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(devtools)
+	port := itoa(freePort(t))
+	devtools := net.JoinHostPort("127.0.0.1", port)
 
 	f := newLoginFixture(t)
 	profile := t.TempDir()
 	browser := filepath.Join(f.dir, "chromium-browser")
-	script := "#!/bin/sh\nsetsid " + shellQuote(bin) + " --no-sandbox --headless=new --disable-gpu --no-first-run " +
-		"--disable-background-networking --disable-component-update --disable-sync --disable-dev-shm-usage " +
-		"--user-data-dir=" + shellQuote(profile) + " --remote-debugging-port=" + port + ` "$1" >/dev/null 2>&1 </dev/null &` + "\necho $! > " +
+	cmdline := "setsid " + shellQuote(bin)
+	for _, a := range chromiumArgs(profile, port) {
+		cmdline += " " + shellQuote(a)
+	}
+	script := "#!/bin/sh\n" + cmdline + ` "$1" >/dev/null 2>&1 </dev/null &` + "\necho $! > " +
 		shellQuote(filepath.Join(f.dir, "chromium.pid")) + "\n"
 	if err := os.WriteFile(browser, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -426,18 +419,12 @@ func TestLoginUserTimeStartsWithThePageOnScreen(t *testing.T) {
 // The page never comes up: the setup's deadline ends the login with a
 // reason that says so, not the user's.
 func TestLoginSetupTimeoutNamesThePage(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nothing := ln.Addr().String()
-	ln.Close()
 	f := newLoginFixture(t)
 	req := f.request(t)
 	req.Timeout = time.Minute
 	req.SetupTimeout = 2 * time.Second
-	req.PageCheck = nothing // no browser answers: the page is never on screen
-	_, err = f.sess.Login(t.Context(), req, nil)
+	req.PageCheck = freeAddr(t) // no browser answers: the page is never on screen
+	_, err := f.sess.Login(t.Context(), req, nil)
 	if err == nil || !strings.Contains(err.Error(), "not on the guest browser's screen within 2s") ||
 		!strings.Contains(err.Error(), "waiting for the guest browser to show the sign-in page") {
 		t.Fatalf("err = %v", err)

@@ -10,12 +10,15 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
-// The agent talks to MMDS with the few lines of HTTP/1.1 that needs (a
-// request without a body, one header, an answer with a Content-Length, a
-// chunked body or one that ends with the connection) instead of net/http,
-// which would double the agent's size (deps_test keeps it out).
+// The agent talks to MMDS (and to the guest browser's DevTools endpoint,
+// devtools.go) with the few lines of HTTP/1.1 that needs (a request
+// without a body, one header, an answer with a Content-Length, a chunked
+// body or one that ends with the connection) instead of net/http, which
+// would double the agent's size (deps_test keeps it out).
 
 // dialFunc opens a connection, like net.Dialer.DialContext.
 type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -38,22 +41,32 @@ type httpAnswer struct {
 func httpDo(ctx context.Context, dial dialFunc, host, method, path, header, value string, maxBody int) (httpAnswer, error) {
 	ctx, cancel := context.WithTimeout(ctx, mmdsTimeout)
 	defer cancel()
-	conn, err := dial(ctx, "tcp", host)
+	conn, done, err := dialBounded(ctx, dial, host)
 	if err != nil {
 		return httpAnswer{}, err
 	}
-	defer conn.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer done()
 	req := method + " " + path + " HTTP/1.1\r\nHost: " + hostOnly(host) + "\r\n" + header + ": " + value +
 		"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		return httpAnswer{}, err
 	}
 	return readAnswer(bufio.NewReader(io.LimitReader(conn, int64(maxHeaderBytes+maxBody+64<<10))), maxBody)
+}
+
+// dialBounded dials addr over TCP and bounds the connection by ctx: its
+// deadline, if any, and an immediate one once ctx is done. done releases
+// the bound and closes the connection.
+func dialBounded(ctx context.Context, dial dialFunc, addr string) (conn net.Conn, done func(), err error) {
+	conn, err = dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	return conn, func() { stop(); conn.Close() }, nil
 }
 
 func hostOnly(hostport string) string {
@@ -64,43 +77,56 @@ func hostOnly(hostport string) string {
 	return h
 }
 
-// readAnswer parses an HTTP/1.1 response.
-func readAnswer(r *bufio.Reader, maxBody int) (httpAnswer, error) {
+// readHead reads a response's status line and headers, and calls header
+// with each header's lower-cased name and trimmed value.
+func readHead(r *bufio.Reader, header func(name, value string) error) (code int, status string, err error) {
 	line, err := readLine(r)
 	if err != nil {
-		return httpAnswer{}, err
+		return 0, "", err
 	}
 	proto, status, ok := strings.Cut(line, " ")
 	if !ok || !strings.HasPrefix(proto, "HTTP/1.") || len(status) < 3 {
-		return httpAnswer{}, fmt.Errorf("malformed status line %q", clip(line, 80))
+		return 0, "", fmt.Errorf("malformed status line %q", safetext.Clip(line, 80))
 	}
-	code, err := strconv.Atoi(status[:3])
-	if err != nil {
-		return httpAnswer{}, fmt.Errorf("malformed status line %q", clip(line, 80))
+	if code, err = strconv.Atoi(status[:3]); err != nil {
+		return 0, "", fmt.Errorf("malformed status line %q", safetext.Clip(line, 80))
 	}
-	a := httpAnswer{code: code, status: status}
-	length, chunked := -1, false
 	for n := 0; ; n++ {
 		h, err := readLine(r)
 		if err != nil {
-			return a, err
+			return code, status, err
 		}
 		if h == "" {
-			break
+			return code, status, nil
 		}
 		if n > 100 {
-			return a, errors.New("too many header lines")
+			return code, status, errors.New("too many header lines")
 		}
 		k, v, _ := strings.Cut(h, ":")
-		v = strings.TrimSpace(v)
-		switch strings.ToLower(strings.TrimSpace(k)) {
+		if err := header(strings.ToLower(strings.TrimSpace(k)), strings.TrimSpace(v)); err != nil {
+			return code, status, err
+		}
+	}
+}
+
+// readAnswer parses an HTTP/1.1 response.
+func readAnswer(r *bufio.Reader, maxBody int) (httpAnswer, error) {
+	length, chunked := -1, false
+	code, status, err := readHead(r, func(k, v string) error {
+		switch k {
 		case "content-length":
+			var err error
 			if length, err = strconv.Atoi(v); err != nil || length < 0 {
-				return a, fmt.Errorf("malformed Content-Length %q", clip(v, 40))
+				return fmt.Errorf("malformed Content-Length %q", safetext.Clip(v, 40))
 			}
 		case "transfer-encoding":
 			chunked = strings.EqualFold(v, "chunked")
 		}
+		return nil
+	})
+	a := httpAnswer{code: code, status: status}
+	if err != nil {
+		return a, err
 	}
 	switch {
 	case chunked:
@@ -130,7 +156,7 @@ func readChunked(r *bufio.Reader, maxBody int) ([]byte, error) {
 		sz, _, _ := strings.Cut(line, ";")
 		n, err := strconv.ParseUint(strings.TrimSpace(sz), 16, 31)
 		if err != nil {
-			return nil, fmt.Errorf("malformed chunk size %q", clip(line, 40))
+			return nil, fmt.Errorf("malformed chunk size %q", safetext.Clip(line, 40))
 		}
 		if n == 0 {
 			return body, nil

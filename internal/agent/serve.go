@@ -9,12 +9,11 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 const (
@@ -182,16 +181,18 @@ func (s *server) onChallenge(ctx context.Context, env agentapi.Envelope) {
 	s.log.Info("host connected, sent hello")
 }
 
-// hello describes this guest and proves knowledge of the token.
+// hello describes this guest and proves knowledge of the token. Its text
+// fields are valid UTF-8 within the host's bound: JSON would turn each
+// invalid byte into three, and the host refuses a hello with a longer field.
 func (s *server) hello(nonceText string, nonce []byte) agentapi.Hello {
 	up := uptimeSeconds()
 	return agentapi.Hello{
 		Protocol:      agentapi.ProtocolVersion,
-		AgentVersion:  clip(s.opts.Version, maxHelloField),
+		AgentVersion:  safetext.Clip(s.opts.Version, maxHelloField),
 		BootTime:      bootTime(time.Now(), up),
 		UptimeSeconds: up,
-		Hostname:      clip(hostname(), maxHelloField),
-		Kernel:        clip(kernelRelease(), maxHelloField),
+		Hostname:      safetext.Clip(hostname(), maxHelloField),
+		Kernel:        safetext.Clip(kernelRelease(), maxHelloField),
 		Nonce:         nonceText,
 		Proof:         agentapi.Proof(s.token, nonce),
 	}
@@ -232,7 +233,7 @@ func (s *server) onConfig(env agentapi.Envelope) {
 func (s *server) onRejected(env agentapi.Envelope) {
 	var r agentapi.Rejected
 	_ = env.DecodeBody(&r)
-	s.log.Warn("host rejected agent", "reason", clip(r.Reason, maxHelloField))
+	s.log.Warn("host rejected agent", "reason", safetext.Clip(r.Reason, maxHelloField))
 	s.endSession()
 }
 
@@ -334,7 +335,7 @@ func (s *server) writeFile(ctx context.Context, req agentapi.Envelope) (any, fun
 	if err := writeFile(ctx, r); err != nil {
 		return nil, nil, err
 	}
-	s.log.Info("file written", "path", clip(r.Path, 256), "user", r.User, "bytes", len(r.Content))
+	s.log.Info("file written", "path", safetext.Clip(r.Path, 256), "user", r.User, "bytes", len(r.Content))
 	return struct{}{}, nil, nil
 }
 
@@ -361,13 +362,13 @@ func (s *server) login(ctx context.Context, req agentapi.Envelope) (any, func(),
 			s.logSendError(ctx, err)
 		}
 	}
-	s.log.Info("login starting", "cmd", clip(r.Argv[0], maxHelloField), "user", r.User)
+	s.log.Info("login starting", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "user", r.User)
 	res, err := runLogin(ctx, r, progress, s.log)
 	if err != nil {
-		s.log.Warn("login failed", "cmd", clip(r.Argv[0], maxHelloField), "err", err)
+		s.log.Warn("login failed", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "err", err)
 		return nil, nil, err
 	}
-	s.log.Info("login captured its credentials", "cmd", clip(r.Argv[0], maxHelloField), "files", len(res.Files),
+	s.log.Info("login captured its credentials", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "files", len(res.Files),
 		"exit_code", res.ExitCode, "duration", res.Duration)
 	return res, nil, nil
 }
@@ -382,7 +383,7 @@ func (s *server) route(req agentapi.Envelope) (handler, error) {
 	}
 	h, ok := s.handlers[req.Type]
 	if !ok {
-		return nil, fmt.Errorf("unknown request type %s", clip(req.Type, maxHelloField))
+		return nil, fmt.Errorf("unknown request type %s", safetext.Clip(req.Type, maxHelloField))
 	}
 	return h, nil
 }
@@ -467,10 +468,10 @@ func (s *server) exec(ctx context.Context, req agentapi.Envelope) (any, func(), 
 	}
 	res, err := runCommand(ctx, r)
 	if err != nil {
-		s.log.Warn("exec failed", "cmd", clip(r.Argv[0], maxHelloField), "err", err)
+		s.log.Warn("exec failed", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "err", err)
 		return nil, nil, fmt.Errorf("exec: %w", err)
 	}
-	s.log.Info("exec done", "cmd", clip(r.Argv[0], maxHelloField), "exit_code", res.ExitCode,
+	s.log.Info("exec done", "cmd", safetext.Clip(r.Argv[0], maxHelloField), "exit_code", res.ExitCode,
 		"signal", res.Signal, "timed_out", res.TimedOut, "duration", res.Duration)
 	return res, nil, nil
 }
@@ -632,17 +633,4 @@ func interruptOnDone(ctx context.Context, rw io.ReadWriter) (stop func()) {
 
 // errorText is err's text as the host accepts it: valid UTF-8 of at most
 // agentapi.MaxErrorText bytes.
-func errorText(err error) string {
-	return clip(strings.ToValidUTF8(err.Error(), "\uFFFD"), agentapi.MaxErrorText)
-}
-
-// clip shortens s to at most n bytes without splitting a UTF-8 sequence.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
-}
+func errorText(err error) string { return safetext.Clip(err.Error(), agentapi.MaxErrorText) }

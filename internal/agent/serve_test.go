@@ -42,6 +42,20 @@ func TestHandshakeAndReady(t *testing.T) {
 	}
 }
 
+// A version (or host name) that is not valid UTF-8 does not keep the
+// guest from connecting: the hello carries it repaired, within the bound.
+func TestHelloInvalidUTF8(t *testing.T) {
+	token := newToken(t)
+	opts, _ := testOptions(t, token)
+	opts.Version = strings.Repeat("\xff", 300)
+	host, guestConn := unixPair(t)
+	startGuest(t, guestConn, token, opts)
+	s := connectSession(t, host, token, agentapi.Config{HeartbeatInterval: time.Hour})
+	if v := s.Hello().AgentVersion; v != "\uFFFD" {
+		t.Fatalf("agent version %q", v)
+	}
+}
+
 func TestBadToken(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {

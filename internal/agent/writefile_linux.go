@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // writeFileScript makes the directory, writes the file beside its target,
@@ -78,7 +79,7 @@ func runAs(ctx context.Context, creds *syscall.Credential, home string, stdin []
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: creds}
 	}
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%v: %s", err, clip(strings.TrimSpace(stderr.String()), 300))
+		return nil, fmt.Errorf("%v: %s", err, safetext.Clip(strings.TrimSpace(stderr.String()), 300))
 	}
 	return stdout.Bytes(), nil
 }

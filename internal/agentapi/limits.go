@@ -62,13 +62,23 @@ const (
 	MaxOtherLine = 64 << 10
 )
 
+// guestLines holds the largest line accepted from a guest for each message
+// type a guest sends.
+var guestLines = map[string]int{
+	TypeResult:        MaxLineSize,
+	TypeHello:         MaxEventLine,
+	TypeNetworkReady:  MaxEventLine,
+	TypeNetworkFailed: MaxEventLine,
+	TypePortReady:     MaxEventLine,
+	TypeReady:         MaxEventLine,
+	TypeHeartbeat:     MaxEventLine,
+	TypeLoginProgress: MaxOtherLine,
+}
+
 // maxLine is the largest line of type typ accepted from a guest.
 func maxLine(typ string) int {
-	switch typ {
-	case TypeResult:
-		return MaxLineSize
-	case TypeHello, TypeNetworkReady, TypeNetworkFailed, TypePortReady, TypeReady, TypeHeartbeat:
-		return MaxEventLine
+	if n, ok := guestLines[typ]; ok {
+		return n
 	}
 	return MaxOtherLine
 }
@@ -284,8 +294,7 @@ func (g *guard) admit(typ string, size int, expected bool) error {
 // typeName names a guest message type in a reason; a type this side does
 // not know is guest-chosen text, so it is not repeated.
 func typeName(typ string) string {
-	switch typ {
-	case TypeResult, TypeHello, TypeNetworkReady, TypeNetworkFailed, TypePortReady, TypeReady, TypeHeartbeat, TypeLoginProgress:
+	if _, ok := guestLines[typ]; ok {
 		return typ
 	}
 	return "unknown message"

@@ -104,6 +104,31 @@ func TestOversizedEventIsAViolation(t *testing.T) {
 	violation(t, s.Err(), fmt.Sprintf("heartbeat message of %d bytes, at most %d allowed", len(pad)+52, MaxEventLine))
 }
 
+// login_progress and types this side does not know may be longer than an
+// event, up to MaxOtherLine; a reason names a known type, never a type
+// the guest made up.
+func TestOversizedOtherMessagesAreViolations(t *testing.T) {
+	pad := strings.Repeat("a", MaxOtherLine)
+	for _, tc := range []struct{ typ, want string }{
+		{TypeLoginProgress, "login_progress message of"},
+		{"evil\\u001b[2J", "unknown message message of"},
+	} {
+		t.Run(tc.typ, func(t *testing.T) {
+			s, g := startSession(t, Config{}, func(g *fakeGuest) { g.authenticate(testToken) })
+			g.run(func() {
+				g.sendRaw(`{"v":1,"type":"` + tc.typ + `","id":1,"body":{"pad":"` + pad + `"}}` + "\n")
+				io.Copy(io.Discard, g.conn)
+			})
+			waitDone(t, s)
+			violation(t, s.Err(), tc.want)
+			violation(t, s.Err(), fmt.Sprintf("at most %d allowed", MaxOtherLine))
+			if strings.Contains(s.Err().Error(), "evil") {
+				t.Fatalf("the reason repeats the guest's type: %v", s.Err())
+			}
+		})
+	}
+}
+
 // A line that never ends is not read without bound: the host stops at
 // MaxLineSize and ends the session.
 func TestEndlessLineIsCutAtMaxLineSize(t *testing.T) {

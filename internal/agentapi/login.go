@@ -9,9 +9,9 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hearth-project/hearth/internal/safetext"
-	"unicode/utf8"
 )
 
 // Message types of provider logins.

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
 // Limits on a network configuration.
@@ -290,7 +292,7 @@ func addrString(a netip.Addr) string {
 // clipForError shortens peer-supplied text quoted in an error.
 func clipForError(s string) string {
 	const n = 64
-	if c := clipText(s, n); c != s {
+	if c := safetext.Clip(s, n); c != s {
 		return c + "..."
 	}
 	return s

@@ -7,12 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/safetext"
-	"unicode/utf8"
 )
 
 // ErrClosed is the error of a session ended by Session.Close.
@@ -545,16 +543,4 @@ func (s *Session) reservedSlots() int {
 // duplicates.
 func sameSet(a, b []int) bool {
 	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
-}
-
-// clipText returns s as valid UTF-8 of at most n bytes.
-func clipText(s string, n int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }

@@ -6,6 +6,7 @@
 package safetext
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -28,6 +29,10 @@ func unsafe(r rune) bool {
 	return false
 }
 
+// removed reports whether Text removes r: what unsafe says, but line feeds
+// and tabs.
+func removed(r rune) bool { return unsafe(r) && r != '\n' && r != '\t' }
+
 // Line returns s as one clean line of at most max bytes: invalid UTF-8
 // becomes U+FFFD, tabs and line breaks become spaces and every other
 // control character is removed. max <= 0 means no bound.
@@ -45,22 +50,28 @@ func Line(s string, max int) string {
 // feeds and tabs are kept (carriage returns are removed). max <= 0 means
 // no bound.
 func Text(s string, max int) string {
-	return clean(s, max, func(r rune) (rune, bool) {
-		if r == '\n' || r == '\t' {
-			return r, true
-		}
-		return r, !unsafe(r)
-	})
+	return clean(s, max, func(r rune) (rune, bool) { return r, !removed(r) })
+}
+
+// Clip returns s as valid UTF-8 (each run of invalid bytes one U+FFFD)
+// of at most max bytes, cut at a rune boundary. Unlike Line and Text it
+// removes nothing: it is for text that is quoted (%q) or sent on in JSON,
+// where control characters are escaped, and that must stay within a
+// bound however its bytes are encoded. max <= 0 means no bound.
+func Clip(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if max <= 0 || len(s) <= max {
+		return s
+	}
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
+	}
+	return s[:max]
 }
 
 // IsClean reports whether Text would leave s as it is (ignoring length).
 func IsClean(s string) bool {
-	for _, r := range s {
-		if unsafe(r) && r != '\n' && r != '\t' {
-			return false
-		}
-	}
-	return utf8.ValidString(s)
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, removed)
 }
 
 func clean(s string, max int, keep func(rune) (rune, bool)) string {
@@ -110,7 +121,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 		r, size := utf8.DecodeRune(in[i:])
 		i += size
-		if r == '\n' || r == '\t' || !unsafe(r) {
+		if !removed(r) {
 			out = utf8.AppendRune(out, r)
 		}
 	}
@@ -137,19 +148,12 @@ func (w *Writer) Close() error {
 // characters can only occur inside JSON strings, so the value is the
 // same; only a terminal showing it is safe from them.
 func EscapeJSON(b []byte) []byte {
-	clean := true
-	for _, r := range string(b) {
-		if unsafe(r) && r != '\n' && r != '\t' {
-			clean = false
-			break
-		}
-	}
-	if clean {
+	if !bytes.ContainsFunc(b, removed) {
 		return b
 	}
 	out := make([]byte, 0, len(b)+32)
 	for _, r := range string(b) {
-		if unsafe(r) && r != '\n' && r != '\t' {
+		if removed(r) {
 			out = fmt.Appendf(out, `\u%04x`, r)
 			continue
 		}

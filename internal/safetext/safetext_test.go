@@ -34,6 +34,36 @@ func TestTextKeepsLineFeedsAndTabs(t *testing.T) {
 	}
 }
 
+// Clip bounds and repairs, and removes nothing: what it returns stays
+// within the bound once encoded as JSON.
+func TestClip(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"plain\x1b[2J", 0, "plain\x1b[2J"},
+		{"plain\x1b[2J", 5, "plain"},
+		{"ab\xff\xfecd", 0, "ab\uFFFDcd"},
+		{"ab\xff\xfecd", 4, "ab"},
+		{strings.Repeat("é", 3), 5, "éé"},
+		{"é", 1, ""},
+	} {
+		if got := Clip(tc.in, tc.max); got != tc.want {
+			t.Errorf("Clip(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		}
+	}
+	invalid := strings.Repeat("\xff", 300)
+	b, err := json.Marshal(Clip(invalid, 256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back string
+	if err := json.Unmarshal(b, &back); err != nil || len(back) > 256 {
+		t.Fatalf("through JSON: %d bytes, %v", len(back), err)
+	}
+}
+
 func TestBoundedWithoutSplittingRunes(t *testing.T) {
 	s := strings.Repeat("é", 100) // two bytes each
 	for _, max := range []int{1, 2, 3, 7, 200, 1000} {

@@ -11,7 +11,7 @@
 // with (-ldflags "-X main.mode=...").
 //
 //	hostileagent [-listen vsock:PORT|unix:PATH] [-port DEVICE]
-//	             [-token-source SRC[,SRC...]]... [-token-file FILE] [-mmds-url URL]
+//	             [-token-source SRC[,SRC...]]... [-token-file FILE] [-mmds-url URL] [-version]
 package main
 
 import (
@@ -32,6 +32,9 @@ import (
 // mode is the built-in mode, set with -ldflags "-X main.mode=...".
 var mode = ""
 
+// version is what the hostile agent reports as its version.
+const version = "hostile"
+
 // modeFile is where an image carries the mode.
 const modeFile = "/etc/hearth/hostile"
 
@@ -40,13 +43,19 @@ func main() {
 }
 
 func run() int {
-	opts, err := parseFlags(os.Args[1:])
+	// hearth-agent's flags: the fake Firecracker and images start the
+	// agent with them.
+	opts, showVersion, err := agent.ParseFlags("hostileagent", os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hostileagent:", err)
 		return 2
+	}
+	if showVersion {
+		fmt.Println(version)
+		return 0
 	}
 	m := mode
 	if b, err := os.ReadFile(modeFile); err == nil {
@@ -62,7 +71,7 @@ func run() int {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	logger.Info("hearth-agent starting, hostile", "mode", m)
-	opts.Version = "hostile"
+	opts.Version = version
 	opts.Logger = logger
 	opts.WrapChannel = hostile.New(modes).Wrap
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,29 +81,4 @@ func run() int {
 		return 1
 	}
 	return 0
-}
-
-// parseFlags reads hearth-agent's flags (the fake Firecracker and images
-// start the agent with them).
-func parseFlags(args []string) (opts agent.Options, err error) {
-	fs := flag.NewFlagSet("hostileagent", flag.ContinueOnError)
-	fs.StringVar(&opts.Port, "port", "", "agent virtio-serial port device")
-	fs.StringVar(&opts.Listen, "listen", "", "listen for the host on vsock:PORT or unix:PATH")
-	fs.Func("token-source", "where to read the token (repeat or separate with commas)", func(s string) error {
-		for _, src := range strings.Split(s, ",") {
-			if src = strings.TrimSpace(src); src != "" {
-				opts.TokenSources = append(opts.TokenSources, src)
-			}
-		}
-		return nil
-	})
-	tokenFile := fs.String("token-file", "", "read the token from this file only")
-	fs.StringVar(&opts.MMDSURL, "mmds-url", "", "base URL of the mmds token source")
-	if err := fs.Parse(args); err != nil {
-		return agent.Options{}, err
-	}
-	if *tokenFile != "" {
-		opts.TokenSources = []string{*tokenFile}
-	}
-	return opts, opts.Validate()
 }
