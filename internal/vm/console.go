@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -58,15 +57,9 @@ func ConsolePath(v store.VM) string {
 // byte, as clean text (package safetext): the guest wrote it, and whoever
 // reads it may print it on a terminal.
 func ConsoleTail(v store.VM, n int64) string {
-	path := ConsolePath(v)
-	b, err := consolelog.Tail(path, n)
+	b, err := consolelog.TailLines(ConsolePath(v), n)
 	if err != nil || len(b) == 0 {
 		return ""
-	}
-	if info, err := consolelog.Stat(path); err == nil && int64(len(b)) < info.Size {
-		if i := strings.IndexByte(string(b), '\n'); i >= 0 {
-			b = b[i+1:]
-		}
 	}
 	return safetext.Text(string(b), 0)
 }
