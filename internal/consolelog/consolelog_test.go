@@ -328,6 +328,36 @@ func TestTail(t *testing.T) {
 	}
 }
 
+func TestTailLines(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "console")
+	w := openLog(t, dir, Limits{Max: 64 << 10, Head: 16 << 10})
+	if _, err := w.Write([]byte("first\nsecond\nthird\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		n    int64
+		want string
+	}{
+		{100, "first\nsecond\nthird\n"}, // from the log's first byte: all of it
+		{19, "first\nsecond\nthird\n"},
+		{18, "second\nthird\n"}, // "irst" is the end of a line
+		{14, "second\nthird\n"}, // the newline that ends "first"
+		{13, "third\n"},         // from a line's start: the line before is not known to have ended
+		{4, ""},
+	} {
+		if b, err := TailLines(dir, c.n); err != nil || string(b) != c.want {
+			t.Errorf("TailLines(%d) = %q, %v; want %q", c.n, b, err, c.want)
+		}
+	}
+	// No newline at all: what there is.
+	if _, err := w.Write([]byte("a long last line")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := TailLines(dir, 6); err != nil || string(b) != "t line" {
+		t.Errorf("TailLines of a line without its start = %q, %v", b, err)
+	}
+}
+
 // Followers read while the log is written and rolled: every byte they
 // get is the one written at its offset, a follower that falls behind gets
 // markers with exact counts, and all of them reach the end.

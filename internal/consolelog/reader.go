@@ -1,6 +1,7 @@
 package consolelog
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -102,9 +103,28 @@ func readAt(path string, p []byte, off int64) (int, error) {
 // when the kept tail is shorter than n and bytes were dropped before it,
 // only the kept tail is returned.
 func Tail(dir string, n int64) ([]byte, error) {
+	b, _, err := tail(dir, n)
+	return b, err
+}
+
+// TailLines is Tail starting at a line boundary: unless the bytes begin at
+// the log's first one, what precedes their first newline (maybe the end
+// of a line whose start is not among them) is left out.
+func TailLines(dir string, n int64) ([]byte, error) {
+	b, from, err := tail(dir, n)
+	if from > 0 {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return b, err
+}
+
+// tail is Tail, also returning the offset of the first byte.
+func tail(dir string, n int64) ([]byte, int64, error) {
 	info, err := Stat(dir)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	from := max(info.Size-n, 0)
 	if info.Skipped() > 0 && from < info.TailStart {
@@ -119,8 +139,8 @@ func Tail(dir string, n int64) ([]byte, error) {
 			break
 		}
 		if err != nil {
-			return buf, err
+			return buf, from, err
 		}
 	}
-	return buf, nil
+	return buf, from, nil
 }

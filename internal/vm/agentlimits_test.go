@@ -64,16 +64,16 @@ type hostileEnv struct {
 }
 
 // newHostileEnv returns a manager that talks to real agents with the real
-// dialer, and no guest network.
-func newHostileEnv(t *testing.T) (*hostileEnv, *vm.Manager) {
+// dialer, and no guest network; tweak, if set, changes its configuration.
+func newHostileEnv(t *testing.T, tweak func(*vm.Config)) (*hostileEnv, *vm.Manager) {
 	e := &hostileEnv{env: newEnv(t), logs: &syncBuffer{}}
 	e.st = &countingStore{Store: e.env.st}
-	m := vm.New(e.config(), vm.Deps{Store: e.st, Driver: e.driver, Agents: vm.AgentAPIDialer{},
-		Log: slog.New(slog.NewTextHandler(e.logs, nil))})
-	if err := m.Start(context.Background()); err != nil {
-		t.Fatal(err)
+	cfg := e.config()
+	if tweak != nil {
+		tweak(&cfg)
 	}
-	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	m := startManager(t, cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: vm.AgentAPIDialer{},
+		Log: slog.New(slog.NewTextHandler(e.logs, nil))})
 	return e, m
 }
 
@@ -157,7 +157,7 @@ func TestAgentBreakingTheProtocolFailsTheVM(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.mode, func(t *testing.T) {
-			e, m := newHostileEnv(t)
+			e, m := newHostileEnv(t, nil)
 			v := e.create(m, c.mode)
 			start := time.Now()
 			v = waitFor(t, m, v.ID, store.StateFailed)
@@ -185,7 +185,7 @@ func TestAgentBreakingTheProtocolFailsTheVM(t *testing.T) {
 // connections nor its readys count as heartbeats: the VM fails one
 // heartbeat timeout after its last heartbeat.
 func TestReconnectsBackOffAndAreNotHeartbeats(t *testing.T) {
-	e, m := newHostileEnv(t)
+	e, m := newHostileEnv(t, nil)
 	v := e.create(m, hostile.Hangup)
 	ready := waitFor(t, m, v.ID, store.StateReady)
 	v = waitFor(t, m, v.ID, store.StateFailed)
@@ -220,17 +220,10 @@ func TestReconnectsBackOffAndAreNotHeartbeats(t *testing.T) {
 // The legitimate agent, heartbeating 100 times a second, stays well within
 // the limits: one connection, no session ends.
 func TestRealAgentStaysWithinLimits(t *testing.T) {
-	e := &hostileEnv{env: newEnv(t), logs: &syncBuffer{}}
-	e.st = &countingStore{Store: e.env.st}
-	cfg := e.config()
-	cfg.HeartbeatInterval = 10 * time.Millisecond
-	cfg.AgentLimits = agentapi.Limits{MessageBurst: agentapi.MaxRequiredPorts + 2, MessageRate: 1}
-	m := vm.New(cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: vm.AgentAPIDialer{},
-		Log: slog.New(slog.NewTextHandler(e.logs, nil))})
-	if err := m.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	e, m := newHostileEnv(t, func(c *vm.Config) {
+		c.HeartbeatInterval = 10 * time.Millisecond
+		c.AgentLimits = agentapi.Limits{MessageBurst: agentapi.MaxRequiredPorts + 2, MessageRate: 1}
+	})
 	v := e.create(m)
 	waitFor(t, m, v.ID, store.StateReady)
 	time.Sleep(4 * time.Second) // 400 heartbeats, more than the burst
@@ -247,7 +240,7 @@ func TestRealAgentStaysWithinLimits(t *testing.T) {
 
 // What the guest says about itself is stored clean.
 func TestAgentVersionIsStoredClean(t *testing.T) {
-	e, m := newHostileEnv(t)
+	e, m := newHostileEnv(t, nil)
 	v := e.create(m, hostile.EvilText)
 	v = waitFor(t, m, v.ID, store.StateReady)
 	if want := safetext.Line(hostile.EvilString, 256); v.AgentVersion != want || !safetext.IsClean(v.AgentVersion) {

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -58,15 +57,9 @@ func ConsolePath(v store.VM) string {
 // byte, as clean text (package safetext): the guest wrote it, and whoever
 // reads it may print it on a terminal.
 func ConsoleTail(v store.VM, n int64) string {
-	path := ConsolePath(v)
-	b, err := consolelog.Tail(path, n)
+	b, err := consolelog.TailLines(ConsolePath(v), n)
 	if err != nil || len(b) == 0 {
 		return ""
-	}
-	if info, err := consolelog.Stat(path); err == nil && int64(len(b)) < info.Size {
-		if i := strings.IndexByte(string(b), '\n'); i >= 0 {
-			b = b[i+1:]
-		}
 	}
 	return safetext.Text(string(b), 0)
 }
@@ -92,7 +85,8 @@ func (m *Manager) recordConsole(v store.VM, h vmm.Handle) *consoleRecorder {
 		return r
 	}
 	log := m.log.With("vm", v.ID)
-	w, err := consolelog.Open(ConsolePath(v), m.cfg.Console.orDefault().Limits)
+	cfg := m.cfg.Console.orDefault()
+	w, err := consolelog.Open(ConsolePath(v), cfg.Limits)
 	if err != nil {
 		log.Error("console not recorded", "err", err)
 		close(r.done)
@@ -100,12 +94,10 @@ func (m *Manager) recordConsole(v store.VM, h vmm.Handle) *consoleRecorder {
 	}
 	// The first open is made here, before the supervisor goes on: what a
 	// guest writes from now on is kept even if it dies at once (a pipe's
-	// contents go with its last reader and writer).
-	src, err := vmm.OpenConsole(ctx, h)
-	if err != nil {
-		src = nil
-	}
-	go r.run(ctx, m.cfg.Console.orDefault(), w, src, h, log)
+	// contents go with its last reader and writer). One that fails is
+	// nil, and run tries again.
+	src, _ := vmm.OpenConsole(ctx, h)
+	go r.run(ctx, cfg, w, src, h, log)
 	return r
 }
 

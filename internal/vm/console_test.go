@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,17 +17,6 @@ import (
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vmm"
 )
-
-func (e *env) managerWith(tweak func(*vm.Config)) *vm.Manager {
-	cfg := e.config()
-	tweak(&cfg)
-	m := vm.New(cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := m.Start(context.Background()); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
-	return m
-}
 
 func (e *env) handle(id string) vmm.Handle {
 	e.t.Helper()

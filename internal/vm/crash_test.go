@@ -3,8 +3,6 @@ package vm_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,13 +17,9 @@ import (
 
 // managerOn starts a manager of e's driver, agents and network on st.
 func (e *env) managerOn(st store.Store) *vm.Manager {
-	m := vm.New(e.config(), vm.Deps{Store: st, Driver: e.driver, Agents: e.agents, Network: e.net,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := m.Start(context.Background()); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
-	return m
+	deps := e.deps()
+	deps.Store = st
+	return startManager(e.t, e.config(), deps)
 }
 
 // booting creates a VM whose guest never answers and returns it once its

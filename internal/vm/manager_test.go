@@ -3,7 +3,6 @@ package vm_test
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -65,14 +64,31 @@ func (e *env) config() vm.Config {
 	}
 }
 
-func (e *env) manager() *vm.Manager {
-	cfg := e.config()
-	m := vm.New(cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+// deps are e's fakes over e's store, logging nowhere.
+func (e *env) deps() vm.Deps {
+	return vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net, Log: slog.New(slog.DiscardHandler)}
+}
+
+// startManager starts a manager and shuts it down when the test ends.
+func startManager(t *testing.T, cfg vm.Config, deps vm.Deps) *vm.Manager {
+	t.Helper()
+	m := vm.New(cfg, deps)
 	if err := m.Start(context.Background()); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	e.t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
 	return m
+}
+
+// manager starts a manager of e's fakes.
+func (e *env) manager() *vm.Manager { return startManager(e.t, e.config(), e.deps()) }
+
+// managerWith starts a manager of e's fakes with its configuration
+// changed by tweak.
+func (e *env) managerWith(tweak func(*vm.Config)) *vm.Manager {
+	cfg := e.config()
+	tweak(&cfg)
+	return startManager(e.t, cfg, e.deps())
 }
 
 func waitFor(t *testing.T, m *vm.Manager, id string, s store.State) store.VM {
@@ -412,12 +428,7 @@ func TestShutdownWithStopOnShutdownStopsVMs(t *testing.T) {
 	if err := m.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	cfg := e.config()
-	cfg.StopOnShutdown = true
-	m2 := vm.New(cfg, vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := m2.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	m2 := e.managerWith(func(c *vm.Config) { c.StopOnShutdown = true })
 	waitFor(t, m2, v.ID, store.StateReady)
 	if err := m2.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
@@ -442,16 +453,13 @@ func TestTransitionHookAndGuestAddr(t *testing.T) {
 	}
 	var mu sync.Mutex
 	seen := map[string][]string{}
-	m := vm.New(e.config(), vm.Deps{Store: e.st, Driver: e.driver, Agents: e.agents, Network: e.net,
-		Log: slog.New(slog.DiscardHandler), OnTransition: func(v store.VM) {
-			mu.Lock()
-			defer mu.Unlock()
-			seen[v.ID] = append(seen[v.ID], string(v.State))
-		}})
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
+	deps := e.deps()
+	deps.OnTransition = func(v store.VM) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[v.ID] = append(seen[v.ID], string(v.State))
 	}
-	t.Cleanup(func() { _ = m.Shutdown(context.Background()) })
+	m := startManager(t, e.config(), deps)
 
 	b, err := m.Create(ctx, vm.CreateRequest{UserID: "alice", Image: "browser"})
 	if err != nil {

@@ -82,6 +82,17 @@ func (m *Manager) reconcileProcesses(vms []store.VM) error {
 	return nil
 }
 
+// handleOf decodes v's handle. An unreadable one is logged and is the
+// zero handle, which names no process: stopProcesses then finds the VM's
+// processes by its directory.
+func (m *Manager) handleOf(v store.VM) vmm.Handle {
+	h, err := vmm.UnmarshalHandle(v.Handle)
+	if err != nil {
+		m.log.Error("vm handle unreadable; its processes are found by its directory", "vm", v.ID, "err", err)
+	}
+	return h
+}
+
 // stopProcesses stops the VM's recorded process (the driver's Stop: the
 // guest gets grace to power off) and then ends any other process the
 // driver finds working for the VM's directory. It returns once none is

@@ -632,11 +632,7 @@ func (m *Manager) stopUnrecorded(id string) {
 	if err != nil {
 		v = store.VM{ID: id, Dir: filepath.Join(m.cfg.VMsDir, id)}
 	}
-	h, err := vmm.UnmarshalHandle(v.Handle)
-	if err != nil {
-		m.log.Error("vm handle unreadable; its processes are found by its directory", "vm", id, "err", err)
-	}
-	if err := m.stopProcesses(ctx, v, h, 0); err != nil {
+	if err := m.stopProcesses(ctx, v, m.handleOf(v), 0); err != nil {
 		m.log.Error("stop vm", "vm", id, "err", err)
 	}
 }
@@ -647,10 +643,7 @@ func (m *Manager) stopUnrecorded(id string) {
 func (m *Manager) release(v store.VM) {
 	ctx := context.WithoutCancel(m.ctx)
 	log := m.log.With("vm", v.ID)
-	h, err := vmm.UnmarshalHandle(v.Handle)
-	if err != nil {
-		log.Error("vm handle unreadable; its processes are found by its directory", "err", err)
-	}
+	h := m.handleOf(v)
 	if err := m.stopProcesses(ctx, v, h, 0); err != nil {
 		log.Error("stop failed vm", "err", err)
 		return // the network and files stay until the process is gone
@@ -698,10 +691,7 @@ func (m *Manager) teardown(v store.VM, sess AgentSession) {
 			return err
 		})
 	}
-	h, err := vmm.UnmarshalHandle(v.Handle)
-	if err != nil {
-		log.Error("vm handle unreadable; its processes are found by its directory", "err", err)
-	}
+	h := m.handleOf(v)
 	if v.State != store.StateFailed && v.State != store.StateStopped {
 		if err := move(store.StateStopping, "stop requested", nil); err != nil {
 			log.Error("mark stopping", "err", err)

@@ -1,6 +1,6 @@
 // Package vmm is the contract between hearth's lifecycle manager and a
-// virtual machine monitor. Drivers (vmm/qemu, later vmm/firecracker) turn a
-// Spec into a running guest and a Handle that is persisted, so a restarted
+// virtual machine monitor. Drivers (vmm/qemu, vmm/firecracker) turn a Spec
+// into a running guest and a Handle that is persisted, so a restarted
 // daemon can find, watch and stop the same process again. Every driver runs
 // the conformance suite in vmm/vmmtest.
 package vmm

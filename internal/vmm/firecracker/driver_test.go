@@ -3,6 +3,7 @@ package firecracker
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -156,6 +157,21 @@ func newFakeDriver(t *testing.T, cfg Config) *Driver {
 	return newTestDriver(t, cfg)
 }
 
+// startVM prepares and starts spec's VM on d; it is stopped when the test
+// ends.
+func startVM(t *testing.T, d *Driver, spec vmm.Spec) vmm.Handle {
+	t.Helper()
+	h, err := d.Prepare(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(t.Context(), spec, &h); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Stop(context.Background(), h, 0) })
+	return h
+}
+
 // TestContractSequence runs create → start → pause → snapshot → resume →
 // stop, then a restore of the snapshot as another VM → stop, through the
 // fake, and fails on any request Firecracker's spec would reject.
@@ -165,14 +181,7 @@ func TestContractSequence(t *testing.T) {
 	d := newFakeDriver(t, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := t.Context()
 	spec := fakeSpec(t, "vm-contract1")
-	h, err := d.Prepare(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(ctx, spec, &h); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Stop(ctx, h, 0) })
+	h := startVM(t, d, spec)
 	if !d.Alive(h) {
 		t.Fatal("not alive after Start")
 	}

@@ -527,20 +527,11 @@ func (d *Driver) outputTail(h vmm.Handle) string {
 
 // keptLines returns the lines in about the last n bytes of h's kept log.
 func keptLines(h vmm.Handle, n int64) ([]string, error) {
-	dir := keptLogDir(h)
-	info, err := consolelog.Stat(dir)
-	if err != nil || info.Size == 0 {
-		return nil, err
-	}
-	b, err := consolelog.Tail(dir, n)
+	b, err := consolelog.TailLines(keptLogDir(h), n)
 	if err != nil {
 		return nil, err
 	}
-	lines := splitLines(b)
-	if info.Size > int64(len(b)) && len(lines) > 0 {
-		lines = lines[1:] // maybe the end of a line
-	}
-	return lines, nil
+	return splitLines(b), nil
 }
 
 // splitLines returns the non-empty lines of b.
@@ -554,25 +545,16 @@ func splitLines(b []byte) []string {
 	return out
 }
 
-// lastLines returns the non-empty lines in the last n bytes of a file.
+// lastLines returns the non-empty lines in about the last n bytes of a
+// file an older hearth had Firecracker write (consolelog reads a plain
+// file as a log that is all head).
 func lastLines(path string, n int64) []string {
-	f, err := os.Open(path)
+	if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	b, err := consolelog.TailLines(path, n)
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
-		return nil
-	}
-	off := max(fi.Size()-n, 0)
-	b, err := io.ReadAll(io.NewSectionReader(f, off, fi.Size()-off))
-	if err != nil {
-		return nil
-	}
-	lines := splitLines(b)
-	if off > 0 && len(lines) > 0 {
-		lines = lines[1:] // a partial line
-	}
-	return lines
+	return splitLines(b)
 }

@@ -1,7 +1,6 @@
 package firecracker
 
 import (
-	"context"
 	"errors"
 	"io/fs"
 	"log/slog"
@@ -99,26 +98,10 @@ func testFlood(t *testing.T, jail JailerConfig) {
 	ctx := t.Context()
 	begin := time.Now()
 
-	quiet := fakeSpec(t, "vm-quiet1")
-	hq, err := d.Prepare(ctx, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(ctx, quiet, &hq); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Stop(context.Background(), hq, 0) })
+	hq := startVM(t, d, fakeSpec(t, "vm-quiet1"))
 
 	t.Setenv("HEARTH_FAKEFC_LOG_FLOOD", flood.String())
-	spec := fakeSpec(t, "vm-flood1")
-	h, err := d.Prepare(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(ctx, spec, &h); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Stop(context.Background(), h, 0) })
+	h := startVM(t, d, fakeSpec(t, "vm-flood1"))
 	exited, err := d.Watch(h)
 	if err != nil {
 		t.Fatal(err)
@@ -217,15 +200,7 @@ func TestAdoptedVMKeepsBeingFollowed(t *testing.T) {
 	var logs1, logs2 syncBuffer
 	d1 := newFakeDriver(t, Config{Logger: slog.New(slog.NewTextHandler(&logs1, nil))})
 	ctx := t.Context()
-	spec := fakeSpec(t, "vm-adopt1")
-	h, err := d1.Prepare(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d1.Start(ctx, spec, &h); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d1.Stop(context.Background(), h, 0) })
+	h := startVM(t, d1, fakeSpec(t, "vm-adopt1"))
 	if _, err := d1.Watch(h); err != nil { // as the daemon's supervisor does
 		t.Fatal(err)
 	}

@@ -54,6 +54,11 @@ func StartTime(pid int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return startTime(pid, fields)
+}
+
+// startTime is the start time in pid's stat fields (as stat returns them).
+func startTime(pid int, fields []string) (uint64, error) {
 	// fields[0] is field 3 (state); start time is field 22.
 	const idx = 22 - 3
 	if len(fields) <= idx {
@@ -71,16 +76,12 @@ func Alive(pid int, start uint64) bool {
 	if pid <= 0 {
 		return false
 	}
-	st, err := StartTime(pid)
-	if err != nil || st != start {
-		return false
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	fields, err := stat(pid)
 	if err != nil {
 		return false
 	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
+	st, err := startTime(pid, fields)
+	return err == nil && st == start && fields[0] != "Z" && fields[0] != "X"
 }
 
 // Cmdline returns the NUL-separated arguments of pid.
@@ -168,16 +169,6 @@ func WaitGone(pid int, start uint64, d time.Duration) bool {
 	case <-t.C:
 		return false
 	}
-}
-
-// Kill sends SIGKILL to pid, whatever process it is now, and waits up to
-// wait for it to be gone. A pid that is already gone is not an error.
-func Kill(pid int, wait time.Duration) error {
-	start, err := StartTime(pid)
-	if err != nil {
-		return nil // already gone
-	}
-	return KillWait(pid, start, wait)
 }
 
 // KillWait sends SIGKILL to the process pid that started at start and

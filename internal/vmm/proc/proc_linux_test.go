@@ -79,3 +79,27 @@ func TestParentPID(t *testing.T) {
 		t.Fatal("expected error for missing pid")
 	}
 }
+
+// A process that has exited but is not reaped yet (a zombie) is not alive.
+func TestZombieNotAlive(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	start, err := StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for Alive(pid, start) {
+		if time.Now().After(deadline) {
+			t.Fatal("an exited, unreaped process is still alive")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := StartTime(pid); err != nil {
+		t.Fatalf("the zombie's stat is gone already (%v): the test proves nothing", err)
+	}
+}

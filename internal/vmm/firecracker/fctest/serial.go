@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hearth-project/hearth/internal/tokenbucket"
 )
 
 // dropWriter writes the way Firecracker writes its serial output, its
@@ -21,7 +23,14 @@ type dropWriter struct {
 	fd      int
 	lost    int64
 	onError func(error) // told of a failed write, at most as often as Firecracker's rate-limited error log
-	limiter logLimiter
+	limiter tokenbucket.Bucket
+}
+
+// newDropWriter writes to fd. Failed writes are told to onError as often
+// as Firecracker's rate-limited log macros let an error through (v1.16:
+// 10 messages, then one per 500 ms).
+func newDropWriter(fd int) *dropWriter {
+	return &dropWriter{fd: fd, limiter: tokenbucket.New(2, 10)}
 }
 
 // openDropFile opens path as Firecracker's open_file_nonblock does (v1.16,
@@ -33,7 +42,7 @@ func openDropFile(path string) (*dropWriter, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	return &dropWriter{fd: fd}, nil
+	return newDropWriter(fd), nil
 }
 
 // NonBlockingStdout puts the process's standard output into non-blocking
@@ -46,7 +55,7 @@ func NonBlockingStdout() io.Writer {
 	if err := unix.SetNonblock(1, true); err != nil {
 		return os.Stdout
 	}
-	return &dropWriter{fd: 1}
+	return newDropWriter(1)
 }
 
 // Write implements io.Writer. It never fails: a write the descriptor
@@ -73,7 +82,7 @@ func (w *dropWriter) writeAll(p []byte) int {
 		}
 		if err != nil {
 			w.lost += int64(len(rest))
-			if w.onError != nil && w.limiter.allow() {
+			if w.onError != nil && w.limiter.Take(time.Now(), 1) {
 				w.onError(err)
 			}
 			return len(rest)
@@ -94,28 +103,6 @@ func (w *dropWriter) Close() error {
 		return nil
 	}
 	return unix.Close(w.fd)
-}
-
-// logLimiter lets through what Firecracker's rate-limited log macros do
-// (v1.16: 10 messages, then one per 500 ms).
-type logLimiter struct {
-	tokens float64
-	last   time.Time
-}
-
-func (l *logLimiter) allow() bool {
-	now := time.Now()
-	if l.last.IsZero() {
-		l.tokens = 10
-	} else {
-		l.tokens = min(10, l.tokens+now.Sub(l.last).Seconds()*2)
-	}
-	l.last = now
-	if l.tokens < 1 {
-		return false
-	}
-	l.tokens--
-	return true
 }
 
 // serialErrorf is Firecracker's message for a byte its UART could not
