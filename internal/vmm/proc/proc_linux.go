@@ -167,7 +167,9 @@ func WaitGone(pid int, start uint64, d time.Duration) bool {
 	case <-ch:
 		return true
 	case <-t.C:
-		return false
+		// Time is up, but the exit may be on its way (a short or spent
+		// d makes both ready at once): ask the process itself.
+		return !Alive(pid, start)
 	}
 }
 

@@ -103,3 +103,31 @@ func TestZombieNotAlive(t *testing.T) {
 		t.Fatalf("the zombie's stat is gone already (%v): the test proves nothing", err)
 	}
 }
+
+// TestWaitGoneWithNoTimeLeft: a process that has exited (a zombie its
+// parent has not reaped yet) is gone, even when WaitGone has no time left
+// to wait for its watch to say so.
+func TestWaitGoneWithNoTimeLeft(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	start, err := StartTime(pid)
+	if err != nil {
+		t.Skipf("the process ended before its start time was read: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for Alive(pid, start) {
+		if time.Now().After(deadline) {
+			t.Fatal("true did not exit")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := range 200 {
+		if !WaitGone(pid, start, 0) {
+			t.Fatalf("try %d: an exited process reported as still there", i)
+		}
+	}
+}
