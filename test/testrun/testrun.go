@@ -278,12 +278,9 @@ func Remove(ls []Leftover) error {
 		}
 	}
 	// Gone means exited: a zombie its parent has not reaped runs nothing.
-	// Once the deadline has passed, WaitGone may answer either way for a
-	// process that is gone; Alive says for sure.
 	deadline := time.Now().Add(15 * time.Second)
 	for _, l := range procs {
-		proc.WaitGone(l.pid, l.start, time.Until(deadline))
-		if proc.Alive(l.pid, l.start) {
+		if !proc.WaitGone(l.pid, l.start, time.Until(deadline)) {
 			errs = append(errs, fmt.Errorf("process %d survived SIGKILL", l.pid))
 		}
 	}
