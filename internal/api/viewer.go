@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"mime"
 	"net/http"
 	"net/url"
 	"path"
-	"strconv"
 	"strings"
 	"time"
 
@@ -357,8 +355,7 @@ func (s *Server) ticketRefused(w http.ResponseWriter, r *http.Request, id string
 	)
 	switch {
 	case errors.As(err, &rl):
-		secs := max(1, int(math.Ceil(rl.RetryAfter.Seconds())))
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		secs := setRetryAfter(w, rl.RetryAfter)
 		writeError(w, http.StatusTooManyRequests, "rate_limited",
 			fmt.Sprintf("too many viewer tickets for this %s: retry in %d s", rl.What, secs))
 	case errors.As(err, &le):
