@@ -708,3 +708,40 @@ func TestFullAddressPoolIs503AndLeavesNothing(t *testing.T) {
 	f.do("GET", "/v1/vms/"+a.ID+"/wait?state=destroyed&timeout=10s", f.alice, "")
 	f.createVM(f.alice, `{"image":"minimal"}`)
 }
+
+// A server run without logins or viewers answers their routes 503, saying
+// which is off, instead of failing inside them.
+func TestDisabledSubsystemsAre503(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"browser"}`)
+	off := *f.api
+	off.Logins, off.Viewers = nil, nil
+	srv := httptest.NewServer(off.Handler())
+	defer srv.Close()
+	for _, c := range []struct{ method, path, body, want string }{
+		{"POST", "/v1/logins", `{"provider":"fake_cli"}`, "logins are not enabled"},
+		{"GET", "/v1/logins", "", "logins are not enabled"},
+		{"GET", "/v1/logins/login-x", "", "logins are not enabled"},
+		{"GET", "/v1/credentials", "", "logins are not enabled"},
+		{"POST", "/api/auth/start", `{"provider":"fake_cli"}`, "logins are not enabled"},
+		{"GET", "/api/auth/credentials/alice", "", "logins are not enabled"},
+		{"POST", "/v1/vms/" + v.ID + "/viewer", "", "viewers are not enabled"},
+		{"DELETE", "/v1/vms/" + v.ID + "/viewers", "", "viewers are not enabled"},
+		{"POST", "/v1/vms/" + v.ID + "/viewer/ticket", "", "viewers are not enabled"},
+		{"GET", "/v1/vms/" + v.ID + "/viewer/socket", "", "viewers are not enabled"},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+f.alice)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		a := answer{status: resp.StatusCode, body: b}
+		if a.status != http.StatusServiceUnavailable || a.errCode() != "unavailable" || !strings.Contains(a.errMessage(), c.want) {
+			t.Errorf("%s %s: %d %s; want 503 saying %q", c.method, c.path, a.status, b, c.want)
+		}
+	}
+}

@@ -65,6 +65,13 @@ func classify(err error) (int, string) {
 	}
 }
 
+// errLoginsOff and errViewersOff answer the routes of a subsystem this
+// server runs without.
+var (
+	errLoginsOff  = errdefs.Unavailablef("logins are not enabled on this server")
+	errViewersOff = errdefs.Unavailablef("viewers are not enabled on this server")
+)
+
 // fail answers with err's class; internal detail is logged, never sent.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := classify(err)
