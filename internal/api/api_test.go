@@ -244,22 +244,35 @@ func (a answer) errMessage() string {
 	return e.Error.Message
 }
 
-// do sends a request and checks request and answer against openapi.yaml.
+// do sends a request to f's API with key and a JSON body (each optional)
+// and checks the exchange against openapi.yaml.
 func (f *fixture) do(method, path, key string, body string) answer {
+	f.t.Helper()
+	hdr := http.Header{}
+	if body != "" {
+		hdr.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		hdr.Set("Authorization", "Bearer "+key)
+	}
+	return f.request(method, f.srv.URL, path, hdr, body)
+}
+
+// request sends a request with hdr and body (optional) to base, the URL
+// of f's API or of a variant of it, and checks the exchange against
+// openapi.yaml.
+func (f *fixture) request(method, base, path string, hdr http.Header, body string) answer {
 	f.t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, f.srv.URL+path, rd)
+	req, err := http.NewRequest(method, base+path, rd)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -271,8 +284,22 @@ func (f *fixture) do(method, path, key string, body string) answer {
 		f.t.Fatal(err)
 	}
 	ans := answer{status: resp.StatusCode, header: resp.Header, body: b}
-	f.checkSpec(req, body, ans)
+	// The spec's server is f.srv; a variant's routes and schemas are the same.
+	check := req.Clone(context.Background())
+	check.URL.Scheme, check.URL.Host = "http", strings.TrimPrefix(f.srv.URL, "http://")
+	f.checkSpec(check, body, ans)
 	return ans
+}
+
+// variant serves a copy of f's API that change adjusts, and returns its
+// base URL.
+func (f *fixture) variant(change func(*api.Server)) string {
+	f.t.Helper()
+	a := *f.api
+	change(&a)
+	srv := httptest.NewServer(a.Handler())
+	f.t.Cleanup(srv.Close)
+	return srv.URL
 }
 
 // checkSpec validates an exchange against the OpenAPI description: the
@@ -551,12 +578,7 @@ func TestConsoleOffsets(t *testing.T) {
 		t.Fatalf("console from 20: %q", a.body)
 	}
 	// follow streams until the VM is destroyed.
-	req, _ := http.NewRequest("GET", f.srv.URL+"/v1/vms/"+v.ID+"/console?follow=1&offset=20", nil)
-	req.Header.Set("Authorization", "Bearer "+f.alice)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.stream(t.Context(), f.srv.URL, "/v1/vms/"+v.ID+"/console?follow=1&offset=20", f.alice, "")
 	defer resp.Body.Close()
 	line, err := bufio.NewReader(resp.Body).ReadString('\n')
 	if err != nil || line != "fake init\n" {
@@ -580,12 +602,7 @@ func TestEventsStreamReplaysAndFollows(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", f.srv.URL+"/v1/events?since=0", nil)
-	req.Header.Set("Authorization", "Bearer "+f.alice)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.stream(ctx, f.srv.URL, "/v1/events?since=0", f.alice, "")
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("content type %q", ct)
@@ -714,10 +731,8 @@ func TestFullAddressPoolIs503AndLeavesNothing(t *testing.T) {
 func TestDisabledSubsystemsAre503(t *testing.T) {
 	f := newFixture(t)
 	v := f.createVM(f.alice, `{"image":"browser"}`)
-	off := *f.api
-	off.Logins, off.Viewers = nil, nil
-	srv := httptest.NewServer(off.Handler())
-	defer srv.Close()
+	off := f.variant(func(a *api.Server) { a.Logins, a.Viewers = nil, nil })
+	hdr := http.Header{"Authorization": {"Bearer " + f.alice}, "Content-Type": {"application/json"}}
 	for _, c := range []struct{ method, path, body, want string }{
 		{"POST", "/v1/logins", `{"provider":"fake_cli"}`, "logins are not enabled"},
 		{"GET", "/v1/logins", "", "logins are not enabled"},
@@ -730,18 +745,9 @@ func TestDisabledSubsystemsAre503(t *testing.T) {
 		{"POST", "/v1/vms/" + v.ID + "/viewer/ticket", "", "viewers are not enabled"},
 		{"GET", "/v1/vms/" + v.ID + "/viewer/socket", "", "viewers are not enabled"},
 	} {
-		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(c.body))
-		req.Header.Set("Authorization", "Bearer "+f.alice)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		a := answer{status: resp.StatusCode, body: b}
+		a := f.request(c.method, off, c.path, hdr, c.body)
 		if a.status != http.StatusServiceUnavailable || a.errCode() != "unavailable" || !strings.Contains(a.errMessage(), c.want) {
-			t.Errorf("%s %s: %d %s; want 503 saying %q", c.method, c.path, a.status, b, c.want)
+			t.Errorf("%s %s: %d %s; want 503 saying %q", c.method, c.path, a.status, a.body, c.want)
 		}
 	}
 }

@@ -130,12 +130,7 @@ func TestConsoleIsBoundedAndSaysWhatItSkipped(t *testing.T) {
 
 	// A follower from a rolled-past offset gets the marker, the tail, and
 	// what the guest writes next.
-	req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/vms/%s/console?follow=1&offset=%d", f.srv.URL, v.ID, from), nil)
-	req.Header.Set("Authorization", "Bearer "+f.alice)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.stream(t.Context(), f.srv.URL, fmt.Sprintf("/v1/vms/%s/console?follow=1&offset=%d", v.ID, from), f.alice, "")
 	defer resp.Body.Close()
 	r := bufio.NewReader(resp.Body)
 	if got := readN(t, r, len(consolelog.SkipMarker(info.TailStart-from))); got != consolelog.SkipMarker(info.TailStart-from) {
@@ -242,20 +237,7 @@ func TestConsoleFollowsCountAsStreams(t *testing.T) {
 	open = append(open, r)
 
 	open[0].Body.Close()
-	open = open[1:]
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		r := f.stream(ctx, f.srv.URL, follow, f.alice, "")
-		if r.StatusCode == http.StatusOK {
-			open = append(open, r)
-			break
-		}
-		r.Body.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("a follow closed 30s ago still holds its slot: %s", r.Status)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	open = append(open[1:], f.awaitStream(ctx, follow, f.alice))
 }
 
 // A console log the host cannot read (here a loop where its directory
