@@ -72,6 +72,8 @@ type fixtureOptions struct {
 	limits *httplimit.Config
 	// vm adjusts the manager's configuration.
 	vm func(*vm.Config)
+	// vmStore, if set, wraps the store the manager is given.
+	vmStore func(store.Store) store.Store
 }
 
 // withVM adjusts the fixture manager's configuration.
@@ -155,7 +157,11 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 		o.vm(&cfg)
 	}
 	driver := vmfake.NewDriver()
-	mgr = vm.New(cfg, vm.Deps{Store: st, Driver: driver, Agents: agents, Network: netw, Log: log,
+	var mgrStore store.Store = st
+	if o.vmStore != nil {
+		mgrStore = o.vmStore(st)
+	}
+	mgr = vm.New(cfg, vm.Deps{Store: mgrStore, Driver: driver, Agents: agents, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, time.Hour)
 			if logins != nil {
