@@ -72,6 +72,8 @@ type fixtureOptions struct {
 	limits *httplimit.Config
 	// vm adjusts the manager's configuration.
 	vm func(*vm.Config)
+	// vmStore, if set, wraps the store the manager is given.
+	vmStore func(store.Store) store.Store
 }
 
 // withVM adjusts the fixture manager's configuration.
@@ -155,7 +157,11 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 		o.vm(&cfg)
 	}
 	driver := vmfake.NewDriver()
-	mgr = vm.New(cfg, vm.Deps{Store: st, Driver: driver, Agents: agents, Network: netw, Log: log,
+	var mgrStore store.Store = st
+	if o.vmStore != nil {
+		mgrStore = o.vmStore(st)
+	}
+	mgr = vm.New(cfg, vm.Deps{Store: mgrStore, Driver: driver, Agents: agents, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, time.Hour)
 			if logins != nil {
@@ -244,22 +250,35 @@ func (a answer) errMessage() string {
 	return e.Error.Message
 }
 
-// do sends a request and checks request and answer against openapi.yaml.
+// do sends a request to f's API with key and a JSON body (each optional)
+// and checks the exchange against openapi.yaml.
 func (f *fixture) do(method, path, key string, body string) answer {
+	f.t.Helper()
+	hdr := http.Header{}
+	if body != "" {
+		hdr.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		hdr.Set("Authorization", "Bearer "+key)
+	}
+	return f.request(method, f.srv.URL, path, hdr, body)
+}
+
+// request sends a request with hdr and body (optional) to base, the URL
+// of f's API or of a variant of it, and checks the exchange against
+// openapi.yaml.
+func (f *fixture) request(method, base, path string, hdr http.Header, body string) answer {
 	f.t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, f.srv.URL+path, rd)
+	req, err := http.NewRequest(method, base+path, rd)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -271,8 +290,22 @@ func (f *fixture) do(method, path, key string, body string) answer {
 		f.t.Fatal(err)
 	}
 	ans := answer{status: resp.StatusCode, header: resp.Header, body: b}
-	f.checkSpec(req, body, ans)
+	// The spec's server is f.srv; a variant's routes and schemas are the same.
+	check := req.Clone(context.Background())
+	check.URL.Scheme, check.URL.Host = "http", strings.TrimPrefix(f.srv.URL, "http://")
+	f.checkSpec(check, body, ans)
 	return ans
+}
+
+// variant serves a copy of f's API that change adjusts, and returns its
+// base URL.
+func (f *fixture) variant(change func(*api.Server)) string {
+	f.t.Helper()
+	a := *f.api
+	change(&a)
+	srv := httptest.NewServer(a.Handler())
+	f.t.Cleanup(srv.Close)
+	return srv.URL
 }
 
 // checkSpec validates an exchange against the OpenAPI description: the
@@ -551,12 +584,7 @@ func TestConsoleOffsets(t *testing.T) {
 		t.Fatalf("console from 20: %q", a.body)
 	}
 	// follow streams until the VM is destroyed.
-	req, _ := http.NewRequest("GET", f.srv.URL+"/v1/vms/"+v.ID+"/console?follow=1&offset=20", nil)
-	req.Header.Set("Authorization", "Bearer "+f.alice)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.stream(t.Context(), f.srv.URL, "/v1/vms/"+v.ID+"/console?follow=1&offset=20", f.alice, "")
 	defer resp.Body.Close()
 	line, err := bufio.NewReader(resp.Body).ReadString('\n')
 	if err != nil || line != "fake init\n" {
@@ -580,12 +608,7 @@ func TestEventsStreamReplaysAndFollows(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", f.srv.URL+"/v1/events?since=0", nil)
-	req.Header.Set("Authorization", "Bearer "+f.alice)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.stream(ctx, f.srv.URL, "/v1/events?since=0", f.alice, "")
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("content type %q", ct)
@@ -707,4 +730,30 @@ func TestFullAddressPoolIs503AndLeavesNothing(t *testing.T) {
 	f.do("DELETE", "/v1/vms/"+a.ID, f.alice, "")
 	f.do("GET", "/v1/vms/"+a.ID+"/wait?state=destroyed&timeout=10s", f.alice, "")
 	f.createVM(f.alice, `{"image":"minimal"}`)
+}
+
+// A server run without logins or viewers answers their routes 503, saying
+// which is off, instead of failing inside them.
+func TestDisabledSubsystemsAre503(t *testing.T) {
+	f := newFixture(t)
+	v := f.createVM(f.alice, `{"image":"browser"}`)
+	off := f.variant(func(a *api.Server) { a.Logins, a.Viewers = nil, nil })
+	hdr := http.Header{"Authorization": {"Bearer " + f.alice}, "Content-Type": {"application/json"}}
+	for _, c := range []struct{ method, path, body, want string }{
+		{"POST", "/v1/logins", `{"provider":"fake_cli"}`, "logins are not enabled"},
+		{"GET", "/v1/logins", "", "logins are not enabled"},
+		{"GET", "/v1/logins/login-x", "", "logins are not enabled"},
+		{"GET", "/v1/credentials", "", "logins are not enabled"},
+		{"POST", "/api/auth/start", `{"provider":"fake_cli"}`, "logins are not enabled"},
+		{"GET", "/api/auth/credentials/alice", "", "logins are not enabled"},
+		{"POST", "/v1/vms/" + v.ID + "/viewer", "", "viewers are not enabled"},
+		{"DELETE", "/v1/vms/" + v.ID + "/viewers", "", "viewers are not enabled"},
+		{"POST", "/v1/vms/" + v.ID + "/viewer/ticket", "", "viewers are not enabled"},
+		{"GET", "/v1/vms/" + v.ID + "/viewer/socket", "", "viewers are not enabled"},
+	} {
+		a := f.request(c.method, off, c.path, hdr, c.body)
+		if a.status != http.StatusServiceUnavailable || a.errCode() != "unavailable" || !strings.Contains(a.errMessage(), c.want) {
+			t.Errorf("%s %s: %d %s; want 503 saying %q", c.method, c.path, a.status, a.body, c.want)
+		}
+	}
 }

@@ -59,7 +59,7 @@ type compatStartRequest struct {
 
 func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
-		s.fail(w, r, errdefs.Unavailablef("logins are not enabled on this server"))
+		s.fail(w, r, errLoginsOff)
 		return
 	}
 	var req compatStartRequest
@@ -137,7 +137,7 @@ type compatCredential struct {
 // compatCredentials lists a user's credentials: metadata only.
 func (s *Server) compatCredentials(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
-		s.fail(w, r, errdefs.Unavailablef("logins are not enabled on this server"))
+		s.fail(w, r, errLoginsOff)
 		return
 	}
 	user := r.PathValue("userId")

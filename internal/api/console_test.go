@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,12 +131,7 @@ func TestConsoleIsBoundedAndSaysWhatItSkipped(t *testing.T) {
 
 	// A follower from a rolled-past offset gets the marker, the tail, and
 	// what the guest writes next.
-	req, _ := http.NewRequest("GET", fmt.Sprintf("%s/v1/vms/%s/console?follow=1&offset=%d", f.srv.URL, v.ID, from), nil)
-	req.Header.Set("Authorization", "Bearer "+f.alice)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := f.stream(t.Context(), f.srv.URL, fmt.Sprintf("/v1/vms/%s/console?follow=1&offset=%d", v.ID, from), f.alice, "")
 	defer resp.Body.Close()
 	r := bufio.NewReader(resp.Body)
 	if got := readN(t, r, len(consolelog.SkipMarker(info.TailStart-from))); got != consolelog.SkipMarker(info.TailStart-from) {
@@ -242,20 +238,7 @@ func TestConsoleFollowsCountAsStreams(t *testing.T) {
 	open = append(open, r)
 
 	open[0].Body.Close()
-	open = open[1:]
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		r := f.stream(ctx, f.srv.URL, follow, f.alice, "")
-		if r.StatusCode == http.StatusOK {
-			open = append(open, r)
-			break
-		}
-		r.Body.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("a follow closed 30s ago still holds its slot: %s", r.Status)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	open = append(open[1:], f.awaitStream(ctx, follow, f.alice))
 }
 
 // A console log the host cannot read (here a loop where its directory
@@ -282,5 +265,46 @@ func TestUnreadableConsoleIs503(t *testing.T) {
 			!strings.Contains(a.errMessage(), "console") {
 			t.Fatalf("an unreadable console%s: %d %s", q, a.status, a.body)
 		}
+	}
+}
+
+// vmReads counts reads of VM records.
+type vmReads struct {
+	store.Store
+	n atomic.Int64
+}
+
+func (c *vmReads) GetVM(ctx context.Context, id string) (store.VM, error) {
+	c.n.Add(1)
+	return c.Store.GetVM(ctx, id)
+}
+
+// A follow polls the console log, not the store: while the VM runs its
+// record is not read again, and the follow still ends when the VM goes.
+func TestConsoleFollowReadsTheVMOnlyWhenItChanges(t *testing.T) {
+	reads := &vmReads{}
+	f := newFixture(t, func(o *fixtureOptions) {
+		o.vmStore = func(st store.Store) store.Store { reads.Store = st; return reads }
+	})
+	id := f.readyVM("minimal")
+	resp := f.stream(t.Context(), f.srv.URL, "/v1/vms/"+id+"/console?follow=1", f.alice, "")
+	defer resp.Body.Close()
+	if got := readN(t, resp.Body, 30); got != "fake kernel booting\nfake init\n" {
+		t.Fatalf("follow began with %q", got)
+	}
+	// The follow reads the record once as it starts (maybe after sending
+	// the log so far), then not while nothing changes.
+	before := reads.n.Load()
+	time.Sleep(time.Second) // five polls of the log
+	if n := reads.n.Load() - before; n > 1 {
+		t.Fatalf("an idle follow read the vm's record %d times in a second", n)
+	}
+	f.do("DELETE", "/v1/vms/"+id, f.alice, "")
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, resp.Body); done <- err }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("console follow did not end after the vm was destroyed")
 	}
 }

@@ -65,6 +65,13 @@ func classify(err error) (int, string) {
 	}
 }
 
+// errLoginsOff and errViewersOff answer the routes of a subsystem this
+// server runs without.
+var (
+	errLoginsOff  = errdefs.Unavailablef("logins are not enabled on this server")
+	errViewersOff = errdefs.Unavailablef("viewers are not enabled on this server")
+)
+
 // fail answers with err's class; internal detail is logged, never sent.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := classify(err)
@@ -74,10 +81,17 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	if after, ok := errdefs.RetryAfter(err); ok {
-		// Whole seconds, rounded up: never "0", which means "now".
-		w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((after+time.Second-1)/time.Second)), 10))
+		setRetryAfter(w, after)
 	}
 	writeError(w, status, code, msg)
+}
+
+// setRetryAfter tells the client to try again after d, in whole seconds
+// rounded up (never "0", which means "now"), and returns the seconds.
+func setRetryAfter(w http.ResponseWriter, d time.Duration) int64 {
+	secs := max(1, int64((d+time.Second-1)/time.Second))
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	return secs
 }
 
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {

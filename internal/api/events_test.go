@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,6 +101,24 @@ func (f *fixture) stream(ctx context.Context, srv, path, key, lastID string) *ht
 		f.t.Fatal(err)
 	}
 	return resp
+}
+
+// awaitStream opens key's stream at path once one of its slots is free:
+// the server frees a closed stream's slot soon after the client closes it.
+func (f *fixture) awaitStream(ctx context.Context, path, key string) *http.Response {
+	f.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := f.stream(ctx, f.srv.URL, path, key, "")
+		if r.StatusCode == http.StatusOK {
+			return r
+		}
+		r.Body.Close()
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s: a stream closed 30s ago still holds its slot: %s", path, r.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // cancelledLogin starts a login for key's user and cancels it: its
@@ -213,16 +230,13 @@ func TestEventStreamsReadOnlyTheirRows(t *testing.T) {
 	t.Logf("%d other users' events written in %s", size, time.Since(start).Round(time.Millisecond))
 	lid := f.cancelledLogin(f.alice)
 	rec := &recordingStore{Store: f.st}
-	a := *f.api
-	a.Store = rec
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
+	srv := f.variant(func(a *api.Server) { a.Store = rec })
 
 	// One login's stream replays its events and ends.
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	start = time.Now()
-	resp := f.stream(ctx, srv.URL, "/v1/logins/"+lid+"/events", f.alice, "")
+	resp := f.stream(ctx, srv, "/v1/logins/"+lid+"/events", f.alice, "")
 	evs, _ := readSSE(t, resp.Body, nil)
 	resp.Body.Close()
 	took := time.Since(start)
@@ -238,7 +252,7 @@ func TestEventStreamsReadOnlyTheirRows(t *testing.T) {
 	t.Logf("one login's stream among %d events: %s, %d rows read", size, took, len(read))
 
 	// A user key's stream from the start reads only its user's rows.
-	resp = f.stream(ctx, srv.URL, "/v1/events?since=0", f.alice, "")
+	resp = f.stream(ctx, srv, "/v1/events?since=0", f.alice, "")
 	evs, ok := readSSE(t, resp.Body, func(e sse) bool { return e.Data.Login == lid && e.Data.ToState == "cancelled" })
 	resp.Body.Close()
 	if !ok {
@@ -381,20 +395,7 @@ func TestEventStreamCap(t *testing.T) {
 	}
 	// Closing one of alice's frees its slot once the server sees it gone.
 	open[0].Body.Close()
-	open = open[1:]
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		r := f.stream(ctx, f.srv.URL, "/v1/events", f.alice, "")
-		if r.StatusCode == http.StatusOK {
-			open = append(open, r)
-			break
-		}
-		r.Body.Close()
-		if time.Now().After(deadline) {
-			t.Fatalf("a slot freed 30s ago is still taken: %s", r.Status)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	open = append(open[1:], f.awaitStream(ctx, "/v1/events", f.alice))
 }
 
 // TestLoginStartRateLimitAPI: beyond the allowance, starting a login is a
@@ -448,15 +449,12 @@ func (p *pacedStore) QueryEvents(ctx context.Context, f store.EventFilter, after
 func TestOneUsersStreamsShareTheirStoreReads(t *testing.T) {
 	f := newFixture(t, func(o *fixtureOptions) { o.maxStreams = 100 })
 	ps := &pacedStore{Store: f.st, now: map[string]int{}, most: map[string]int{}}
-	a := *f.api
-	a.Store = ps
-	srv := httptest.NewServer(a.Handler())
-	defer srv.Close()
+	srv := f.variant(func(a *api.Server) { a.Store = ps })
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	const n = 40
 	for range n {
-		r := f.stream(ctx, srv.URL, "/v1/events", f.alice, "0")
+		r := f.stream(ctx, srv, "/v1/events", f.alice, "0")
 		if r.StatusCode != http.StatusOK {
 			t.Fatalf("stream: %d", r.StatusCode)
 		}

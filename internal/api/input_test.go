@@ -10,11 +10,11 @@ import (
 	"github.com/hearth-project/hearth/internal/store"
 )
 
-// readyVM creates a VM for alice and waits until it is ready.
-func (f *fixture) readyVM() string {
+// readyVM creates a VM of image for alice and waits until it is ready.
+func (f *fixture) readyVM(image string) string {
 	f.t.Helper()
-	v := f.createVM(f.alice, `{"image":"minimal"}`)
-	if a := f.do("GET", "/v1/vms/"+v.ID+"/wait?timeout=30s", f.alice, ""); a.status != 200 {
+	v := f.createVM(f.alice, `{"image":"`+image+`"}`)
+	if a := f.do("GET", "/v1/vms/"+v.ID+"/wait?state=ready&timeout=30s", f.alice, ""); a.status != 200 {
 		f.t.Fatalf("wait ready: %d %s", a.status, a.body)
 	}
 	return v.ID
@@ -28,7 +28,7 @@ func jsonList(s string, n int) string {
 // never a 500 or a silently different request.
 func TestExecBadInputIsA400NamingTheField(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyVM()
+	id := f.readyVM("minimal")
 	big := strings.Repeat("x", 70<<10)
 	cases := []struct{ name, body, field string }{
 		{"no argv", `{"argv":[]}`, "argv"},
@@ -72,7 +72,7 @@ func TestExecBadInputIsA400NamingTheField(t *testing.T) {
 // positive must not be taken for a short timeout.
 func TestNumbersAreCheckedBeforeBecomingDurations(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyVM()
+	id := f.readyVM("minimal")
 	for _, q := range []string{"9223372037", "18446744074", "-5", "0"} {
 		if a := f.do("GET", "/v1/vms/"+id+"/wait?timeout="+q, f.alice, ""); a.status != 400 || !strings.Contains(a.errMessage(), "timeout") {
 			t.Errorf("wait timeout=%s: %d %s", q, a.status, a.body)
@@ -84,7 +84,7 @@ func TestNumbersAreCheckedBeforeBecomingDurations(t *testing.T) {
 			t.Errorf("boot_timeout_seconds %s: %d %s", n, a.status, a.body)
 		}
 	}
-	browser := f.readyBrowser()
+	browser := f.readyVM("browser")
 	for _, n := range []string{"9223372037", "18446744074", "-1"} {
 		if a := f.do("POST", "/v1/vms/"+browser+"/viewer", f.alice, `{"ttl_seconds":`+n+`}`); a.status != 400 ||
 			!strings.Contains(a.errMessage(), "ttl_seconds") {
@@ -101,7 +101,7 @@ func TestNumbersAreCheckedBeforeBecomingDurations(t *testing.T) {
 // the refused create leaves nothing behind.
 func TestBusyStoreIs503(t *testing.T) {
 	f := newFixture(t)
-	f.readyVM() // the keys are verified and touched before the lock
+	f.readyVM("minimal") // the keys are verified and touched before the lock
 	raw, err := sql.Open("sqlite", "file:"+f.dir+"/hearth.db?_pragma=busy_timeout(100)")
 	if err != nil {
 		t.Fatal(err)

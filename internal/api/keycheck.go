@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/auth"
 )
 
 // keyCheckEvery is how often a long stream (an event stream, a console
@@ -20,15 +20,5 @@ const keyCheckEvery = 10 * time.Second
 // says nothing: the next look decides.
 func (s *Server) keyGone(ctx context.Context, r *http.Request) bool {
 	id := identity(r)
-	if id.KeyID == "" {
-		return false
-	}
-	k, err := s.Store.GetAPIKey(ctx, id.KeyID)
-	if errors.Is(err, store.ErrNotFound) {
-		return true
-	}
-	if err != nil {
-		return false
-	}
-	return k.Revoked() || k.Expired(s.now())
+	return id.KeyID != "" && errors.Is(s.Verifier.Check(ctx, id.KeyID), auth.ErrUnauthenticated)
 }

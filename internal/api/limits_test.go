@@ -102,7 +102,7 @@ func TestSlowClientsAreCut(t *testing.T) {
 func TestLongRequestsOutliveTheReadTimeout(t *testing.T) {
 	t.Cleanup(api.SetSSEKeepalive(300 * time.Millisecond))
 	f := newFixtureWith(t, &short)
-	id := f.readyVM()
+	id := f.readyVM("minimal")
 
 	start := time.Now()
 	a := f.do("GET", "/v1/vms/"+id+"/wait?state=stopped&timeout=3s", f.alice, "")

@@ -81,7 +81,7 @@ func ownUser(r *http.Request, asked, what string) (string, error) {
 
 func (s *Server) createLogin(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
-		s.fail(w, r, errdefs.Unavailablef("logins are not enabled on this server"))
+		s.fail(w, r, errLoginsOff)
 		return
 	}
 	var req createLoginRequest
@@ -114,7 +114,7 @@ func (s *Server) createLogin(w http.ResponseWriter, r *http.Request) {
 // lookupLogin returns the login in the path if the caller may see it.
 func (s *Server) lookupLogin(w http.ResponseWriter, r *http.Request) (store.Login, bool) {
 	if s.Logins == nil {
-		s.fail(w, r, errdefs.Unavailablef("logins are not enabled on this server"))
+		s.fail(w, r, errLoginsOff)
 		return store.Login{}, false
 	}
 	id := r.PathValue("id")
@@ -137,7 +137,7 @@ func (s *Server) getLogin(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listLogins(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
-		s.fail(w, r, errdefs.Unavailablef("logins are not enabled on this server"))
+		s.fail(w, r, errLoginsOff)
 		return
 	}
 	f := store.LoginFilter{Provider: r.URL.Query().Get("provider"), ActiveOnly: r.URL.Query().Get("active") == "true"}
@@ -213,7 +213,7 @@ type credentialJSON struct {
 // a credential's content.
 func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
-		s.fail(w, r, errdefs.Unavailablef("logins are not enabled on this server"))
+		s.fail(w, r, errLoginsOff)
 		return
 	}
 	user := r.URL.Query().Get("user")

@@ -73,40 +73,55 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Console-Offset", strconv.FormatInt(offset, 10))
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	rd := consolelog.NewReader(path, offset)
+	if follow {
+		s.followConsole(w, r, v.ID, path, rd)
+		return
+	}
+	w.Header().Set("X-Console-Size", strconv.FormatInt(info.Size, 10))
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
-	if !follow {
-		w.Header().Set("X-Console-Size", strconv.FormatInt(info.Size, 10))
-		w.WriteHeader(http.StatusOK)
-		rc := http.NewResponseController(w)
-		// What the log held when the answer started, and no more. Each
-		// chunk gets the write timeout afresh: a client that keeps taking
-		// the answer gets all of it however long that takes; one that
-		// stops is cut within the timeout.
-		for rd.Offset() < info.Size || rd.Marking() {
-			k := int64(len(buf))
-			if !rd.Marking() {
-				k = min(k, info.Size-rd.Offset())
-			}
-			n, err := rd.Read(buf[:k])
-			if n > 0 {
-				s.armWrite(rc)
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
+	// What the log held when the answer started, and no more. Each chunk
+	// gets the write timeout afresh: a client that keeps taking the
+	// answer gets all of it however long that takes; one that stops is
+	// cut within the timeout.
+	for rd.Offset() < info.Size || rd.Marking() {
+		k := int64(len(buf))
+		if !rd.Marking() {
+			k = min(k, info.Size-rd.Offset())
+		}
+		n, err := rd.Read(buf[:k])
+		if n > 0 {
+			s.armWrite(rc)
+			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
 		}
-		return
+		if err != nil {
+			return
+		}
 	}
+}
+
+// followConsole streams what rd reads of vm id's console log at path, and what
+// the guest writes next, until the VM is destroyed, or has stopped or
+// failed and all it wrote is out, or the client leaves. The log is polled;
+// the VM's record is read again only when one of its events says it
+// changed, not on every poll.
+func (s *Server) followConsole(w http.ResponseWriter, r *http.Request, id, path string, rd *consolelog.Reader) {
+	ctx := r.Context()
+	only := store.EventFilter{VMID: id}
+	sub := s.VMs.Bus().Subscribe(16, only)
+	defer func() { sub.Close() }()
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
+	buf := make([]byte, 32<<10)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	keyChecked := time.Now()
-	for {
+	var state store.State
+	for stale := true; ; {
 		for {
 			n, err := rd.Read(buf)
 			if n > 0 {
@@ -122,26 +137,34 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 		}
-		cur, err := s.VMs.Get(r.Context(), v.ID)
-		if err != nil || cur.State == store.StateDestroyed {
-			return
+		if stale {
+			cur, err := s.VMs.Get(ctx, id)
+			if err != nil || cur.State == store.StateDestroyed {
+				return
+			}
+			state, stale = cur.State, false
 		}
-		if cur.State.Terminal() {
+		if state.Terminal() {
 			// The guest writes no more: end once what was recorded is out.
 			if info, err := consolelog.Stat(path); err != nil || info.Size <= rd.Offset() {
 				return
 			}
 		}
 		if time.Since(keyChecked) >= keyCheckEvery {
-			if s.keyGone(r.Context(), r) {
+			if s.keyGone(ctx, r) {
 				return // revoked or expired since the follow began
 			}
 			keyChecked = time.Now()
 		}
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case _, ok := <-sub.C:
+			stale = true
+			if !ok {
+				sub = s.VMs.Bus().Subscribe(16, only) // fell behind: read the record again
+			}
 		}
 	}
 }

@@ -4,12 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"mime"
 	"net/http"
 	"net/url"
 	"path"
-	"strconv"
 	"strings"
 	"time"
 
@@ -74,13 +72,21 @@ type viewerJSON struct {
 	ViewOnly              bool      `json:"view_only"`
 }
 
+// servesScreen refuses a VM whose role serves no VNC screen.
+func (s *Server) servesScreen(v store.VM) error {
+	if !s.VMs.Serves(v.Role, s.ViewerOptions.VNCPort) {
+		return errdefs.Conflictf("vm %s has role %s, which serves no VNC screen (port %d) to view", v.ID, v.Role, s.ViewerOptions.VNCPort)
+	}
+	return nil
+}
+
 // viewable refuses VMs that cannot be viewed now or later.
 func (s *Server) viewable(v store.VM) error {
 	if s.Viewers == nil {
-		return errdefs.Unavailablef("viewers are not enabled on this server")
+		return errViewersOff
 	}
-	if !s.VMs.Serves(v.Role, s.ViewerOptions.VNCPort) {
-		return errdefs.Conflictf("vm %s has role %s, which serves no VNC screen (port %d) to view", v.ID, v.Role, s.ViewerOptions.VNCPort)
+	if err := s.servesScreen(v); err != nil {
+		return err
 	}
 	switch v.State {
 	case store.StatePending, store.StateBooting, store.StateReady:
@@ -311,7 +317,7 @@ type ticketJSON struct {
 func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
 	noStore(w)
 	if s.Viewers == nil {
-		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		s.fail(w, r, errViewersOff)
 		return
 	}
 	id := r.PathValue("id")
@@ -357,8 +363,7 @@ func (s *Server) ticketRefused(w http.ResponseWriter, r *http.Request, id string
 	)
 	switch {
 	case errors.As(err, &rl):
-		secs := max(1, int(math.Ceil(rl.RetryAfter.Seconds())))
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		secs := setRetryAfter(w, rl.RetryAfter)
 		writeError(w, http.StatusTooManyRequests, "rate_limited",
 			fmt.Sprintf("too many viewer tickets for this %s: retry in %d s", rl.What, secs))
 	case errors.As(err, &le):
@@ -410,15 +415,15 @@ type revokeViewersJSON struct {
 // issued for it so far (owner or admin); links asked for afterwards work.
 func (s *Server) revokeViewers(w http.ResponseWriter, r *http.Request) {
 	if s.Viewers == nil {
-		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		s.fail(w, r, errViewersOff)
 		return
 	}
 	v, ok := s.lookup(w, r)
 	if !ok {
 		return
 	}
-	if !s.VMs.Serves(v.Role, s.ViewerOptions.VNCPort) {
-		s.fail(w, r, errdefs.Conflictf("vm %s has role %s, which serves no VNC screen (port %d) to view", v.ID, v.Role, s.ViewerOptions.VNCPort))
+	if err := s.servesScreen(v); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	n, err := s.Viewers.RevokeVM(r.Context(), v.ID)
@@ -435,7 +440,7 @@ func (s *Server) revokeViewers(w http.ResponseWriter, r *http.Request) {
 // close frames with a reason the page can show.
 func (s *Server) viewerSocket(w http.ResponseWriter, r *http.Request) {
 	if s.Viewers == nil {
-		s.fail(w, r, errdefs.Unavailablef("viewers are not enabled on this server"))
+		s.fail(w, r, errViewersOff)
 		return
 	}
 	var origins []string

@@ -2,9 +2,7 @@ package api_test
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/viewer"
 )
 
@@ -32,34 +31,10 @@ func (f *fixture) withViewerService(cfg viewer.Config, trustForwarded bool) stri
 		return f.vnc.addr(), nil
 	}, f.api.Log)
 	f.t.Cleanup(func() { _ = svc.Shutdown(context.Background()) })
-	b := *f.api
-	b.Viewers = svc
-	b.ViewerOptions.TrustForwarded = trustForwarded
-	srv := httptest.NewServer(b.Handler())
-	f.t.Cleanup(srv.Close)
-	return srv.URL
-}
-
-// post sends a request to base with the given headers and checks the
-// answer against openapi.yaml.
-func (f *fixture) post(method, base, path string, hdr http.Header) answer {
-	f.t.Helper()
-	req, _ := http.NewRequest(method, base+path, nil)
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, header: resp.Header, body: b}
-	// The spec's server is f.srv; the route and schemas are the same.
-	check := req.Clone(context.Background())
-	check.URL.Scheme, check.URL.Host = "http", strings.TrimPrefix(f.srv.URL, "http://")
-	f.checkSpec(check, "", a)
-	return a
+	return f.variant(func(a *api.Server) {
+		a.Viewers = svc
+		a.ViewerOptions.TrustForwarded = trustForwarded
+	})
 }
 
 func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
@@ -68,7 +43,7 @@ func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bear
 // the guest's greeting.
 func (f *fixture) openTicket(base, id, page string) *websocket.Conn {
 	f.t.Helper()
-	a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(page))
+	a := f.ticketAt(base, id, bearer(page))
 	if a.status != 200 {
 		f.t.Fatalf("ticket: %d %s", a.status, a.body)
 	}
@@ -92,7 +67,7 @@ func (f *fixture) openTicket(base, id, page string) *websocket.Conn {
 // the guest, also after a restart; other VMs and new links work.
 func TestRevokeViewers(t *testing.T) {
 	f := newFixture(t)
-	id, other := f.readyBrowser(), f.readyBrowser()
+	id, other := f.readyVM("browser"), f.readyVM("browser")
 	l, lo := f.viewerLink(id, ""), f.viewerLink(other, "")
 	ws := f.openTicket(f.srv.URL, id, l.pageToken(t))
 	wsOther := f.openTicket(f.srv.URL, other, lo.pageToken(t))
@@ -159,7 +134,7 @@ func TestRevokeViewers(t *testing.T) {
 	// still refuses the revoked links and honours the new one.
 	fresh = f.viewerLink(id, "")
 	base := f.withViewerService(viewer.Config{}, false)
-	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t))); a.status != 401 || a.errCode() != "link_revoked" {
+	if a := f.ticketAt(base, id, bearer(l.pageToken(t))); a.status != 401 || a.errCode() != "link_revoked" {
 		t.Fatalf("revoked link after a restart: %d %s", a.status, a.body)
 	}
 	f.openTicket(base, id, fresh.pageToken(t))
@@ -179,11 +154,11 @@ func (f *fixture) openViewers(id string) int {
 // viewer_limit) and the socket is refused with the reason.
 func TestViewerCapsAnswers(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	base := f.withViewerService(viewer.Config{MaxPerLink: 1, MaxPerVM: 2}, false)
 	l := f.viewerLink(id, "")
 	f.openTicket(base, id, l.pageToken(t))
-	a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t)))
+	a := f.ticketAt(base, id, bearer(l.pageToken(t)))
 	if a.status != 409 || a.errCode() != "viewer_limit" || !strings.Contains(a.errMessage(), "link already has 1 open viewers") {
 		t.Fatalf("ticket on a full link: %d %s", a.status, a.body)
 	}
@@ -193,9 +168,9 @@ func TestViewerCapsAnswers(t *testing.T) {
 	var early struct {
 		WebSocketURL string `json:"websocket_url"`
 	}
-	f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(full.pageToken(t))).json(t, &early)
+	f.ticketAt(base, id, bearer(full.pageToken(t))).json(t, &early)
 	f.openTicket(base, id, f.viewerLink(id, "").pageToken(t))
-	a = f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(full.pageToken(t)))
+	a = f.ticketAt(base, id, bearer(full.pageToken(t)))
 	if a.status != 409 || a.errCode() != "viewer_limit" || !strings.Contains(a.errMessage(), "vm already has 2 open viewers") {
 		t.Fatalf("ticket on a full vm: %d %s", a.status, a.body)
 	}
@@ -214,15 +189,15 @@ func TestViewerCapsAnswers(t *testing.T) {
 // address the proxy saw.
 func TestViewerTicketRateLimit(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	base := f.withViewerService(viewer.Config{TicketsPerLink: 2, TicketsPerClient: 6}, true)
 	l := f.viewerLink(id, "")
 	for i := range 2 {
-		if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t))); a.status != 200 {
+		if a := f.ticketAt(base, id, bearer(l.pageToken(t))); a.status != 200 {
 			t.Fatalf("ticket %d: %d %s", i, a.status, a.body)
 		}
 	}
-	a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", bearer(l.pageToken(t)))
+	a := f.ticketAt(base, id, bearer(l.pageToken(t)))
 	retry, err := strconv.Atoi(a.header.Get("Retry-After"))
 	if a.status != 429 || a.errCode() != "rate_limited" || !strings.Contains(a.errMessage(), "this link") || err != nil || retry < 1 || retry > 30 {
 		t.Fatalf("third ticket of a link: %d %v %s", a.status, a.header, a.body)
@@ -236,20 +211,20 @@ func TestViewerTicketRateLimit(t *testing.T) {
 		return http.Header{"Authorization": {"Bearer nonsense"}, "X-Forwarded-For": {"203.0.113.66, " + addr}}
 	}
 	for i := range 6 {
-		if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", fwd("198.51.100.1")); a.status != 401 {
+		if a := f.ticketAt(base, id, fwd("198.51.100.1")); a.status != 401 {
 			t.Fatalf("attempt %d: %d %s", i, a.status, a.body)
 		}
 	}
-	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", fwd("198.51.100.1")); a.status != 429 || !strings.Contains(a.errMessage(), "this client") {
+	if a := f.ticketAt(base, id, fwd("198.51.100.1")); a.status != 429 || !strings.Contains(a.errMessage(), "this client") {
 		t.Fatalf("seventh attempt of a client: %d %s", a.status, a.body)
 	}
 	// The proxy's own address is the last one: a client cannot escape its
 	// limit by prepending addresses of its choosing.
-	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", http.Header{"Authorization": {"Bearer nonsense"},
+	if a := f.ticketAt(base, id, http.Header{"Authorization": {"Bearer nonsense"},
 		"X-Forwarded-For": {"192.0.2.77, 198.51.100.1"}}); a.status != 429 {
 		t.Fatalf("same client, another claimed origin: %d %s", a.status, a.body)
 	}
-	if a := f.post("POST", base, "/v1/vms/"+id+"/viewer/ticket", fwd("198.51.100.2")); a.status != 401 {
+	if a := f.ticketAt(base, id, fwd("198.51.100.2")); a.status != 401 {
 		t.Fatalf("another client: %d %s", a.status, a.body)
 	}
 }
@@ -257,7 +232,7 @@ func TestViewerTicketRateLimit(t *testing.T) {
 // Every answer that carries a viewer token says Cache-Control: no-store.
 func TestTokenAnswersAreNotCached(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	noStore := func(what string, a answer) {
 		t.Helper()
 		if a.status >= 300 && a.status != http.StatusFound {

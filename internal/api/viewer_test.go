@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -95,16 +94,6 @@ func (l viewerLink) pageToken(t *testing.T) string {
 	return tok
 }
 
-// readyBrowser creates a browser VM for alice and waits for it.
-func (f *fixture) readyBrowser() string {
-	f.t.Helper()
-	v := f.createVM(f.alice, `{"image":"browser"}`)
-	if a := f.do("GET", "/v1/vms/"+v.ID+"/wait?state=ready", f.alice, ""); a.status != 200 {
-		f.t.Fatalf("wait: %d %s", a.status, a.body)
-	}
-	return v.ID
-}
-
 func (f *fixture) viewerLink(id, body string) viewerLink {
 	f.t.Helper()
 	a := f.do("POST", "/v1/vms/"+id+"/viewer", f.alice, body)
@@ -151,7 +140,7 @@ func asClose(err error, ce *websocket.CloseError) bool { return errors.As(err, c
 // destroyed" (4000) when the VM is deleted.
 func TestViewerLinkOpenListAndCloseOnDelete(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	l := f.viewerLink(id, "")
 	if !strings.HasPrefix(l.URL, f.srv.URL+"/viewer/"+id+"#token=") {
 		t.Fatalf("url = %q", l.URL)
@@ -219,7 +208,7 @@ func TestViewerLinkOpenListAndCloseOnDelete(t *testing.T) {
 
 func TestViewerLinkRefusals(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	mini := f.createVM(f.alice, `{"image":"minimal"}`)
 	tests := []struct {
 		name, path, key, body string
@@ -252,28 +241,28 @@ func TestViewerLinkRefusals(t *testing.T) {
 	}
 }
 
+// ticket asks f's API for a ticket for vm id with auth as the
+// Authorization header ("" for none).
 func (f *fixture) ticket(id, auth string) answer {
 	f.t.Helper()
-	req, _ := http.NewRequest("POST", f.srv.URL+"/v1/vms/"+id+"/viewer/ticket", nil)
+	hdr := http.Header{}
 	if auth != "" {
-		req.Header.Set("Authorization", auth)
+		hdr.Set("Authorization", auth)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	a := answer{status: resp.StatusCode, header: resp.Header, body: b}
-	f.checkSpec(req, "", a)
-	return a
+	return f.ticketAt(f.srv.URL, id, hdr)
+}
+
+// ticketAt asks the API at base for a ticket for vm id with hdr.
+func (f *fixture) ticketAt(base, id string, hdr http.Header) answer {
+	f.t.Helper()
+	return f.request("POST", base, "/v1/vms/"+id+"/viewer/ticket", hdr, "")
 }
 
 // The page trades its token for single-use socket URLs, as often as it
 // reconnects, until the link expires.
 func TestViewerTicket(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	l := f.viewerLink(id, "")
 	page := l.pageToken(t)
 	for i := range 2 {
@@ -352,18 +341,9 @@ func TestViewerPageAndAssets(t *testing.T) {
 		}
 	}
 	// Unbuilt assets are a clear 503, not a blank page.
-	b := *f.api
-	b.ViewerOptions.AssetsErr = io.ErrUnexpectedEOF
-	srv := httptest.NewServer(b.Handler())
-	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/viewer/x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || !strings.Contains(string(body), "viewer page is not available") {
-		t.Fatalf("unbuilt assets: %d %s", resp.StatusCode, body)
+	unbuilt := f.variant(func(a *api.Server) { a.ViewerOptions.AssetsErr = io.ErrUnexpectedEOF })
+	if a := f.request("GET", unbuilt, "/viewer/x", nil, ""); a.status != 503 || !strings.Contains(string(a.body), "viewer page is not available") {
+		t.Fatalf("unbuilt assets: %d %s", a.status, a.body)
 	}
 }
 
@@ -371,7 +351,7 @@ func TestViewerPageAndAssets(t *testing.T) {
 // only when) they are trusted; browser origins elsewhere are refused.
 func TestViewerLinksBehindAProxy(t *testing.T) {
 	f := newFixture(t)
-	id := f.readyBrowser()
+	id := f.readyVM("browser")
 	pub, _ := url.Parse("https://hearth.example.com/base")
 	proxied := http.Header{
 		"X-Forwarded-Proto":  {"https"},
@@ -399,24 +379,15 @@ func TestViewerLinksBehindAProxy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := *f.api
-			tt.opts(&b.ViewerOptions)
-			srv := httptest.NewServer(b.Handler())
-			defer srv.Close()
-			req, _ := http.NewRequest("POST", srv.URL+"/v1/vms/"+id+"/viewer", nil)
-			req.Header = tt.hdr.Clone()
-			req.Header.Set("Authorization", "Bearer "+f.alice)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			host := strings.TrimPrefix(srv.URL, "http://")
+			base := f.variant(func(a *api.Server) { tt.opts(&a.ViewerOptions) })
+			hdr := tt.hdr.Clone()
+			hdr.Set("Authorization", "Bearer "+f.alice)
+			a := f.request("POST", base, "/v1/vms/"+id+"/viewer", hdr, "")
+			host := strings.TrimPrefix(base, "http://")
 			page := strings.ReplaceAll(tt.page, "HOST", host) + id + "#token="
 			ws := strings.ReplaceAll(tt.wsStart, "HOST", host) + id + "/viewer/socket?token="
-			if resp.StatusCode != 201 || !strings.Contains(string(body), `"url": "`+page) || !strings.Contains(string(body), `"websocket_url": "`+ws) {
-				t.Fatalf("%d %s\nwant url %s… and websocket_url %s…", resp.StatusCode, body, page, ws)
+			if a.status != 201 || !strings.Contains(string(a.body), `"url": "`+page) || !strings.Contains(string(a.body), `"websocket_url": "`+ws) {
+				t.Fatalf("%d %s\nwant url %s… and websocket_url %s…", a.status, a.body, page, ws)
 			}
 		})
 	}

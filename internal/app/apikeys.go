@@ -48,19 +48,20 @@ func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
 		if len(pos) != 0 {
 			return errors.New(apikeyUsage)
 		}
-		if *expires != "" && *ttl != "" {
+		var expiry time.Time
+		switch {
+		case *expires != "" && *ttl != "":
 			return errors.New("give --expires or --ttl, not both")
-		}
-		when := *expires
-		if *ttl != "" {
-			if _, err := parseLifetime(*ttl); err != nil {
+		case *ttl != "":
+			d, err := parseLifetime(*ttl)
+			if err != nil {
 				return fmt.Errorf("--ttl: %w", err)
 			}
-			when = *ttl
-		}
-		expiry, err := parseExpiry(when, time.Now())
-		if err != nil {
-			return fmt.Errorf("--expires: %w", err)
+			expiry = time.Now().Add(d)
+		default:
+			if expiry, err = parseExpiry(*expires, time.Now()); err != nil {
+				return fmt.Errorf("--expires: %w", err)
+			}
 		}
 		req := auth.IssueRequest{Name: *name, Admin: *admin, UserID: *user, Expiry: expiry}
 		var key string

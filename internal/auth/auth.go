@@ -118,14 +118,38 @@ func (v *Verifier) Verify(ctx context.Context, key string) (Identity, error) {
 		return Identity{}, ErrUnauthenticated
 	}
 	now := v.now()
-	switch {
-	case rec.Revoked():
-		return Identity{}, ErrRevoked
-	case rec.Expired(now):
-		return Identity{}, ErrExpired
+	if err := usable(rec, now); err != nil {
+		return Identity{}, err
 	}
 	v.recordUse(rec.ID, now)
 	return Identity{KeyID: rec.ID, Scope: rec.Scope, UserID: rec.UserID}, nil
+}
+
+// Check reports whether the key keyID, verified earlier, still
+// authenticates, as a long request that outlives its start needs to
+// know: nil, or an error wrapping ErrUnauthenticated (ErrRevoked,
+// ErrExpired, or the bare error for a key that is gone). A store that
+// cannot answer is another error.
+func (v *Verifier) Check(ctx context.Context, keyID string) error {
+	rec, err := v.Keys.GetAPIKey(ctx, keyID)
+	if errors.Is(err, store.ErrNotFound) {
+		return ErrUnauthenticated
+	}
+	if err != nil {
+		return fmt.Errorf("look up api key: %w", err)
+	}
+	return usable(rec, v.now())
+}
+
+// usable says why a key's record no longer authenticates, or nil.
+func usable(rec store.APIKey, now time.Time) error {
+	switch {
+	case rec.Revoked():
+		return ErrRevoked
+	case rec.Expired(now):
+		return ErrExpired
+	}
+	return nil
 }
 
 // BearerToken extracts the token of an "Authorization: Bearer" header.

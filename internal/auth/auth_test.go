@@ -82,3 +82,31 @@ func TestBearerToken(t *testing.T) {
 		}
 	}
 }
+
+// A key verified once is checked again by id alone: still good, or why
+// not; a store that cannot answer is not taken for a gone key.
+func TestCheckKeyStillAuthenticates(t *testing.T) {
+	st, _ := openStore(t)
+	now := time.Now()
+	clock := now
+	v := &Verifier{Keys: st, Now: func() time.Time { return clock }}
+	_, live := addKey(t, st, store.ScopeAdmin, "", now, time.Time{})
+	_, expiring := addKey(t, st, store.ScopeAdmin, "", now, now.Add(time.Hour))
+	_, revoked := addKey(t, st, store.ScopeAdmin, "", now, time.Time{})
+	if _, err := st.RevokeAPIKey(t.Context(), revoked.ID, now, store.RevokeOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]error{live.ID: nil, expiring.ID: nil, revoked.ID: ErrRevoked, "aaaaaaaaaaaaaaaa": ErrUnauthenticated} {
+		if err := v.Check(t.Context(), id); err != want {
+			t.Errorf("check %s: %v, want %v", id, err, want)
+		}
+	}
+	clock = now.Add(2 * time.Hour)
+	if err := v.Check(t.Context(), expiring.ID); err != ErrExpired {
+		t.Errorf("check after expiry: %v", err)
+	}
+	st.Close()
+	if err := v.Check(t.Context(), live.ID); err == nil || errors.Is(err, ErrUnauthenticated) {
+		t.Errorf("check with the store closed: %v, want a store error", err)
+	}
+}
