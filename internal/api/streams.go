@@ -38,14 +38,14 @@ func principal(id auth.Identity) (key, name string) {
 // they are all taken. release gives the slot back; reads paces the
 // stream's store reads (send to take a turn, receive to give it back).
 func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release func(), reads chan struct{}, ok bool) {
-	max := s.MaxStreams
+	limit := s.MaxStreams
 	key, name := principal(identity(r))
 	sl := s.streams
 	sl.mu.Lock()
-	if max > 0 && sl.open[key] >= max {
+	if limit > 0 && sl.open[key] >= limit {
 		sl.mu.Unlock()
 		writeError(w, http.StatusTooManyRequests, "too_many_streams",
-			fmt.Sprintf("%s already has %d streams open (event streams and console follows), the most allowed (events.max_streams_per_user); close one first", name, max))
+			fmt.Sprintf("%s already has %d streams open (event streams and console follows), the most allowed (events.max_streams_per_user); close one first", name, limit))
 		return nil, nil, false
 	}
 	sl.open[key]++
@@ -55,15 +55,12 @@ func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release fun
 		sl.reads[key] = reads
 	}
 	sl.mu.Unlock()
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			sl.mu.Lock()
-			defer sl.mu.Unlock()
-			if sl.open[key]--; sl.open[key] <= 0 {
-				delete(sl.open, key)
-				delete(sl.reads, key)
-			}
-		})
+		sl.mu.Lock()
+		defer sl.mu.Unlock()
+		if sl.open[key]--; sl.open[key] <= 0 {
+			delete(sl.open, key)
+			delete(sl.reads, key)
+		}
 	}, reads, true
 }

@@ -41,6 +41,8 @@ type Verifier struct {
 	wg       sync.WaitGroup
 	stats    UseStats
 	lastWarn time.Time
+	warned   uint64    // stats.Dropped when the last warning was logged
+	pruned   time.Time // when noted was last rid of keys not used lately
 }
 
 // UseStats counts what became of recorded uses.
@@ -88,8 +90,12 @@ func (v *Verifier) recordUse(id string, t time.Time) {
 	if v.noted == nil {
 		v.noted = map[string]time.Time{}
 	}
-	if len(v.noted) >= 4*max {
-		for k, last := range v.noted { // forget keys not used lately
+	// Forget keys not used lately, at most once a minute: the scan is on
+	// the request path, and when every noted key was used within the
+	// minute it would find nothing to forget.
+	if len(v.noted) >= 4*max && t.Sub(v.pruned) >= touchEvery {
+		v.pruned = t
+		for k, last := range v.noted {
 			if t.Sub(last) >= touchEvery {
 				delete(v.noted, k)
 			}
@@ -139,9 +145,10 @@ func (v *Verifier) write() {
 		v.mu.Lock()
 		v.stats.Written += written
 		v.stats.Failed += failed
-		warn := v.Log != nil && (failed > 0 || v.stats.Dropped > 0) && time.Since(v.lastWarn) >= touchEvery
+		// Warn of failures, and of uses dropped since the last warning.
+		warn := v.Log != nil && (failed > 0 || v.stats.Dropped > v.warned) && time.Since(v.lastWarn) >= touchEvery
 		if warn {
-			v.lastWarn = time.Now()
+			v.lastWarn, v.warned = time.Now(), v.stats.Dropped
 		}
 		stats := v.stats
 		v.mu.Unlock()
