@@ -6,7 +6,7 @@ BIN := bin
 LDFLAGS_APP := -X github.com/hearth-project/hearth/internal/app.Version=$(VERSION)
 LDFLAGS_AGENT := -X main.version=$(VERSION)
 
-.PHONY: all build hearth agent web web-test image up test test-unit test-integration vet bench clean
+.PHONY: all build hearth agent web web-test image up test test-unit test-integration vet generate check-generated bench clean
 
 all: build
 
@@ -64,7 +64,26 @@ GOLANGCI_LINT := $(BIN)/golangci-lint
 $(GOLANGCI_LINT): tools/go.mod tools/go.sum
 	cd tools && $(GO) build -o $(CURDIR)/$(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 
-vet: $(GOLANGCI_LINT)
+# oapi-codegen, pinned by tools/go.mod like the linter, generates api/api.gen.go
+# from api/openapi.yaml: the wire types, the client and the server interface.
+OAPI_CODEGEN := $(BIN)/oapi-codegen
+$(OAPI_CODEGEN): tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o $(CURDIR)/$(OAPI_CODEGEN) github.com/oapi-codegen/oapi-codegen/v2/cmd/oapi-codegen
+
+generate: $(OAPI_CODEGEN)
+	cd api && $(CURDIR)/$(OAPI_CODEGEN) -config oapi-codegen.yaml openapi.yaml
+
+# The generated code must be what the document gives: regenerate into a
+# scratch copy and compare.
+check-generated: $(OAPI_CODEGEN)
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	  cp api/openapi.yaml api/oapi-codegen.yaml $$tmp/ && \
+	  (cd $$tmp && $(CURDIR)/$(OAPI_CODEGEN) -config oapi-codegen.yaml openapi.yaml 2>/dev/null) && \
+	  if ! cmp -s $$tmp/api.gen.go api/api.gen.go; then \
+	    echo "api/api.gen.go differs from what api/openapi.yaml gives: run make generate" >&2; \
+	    diff -u api/api.gen.go $$tmp/api.gen.go | head -40 >&2; exit 1; fi
+
+vet: $(GOLANGCI_LINT) check-generated
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './web/node_modules/*')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted" >&2; exit 1; fi

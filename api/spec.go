@@ -1,5 +1,9 @@
-// Package api holds hearth's OpenAPI description. The HTTP server serves it
-// at /v1/openapi.yaml, and tests hold the server to it.
+// Package api is hearth's v1 API as one definition: the OpenAPI 3
+// description (openapi.yaml), which the daemon serves at /v1/openapi.yaml
+// and enforces on every request, and what oapi-codegen generates from it
+// (api.gen.go, by make generate; never edited by hand): the wire types the
+// server and its clients share, the typed client, and the net/http
+// ServerInterface the server implements.
 package api
 
 import _ "embed"
