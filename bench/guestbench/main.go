@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/client"
 )
@@ -180,7 +181,7 @@ func (b bench) one(name, agentTOML string) (row, error) {
 	}
 	defer func() { _ = d.Process.Signal(syscall.SIGTERM); _ = d.Wait() }()
 	alice, bob := client.New(addr, aliceKey), client.New(addr, bobKey)
-	for i := 0; bob.Do(context.Background(), "GET", "/readyz", nil, nil) != nil; i++ {
+	for i := 0; bob.Readyz(context.Background()) != nil; i++ {
 		if i > 400 {
 			return r, fmt.Errorf("daemon did not start")
 		}
@@ -201,7 +202,7 @@ func (b bench) one(name, agentTOML string) (row, error) {
 	// Two attacks: the first with nothing else going on, for the daemon's
 	// CPU; the second while bob times his requests.
 	for pass := 0; pass < 2; pass++ {
-		v, err := alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
+		v, err := alice.CreateVM(ctx, api.CreateVM{Image: "minimal"})
 		if err != nil {
 			return r, err
 		}
@@ -209,7 +210,7 @@ func (b bench) one(name, agentTOML string) (row, error) {
 			return r, fmt.Errorf("the attacker's vm: %w", err)
 		}
 		cpu0, start := procstat.CPUTime(pid), time.Now()
-		failed := make(chan client.VM, 1)
+		failed := make(chan api.VM, 1)
 		go func() {
 			got, err := alice.WaitVM(ctx, v.ID, "failed", b.sample)
 			if err != nil {
@@ -298,7 +299,7 @@ func latencies(ctx context.Context, c *client.Client, n int, stop <-chan struct{
 		default:
 		}
 		start := time.Now()
-		if _, err := c.ListVMs(ctx); err != nil {
+		if _, err := c.ListVMs(ctx, api.ListVMsParams{}); err != nil {
 			return ds
 		}
 		ds = append(ds, time.Since(start))

@@ -5,25 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hearth-project/hearth/api"
+	"github.com/hearth-project/hearth/internal/client"
 )
 
 // event is one entry of GET /v1/events: At is the daemon's time of the
 // state change (written with it in one transaction); Seen is when the
 // bench read it off the stream.
 type event struct {
-	ID        int64     `json:"id"`
-	At        time.Time `json:"at"`
-	Type      string    `json:"type"`
-	VM        string    `json:"vm"`
-	Login     string    `json:"login"`
-	FromState string    `json:"from_state"`
-	ToState   string    `json:"to_state"`
-	Message   string    `json:"message"`
-	Seen      time.Time `json:"-"`
+	api.Event
+	Seen time.Time
 }
 
 // recorder follows GET /v1/events (server-sent events) for the whole
@@ -35,27 +30,17 @@ type recorder struct {
 	changed chan struct{} // closed and replaced on every event or error
 }
 
-// follow opens the stream (live events from now on) and records it in
-// the background until ctx ends. It returns once the stream is open.
-func follow(ctx context.Context, hc *http.Client, base, key string) (*recorder, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", base+"/v1/events", nil)
+// follow opens the stream (live events from now on) as c and records it
+// in the background until ctx ends. It returns once the stream is open.
+func follow(ctx context.Context, c *client.Client) (*recorder, error) {
+	body, err := c.Events(ctx, -1)
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET /v1/events: %s", resp.Status)
 	}
 	r := &recorder{changed: make(chan struct{})}
 	go func() {
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
+		defer body.Close()
+		sc := bufio.NewScanner(body)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			data, ok := strings.CutPrefix(sc.Text(), "data: ")
@@ -63,7 +48,7 @@ func follow(ctx context.Context, hc *http.Client, base, key string) (*recorder, 
 				continue
 			}
 			var e event
-			if err := json.Unmarshal([]byte(data), &e); err != nil {
+			if err := json.Unmarshal([]byte(data), &e.Event); err != nil {
 				r.fail(fmt.Errorf("event %q: %w", data, err))
 				return
 			}

@@ -44,6 +44,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/test/fakeauth/fakeauth"
@@ -131,7 +132,7 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if d.admin.Do(ctx, "GET", "/readyz", nil, nil) == nil {
+		if d.admin.Readyz(ctx) == nil {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -147,7 +148,7 @@ func (d *daemon) stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if vms, err := d.admin.ListVMs(ctx); err == nil {
+	if vms, err := d.admin.ListVMs(ctx, api.ListVMsParams{}); err == nil {
 		for _, v := range vms {
 			if v.State != "destroyed" {
 				_, _ = d.admin.DeleteVM(ctx, v.ID)
@@ -313,17 +314,15 @@ func bench(ctx context.Context, c config) error {
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
-	var host struct {
-		Capabilities struct{ Accel string }
-	}
-	if err := d.admin.Do(ctx, "GET", "/v1/host", nil, &host); err != nil {
+	host, err := d.admin.Host(ctx)
+	if err != nil {
 		return err
 	}
 	// Closed before the daemon is stopped (deferred after d.stop), so
 	// that its shutdown does not wait on the stream.
 	fctx, stopFollow := context.WithCancel(ctx)
 	defer stopFollow()
-	rec, err := follow(fctx, d.hc, "http://"+d.addr, d.adminKey)
+	rec, err := follow(fctx, d.admin)
 	if err != nil {
 		return err
 	}
@@ -340,7 +339,7 @@ func bench(ctx context.Context, c config) error {
 		logf("run %d/%d: viewer usable after %s (a %s, b %s, c %s, d %s, e %s); completed %s after approval",
 			i+1, c.runs, secs(s.total()), secs(s.a()), secs(s.b()), secs(s.c()), secs(s.d()), secs(s.e()), secs(s.completed.Sub(s.approved)))
 	}
-	report(samples, host.Capabilities.Accel, c, load0, loadAvg())
+	report(samples, string(host.Capabilities.Accel), c, load0, loadAvg())
 	return nil
 }
 
@@ -404,7 +403,7 @@ func (s sample) total() time.Duration { return s.vt.frame.Sub(s.t0) }
 func measure(ctx context.Context, d *daemon, rec *recorder, fa *fakeauth.Server, seenStates map[string]bool) (s sample, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	vms, err := d.admin.ListVMs(ctx)
+	vms, err := d.admin.ListVMs(ctx, api.ListVMsParams{})
 	if err != nil {
 		return s, err
 	}
@@ -453,10 +452,10 @@ func measure(ctx context.Context, d *daemon, rec *recorder, fa *fakeauth.Server,
 		return s, err
 	}
 	s.link = time.Now()
-	if l.Viewer == nil || l.Viewer.WebSocketURL == "" {
+	if l.Viewer.WebsocketURL == "" {
 		return s, fmt.Errorf("login %s is %s without a viewer: %+v", l.ID, l.State, l)
 	}
-	if s.vt, err = useViewer(ctx, d.hc, l.Viewer.WebSocketURL, "http://"+d.addr); err != nil {
+	if s.vt, err = useViewer(ctx, d.hc, l.Viewer.WebsocketURL, "http://"+d.addr); err != nil {
 		return s, fmt.Errorf("viewer: %w", err)
 	}
 
@@ -515,7 +514,7 @@ func measure(ctx context.Context, d *daemon, rec *recorder, fa *fakeauth.Server,
 		return s, err
 	}
 	s.approved = time.Now()
-	res, err := d.user.Exec(ctx, vm, client.ExecRequest{Argv: []string{"/usr/local/bin/hearth-browser", redirect}, TimeoutSeconds: 20})
+	res, err := d.user.Exec(ctx, vm, api.ExecRequest{Argv: []string{"/usr/local/bin/hearth-browser", redirect}, TimeoutSeconds: 20})
 	if err != nil {
 		return s, err
 	}
@@ -553,7 +552,7 @@ func cleanupLogin(d *daemon, id string) {
 	if err != nil {
 		return
 	}
-	if !l.Terminal() {
+	if !client.Terminal(l) {
 		if l, err = d.user.CancelLogin(ctx, id); err != nil {
 			logf("cancel login %s: %v", id, err)
 		}

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/client"
@@ -117,24 +118,21 @@ func run(hearthBin, agentBin string, runs int, sample time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ctx := context.Background()
-	imgs := struct {
-		Images []struct{ ID, Name string }
-	}{}
-	if err := d.client.Do(ctx, "GET", "/v1/images", nil, &imgs); err != nil {
+	imgs, err := d.client.ListImages(ctx)
+	if err != nil {
 		return err
 	}
-	var host struct {
-		Capabilities vmm.Capabilities
-	}
-	if err := d.client.Do(ctx, "GET", "/v1/host", nil, &host); err != nil {
+	host, err := d.client.Host(ctx)
+	if err != nil {
 		return err
 	}
-	imgDir := filepath.Join("/var/cache/hearth/bench-images", "minimal-"+imgs.Images[0].ID[:16])
+	imgDir := filepath.Join("/var/cache/hearth/bench-images", "minimal-"+imgs[0].ID[:16])
+	accel := string(host.Capabilities.Accel)
 
-	fmt.Printf("accel: %s, runs: %d per side, %d vCPU host\n\n", host.Capabilities.Accel, runs, procstat.NumCPU())
+	fmt.Printf("accel: %s, runs: %d per side, %d vCPU host\n\n", accel, runs, procstat.NumCPU())
 	var hearthT, handT []time.Duration
 	for i := 0; i < runs; i++ {
-		t, err := byHand(ctx, imgDir, host.Capabilities.Accel)
+		t, err := byHand(ctx, imgDir, accel)
 		if err != nil {
 			return fmt.Errorf("by hand: %w", err)
 		}
@@ -232,7 +230,7 @@ func byHand(ctx context.Context, imgDir, accel string) (time.Duration, error) {
 
 func viaHearth(ctx context.Context, c *client.Client) (time.Duration, error) {
 	start := time.Now()
-	v, err := c.CreateVM(ctx, client.CreateVM{Image: "minimal", MemoryMiB: 256})
+	v, err := c.CreateVM(ctx, api.CreateVM{Image: "minimal", MemoryMiB: 256})
 	if err != nil {
 		return 0, err
 	}
@@ -259,7 +257,7 @@ func listLatency(ctx context.Context, c *client.Client, boots int) ([]time.Durat
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v, err := c.CreateVM(ctx, client.CreateVM{Image: "minimal", MemoryMiB: 256})
+			v, err := c.CreateVM(ctx, api.CreateVM{Image: "minimal", MemoryMiB: 256})
 			if err != nil {
 				errc <- err
 				return
@@ -287,7 +285,7 @@ loop:
 			break loop
 		case <-tick.C:
 			t := time.Now()
-			if _, err := c.ListVMs(ctx); err != nil {
+			if _, err := c.ListVMs(ctx, api.ListVMsParams{}); err != nil {
 				return nil, err
 			}
 			lat = append(lat, time.Since(t))
@@ -322,7 +320,7 @@ func resources(ctx context.Context, d *daemon, sample time.Duration) error {
 	rss0, cpu0 := measure()
 	var ids []string
 	for i := 0; i < 4; i++ {
-		v, err := d.client.CreateVM(ctx, client.CreateVM{Image: "minimal", MemoryMiB: 256})
+		v, err := d.client.CreateVM(ctx, api.CreateVM{Image: "minimal", MemoryMiB: 256})
 		if err != nil {
 			return err
 		}

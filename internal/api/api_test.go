@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
+
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
@@ -348,12 +350,8 @@ func (f *fixture) createVM(key, body string) vmJSON {
 	return v
 }
 
-type vmJSON struct {
-	ID, User, State, Role string
-	FailureReason         string  `json:"failure_reason"`
-	ConsoleTail           *string `json:"console_tail"`
-	Agent                 *struct{ Version string }
-}
+// vmJSON is a VM as the API answers it.
+type vmJSON = v1.VM
 
 func TestRoutesMatchSpec(t *testing.T) {
 	f := newFixture(t)
@@ -467,7 +465,9 @@ func TestBadInputIsA400AndCreatesNothing(t *testing.T) {
 		{"unknown role", `{"image":"minimal","role":"db","user":"alice"}`, `unknown role "db"`},
 		{"unknown user", `{"image":"minimal","user":"carol"}`, `unknown user "carol"`},
 		{"admin without user", `{"image":"minimal"}`, "user is required"},
-		{"negative timeout", `{"image":"minimal","user":"alice","boot_timeout_seconds":-1}`, "must not be negative"},
+		{"negative timeout", `{"image":"minimal","user":"alice","boot_timeout_seconds":-1}`, `field "boot_timeout_seconds" must be between 0 and 86400`},
+		{"bad egress mode", `{"image":"minimal","user":"alice","network":{"egress":{"mode":"wide"}}}`, `field "network.egress.mode" must be one of open, none, allowlist`},
+		{"unknown nested field", `{"image":"minimal","user":"alice","network":{"egres":{}}}`, `unknown field "network.egres"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -523,7 +523,7 @@ func TestWaitReadyAndDelete(t *testing.T) {
 	}
 	var got vmJSON
 	a.json(t, &got)
-	if got.State != "ready" || got.Agent == nil || got.Agent.Version != "fake-1" {
+	if got.State != "ready" || got.Agent.Version != "fake-1" {
 		t.Fatalf("ready vm: %s", a.body)
 	}
 	if a := f.do("DELETE", "/v1/vms/"+v.ID, f.alice, ""); a.status != 202 {

@@ -3,54 +3,28 @@ package api
 import (
 	"errors"
 	"net/http"
-	"strconv"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 )
 
 // apiKeyJSON is what the API shows of a key: never its secret or hash.
-type apiKeyJSON struct {
-	ID         string     `json:"id"`
-	Name       string     `json:"name"`
-	User       string     `json:"user,omitempty"`
-	Admin      bool       `json:"admin"`
-	Status     string     `json:"status"`
-	CreatedAt  time.Time  `json:"created_at"`
-	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
-	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
-	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
-}
-
-func apiKeyToJSON(k store.APIKey, now time.Time) apiKeyJSON {
-	status := "active"
+func apiKeyToJSON(k store.APIKey, now time.Time) v1.APIKey {
+	status := v1.APIKeyStatusActive
 	switch {
 	case k.Revoked():
-		status = "revoked"
+		status = v1.APIKeyStatusRevoked
 	case k.Expired(now):
-		status = "expired"
+		status = v1.APIKeyStatusExpired
 	}
-	return apiKeyJSON{ID: k.ID, Name: k.Name, User: k.UserID, Admin: k.Scope == store.ScopeAdmin, Status: status,
-		CreatedAt: k.CreatedAt.UTC(), ExpiresAt: optTime(k.ExpiresAt), LastUsedAt: optTime(k.LastUsedAt), RevokedAt: optTime(k.RevokedAt)}
+	return v1.APIKey{ID: k.ID, Name: k.Name, User: k.UserID, Admin: k.Scope == store.ScopeAdmin, Status: status,
+		CreatedAt: k.CreatedAt.UTC(), ExpiresAt: utc(k.ExpiresAt), LastUsedAt: utc(k.LastUsedAt), RevokedAt: utc(k.RevokedAt)}
 }
 
-type createAPIKeyRequest struct {
-	Name       string `json:"name"`
-	User       string `json:"user"`
-	Admin      bool   `json:"admin"`
-	ExpiresAt  string `json:"expires_at"`
-	TTLSeconds *int64 `json:"ttl_seconds"`
-}
-
-// createdAPIKeyJSON is the answer to a creation: the key, shown this once,
-// and its record.
-type createdAPIKeyJSON struct {
-	Key    string     `json:"key"`
-	APIKey apiKeyJSON `json:"api_key"`
-}
-
+// now is the Verifier's clock, which key expiry is checked against.
 func (s *Server) now() time.Time {
 	if s.Verifier != nil && s.Verifier.Now != nil {
 		return s.Verifier.Now()
@@ -60,8 +34,9 @@ func (s *Server) now() time.Time {
 
 // listAPIKeys: an admin key sees every key (or one user's); a user key
 // sees its own user's user keys.
-func (s *Server) listAPIKeys(w http.ResponseWriter, r *http.Request) {
-	f := store.APIKeyFilter{UserID: r.URL.Query().Get("user")}
+// ListAPIKeys lists the keys the caller may see.
+func (s *Server) ListAPIKeys(w http.ResponseWriter, r *http.Request, params v1.ListAPIKeysParams) {
+	f := store.APIKeyFilter{UserID: value(params.User)}
 	if id := identity(r); !id.Admin() {
 		if f.UserID != "" && f.UserID != id.UserID {
 			s.fail(w, r, errdefs.NotFoundf("user %s not found", f.UserID))
@@ -75,45 +50,37 @@ func (s *Server) listAPIKeys(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	out := make([]apiKeyJSON, 0, len(keys))
+	out := v1.APIKeyList{APIKeys: make([]v1.APIKey, 0, len(keys))}
 	for _, k := range keys {
-		out = append(out, apiKeyToJSON(k, now))
+		out.APIKeys = append(out.APIKeys, apiKeyToJSON(k, now))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"api_keys": out})
+	writeJSON(w, http.StatusOK, out)
 }
 
 // createAPIKey makes a key; only admin keys may (a user key that could
 // mint keys would outlive its own revocation).
-func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) {
+// CreateAPIKey makes a key (admin keys only).
+func (s *Server) CreateAPIKey(w http.ResponseWriter, r *http.Request) {
 	if !identity(r).Admin() {
 		s.fail(w, r, errdefs.Forbiddenf("only admin keys create API keys"))
 		return
 	}
-	var req createAPIKeyRequest
+	var req v1.CreateAPIKey
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	now := s.now()
 	ir := auth.IssueRequest{Name: req.Name, Admin: req.Admin, UserID: req.User}
+	// The document bounds ttl_seconds and checks expires_at's format.
 	switch {
-	case req.ExpiresAt != "" && req.TTLSeconds != nil:
+	case !req.ExpiresAt.IsZero() && req.TTLSeconds != 0:
 		s.fail(w, r, errdefs.Invalidf("give expires_at or ttl_seconds, not both"))
 		return
-	case req.ExpiresAt != "":
-		t, err := time.Parse(time.RFC3339Nano, req.ExpiresAt)
-		if err != nil {
-			s.fail(w, r, errdefs.Invalidf("expires_at must be an RFC 3339 time such as 2030-01-02T15:04:05Z, got %q", req.ExpiresAt))
-			return
-		}
-		ir.Expiry = t
-	case req.TTLSeconds != nil:
-		ttl := *req.TTLSeconds
-		if ttl < 1 || ttl > int64(auth.MaxLifetime/time.Second) {
-			s.fail(w, r, errdefs.Invalidf("ttl_seconds must be between 1 and %d (10 years), got %d", int64(auth.MaxLifetime/time.Second), ttl))
-			return
-		}
-		ir.Expiry = now.Add(time.Duration(ttl) * time.Second)
+	case !req.ExpiresAt.IsZero():
+		ir.Expiry = req.ExpiresAt
+	case req.TTLSeconds != 0:
+		ir.Expiry = now.Add(time.Duration(req.TTLSeconds) * time.Second)
 	}
 	key, rec, err := auth.Issue(r.Context(), s.Store, ir, now)
 	if err != nil {
@@ -121,23 +88,15 @@ func (s *Server) createAPIKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store") // the answer holds a credential
-	writeJSON(w, http.StatusCreated, createdAPIKeyJSON{Key: key, APIKey: apiKeyToJSON(rec, now)})
+	writeJSON(w, http.StatusCreated, v1.CreatedAPIKey{Key: key, APIKey: apiKeyToJSON(rec, now)})
 }
 
 // revokeAPIKey revokes a key. A user key may revoke its own user's user
 // keys (itself included); revoking only takes access away. The last active
 // admin key is kept unless force=true.
-func (s *Server) revokeAPIKey(w http.ResponseWriter, r *http.Request) {
-	keyID := r.PathValue("id")
-	force := false
-	if v := r.URL.Query().Get("force"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			s.fail(w, r, errdefs.Invalidf("force must be true or false, got %q", v))
-			return
-		}
-		force = b
-	}
+// RevokeAPIKey revokes a key; the last admin key only with force.
+func (s *Server) RevokeAPIKey(w http.ResponseWriter, r *http.Request, keyID string, params v1.RevokeAPIKeyParams) {
+	force := value(params.Force)
 	notFound := errdefs.NotFoundf("API key %s not found", keyID)
 	k, err := s.Store.GetAPIKey(r.Context(), keyID)
 	if errors.Is(err, store.ErrNotFound) {

@@ -10,23 +10,16 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
+
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/store"
 )
 
-type apiKeyJSON struct {
-	ID, Name, User, Status string
-	Admin                  bool
-	CreatedAt              time.Time  `json:"created_at"`
-	ExpiresAt              *time.Time `json:"expires_at"`
-	LastUsedAt             *time.Time `json:"last_used_at"`
-	RevokedAt              *time.Time `json:"revoked_at"`
-}
-
-type createdKey struct {
-	Key    string
-	APIKey apiKeyJSON `json:"api_key"`
-}
+type (
+	apiKeyJSON = v1.APIKey
+	createdKey = v1.CreatedAPIKey
+)
 
 func (f *fixture) createKey(key, body string) createdKey {
 	f.t.Helper()
@@ -64,7 +57,7 @@ func secretOf(key string) string { return key[strings.LastIndex(key, "_")+1:] }
 func keyIDs(ks []apiKeyJSON) string {
 	var ids []string
 	for _, k := range ks {
-		ids = append(ids, k.ID+"/"+k.User+"/"+k.Status)
+		ids = append(ids, k.ID+"/"+k.User+"/"+string(k.Status))
 	}
 	return strings.Join(ids, " ")
 }
@@ -96,14 +89,14 @@ func TestAPIKeysCreateListRevoke(t *testing.T) {
 	f := newFixture(t)
 	carol := f.createKey(f.admin, `{"name":"carol's laptop","user":"carol","ttl_seconds":86400}`)
 	if k := carol.APIKey; k.User != "carol" || k.Admin || k.Status != "active" || k.Name != "carol's laptop" ||
-		k.ExpiresAt == nil || k.ExpiresAt.Sub(k.CreatedAt) != 24*time.Hour || k.LastUsedAt != nil || k.RevokedAt != nil {
+		k.ExpiresAt.IsZero() || k.ExpiresAt.Sub(k.CreatedAt) != 24*time.Hour || !k.LastUsedAt.IsZero() || !k.RevokedAt.IsZero() {
 		t.Fatalf("created key: %+v", k)
 	}
 	if _, err := f.st.GetUser(context.Background(), "carol"); err != nil {
 		t.Fatalf("the new key's user was not made: %v", err)
 	}
 	ops := f.createKey(f.admin, `{"name":"ops","admin":true}`)
-	if k := ops.APIKey; !k.Admin || k.User != "" || k.ExpiresAt != nil {
+	if k := ops.APIKey; !k.Admin || k.User != "" || !k.ExpiresAt.IsZero() {
 		t.Fatalf("created admin key: %+v", k)
 	}
 	if a := f.do("GET", "/v1/vms", carol.Key, ""); a.status != http.StatusOK {
@@ -164,14 +157,14 @@ func TestAPIKeysCreateListRevoke(t *testing.T) {
 	}
 	var revoked apiKeyJSON
 	a.json(t, &revoked)
-	if revoked.Status != "revoked" || revoked.RevokedAt == nil || revoked.ID != carol.APIKey.ID {
+	if revoked.Status != "revoked" || revoked.RevokedAt.IsZero() || revoked.ID != carol.APIKey.ID {
 		t.Fatalf("revoked key: %+v", revoked)
 	}
 	f.expectUnauthorized(carol.Key, "API key revoked")
 	// Revoking again changes nothing.
 	var again apiKeyJSON
 	f.do("DELETE", "/v1/apikeys/"+carol.APIKey.ID, f.admin, "").json(t, &again)
-	if again.RevokedAt == nil || !again.RevokedAt.Equal(*revoked.RevokedAt) {
+	if again.RevokedAt.IsZero() || !again.RevokedAt.Equal(revoked.RevokedAt) {
 		t.Fatalf("second revocation: %+v, first %+v", again, revoked)
 	}
 	if k, _ := keyByID(f.listKeys(f.admin, ""), carol.APIKey.ID); k.Status != "revoked" {
@@ -198,7 +191,7 @@ func TestAPIKeyExpiresOnNextRequest(t *testing.T) {
 	k := f.createKey(f.admin, `{"user":"alice","ttl_seconds":60}`)
 	at := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 	k2 := f.createKey(f.admin, fmt.Sprintf(`{"user":"bob","expires_at":%q}`, at.Format(time.RFC3339)))
-	if k2.APIKey.ExpiresAt == nil || !k2.APIKey.ExpiresAt.Equal(at) {
+	if k2.APIKey.ExpiresAt.IsZero() || !k2.APIKey.ExpiresAt.Equal(at) {
 		t.Fatalf("expires_at %v, asked %v", k2.APIKey.ExpiresAt, at)
 	}
 	if a := f.do("GET", "/v1/vms", k.Key, ""); a.status != http.StatusOK {
@@ -272,9 +265,9 @@ func TestAPIKeyBadInputIsA400(t *testing.T) {
 		`{"user":"dave","expires_at":"` + past + `"}`:                          "not in the future",
 		`{"user":"dave","expires_at":"` + far + `"}`:                           "10 years",
 		`{"user":"dave","expires_at":"tomorrow"}`:                              "RFC 3339",
-		`{"user":"dave","ttl_seconds":0}`:                                      "ttl_seconds must be between 1",
-		`{"user":"dave","ttl_seconds":-5}`:                                     "ttl_seconds must be between 1",
-		`{"user":"dave","ttl_seconds":999999999999}`:                           "ttl_seconds must be between 1",
+		`{"user":"dave","ttl_seconds":0}`:                                      `"ttl_seconds" must be between 1 and 315360000`,
+		`{"user":"dave","ttl_seconds":-5}`:                                     `"ttl_seconds" must be between 1 and 315360000`,
+		`{"user":"dave","ttl_seconds":999999999999}`:                           `"ttl_seconds" must be between 1 and 315360000`,
 		`{"user":"dave","ttl_seconds":"1h"}`:                                   `"ttl_seconds" must be an integer`,
 		`{"user":"dave","scope":"root"}`:                                       "unknown field",
 		`{"user":"da ve"}`:                                                     "without spaces",

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"net/http"
 	"slices"
-	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 )
@@ -18,51 +18,36 @@ import (
 // no route returns a credential's content.
 
 // compatStatus maps login states to the old session statuses.
-var compatStatus = map[store.LoginState]string{
-	store.LoginStarting:     "started",
-	store.LoginAwaitingUser: "awaiting_user_auth",
-	store.LoginCapturing:    "authenticating",
-	store.LoginCompleted:    "completed",
-	store.LoginFailed:       "failed",
-	store.LoginCancelled:    "cancelled",
-	store.LoginExpired:      "expired",
+var compatStatus = map[store.LoginState]v1.CompatSessionStatus{
+	store.LoginStarting:     v1.CompatSessionStatusStarted,
+	store.LoginAwaitingUser: v1.CompatSessionStatusAwaitingUserAuth,
+	store.LoginCapturing:    v1.CompatSessionStatusAuthenticating,
+	store.LoginCompleted:    v1.CompatSessionStatusCompleted,
+	store.LoginFailed:       v1.CompatSessionStatusFailed,
+	store.LoginCancelled:    v1.CompatSessionStatusCancelled,
+	store.LoginExpired:      v1.CompatSessionStatusExpired,
 }
 
-type compatSession struct {
-	SessionID    string    `json:"sessionId"`
-	UserID       string    `json:"userId"`
-	Provider     string    `json:"provider"`
-	BrowserVMID  *string   `json:"browserVMId"`
-	NoVNCURL     *string   `json:"novncURL"`
-	Status       string    `json:"status"`
-	StartedAt    time.Time `json:"startedAt"`
-	ErrorMessage string    `json:"error_message,omitempty"`
-}
-
-func (s *Server) compatSessionOf(w http.ResponseWriter, r *http.Request, l store.Login) compatSession {
+func (s *Server) compatSessionOf(w http.ResponseWriter, r *http.Request, l store.Login) v1.CompatSession {
 	j := s.withViewer(w, r, l)
-	c := compatSession{SessionID: l.ID, UserID: l.UserID, Provider: l.Provider, Status: compatStatus[l.State],
+	c := v1.CompatSession{SessionID: l.ID, UserID: l.UserID, Provider: l.Provider, Status: compatStatus[l.State],
 		StartedAt: l.CreatedAt.UTC(), ErrorMessage: l.FailureReason}
 	if l.BrowserVMID != "" {
-		c.BrowserVMID = &l.BrowserVMID
+		c.BrowserVMId = &l.BrowserVMID
 	}
-	if j.Viewer != nil {
-		c.NoVNCURL = &j.Viewer.URL
+	if j.Viewer.URL != "" {
+		c.NovncURL = &j.Viewer.URL
 	}
 	return c
 }
 
-type compatStartRequest struct {
-	UserID   string `json:"userId"`
-	Provider string `json:"provider"`
-}
-
-func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
+// CompatStart starts a login, as POST /v1/logins does.
+func (s *Server) CompatStart(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
 		s.fail(w, r, errLoginsOff)
 		return
 	}
-	var req compatStartRequest
+	var req v1.CompatStart
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.fail(w, r, err)
 		return
@@ -74,9 +59,7 @@ func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 	}
 	l, _, err := s.Logins.Start(r.Context(), user, req.Provider)
 	if errors.Is(err, errdefs.ErrInvalid) && !slices.Contains(s.Logins.ProviderNames(), req.Provider) {
-		writeJSON(w, http.StatusBadRequest, map[string]any{
-			"error": errdefs.Public(err), "validProviders": s.Logins.ProviderNames(),
-		})
+		writeJSON(w, http.StatusBadRequest, v1.CompatUnknownProvider{Error: errdefs.Public(err), ValidProviders: s.Logins.ProviderNames()})
 		return
 	}
 	if err != nil {
@@ -85,27 +68,26 @@ func (s *Server) compatStart(w http.ResponseWriter, r *http.Request) {
 	}
 	c := s.compatSessionOf(w, r, l)
 	noStore(w) // the old frontend's answers may carry a viewer link
-	writeJSON(w, http.StatusOK, map[string]any{
-		"success": true, "sessionId": l.ID, "provider": l.Provider, "novncURL": c.NoVNCURL, "browserIP": nil,
-	})
+	writeJSON(w, http.StatusOK, v1.CompatStarted{Success: true, SessionID: l.ID, Provider: l.Provider, NovncURL: c.NovncURL})
 }
 
-func (s *Server) compatSession(w http.ResponseWriter, r *http.Request) {
-	if l, ok := s.lookupLogin(w, r); ok {
+// CompatSession answers a login as the old session object.
+func (s *Server) CompatSession(w http.ResponseWriter, r *http.Request, id string) {
+	if l, ok := s.lookupLogin(w, r, id); ok {
 		noStore(w)
-		writeJSON(w, http.StatusOK, map[string]any{"session": s.compatSessionOf(w, r, l)})
+		writeJSON(w, http.StatusOK, v1.CompatSessionAnswer{Session: s.compatSessionOf(w, r, l)})
 	}
 }
 
-// compatNoVNC sends the browser to the session's viewer page (a fresh
+// CompatNoVNC sends the browser to the session's viewer page (a fresh
 // link; its token rides in the fragment, which the redirect keeps).
-func (s *Server) compatNoVNC(w http.ResponseWriter, r *http.Request) {
-	l, ok := s.lookupLogin(w, r)
+func (s *Server) CompatNoVNC(w http.ResponseWriter, r *http.Request, id string) {
+	l, ok := s.lookupLogin(w, r, id)
 	if !ok {
 		return
 	}
 	j := s.withViewer(w, r, l)
-	if j.Viewer == nil {
+	if j.Viewer.URL == "" {
 		s.fail(w, r, errdefs.Conflictf("session %s is %s: there is no screen to show", l.ID, compatStatus[l.State]))
 		return
 	}
@@ -114,8 +96,9 @@ func (s *Server) compatNoVNC(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, j.Viewer.URL, http.StatusFound)
 }
 
-func (s *Server) compatCancel(w http.ResponseWriter, r *http.Request) {
-	l, ok := s.lookupLogin(w, r)
+// CompatCancel cancels a login.
+func (s *Server) CompatCancel(w http.ResponseWriter, r *http.Request, id string) {
+	l, ok := s.lookupLogin(w, r, id)
 	if !ok {
 		return
 	}
@@ -123,24 +106,15 @@ func (s *Server) compatCancel(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": true, "message": "Session cancelled"})
+	writeJSON(w, http.StatusOK, v1.CompatCancelled{Success: true, Message: "Session cancelled"})
 }
 
-type compatCredential struct {
-	CredentialID string     `json:"credential_id"`
-	Provider     string     `json:"provider"`
-	IsValid      bool       `json:"is_valid"`
-	LastVerified time.Time  `json:"last_verified"`
-	ExpiresAt    *time.Time `json:"expires_at"`
-}
-
-// compatCredentials lists a user's credentials: metadata only.
-func (s *Server) compatCredentials(w http.ResponseWriter, r *http.Request) {
+// CompatCredentials lists a user's credentials: metadata only.
+func (s *Server) CompatCredentials(w http.ResponseWriter, r *http.Request, user string) {
 	if s.Logins == nil {
 		s.fail(w, r, errLoginsOff)
 		return
 	}
-	user := r.PathValue("userId")
 	if !identity(r).CanSee(user) {
 		s.fail(w, r, errdefs.NotFoundf("user %s not found", user))
 		return
@@ -150,10 +124,14 @@ func (s *Server) compatCredentials(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]compatCredential, 0, len(cs))
+	out := v1.CompatCredentials{Credentials: make([]v1.CompatCredential, 0, len(cs))}
 	for _, c := range cs {
-		out = append(out, compatCredential{CredentialID: c.ID, Provider: c.Provider, IsValid: c.Valid,
-			LastVerified: c.UpdatedAt.UTC(), ExpiresAt: optTime(c.ExpiresAt)})
+		cc := v1.CompatCredential{CredentialID: c.ID, Provider: c.Provider, IsValid: c.Valid, LastVerified: c.UpdatedAt.UTC()}
+		if !c.ExpiresAt.IsZero() {
+			t := c.ExpiresAt.UTC()
+			cc.ExpiresAt = &t
+		}
+		out.Credentials = append(out.Credentials, cc)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"credentials": out})
+	writeJSON(w, http.StatusOK, out)
 }

@@ -12,21 +12,9 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/errdefs"
 )
-
-// errorBody is the JSON shape of every error answer.
-type errorBody struct {
-	Error errorDetail `json:"error"`
-	// VM accompanies errors about a VM's state (e.g. a wait that can no
-	// longer succeed), with its failure reason and console tail.
-	VM *vmJSON `json:"vm,omitempty"`
-}
-
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -37,7 +25,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg}})
+	writeJSON(w, status, v1.Error{Error: v1.ErrorDetail{Code: v1.ErrorDetailCode(code), Message: msg}})
 }
 
 // classify maps an error class to a status and code. This is the only place

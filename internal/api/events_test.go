@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
+
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 
@@ -36,15 +38,7 @@ func init() {
 type sse struct {
 	ID    int64
 	Event string
-	Data  struct {
-		ID      int64  `json:"id"`
-		Type    string `json:"type"`
-		VM      string `json:"vm"`
-		Login   string `json:"login"`
-		User    string `json:"user"`
-		ToState string `json:"to_state"`
-		Message string `json:"message"`
-	}
+	Data  v1.Event
 }
 
 // readSSE reads events off body until stop accepts one (true) or the
@@ -442,6 +436,17 @@ func (p *pacedStore) QueryEvents(ctx context.Context, f store.EventFilter, after
 	return evs, err
 }
 
+// reading is how many reads are running.
+func (p *pacedStore) reading() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, k := range p.now {
+		n += k
+	}
+	return n
+}
+
 // TestOneUsersStreamsShareTheirStoreReads: an event of alice's wakes all
 // of her streams at once; they read the store a couple at a time, never
 // all together, so they cannot take every store connection from other
@@ -460,6 +465,14 @@ func TestOneUsersStreamsShareTheirStoreReads(t *testing.T) {
 		}
 		defer r.Body.Close()
 		go func() { _, _ = io.Copy(io.Discard, r.Body) }()
+	}
+	// Each stream's first catch-up must be over (a read still running
+	// would take in the event below and need no read after it).
+	for deadline := time.Now().Add(30 * time.Second); ps.reads.Load() < n || ps.reading() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d streams caught up", ps.reads.Load(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	before := ps.reads.Load()
 	ps.mu.Lock()

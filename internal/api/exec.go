@@ -4,51 +4,26 @@ import (
 	"net/http"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/agentapi"
-	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/vm"
 )
 
-type execRequest struct {
-	Argv           []string `json:"argv"`
-	Env            []string `json:"env"`
-	Dir            string   `json:"dir"`
-	TimeoutSeconds int      `json:"timeout_seconds"`
-	Stdin          string   `json:"stdin"`
-}
-
-type execResponse struct {
-	ExitCode        int    `json:"exit_code"`
-	Stdout          string `json:"stdout"`
-	Stderr          string `json:"stderr"`
-	StdoutTruncated bool   `json:"stdout_truncated"`
-	StderrTruncated bool   `json:"stderr_truncated"`
-	TimedOut        bool   `json:"timed_out"`
-	DurationMS      int64  `json:"duration_ms"`
-}
-
-const maxExecTimeoutSeconds = int(agentapi.MaxExecTimeout / time.Second)
-
-// execVM runs a command in a ready VM through its agent and answers with
+// ExecVM runs a command in a ready VM through its agent and answers with
 // its exit code and output.
-func (s *Server) execVM(w http.ResponseWriter, r *http.Request) {
-	v, ok := s.lookup(w, r)
+func (s *Server) ExecVM(w http.ResponseWriter, r *http.Request, id string) {
+	v, ok := s.lookup(w, r, id)
 	if !ok {
 		return
 	}
-	var req execRequest
+	var req v1.ExecRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	// Range first: timeout_seconds * time.Second must not overflow.
-	if req.TimeoutSeconds < 0 || req.TimeoutSeconds > maxExecTimeoutSeconds {
-		s.fail(w, r, errdefs.Invalidf("timeout_seconds must be 0 (the default, %d) to %d, got %d",
-			int(agentapi.DefaultExecTimeout/time.Second), maxExecTimeoutSeconds, req.TimeoutSeconds))
-		return
-	}
-	// The rest (argv, env, dir, stdin) is checked by the manager with the
-	// agent protocol's own validation.
+	// The document bounds timeout_seconds (so the duration cannot
+	// overflow); the rest (argv, env, dir, stdin) is checked by the
+	// manager with the agent protocol's own validation.
 	timeout := agentapi.DefaultExecTimeout
 	if req.TimeoutSeconds > 0 {
 		timeout = time.Duration(req.TimeoutSeconds) * time.Second
@@ -59,7 +34,7 @@ func (s *Server) execVM(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, execResponse{ExitCode: res.ExitCode, Stdout: string(res.Stdout), Stderr: string(res.Stderr),
+	writeJSON(w, http.StatusOK, v1.ExecResult{ExitCode: res.ExitCode, Stdout: string(res.Stdout), Stderr: string(res.Stderr),
 		StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated, TimedOut: res.TimedOut,
 		DurationMS: res.Duration.Milliseconds()})
 }

@@ -6,36 +6,22 @@ import (
 	"net/http"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/viewer"
 )
 
-type loginJSON struct {
-	ID            string      `json:"id"`
-	User          string      `json:"user"`
-	Provider      string      `json:"provider"`
-	State         string      `json:"state"`
-	FailureReason string      `json:"failure_reason,omitempty"`
-	BrowserVM     string      `json:"browser_vm,omitempty"`
-	CredentialID  string      `json:"credential_id,omitempty"`
-	CreatedAt     time.Time   `json:"created_at"`
-	UpdatedAt     time.Time   `json:"updated_at"`
-	ExpiresAt     time.Time   `json:"expires_at"`
-	CompletedAt   *time.Time  `json:"completed_at,omitempty"`
-	Viewer        *viewerJSON `json:"viewer,omitempty"`
-}
-
-func loginToJSON(l store.Login) loginJSON {
-	return loginJSON{ID: l.ID, User: l.UserID, Provider: l.Provider, State: string(l.State), FailureReason: l.FailureReason,
+func loginToJSON(l store.Login) v1.Login {
+	return v1.Login{ID: l.ID, User: l.UserID, Provider: l.Provider, State: v1.LoginState(l.State), FailureReason: l.FailureReason,
 		BrowserVM: l.BrowserVMID, CredentialID: l.CredentialID, CreatedAt: l.CreatedAt.UTC(), UpdatedAt: l.UpdatedAt.UTC(),
-		ExpiresAt: l.ExpiresAt.UTC(), CompletedAt: optTime(l.CompletedAt)}
+		ExpiresAt: l.ExpiresAt.UTC(), CompletedAt: utc(l.CompletedAt)}
 }
 
 // withViewer adds a fresh viewer link to a login the user has to act on:
 // bound to the login (its session) and no longer-lived than it. The
 // answer then carries a token and must not be cached.
-func (s *Server) withViewer(w http.ResponseWriter, r *http.Request, l store.Login) loginJSON {
+func (s *Server) withViewer(w http.ResponseWriter, r *http.Request, l store.Login) v1.Login {
 	j := loginToJSON(l)
 	if s.Viewers == nil || l.BrowserVMID == "" || (l.State != store.LoginAwaitingUser && l.State != store.LoginCapturing) {
 		return j
@@ -54,13 +40,8 @@ func (s *Server) withViewer(w http.ResponseWriter, r *http.Request, l store.Logi
 	}
 	noStore(w)
 	link := viewerLink(s.viewerBase(r), l.BrowserVMID, g)
-	j.Viewer = &link
+	j.Viewer = link
 	return j
-}
-
-type createLoginRequest struct {
-	User     string `json:"user"`
-	Provider string `json:"provider"`
 }
 
 // ownUser resolves the user a request acts for: a user key's own, or the
@@ -79,18 +60,15 @@ func ownUser(r *http.Request, asked, what string) (string, error) {
 	return asked, nil
 }
 
-func (s *Server) createLogin(w http.ResponseWriter, r *http.Request) {
+// CreateLogin starts a login (or answers the user's active one).
+func (s *Server) CreateLogin(w http.ResponseWriter, r *http.Request) {
 	if s.Logins == nil {
 		s.fail(w, r, errLoginsOff)
 		return
 	}
-	var req createLoginRequest
+	var req v1.CreateLogin
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.fail(w, r, err)
-		return
-	}
-	if req.Provider == "" {
-		s.fail(w, r, errdefs.Invalidf("provider is required"))
 		return
 	}
 	user, err := ownUser(r, req.User, "start logins")
@@ -112,12 +90,11 @@ func (s *Server) createLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 // lookupLogin returns the login in the path if the caller may see it.
-func (s *Server) lookupLogin(w http.ResponseWriter, r *http.Request) (store.Login, bool) {
+func (s *Server) lookupLogin(w http.ResponseWriter, r *http.Request, id string) (store.Login, bool) {
 	if s.Logins == nil {
 		s.fail(w, r, errLoginsOff)
 		return store.Login{}, false
 	}
-	id := r.PathValue("id")
 	l, err := s.Logins.Get(r.Context(), id)
 	if err == nil && !identity(r).CanSee(l.UserID) {
 		err = errdefs.NotFoundf("login %s not found", id)
@@ -129,37 +106,38 @@ func (s *Server) lookupLogin(w http.ResponseWriter, r *http.Request) (store.Logi
 	return l, true
 }
 
-func (s *Server) getLogin(w http.ResponseWriter, r *http.Request) {
-	if l, ok := s.lookupLogin(w, r); ok {
+// GetLogin answers one login, with a viewer link while the user acts.
+func (s *Server) GetLogin(w http.ResponseWriter, r *http.Request, id string) {
+	if l, ok := s.lookupLogin(w, r, id); ok {
 		writeJSON(w, http.StatusOK, s.withViewer(w, r, l))
 	}
 }
 
-func (s *Server) listLogins(w http.ResponseWriter, r *http.Request) {
+// ListLogins lists the logins the caller may see.
+func (s *Server) ListLogins(w http.ResponseWriter, r *http.Request, params v1.ListLoginsParams) {
 	if s.Logins == nil {
 		s.fail(w, r, errLoginsOff)
 		return
 	}
-	f := store.LoginFilter{Provider: r.URL.Query().Get("provider"), ActiveOnly: r.URL.Query().Get("active") == "true"}
+	f := store.LoginFilter{Provider: value(params.Provider), ActiveOnly: value(params.Active), UserID: value(params.User)}
 	if id := identity(r); !id.Admin() {
 		f.UserID = id.UserID
-	} else {
-		f.UserID = r.URL.Query().Get("user")
 	}
 	ls, err := s.Logins.List(r.Context(), f)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]loginJSON, 0, len(ls))
+	out := v1.LoginList{Logins: make([]v1.Login, 0, len(ls))}
 	for _, l := range ls {
-		out = append(out, loginToJSON(l))
+		out.Logins = append(out.Logins, loginToJSON(l))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"logins": out})
+	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) cancelLogin(w http.ResponseWriter, r *http.Request) {
-	l, ok := s.lookupLogin(w, r)
+// CancelLogin cancels an active login.
+func (s *Server) CancelLogin(w http.ResponseWriter, r *http.Request, id string) {
+	l, ok := s.lookupLogin(w, r, id)
 	if !ok {
 		return
 	}
@@ -174,8 +152,9 @@ func (s *Server) cancelLogin(w http.ResponseWriter, r *http.Request) {
 // loginEvents streams one login's events from its first (or after
 // Last-Event-ID) and ends after the one that makes it terminal, or at once
 // when the login is over and everything after the resume point is sent.
-func (s *Server) loginEvents(w http.ResponseWriter, r *http.Request) {
-	l, ok := s.lookupLogin(w, r)
+// LoginEvents streams one login's events until it ends.
+func (s *Server) LoginEvents(w http.ResponseWriter, r *http.Request, id string, _ v1.LoginEventsParams) {
+	l, ok := s.lookupLogin(w, r, id)
 	if !ok {
 		return
 	}
@@ -198,25 +177,13 @@ func (s *Server) loginEvents(w http.ResponseWriter, r *http.Request) {
 	s.streamEvents(w, r, st)
 }
 
-type credentialJSON struct {
-	ID        string     `json:"id"`
-	User      string     `json:"user"`
-	Provider  string     `json:"provider"`
-	Login     string     `json:"login,omitempty"`
-	Valid     bool       `json:"valid"`
-	CreatedAt time.Time  `json:"created_at"`
-	UpdatedAt time.Time  `json:"updated_at"`
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-}
-
-// listCredentials answers with credential metadata only: no route returns
-// a credential's content.
-func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
+// ListCredentials lists credential metadata.
+func (s *Server) ListCredentials(w http.ResponseWriter, r *http.Request, params v1.ListCredentialsParams) {
 	if s.Logins == nil {
 		s.fail(w, r, errLoginsOff)
 		return
 	}
-	user := r.URL.Query().Get("user")
+	user := value(params.User)
 	if id := identity(r); !id.Admin() {
 		if user != "" && user != id.UserID {
 			s.fail(w, r, errdefs.NotFoundf("user %s not found", user))
@@ -229,10 +196,10 @@ func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]credentialJSON, 0, len(cs))
+	out := v1.CredentialList{Credentials: make([]v1.Credential, 0, len(cs))}
 	for _, c := range cs {
-		out = append(out, credentialJSON{ID: c.ID, User: c.UserID, Provider: c.Provider, Login: c.LoginID, Valid: c.Valid,
-			CreatedAt: c.CreatedAt.UTC(), UpdatedAt: c.UpdatedAt.UTC(), ExpiresAt: optTime(c.ExpiresAt)})
+		out.Credentials = append(out.Credentials, v1.Credential{ID: c.ID, User: c.UserID, Provider: c.Provider, Login: c.LoginID,
+			Valid: c.Valid, CreatedAt: c.CreatedAt.UTC(), UpdatedAt: c.UpdatedAt.UTC(), ExpiresAt: utc(c.ExpiresAt)})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"credentials": out})
+	writeJSON(w, http.StatusOK, out)
 }

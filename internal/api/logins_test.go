@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
+
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/store"
 )
@@ -72,17 +74,8 @@ func (g *fakeGuestLogin) run(ctx context.Context, vmID string, req agentapi.Logi
 	return agentapi.LoginResult{Files: []agentapi.CapturedFile{{Path: req.Credentials[0].Path, Content: []byte(creds)}}}, nil
 }
 
-type loginAnswer struct {
-	ID            string `json:"id"`
-	User          string `json:"user"`
-	State         string `json:"state"`
-	FailureReason string `json:"failure_reason"`
-	BrowserVM     string `json:"browser_vm"`
-	CredentialID  string `json:"credential_id"`
-	Viewer        *struct {
-		URL string `json:"url"`
-	} `json:"viewer"`
-}
+// loginAnswer is a login as the API answers it.
+type loginAnswer = v1.Login
 
 func (f *fixture) waitLogin(key, id, state string) loginAnswer {
 	f.t.Helper()
@@ -94,7 +87,7 @@ func (f *fixture) waitLogin(key, id, state string) loginAnswer {
 			f.t.Fatalf("get login: %d %s", a.status, a.body)
 		}
 		a.json(f.t, &l)
-		if l.State == state {
+		if string(l.State) == state {
 			return l
 		}
 		if time.Now().After(deadline) {
@@ -130,12 +123,12 @@ func TestLoginAPI(t *testing.T) {
 	}
 	// Once the sign-in page is open the user gets a viewer of the browser VM.
 	w := f.waitLogin(f.alice, l.ID, "awaiting_user")
-	if w.Viewer == nil || !strings.Contains(w.Viewer.URL, "/viewer/"+w.BrowserVM+"#token=") {
+	if w.Viewer.URL == "" || !strings.Contains(w.Viewer.URL, "/viewer/"+w.BrowserVM+"#token=") {
 		t.Fatalf("awaiting login without a viewer: %+v", w)
 	}
 	f.guest.approve <- struct{}{}
 	done := f.waitLogin(f.alice, l.ID, "completed")
-	if done.CredentialID == "" || done.Viewer != nil {
+	if done.CredentialID == "" || done.Viewer.URL != "" {
 		t.Fatalf("completed login %+v", done)
 	}
 
@@ -193,7 +186,7 @@ func TestLoginAPI(t *testing.T) {
 		t.Fatalf("unknown provider: %d %s", a.status, a.body)
 	}
 	for body, want := range map[string]string{
-		`{}`:                                   "provider is required",
+		`{}`:                                   `field "provider" is required`,
 		`{"provider":"fake_cli","user":"bob"}`: "own user",
 		`{"provider":"fake_cli","extra":1}`:    `unknown field "extra"`,
 	} {

@@ -14,14 +14,13 @@ import (
 	"strings"
 	"time"
 
-	apispec "github.com/hearth-project/hearth/api"
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
-	"github.com/hearth-project/hearth/internal/vmm"
 )
 
 // Server holds the API's dependencies.
@@ -48,7 +47,7 @@ type Server struct {
 	streams    *streamSlots // made by Handler
 }
 
-// Route is one registered route, for the spec-conformance test. Public
+// Route is one served operation, for the spec-conformance test. Public
 // routes need no API key (they carry their own tokens, or none).
 type Route struct {
 	Method, Path string
@@ -57,92 +56,30 @@ type Route struct {
 
 // Routes lists every route the handler serves.
 func (s *Server) Routes() []Route {
+	rt, err := s.routes()
+	if err != nil {
+		panic(err)
+	}
 	var rs []Route
-	for _, r := range s.table() {
-		rs = append(rs, Route{r.method, r.path, r.public})
+	for _, o := range rt.ops {
+		_, path, _ := strings.Cut(o.pattern, " ")
+		rs = append(rs, Route{o.method, path, o.public})
 	}
 	return rs
 }
 
-type route struct {
-	method, path string
-	public       bool
-	h            http.HandlerFunc
-}
+// Server implements the operations of api/openapi.yaml.
+var _ v1.ServerInterface = (*Server)(nil)
 
-func (s *Server) table() []route {
-	return []route{
-		{"GET", "/healthz", true, s.healthz},
-		{"GET", "/readyz", false, s.readyz},
-		{"GET", "/v1/openapi.yaml", false, s.openapi},
-		{"GET", "/v1/host", false, s.host},
-		{"GET", "/v1/images", false, s.listImages},
-		{"POST", "/v1/vms", false, s.createVM},
-		{"GET", "/v1/vms", false, s.listVMs},
-		{"GET", "/v1/vms/{id}", false, s.getVM},
-		{"DELETE", "/v1/vms/{id}", false, s.deleteVM},
-		{"GET", "/v1/vms/{id}/wait", false, s.waitVM},
-		{"GET", "/v1/vms/{id}/console", false, s.console},
-		{"POST", "/v1/vms/{id}/exec", false, s.execVM},
-		{"GET", "/v1/events", false, s.events},
-		{"POST", "/v1/vms/{id}/viewer", false, s.createViewer},
-		{"DELETE", "/v1/vms/{id}/viewers", false, s.revokeViewers},
-		// Viewer routes carry their own tokens instead of API keys.
-		{"POST", "/v1/vms/{id}/viewer/ticket", true, s.viewerTicket},
-		{"GET", "/v1/vms/{id}/viewer/socket", true, s.viewerSocket},
-		{"GET", "/viewer/{id}", true, s.viewerPage},
-		{"GET", "/viewer/assets/{path...}", true, s.viewerAsset},
-		{"POST", "/v1/logins", false, s.createLogin},
-		{"GET", "/v1/logins", false, s.listLogins},
-		{"GET", "/v1/logins/{id}", false, s.getLogin},
-		{"GET", "/v1/logins/{id}/events", false, s.loginEvents},
-		{"POST", "/v1/logins/{id}/cancel", false, s.cancelLogin},
-		{"GET", "/v1/credentials", false, s.listCredentials},
-		{"GET", "/v1/apikeys", false, s.listAPIKeys},
-		{"POST", "/v1/apikeys", false, s.createAPIKey},
-		{"DELETE", "/v1/apikeys/{id}", false, s.revokeAPIKey},
-		// The old frontend's routes (compat.go).
-		{"POST", "/api/auth/start", false, s.compatStart},
-		{"GET", "/api/auth/session/{id}", false, s.compatSession},
-		{"GET", "/api/auth/session/{id}/novnc", false, s.compatNoVNC},
-		{"POST", "/api/auth/session/{id}/cancel", false, s.compatCancel},
-		{"GET", "/api/auth/credentials/{userId}", false, s.compatCredentials},
-	}
-}
-
-// Handler returns the API's HTTP handler.
+// Handler returns the API's HTTP handler: every operation of the
+// document (operations.go).
 func (s *Server) Handler() http.Handler {
 	s.streams = &streamSlots{open: map[string]int{}, reads: map[string]chan struct{}{}}
-	mux := http.NewServeMux()
-	methods := map[string][]string{}
-	public := map[string]bool{}
-	for _, r := range s.table() {
-		h := r.h
-		if !r.public {
-			h = s.authenticate(h)
-		}
-		mux.HandleFunc(r.method+" "+r.path, h)
-		methods[r.path] = append(methods[r.path], r.method)
-		public[r.path] = r.public
+	rt, err := s.routes()
+	if err != nil {
+		panic("api: the generated routes do not match openapi.yaml: " + err.Error())
 	}
-	// A known path with another method: a JSON 405 naming what is allowed.
-	for path, ms := range methods {
-		allow := strings.Join(ms, ", ")
-		h := func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Allow", allow)
-			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+" (allowed: "+allow+")")
-		}
-		if !public[path] {
-			h = s.authenticate(h)
-		}
-		mux.HandleFunc(path, h)
-	}
-	// Anything else: JSON 404/405 instead of the mux's plain text, but only
-	// after authentication, so unauthenticated callers learn nothing.
-	mux.HandleFunc("/", s.authenticate(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
-	}))
-	return s.logRequests(s.bound(s.recoverPanics(mux)))
+	return s.logRequests(s.bound(s.recoverPanics(rt)))
 }
 
 type statusRecorder struct {
@@ -251,11 +188,13 @@ func identity(r *http.Request) auth.Identity {
 	return id
 }
 
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+// Healthz answers that the daemon answers.
+func (s *Server) Healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, v1.Status{Status: "ok"})
 }
 
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+// Readyz answers whether the daemon can take work.
+func (s *Server) Readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.Store.Ping(ctx); err != nil {
@@ -271,43 +210,35 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", errdefs.Public(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, http.StatusOK, v1.Status{Status: "ready"})
 }
 
-func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+// GetOpenAPI serves the document.
+func (s *Server) GetOpenAPI(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
-	_, _ = w.Write(apispec.OpenAPI)
+	_, _ = w.Write(v1.OpenAPI)
 }
 
-type hostInfo struct {
-	Version      string           `json:"version"`
-	Driver       string           `json:"driver"`
-	Capabilities vmm.Capabilities `json:"capabilities"`
-}
-
-func (s *Server) host(w http.ResponseWriter, r *http.Request) {
+// GetHost answers the driver and what it can do.
+func (s *Server) GetHost(w http.ResponseWriter, r *http.Request) {
 	d := s.VMs.Driver()
-	writeJSON(w, http.StatusOK, hostInfo{Version: s.Version, Driver: d.Name(), Capabilities: d.Capabilities()})
+	c := d.Capabilities()
+	writeJSON(w, http.StatusOK, v1.Host{Version: s.Version, Driver: d.Name(), Capabilities: v1.Capabilities{
+		Accel: v1.CapabilitiesAccel(c.Accel), AgentTransport: c.AgentTransport, DiskCloning: c.DiskCloning,
+		GracefulStop: c.GracefulStop, Pause: c.Pause, Snapshot: c.Snapshot}})
 }
 
-type imageJSON struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`
-	Status    string    `json:"status"`
-	SizeBytes int64     `json:"size_bytes"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
+// ListImages lists the images in the store.
+func (s *Server) ListImages(w http.ResponseWriter, r *http.Request) {
 	imgs, err := s.Store.ListImages(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]imageJSON, 0, len(imgs))
+	out := v1.ImageList{Images: make([]v1.Image, 0, len(imgs))}
 	for _, i := range imgs {
-		out = append(out, imageJSON{ID: i.ID, Name: i.Name, Role: i.Role, Status: string(i.Status), SizeBytes: i.SizeBytes, CreatedAt: i.CreatedAt})
+		out.Images = append(out.Images, v1.Image{ID: i.ID, Name: i.Name, Role: i.Role, Status: v1.ImageStatus(i.Status),
+			SizeBytes: i.SizeBytes, CreatedAt: i.CreatedAt.UTC()})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"images": out})
+	writeJSON(w, http.StatusOK, out)
 }

@@ -11,40 +11,23 @@ import (
 	"strconv"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vm"
 )
 
-// console serves the VM's serial console from ?offset= (a logical offset:
-// the log keeps the boot head and the latest output, and a skipped stretch
-// reads as one marker line), and with ?follow=1 keeps streaming what the
-// guest writes until the VM is gone or the client leaves.
-func (s *Server) console(w http.ResponseWriter, r *http.Request) {
-	v, ok := s.lookup(w, r)
+// GetConsole serves the VM's serial console from ?offset= (a logical
+// offset: the log keeps the boot head and the latest output, and a skipped
+// stretch reads as one marker line), and with ?follow=1 keeps streaming
+// what the guest writes until the VM is gone or the client leaves.
+func (s *Server) GetConsole(w http.ResponseWriter, r *http.Request, id string, params v1.GetConsoleParams) {
+	v, ok := s.lookup(w, r, id)
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
-	var offset int64
-	if o := q.Get("offset"); o != "" {
-		n, err := strconv.ParseInt(o, 10, 64)
-		if err != nil || n < 0 {
-			s.fail(w, r, errdefs.Invalidf("offset must be a non-negative integer, got %q", o))
-			return
-		}
-		offset = n
-	}
-	follow := false
-	if f := q.Get("follow"); f != "" {
-		b, err := strconv.ParseBool(f)
-		if err != nil {
-			s.fail(w, r, errdefs.Invalidf("follow must be 1, 0, true or false, got %q", f))
-			return
-		}
-		follow = b
-	}
+	offset, follow := value(params.Offset), value(params.Follow)
 	path := vm.ConsolePath(v)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && v.State == store.StateDestroyed {
 		s.fail(w, r, errdefs.NotFoundf("vm %s is destroyed; its console is gone", v.ID))
@@ -169,28 +152,16 @@ func (s *Server) followConsole(w http.ResponseWriter, r *http.Request, id, path 
 	}
 }
 
-type eventJSON struct {
-	ID        int64     `json:"id"`
-	At        time.Time `json:"at"`
-	Type      string    `json:"type"`
-	VM        string    `json:"vm,omitempty"`
-	Login     string    `json:"login,omitempty"`
-	User      string    `json:"user,omitempty"`
-	FromState string    `json:"from_state,omitempty"`
-	ToState   string    `json:"to_state,omitempty"`
-	Message   string    `json:"message,omitempty"`
-}
-
 // eventsDropped is the type of the event a stream sends in place of
 // events retention forgot before the stream could send them.
 const eventsDropped = "events.dropped"
 
-// events streams state changes as server-sent events: every user's for an
+// StreamEvents streams state changes as server-sent events: every user's for an
 // admin key, its own user's for a user key (the store query filters, and
 // only those events wake the stream). A client resumes with Last-Event-ID
 // (or ?since=) and misses nothing the log still holds; if retention forgot
 // events after its resume point, an events.dropped event says so first.
-func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+func (s *Server) StreamEvents(w http.ResponseWriter, r *http.Request, _ v1.StreamEventsParams) {
 	after, ok := s.resumePoint(w, r, -1)
 	if !ok {
 		return
@@ -254,7 +225,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 	_ = rc.Flush()
 	ctx := r.Context()
 
-	write := func(j eventJSON) bool {
+	write := func(j v1.Event) bool {
 		b, _ := json.Marshal(j)
 		s.armWrite(rc)
 		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", j.ID, j.Type, b); err != nil {
@@ -267,7 +238,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 		if !st.filter.Matches(e) {
 			return true
 		}
-		return write(eventJSON{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
+		return write(v1.Event{ID: e.ID, At: e.At.UTC(), Type: e.Type, VM: e.VMID, Login: e.LoginID, User: e.UserID,
 			FromState: string(e.FromState), ToState: string(e.ToState), Message: e.Message}) && (st.last == nil || !st.last(e))
 	}
 	// query reads one page and the horizon, taking one of the caller's
@@ -305,7 +276,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 			whole := st.first != "" && st.after == 0 && len(evs) > 0 && evs[0].Type == st.first
 			st.first = ""
 			if horizon > st.after && !whole {
-				if !write(eventJSON{ID: horizon, At: time.Now().UTC(), Type: eventsDropped,
+				if !write(v1.Event{ID: horizon, At: time.Now().UTC(), Type: eventsDropped,
 					Message: fmt.Sprintf("events up to id %d were removed by retention before this stream sent them; re-read the current state", horizon)}) {
 					return false
 				}

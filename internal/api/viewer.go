@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
@@ -38,38 +39,17 @@ type ViewerOptions struct {
 	AssetsErr error
 }
 
-type viewerInfoJSON struct {
-	ID       string    `json:"id"`
-	OpenedAt time.Time `json:"opened_at"`
-	ViewOnly bool      `json:"view_only"`
-	Session  string    `json:"session,omitempty"`
-	Remote   string    `json:"remote"`
-}
-
 // withViewers adds v's open viewers to its answer.
-func (s *Server) withViewers(j vmJSON) vmJSON {
+func (s *Server) withViewers(j v1.VM) v1.VM {
 	if s.Viewers == nil || !s.VMs.Serves(j.Role, s.ViewerOptions.VNCPort) {
 		return j
 	}
 	open := s.Viewers.Open(j.ID)
-	j.Viewers = make([]viewerInfoJSON, 0, len(open))
+	j.Viewers = make([]v1.ViewerInfo, 0, len(open))
 	for _, o := range open {
-		j.Viewers = append(j.Viewers, viewerInfoJSON{ID: o.ID, OpenedAt: o.OpenedAt, ViewOnly: o.ViewOnly, Session: o.Session, Remote: o.Remote})
+		j.Viewers = append(j.Viewers, v1.ViewerInfo{ID: o.ID, OpenedAt: o.OpenedAt, ViewOnly: o.ViewOnly, Session: o.Session, Remote: o.Remote})
 	}
 	return j
-}
-
-type createViewerRequest struct {
-	ViewOnly   bool `json:"view_only"`
-	TTLSeconds int  `json:"ttl_seconds"`
-}
-
-type viewerJSON struct {
-	URL                   string    `json:"url"`
-	WebSocketURL          string    `json:"websocket_url"`
-	WebSocketURLExpiresAt time.Time `json:"websocket_url_expires_at"`
-	ExpiresAt             time.Time `json:"expires_at"`
-	ViewOnly              bool      `json:"view_only"`
 }
 
 // servesScreen refuses a VM whose role serves no VNC screen.
@@ -95,23 +75,25 @@ func (s *Server) viewable(v store.VM) error {
 	return errdefs.Conflictf("vm %s is %s: it has no screen to view", v.ID, v.State)
 }
 
-func (s *Server) createViewer(w http.ResponseWriter, r *http.Request) {
-	var req createViewerRequest
+// CreateViewer issues a link to a VM's screen.
+func (s *Server) CreateViewer(w http.ResponseWriter, r *http.Request, id string) {
+	var req v1.CreateViewer
 	if err := decodeJSONOptional(w, r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	ttl := s.ViewerOptions.DefaultTTL
 	if req.TTLSeconds != 0 {
-		// Range first: ttl_seconds * time.Second must not overflow.
+		// Range first (the maximum is configured, so the document cannot
+		// say it): ttl_seconds * time.Second must not overflow.
 		maxTTL := int(s.ViewerOptions.MaxTTL / time.Second)
 		if req.TTLSeconds < 1 || req.TTLSeconds > maxTTL {
-			s.fail(w, r, errdefs.Invalidf("ttl_seconds must be 1-%d, got %d", maxTTL, req.TTLSeconds))
+			s.fail(w, r, errdefs.Invalidf("field \"ttl_seconds\" must be between 1 and %d (viewer.max_token_ttl), got %d", maxTTL, req.TTLSeconds))
 			return
 		}
 		ttl = time.Duration(req.TTLSeconds) * time.Second
 	}
-	v, ok := s.lookup(w, r)
+	v, ok := s.lookup(w, r, id)
 	if !ok {
 		return
 	}
@@ -136,11 +118,11 @@ func noStore(w http.ResponseWriter) {
 // viewerLink is the answer for grant g on vmID's screen: the page, its
 // token in the fragment (never sent to a server, so never logged), and the
 // single-use socket URL.
-func viewerLink(base *url.URL, vmID string, g viewer.Grant) viewerJSON {
+func viewerLink(base *url.URL, vmID string, g viewer.Grant) v1.Viewer {
 	page := base.JoinPath("viewer", vmID)
 	page.Fragment = "token=" + g.PageToken
-	return viewerJSON{URL: page.String(), WebSocketURL: socketURL(base, vmID, g.SocketToken),
-		WebSocketURLExpiresAt: g.SocketExpires.UTC(), ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly}
+	return v1.Viewer{URL: page.String(), WebsocketURL: socketURL(base, vmID, g.SocketToken),
+		WebsocketURLExpiresAt: g.SocketExpires.UTC(), ExpiresAt: g.Expires.UTC(), ViewOnly: g.ViewOnly}
 }
 
 // socketURL is the WebSocket URL of vmID's viewer socket with token.
@@ -255,9 +237,9 @@ func (s *Server) assetsErr() error {
 	return nil
 }
 
-// viewerPage serves the noVNC page. It needs no credentials: the page
+// ViewerPage serves the noVNC page. It needs no credentials: the page
 // token is in the URL fragment, which browsers never send.
-func (s *Server) viewerPage(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ViewerPage(w http.ResponseWriter, r *http.Request, _ string) {
 	if err := s.assetsErr(); err != nil {
 		s.fail(w, r, err)
 		return
@@ -274,13 +256,12 @@ func (s *Server) viewerPage(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(page)
 }
 
-// viewerAsset serves the page's scripts, styles and noVNC.
-func (s *Server) viewerAsset(w http.ResponseWriter, r *http.Request) {
+// ViewerAsset serves the page's scripts, styles and noVNC.
+func (s *Server) ViewerAsset(w http.ResponseWriter, r *http.Request, name string) {
 	if err := s.assetsErr(); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	name := r.PathValue("path")
 	if !fs.ValidPath(name) || name == "." || strings.HasSuffix(name, "/") {
 		writeError(w, http.StatusNotFound, "not_found", "no viewer asset "+name)
 		return
@@ -304,23 +285,15 @@ func (s *Server) viewerAsset(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(data)
 }
 
-type ticketJSON struct {
-	WebSocketURL  string    `json:"websocket_url"`
-	ExpiresAt     time.Time `json:"expires_at"`
-	LinkExpiresAt time.Time `json:"link_expires_at"`
-	ViewOnly      bool      `json:"view_only"`
-}
-
-// viewerTicket trades the page token (Authorization: Bearer) for a
+// ViewerTicket trades the page token (Authorization: Bearer) for a
 // single-use socket URL, so the page can connect and reconnect until its
 // link expires.
-func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ViewerTicket(w http.ResponseWriter, r *http.Request, id string) {
 	noStore(w)
 	if s.Viewers == nil {
 		s.fail(w, r, errViewersOff)
 		return
 	}
-	id := r.PathValue("id")
 	tok, ok := auth.BearerToken(r.Header.Get("Authorization"))
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer"`)
@@ -346,8 +319,8 @@ func (s *Server) viewerTicket(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.NotFoundf("vm %s is %s; it has no screen any more", id, v.State))
 		return
 	}
-	writeJSON(w, http.StatusOK, ticketJSON{
-		WebSocketURL: socketURL(s.viewerBase(r), id, sock), ExpiresAt: claims.Expires.UTC(),
+	writeJSON(w, http.StatusOK, v1.ViewerTicket{
+		WebsocketURL: socketURL(s.viewerBase(r), id, sock), ExpiresAt: claims.Expires.UTC(),
 		LinkExpiresAt: claims.LinkEnd().UTC(), ViewOnly: claims.ViewOnly,
 	})
 }
@@ -406,19 +379,14 @@ func (s *Server) clientAddr(r *http.Request) string {
 	return r.RemoteAddr
 }
 
-type revokeViewersJSON struct {
-	VM     string `json:"vm"`
-	Closed int    `json:"closed"`
-}
-
-// revokeViewers closes every viewer of a VM and revokes every viewer link
+// RevokeViewers closes every viewer of a VM and revokes every viewer link
 // issued for it so far (owner or admin); links asked for afterwards work.
-func (s *Server) revokeViewers(w http.ResponseWriter, r *http.Request) {
+func (s *Server) RevokeViewers(w http.ResponseWriter, r *http.Request, id string) {
 	if s.Viewers == nil {
 		s.fail(w, r, errViewersOff)
 		return
 	}
-	v, ok := s.lookup(w, r)
+	v, ok := s.lookup(w, r, id)
 	if !ok {
 		return
 	}
@@ -432,13 +400,13 @@ func (s *Server) revokeViewers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.Log.Info("viewers revoked", "request_id", requestID(r), "vm", v.ID, "closed", n)
-	writeJSON(w, http.StatusOK, revokeViewersJSON{VM: v.ID, Closed: n})
+	writeJSON(w, http.StatusOK, v1.RevokedViewers{VM: v.ID, Closed: n})
 }
 
-// viewerSocket is the viewer's WebSocket. The token is checked by the
+// ViewerSocket is the viewer's WebSocket. The token is checked by the
 // viewer service before anything reaches the guest; refusals arrive as
 // close frames with a reason the page can show.
-func (s *Server) viewerSocket(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ViewerSocket(w http.ResponseWriter, r *http.Request, id string, params v1.ViewerSocketParams) {
 	if s.Viewers == nil {
 		s.fail(w, r, errViewersOff)
 		return
@@ -447,5 +415,5 @@ func (s *Server) viewerSocket(w http.ResponseWriter, r *http.Request) {
 	if base := s.viewerBase(r); base.Host != r.Host {
 		origins = []string{base.Host}
 	}
-	s.Viewers.ServeSocket(w, r, r.PathValue("id"), r.URL.Query().Get("token"), origins)
+	s.Viewers.ServeSocket(w, r, id, value(params.Token), origins)
 }

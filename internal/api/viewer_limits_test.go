@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/viewer"
 )
@@ -47,11 +48,9 @@ func (f *fixture) openTicket(base, id, page string) *websocket.Conn {
 	if a.status != 200 {
 		f.t.Fatalf("ticket: %d %s", a.status, a.body)
 	}
-	var tk struct {
-		WebSocketURL string `json:"websocket_url"`
-	}
+	var tk v1.ViewerTicket
 	a.json(f.t, &tk)
-	ws, _, err := dialViewer(f.t, tk.WebSocketURL, nil)
+	ws, _, err := dialViewer(f.t, tk.WebsocketURL, nil)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -69,12 +68,10 @@ func TestRevokeViewers(t *testing.T) {
 	f := newFixture(t)
 	id, other := f.readyVM("browser"), f.readyVM("browser")
 	l, lo := f.viewerLink(id, ""), f.viewerLink(other, "")
-	ws := f.openTicket(f.srv.URL, id, l.pageToken(t))
-	wsOther := f.openTicket(f.srv.URL, other, lo.pageToken(t))
-	var spare struct {
-		WebSocketURL string `json:"websocket_url"`
-	}
-	f.ticket(id, "Bearer "+l.pageToken(t)).json(t, &spare)
+	ws := f.openTicket(f.srv.URL, id, pageToken(t, l.URL))
+	wsOther := f.openTicket(f.srv.URL, other, pageToken(t, lo.URL))
+	var spare v1.ViewerTicket
+	f.ticket(id, "Bearer "+pageToken(t, l.URL)).json(t, &spare)
 	mini := f.createVM(f.alice, `{"image":"minimal"}`)
 
 	for name, tc := range map[string]struct {
@@ -101,11 +98,11 @@ func TestRevokeViewers(t *testing.T) {
 	if code, reason := closeCode(t, ws); code != 4013 || reason != "viewer links revoked" {
 		t.Fatalf("open viewer closed with %d %q, want 4013 viewer links revoked", code, reason)
 	}
-	if a := f.ticket(id, "Bearer "+l.pageToken(t)); a.status != 401 || a.errCode() != "link_revoked" {
+	if a := f.ticket(id, "Bearer "+pageToken(t, l.URL)); a.status != 401 || a.errCode() != "link_revoked" {
 		t.Fatalf("ticket with a revoked link: %d %s", a.status, a.body)
 	}
 	before := f.vnc.accepts.Load()
-	for _, u := range []string{spare.WebSocketURL, l.WebSocketURL} {
+	for _, u := range []string{spare.WebsocketURL, l.WebsocketURL} {
 		w, _, err := dialViewer(t, u, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -122,9 +119,9 @@ func TestRevokeViewers(t *testing.T) {
 		t.Fatalf("another vm's viewers: %d open, want 1", n)
 	}
 	_ = wsOther
-	f.openTicket(f.srv.URL, other, lo.pageToken(t))
+	f.openTicket(f.srv.URL, other, pageToken(t, lo.URL))
 	fresh := f.viewerLink(id, "")
-	f.openTicket(f.srv.URL, id, fresh.pageToken(t))
+	f.openTicket(f.srv.URL, id, pageToken(t, fresh.URL))
 	// An admin may too.
 	if a := f.do("DELETE", "/v1/vms/"+id+"/viewers", f.admin, ""); a.status != 200 || !strings.Contains(string(a.body), `"closed": 1`) {
 		t.Fatalf("admin revoke: %d %s", a.status, a.body)
@@ -134,10 +131,10 @@ func TestRevokeViewers(t *testing.T) {
 	// still refuses the revoked links and honours the new one.
 	fresh = f.viewerLink(id, "")
 	base := f.withViewerService(viewer.Config{}, false)
-	if a := f.ticketAt(base, id, bearer(l.pageToken(t))); a.status != 401 || a.errCode() != "link_revoked" {
+	if a := f.ticketAt(base, id, bearer(pageToken(t, l.URL))); a.status != 401 || a.errCode() != "link_revoked" {
 		t.Fatalf("revoked link after a restart: %d %s", a.status, a.body)
 	}
-	f.openTicket(base, id, fresh.pageToken(t))
+	f.openTicket(base, id, pageToken(t, fresh.URL))
 }
 
 // openViewers is how many viewers the API lists on the VM.
@@ -157,25 +154,23 @@ func TestViewerCapsAnswers(t *testing.T) {
 	id := f.readyVM("browser")
 	base := f.withViewerService(viewer.Config{MaxPerLink: 1, MaxPerVM: 2}, false)
 	l := f.viewerLink(id, "")
-	f.openTicket(base, id, l.pageToken(t))
-	a := f.ticketAt(base, id, bearer(l.pageToken(t)))
+	f.openTicket(base, id, pageToken(t, l.URL))
+	a := f.ticketAt(base, id, bearer(pageToken(t, l.URL)))
 	if a.status != 409 || a.errCode() != "viewer_limit" || !strings.Contains(a.errMessage(), "link already has 1 open viewers") {
 		t.Fatalf("ticket on a full link: %d %s", a.status, a.body)
 	}
 	// A third link buys a ticket while the VM has room, then a second link
 	// takes the room.
 	full := f.viewerLink(id, "")
-	var early struct {
-		WebSocketURL string `json:"websocket_url"`
-	}
-	f.ticketAt(base, id, bearer(full.pageToken(t))).json(t, &early)
-	f.openTicket(base, id, f.viewerLink(id, "").pageToken(t))
-	a = f.ticketAt(base, id, bearer(full.pageToken(t)))
+	var early v1.ViewerTicket
+	f.ticketAt(base, id, bearer(pageToken(t, full.URL))).json(t, &early)
+	f.openTicket(base, id, pageToken(t, f.viewerLink(id, "").URL))
+	a = f.ticketAt(base, id, bearer(pageToken(t, full.URL)))
 	if a.status != 409 || a.errCode() != "viewer_limit" || !strings.Contains(a.errMessage(), "vm already has 2 open viewers") {
 		t.Fatalf("ticket on a full vm: %d %s", a.status, a.body)
 	}
 	// The early ticket: refused at the socket with the reason.
-	ws, _, err := dialViewer(t, early.WebSocketURL, nil)
+	ws, _, err := dialViewer(t, early.WebsocketURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,11 +188,11 @@ func TestViewerTicketRateLimit(t *testing.T) {
 	base := f.withViewerService(viewer.Config{TicketsPerLink: 2, TicketsPerClient: 6}, true)
 	l := f.viewerLink(id, "")
 	for i := range 2 {
-		if a := f.ticketAt(base, id, bearer(l.pageToken(t))); a.status != 200 {
+		if a := f.ticketAt(base, id, bearer(pageToken(t, l.URL))); a.status != 200 {
 			t.Fatalf("ticket %d: %d %s", i, a.status, a.body)
 		}
 	}
-	a := f.ticketAt(base, id, bearer(l.pageToken(t)))
+	a := f.ticketAt(base, id, bearer(pageToken(t, l.URL)))
 	retry, err := strconv.Atoi(a.header.Get("Retry-After"))
 	if a.status != 429 || a.errCode() != "rate_limited" || !strings.Contains(a.errMessage(), "this link") || err != nil || retry < 1 || retry > 30 {
 		t.Fatalf("third ticket of a link: %d %v %s", a.status, a.header, a.body)
@@ -246,7 +241,7 @@ func TestTokenAnswersAreNotCached(t *testing.T) {
 	noStore("POST /v1/vms/{id}/viewer", a)
 	var l viewerLink
 	a.json(t, &l)
-	noStore("POST ticket", f.ticket(id, "Bearer "+l.pageToken(t)))
+	noStore("POST ticket", f.ticket(id, "Bearer "+pageToken(t, l.URL)))
 
 	var lg loginAnswer
 	f.do("POST", "/v1/logins", f.alice, `{"provider":"fake_cli"}`).json(t, &lg)

@@ -13,6 +13,8 @@ import (
 	"testing/fstest"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
+
 	"github.com/coder/websocket"
 	"github.com/getkin/kin-openapi/openapi3filter"
 
@@ -74,22 +76,19 @@ func newFakeVNC(t *testing.T) *fakeVNC {
 
 func (f *fakeVNC) addr() string { return f.ln.Addr().String() }
 
-type viewerLink struct {
-	URL          string    `json:"url"`
-	WebSocketURL string    `json:"websocket_url"`
-	ExpiresAt    time.Time `json:"expires_at"`
-	ViewOnly     bool      `json:"view_only"`
-}
+// viewerLink is a viewer link as the API answers it.
+type viewerLink = v1.Viewer
 
-func (l viewerLink) pageToken(t *testing.T) string {
+// pageToken is the page token in a viewer link's URL fragment.
+func pageToken(t *testing.T, link string) string {
 	t.Helper()
-	u, err := url.Parse(l.URL)
+	u, err := url.Parse(link)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok, ok := strings.CutPrefix(u.Fragment, "token=")
 	if !ok || tok == "" {
-		t.Fatalf("viewer url %q carries no token in its fragment", l.URL)
+		t.Fatalf("viewer url %q carries no token in its fragment", link)
 	}
 	return tok
 }
@@ -146,13 +145,13 @@ func TestViewerLinkOpenListAndCloseOnDelete(t *testing.T) {
 		t.Fatalf("url = %q", l.URL)
 	}
 	wsBase := "ws" + strings.TrimPrefix(f.srv.URL, "http") + "/v1/vms/" + id + "/viewer/socket?token="
-	if !strings.HasPrefix(l.WebSocketURL, wsBase) {
-		t.Fatalf("websocket_url = %q, want prefix %q", l.WebSocketURL, wsBase)
+	if !strings.HasPrefix(l.WebsocketURL, wsBase) {
+		t.Fatalf("websocket_url = %q, want prefix %q", l.WebsocketURL, wsBase)
 	}
 	if d := time.Until(l.ExpiresAt); d < 14*time.Minute || d > 15*time.Minute {
 		t.Fatalf("expires_at in %s, want the default 15m", d)
 	}
-	ws, _, err := dialViewer(t, l.WebSocketURL, nil)
+	ws, _, err := dialViewer(t, l.WebsocketURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +193,7 @@ func TestViewerLinkOpenListAndCloseOnDelete(t *testing.T) {
 	}
 	// The same socket URL again: refused without reaching the guest.
 	before := f.vnc.accepts.Load()
-	ws2, _, err := dialViewer(t, l.WebSocketURL, nil)
+	ws2, _, err := dialViewer(t, l.WebsocketURL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,8 +217,8 @@ func TestViewerLinkRefusals(t *testing.T) {
 		{"not a screen", "/v1/vms/" + mini.ID + "/viewer", f.alice, "", 409, "conflict", "serves no VNC screen"},
 		{"another user's vm", "/v1/vms/" + id + "/viewer", f.bob, "", 404, "not_found", "not found"},
 		{"unknown vm", "/v1/vms/nosuch/viewer", f.alice, "", 404, "not_found", "not found"},
-		{"negative ttl", "/v1/vms/" + id + "/viewer", f.alice, `{"ttl_seconds":-5}`, 400, "invalid_argument", "ttl_seconds must be 1-3600"},
-		{"ttl over the maximum", "/v1/vms/" + id + "/viewer", f.alice, `{"ttl_seconds":7200}`, 400, "invalid_argument", "ttl_seconds must be 1-3600"},
+		{"negative ttl", "/v1/vms/" + id + "/viewer", f.alice, `{"ttl_seconds":-5}`, 400, "invalid_argument", `"ttl_seconds" must be at least 1`},
+		{"ttl over the maximum", "/v1/vms/" + id + "/viewer", f.alice, `{"ttl_seconds":7200}`, 400, "invalid_argument", `"ttl_seconds" must be between 1 and 3600`},
 		{"unknown field", "/v1/vms/" + id + "/viewer", f.alice, `{"viewonly":true}`, 400, "invalid_argument", `unknown field "viewonly"`},
 		{"wrong type", "/v1/vms/" + id + "/viewer", f.alice, `{"view_only":"yes"}`, 400, "invalid_argument", "view_only"},
 	}
@@ -264,17 +263,15 @@ func TestViewerTicket(t *testing.T) {
 	f := newFixture(t)
 	id := f.readyVM("browser")
 	l := f.viewerLink(id, "")
-	page := l.pageToken(t)
+	page := pageToken(t, l.URL)
 	for i := range 2 {
 		a := f.ticket(id, "Bearer "+page)
 		if a.status != 200 {
 			t.Fatalf("ticket %d: %d %s", i, a.status, a.body)
 		}
-		var tk struct {
-			WebSocketURL string `json:"websocket_url"`
-		}
+		var tk v1.ViewerTicket
 		a.json(t, &tk)
-		ws, _, err := dialViewer(t, tk.WebSocketURL, nil)
+		ws, _, err := dialViewer(t, tk.WebsocketURL, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,7 +285,7 @@ func TestViewerTicket(t *testing.T) {
 	}{
 		"no token":            {id, "", "invalid_token"},
 		"garbage":             {id, "Bearer nonsense", "invalid_token"},
-		"socket token":        {id, "Bearer " + strings.SplitN(l.WebSocketURL, "token=", 2)[1], "invalid_token"},
+		"socket token":        {id, "Bearer " + strings.SplitN(l.WebsocketURL, "token=", 2)[1], "invalid_token"},
 		"another vm":          {"vm-other", "Bearer " + page, "invalid_token"},
 		"api key is no token": {id, "Bearer " + f.alice, "invalid_token"},
 	} {
@@ -298,7 +295,7 @@ func TestViewerTicket(t *testing.T) {
 	}
 	short := f.viewerLink(id, `{"ttl_seconds":1}`)
 	time.Sleep(time.Until(short.ExpiresAt) + 50*time.Millisecond)
-	if a := f.ticket(id, "Bearer "+short.pageToken(t)); a.status != 401 || a.errCode() != "token_expired" || !strings.Contains(a.errMessage(), "expired") {
+	if a := f.ticket(id, "Bearer "+pageToken(t, short.URL)); a.status != 401 || a.errCode() != "token_expired" || !strings.Contains(a.errMessage(), "expired") {
 		t.Fatalf("expired link: %d %s", a.status, a.body)
 	}
 	// A destroyed VM's page learns that it is gone.
@@ -395,12 +392,12 @@ func TestViewerLinksBehindAProxy(t *testing.T) {
 	// A page on another origin cannot open a viewer socket.
 	l := f.viewerLink(id, "")
 	before := f.vnc.accepts.Load()
-	_, resp, err := dialViewer(t, l.WebSocketURL, http.Header{"Origin": {"https://evil.example"}})
+	_, resp, err := dialViewer(t, l.WebsocketURL, http.Header{"Origin": {"https://evil.example"}})
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("foreign origin: %v %v", resp, err)
 	}
 	// Hearth's own origin can, with the same (still unused) socket URL.
-	ws, _, err := dialViewer(t, l.WebSocketURL, http.Header{"Origin": {f.srv.URL}})
+	ws, _, err := dialViewer(t, l.WebsocketURL, http.Header{"Origin": {f.srv.URL}})
 	if err != nil {
 		t.Fatal(err)
 	}

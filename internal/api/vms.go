@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vm"
@@ -15,64 +16,27 @@ import (
 // consoleTailBytes is how much of a failed VM's console its record carries.
 const consoleTailBytes = 4096
 
-type agentJSON struct {
-	Version         string     `json:"version"`
-	GuestBootAt     *time.Time `json:"guest_boot_at,omitempty"`
-	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
-}
-
-type netJSON struct {
-	Address string    `json:"address,omitempty"`
-	Gateway string    `json:"gateway,omitempty"`
-	MAC     string    `json:"mac,omitempty"`
-	TAP     string    `json:"tap,omitempty"`
-	Egress  vm.Egress `json:"egress"`
-}
-
-type vmJSON struct {
-	ID            string     `json:"id"`
-	User          string     `json:"user"`
-	Image         string     `json:"image"`
-	Role          string     `json:"role"`
-	VCPUs         int        `json:"vcpus"`
-	MemoryMiB     int        `json:"memory_mib"`
-	Driver        string     `json:"driver"`
-	State         string     `json:"state"`
-	FailureReason string     `json:"failure_reason,omitempty"`
-	ConsoleTail   *string    `json:"console_tail,omitempty"`
-	Agent         *agentJSON `json:"agent,omitempty"`
-	Network       *netJSON   `json:"network,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-	BootDeadline  time.Time  `json:"boot_deadline"`
-	ReadyAt       *time.Time `json:"ready_at,omitempty"`
-	StoppedAt     *time.Time `json:"stopped_at,omitempty"`
-	DestroyedAt   *time.Time `json:"destroyed_at,omitempty"`
-	// Viewers lists open browser viewers, for VMs that can have them.
-	Viewers []viewerInfoJSON `json:"viewers,omitzero"`
-}
-
-func optTime(t time.Time) *time.Time {
+// utc is t in UTC; the zero time (left out of answers) stays zero.
+func utc(t time.Time) time.Time {
 	if t.IsZero() {
-		return nil
+		return t
 	}
-	t = t.UTC()
-	return &t
+	return t.UTC()
 }
 
-func toJSON(v store.VM) vmJSON {
-	out := vmJSON{
+func toJSON(v store.VM) v1.VM {
+	out := v1.VM{
 		ID: v.ID, User: v.UserID, Image: v.ImageID, Role: v.Role, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
-		Driver: v.Driver, State: string(v.State), FailureReason: v.FailureReason,
+		Driver: v.Driver, State: v1.State(v.State), FailureReason: v.FailureReason,
 		CreatedAt: v.CreatedAt.UTC(), UpdatedAt: v.UpdatedAt.UTC(), BootDeadline: v.BootDeadline.UTC(),
-		ReadyAt: optTime(v.ReadyAt), StoppedAt: optTime(v.StoppedAt), DestroyedAt: optTime(v.DestroyedAt),
+		ReadyAt: utc(v.ReadyAt), StoppedAt: utc(v.StoppedAt), DestroyedAt: utc(v.DestroyedAt),
 	}
 	if v.AgentVersion != "" {
-		out.Agent = &agentJSON{Version: v.AgentVersion, GuestBootAt: optTime(v.GuestBootAt), LastHeartbeatAt: optTime(v.LastHeartbeatAt)}
+		out.Agent = v1.VMAgent{Version: v.AgentVersion, GuestBootAt: utc(v.GuestBootAt), LastHeartbeatAt: utc(v.LastHeartbeatAt)}
 	}
 	if len(v.Network) > 0 {
 		if a, err := vm.DecodeAttachment(v.Network); err == nil {
-			out.Network = &netJSON{Address: a.Address, Gateway: a.Gateway, MAC: a.MAC, TAP: a.TAP, Egress: a.Egress}
+			out.Network = v1.VMNetwork{Address: a.Address, Gateway: a.Gateway, MAC: a.MAC, TAP: a.TAP, Egress: egressJSON(a.Egress)}
 		}
 	}
 	if v.State == store.StateFailed {
@@ -82,20 +46,9 @@ func toJSON(v store.VM) vmJSON {
 	return out
 }
 
-type createVMRequest struct {
-	Image              string `json:"image"`
-	Role               string `json:"role"`
-	VCPUs              int    `json:"vcpus"`
-	MemoryMiB          int    `json:"memory_mib"`
-	User               string `json:"user"`
-	BootTimeoutSeconds int    `json:"boot_timeout_seconds"`
-	Network            *struct {
-		Egress *vm.Egress `json:"egress"`
-	} `json:"network"`
-}
-
-func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
-	var req createVMRequest
+// CreateVM asks the manager for a VM and answers at once (pending).
+func (s *Server) CreateVM(w http.ResponseWriter, r *http.Request) {
+	var req v1.CreateVM
 	if err := decodeJSON(w, r, &req); err != nil {
 		s.fail(w, r, err)
 		return
@@ -113,23 +66,16 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errdefs.Invalidf("user is required: this admin key belongs to no user"))
 		return
 	}
-	// Range first: boot_timeout_seconds * time.Second must not overflow
-	// (the manager bounds it by vm.max_boot_timeout).
-	if req.BootTimeoutSeconds < 0 {
-		s.fail(w, r, errdefs.Invalidf("boot_timeout_seconds must not be negative"))
-		return
-	}
-	if req.BootTimeoutSeconds > maxSeconds {
-		s.fail(w, r, errdefs.Invalidf("boot_timeout_seconds must be at most %d, got %d", maxSeconds, req.BootTimeoutSeconds))
-		return
-	}
+	// The document bounds boot_timeout_seconds (so the duration cannot
+	// overflow); the manager bounds it by vm.max_boot_timeout.
 	// The VM's lifetime belongs to the manager; the request only asks.
 	creq := vm.CreateRequest{
 		UserID: user, Image: req.Image, Role: req.Role, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		BootTimeout: time.Duration(req.BootTimeoutSeconds) * time.Second, Admin: id.Admin(),
 	}
-	if req.Network != nil {
-		creq.Egress = req.Network.Egress
+	if e := req.Network.Egress; e != nil {
+		eg := egressOf(*e)
+		creq.Egress = &eg
 	}
 	v, err := s.VMs.Create(r.Context(), creq)
 	if err != nil {
@@ -140,47 +86,33 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, toJSON(v))
 }
 
-func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+// ListVMs lists the VMs the caller may see.
+func (s *Server) ListVMs(w http.ResponseWriter, r *http.Request, params v1.ListVMsParams) {
 	id := identity(r)
-	f := store.VMFilter{}
-	q := r.URL.Query()
+	f := store.VMFilter{IncludeDestroyed: value(params.All)}
 	if !id.Admin() {
 		f.UserID = id.UserID
-	} else if u := q.Get("user"); u != "" {
-		f.UserID = u
+	} else {
+		f.UserID = value(params.User)
 	}
-	if st := q.Get("state"); st != "" {
-		state, err := vm.ParseState(st)
-		if err != nil {
-			s.fail(w, r, err)
-			return
-		}
-		f.States = []store.State{state}
-	}
-	if all := q.Get("all"); all != "" {
-		b, err := strconv.ParseBool(all)
-		if err != nil {
-			s.fail(w, r, errdefs.Invalidf("all must be true or false, got %q", all))
-			return
-		}
-		f.IncludeDestroyed = b
+	if params.State != nil {
+		f.States = []store.State{store.State(*params.State)}
 	}
 	vms, err := s.VMs.List(r.Context(), f)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]vmJSON, 0, len(vms))
+	out := v1.VMList{VMs: make([]v1.VM, 0, len(vms))}
 	for _, v := range vms {
-		out = append(out, s.withViewers(toJSON(v)))
+		out.VMs = append(out.VMs, s.withViewers(toJSON(v)))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"vms": out})
+	writeJSON(w, http.StatusOK, out)
 }
 
 // lookup returns the VM named in the path if the caller may see it; other
 // users' VMs are reported as not found.
-func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (store.VM, bool) {
-	id := r.PathValue("id")
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request, id string) (store.VM, bool) {
 	v, err := s.VMs.Get(r.Context(), id)
 	if err == nil && !identity(r).CanSee(v.UserID) {
 		err = errdefs.NotFoundf("vm %s not found", id)
@@ -192,14 +124,16 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (store.VM, bool)
 	return v, true
 }
 
-func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
-	if v, ok := s.lookup(w, r); ok {
+// GetVM answers one VM.
+func (s *Server) GetVM(w http.ResponseWriter, r *http.Request, id string) {
+	if v, ok := s.lookup(w, r, id); ok {
 		writeJSON(w, http.StatusOK, s.withViewers(toJSON(v)))
 	}
 }
 
-func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
-	v, ok := s.lookup(w, r)
+// DeleteVM starts a VM's teardown.
+func (s *Server) DeleteVM(w http.ResponseWriter, r *http.Request, id string) {
+	v, ok := s.lookup(w, r, id)
 	if !ok {
 		return
 	}
@@ -214,9 +148,6 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 const (
 	defaultWait = 60 * time.Second
 	maxWait     = 10 * time.Minute
-	// maxSeconds bounds every *_seconds field before it becomes a
-	// time.Duration (a day: more than any limit hearth allows).
-	maxSeconds = 24 * 60 * 60
 )
 
 // parseWaitTimeout reads ?timeout= as a duration ("90s") or a number of
@@ -237,23 +168,20 @@ func parseWaitTimeout(t string) (time.Duration, error) {
 	return d, nil
 }
 
-func (s *Server) waitVM(w http.ResponseWriter, r *http.Request) {
-	v, ok := s.lookup(w, r)
+// WaitVM blocks until the VM reaches a state, can no longer reach it, or
+// the timeout passes.
+func (s *Server) WaitVM(w http.ResponseWriter, r *http.Request, id string, params v1.WaitVMParams) {
+	v, ok := s.lookup(w, r, id)
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
 	target := store.StateReady
-	if st := q.Get("state"); st != "" {
-		var err error
-		if target, err = vm.ParseState(st); err != nil {
-			s.fail(w, r, err)
-			return
-		}
+	if params.State != nil {
+		target = store.State(*params.State)
 	}
 	timeout := defaultWait
-	if t := q.Get("timeout"); t != "" {
-		d, err := parseWaitTimeout(t)
+	if params.Timeout != nil {
+		d, err := parseWaitTimeout(*params.Timeout)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -273,12 +201,38 @@ func (s *Server) waitVM(w http.ResponseWriter, r *http.Request) {
 			if got.ID == "" {
 				got = v // the wait ended before it read the VM again
 			}
-			j := toJSON(got)
-			writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: msg}, VM: &j})
+			writeJSON(w, status, v1.ErrorWithVM{Error: v1.ErrorDetail{Code: v1.ErrorDetailCode(code), Message: msg}, VM: toJSON(got)})
 			return
 		}
 		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, toJSON(got))
+}
+
+// egressJSON is a VM's egress policy on the wire.
+func egressJSON(e vm.Egress) v1.Egress {
+	out := v1.Egress{Mode: v1.EgressMode(e.Mode)}
+	for _, r := range e.Allow {
+		out.Allow = append(out.Allow, v1.EgressRule{CIDR: r.CIDR, Protocol: v1.EgressRuleProtocol(r.Protocol), Port: r.Port})
+	}
+	return out
+}
+
+// egressOf is the policy a request asks for.
+func egressOf(e v1.Egress) vm.Egress {
+	out := vm.Egress{Mode: string(e.Mode)}
+	for _, r := range e.Allow {
+		out.Allow = append(out.Allow, vm.EgressRule{CIDR: r.CIDR, Protocol: string(r.Protocol), Port: r.Port})
+	}
+	return out
+}
+
+// value is an optional parameter's value, or its zero value when absent.
+func value[T any](p *T) T {
+	var v T
+	if p != nil {
+		v = *p
+	}
+	return v
 }

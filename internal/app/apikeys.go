@@ -12,8 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
-	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
 
@@ -149,22 +149,18 @@ func createKeyRemote(ctx context.Context, c *common, req auth.IssueRequest) (str
 	if err != nil {
 		return "", err
 	}
-	body := client.CreateAPIKey{Name: req.Name, User: req.UserID, Admin: req.Admin}
-	if !req.Expiry.IsZero() {
-		body.ExpiresAt = &req.Expiry
-	}
-	k, err := cl.CreateAPIKey(ctx, body)
+	k, err := cl.CreateAPIKey(ctx, api.CreateAPIKey{Name: req.Name, User: req.UserID, Admin: req.Admin, ExpiresAt: req.Expiry})
 	if err != nil {
 		return "", err
 	}
 	return k.Key, nil
 }
 
-func printKeys(w io.Writer, keys []client.APIKey, now time.Time) error {
+func printKeys(w io.Writer, keys []api.APIKey, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tUSER\tSCOPE\tSTATUS\tCREATED\tEXPIRES\tLAST USED")
-	when := func(t *time.Time) string {
-		if t == nil {
+	when := func(t time.Time) string {
+		if t.IsZero() {
 			return "-"
 		}
 		return t.Local().Format("2006-01-02 15:04")
@@ -180,12 +176,12 @@ func printKeys(w io.Writer, keys []client.APIKey, now time.Time) error {
 		if name == "" {
 			name = "-"
 		}
-		status := k.Status
-		if k.Status == "revoked" {
+		status := string(k.Status)
+		if k.Status == api.APIKeyStatusRevoked {
 			status += " " + when(k.RevokedAt)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, name, user, scope, status,
-			when(&k.CreatedAt), when(k.ExpiresAt), when(k.LastUsedAt))
+			when(k.CreatedAt), when(k.ExpiresAt), when(k.LastUsedAt))
 	}
 	return tw.Flush()
 }

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/safetext"
@@ -261,26 +262,24 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 	needID := func() (string, error) { return onlyArg(pos, "usage: hearth vm "+sub+" ID") }
 	switch sub {
 	case "create":
-		req := client.CreateVM{Image: *imageName, Role: *role, VCPUs: *vcpus, MemoryMiB: *memory,
+		req := api.CreateVM{Image: *imageName, Role: *role, VCPUs: *vcpus, MemoryMiB: *memory,
 			User: *user, BootTimeoutSeconds: int(bootTimeout.Seconds())}
 		if *egress != "" {
-			req.Network = &struct {
-				Egress *client.Egress `json:"egress,omitempty"`
-			}{Egress: &client.Egress{Mode: *egress}}
+			req.Network.Egress = &api.Egress{Mode: api.EgressMode(*egress)}
 		}
 		v, err := cl.CreateVM(ctx, req)
 		if err != nil {
 			return err
 		}
 		if *wait {
-			v, err = waitState(ctx, cl, v.ID, "ready", *timeout)
+			v, err = waitState(ctx, cl, v.ID, api.StateReady, *timeout)
 			if err != nil {
 				return err
 			}
 		}
 		return printJSON(stdout, v)
 	case "list":
-		vms, err := cl.ListVMs(ctx)
+		vms, err := cl.ListVMs(ctx, api.ListVMsParams{})
 		if err != nil {
 			return err
 		}
@@ -308,7 +307,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		v, err := waitState(ctx, cl, id, *state, *timeout)
+		v, err := waitState(ctx, cl, id, api.State(*state), *timeout)
 		if err != nil {
 			return err
 		}
@@ -340,7 +339,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if len(pos) < 2 {
 			return errors.New("usage: hearth vm exec ID -- COMMAND [ARGS...]")
 		}
-		res, err := cl.Exec(ctx, pos[0], client.ExecRequest{Argv: pos[1:], TimeoutSeconds: int(timeout.Seconds())})
+		res, err := cl.Exec(ctx, pos[0], api.ExecRequest{Argv: pos[1:], TimeoutSeconds: int(timeout.Seconds())})
 		if err != nil {
 			return err
 		}
@@ -358,7 +357,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if *ttl < 0 || (*ttl > 0 && *ttl < time.Second) {
 			return fmt.Errorf("--ttl must be at least 1s, got %s", *ttl)
 		}
-		l, err := cl.CreateViewer(ctx, id, client.CreateViewer{ViewOnly: *viewOnly, TTLSeconds: int(ttl.Seconds())})
+		l, err := cl.CreateViewer(ctx, id, api.CreateViewer{ViewOnly: *viewOnly, TTLSeconds: int(ttl.Seconds())})
 		if err != nil {
 			return err
 		}
@@ -380,7 +379,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		if *wait {
-			if v, err = waitState(ctx, cl, id, "destroyed", *timeout); err != nil {
+			if v, err = waitState(ctx, cl, id, api.StateDestroyed, *timeout); err != nil {
 				return err
 			}
 		}
@@ -392,7 +391,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // waitState waits server-side in slices of at most 10 minutes.
-func waitState(ctx context.Context, cl *client.Client, id, state string, timeout time.Duration) (client.VM, error) {
+func waitState(ctx context.Context, cl *client.Client, id string, state api.State, timeout time.Duration) (api.VM, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		left := time.Until(deadline)

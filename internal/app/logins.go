@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/login"
@@ -184,7 +185,7 @@ func cmdLogin(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s %s\n", l.ID, l.State)
 		return nil
 	case "list":
-		ls, err := cl.ListLogins(ctx)
+		ls, err := cl.ListLogins(ctx, api.ListLoginsParams{})
 		if err != nil {
 			return err
 		}
@@ -209,13 +210,13 @@ func followLogin(ctx context.Context, cl *client.Client, id string, stdout io.Wr
 		if err != nil {
 			return err
 		}
-		if l.Viewer != nil && !shown {
+		if l.Viewer.URL != "" && !shown {
 			fmt.Fprintf(stdout, "finish the sign-in here: %s\n", l.Viewer.URL)
 			shown = true
 		}
-		if l.Terminal() {
+		if client.Terminal(l) {
 			fmt.Fprintf(stdout, "%s %s %s\n", l.ID, l.State, safetext.Line(l.FailureReason, 0))
-			if l.State != "completed" {
+			if l.State != api.LoginStateCompleted {
 				return fmt.Errorf("login %s", l.State)
 			}
 			return nil

@@ -1,369 +1,297 @@
-// Package client is a small Go client for hearth's HTTP API, used by the CLI,
-// the integration tests and the benchmarks.
+// Package client is the Go client of hearth's HTTP API, used by the CLI,
+// the integration tests and the benchmarks. It is the client generated
+// from api/openapi.yaml (package api) with what every caller wants on top:
+// the API key on every request, answers decoded into the document's types,
+// and an error answer as an *Error.
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/api"
 )
+
+// maxAnswer bounds a JSON answer the client reads (streams are not read
+// whole).
+const maxAnswer = 64 << 20
 
 // Client talks to one hearth daemon.
 type Client struct {
 	BaseURL string // e.g. http://127.0.0.1:7070
 	Key     string
 	HTTP    *http.Client
+	gen     *api.Client
 }
 
-// New returns a client for base with key.
+// New returns a client for base (an address or URL) with key.
 func New(base, key string) *Client {
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	return &Client{BaseURL: strings.TrimRight(base, "/"), Key: key, HTTP: &http.Client{}}
+	c := &Client{BaseURL: strings.TrimRight(base, "/"), Key: key, HTTP: &http.Client{}}
+	// Requests go through c.HTTP as it is when they are sent, so a caller
+	// may replace it (a transport of its own, a timeout).
+	gen, err := api.NewClient(c.BaseURL, api.WithHTTPClient(doerFunc(func(r *http.Request) (*http.Response, error) {
+		return c.HTTP.Do(r)
+	})), api.WithRequestEditorFn(c.authorize))
+	if err != nil {
+		panic("client: " + err.Error()) // only a base that is no URL at all
+	}
+	c.gen = gen
+	return c
 }
+
+type doerFunc func(*http.Request) (*http.Response, error)
+
+func (f doerFunc) Do(r *http.Request) (*http.Response, error) { return f(r) }
+
+func (c *Client) authorize(_ context.Context, r *http.Request) error {
+	if c.Key != "" {
+		r.Header.Set("Authorization", "Bearer "+c.Key)
+	}
+	return nil
+}
+
+// API is the generated client, for operations this package has no
+// shorthand for.
+func (c *Client) API() *api.Client { return c.gen }
 
 // Error is an API error answer.
 type Error struct {
 	Status  int
 	Code    string
 	Message string
-	VM      *VM
+	// VM accompanies errors about a VM's state (a wait that can no longer
+	// succeed, or that timed out).
+	VM *api.VM
+	// RetryAfter is the wait a 429 or 503 asked for, if it said.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
 }
 
-// Network is a VM's place on the host network.
-type Network struct {
-	Address string `json:"address"`
-	Gateway string `json:"gateway"`
-	MAC     string `json:"mac"`
-	TAP     string `json:"tap"`
-	Egress  Egress `json:"egress"`
+// IsCode reports whether err is an API error answer with code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
 }
 
-// Egress is a VM's outbound policy.
-type Egress struct {
-	Mode  string       `json:"mode"`
-	Allow []EgressRule `json:"allow,omitempty"`
-}
-
-// EgressRule allows one destination.
-type EgressRule struct {
-	CIDR     string `json:"cidr"`
-	Protocol string `json:"protocol,omitempty"`
-	Port     int    `json:"port,omitempty"`
-}
-
-// VM mirrors the API's VM object.
-type VM struct {
-	ID            string       `json:"id"`
-	User          string       `json:"user"`
-	Image         string       `json:"image"`
-	Role          string       `json:"role"`
-	VCPUs         int          `json:"vcpus"`
-	MemoryMiB     int          `json:"memory_mib"`
-	Driver        string       `json:"driver"`
-	State         string       `json:"state"`
-	FailureReason string       `json:"failure_reason,omitempty"`
-	ConsoleTail   *string      `json:"console_tail,omitempty"`
-	Agent         *Agent       `json:"agent,omitempty"`
-	Network       *Network     `json:"network,omitempty"`
-	CreatedAt     time.Time    `json:"created_at"`
-	UpdatedAt     time.Time    `json:"updated_at"`
-	BootDeadline  time.Time    `json:"boot_deadline"`
-	ReadyAt       *time.Time   `json:"ready_at,omitempty"`
-	StoppedAt     *time.Time   `json:"stopped_at,omitempty"`
-	DestroyedAt   *time.Time   `json:"destroyed_at,omitempty"`
-	Viewers       []ViewerInfo `json:"viewers,omitempty"`
-}
-
-// ViewerInfo is one open browser viewer of a VM.
-type ViewerInfo struct {
-	ID       string    `json:"id"`
-	OpenedAt time.Time `json:"opened_at"`
-	ViewOnly bool      `json:"view_only"`
-	Session  string    `json:"session,omitempty"`
-	Remote   string    `json:"remote"`
-}
-
-// CreateViewer is the body of POST /v1/vms/{id}/viewer.
-type CreateViewer struct {
-	ViewOnly   bool `json:"view_only,omitempty"`
-	TTLSeconds int  `json:"ttl_seconds,omitempty"`
-}
-
-// Viewer is a viewer link: the page (token in its fragment) and a
-// single-use WebSocket URL, good for seconds.
-type Viewer struct {
-	URL                   string    `json:"url"`
-	WebSocketURL          string    `json:"websocket_url"`
-	WebSocketURLExpiresAt time.Time `json:"websocket_url_expires_at"`
-	ExpiresAt             time.Time `json:"expires_at"`
-	ViewOnly              bool      `json:"view_only"`
-}
-
-// RevokedViewers is the answer of DELETE /v1/vms/{id}/viewers.
-type RevokedViewers struct {
-	VM     string `json:"vm"`
-	Closed int    `json:"closed"`
-}
-
-// Login mirrors the API's login object.
-type Login struct {
-	ID            string     `json:"id"`
-	User          string     `json:"user"`
-	Provider      string     `json:"provider"`
-	State         string     `json:"state"`
-	FailureReason string     `json:"failure_reason,omitempty"`
-	BrowserVM     string     `json:"browser_vm,omitempty"`
-	CredentialID  string     `json:"credential_id,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	UpdatedAt     time.Time  `json:"updated_at"`
-	ExpiresAt     time.Time  `json:"expires_at"`
-	CompletedAt   *time.Time `json:"completed_at,omitempty"`
-	Viewer        *Viewer    `json:"viewer,omitempty"`
-}
-
-// Terminal reports whether the login has ended.
-func (l Login) Terminal() bool {
-	switch l.State {
-	case "completed", "failed", "cancelled", "expired":
-		return true
-	}
-	return false
-}
-
-// Credential is a stored credential's metadata (no route returns more).
-type Credential struct {
-	ID        string     `json:"id"`
-	User      string     `json:"user"`
-	Provider  string     `json:"provider"`
-	Login     string     `json:"login,omitempty"`
-	Valid     bool       `json:"valid"`
-	CreatedAt time.Time  `json:"created_at"`
-	UpdatedAt time.Time  `json:"updated_at"`
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-}
-
-// StartLogin starts (or returns the active) login of user's CLI for
-// provider; user "" means the key's own.
-func (c *Client) StartLogin(ctx context.Context, user, provider string) (Login, error) {
-	var l Login
-	body := map[string]string{"provider": provider}
-	if user != "" {
-		body["user"] = user
-	}
-	err := c.Do(ctx, "POST", "/v1/logins", body, &l)
-	return l, err
-}
-
-// GetLogin returns a login (with a viewer link while the user has to act).
-func (c *Client) GetLogin(ctx context.Context, id string) (Login, error) {
-	var l Login
-	err := c.Do(ctx, "GET", "/v1/logins/"+url.PathEscape(id), nil, &l)
-	return l, err
-}
-
-// CancelLogin cancels an active login.
-func (c *Client) CancelLogin(ctx context.Context, id string) (Login, error) {
-	var l Login
-	err := c.Do(ctx, "POST", "/v1/logins/"+url.PathEscape(id)+"/cancel", nil, &l)
-	return l, err
-}
-
-// ListLogins lists logins.
-func (c *Client) ListLogins(ctx context.Context) ([]Login, error) {
-	var out struct{ Logins []Login }
-	err := c.Do(ctx, "GET", "/v1/logins", nil, &out)
-	return out.Logins, err
-}
-
-// ListCredentials lists credential metadata (user "" = the key's own, or
-// every user's for an admin key).
-func (c *Client) ListCredentials(ctx context.Context, user string) ([]Credential, error) {
-	var out struct{ Credentials []Credential }
-	path := "/v1/credentials"
-	if user != "" {
-		path += "?user=" + url.QueryEscape(user)
-	}
-	err := c.Do(ctx, "GET", path, nil, &out)
-	return out.Credentials, err
-}
-
-// Agent is what the guest agent reported.
-type Agent struct {
-	Version         string     `json:"version"`
-	GuestBootAt     *time.Time `json:"guest_boot_at,omitempty"`
-	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
-}
-
-// CreateVM is the body of POST /v1/vms.
-type CreateVM struct {
-	Image              string `json:"image"`
-	Role               string `json:"role,omitempty"`
-	VCPUs              int    `json:"vcpus,omitempty"`
-	MemoryMiB          int    `json:"memory_mib,omitempty"`
-	User               string `json:"user,omitempty"`
-	BootTimeoutSeconds int    `json:"boot_timeout_seconds,omitempty"`
-	Network            *struct {
-		Egress *Egress `json:"egress,omitempty"`
-	} `json:"network,omitempty"`
-}
-
-// Do sends a request and decodes a JSON answer into out (if non-nil).
-func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
+// answerError reads an error answer.
+func answerError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	e := &Error{Status: resp.StatusCode}
+	if s := resp.Header.Get("Retry-After"); s != "" {
+		var secs int
+		if _, err := fmt.Sscanf(s, "%d", &secs); err == nil {
+			e.RetryAfter = time.Duration(secs) * time.Second
 		}
-		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, rd)
+	var body struct {
+		Error api.ErrorDetail `json:"error"`
+		VM    *api.VM         `json:"vm"`
+	}
+	if json.Unmarshal(b, &body) != nil || body.Error.Code == "" {
+		e.Code, e.Message = "http", strings.TrimSpace(string(b))
+		if e.Message == "" {
+			e.Message = resp.Status
+		}
+		return e
+	}
+	e.Code, e.Message, e.VM = string(body.Error.Code), body.Error.Message, body.VM
+	return e
+}
+
+// decode reads a JSON answer into a T, or its error answer into an
+// *Error.
+func decode[T any](resp *http.Response, err error) (T, error) {
+	var out T
 	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.Key != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Key)
-	}
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return err
+		return out, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
 	if resp.StatusCode >= 400 {
-		var e struct {
-			Error struct{ Code, Message string }
-			VM    *VM
-		}
-		if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
-			return &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
-		}
-		return &Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message, VM: e.VM}
+		return out, answerError(resp)
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("decode %s %s answer: %w", method, path, err)
-		}
-	}
-	return nil
-}
-
-// CreateVM creates a VM (it is pending when this returns).
-func (c *Client) CreateVM(ctx context.Context, req CreateVM) (VM, error) {
-	var v VM
-	err := c.Do(ctx, "POST", "/v1/vms", req, &v)
-	return v, err
-}
-
-// GetVM returns one VM.
-func (c *Client) GetVM(ctx context.Context, id string) (VM, error) {
-	var v VM
-	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(id), nil, &v)
-	return v, err
-}
-
-// ListVMs lists VMs.
-func (c *Client) ListVMs(ctx context.Context) ([]VM, error) {
-	var out struct{ VMs []VM }
-	err := c.Do(ctx, "GET", "/v1/vms", nil, &out)
-	return out.VMs, err
-}
-
-// DeleteVM starts destroying a VM.
-func (c *Client) DeleteVM(ctx context.Context, id string) (VM, error) {
-	var v VM
-	err := c.Do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(id), nil, &v)
-	return v, err
-}
-
-// CreateViewer returns a link to view a VM's screen in a browser.
-func (c *Client) CreateViewer(ctx context.Context, id string, req CreateViewer) (Viewer, error) {
-	var v Viewer
-	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(id)+"/viewer", req, &v)
-	return v, err
-}
-
-// RevokeViewers closes every viewer of a VM and revokes every viewer link
-// issued for it so far.
-func (c *Client) RevokeViewers(ctx context.Context, id string) (RevokedViewers, error) {
-	var r RevokedViewers
-	err := c.Do(ctx, "DELETE", "/v1/vms/"+url.PathEscape(id)+"/viewers", nil, &r)
-	return r, err
-}
-
-// WaitVM waits (server-side, no polling) for the VM to reach state.
-func (c *Client) WaitVM(ctx context.Context, id, state string, timeout time.Duration) (VM, error) {
-	var v VM
-	q := url.Values{"state": {state}, "timeout": {strconv.Itoa(int(timeout.Seconds())) + "s"}}
-	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(id)+"/wait?"+q.Encode(), nil, &v)
-	return v, err
-}
-
-// Console opens the console stream from offset.
-func (c *Client) Console(ctx context.Context, id string, offset int64, follow bool) (io.ReadCloser, error) {
-	q := url.Values{"offset": {strconv.FormatInt(offset, 10)}}
-	if follow {
-		q.Set("follow", "1")
-	}
-	req, err := http.NewRequestWithContext(ctx, "GET", c.BaseURL+"/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), nil)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
-		return nil, err
+		return out, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Key)
-	resp, err := c.HTTP.Do(req)
+	if err := json.Unmarshal(b, &out); err != nil {
+		return out, fmt.Errorf("decode %s %s answer: %w", resp.Request.Method, resp.Request.URL.Path, err)
+	}
+	return out, nil
+}
+
+// stream returns the body of a streaming answer (console, events).
+func stream(resp *http.Response, err error) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return nil, &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
+		return nil, answerError(resp)
 	}
 	return resp.Body, nil
 }
 
-// ExecRequest is the body of POST /v1/vms/{id}/exec.
-type ExecRequest struct {
-	Argv           []string `json:"argv"`
-	Env            []string `json:"env,omitempty"`
-	Dir            string   `json:"dir,omitempty"`
-	TimeoutSeconds int      `json:"timeout_seconds,omitempty"`
-	Stdin          string   `json:"stdin,omitempty"`
+// opt is v as an optional parameter: absent when zero.
+func opt[T comparable](v T) *T {
+	var zero T
+	if v == zero {
+		return nil
+	}
+	return &v
 }
 
-// ExecResult is what a command in the guest did.
-type ExecResult struct {
-	ExitCode        int    `json:"exit_code"`
-	Stdout          string `json:"stdout"`
-	Stderr          string `json:"stderr"`
-	StdoutTruncated bool   `json:"stdout_truncated"`
-	StderrTruncated bool   `json:"stderr_truncated"`
-	TimedOut        bool   `json:"timed_out"`
-	DurationMS      int64  `json:"duration_ms"`
+// Host describes the daemon's driver and what it can do.
+func (c *Client) Host(ctx context.Context) (api.Host, error) {
+	return decode[api.Host](c.gen.GetHost(ctx))
+}
+
+// ListImages lists the images in the daemon's store.
+func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
+	l, err := decode[api.ImageList](c.gen.ListImages(ctx))
+	return l.Images, err
+}
+
+// CreateVM creates a VM (it is pending when this returns).
+func (c *Client) CreateVM(ctx context.Context, req api.CreateVM) (api.VM, error) {
+	return decode[api.VM](c.gen.CreateVM(ctx, req))
+}
+
+// GetVM returns one VM.
+func (c *Client) GetVM(ctx context.Context, id string) (api.VM, error) {
+	return decode[api.VM](c.gen.GetVM(ctx, id))
+}
+
+// ListVMs lists the VMs the key may see.
+func (c *Client) ListVMs(ctx context.Context, params api.ListVMsParams) ([]api.VM, error) {
+	l, err := decode[api.VMList](c.gen.ListVMs(ctx, &params))
+	return l.VMs, err
+}
+
+// DeleteVM starts destroying a VM.
+func (c *Client) DeleteVM(ctx context.Context, id string) (api.VM, error) {
+	return decode[api.VM](c.gen.DeleteVM(ctx, id))
+}
+
+// WaitVM waits (server-side, no polling) for the VM to reach state, at
+// most timeout (whole seconds, at least one).
+func (c *Client) WaitVM(ctx context.Context, id string, state api.State, timeout time.Duration) (api.VM, error) {
+	secs := max(1, int(timeout/time.Second))
+	return decode[api.VM](c.gen.WaitVM(ctx, id, &api.WaitVMParams{State: opt(state), Timeout: opt(fmt.Sprintf("%ds", secs))}))
+}
+
+// Console opens the VM's console from offset; with follow it streams
+// until the VM is gone.
+func (c *Client) Console(ctx context.Context, id string, offset int64, follow bool) (io.ReadCloser, error) {
+	return stream(c.gen.GetConsole(ctx, id, &api.GetConsoleParams{Offset: opt(offset), Follow: opt(follow)}))
 }
 
 // Exec runs a command in a ready VM.
-func (c *Client) Exec(ctx context.Context, id string, req ExecRequest) (ExecResult, error) {
-	var r ExecResult
-	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(id)+"/exec", req, &r)
-	return r, err
+func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (api.ExecResult, error) {
+	return decode[api.ExecResult](c.gen.ExecVM(ctx, id, req))
+}
+
+// CreateViewer returns a link to view a VM's screen in a browser.
+func (c *Client) CreateViewer(ctx context.Context, id string, req api.CreateViewer) (api.Viewer, error) {
+	return decode[api.Viewer](c.gen.CreateViewer(ctx, id, req))
+}
+
+// RevokeViewers closes every viewer of a VM and revokes every viewer link
+// issued for it so far.
+func (c *Client) RevokeViewers(ctx context.Context, id string) (api.RevokedViewers, error) {
+	return decode[api.RevokedViewers](c.gen.RevokeViewers(ctx, id))
+}
+
+// Events opens the event stream (server-sent events) after event id since
+// (-1: live events only).
+func (c *Client) Events(ctx context.Context, since int64) (io.ReadCloser, error) {
+	p := &api.StreamEventsParams{}
+	if since >= 0 {
+		p.Since = &since
+	}
+	return stream(c.gen.StreamEvents(ctx, p))
+}
+
+// StartLogin starts (or returns the active) login of user's CLI for
+// provider; user "" means the key's own.
+func (c *Client) StartLogin(ctx context.Context, user, provider string) (api.Login, error) {
+	return decode[api.Login](c.gen.CreateLogin(ctx, api.CreateLogin{User: user, Provider: provider}))
+}
+
+// GetLogin returns a login (with a viewer link while the user has to act).
+func (c *Client) GetLogin(ctx context.Context, id string) (api.Login, error) {
+	return decode[api.Login](c.gen.GetLogin(ctx, id))
+}
+
+// CancelLogin cancels an active login.
+func (c *Client) CancelLogin(ctx context.Context, id string) (api.Login, error) {
+	return decode[api.Login](c.gen.CancelLogin(ctx, id))
+}
+
+// LoginEvents streams a login's events (server-sent events) until it ends.
+func (c *Client) LoginEvents(ctx context.Context, id string) (io.ReadCloser, error) {
+	return stream(c.gen.LoginEvents(ctx, id, &api.LoginEventsParams{}))
+}
+
+// ListLogins lists logins.
+func (c *Client) ListLogins(ctx context.Context, params api.ListLoginsParams) ([]api.Login, error) {
+	l, err := decode[api.LoginList](c.gen.ListLogins(ctx, &params))
+	return l.Logins, err
+}
+
+// ListCredentials lists credential metadata (user "" = the key's own, or
+// every user's for an admin key).
+func (c *Client) ListCredentials(ctx context.Context, user string) ([]api.Credential, error) {
+	l, err := decode[api.CredentialList](c.gen.ListCredentials(ctx, &api.ListCredentialsParams{User: opt(user)}))
+	return l.Credentials, err
+}
+
+// ListAPIKeys lists key records (user "" = all an admin key may see).
+func (c *Client) ListAPIKeys(ctx context.Context, user string) ([]api.APIKey, error) {
+	l, err := decode[api.APIKeyList](c.gen.ListAPIKeys(ctx, &api.ListAPIKeysParams{User: opt(user)}))
+	return l.APIKeys, err
+}
+
+// CreateAPIKey makes a key; the answer is the only place its secret
+// appears.
+func (c *Client) CreateAPIKey(ctx context.Context, req api.CreateAPIKey) (api.CreatedAPIKey, error) {
+	return decode[api.CreatedAPIKey](c.gen.CreateAPIKey(ctx, req))
+}
+
+// RevokeAPIKey revokes a key (force: even the last admin key).
+func (c *Client) RevokeAPIKey(ctx context.Context, id string, force bool) (api.APIKey, error) {
+	return decode[api.APIKey](c.gen.RevokeAPIKey(ctx, id, &api.RevokeAPIKeyParams{Force: opt(force)}))
+}
+
+// Terminal reports whether a login has ended.
+func Terminal(l api.Login) bool {
+	switch l.State {
+	case api.LoginStateCompleted, api.LoginStateFailed, api.LoginStateCancelled, api.LoginStateExpired:
+		return true
+	}
+	return false
+}
+
+// Healthz asks whether the daemon answers (no key needed).
+func (c *Client) Healthz(ctx context.Context) error {
+	_, err := decode[api.Status](c.gen.Healthz(ctx))
+	return err
+}
+
+// Readyz asks whether the daemon can take work: a 503 *Error says why
+// not.
+func (c *Client) Readyz(ctx context.Context) error {
+	_, err := decode[api.Status](c.gen.Readyz(ctx))
+	return err
 }

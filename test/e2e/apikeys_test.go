@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -33,7 +34,7 @@ func TestAPIKeyCLIRoundTrip(t *testing.T) {
 		t.Fatalf("apikey create printed %q", out)
 	}
 	carolC := d.client(carol)
-	if _, err := carolC.ListVMs(ctx); err != nil {
+	if _, err := carolC.ListVMs(ctx, api.ListVMsParams{}); err != nil {
 		t.Fatalf("the new key: %v", err)
 	}
 
@@ -59,7 +60,7 @@ func TestAPIKeyCLIRoundTrip(t *testing.T) {
 		t.Fatalf("apikey list --json: %v\n%s", err, out)
 	}
 	noSecrets("apikey list --json", out)
-	var keys []client.APIKey
+	var keys []api.APIKey
 	if err := json.Unmarshal([]byte(out), &keys); err != nil {
 		t.Fatalf("apikey list --json: %v\n%s", err, out)
 	}
@@ -70,8 +71,8 @@ func TestAPIKeyCLIRoundTrip(t *testing.T) {
 		if k.ID != keyID(carol) {
 			continue
 		}
-		if k.User != "carol" || k.Admin || k.Status != "active" || k.ExpiresAt == nil ||
-			k.ExpiresAt.Sub(k.CreatedAt).Round(time.Hour) != 30*24*time.Hour || k.LastUsedAt != nil && k.LastUsedAt.Before(k.CreatedAt) {
+		if k.User != "carol" || k.Admin || k.Status != "active" || k.ExpiresAt.IsZero() ||
+			k.ExpiresAt.Sub(k.CreatedAt).Round(time.Hour) != 30*24*time.Hour || !k.LastUsedAt.IsZero() && k.LastUsedAt.Before(k.CreatedAt) {
 			t.Fatalf("carol's key: %+v", k)
 		}
 	}
@@ -84,7 +85,7 @@ func TestAPIKeyCLIRoundTrip(t *testing.T) {
 	if err != nil || !strings.Contains(out, keyID(carol)+" revoked") {
 		t.Fatalf("apikey revoke: %v\n%s", err, out)
 	}
-	_, err = carolC.ListVMs(ctx)
+	_, err = carolC.ListVMs(ctx, api.ListVMsParams{})
 	if ae := (*client.Error)(nil); !errors.As(err, &ae) || ae.Status != 401 || ae.Message != "API key revoked" {
 		t.Fatalf("the revoked key's next request: %v", err)
 	}
@@ -97,20 +98,20 @@ func TestAPIKeyCLIRoundTrip(t *testing.T) {
 	if err == nil || !strings.Contains(out, "last active admin key") {
 		t.Fatalf("revoking the last admin key: %v\n%s", err, out)
 	}
-	if _, err := d.admin.ListVMs(ctx); err != nil {
+	if _, err := d.admin.ListVMs(ctx, api.ListVMsParams{}); err != nil {
 		t.Fatalf("the admin key after a refused revocation: %v", err)
 	}
 	if out, err := d.hearthAs(admin, "apikey", "revoke", keyID(admin), "--force"); err != nil {
 		t.Fatalf("forced revocation: %v\n%s", err, out)
 	}
-	_, err = d.admin.ListVMs(ctx)
+	_, err = d.admin.ListVMs(ctx, api.ListVMsParams{})
 	if ae := (*client.Error)(nil); !errors.As(err, &ae) || ae.Status != 401 {
 		t.Fatalf("the revoked admin key: %v", err)
 	}
 	// Root on the host makes a new admin key in the database; the running
 	// daemon takes it at once.
 	d.admin = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--admin", "--name", "recovered")))
-	if _, err := d.admin.ListVMs(ctx); err != nil {
+	if _, err := d.admin.ListVMs(ctx, api.ListVMsParams{}); err != nil {
 		t.Fatalf("the recovered admin key: %v", err)
 	}
 

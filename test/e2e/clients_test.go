@@ -3,8 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/test/connflood"
 	"github.com/hearth-project/hearth/test/netnstest"
@@ -28,7 +29,7 @@ func TestHostileClients(t *testing.T) {
 	d := newDaemon(t)
 	ctx := ctxT(t, 10*time.Minute)
 
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal", MemoryMiB: 192})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal", MemoryMiB: 192})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,13 +46,12 @@ func TestHostileClients(t *testing.T) {
 			"overflowing timeout":    {`{"argv":["ls"],"timeout_seconds":9223372037}`, "timeout_seconds"},
 			"timeout wrapping to 2s": {`{"argv":["ls"],"timeout_seconds":36028797018963970}`, "timeout_seconds"},
 		} {
-			err := d.alice.Do(ctx, "POST", "/v1/vms/"+v.ID+"/exec", json.RawMessage(c.body), nil)
-			var ae *client.Error
-			if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || !strings.Contains(ae.Message, c.field) {
-				t.Errorf("%s: %v; want a 400 naming %s", name, err, c.field)
+			msg, err := badExec(ctx, d.alice, v.ID, c.body)
+			if err != nil || !strings.Contains(msg, c.field) {
+				t.Errorf("%s: %q %v; want a 400 naming %s", name, msg, err, c.field)
 			}
 		}
-		res, err := d.alice.Exec(ctx, v.ID, client.ExecRequest{Argv: []string{"echo", "still", "fine"}})
+		res, err := d.alice.Exec(ctx, v.ID, api.ExecRequest{Argv: []string{"echo", "still", "fine"}})
 		if err != nil || strings.TrimSpace(res.Stdout) != "still fine" {
 			t.Fatalf("a valid exec after the refusals: %+v %v", res, err)
 		}
@@ -68,7 +68,7 @@ func TestHostileClients(t *testing.T) {
 		start = time.Now()
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		vms, err := d.client(d.admin.Key).ListVMs(actx)
+		vms, err := d.client(d.admin.Key).ListVMs(actx, api.ListVMsParams{})
 		if err != nil || len(vms) != 1 {
 			t.Fatalf("admin request with %d flood connections open: %v", fl.Opened, err)
 		}
@@ -141,6 +141,24 @@ func TestHostileClients(t *testing.T) {
 		}
 		wg.Wait()
 	})
+}
+
+// badExec posts body, as it is, as an exec request for VM id and returns
+// the message of the 400 it answers, or an error saying what it answered
+// instead.
+func badExec(ctx context.Context, c *client.Client, id, body string) (string, error) {
+	resp, err := c.API().ExecVMWithBody(ctx, id, "application/json", strings.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	ans, err := api.ParseExecVMResponse(resp)
+	if err != nil {
+		return "", err
+	}
+	if ans.JSON400 == nil {
+		return "", fmt.Errorf("answer %s: %s", resp.Status, ans.Body)
+	}
+	return ans.JSON400.Error.Message, nil
 }
 
 func isTimeout(err error) bool {

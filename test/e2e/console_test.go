@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/test/testrun"
@@ -56,7 +57,7 @@ func vmFilesSize(t *testing.T, dir string) int64 {
 // stays within its bound, that the daemon reads it no faster than its
 // rate, and that the quiet VM's API answers stay quick. It reports the
 // daemon's CPU time over the flood.
-func floodConsole(t *testing.T, d *daemon, lim floodLimits, flooder, quiet client.VM) {
+func floodConsole(t *testing.T, d *daemon, lim floodLimits, flooder, quiet api.VM) {
 	t.Helper()
 	ctx := ctxT(t, 5*time.Minute)
 	vmDir := filepath.Join(d.stateDir, "vms", flooder.ID)
@@ -79,12 +80,12 @@ func floodConsole(t *testing.T, d *daemon, lim floodLimits, flooder, quiet clien
 	cpu0, start = procCPU(t, pid), time.Now()
 
 	var wg sync.WaitGroup
-	var res client.ExecResult
+	var res api.ExecResult
 	var execErr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res, execErr = d.alice.Exec(ctx, flooder.ID, client.ExecRequest{
+		res, execErr = d.alice.Exec(ctx, flooder.ID, api.ExecRequest{
 			Argv: []string{"sh", "-c", "yes hearth-flood-line > /dev/ttyS0"}, TimeoutSeconds: int(floodFor / time.Second)})
 	}()
 	var worst time.Duration
@@ -263,7 +264,7 @@ func TestConsoleFloodIsBounded(t *testing.T) {
 	// the daemon is what holds the guest back, and a bound the flood rolls.
 	lim := floodLimits{max: 48 << 10, head: 8 << 10, rate: 4 << 10, burst: 16 << 10}
 	d := newDaemon(t, lim.env()...)
-	vms := bootAll(t, d.alice, client.CreateVM{Image: "minimal"}, client.CreateVM{Image: "minimal"})
+	vms := bootAll(t, d.alice, api.CreateVM{Image: "minimal"}, api.CreateVM{Image: "minimal"})
 	floodConsole(t, d, lim, vms[0], vms[1])
 	checkConsoleAfterFlood(t, d, lim, vms[0].ID, "hearth-agent")
 }
@@ -274,7 +275,7 @@ func TestConsoleFloodIsBounded(t *testing.T) {
 func TestFirecrackerConsoleFloodIsBounded(t *testing.T) {
 	lim := floodLimits{max: 1 << 20, head: 64 << 10, rate: 256 << 10, burst: 256 << 10}
 	d := firecrackerDaemon(t, lim.env()...)
-	vms := bootAll(t, d.alice, client.CreateVM{Image: "minimal"}, client.CreateVM{Image: "minimal"})
+	vms := bootAll(t, d.alice, api.CreateVM{Image: "minimal"}, api.CreateVM{Image: "minimal"})
 	floodConsole(t, d, lim, vms[0], vms[1])
 	checkConsoleAfterFlood(t, d, lim, vms[0].ID, "Linux version")
 }
@@ -304,15 +305,15 @@ func TestLowDiskSpaceMakesTheDaemonUnready(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ae *client.Error
-	if err := d.admin.Do(ctx, "GET", "/readyz", nil, nil); !errors.As(err, &ae) || ae.Status != 503 ||
+	if err := d.admin.Readyz(ctx); !errors.As(err, &ae) || ae.Status != 503 ||
 		!strings.Contains(ae.Message, "low disk space") || !strings.Contains(ae.Message, "state_dir_min_free") {
 		t.Fatalf("readyz with the state dir nearly full: %v", err)
 	}
-	if _, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"}); !errors.As(err, &ae) || ae.Status != 503 ||
+	if _, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal"}); !errors.As(err, &ae) || ae.Status != 503 ||
 		!strings.Contains(ae.Message, "low disk space") {
 		t.Fatalf("create with the state dir nearly full: %v", err)
 	}
-	if vms, err := d.admin.ListVMs(ctx); err != nil || len(vms) != 0 {
+	if vms, err := d.admin.ListVMs(ctx, api.ListVMsParams{}); err != nil || len(vms) != 0 {
 		t.Fatalf("a refused create left %d vms (%v)", len(vms), err)
 	}
 	out, _ := hearthCmd(d, "doctor")
@@ -324,7 +325,7 @@ func TestLowDiskSpaceMakesTheDaemonUnready(t *testing.T) {
 	if err := os.Remove(fill); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.admin.Do(ctx, "GET", "/readyz", nil, nil); err != nil {
+	if err := d.admin.Readyz(ctx); err != nil {
 		t.Fatalf("readyz once there is room again: %v", err)
 	}
 }

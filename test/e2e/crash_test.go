@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
@@ -142,7 +142,7 @@ func crashLoop(t *testing.T, d *daemon, iterations int, window time.Duration, di
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, _ = d.admin.CreateVM(ctx, client.CreateVM{Image: "minimal", User: "alice", MemoryMiB: 128})
+				_, _ = d.admin.CreateVM(ctx, api.CreateVM{Image: "minimal", User: "alice", MemoryMiB: 128})
 			}()
 		}
 		for _, v := range live[:min(deletes, len(live))] {

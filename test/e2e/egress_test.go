@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -37,7 +38,7 @@ allow_private = ["10.0.0.5"]
 	hostServe(t, d, "0.0.0.0:9999")
 
 	// The ceiling: alice may not ask for open here; the admin may, for her.
-	open := withEgress(client.Egress{Mode: "open"})
+	open := withEgress(api.Egress{Mode: "open"})
 	_, err := d.alice.CreateVM(ctxT(t, time.Minute), open)
 	var apiErr *client.Error
 	if !errors.As(err, &apiErr) || apiErr.Status != 403 || !strings.Contains(apiErr.Message, `network.default_egress = "none"`) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -54,15 +55,15 @@ func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	d := firecrackerDaemon(t)
 	ctx := ctxT(t, 3*time.Minute)
 	// A size Firecracker cannot run is refused before anything exists.
-	_, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal", VCPUs: 3})
+	_, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal", VCPUs: 3})
 	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "even number") {
 		t.Fatalf("3 vcpus with the firecracker driver: want a 400 that says why, got %v", err)
 	}
-	if vms, err := d.alice.ListVMs(ctx); err != nil || len(vms) != 0 {
+	if vms, err := d.alice.ListVMs(ctx, api.ListVMsParams{}); err != nil || len(vms) != 0 {
 		t.Fatalf("a refused request left VMs: %v %v", vms, err)
 	}
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	// frame copying: a TCP server in the guest answers the host.
 	served := make(chan error, 1)
 	go func() {
-		_, err := d.alice.Exec(ctx, v.ID, client.ExecRequest{TimeoutSeconds: 30,
+		_, err := d.alice.Exec(ctx, v.ID, api.ExecRequest{TimeoutSeconds: 30,
 			Argv: []string{"/usr/bin/busybox", "nc", "-l", "-p", "8080", "-e", "/usr/bin/busybox", "echo", "hello from " + v.ID}})
 		served <- err
 	}()
@@ -166,7 +167,7 @@ func TestFirecrackerFailuresHaveClearReasons(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := firecrackerDaemon(t, c.env...)
 			ctx := ctxT(t, 2*time.Minute)
-			v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
+			v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal"})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/test/connflood"
 	"github.com/hearth-project/hearth/test/testrun"
@@ -220,7 +221,7 @@ func (d *daemon) start() {
 	deadline := time.Now().Add(30 * time.Second)
 	anon := d.client("")
 	for time.Now().Before(deadline) {
-		if anon.Do(context.Background(), "GET", "/healthz", nil, nil) == nil && d.ready() {
+		if anon.Healthz(context.Background()) == nil && d.ready() {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -237,7 +238,7 @@ func (d *daemon) client(key string) *client.Client {
 }
 
 func (d *daemon) ready() bool {
-	return d.admin.Do(context.Background(), "GET", "/readyz", nil, nil) == nil
+	return d.admin.Readyz(context.Background()) == nil
 }
 
 func (d *daemon) log() string {
@@ -282,7 +283,7 @@ func (d *daemon) cleanup() {
 	if d.cmd != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		vms, err := d.admin.ListVMs(ctx)
+		vms, err := d.admin.ListVMs(ctx, api.ListVMsParams{})
 		if err == nil {
 			for _, v := range vms {
 				_, _ = d.admin.DeleteVM(ctx, v.ID)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/images"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/consolelog"
@@ -73,7 +74,7 @@ func latencies(ctx context.Context, t *testing.T, c *client.Client, n int, stop 
 		default:
 		}
 		start := time.Now()
-		if _, err := c.ListVMs(ctx); err != nil {
+		if _, err := c.ListVMs(ctx, api.ListVMsParams{}); err != nil {
 			t.Errorf("GET /v1/vms: %v", err)
 			return ds
 		}
@@ -94,7 +95,7 @@ func p99(ds []time.Duration) time.Duration {
 
 // attack is what a hostile guest cost the daemon, and its outcome.
 type attack struct {
-	vm                client.VM
+	vm                api.VM
 	took              time.Duration // create → failed
 	cpu               time.Duration // the daemon's, over that time
 	logBytes, dbBytes int64
@@ -117,7 +118,7 @@ func runAttack(t *testing.T, d *daemon, image string) attack {
 	logBefore, dbBefore := fileSizes(d.logPath), fileSizes(filepath.Join(d.stateDir, "hearth.db*"))
 	cpuBefore := procCPU(t, pid)
 	start := time.Now()
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: image})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: image})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,7 @@ func TestHostileAgentUnderFirecracker(t *testing.T) {
 		if a.vm.FailureReason != want {
 			t.Errorf("failure reason %q, want %q", a.vm.FailureReason, want)
 		}
-		if a.vm.Agent == nil || a.vm.Agent.Version != safetext.Line(hostile.EvilString, 0) {
+		if a.vm.Agent.Version != safetext.Line(hostile.EvilString, 0) {
 			t.Errorf("agent %+v", a.vm.Agent)
 		}
 		for _, args := range [][]string{{"vm", "list"}, {"vm", "get", a.vm.ID}, {"vm", "wait", a.vm.ID, "--timeout", "5s"}} {
@@ -267,7 +268,7 @@ func TestHostileAgentUnderQEMU(t *testing.T) {
 func busyGuest(t *testing.T, d *daemon) string {
 	t.Helper()
 	ctx := ctxT(t, 5*time.Minute)
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -24,14 +25,14 @@ const bootWait = 3 * time.Minute // generous: CI may have no KVM and two busy co
 func TestConcurrentVMsReachReadyAndDeleteReturnsEverything(t *testing.T) {
 	d := newDaemon(t)
 	ctx := ctxT(t, 5*time.Minute)
-	vms := make([]client.VM, 3)
+	vms := make([]api.VM, 3)
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	for i := range vms {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal", MemoryMiB: 192})
+			v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal", MemoryMiB: 192})
 			if err != nil {
 				errs <- err
 				return
@@ -53,7 +54,7 @@ func TestConcurrentVMsReachReadyAndDeleteReturnsEverything(t *testing.T) {
 		t.Fatalf("vm did not become ready: %v", err)
 	}
 	for _, v := range vms {
-		if v.State != "ready" || v.Agent == nil || v.Agent.Version == "" || v.Agent.GuestBootAt == nil {
+		if v.State != "ready" || v.Agent.Version == "" || v.Agent.GuestBootAt.IsZero() {
 			t.Fatalf("ready vm without agent facts: %+v", v)
 		}
 		// The console is the guest's own: the kernel and the agent wrote it.
@@ -81,7 +82,7 @@ func TestConcurrentVMsReachReadyAndDeleteReturnsEverything(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.DestroyedAt == nil {
+		if got.DestroyedAt.IsZero() {
 			t.Fatalf("destroyed vm without destroyed_at: %+v", got)
 		}
 	}
@@ -103,15 +104,15 @@ func TestConcurrentVMsReachReadyAndDeleteReturnsEverything(t *testing.T) {
 func TestAdoptionAfterKill9(t *testing.T) {
 	d := newDaemon(t)
 	ctx := ctxT(t, 6*time.Minute)
-	var live, dead client.VM
-	for _, p := range []*client.VM{&live, &dead} {
-		v, err := d.admin.CreateVM(ctx, client.CreateVM{Image: "minimal", User: "alice"})
+	var live, dead api.VM
+	for _, p := range []*api.VM{&live, &dead} {
+		v, err := d.admin.CreateVM(ctx, api.CreateVM{Image: "minimal", User: "alice"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		*p = v
 	}
-	for _, p := range []*client.VM{&live, &dead} {
+	for _, p := range []*api.VM{&live, &dead} {
 		v, err := d.admin.WaitVM(ctx, p.ID, "ready", bootWait)
 		if err != nil {
 			t.Fatal(err)
@@ -162,7 +163,7 @@ func TestAdoptionAfterKill9(t *testing.T) {
 		if v.State != "ready" {
 			t.Fatalf("adopted vm is %s (%s)", v.State, v.FailureReason)
 		}
-		if v.Agent != nil && v.Agent.LastHeartbeatAt != nil && v.Agent.LastHeartbeatAt.After(restartAt) {
+		if v.Agent.LastHeartbeatAt.After(restartAt) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -189,7 +190,7 @@ func TestAdoptionAfterKill9(t *testing.T) {
 func TestCleanShutdownLeavesVMsRunning(t *testing.T) {
 	d := newDaemon(t)
 	ctx := ctxT(t, 4*time.Minute)
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +214,7 @@ func TestCleanShutdownLeavesVMsRunning(t *testing.T) {
 func TestGuestThatNeverBecomesReadyFails(t *testing.T) {
 	d := newDaemon(t)
 	ctx := ctxT(t, 4*time.Minute)
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal", Role: "browser", BootTimeoutSeconds: 20})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal", Role: "browser", BootTimeoutSeconds: 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +243,7 @@ func TestGuestThatNeverBecomesReadyFails(t *testing.T) {
 func TestAPIAuthAgainstTheDaemon(t *testing.T) {
 	d := newDaemon(t)
 	ctx := ctxT(t, 4*time.Minute)
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "minimal"})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "minimal"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +263,7 @@ func TestAPIAuthAgainstTheDaemon(t *testing.T) {
 	if ae := (*client.Error)(nil); !errors.As(err, &ae) || ae.Status != 404 {
 		t.Errorf("bob deleting alice's vm: %v", err)
 	}
-	if err := anon.Do(context.Background(), "GET", "/healthz", nil, nil); err != nil {
+	if err := anon.Healthz(context.Background()); err != nil {
 		t.Errorf("healthz needs no key: %v", err)
 	}
 	if _, err := d.alice.WaitVM(ctx, v.ID, "ready", bootWait); err != nil {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/test/fakeauth/fakeauth"
 	"github.com/hearth-project/hearth/test/loginenv"
@@ -97,7 +98,7 @@ func TestLoginEndToEnd(t *testing.T) {
 	fa := serveFakeAuth(t, newOutside(t, d))
 
 	ctx := ctxT(t, 20*time.Minute)
-	ws, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "workspace", VCPUs: 1, MemoryMiB: 1024, BootTimeoutSeconds: 300})
+	ws, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "workspace", VCPUs: 1, MemoryMiB: 1024, BootTimeoutSeconds: 300})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,8 +111,8 @@ func TestLoginEndToEnd(t *testing.T) {
 	if ws, err = d.alice.WaitVM(ctx, ws.ID, "ready", 8*time.Minute); err != nil {
 		t.Fatalf("workspace not ready: %v", err)
 	}
-	l = waitLogin(t, d, l.ID, 14*time.Minute, func(l client.Login) bool { return l.State == "awaiting_user" })
-	if l.Viewer == nil || !strings.Contains(l.Viewer.URL, "/viewer/"+l.BrowserVM+"#token=") {
+	l = waitLogin(t, d, l.ID, 14*time.Minute, func(l api.Login) bool { return l.State == "awaiting_user" })
+	if l.Viewer.URL == "" || !strings.Contains(l.Viewer.URL, "/viewer/"+l.BrowserVM+"#token=") {
 		t.Fatalf("awaiting login without a viewer link: %+v", l)
 	}
 	t.Logf("login awaiting the user %s after the request", time.Since(start).Round(time.Second))
@@ -132,7 +133,7 @@ func TestLoginEndToEnd(t *testing.T) {
 	if code, out := guest(t, d.alice, l.BrowserVM, "/usr/local/bin/hearth-browser", redirect); code != 0 {
 		t.Fatalf("send the guest browser to the callback: %d %s", code, out)
 	}
-	l = waitLogin(t, d, l.ID, 4*time.Minute, func(l client.Login) bool { return l.Terminal() })
+	l = waitLogin(t, d, l.ID, 4*time.Minute, func(l api.Login) bool { return client.Terminal(l) })
 	if l.State != "completed" {
 		t.Fatalf("login ended %s: %s\nserver saw %+v", l.State, l.FailureReason, fa.Events())
 	}
@@ -154,7 +155,7 @@ func TestLoginEndToEnd(t *testing.T) {
 		t.Fatalf("installed credential is not the CLI's: %v", err)
 	}
 	creds, err := d.alice.ListCredentials(ctx, "")
-	if err != nil || len(creds) != 1 || creds[0].Provider != "fake_cli" || !creds[0].Valid || creds[0].ExpiresAt == nil {
+	if err != nil || len(creds) != 1 || creds[0].Provider != "fake_cli" || !creds[0].Valid || creds[0].ExpiresAt.IsZero() {
 		t.Fatalf("credential metadata %+v %v", creds, err)
 	}
 	if _, err := d.alice.WaitVM(ctx, l.BrowserVM, "destroyed", 2*time.Minute); err != nil {
@@ -183,7 +184,7 @@ func keepBrowserConsole(t *testing.T, d *daemon, loginID string) {
 		vmID := ""
 		for vmID == "" {
 			l, err := d.alice.GetLogin(ctx, loginID)
-			if err != nil || l.Terminal() {
+			if err != nil || client.Terminal(l) {
 				return
 			}
 			vmID = l.BrowserVM
@@ -224,7 +225,7 @@ func keepBrowserConsole(t *testing.T, d *daemon, loginID string) {
 }
 
 // waitLogin polls a login until done says so.
-func waitLogin(t *testing.T, d *daemon, id string, within time.Duration, done func(client.Login) bool) client.Login {
+func waitLogin(t *testing.T, d *daemon, id string, within time.Duration, done func(api.Login) bool) api.Login {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -235,7 +236,7 @@ func waitLogin(t *testing.T, d *daemon, id string, within time.Duration, done fu
 		if done(l) {
 			return l
 		}
-		if l.Terminal() || time.Now().After(deadline) {
+		if client.Terminal(l) || time.Now().After(deadline) {
 			t.Fatalf("login is %s (%s)\ndaemon log (but its request lines):\n%s", l.State, l.FailureReason, tail(withoutRequests(d.log()), 8000))
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -72,9 +73,9 @@ func (o *outside) seen() []string {
 	return append([]string(nil), o.peers...)
 }
 
-func vmIP(t *testing.T, v client.VM) string {
+func vmIP(t *testing.T, v api.VM) string {
 	t.Helper()
-	if v.Network == nil || v.Network.Address == "" {
+	if v.Network.Address == "" {
 		t.Fatalf("vm %s has no network: %+v", v.ID, v)
 	}
 	p, err := netip.ParsePrefix(v.Network.Address)
@@ -105,17 +106,17 @@ func guestIn(t *testing.T, c *client.Client, id, stdin string, argv ...string) (
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := c.Exec(ctx, id, client.ExecRequest{Argv: argv, Stdin: stdin, TimeoutSeconds: 20})
+	res, err := c.Exec(ctx, id, api.ExecRequest{Argv: argv, Stdin: stdin, TimeoutSeconds: 20})
 	if err != nil {
 		t.Fatalf("exec %v in %s: %v", argv, id, err)
 	}
 	return res.ExitCode, res.Stdout + res.Stderr
 }
 
-func bootAll(t *testing.T, c *client.Client, reqs ...client.CreateVM) []client.VM {
+func bootAll(t *testing.T, c *client.Client, reqs ...api.CreateVM) []api.VM {
 	t.Helper()
 	ctx := ctxT(t, 5*time.Minute)
-	vms := make([]client.VM, len(reqs))
+	vms := make([]api.VM, len(reqs))
 	for i, r := range reqs {
 		v, err := c.CreateVM(ctx, r)
 		if err != nil {
@@ -133,12 +134,8 @@ func bootAll(t *testing.T, c *client.Client, reqs ...client.CreateVM) []client.V
 	return vms
 }
 
-func withEgress(e client.Egress) client.CreateVM {
-	r := client.CreateVM{Image: "minimal"}
-	r.Network = &struct {
-		Egress *client.Egress `json:"egress,omitempty"`
-	}{Egress: &e}
-	return r
+func withEgress(e api.Egress) api.CreateVM {
+	return api.CreateVM{Image: "minimal", Network: api.CreateVMNetwork{Egress: &e}}
 }
 
 // TestVMNetworkIsolationAndEgress: each VM is reachable from the host over
@@ -150,9 +147,9 @@ func TestVMNetworkIsolationAndEgress(t *testing.T) {
 	out.serve(t, 8080)
 	out.serve(t, 8081)
 	vms := bootAll(t, d.alice,
-		withEgress(client.Egress{Mode: "open"}),
-		withEgress(client.Egress{Mode: "none"}),
-		withEgress(client.Egress{Mode: "allowlist", Allow: []client.EgressRule{{CIDR: outsideIP + "/32", Protocol: "tcp", Port: 8080}}}),
+		withEgress(api.Egress{Mode: "open"}),
+		withEgress(api.Egress{Mode: "none"}),
+		withEgress(api.Egress{Mode: "allowlist", Allow: []api.EgressRule{{CIDR: outsideIP + "/32", Protocol: "tcp", Port: 8080}}}),
 	)
 	open, closed, listed := vms[0], vms[1], vms[2]
 	ipOpen, ipClosed := vmIP(t, open), vmIP(t, closed)
@@ -233,7 +230,7 @@ func TestNetworkSurvivesKill9(t *testing.T) {
 	d := newDaemon(t)
 	out := newOutside(t, d)
 	out.serve(t, 8080)
-	vms := bootAll(t, d.alice, withEgress(client.Egress{Mode: "open"}), withEgress(client.Egress{Mode: "open"}))
+	vms := bootAll(t, d.alice, withEgress(api.Egress{Mode: "open"}), withEgress(api.Egress{Mode: "open"}))
 	before := map[string]string{}
 	for _, v := range vms {
 		before[v.ID] = vmIP(t, v)
@@ -258,7 +255,7 @@ func TestNetworkSurvivesKill9(t *testing.T) {
 			t.Errorf("%s lost egress after restart: %s", v.ID, o)
 		}
 	}
-	next := bootAll(t, d.alice, client.CreateVM{Image: "minimal"})[0]
+	next := bootAll(t, d.alice, api.CreateVM{Image: "minimal"})[0]
 	for id, ip := range before {
 		if vmIP(t, next) == ip {
 			t.Fatalf("new vm got %s, still held by %s", ip, id)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -28,15 +29,15 @@ func TestProfilesBootToReady(t *testing.T) {
 		t.Logf("image %s in %s: %s", p, time.Since(start).Round(time.Second), lastLine(out))
 	}
 	ctx := ctxT(t, 15*time.Minute)
-	boot := func(image string) client.VM {
-		v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: image, VCPUs: 2, MemoryMiB: 1024, BootTimeoutSeconds: 300})
+	boot := func(image string) api.VM {
+		v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: image, VCPUs: 2, MemoryMiB: 1024, BootTimeoutSeconds: 300})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
 	ws, br := boot("workspace"), boot("browser")
-	for _, v := range []*client.VM{&ws, &br} {
+	for _, v := range []*api.VM{&ws, &br} {
 		got, err := d.alice.WaitVM(ctx, v.ID, "ready", 6*time.Minute)
 		if err != nil {
 			t.Fatalf("%s not ready: %v", v.ID, err)
@@ -156,7 +157,7 @@ func TestTamperedImageIsRefused(t *testing.T) {
 	if err == nil || !strings.Contains(out, "/usr/bin/hearth-agent") {
 		t.Fatalf("verify of a tampered image: err=%v\n%s", err, out)
 	}
-	_, err = d.alice.CreateVM(ctxT(t, time.Minute), client.CreateVM{Image: "minimal"})
+	_, err = d.alice.CreateVM(ctxT(t, time.Minute), api.CreateVM{Image: "minimal"})
 	var ae *client.Error
 	if !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "is failed") {
 		t.Fatalf("create from a failed image: %v", err)

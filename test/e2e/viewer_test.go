@@ -19,7 +19,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/hearth-project/hearth/internal/client"
+	"github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/test/testrun"
 )
 
@@ -42,7 +42,7 @@ func TestViewerInChromium(t *testing.T) {
 	t.Logf("browser image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
 
 	ctx := ctxT(t, 20*time.Minute)
-	v, err := d.alice.CreateVM(ctx, client.CreateVM{Image: "browser", VCPUs: 2, MemoryMiB: 1024, BootTimeoutSeconds: 300})
+	v, err := d.alice.CreateVM(ctx, api.CreateVM{Image: "browser", VCPUs: 2, MemoryMiB: 1024, BootTimeoutSeconds: 300})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestViewerInChromium(t *testing.T) {
 	// The daemon listens inside its namespace; a loopback forwarder in
 	// this one lets the host's Chromium reach it.
 	fwd := forward(t, d)
-	link, err := d.alice.CreateViewer(ctx, v.ID, client.CreateViewer{})
+	link, err := d.alice.CreateViewer(ctx, v.ID, api.CreateViewer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestViewerInChromium(t *testing.T) {
 	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.documentElement.dataset.viewerState === "disconnected" && /revoked/.test(document.querySelector("#status").textContent)`, chromedp.WithPollingTimeout(60*time.Second))); err != nil {
 		t.Fatalf("a reloaded revoked link did not say so: %v; state: %s", err, state())
 	}
-	link, err = d.alice.CreateViewer(ctx, v.ID, client.CreateViewer{})
+	link, err = d.alice.CreateViewer(ctx, v.ID, api.CreateViewer{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,392 @@
+package api_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "github.com/hearth-project/hearth/api"
+)
+
+// specTransport sends a generated client's requests to a fixture's server,
+// holds every exchange to openapi.yaml and notes which operation each was.
+type specTransport struct {
+	f    *fixture
+	mu   sync.Mutex
+	seen map[string]bool // operationId → an exchange happened
+}
+
+func (s *specTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil {
+		body, _ = io.ReadAll(req.Body)
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if route, _, err := s.f.router.FindRoute(req); err == nil {
+		s.mu.Lock()
+		s.seen[route.Operation.OperationID] = true
+		s.mu.Unlock()
+	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") ||
+		strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") && resp.StatusCode == http.StatusOK {
+		return resp, nil // a stream: its framing is the caller's to check
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	check := req.Clone(context.Background())
+	s.f.checkSpec(check, string(body), answer{status: resp.StatusCode, header: resp.Header, body: b})
+	return resp, nil
+}
+
+// TestGeneratedClientRoundTripsEveryOperation: the client generated from
+// openapi.yaml drives every operation of the document against the real
+// server, each exchange held to the document and each typed answer
+// decoded, so the server, the client and the document cannot drift apart.
+func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
+	f := newFixture(t)
+	tr := &specTransport{f: f, seen: map[string]bool{}}
+	newClient := func(key string) *v1.ClientWithResponses {
+		c, err := v1.NewClientWithResponses(f.srv.URL, v1.WithHTTPClient(&http.Client{Transport: tr}),
+			v1.WithRequestEditorFn(func(_ context.Context, r *http.Request) error {
+				if key != "" {
+					r.Header.Set("Authorization", "Bearer "+key)
+				}
+				return nil
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	admin, alice, anon := newClient(f.admin), newClient(f.alice), newClient("")
+	ctx := t.Context()
+	must := func(what string, status int, want int, body []byte) {
+		t.Helper()
+		if status != want {
+			t.Fatalf("%s: %d %s, want %d", what, status, body, want)
+		}
+	}
+
+	hz, err := anon.HealthzWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("healthz", hz.StatusCode(), 200, hz.Body)
+	if hz.JSON200.Status != "ok" {
+		t.Fatalf("healthz %+v", hz.JSON200)
+	}
+	rz, err := alice.ReadyzWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("readyz", rz.StatusCode(), 200, rz.Body)
+	doc, err := alice.GetOpenAPIWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("openapi", doc.StatusCode(), 200, doc.Body)
+	if !bytes.Equal(doc.Body, v1.OpenAPI) {
+		t.Fatal("GET /v1/openapi.yaml is not the document")
+	}
+	host, err := alice.GetHostWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("host", host.StatusCode(), 200, host.Body)
+	if host.JSON200.Driver == "" || host.JSON200.Capabilities.AgentTransport == "" {
+		t.Fatalf("host %+v", host.JSON200)
+	}
+	imgs, err := alice.ListImagesWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("images", imgs.StatusCode(), 200, imgs.Body)
+	if len(imgs.JSON200.Images) != 3 || imgs.JSON200.Images[0].Status != v1.ImageStatusVerified {
+		t.Fatalf("images %+v", imgs.JSON200.Images)
+	}
+
+	// A VM's life.
+	created, err := alice.CreateVMWithResponse(ctx, v1.CreateVM{Image: "minimal",
+		Network: v1.CreateVMNetwork{Egress: &v1.Egress{Mode: v1.EgressModeNone}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("create vm", created.StatusCode(), 202, created.Body)
+	id := created.JSON202.ID
+	if created.JSON202.User != "alice" || created.JSON202.State != v1.StatePending {
+		t.Fatalf("created %+v", created.JSON202)
+	}
+	ready, err := alice.WaitVMWithResponse(ctx, id, &v1.WaitVMParams{State: ref(v1.StateReady), Timeout: ref("30s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("wait", ready.StatusCode(), 200, ready.Body)
+	if ready.JSON200.Agent.Version == "" || ready.JSON200.Network.Egress.Mode != v1.EgressModeNone {
+		t.Fatalf("ready vm %+v", ready.JSON200)
+	}
+	got, err := alice.GetVMWithResponse(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("get vm", got.StatusCode(), 200, got.Body)
+	list, err := admin.ListVMsWithResponse(ctx, &v1.ListVMsParams{User: ref("alice"), State: ref(v1.StateReady)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("list vms", list.StatusCode(), 200, list.Body)
+	if len(list.JSON200.VMs) != 1 || list.JSON200.VMs[0].ID != id {
+		t.Fatalf("list %+v", list.JSON200.VMs)
+	}
+	ex, err := alice.ExecVMWithResponse(ctx, id, v1.ExecRequest{Argv: []string{"echo", "hello"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("exec", ex.StatusCode(), 200, ex.Body)
+	if ex.JSON200.Stdout != "hello\n" || ex.JSON200.ExitCode != 0 {
+		t.Fatalf("exec %+v", ex.JSON200)
+	}
+	bad, err := alice.ExecVMWithResponse(ctx, id, v1.ExecRequest{Argv: []string{"cat"}, TimeoutSeconds: 601})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("exec out of range", bad.StatusCode(), 400, bad.Body)
+	if !strings.Contains(bad.JSON400.Error.Message, `field "timeout_seconds" must be between 0 and 600`) {
+		t.Fatalf("exec 400: %s", bad.Body)
+	}
+	con, err := alice.GetConsole(ctx, id, &v1.GetConsoleParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(con.Body)
+	con.Body.Close()
+	if con.StatusCode != 200 || !strings.Contains(string(b), "fake init") || con.Header.Get("X-Console-Size") == "" {
+		t.Fatalf("console: %d %q", con.StatusCode, b)
+	}
+
+	// Events: the stored ones from the start.
+	since := int64(0)
+	ev, err := alice.StreamEvents(ctx, &v1.StreamEventsParams{Since: &since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := readSSE(t, ev.Body, func(sse) bool { return true })
+	ev.Body.Close()
+	if len(first) != 1 || first[0].Event != "vm.created" {
+		t.Fatalf("first event %+v", first)
+	}
+
+	// A browser VM's viewers.
+	bc, err := alice.CreateVMWithResponse(ctx, v1.CreateVM{Image: "browser"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("create browser", bc.StatusCode(), 202, bc.Body)
+	bid := bc.JSON202.ID
+	w, err := alice.WaitVMWithResponse(ctx, bid, &v1.WaitVMParams{Timeout: ref("30s")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("wait browser", w.StatusCode(), 200, w.Body)
+	link, err := alice.CreateViewerWithResponse(ctx, bid, v1.CreateViewer{ViewOnly: true, TTLSeconds: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("create viewer", link.StatusCode(), 201, link.Body)
+	if !link.JSON201.ViewOnly || !strings.HasPrefix(link.JSON201.WebsocketURL, "ws://") {
+		t.Fatalf("viewer %+v", link.JSON201)
+	}
+	page := pageToken(t, link.JSON201.URL)
+	tk, err := anon.ViewerTicketWithResponse(ctx, bid, func(_ context.Context, r *http.Request) error {
+		r.Header.Set("Authorization", "Bearer "+page)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("ticket", tk.StatusCode(), 200, tk.Body)
+	sock, err := anon.ViewerSocketWithResponse(ctx, bid, &v1.ViewerSocketParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("socket without upgrade", sock.StatusCode(), http.StatusUpgradeRequired, sock.Body)
+	pg, err := anon.ViewerPageWithResponse(ctx, bid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("viewer page", pg.StatusCode(), 200, pg.Body)
+	asset, err := anon.ViewerAssetWithResponse(ctx, "viewer.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("viewer asset", asset.StatusCode(), 200, asset.Body)
+	rv, err := alice.RevokeViewersWithResponse(ctx, bid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("revoke viewers", rv.StatusCode(), 200, rv.Body)
+	if rv.JSON200.VM != bid {
+		t.Fatalf("revoked %+v", rv.JSON200)
+	}
+
+	// A login, approved by the fake guest.
+	lg, err := alice.CreateLoginWithResponse(ctx, v1.CreateLogin{Provider: "fake_cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("create login", lg.StatusCode(), 201, lg.Body)
+	lid := lg.JSON201.ID
+	f.waitLogin(f.alice, lid, "awaiting_user")
+	gl, err := alice.GetLoginWithResponse(ctx, lid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("get login", gl.StatusCode(), 200, gl.Body)
+	if gl.JSON200.Viewer.URL == "" {
+		t.Fatalf("awaiting login without a viewer link: %s", gl.Body)
+	}
+	sess, err := alice.CompatSessionWithResponse(ctx, lid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("compat session", sess.StatusCode(), 200, sess.Body)
+	if sess.JSON200.Session.Status != v1.CompatSessionStatusAwaitingUserAuth || sess.JSON200.Session.NovncURL == nil {
+		t.Fatalf("compat session %s", sess.Body)
+	}
+	nv, err := alice.CompatNoVNC(ctx, lid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nv.Body.Close()
+	if nv.StatusCode != 200 || !strings.HasPrefix(nv.Request.URL.Path, "/viewer/") {
+		t.Fatalf("compat novnc led to %d %s", nv.StatusCode, nv.Request.URL)
+	}
+	f.guest.approve <- struct{}{}
+	le, err := alice.LoginEvents(ctx, lid, &v1.LoginEventsParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := readSSE(t, bufio.NewReader(le.Body), func(e sse) bool { return e.Data.ToState == "completed" })
+	le.Body.Close()
+	if len(evs) == 0 || evs[0].Event != "login.created" {
+		t.Fatalf("login events %+v", evs)
+	}
+	ll, err := alice.ListLoginsWithResponse(ctx, &v1.ListLoginsParams{Provider: ref("fake_cli")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("list logins", ll.StatusCode(), 200, ll.Body)
+	if len(ll.JSON200.Logins) != 1 || ll.JSON200.Logins[0].State != v1.LoginStateCompleted {
+		t.Fatalf("logins %s", ll.Body)
+	}
+	cr, err := alice.ListCredentialsWithResponse(ctx, &v1.ListCredentialsParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("credentials", cr.StatusCode(), 200, cr.Body)
+	if len(cr.JSON200.Credentials) != 1 || !cr.JSON200.Credentials[0].Valid {
+		t.Fatalf("credentials %s", cr.Body)
+	}
+	cc, err := alice.CompatCredentialsWithResponse(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("compat credentials", cc.StatusCode(), 200, cc.Body)
+	if len(cc.JSON200.Credentials) != 1 || cc.JSON200.Credentials[0].ExpiresAt == nil {
+		t.Fatalf("compat credentials %s", cc.Body)
+	}
+	// The old frontend's start and cancel.
+	cs, err := alice.CompatStartWithResponse(ctx, v1.CompatStart{Provider: "fake_cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("compat start", cs.StatusCode(), 200, cs.Body)
+	cx, err := alice.CompatCancelWithResponse(ctx, cs.JSON200.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("compat cancel", cx.StatusCode(), 200, cx.Body)
+	up, err := alice.CompatStartWithResponse(ctx, v1.CompatStart{Provider: "nope"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("compat unknown provider", up.StatusCode(), 400, up.Body)
+	unknown, err := up.JSON400.AsCompatUnknownProvider()
+	if err != nil || !slices.Contains(unknown.ValidProviders, "fake_cli") {
+		t.Fatalf("compat unknown provider: %s", up.Body)
+	}
+	l2, err := alice.CreateLoginWithResponse(ctx, v1.CreateLogin{Provider: "fake_cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("second login", l2.StatusCode(), 201, l2.Body)
+	cl, err := alice.CancelLoginWithResponse(ctx, l2.JSON201.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("cancel login", cl.StatusCode(), 200, cl.Body)
+	if cl.JSON200.State != v1.LoginStateCancelled {
+		t.Fatalf("cancelled %s", cl.Body)
+	}
+
+	// API keys.
+	mk, err := admin.CreateAPIKeyWithResponse(ctx, v1.CreateAPIKey{User: "alice", Name: "laptop", TTLSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("create key", mk.StatusCode(), 201, mk.Body)
+	if mk.JSON201.Key == "" || mk.JSON201.APIKey.ExpiresAt.IsZero() {
+		t.Fatalf("created key %s", mk.Body)
+	}
+	ks, err := alice.ListAPIKeysWithResponse(ctx, &v1.ListAPIKeysParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("list keys", ks.StatusCode(), 200, ks.Body)
+	if len(ks.JSON200.APIKeys) != 2 {
+		t.Fatalf("alice's keys %s", ks.Body)
+	}
+	rk, err := alice.RevokeAPIKeyWithResponse(ctx, mk.JSON201.APIKey.ID, &v1.RevokeAPIKeyParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("revoke key", rk.StatusCode(), 200, rk.Body)
+	if rk.JSON200.Status != v1.APIKeyStatusRevoked {
+		t.Fatalf("revoked key %s", rk.Body)
+	}
+
+	del, err := alice.DeleteVMWithResponse(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("delete vm", del.StatusCode(), 202, del.Body)
+
+	var missing []string
+	for _, item := range f.spec.Paths.Map() {
+		for _, op := range item.Operations() {
+			if !tr.seen[op.OperationID] {
+				missing = append(missing, op.OperationID)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		t.Fatalf("the generated client never drove %s", strings.Join(missing, ", "))
+	}
+}
+
+// ref is a pointer to v, for optional parameters.
+func ref[T any](v T) *T { return &v }
