@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/vmm/qemu"
 )
 
 // requireIntegration skips the test unless it can build and boot images:
@@ -255,7 +257,7 @@ func (b *bootRun) hasExited() bool {
 // QEMU exits. QEMU is killed when the test ends.
 func bootVM(ctx context.Context, t *testing.T, res *Result, vmDir string, extra []string, marker string, timeout time.Duration) *bootRun {
 	t.Helper()
-	khz, err := HostTSCkHz()
+	khz, err := qemu.HostTSCkHz()
 	if err != nil {
 		t.Fatal(err)
 	}

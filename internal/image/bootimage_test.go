@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
+	"github.com/hearth-project/hearth/internal/vmm/qemu"
 )
 
 // TestBootImageDir boots a built image the way the QEMU driver does
@@ -133,7 +134,7 @@ func startImageVM(ctx context.Context, t *testing.T, image string) *imageVM {
 	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(image, RootfsFile), "-F", "raw", overlay).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v\n%s", err, out)
 	}
-	khz, err := HostTSCkHz()
+	khz, err := qemu.HostTSCkHz()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,21 @@ import (
 // is empty (Debian's busybox-static package).
 const DefaultBusybox = "/bin/busybox"
 
+// DefaultCacheDir returns the build cache directory: $HEARTH_CACHE_DIR if
+// set, /var/cache/hearth for root, else hearth under the user cache dir.
+func DefaultCacheDir() string {
+	if d := os.Getenv("HEARTH_CACHE_DIR"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/cache/hearth"
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "hearth")
+	}
+	return filepath.Join(os.TempDir(), "hearth-cache")
+}
+
 // reproducibleEpoch is the timestamp given to every file in the initramfs
 // and root filesystem (2024-01-01T00:00:00Z).
 const reproducibleEpoch = 1704067200

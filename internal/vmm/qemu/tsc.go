@@ -1,4 +1,4 @@
-package image
+package qemu
 
 import (
 	"bufio"
@@ -7,25 +7,9 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 )
-
-// DefaultCacheDir returns the build cache directory: $HEARTH_CACHE_DIR if
-// set, /var/cache/hearth for root, else hearth under the user cache dir.
-func DefaultCacheDir() string {
-	if d := os.Getenv("HEARTH_CACHE_DIR"); d != "" {
-		return d
-	}
-	if os.Geteuid() == 0 {
-		return "/var/cache/hearth"
-	}
-	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "hearth")
-	}
-	return filepath.Join(os.TempDir(), "hearth-cache")
-}
 
 // HostTSCkHz returns the host CPU frequency in kHz from /proc/cpuinfo (the
 // first "cpu MHz" line). QEMU guests on -M microvm under TCG need it as
