@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
 )
 
 // aptInstall runs apt-get update and apt-get install --no-install-recommends
@@ -18,7 +20,7 @@ func aptInstall(ctx context.Context, c *chroot, pkgs []string, m *meter) error {
 	tail := newTailBuffer(16 * 1024)
 	m.update(0, 0, "apt-get update")
 	if err := c.run(ctx, chrootCmd{args: []string{"apt-get", "update", "-q"}, tail: tail}); err != nil {
-		return fmt.Errorf("apt-get update: %w%s", err, stderrSuffix(aptErrors(tail.String())))
+		return fmt.Errorf("apt-get update: %w%s", err, hostcmd.StderrSuffix(aptErrors(tail.String())))
 	}
 	if len(pkgs) == 0 {
 		return nil

@@ -9,6 +9,8 @@ import (
 	"sort"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // dpkgPackages lists the packages installed in the tree per its dpkg
@@ -51,7 +53,7 @@ func fileClaim(tree, p string) (FileClaim, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return FileClaim{}, fmt.Errorf("claim %s: %s is not a regular file", p, g)
 	}
-	sum, err := sha256File(host)
+	sum, err := fsutil.SHA256File(host)
 	if err != nil {
 		return FileClaim{}, fmt.Errorf("claim %s: %w", p, err)
 	}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
 )
 
 // epochDay is reproducibleEpoch in days, for /etc/shadow's "last changed".
@@ -79,7 +81,7 @@ func addUsers(ctx context.Context, c *chroot, users []SpecUser) error {
 		args = append(args, u.Name)
 		tail := newTailBuffer(2000)
 		if err := c.run(ctx, chrootCmd{args: args, tail: tail}); err != nil {
-			return fmt.Errorf("user %q: %w%s", u.Name, err, stderrSuffix(tail.String()))
+			return fmt.Errorf("user %q: %w%s", u.Name, err, hostcmd.StderrSuffix(tail.String()))
 		}
 	}
 	return nil

@@ -15,6 +15,10 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // aptSources is where a debootstrap image's packages come from.
@@ -157,7 +161,7 @@ func (k baseTreeKey) name() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("%s-%s-%s", k.Sources.Suite, strings.Trim(k.Variant, "-"), sha256Hex(string(data))[:16]), nil
+	return fmt.Sprintf("%s-%s-%s", k.Sources.Suite, strings.Trim(k.Variant, "-"), fsutil.SHA256Hex(string(data))[:16]), nil
 }
 
 // baseTreeInfoFile marks a complete cache entry.
@@ -180,7 +184,7 @@ func ensureBaseTree(ctx context.Context, cacheDir string, key baseTreeKey, p *pr
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", err
 	}
-	lock, err := lockFile(ctx, filepath.Join(root, name+".lock"))
+	lock, err := fsutil.LockFile(ctx, filepath.Join(root, name+".lock"))
 	if err != nil {
 		return "", err
 	}
@@ -210,7 +214,7 @@ func ensureBaseTree(ctx context.Context, cacheDir string, key baseTreeKey, p *pr
 	if err != nil {
 		return "", err
 	}
-	if err := writeFileSync(filepath.Join(tmp, baseTreeInfoFile), append(info, '\n'), 0o644); err != nil {
+	if err := fsutil.WriteFileSync(filepath.Join(tmp, baseTreeInfoFile), append(info, '\n'), 0o644); err != nil {
 		return "", err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -272,7 +276,7 @@ func runDebootstrap(ctx context.Context, dir string, key baseTreeKey, p *progres
 			return fmt.Errorf("debootstrap: %w", ctxErr)
 		}
 		if err != nil {
-			return fmt.Errorf("debootstrap: %w%s", err, stderrSuffix(lastLines(tail.String(), 8)))
+			return fmt.Errorf("debootstrap: %w%s", err, hostcmd.StderrSuffix(lastLines(tail.String(), 8)))
 		}
 		return trimBaseTree(dir)
 	})
@@ -322,7 +326,7 @@ func trimBaseTree(dir string) error {
 // copyTree copies the cached base tree to dst (reflinks where the file
 // system supports them), keeping owners, modes, links and xattrs.
 func copyTree(ctx context.Context, src, dst string) error {
-	_, err := run(ctx, command{name: "cp", args: []string{"-a", "--reflink=auto", src, dst}})
+	_, err := hostcmd.Run(ctx, hostcmd.Command{Name: "cp", Args: []string{"-a", "--reflink=auto", src, dst}})
 	return err
 }
 

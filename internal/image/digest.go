@@ -48,12 +48,6 @@ func (in buildInputs) digest() (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// sha256Hex returns the hex SHA-256 of s.
-func sha256Hex(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
-}
-
 // uuidFromDigest derives a stable RFC 4122 UUID (version 8, "custom") from
 // an image digest and a purpose string, so the file system UUID and the
 // directory hash seed are reproducible but distinct.

@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"regexp"
 	"testing"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 func baseTestInputs(t *testing.T) buildInputs {
@@ -15,14 +17,14 @@ func baseTestInputs(t *testing.T) buildInputs {
 	return buildInputs{
 		Builder:            BuilderVersion,
 		Spec:               spec,
-		SpecDigest:         sha256Hex("spec"),
+		SpecDigest:         fsutil.SHA256Hex("spec"),
 		InitrdModules:      initrdModules(),
-		InitTemplateSHA256: sha256Hex(initTemplate),
+		InitTemplateSHA256: fsutil.SHA256Hex(initTemplate),
 		KernelPackage:      "linux-image-6.1.0-57-amd64",
 		KernelVersion:      "6.1.192-3",
-		KernelDebSHA256:    sha256Hex("deb"),
-		BusyboxSHA256:      sha256Hex("busybox"),
-		AgentSHA256:        sha256Hex("agent"),
+		KernelDebSHA256:    fsutil.SHA256Hex("deb"),
+		BusyboxSHA256:      fsutil.SHA256Hex("busybox"),
+		AgentSHA256:        fsutil.SHA256Hex("agent"),
 		AgentVersion:       "1.0.0",
 	}
 }
@@ -49,15 +51,15 @@ func TestDigestStable(t *testing.T) {
 func TestDigestChangesWithEveryInput(t *testing.T) {
 	mutations := map[string]func(*buildInputs){
 		"builder version": func(in *buildInputs) { in.Builder += "+1" },
-		"init template":   func(in *buildInputs) { in.InitTemplateSHA256 = sha256Hex("other") },
+		"init template":   func(in *buildInputs) { in.InitTemplateSHA256 = fsutil.SHA256Hex("other") },
 		"kernel package":  func(in *buildInputs) { in.KernelPackage = "linux-image-6.1.0-58-amd64" },
 		"kernel version":  func(in *buildInputs) { in.KernelVersion = "6.1.192-4" },
-		"kernel deb":      func(in *buildInputs) { in.KernelDebSHA256 = sha256Hex("deb2") },
-		"busybox":         func(in *buildInputs) { in.BusyboxSHA256 = sha256Hex("busybox2") },
-		"agent binary":    func(in *buildInputs) { in.AgentSHA256 = sha256Hex("agent2") },
+		"kernel deb":      func(in *buildInputs) { in.KernelDebSHA256 = fsutil.SHA256Hex("deb2") },
+		"busybox":         func(in *buildInputs) { in.BusyboxSHA256 = fsutil.SHA256Hex("busybox2") },
+		"agent binary":    func(in *buildInputs) { in.AgentSHA256 = fsutil.SHA256Hex("agent2") },
 		"agent version":   func(in *buildInputs) { in.AgentVersion = "1.0.1" },
 		"initrd modules":  func(in *buildInputs) { in.InitrdModules = append(in.InitrdModules, "vsock") },
-		"spec digest":     func(in *buildInputs) { in.SpecDigest = sha256Hex("spec2") },
+		"spec digest":     func(in *buildInputs) { in.SpecDigest = fsutil.SHA256Hex("spec2") },
 		"spec size":       func(in *buildInputs) { in.Spec.SizeMiB++ },
 		"spec ports":      func(in *buildInputs) { in.Spec.Ports = []int{6080} },
 		"spec file":       func(in *buildInputs) { in.Spec.Files[0].Content += "#\n" },
@@ -103,13 +105,13 @@ func TestEmbeddedSpecIsACopy(t *testing.T) {
 }
 
 func TestUUIDFromDigest(t *testing.T) {
-	d := sha256Hex("x")
+	d := fsutil.SHA256Hex("x")
 	u1, u2 := uuidFromDigest(d, "rootfs-uuid"), uuidFromDigest(d, "rootfs-hash-seed")
 	re := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 	if !re.MatchString(u1) || !re.MatchString(u2) {
 		t.Fatalf("not RFC 4122 v8 UUIDs: %s %s", u1, u2)
 	}
-	if u1 == u2 || u1 != uuidFromDigest(d, "rootfs-uuid") || u1 == uuidFromDigest(sha256Hex("y"), "rootfs-uuid") {
+	if u1 == u2 || u1 != uuidFromDigest(d, "rootfs-uuid") || u1 == uuidFromDigest(fsutil.SHA256Hex("y"), "rootfs-uuid") {
 		t.Fatal("uuidFromDigest is not a stable per-purpose function of the digest")
 	}
 }

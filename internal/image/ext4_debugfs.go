@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
 )
 
 // batch runs cmds, one debugfs command per element, in a single read-only
@@ -102,7 +104,7 @@ func (im *ext4Image) runScript(ctx context.Context, script []byte) (stdout, stde
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, nil, fmt.Errorf("debugfs: %w", ctxErr)
 		}
-		return nil, nil, fmt.Errorf("debugfs %s: %w%s", im.path, err, stderrSuffix(errOut.String()))
+		return nil, nil, fmt.Errorf("debugfs %s: %w%s", im.path, err, hostcmd.StderrSuffix(errOut.String()))
 	}
 	return out.Bytes(), errOut.Bytes(), nil
 }
@@ -445,7 +447,7 @@ func ext4ConsumeDump(name string, ino Inode, lines []string, fn func(io.Reader, 
 	defer os.Remove(name)
 	f, err := os.Open(name)
 	if err != nil {
-		return fn(nil, fmt.Errorf("dump inode %d: %w%s", ino.Ino, err, stderrSuffix(strings.Join(lines, "\n"))))
+		return fn(nil, fmt.Errorf("dump inode %d: %w%s", ino.Ino, err, hostcmd.StderrSuffix(strings.Join(lines, "\n"))))
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -453,7 +455,7 @@ func ext4ConsumeDump(name string, ino Inode, lines []string, fn func(io.Reader, 
 		return err
 	}
 	if st.Size() != ino.Size {
-		return fn(nil, fmt.Errorf("dump inode %d: got %d bytes, inode size is %d%s", ino.Ino, st.Size(), ino.Size, stderrSuffix(strings.Join(lines, "\n"))))
+		return fn(nil, fmt.Errorf("dump inode %d: got %d bytes, inode size is %d%s", ino.Ino, st.Size(), ino.Size, hostcmd.StderrSuffix(strings.Join(lines, "\n"))))
 	}
 	return fn(f, nil)
 }

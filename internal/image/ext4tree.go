@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
 )
 
 // treeFS describes the ext4 file system made from a directory tree.
@@ -45,8 +47,8 @@ func writeTreeRootfs(ctx context.Context, dst, tree, scratch string, f treeFS, m
 	if err != nil {
 		return 0, err
 	}
-	cmd := command{name: "debugfs", args: []string{"-w", "-f", script, dst}, env: reproducibleEnv(f.Epoch)}
-	stderr, err := runStderr(ctx, cmd)
+	cmd := hostcmd.Command{Name: "debugfs", Args: []string{"-w", "-f", script, dst}, Env: reproducibleEnv(f.Epoch)}
+	stderr, err := hostcmd.RunStderr(ctx, cmd)
 	if err != nil {
 		return 0, err
 	}
@@ -57,7 +59,7 @@ func writeTreeRootfs(ctx context.Context, dst, tree, scratch string, f treeFS, m
 		return 0, err
 	}
 	m.update(2, 3, "e2fsck -fn")
-	if _, err := run(ctx, command{name: "e2fsck", args: []string{"-f", "-n", dst}, env: reproducibleEnv(f.Epoch)}); err != nil {
+	if _, err := hostcmd.Run(ctx, hostcmd.Command{Name: "e2fsck", Args: []string{"-f", "-n", dst}, Env: reproducibleEnv(f.Epoch)}); err != nil {
 		return 0, fmt.Errorf("check: %w", err)
 	}
 	return skipped, nil
@@ -80,7 +82,7 @@ func mkfsTree(ctx context.Context, dst, tree string, f treeFS) error {
 		"-q", "-F", "-L", rootfsLabel, "-U", f.UUID,
 		"-E", "hash_seed=" + f.HashSeed, "-d", tree, dst,
 	}
-	_, err = run(ctx, command{name: "mkfs.ext4", args: args, env: reproducibleEnv(f.Epoch)})
+	_, err = hostcmd.Run(ctx, hostcmd.Command{Name: "mkfs.ext4", Args: args, Env: reproducibleEnv(f.Epoch)})
 	return err
 }
 
@@ -161,7 +163,7 @@ func pinByInode(ctx context.Context, img, script string, paths []string, epoch i
 	if err := os.WriteFile(script, []byte(b.String()), 0o644); err != nil {
 		return 0, err
 	}
-	stderr, err := runStderr(ctx, command{name: "debugfs", args: []string{"-w", "-f", script, img}, env: reproducibleEnv(epoch)})
+	stderr, err := hostcmd.RunStderr(ctx, hostcmd.Command{Name: "debugfs", Args: []string{"-w", "-f", script, img}, Env: reproducibleEnv(epoch)})
 	if err != nil {
 		return 0, err
 	}
@@ -176,7 +178,7 @@ func debugfsDirInodes(ctx context.Context, img, dir string) (map[string]uint64, 
 	if !debugfsQuotable(dir) {
 		return nil, fmt.Errorf("directory %q cannot be quoted", dir)
 	}
-	out, err := run(ctx, command{name: "debugfs", args: []string{"-R", fmt.Sprintf("ls -p \"%s\"", dir), img}})
+	out, err := hostcmd.Run(ctx, hostcmd.Command{Name: "debugfs", Args: []string{"-R", fmt.Sprintf("ls -p \"%s\"", dir), img}})
 	if err != nil {
 		return nil, err
 	}

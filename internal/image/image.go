@@ -21,6 +21,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // DefaultBusybox is the static busybox used when BuildOptions.BusyboxBinary
@@ -151,7 +153,7 @@ type builder struct {
 	rootfs      RootfsManifest
 	claims      claims
 	result      *Result
-	lock        *fileLock
+	lock        *fsutil.FileLock
 	log         *os.File
 	logPath     string
 	startedWork time.Time
@@ -302,7 +304,7 @@ func (b *builder) phaseInputs(ctx context.Context) error {
 		Spec:               b.spec,
 		SpecDigest:         b.specDigest,
 		InitrdModules:      initrdModules(),
-		InitTemplateSHA256: sha256Hex(initTemplate),
+		InitTemplateSHA256: fsutil.SHA256Hex(initTemplate),
 		KernelPackage:      b.kernel.Package,
 		KernelVersion:      b.kernel.Version,
 		KernelDebSHA256:    b.kernel.DebSHA256,
@@ -330,7 +332,7 @@ func (b *builder) phaseInputs(ctx context.Context) error {
 // creates the temporary work directory next to the final one.
 func (b *builder) prepareWorkDir(ctx context.Context) error {
 	name := filepath.Base(b.finalDir)
-	lock, err := lockFile(ctx, filepath.Join(b.opts.OutputDir, "."+name+".lock"))
+	lock, err := fsutil.LockFile(ctx, filepath.Join(b.opts.OutputDir, "."+name+".lock"))
 	if err != nil {
 		return err
 	}
@@ -434,7 +436,7 @@ func (b *builder) phaseRootfs(ctx context.Context) error {
 
 // statRootfs records the finished rootfs.ext4 in b.rootfs.
 func (b *builder) statRootfs(dst, uuid string) error {
-	st, err := statFile(dst)
+	st, err := fsutil.StatFile(dst)
 	if err != nil {
 		return err
 	}
@@ -448,10 +450,10 @@ func (b *builder) statRootfs(dst, uuid string) error {
 // busyboxClaims are the claims of a busybox image: the agent and the spec
 // files (its "unit" is the inittab respawn line, claimed as /etc/inittab).
 func busyboxClaims(s *Spec, agent []byte) claims {
-	files := []FileClaim{{Path: GuestAgentPath, SHA256: sha256Hex(string(agent)), Mode: 0o755, Size: int64(len(agent))}}
+	files := []FileClaim{{Path: GuestAgentPath, SHA256: fsutil.SHA256Hex(string(agent)), Mode: 0o755, Size: int64(len(agent))}}
 	for _, f := range s.Files {
 		data := f.Data()
-		files = append(files, FileClaim{Path: f.Path, SHA256: sha256Hex(string(data)), Mode: f.Mode.Perm() & 0o777, Size: int64(len(data))})
+		files = append(files, FileClaim{Path: f.Path, SHA256: fsutil.SHA256Hex(string(data)), Mode: f.Mode.Perm() & 0o777, Size: int64(len(data))})
 	}
 	sortFileClaims(files)
 	return claims{packages: []PackageClaim{}, npm: []PackageClaim{}, units: []UnitClaim{}, files: files, users: []UserClaim{}}
@@ -460,7 +462,7 @@ func busyboxClaims(s *Spec, agent []byte) claims {
 // phaseManifest places the kernel, writes manifest.json and publishes the
 // work directory under its final name.
 func (b *builder) phaseManifest(ctx context.Context) error {
-	if err := linkOrCopy(b.kernel.vmlinuxPath(), filepath.Join(b.workDir, KernelFile)); err != nil {
+	if err := fsutil.LinkOrCopy(b.kernel.vmlinuxPath(), filepath.Join(b.workDir, KernelFile)); err != nil {
 		return fmt.Errorf("place kernel: %w", err)
 	}
 	m := b.manifestSkeleton()
@@ -472,7 +474,7 @@ func (b *builder) phaseManifest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(b.workDir, ManifestFile), append(data, '\n'), 0o644); err != nil {
+	if err := fsutil.WriteFileSync(filepath.Join(b.workDir, ManifestFile), append(data, '\n'), 0o644); err != nil {
 		return err
 	}
 	if err := b.publish(); err != nil {
@@ -488,14 +490,14 @@ func (b *builder) phaseManifest(ctx context.Context) error {
 // publish renames the work directory to its final name. The build lock is
 // held and stale directories were cleared, so the name is free.
 func (b *builder) publish() error {
-	if err := syncDir(b.workDir); err != nil {
+	if err := fsutil.SyncDir(b.workDir); err != nil {
 		return err
 	}
 	if err := os.Rename(b.workDir, b.finalDir); err != nil {
 		return fmt.Errorf("publish: %w", err)
 	}
 	b.workDir = ""
-	return syncDir(b.opts.OutputDir)
+	return fsutil.SyncDir(b.opts.OutputDir)
 }
 
 // manifestSkeleton is the manifest minus initrd, rootfs, claims and build
@@ -546,7 +548,7 @@ func readStaticBinary(path, what string) ([]byte, string, error) {
 	if err := checkStaticELF(data); err != nil {
 		return nil, "", fmt.Errorf("%s binary %s: %w", what, path, err)
 	}
-	return data, sha256Hex(string(data)), nil
+	return data, fsutil.SHA256Hex(string(data)), nil
 }
 
 // checkStaticELF verifies that data is an x86-64 ELF executable without a

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"text/template"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // initramfsApplets are the busybox applets the initramfs /init uses.
@@ -222,7 +224,7 @@ func writeInitramfs(dst string, s initramfsSpec) (string, int64, error) {
 	if err != nil {
 		return "", 0, err
 	}
-	out, err := createHashing(dst, 0o644)
+	out, err := fsutil.CreateHashing(dst, 0o644)
 	if err != nil {
 		return "", 0, err
 	}

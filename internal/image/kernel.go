@@ -12,6 +12,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // defaultKernelMeta is the Debian metapackage whose dependency names the
@@ -133,7 +137,7 @@ func kernelDependency(depends string) (name, version string) {
 // aptShow returns the fields of the first stanza of
 // `apt-cache show --no-all-versions query`.
 func aptShow(ctx context.Context, query string) (map[string]string, error) {
-	out, err := run(ctx, command{name: "apt-cache", args: []string{"show", "--no-all-versions", query}})
+	out, err := hostcmd.Run(ctx, hostcmd.Command{Name: "apt-cache", Args: []string{"show", "--no-all-versions", query}})
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w (has `apt-get update` been run?)", query, err)
 	}
@@ -197,7 +201,7 @@ func (c kernelCache) ensure(ctx context.Context, pkg kernelPackage, p *progress)
 		p.note("%s %s (cached)", pkg.Name, pkg.Version)
 		return k, nil
 	}
-	lock, err := lockFile(ctx, filepath.Join(c.root, pkg.cacheKey()+".lock"))
+	lock, err := fsutil.LockFile(ctx, filepath.Join(c.root, pkg.cacheKey()+".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +213,7 @@ func (c kernelCache) ensure(ctx context.Context, pkg kernelPackage, p *progress)
 	final := filepath.Join(c.root, pkg.cacheKey())
 	// Under the lock, anything already there for this key is debris of an
 	// interrupted run: an incomplete entry or temporary directories.
-	if err := removeStale(final, filepath.Join(c.root, "."+pkg.cacheKey()+".tmp-*")); err != nil {
+	if err := fsutil.RemoveStale(final, filepath.Join(c.root, "."+pkg.cacheKey()+".tmp-*")); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp(c.root, "."+pkg.cacheKey()+".tmp-")
@@ -243,7 +247,7 @@ func fetchKernel(ctx context.Context, pkg kernelPackage, dir string, p *progress
 			return err
 		}
 		k.Deb = filepath.Base(deb)
-		k.DebSHA256, err = sha256File(deb)
+		k.DebSHA256, err = fsutil.SHA256File(deb)
 		return err
 	})
 	if err != nil {
@@ -251,7 +255,7 @@ func fetchKernel(ctx context.Context, pkg kernelPackage, dir string, p *progress
 	}
 	root := filepath.Join(dir, "root")
 	err = p.task("unpacking "+k.Deb, func() error {
-		if _, err := run(ctx, command{name: "dpkg-deb", args: []string{"-x", deb, root}}); err != nil {
+		if _, err := hostcmd.Run(ctx, hostcmd.Command{Name: "dpkg-deb", Args: []string{"-x", deb, root}}); err != nil {
 			return err
 		}
 		return adoptKernelTree(k, root)
@@ -269,7 +273,7 @@ func fetchKernel(ctx context.Context, pkg kernelPackage, dir string, p *progress
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileSync(filepath.Join(dir, kernelInfoFile), append(info, '\n'), 0o644); err != nil {
+	if err := fsutil.WriteFileSync(filepath.Join(dir, kernelInfoFile), append(info, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -282,7 +286,7 @@ func aptDownload(ctx context.Context, pkg kernelPackage, dir string) (string, er
 	if err := os.Mkdir(dl, 0o755); err != nil {
 		return "", err
 	}
-	if _, err := run(ctx, command{name: "apt-get", args: []string{"download", "-q", pkg.String()}, dir: dl}); err != nil {
+	if _, err := hostcmd.Run(ctx, hostcmd.Command{Name: "apt-get", Args: []string{"download", "-q", pkg.String()}, Dir: dl}); err != nil {
 		return "", err
 	}
 	debs, err := filepath.Glob(filepath.Join(dl, "*.deb"))
@@ -349,10 +353,10 @@ func writeVmlinux(k *kernelArtifact) error {
 	if err != nil {
 		return fmt.Errorf("vmlinuz-%s: %w", k.Release, err)
 	}
-	if err := writeFileSync(k.vmlinuxPath(), elf, 0o644); err != nil {
+	if err := fsutil.WriteFileSync(k.vmlinuxPath(), elf, 0o644); err != nil {
 		return err
 	}
-	k.VmlinuxSHA256, k.VmlinuxSize = sha256Hex(string(elf)), int64(len(elf))
+	k.VmlinuxSHA256, k.VmlinuxSize = fsutil.SHA256Hex(string(elf)), int64(len(elf))
 	return nil
 }
 
@@ -369,6 +373,6 @@ func ensureModulesDep(dir string, p *progress) error {
 		if err != nil {
 			return err
 		}
-		return writeFileSync(depFile, dep, 0o644)
+		return fsutil.WriteFileSync(depFile, dep, 0o644)
 	})
 }

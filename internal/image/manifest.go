@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // ManifestSchemaVersion is the version of the Manifest JSON layout.
@@ -146,7 +148,7 @@ func ReadManifest(dir string) (*Manifest, error) {
 func (m *Manifest) Verify(dir string) error {
 	var errs []error
 	for _, f := range m.files() {
-		st, err := statFile(filepath.Join(dir, f.name))
+		st, err := fsutil.StatFile(filepath.Join(dir, f.name))
 		switch {
 		case err != nil:
 			errs = append(errs, err)

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // loadTestModuleDB copies testdata's modules.dep and modules.builtin into a
@@ -17,7 +19,7 @@ func loadTestModuleDB(t *testing.T) *moduleDB {
 	t.Helper()
 	dir := t.TempDir()
 	for _, f := range []string{"modules.dep", "modules.builtin"} {
-		if err := copyFile(filepath.Join("testdata", f), filepath.Join(dir, f), 0o644); err != nil {
+		if err := fsutil.CopyFile(filepath.Join("testdata", f), filepath.Join(dir, f), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

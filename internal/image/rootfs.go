@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
 )
 
 // rootfsSpec is what goes into a root filesystem image.
@@ -103,7 +105,7 @@ func busyboxTree(s rootfsSpec) (fsTree, error) {
 // busyboxApplets lists a busybox binary's applets as install paths
 // ("bin/sh", "sbin/init", ...), by running it with --list-full.
 func busyboxApplets(ctx context.Context, busybox string) ([]string, error) {
-	out, err := run(ctx, command{name: busybox, args: []string{"--list-full"}})
+	out, err := hostcmd.Run(ctx, hostcmd.Command{Name: busybox, Args: []string{"--list-full"}})
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +172,7 @@ func writeRootfs(ctx context.Context, dst, scratch string, s rootfsSpec) error {
 	if err := pinInodes(ctx, dst, scratch, t, s.Epoch); err != nil {
 		return err
 	}
-	if _, err := run(ctx, command{name: "e2fsck", args: []string{"-f", "-n", dst}, env: reproducibleEnv(s.Epoch)}); err != nil {
+	if _, err := hostcmd.Run(ctx, hostcmd.Command{Name: "e2fsck", Args: []string{"-f", "-n", dst}, Env: reproducibleEnv(s.Epoch)}); err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
 	return nil
@@ -199,7 +201,7 @@ func mkfsExt4(ctx context.Context, dst, tree string, s rootfsSpec) error {
 		"-E", "hash_seed=" + s.HashSeed + ",root_owner=0:0",
 		"-d", tree, dst,
 	}
-	_, err = run(ctx, command{name: "mkfs.ext4", args: args, env: reproducibleEnv(s.Epoch)})
+	_, err = hostcmd.Run(ctx, hostcmd.Command{Name: "mkfs.ext4", Args: args, Env: reproducibleEnv(s.Epoch)})
 	return err
 }
 
@@ -219,8 +221,8 @@ func pinInodes(ctx context.Context, img, scratch string, t fsTree, epoch int64) 
 		return err
 	}
 	// debugfs -f exits 0 even when a command fails; failures show on stderr.
-	cmd := command{name: "debugfs", args: []string{"-w", "-f", cmdFile, img}, env: reproducibleEnv(epoch)}
-	stderr, err := runStderr(ctx, cmd)
+	cmd := hostcmd.Command{Name: "debugfs", Args: []string{"-w", "-f", cmdFile, img}, Env: reproducibleEnv(epoch)}
+	stderr, err := hostcmd.RunStderr(ctx, cmd)
 	if err != nil {
 		return err
 	}

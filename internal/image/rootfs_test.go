@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // requireTools skips the test unless all the named programs are installed.
@@ -29,7 +31,7 @@ func testRootfsSpec(t *testing.T) rootfsSpec {
 		t.Fatal(err)
 	}
 	spec.SizeMiB = 16
-	digest := sha256Hex("test")
+	digest := fsutil.SHA256Hex("test")
 	return rootfsSpec{
 		Spec:      spec,
 		Busybox:   []byte("fake busybox"),
@@ -63,7 +65,7 @@ func TestWriteRootfsReproducible(t *testing.T) {
 		if err := writeRootfs(ctx, img, dir, testRootfsSpec(t)); err != nil {
 			t.Fatal(err)
 		}
-		sum, err := sha256File(img)
+		sum, err := fsutil.SHA256File(img)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +124,7 @@ func fakeModuleTree(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	for _, f := range []string{"modules.dep", "modules.builtin"} {
-		if err := copyFile(filepath.Join("testdata", f), filepath.Join(dir, f), 0o644); err != nil {
+		if err := fsutil.CopyFile(filepath.Join("testdata", f), filepath.Join(dir, f), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

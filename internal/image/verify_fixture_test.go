@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // vfEntry is one file system object of a synthetic test image.
@@ -43,7 +45,7 @@ func vfImageInfo(t *testing.T, profile, role string, ports []int, agentVersion s
 	t.Helper()
 	data, err := json.MarshalIndent(ImageInfo{
 		SchemaVersion: ManifestSchemaVersion, Profile: profile, Role: role, RequiredPorts: ports,
-		AgentVersion: agentVersion, AgentSHA256: sha256Hex(string(vfAgent)),
+		AgentVersion: agentVersion, AgentSHA256: fsutil.SHA256Hex(string(vfAgent)),
 	}, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +99,7 @@ func vfMinimalTree(t *testing.T) []vfEntry {
 func vfBrowserManifest() *Manifest {
 	return &Manifest{
 		SchemaVersion: ManifestSchemaVersion, Profile: "browser", Role: "browser", RequiredPorts: []int{5900},
-		Agent: AgentManifest{Version: "1.4.0", SHA256: sha256Hex(string(vfAgent)), Path: GuestAgentPath},
+		Agent: AgentManifest{Version: "1.4.0", SHA256: fsutil.SHA256Hex(string(vfAgent)), Path: GuestAgentPath},
 		Units: []UnitClaim{
 			{Name: "hearth-agent.service", WantedBy: "multi-user.target"},
 			{Name: "x11vnc.service", WantedBy: "graphical.target"},
@@ -113,7 +115,7 @@ func vfBrowserManifest() *Manifest {
 func vfMinimalManifest() *Manifest {
 	return &Manifest{
 		SchemaVersion: ManifestSchemaVersion, Profile: "minimal", Role: "minimal", RequiredPorts: []int{},
-		Agent: AgentManifest{Version: "1.4.0", SHA256: sha256Hex(string(vfAgent)), Path: GuestAgentPath},
+		Agent: AgentManifest{Version: "1.4.0", SHA256: fsutil.SHA256Hex(string(vfAgent)), Path: GuestAgentPath},
 	}
 }
 
@@ -208,7 +210,7 @@ func vfFileClaims(t *testing.T, entries []vfEntry) []FileClaim {
 		if e.link != "" {
 			target = byPath[e.resolvesTo]
 		}
-		claims = append(claims, FileClaim{Path: e.path, SHA256: sha256Hex(string(target.data)), Mode: target.mode, Size: int64(len(target.data))})
+		claims = append(claims, FileClaim{Path: e.path, SHA256: fsutil.SHA256Hex(string(target.data)), Mode: target.mode, Size: int64(len(target.data))})
 	}
 	return claims
 }
@@ -226,7 +228,7 @@ func vfRedigest(t *testing.T, dir string, m *Manifest) {
 		{InitrdFile, &m.Initrd.SHA256, &m.Initrd.Size},
 		{RootfsFile, &m.Rootfs.SHA256, &m.Rootfs.Size},
 	} {
-		st, err := statFile(filepath.Join(dir, f.name))
+		st, err := fsutil.StatFile(filepath.Join(dir, f.name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -250,7 +252,7 @@ func vfCopy(t *testing.T, dir string, m *Manifest) (string, *Manifest) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if err := copyFile(filepath.Join(dir, e.Name()), filepath.Join(dst, e.Name()), 0o644); err != nil {
+		if err := fsutil.CopyFile(filepath.Join(dir, e.Name()), filepath.Join(dst, e.Name()), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

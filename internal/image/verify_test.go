@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 func TestVerifyBrowserFixtureOK(t *testing.T) {
@@ -112,14 +114,14 @@ func vfBrowserBreaks() []vfBreak {
 		}, kind: ClaimPackage, subject: "x11vnc", detail: `not installed (dpkg status "deinstall ok config-files")`},
 		{name: "file tampered (same size)", script: func(t *testing.T) string {
 			return vfReplace(t, "/etc/hearth/config", []byte("secret=2\n"), 0o640)
-		}, kind: ClaimFile, subject: "/etc/hearth/config", detail: "sha256 " + sha256Hex("secret=2\n")[:12] + "… differs from manifest " + sha256Hex("secret=1\n")[:12] + "…"},
+		}, kind: ClaimFile, subject: "/etc/hearth/config", detail: "sha256 " + fsutil.SHA256Hex("secret=2\n")[:12] + "… differs from manifest " + fsutil.SHA256Hex("secret=1\n")[:12] + "…"},
 		{name: "setuid bit dropped", script: vfScript("sif /usr/bin/sudo-fixture mode 0100755"),
 			kind: ClaimFile, subject: "/usr/bin/sudo-fixture", detail: "mode 0755 differs from manifest 4755"},
 		{name: "symlink chain broken", script: vfScript("rm /usr/bin/vnc-wrapper"),
 			kind: ClaimFile, subject: "/usr/local/bin/vncserver", detail: "dangling symlink (/usr/bin/vnc-wrapper does not exist)"},
 		{name: "agent replaced", script: func(t *testing.T) string {
 			return vfReplace(t, GuestAgentPath, []byte("a different agent\n"), 0o755)
-		}, kind: ClaimAgent, subject: GuestAgentPath, detail: "sha256 " + sha256Hex("a different agent\n")[:12] + "… differs from manifest"},
+		}, kind: ClaimAgent, subject: GuestAgentPath, detail: "sha256 " + fsutil.SHA256Hex("a different agent\n")[:12] + "… differs from manifest"},
 		{name: "agent removed", script: vfScript("rm " + GuestAgentPath),
 			kind: ClaimAgent, subject: GuestAgentPath, detail: "missing from the image"},
 		{name: "agent not executable", script: vfScript("sif " + GuestAgentPath + " mode 0100644"),
@@ -136,8 +138,8 @@ func vfBrowserBreaks() []vfBreak {
 			passwd := strings.Replace(string(vfTestdata(t, "passwd")), ":/home/hearth:", ":/srv/hearth:", 1)
 			return vfReplace(t, "/etc/passwd", []byte(passwd), 0o644)
 		}, kind: ClaimUser, subject: "hearth", detail: "home /srv/hearth differs from manifest /home/hearth"},
-		{name: "rootfs digest differs", mutate: func(t *testing.T, dir string, m *Manifest) { m.Rootfs.SHA256 = sha256Hex("other") },
-			kind: ClaimDigest, subject: RootfsFile, detail: "differs from manifest " + sha256Hex("other")[:12] + "…"},
+		{name: "rootfs digest differs", mutate: func(t *testing.T, dir string, m *Manifest) { m.Rootfs.SHA256 = fsutil.SHA256Hex("other") },
+			kind: ClaimDigest, subject: RootfsFile, detail: "differs from manifest " + fsutil.SHA256Hex("other")[:12] + "…"},
 		{name: "kernel missing", mutate: func(t *testing.T, dir string, m *Manifest) {
 			if err := os.Remove(filepath.Join(dir, KernelFile)); err != nil {
 				t.Fatal(err)
@@ -209,7 +211,7 @@ func TestVerifyRejectsInjectedPaths(t *testing.T) {
 		vfEntry{path: "/usr/bin/quote-link", link: "x\"\ndump <2> " + evil + "\n"},
 	)
 	dir, m := vfBuild(t, tree, vfBrowserManifest())
-	before, err := sha256File(filepath.Join(dir, RootfsFile))
+	before, err := fsutil.SHA256File(filepath.Join(dir, RootfsFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +246,7 @@ func TestVerifyRejectsInjectedPaths(t *testing.T) {
 	if _, err := os.Stat(evil); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("injected debugfs command ran: %s exists (%v)", evil, err)
 	}
-	if after, _ := sha256File(filepath.Join(dir, RootfsFile)); after != before {
+	if after, _ := fsutil.SHA256File(filepath.Join(dir, RootfsFile)); after != before {
 		t.Error("rootfs.ext4 changed during verification")
 	}
 }

@@ -1,4 +1,8 @@
-package image
+// Package fsutil holds the image builder's file operations: hex SHA-256
+// digests as manifests record them, files written and renamed durably,
+// copies, advisory locks on cache entries and removal of what interrupted
+// builds left behind.
+package fsutil
 
 import (
 	"context"
@@ -15,8 +19,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sha256File returns the hex SHA-256 of a file's contents.
-func sha256File(path string) (string, error) {
+// SHA256File returns the hex SHA-256 of a file's contents.
+func SHA256File(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -29,44 +33,50 @@ func sha256File(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// fileStat holds the facts the manifest records about an output file.
-type fileStat struct {
+// SHA256Hex returns the hex SHA-256 of s.
+func SHA256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// FileStat holds the facts the manifest records about an output file.
+type FileStat struct {
 	SHA256   string
 	Size     int64 // apparent size
 	DiskSize int64 // allocated bytes (st_blocks * 512)
 }
 
-// statFile hashes a file and reports its apparent and allocated sizes.
-func statFile(path string) (fileStat, error) {
-	sum, err := sha256File(path)
+// StatFile hashes a file and reports its apparent and allocated sizes.
+func StatFile(path string) (FileStat, error) {
+	sum, err := SHA256File(path)
 	if err != nil {
-		return fileStat{}, err
+		return FileStat{}, err
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return fileStat{}, fmt.Errorf("stat %s: %w", path, err)
+		return FileStat{}, fmt.Errorf("stat %s: %w", path, err)
 	}
-	return fileStat{SHA256: sum, Size: st.Size, DiskSize: st.Blocks * 512}, nil
+	return FileStat{SHA256: sum, Size: st.Size, DiskSize: st.Blocks * 512}, nil
 }
 
-// hashingFile is a file being written whose SHA-256 is computed on the fly.
-type hashingFile struct {
+// HashingFile is a file being written whose SHA-256 is computed on the fly.
+type HashingFile struct {
 	f *os.File
 	h hash.Hash
 	n int64
 }
 
-// createHashing creates (truncating) path for writing with on-the-fly hashing.
-func createHashing(path string, perm os.FileMode) (*hashingFile, error) {
+// CreateHashing creates (truncating) path for writing with on-the-fly hashing.
+func CreateHashing(path string, perm os.FileMode) (*HashingFile, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return nil, err
 	}
-	return &hashingFile{f: f, h: sha256.New()}, nil
+	return &HashingFile{f: f, h: sha256.New()}, nil
 }
 
 // Write implements io.Writer.
-func (w *hashingFile) Write(p []byte) (int, error) {
+func (w *HashingFile) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.n += int64(n)
@@ -74,7 +84,7 @@ func (w *hashingFile) Write(p []byte) (int, error) {
 }
 
 // Close syncs and closes the file and returns its hex SHA-256 and size.
-func (w *hashingFile) Close() (string, int64, error) {
+func (w *HashingFile) Close() (string, int64, error) {
 	err := w.f.Sync()
 	if cerr := w.f.Close(); err == nil {
 		err = cerr
@@ -86,10 +96,10 @@ func (w *hashingFile) Close() (string, int64, error) {
 }
 
 // Abort closes the file without syncing; the caller removes it.
-func (w *hashingFile) Abort() { _ = w.f.Close() }
+func (w *HashingFile) Abort() { _ = w.f.Close() }
 
-// writeFileSync writes data to path and fsyncs it.
-func writeFileSync(path string, data []byte, perm os.FileMode) error {
+// WriteFileSync writes data to path and fsyncs it.
+func WriteFileSync(path string, data []byte, perm os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return err
@@ -105,8 +115,8 @@ func writeFileSync(path string, data []byte, perm os.FileMode) error {
 	return f.Close()
 }
 
-// syncDir fsyncs a directory so a rename inside it is durable.
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory so a rename inside it is durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -115,17 +125,17 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// linkOrCopy hard-links src to dst, copying when a link is impossible (for
+// LinkOrCopy hard-links src to dst, copying when a link is impossible (for
 // example across file systems).
-func linkOrCopy(src, dst string) error {
+func LinkOrCopy(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
-	return copyFile(src, dst, 0o644)
+	return CopyFile(src, dst, 0o644)
 }
 
-// copyFile copies src to dst with the given permissions.
-func copyFile(src, dst string, perm os.FileMode) error {
+// CopyFile copies src to dst with the given permissions.
+func CopyFile(src, dst string, perm os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -146,12 +156,12 @@ func copyFile(src, dst string, perm os.FileMode) error {
 	return os.Chmod(dst, perm)
 }
 
-// fileLock is an exclusive advisory lock held on a file.
-type fileLock struct{ f *os.File }
+// FileLock is an exclusive advisory lock held on a file.
+type FileLock struct{ f *os.File }
 
-// lockFile takes an exclusive flock on path (created if needed), waiting
+// LockFile takes an exclusive flock on path (created if needed), waiting
 // until it is free or ctx is done.
-func lockFile(ctx context.Context, path string) (*fileLock, error) {
+func LockFile(ctx context.Context, path string) (*FileLock, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -162,7 +172,7 @@ func lockFile(ctx context.Context, path string) (*fileLock, error) {
 	for {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
-			return &fileLock{f: f}, nil
+			return &FileLock{f: f}, nil
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			f.Close()
@@ -178,14 +188,14 @@ func lockFile(ctx context.Context, path string) (*fileLock, error) {
 }
 
 // Unlock releases the lock.
-func (l *fileLock) Unlock() {
+func (l *FileLock) Unlock() {
 	_ = unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
 	_ = l.f.Close()
 }
 
-// removeStale deletes path and everything matching the glob pattern. Call
+// RemoveStale deletes path and everything matching the glob pattern. Call
 // it only while holding the lock that guards their creation.
-func removeStale(path, pattern string) error {
+func RemoveStale(path, pattern string) error {
 	matches, err := filepath.Glob(pattern)
 	if err != nil {
 		return err
