@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/image/ext4"
 )
 
 // Kinds of claim a Report checks.
@@ -89,7 +91,7 @@ func Verify(ctx context.Context, dir string, m *Manifest) (*Report, error) {
 	if m == nil {
 		return nil, errors.New("verify: no manifest")
 	}
-	img, err := openExt4Image(ctx, filepath.Join(dir, RootfsFile))
+	img, err := ext4.Open(ctx, filepath.Join(dir, RootfsFile))
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}

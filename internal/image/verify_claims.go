@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/image/ext4"
 )
 
 // Paths inside the root filesystem that Verify reads.
@@ -34,7 +36,7 @@ func verifyFiles(f *verifyFacts, m *Manifest) []ClaimResult {
 // verifyFile checks one file claim.
 func verifyFile(f *verifyFacts, fc FileClaim) ClaimResult {
 	c := ClaimResult{Kind: ClaimFile, Subject: fc.Path}
-	if err := ext4CheckPath(fc.Path); err != nil {
+	if err := ext4.CheckPath(fc.Path); err != nil {
 		return verifyFinish(c, []string{"invalid path: " + err.Error()}, "")
 	}
 	r, content, err := f.regular(fc.Path)
@@ -42,7 +44,7 @@ func verifyFile(f *verifyFacts, fc FileClaim) ClaimResult {
 		return verifyFinish(c, []string{err.Error()}, "")
 	}
 	var problems []string
-	if got, want := ext4ModeBits(r.Inode.Mode), verifyClaimMode(fc.Mode); got != want {
+	if got, want := ext4.ModeBits(r.Inode.Mode), verifyClaimMode(fc.Mode); got != want {
 		problems = append(problems, fmt.Sprintf("mode %04o differs from manifest %04o", got, want))
 	}
 	if r.Inode.Size != fc.Size {
@@ -51,14 +53,14 @@ func verifyFile(f *verifyFacts, fc FileClaim) ClaimResult {
 	if content.sha256 != fc.SHA256 {
 		problems = append(problems, fmt.Sprintf("sha256 %s differs from manifest %s", verifyShortSum(content.sha256), verifyShortSum(fc.SHA256)))
 	}
-	ok := fmt.Sprintf("%smode %04o, %d bytes, sha256 %s", verifyArrow(fc.Path, r, ", "), ext4ModeBits(r.Inode.Mode), r.Inode.Size, verifyShortSum(content.sha256))
+	ok := fmt.Sprintf("%smode %04o, %d bytes, sha256 %s", verifyArrow(fc.Path, r, ", "), ext4.ModeBits(r.Inode.Mode), r.Inode.Size, verifyShortSum(content.sha256))
 	return verifyFinish(c, problems, ok)
 }
 
 // verifyClaimMode reads a claimed mode as Unix permission bits, accepting
 // setuid/setgid/sticky both as fs.FileMode flags and as raw 07000 bits.
 func verifyClaimMode(m fs.FileMode) uint32 {
-	return ext4ModeBits(m) | uint32(m)&0o7000
+	return ext4.ModeBits(m) | uint32(m)&0o7000
 }
 
 // verifyAgent checks the agent binary (present, executable, the manifest's
@@ -73,7 +75,7 @@ func verifyAgent(f *verifyFacts, m *Manifest) ClaimResult {
 
 // verifyAgentBinary checks the agent binary itself.
 func verifyAgentBinary(f *verifyFacts, m *Manifest, p string) []string {
-	if err := ext4CheckPath(p); err != nil {
+	if err := ext4.CheckPath(p); err != nil {
 		return []string{"invalid path: " + err.Error()}
 	}
 	r, content, err := f.regular(p)
@@ -82,7 +84,7 @@ func verifyAgentBinary(f *verifyFacts, m *Manifest, p string) []string {
 	}
 	var problems []string
 	if r.Inode.Mode&0o111 == 0 {
-		problems = append(problems, fmt.Sprintf("not executable (mode %04o)", ext4ModeBits(r.Inode.Mode)))
+		problems = append(problems, fmt.Sprintf("not executable (mode %04o)", ext4.ModeBits(r.Inode.Mode)))
 	}
 	switch {
 	case m.Agent.SHA256 == "":
@@ -180,27 +182,27 @@ func verifyUnit(f *verifyFacts, u UnitClaim) ClaimResult {
 	}
 	link, requires := verifyUnitLinks(u)
 	l := f.lookup(link, false)
-	if r := f.lookup(requires, false); l.Err != nil && ext4NotExist(l.Err) && r.Err == nil {
+	if r := f.lookup(requires, false); l.Err != nil && ext4.IsNotExist(l.Err) && r.Err == nil {
 		link, l = requires, r
 	}
 	switch {
-	case l.Err != nil && ext4NotExist(l.Err):
+	case l.Err != nil && ext4.IsNotExist(l.Err):
 		return verifyFinish(c, []string{link + " is missing"}, "")
 	case l.Err != nil:
 		return verifyFinish(c, []string{link + ": " + verifyWhy(link, l)}, "")
-	case l.Inode.Type != InodeSymlink:
+	case l.Inode.Type != ext4.InodeSymlink:
 		return verifyFinish(c, []string{fmt.Sprintf("%s is a %s, not a symlink", link, l.Inode.Type)}, "")
 	}
 	arrow := fmt.Sprintf("%s → %s", link, l.Inode.LinkTarget)
 	r := f.lookup(link, true)
 	switch {
-	case r.Err != nil && ext4NotExist(r.Err):
+	case r.Err != nil && ext4.IsNotExist(r.Err):
 		return verifyFinish(c, []string{fmt.Sprintf("%s is dangling (%s does not exist)", arrow, verifyErrorAt(r))}, "")
 	case r.Err != nil:
 		return verifyFinish(c, []string{arrow + ": " + verifyWhy(link, r)}, "")
 	case r.Final == verifyMaskTarget:
 		return verifyFinish(c, []string{fmt.Sprintf("%s: masked", arrow)}, "")
-	case r.Inode.Type != InodeRegular:
+	case r.Inode.Type != ext4.InodeRegular:
 		return verifyFinish(c, []string{fmt.Sprintf("%s resolves to %s, a %s, not a unit file", arrow, r.Final, r.Inode.Type)}, "")
 	case r.Inode.Size == 0:
 		return verifyFinish(c, []string{fmt.Sprintf("%s resolves to an empty file (masked)", arrow)}, "")
@@ -219,10 +221,10 @@ func verifyUnitMasked(f *verifyFacts, name string) string {
 	if l.Err != nil {
 		return ""
 	}
-	if l.Inode.Type == InodeSymlink && path.Clean(l.Inode.LinkTarget) == verifyMaskTarget {
+	if l.Inode.Type == ext4.InodeSymlink && path.Clean(l.Inode.LinkTarget) == verifyMaskTarget {
 		return fmt.Sprintf("masked: %s → %s", p, verifyMaskTarget)
 	}
-	if r := f.lookup(p, true); r.Err == nil && r.Inode.Type == InodeRegular && r.Inode.Size == 0 {
+	if r := f.lookup(p, true); r.Err == nil && r.Inode.Type == ext4.InodeRegular && r.Inode.Size == 0 {
 		return fmt.Sprintf("masked: %s is empty", p)
 	}
 	return ""
@@ -365,7 +367,7 @@ func verifyNPMPackage(f *verifyFacts, p PackageClaim) ClaimResult {
 		return verifyFinish(c, []string{fmt.Sprintf("invalid npm package name %q", p.Name)}, "")
 	}
 	for _, pj := range paths {
-		if r := f.lookup(pj, true); r.Err != nil && ext4NotExist(r.Err) {
+		if r := f.lookup(pj, true); r.Err != nil && ext4.IsNotExist(r.Err) {
 			continue
 		}
 		data, err := f.text(pj)

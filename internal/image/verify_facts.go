@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/hearth-project/hearth/internal/image/ext4"
 )
 
 // verifyMaxText bounds the text files Verify reads into memory (the dpkg
@@ -40,23 +42,23 @@ type verifyContent struct {
 // claims need from the root filesystem: each wanted path's resolution
 // (lstat or stat) and the contents of the regular files behind them.
 type verifyFacts struct {
-	reqs    []ext4ResolveReq
+	reqs    []ext4.Request
 	needs   []verifyNeed
-	index   map[ext4ResolveReq]int
-	res     []ext4Resolved
+	index   map[ext4.Request]int
+	res     []ext4.Resolved
 	content map[uint64]*verifyContent
 	// tooLarge marks inodes wanted as text but over verifyMaxText.
 	tooLarge map[uint64]bool
 }
 
 func newVerifyFacts() *verifyFacts {
-	return &verifyFacts{index: map[ext4ResolveReq]int{}, content: map[uint64]*verifyContent{}, tooLarge: map[uint64]bool{}}
+	return &verifyFacts{index: map[ext4.Request]int{}, content: map[uint64]*verifyContent{}, tooLarge: map[uint64]bool{}}
 }
 
 // want registers a path to look up (follow: resolve symlinks) and what is
 // needed of its contents if it is a regular file.
 func (f *verifyFacts) want(p string, follow bool, need verifyNeed) {
-	k := ext4ResolveReq{Path: p, Follow: follow}
+	k := ext4.Request{Path: p, Follow: follow}
 	if i, ok := f.index[k]; ok {
 		f.needs[i] |= need
 		return
@@ -67,14 +69,14 @@ func (f *verifyFacts) want(p string, follow bool, need verifyNeed) {
 }
 
 // gather resolves every wanted path, then reads the contents needed.
-func (f *verifyFacts) gather(ctx context.Context, img *ext4Image) error {
-	res, err := img.resolveAll(ctx, f.reqs)
+func (f *verifyFacts) gather(ctx context.Context, img *ext4.Image) error {
+	res, err := img.ResolveAll(ctx, f.reqs)
 	if err != nil {
 		return err
 	}
 	f.res = res
 	inodes, needs := f.contentPlan()
-	return img.readInodes(ctx, inodes, func(i int, r io.Reader, err error) error {
+	return img.ReadInodes(ctx, inodes, func(i int, r io.Reader, err error) error {
 		c := &verifyContent{err: err}
 		if err == nil {
 			c.sha256, c.data, c.err = verifyHash(ctx, r, needs[i]&verifyNeedText != 0)
@@ -86,13 +88,13 @@ func (f *verifyFacts) gather(ctx context.Context, img *ext4Image) error {
 
 // contentPlan lists each regular inode to read once, with what is needed
 // of it; text files over verifyMaxText are marked too large instead.
-func (f *verifyFacts) contentPlan() ([]Inode, []verifyNeed) {
+func (f *verifyFacts) contentPlan() ([]ext4.Inode, []verifyNeed) {
 	byIno := map[uint64]int{}
-	var inodes []Inode
+	var inodes []ext4.Inode
 	var needs []verifyNeed
 	for i, r := range f.res {
 		need := f.needs[i]
-		if r.Err != nil || r.Inode.Type != InodeRegular || need == verifyNeedNothing {
+		if r.Err != nil || r.Inode.Type != ext4.InodeRegular || need == verifyNeedNothing {
 			continue
 		}
 		if need&verifyNeedText != 0 && r.Inode.Size > verifyMaxText {
@@ -141,22 +143,22 @@ func (c verifyCtxReader) Read(p []byte) (int, error) {
 }
 
 // lookup returns the resolution of a wanted path.
-func (f *verifyFacts) lookup(p string, follow bool) ext4Resolved {
-	i, ok := f.index[ext4ResolveReq{Path: p, Follow: follow}]
+func (f *verifyFacts) lookup(p string, follow bool) ext4.Resolved {
+	i, ok := f.index[ext4.Request{Path: p, Follow: follow}]
 	if !ok || i >= len(f.res) {
-		return ext4Resolved{Final: p, Err: &fs.PathError{Op: "verify", Path: p, Err: errors.New("not looked up (verifier bug)")}}
+		return ext4.Resolved{Final: p, Err: &fs.PathError{Op: "verify", Path: p, Err: errors.New("not looked up (verifier bug)")}}
 	}
 	return f.res[i]
 }
 
 // regular resolves a wanted path and returns the content read for it; the
 // error says, as a fragment for a report line about p, why there is none.
-func (f *verifyFacts) regular(p string) (ext4Resolved, *verifyContent, error) {
+func (f *verifyFacts) regular(p string) (ext4.Resolved, *verifyContent, error) {
 	r := f.lookup(p, true)
 	if r.Err != nil {
 		return r, nil, errors.New(verifyWhy(p, r))
 	}
-	if r.Inode.Type != InodeRegular {
+	if r.Inode.Type != ext4.InodeRegular {
 		return r, nil, fmt.Errorf("%sa %s, not a regular file", verifyArrow(p, r, ": "), r.Inode.Type)
 	}
 	c, ok := f.content[r.Inode.Ino]
@@ -182,7 +184,7 @@ func (f *verifyFacts) text(p string) ([]byte, error) {
 }
 
 // verifyArrow is "→ <final><sep>" when symlinks led p elsewhere, else "".
-func verifyArrow(p string, r ext4Resolved, sep string) string {
+func verifyArrow(p string, r ext4.Resolved, sep string) string {
 	if len(r.Via) == 0 || r.Final == p {
 		return ""
 	}
@@ -191,18 +193,18 @@ func verifyArrow(p string, r ext4Resolved, sep string) string {
 
 // verifyWhy explains, as a fragment for a report line about p, why p did
 // not resolve.
-func verifyWhy(p string, r ext4Resolved) string {
+func verifyWhy(p string, r ext4.Resolved) string {
 	at := verifyErrorAt(r)
 	switch {
 	case errors.Is(r.Err, syscall.ELOOP):
 		return "too many levels of symbolic links"
 	case errors.Is(r.Err, syscall.ENOTDIR):
 		return fmt.Sprintf("missing from the image (%s is not a directory)", at)
-	case ext4NotExist(r.Err) && len(r.Via) > 0:
+	case ext4.IsNotExist(r.Err) && len(r.Via) > 0:
 		return fmt.Sprintf("dangling symlink (%s does not exist)", at)
-	case ext4NotExist(r.Err) && at != path.Clean(p):
+	case ext4.IsNotExist(r.Err) && at != path.Clean(p):
 		return fmt.Sprintf("missing from the image (%s does not exist)", at)
-	case ext4NotExist(r.Err):
+	case ext4.IsNotExist(r.Err):
 		return "missing from the image"
 	}
 	var pe *fs.PathError
@@ -213,7 +215,7 @@ func verifyWhy(p string, r ext4Resolved) string {
 }
 
 // verifyErrorAt is the path at which a resolution failed.
-func verifyErrorAt(r ext4Resolved) string {
+func verifyErrorAt(r ext4.Resolved) string {
 	var pe *fs.PathError
 	if errors.As(r.Err, &pe) {
 		return pe.Path

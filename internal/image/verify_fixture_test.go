@@ -1,19 +1,21 @@
 package image
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/ext4"
+
+	"github.com/hearth-project/hearth/internal/image/ext4/ext4test"
 )
 
 // vfEntry is one file system object of a synthetic test image.
@@ -119,55 +121,13 @@ func vfMinimalManifest() *Manifest {
 	}
 }
 
-// requireVerifyTools skips the test without e2fsprogs.
-func requireVerifyTools(t *testing.T) {
-	t.Helper()
-	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
+// vfFiles converts entries to the files of an ext4 test image.
+func vfFiles(entries []vfEntry) []ext4test.File {
+	files := make([]ext4test.File, len(entries))
+	for i, e := range entries {
+		files[i] = ext4test.File{Path: e.path, Mode: e.mode, Data: e.data, Link: e.link}
 	}
-}
-
-// vfMaterialize writes the entries below root (parents made as needed).
-func vfMaterialize(t *testing.T, root string, entries []vfEntry) {
-	t.Helper()
-	for _, e := range entries {
-		dst := filepath.Join(root, filepath.FromSlash(e.path))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if e.link != "" {
-			if err := os.Symlink(e.link, dst); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		if err := os.WriteFile(dst, e.data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(dst, e.mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// vfMkfs makes an ext4 image of sizeMiB from the tree, as writeRootfs does
-// (mkfs.ext4 -d, no mount).
-func vfMkfs(t *testing.T, img, tree string, sizeMiB int64) {
-	t.Helper()
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(sizeMiB << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	cmd := exec.Command("mkfs.ext4", "-q", "-F", "-L", rootfsLabel, "-E", "root_owner=0:0", "-d", tree, img)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
-	}
+	return files
 }
 
 // vfBuild makes an image directory (vmlinux, initrd.img, rootfs.ext4,
@@ -175,15 +135,15 @@ func vfMkfs(t *testing.T, img, tree string, sizeMiB int64) {
 // files claim for every entry marked claim.
 func vfBuild(t *testing.T, entries []vfEntry, m *Manifest) (string, *Manifest) {
 	t.Helper()
-	requireVerifyTools(t)
+	ext4test.RequireTools(t)
 	work := t.TempDir()
 	tree := filepath.Join(work, "tree")
-	vfMaterialize(t, tree, entries)
+	ext4test.Materialize(t, tree, vfFiles(entries))
 	dir := filepath.Join(work, "image")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	vfMkfs(t, filepath.Join(dir, RootfsFile), tree, 32)
+	ext4test.Mkfs(t, filepath.Join(dir, RootfsFile), tree, 32, rootfsLabel)
 	for _, name := range []string{KernelFile, InitrdFile} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("fake "+name+"\n"), 0o644); err != nil {
 			t.Fatal(err)
@@ -267,25 +227,6 @@ func vfCopy(t *testing.T, dir string, m *Manifest) (string, *Manifest) {
 	return dst, &cp
 }
 
-// vfDebugfsWrite runs a debugfs script read-write on an image and fails
-// the test on any error debugfs reports (on stderr, since it exits 0).
-func vfDebugfsWrite(t *testing.T, img, script string) {
-	t.Helper()
-	cmdFile := filepath.Join(t.TempDir(), "script")
-	if err := os.WriteFile(cmdFile, []byte(script), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd := exec.Command("debugfs", "-w", "-f", cmdFile, img)
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("debugfs -w: %v\n%s", err, stderr.String())
-	}
-	if lines := ext4StderrLines(stderr.Bytes()); len(lines) > 0 {
-		t.Fatalf("debugfs -w %q: %s", script, strings.Join(lines, "; "))
-	}
-}
-
 // vfHostFile writes a host file for a debugfs `write` and returns its path.
 func vfHostFile(t *testing.T, data []byte, mode fs.FileMode) string {
 	t.Helper()
@@ -307,7 +248,7 @@ func vfReplace(t *testing.T, p string, data []byte, mode fs.FileMode) string {
 }
 
 // unixBits renders an fs.FileMode's permission and special bits in octal.
-func unixBits(m fs.FileMode) uint32 { return ext4ModeBits(m) }
+func unixBits(m fs.FileMode) uint32 { return ext4.ModeBits(m) }
 
 // vfVerify runs Verify and fails the test on an error.
 func vfVerify(t *testing.T, dir string, m *Manifest) *Report {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/ext4/ext4test"
 )
 
 func TestVerifyBrowserFixtureOK(t *testing.T) {
@@ -63,7 +65,7 @@ func TestVerifyMinimalFixtureOK(t *testing.T) {
 
 	broken, bm := vfCopy(t, dir, m)
 	inittab := strings.ReplaceAll(string(vfTestdata(t, "inittab")), "::respawn:", "::once:")
-	vfDebugfsWrite(t, filepath.Join(broken, RootfsFile), vfReplace(t, "/etc/inittab", []byte(inittab), 0o644))
+	ext4test.DebugfsWrite(t, filepath.Join(broken, RootfsFile), vfReplace(t, "/etc/inittab", []byte(inittab), 0o644))
 	vfRedigest(t, broken, bm)
 	vfExpectOnly(t, vfVerify(t, broken, bm), ClaimUnit, "/etc/inittab", "no respawn entry for /usr/bin/hearth-agent")
 }
@@ -164,7 +166,7 @@ func TestVerifyNamesExactlyTheBrokenClaim(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			broken, bm := vfCopy(t, dir, m)
 			if b.script != nil {
-				vfDebugfsWrite(t, filepath.Join(broken, RootfsFile), b.script(t))
+				ext4test.DebugfsWrite(t, filepath.Join(broken, RootfsFile), b.script(t))
 				vfRedigest(t, broken, bm) // the manifest matches the image; only the claim is false
 			}
 			if b.mutate != nil {
@@ -357,7 +359,7 @@ func TestVerifyBuiltMinimalImage(t *testing.T) {
 	vfClaim(t, r, ClaimUnit, "/etc/inittab")
 
 	broken, bm := vfCopy(t, res.Dir, m)
-	vfDebugfsWrite(t, filepath.Join(broken, RootfsFile), "rm "+GuestAgentPath+"\n")
+	ext4test.DebugfsWrite(t, filepath.Join(broken, RootfsFile), "rm "+GuestAgentPath+"\n")
 	vfRedigest(t, broken, bm)
 	r = vfVerify(t, broken, bm)
 	t.Logf("after rm %s:\n%s", GuestAgentPath, r)

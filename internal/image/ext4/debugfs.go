@@ -1,4 +1,4 @@
-package image
+package ext4
 
 import (
 	"bytes"
@@ -32,7 +32,7 @@ import (
 // a command (or opening the image) fails and reports that on stderr only:
 // errors that make the whole run meaningless are returned here; per-path
 // ones are left to the caller (see ext4PathMessage).
-func (im *ext4Image) batch(ctx context.Context, cmds []string) ([][]byte, []string, error) {
+func (im *Image) batch(ctx context.Context, cmds []string) ([][]byte, []string, error) {
 	if len(cmds) == 0 {
 		return nil, nil, nil
 	}
@@ -48,7 +48,7 @@ func (im *ext4Image) batch(ctx context.Context, cmds []string) ([][]byte, []stri
 	if err != nil {
 		return nil, nil, err
 	}
-	lines := ext4StderrLines(stderr)
+	lines := DebugfsMessages(stderr)
 	if fatal := ext4FatalLines(lines); fatal != "" {
 		return nil, nil, errors.New(fatal)
 	}
@@ -82,7 +82,7 @@ func ext4Script(nonce string, cmds []string) ([]byte, error) {
 }
 
 // runScript runs debugfs read-only on the image with the command file.
-func (im *ext4Image) runScript(ctx context.Context, script []byte) (stdout, stderr []byte, err error) {
+func (im *Image) runScript(ctx context.Context, script []byte) (stdout, stderr []byte, err error) {
 	f, err := os.CreateTemp("", "hearth-debugfs-*.cmd")
 	if err != nil {
 		return nil, nil, err
@@ -138,9 +138,10 @@ func ext4SplitOutput(out []byte, nonce string, cmds []string) ([][]byte, error) 
 	return outs, nil
 }
 
-// ext4StderrLines splits debugfs's stderr into trimmed lines, dropping
-// blank lines and the version banner.
-func ext4StderrLines(stderr []byte) []string {
+// DebugfsMessages splits debugfs's stderr into trimmed lines, dropping
+// blank lines and the version banner: what debugfs said, for code that runs
+// debugfs itself (debugfs exits 0 when a command fails).
+func DebugfsMessages(stderr []byte) []string {
 	var lines []string
 	for _, l := range strings.Split(string(stderr), "\n") {
 		l = strings.TrimSpace(l)
@@ -321,8 +322,9 @@ func ext4Mode(bits uint32) fs.FileMode {
 	return m
 }
 
-// ext4ModeBits is the inverse of ext4Mode (for display and compare).
-func ext4ModeBits(m fs.FileMode) uint32 {
+// ModeBits turns a mode as Inode.Mode holds it back into the low 12 bits of
+// a Unix mode (for display and compare); the inverse of ext4Mode.
+func ModeBits(m fs.FileMode) uint32 {
 	bits := uint32(m.Perm())
 	if m&fs.ModeSetuid != 0 {
 		bits |= 0o4000
@@ -387,12 +389,12 @@ func ext4LsRecord(f []string) (DirEntry, error) {
 	return e, nil
 }
 
-// readInodes dumps the inodes' contents (regular files or slow symlinks)
+// ReadInodes dumps the inodes' contents (regular files or slow symlinks)
 // to private temporary files, in chunks of at most ext4DumpChunk bytes,
 // and calls fn with each file's contents in order, or with the reason it
 // could not be read (a dump that is not exactly the inode's size, e.g. on a
 // corrupt extent). An error from fn stops the reading.
-func (im *ext4Image) readInodes(ctx context.Context, inodes []Inode, fn func(i int, r io.Reader, err error) error) error {
+func (im *Image) ReadInodes(ctx context.Context, inodes []Inode, fn func(i int, r io.Reader, err error) error) error {
 	for start := 0; start < len(inodes); {
 		end, total := start, int64(0)
 		for end < len(inodes) && (end == start || total+inodes[end].Size <= ext4DumpChunk) {
@@ -407,8 +409,8 @@ func (im *ext4Image) readInodes(ctx context.Context, inodes []Inode, fn func(i i
 	return nil
 }
 
-// readChunk dumps one chunk of readInodes.
-func (im *ext4Image) readChunk(ctx context.Context, inodes []Inode, base int, fn func(int, io.Reader, error) error) error {
+// readChunk dumps one chunk of ReadInodes.
+func (im *Image) readChunk(ctx context.Context, inodes []Inode, base int, fn func(int, io.Reader, error) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -420,7 +422,7 @@ func (im *ext4Image) readChunk(ctx context.Context, inodes []Inode, base int, fn
 	if dir, err = filepath.Abs(dir); err != nil {
 		return err
 	}
-	if err := ext4CheckPath(dir); err != nil {
+	if err := CheckPath(dir); err != nil {
 		return fmt.Errorf("temporary directory: %w", err)
 	}
 	cmds := make([]string, len(inodes))

@@ -1,11 +1,11 @@
-package image
-
-// Read-only access to an ext4 image through debugfs (e2fsprogs): no mount,
-// no loop device, no root. Every look-up goes through one debugfs process
-// per batch (`debugfs -f cmdfile`), so checking hundreds of paths costs a few
-// processes, not hundreds. Symbolic links are followed by this package,
-// inside the image only: nothing here ever touches the host's file system
-// except the image itself and private temporary files.
+// Package ext4 reads raw ext4 file system images (an image's rootfs.ext4)
+// through debugfs (e2fsprogs): no mount, no loop device, no root. Every
+// look-up goes through one debugfs process per batch (`debugfs -f cmdfile`),
+// so checking hundreds of paths costs a few processes, not hundreds.
+// Symbolic links are followed by this package, inside the image only:
+// nothing here ever touches the host's file system except the image itself
+// and private temporary files.
+package ext4
 
 import (
 	"context"
@@ -15,7 +15,6 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-
 	"path/filepath"
 	"syscall"
 )
@@ -83,15 +82,15 @@ type DirEntry struct {
 	Size int64       // 0 for directories
 }
 
-// ext4Image is a raw ext4 file system image read through debugfs.
-type ext4Image struct {
+// Image is a raw ext4 file system image read through debugfs.
+type Image struct {
 	path    string // absolute
 	debugfs string // the debugfs binary
 }
 
-// openExt4Image checks that debugfs is installed and that it can open the
+// Open checks that debugfs is installed and that it can open the
 // image at path.
-func openExt4Image(ctx context.Context, imgPath string) (*ext4Image, error) {
+func Open(ctx context.Context, imgPath string) (*Image, error) {
 	bin, err := exec.LookPath("debugfs")
 	if err != nil {
 		return nil, fmt.Errorf("debugfs (e2fsprogs) is required: %w", err)
@@ -107,7 +106,7 @@ func openExt4Image(ctx context.Context, imgPath string) (*ext4Image, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s: not a regular file", imgPath)
 	}
-	im := &ext4Image{path: abs, debugfs: bin}
+	im := &Image{path: abs, debugfs: bin}
 	root, err := im.Stat(ctx, "/")
 	if err != nil {
 		return nil, fmt.Errorf("ext4 image %s: %w", imgPath, err)
@@ -120,14 +119,14 @@ func openExt4Image(ctx context.Context, imgPath string) (*ext4Image, error) {
 
 // Stat describes the file at p without following a final symlink (lstat).
 // Symlinks in the directories leading to it are followed inside the image.
-func (im *ext4Image) Stat(ctx context.Context, p string) (Inode, error) {
+func (im *Image) Stat(ctx context.Context, p string) (Inode, error) {
 	return im.one(ctx, p, false)
 }
 
 // Resolve follows p through symlinks (absolute and relative, resolved
 // inside the image) and returns the final path and its inode.
-func (im *ext4Image) Resolve(ctx context.Context, p string) (string, Inode, error) {
-	res, err := im.resolveAll(ctx, []ext4ResolveReq{{Path: p, Follow: true}})
+func (im *Image) Resolve(ctx context.Context, p string) (string, Inode, error) {
+	res, err := im.ResolveAll(ctx, []Request{{Path: p, Follow: true}})
 	if err != nil {
 		return "", Inode{}, err
 	}
@@ -136,7 +135,7 @@ func (im *ext4Image) Resolve(ctx context.Context, p string) (string, Inode, erro
 }
 
 // Readlink returns the target of the symlink at p.
-func (im *ext4Image) Readlink(ctx context.Context, p string) (string, error) {
+func (im *Image) Readlink(ctx context.Context, p string) (string, error) {
 	ino, err := im.Stat(ctx, p)
 	if err != nil {
 		return "", err
@@ -149,7 +148,7 @@ func (im *ext4Image) Readlink(ctx context.Context, p string) (string, error) {
 
 // ReadFile returns the contents of the regular file at p (symlinks
 // followed), refusing files larger than limit bytes.
-func (im *ext4Image) ReadFile(ctx context.Context, p string, limit int64) ([]byte, error) {
+func (im *Image) ReadFile(ctx context.Context, p string, limit int64) ([]byte, error) {
 	_, ino, err := im.Resolve(ctx, p)
 	if err != nil {
 		return nil, err
@@ -161,7 +160,7 @@ func (im *ext4Image) ReadFile(ctx context.Context, p string, limit int64) ([]byt
 		return nil, &fs.PathError{Op: "read", Path: p, Err: fmt.Errorf("%d bytes exceeds the limit of %d", ino.Size, limit)}
 	}
 	var data []byte
-	err = im.readInodes(ctx, []Inode{ino}, func(_ int, r io.Reader, err error) error {
+	err = im.ReadInodes(ctx, []Inode{ino}, func(_ int, r io.Reader, err error) error {
 		if err != nil {
 			return err
 		}
@@ -176,7 +175,7 @@ func (im *ext4Image) ReadFile(ctx context.Context, p string, limit int64) ([]byt
 
 // ReadDir lists the directory at p (symlinks followed), without "." and
 // "..", in on-disk order.
-func (im *ext4Image) ReadDir(ctx context.Context, p string) ([]DirEntry, error) {
+func (im *Image) ReadDir(ctx context.Context, p string) ([]DirEntry, error) {
 	final, ino, err := im.Resolve(ctx, p)
 	if err != nil {
 		return nil, err
@@ -196,20 +195,20 @@ func (im *ext4Image) ReadDir(ctx context.Context, p string) ([]DirEntry, error) 
 }
 
 // one stats or resolves a single path.
-func (im *ext4Image) one(ctx context.Context, p string, follow bool) (Inode, error) {
-	res, err := im.resolveAll(ctx, []ext4ResolveReq{{Path: p, Follow: follow}})
+func (im *Image) one(ctx context.Context, p string, follow bool) (Inode, error) {
+	res, err := im.ResolveAll(ctx, []Request{{Path: p, Follow: follow}})
 	if err != nil {
 		return Inode{}, err
 	}
 	return res[0].Inode, res[0].Err
 }
 
-// ext4CheckPath validates a path that will be placed, quoted, on a
+// CheckPath validates a path that will be placed, quoted, on a
 // debugfs command line. debugfs reads its commands line by line and its
 // parser ends a quoted argument at a double quote, so control characters
 // (newlines above all) and quotes are refused rather than escaped: no path
 // can smuggle a second command or argument into a debugfs script.
-func ext4CheckPath(p string) error {
+func CheckPath(p string) error {
 	switch {
 	case p == "":
 		return errors.New("empty path")
@@ -231,7 +230,7 @@ func ext4CheckPath(p string) error {
 	return nil
 }
 
-// ext4Quote quotes a path checked by ext4CheckPath for debugfs.
+// ext4Quote quotes a path checked by CheckPath for debugfs.
 func ext4Quote(p string) string { return `"` + p + `"` }
 
 // ext4InodeArg names an inode by number, debugfs's "<ino>" syntax.

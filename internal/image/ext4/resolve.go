@@ -1,4 +1,4 @@
-package image
+package ext4
 
 import (
 	"context"
@@ -12,19 +12,19 @@ import (
 	"syscall"
 )
 
-// ext4MaxRounds bounds the debugfs runs one resolveAll may take. Each round
+// ext4MaxRounds bounds the debugfs runs one ResolveAll may take. Each round
 // settles at least one new path component for every unfinished request, so
 // real images need two or three.
 const ext4MaxRounds = 256
 
-// ext4ResolveReq asks for one path: lstat (Follow false) or stat (Follow true).
-type ext4ResolveReq struct {
+// Request asks for one path: lstat (Follow false) or stat (Follow true).
+type Request struct {
 	Path   string
 	Follow bool
 }
 
-// ext4Resolved is the answer to an ext4ResolveReq.
-type ext4Resolved struct {
+// Resolved is the answer to a Request.
+type Resolved struct {
 	// Final is the path the request ended at, every symlink on the way
 	// substituted (on error: the path where the walk stopped).
 	Final string
@@ -46,20 +46,20 @@ type ext4Lookup struct {
 // symlink on its behalf and every symlink is resolved here, in the image's
 // name space ("/" is the image's root, ".." of the root is the root).
 type ext4Resolver struct {
-	im    *ext4Image
+	im    *Image
 	cache map[string]ext4Lookup
 }
 
-// resolveAll answers every request. Invalid paths and missing files are
-// answered per request (ext4Resolved.Err); the error is for failures of the
+// ResolveAll answers every request. Invalid paths and missing files are
+// answered per request (Resolved.Err); the error is for failures of the
 // image or debugfs as a whole.
-func (im *ext4Image) resolveAll(ctx context.Context, reqs []ext4ResolveReq) ([]ext4Resolved, error) {
+func (im *Image) ResolveAll(ctx context.Context, reqs []Request) ([]Resolved, error) {
 	rs := &ext4Resolver{im: im, cache: map[string]ext4Lookup{}}
-	out := make([]ext4Resolved, len(reqs))
+	out := make([]Resolved, len(reqs))
 	var pending []int
 	for i, r := range reqs {
-		if err := ext4CheckPath(r.Path); err != nil {
-			out[i] = ext4Resolved{Final: r.Path, Err: &fs.PathError{Op: "resolve", Path: r.Path, Err: err}}
+		if err := CheckPath(r.Path); err != nil {
+			out[i] = Resolved{Final: r.Path, Err: &fs.PathError{Op: "resolve", Path: r.Path, Err: err}}
 			continue
 		}
 		pending = append(pending, i)
@@ -91,7 +91,7 @@ func (im *ext4Image) resolveAll(ctx context.Context, reqs []ext4ResolveReq) ([]e
 
 // walk resolves p against the cache. It returns the paths to look up when
 // the cache does not reach far enough.
-func (rs *ext4Resolver) walk(p string, follow bool) (ext4Resolved, []string) {
+func (rs *ext4Resolver) walk(p string, follow bool) (Resolved, []string) {
 	queue := ext4SplitPath(p)
 	cur, links := "/", 0
 	var via []string
@@ -108,19 +108,19 @@ func (rs *ext4Resolver) walk(p string, follow bool) (ext4Resolved, []string) {
 		next := path.Join(cur, c)
 		lk, ok := rs.cache[next]
 		if !ok {
-			return ext4Resolved{}, rs.prefetch(next, queue)
+			return Resolved{}, rs.prefetch(next, queue)
 		}
 		if lk.err != nil {
-			return ext4Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: next, Err: lk.err}}, nil
+			return Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: next, Err: lk.err}}, nil
 		}
 		switch {
 		case lk.ino.Type == InodeSymlink && (follow || len(queue) > 0):
 			links++
 			if links > ext4MaxSymlinks {
-				return ext4Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: p, Err: syscall.ELOOP}}, nil
+				return Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: p, Err: syscall.ELOOP}}, nil
 			}
 			if lk.ino.LinkTarget == "" {
-				return ext4Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: next, Err: fs.ErrNotExist}}, nil
+				return Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: next, Err: fs.ErrNotExist}}, nil
 			}
 			via = append(via, next)
 			if strings.HasPrefix(lk.ino.LinkTarget, "/") {
@@ -130,14 +130,14 @@ func (rs *ext4Resolver) walk(p string, follow bool) (ext4Resolved, []string) {
 		case lk.ino.Type == InodeDir || len(queue) == 0:
 			cur = next
 		default:
-			return ext4Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: next, Err: syscall.ENOTDIR}}, nil
+			return Resolved{Final: next, Via: via, Err: &fs.PathError{Op: "resolve", Path: next, Err: syscall.ENOTDIR}}, nil
 		}
 	}
 	lk, ok := rs.cache[cur]
 	if !ok {
-		return ext4Resolved{}, []string{cur}
+		return Resolved{}, []string{cur}
 	}
-	return ext4Resolved{Final: cur, Inode: lk.ino, Via: via, Err: ext4PathErr(cur, lk.err)}, nil
+	return Resolved{Final: cur, Inode: lk.ino, Via: via, Err: ext4PathErr(cur, lk.err)}, nil
 }
 
 // ext4PathErr wraps err (if any) with the path.
@@ -184,7 +184,7 @@ func ext4SplitPath(p string) []string {
 func (rs *ext4Resolver) fetch(ctx context.Context, need map[string]bool) error {
 	var paths []string
 	for p := range need {
-		if err := ext4CheckPath(p); err != nil {
+		if err := CheckPath(p); err != nil {
 			rs.cache[p] = ext4Lookup{err: err} // e.g. a symlink target with a quote
 			continue
 		}
@@ -230,7 +230,7 @@ func (rs *ext4Resolver) readSlowTargets(ctx context.Context, paths []string) err
 		}
 		kept, inodes = append(kept, p), append(inodes, ino)
 	}
-	err := rs.im.readInodes(ctx, inodes, func(i int, r io.Reader, err error) error {
+	err := rs.im.ReadInodes(ctx, inodes, func(i int, r io.Reader, err error) error {
 		l := rs.cache[kept[i]]
 		if err == nil {
 			var b []byte
@@ -249,8 +249,8 @@ func (rs *ext4Resolver) readSlowTargets(ctx context.Context, paths []string) err
 	return nil
 }
 
-// ext4NotExist reports whether a resolve error means a missing file (or a
+// IsNotExist reports whether a resolve error means a missing file (or a
 // non-directory where a directory was needed).
-func ext4NotExist(err error) bool {
+func IsNotExist(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
