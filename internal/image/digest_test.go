@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/kernel"
 )
 
 func baseTestInputs(t *testing.T) buildInputs {
@@ -18,7 +20,7 @@ func baseTestInputs(t *testing.T) buildInputs {
 		Builder:            BuilderVersion,
 		Spec:               spec,
 		SpecDigest:         fsutil.SHA256Hex("spec"),
-		InitrdModules:      initrdModules(),
+		InitrdModules:      kernel.InitrdModules(),
 		InitTemplateSHA256: fsutil.SHA256Hex(initTemplate),
 		KernelPackage:      "linux-image-6.1.0-57-amd64",
 		KernelVersion:      "6.1.192-3",
@@ -93,11 +95,11 @@ func TestEmbeddedSpecIsACopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Files[0].Content = "changed"
-	mods := initrdModules()
+	mods := kernel.InitrdModules()
 	mods[0] = "changed"
 	b, _ := EmbeddedSpec("minimal")
-	if b.Files[0].Content == "changed" || initrdModules()[0] == "changed" {
-		t.Fatal("EmbeddedSpec or initrdModules returned shared data")
+	if b.Files[0].Content == "changed" || kernel.InitrdModules()[0] == "changed" {
+		t.Fatal("EmbeddedSpec or kernel.InitrdModules returned shared data")
 	}
 	if _, err := EmbeddedSpec("nope"); err == nil {
 		t.Fatal("unknown spec accepted")

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/kernel"
 )
 
 // DefaultBusybox is the static busybox used when BuildOptions.BusyboxBinary
@@ -303,7 +305,7 @@ func (b *builder) phaseInputs(ctx context.Context) error {
 		Builder:            BuilderVersion,
 		Spec:               b.spec,
 		SpecDigest:         b.specDigest,
-		InitrdModules:      initrdModules(),
+		InitrdModules:      kernel.InitrdModules(),
 		InitTemplateSHA256: fsutil.SHA256Hex(initTemplate),
 		KernelPackage:      b.kernel.Package,
 		KernelVersion:      b.kernel.Version,
@@ -361,11 +363,11 @@ func (b *builder) prepareWorkDir(ctx context.Context) error {
 
 // phaseInitramfs writes initrd.img: busybox, /init and the modules.
 func (b *builder) phaseInitramfs(ctx context.Context) error {
-	db, err := loadModuleDB(b.kernel.modulesDir())
+	db, err := kernel.LoadModuleDB(b.kernel.modulesDir())
 	if err != nil {
 		return err
 	}
-	mods, builtin, err := db.resolve(initrdModules())
+	mods, builtin, err := db.Resolve(kernel.InitrdModules())
 	if err != nil {
 		return err
 	}
@@ -384,7 +386,7 @@ func (b *builder) phaseInitramfs(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		b.initrd = InitrdManifest{SHA256: sum, Size: size, Modules: moduleNames(mods)}
+		b.initrd = InitrdManifest{SHA256: sum, Size: size, Modules: kernel.ModuleNames(mods)}
 		return nil
 	})
 }
@@ -568,15 +570,6 @@ func checkStaticELF(data []byte) error {
 		}
 	}
 	return nil
-}
-
-// moduleNames lists the modules' names in order.
-func moduleNames(mods []kernelModule) []string {
-	names := make([]string, len(mods))
-	for i, m := range mods {
-		names[i] = m.Name
-	}
-	return names
 }
 
 // orDefault returns s, or def when s is empty.

@@ -14,6 +14,8 @@ import (
 	"text/template"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/kernel"
 )
 
 // initramfsApplets are the busybox applets the initramfs /init uses.
@@ -24,11 +26,11 @@ var initramfsApplets = []string{
 
 // initramfsSpec is what goes into an initramfs.
 type initramfsSpec struct {
-	Busybox []byte         // static busybox binary
-	Release string         // kernel release (lib/modules/<release>)
-	Modules []kernelModule // in load order
-	ModDir  string         // host lib/modules/<release> directory
-	MTime   uint32         // timestamp for every entry
+	Busybox []byte          // static busybox binary
+	Release string          // kernel release (lib/modules/<release>)
+	Modules []kernel.Module // in load order
+	ModDir  string          // host lib/modules/<release> directory
+	MTime   uint32          // timestamp for every entry
 }
 
 // initTemplate is the initramfs /init. On any failure it prints one line
@@ -178,7 +180,7 @@ func initramfsTree(s initramfsSpec) (fsTree, error) {
 }
 
 // addModule copies one module file into the tree at its lib/modules path.
-func addModule(t fsTree, s initramfsSpec, m kernelModule) error {
+func addModule(t fsTree, s initramfsSpec, m kernel.Module) error {
 	if !strings.HasSuffix(m.Path, ".ko") {
 		return fmt.Errorf("module %s: %s is compressed; only uncompressed .ko files are supported", m.Name, m.Path)
 	}

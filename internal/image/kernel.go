@@ -16,6 +16,8 @@ import (
 	"github.com/hearth-project/hearth/internal/image/internal/hostcmd"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/kernel"
 )
 
 // defaultKernelMeta is the Debian metapackage whose dependency names the
@@ -349,7 +351,7 @@ func writeVmlinux(k *kernelArtifact) error {
 	if err != nil {
 		return err
 	}
-	elf, err := extractVmlinux(bz)
+	elf, err := kernel.ExtractVmlinux(bz)
 	if err != nil {
 		return fmt.Errorf("vmlinuz-%s: %w", k.Release, err)
 	}
@@ -369,7 +371,7 @@ func ensureModulesDep(dir string, p *progress) error {
 		return err
 	}
 	return p.task("generating modules.dep from module metadata", func() error {
-		dep, err := generateModulesDep(dir)
+		dep, err := kernel.GenerateModulesDep(dir)
 		if err != nil {
 			return err
 		}

@@ -1,7 +1,6 @@
 package image
 
 import (
-	"bytes"
 	"compress/gzip"
 	"context"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+
+	"github.com/hearth-project/hearth/internal/image/kernel"
 )
 
 // requireTools skips the test unless all the named programs are installed.
@@ -118,46 +119,32 @@ func TestBusyboxTreeNeedsInit(t *testing.T) {
 	}
 }
 
-// fakeModuleTree creates a lib/modules/<release> directory with the
-// testdata modules.dep/modules.builtin and a dummy file for each module.
-func fakeModuleTree(t *testing.T) string {
+// testInitramfsSpec is an initramfs of the testdata modules (modules.dep,
+// modules.builtin) the initramfs loads, each module file a dummy.
+func testInitramfsSpec(t *testing.T) initramfsSpec {
 	t.Helper()
-	dir := t.TempDir()
+	modDir := t.TempDir()
 	for _, f := range []string{"modules.dep", "modules.builtin"} {
-		if err := fsutil.CopyFile(filepath.Join("testdata", f), filepath.Join(dir, f), 0o644); err != nil {
+		if err := fsutil.CopyFile(filepath.Join("kernel", "testdata", f), filepath.Join(modDir, f), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	data, err := os.ReadFile(filepath.Join(dir, "modules.dep"))
+	db, err := kernel.LoadModuleDB(modDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mods, err := parseModulesDep(bytes.NewReader(data))
+	mods, _, err := db.Resolve(kernel.InitrdModules())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range mods {
-		p := filepath.Join(dir, m.Path)
+		p := filepath.Join(modDir, m.Path)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(p, []byte("module "+m.Name), 0o644); err != nil {
 			t.Fatal(err)
 		}
-	}
-	return dir
-}
-
-func testInitramfsSpec(t *testing.T) initramfsSpec {
-	t.Helper()
-	modDir := fakeModuleTree(t)
-	db, err := loadModuleDB(modDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, _, err := db.resolve(baseInitrdModules)
-	if err != nil {
-		t.Fatal(err)
 	}
 	return initramfsSpec{Busybox: []byte("fake busybox"), Release: "6.1.0-99-amd64", Modules: mods, ModDir: modDir, MTime: reproducibleEpoch}
 }

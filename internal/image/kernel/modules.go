@@ -1,4 +1,4 @@
-package image
+package kernel
 
 import (
 	"bufio"
@@ -15,16 +15,16 @@ import (
 	"strings"
 )
 
-// kernelModule is one loadable module as listed in modules.dep.
-type kernelModule struct {
+// Module is one loadable module as listed in modules.dep.
+type Module struct {
 	Name string   // canonical name: file name without .ko*, '-' replaced by '_'
 	Path string   // relative to the lib/modules/<release> directory
 	Deps []string // canonical names of the modules it needs
 }
 
-// moduleDB indexes a kernel's modules.dep and modules.builtin.
-type moduleDB struct {
-	modules map[string]kernelModule
+// ModuleDB indexes a kernel's modules.dep and modules.builtin.
+type ModuleDB struct {
+	modules map[string]Module
 	builtin map[string]bool
 }
 
@@ -46,8 +46,8 @@ func canonicalModuleName(name string) string {
 // parseModulesDep parses depmod's modules.dep format:
 //
 //	kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko
-func parseModulesDep(r io.Reader) (map[string]kernelModule, error) {
-	mods := make(map[string]kernelModule)
+func parseModulesDep(r io.Reader) (map[string]Module, error) {
+	mods := make(map[string]Module)
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
 	for lineNo := 1; sc.Scan(); lineNo++ {
@@ -59,7 +59,7 @@ func parseModulesDep(r io.Reader) (map[string]kernelModule, error) {
 		if !ok || strings.TrimSpace(modPath) == "" {
 			return nil, fmt.Errorf("modules.dep line %d: missing ':' in %q", lineNo, line)
 		}
-		m := kernelModule{Name: moduleName(modPath), Path: strings.TrimSpace(modPath)}
+		m := Module{Name: moduleName(modPath), Path: strings.TrimSpace(modPath)}
 		for _, d := range strings.Fields(deps) {
 			m.Deps = append(m.Deps, moduleName(d))
 		}
@@ -87,9 +87,9 @@ func parseModulesBuiltin(r io.Reader) (map[string]bool, error) {
 	return set, nil
 }
 
-// loadModuleDB reads modules.dep and (if present) modules.builtin from a
+// LoadModuleDB reads modules.dep and (if present) modules.builtin from a
 // lib/modules/<release> directory.
-func loadModuleDB(dir string) (*moduleDB, error) {
+func LoadModuleDB(dir string) (*ModuleDB, error) {
 	f, err := os.Open(filepath.Join(dir, "modules.dep"))
 	if err != nil {
 		return nil, err
@@ -99,7 +99,7 @@ func loadModuleDB(dir string) (*moduleDB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &moduleDB{modules: mods, builtin: map[string]bool{}}
+	db := &ModuleDB{modules: mods, builtin: map[string]bool{}}
 	bf, err := os.Open(filepath.Join(dir, "modules.builtin"))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -114,10 +114,10 @@ func loadModuleDB(dir string) (*moduleDB, error) {
 	return db, nil
 }
 
-// resolve returns the modules to load for the requested names, dependencies
+// Resolve returns the modules to load for the requested names, dependencies
 // first, each once. Requested modules built into the kernel are skipped and
 // reported in builtin.
-func (db *moduleDB) resolve(names []string) (order []kernelModule, builtin []string, err error) {
+func (db *ModuleDB) Resolve(names []string) (order []Module, builtin []string, err error) {
 	state := make(map[string]int) // 0 unvisited, 1 in progress, 2 done
 	var visit func(name, neededBy string) error
 	visit = func(name, neededBy string) error {
@@ -159,12 +159,21 @@ func (db *moduleDB) resolve(names []string) (order []kernelModule, builtin []str
 	return order, builtin, nil
 }
 
-// generateModulesDep builds a modules.dep for a lib/modules/<release>
+// ModuleNames lists the modules' names in order.
+func ModuleNames(mods []Module) []string {
+	names := make([]string, len(mods))
+	for i, m := range mods {
+		names[i] = m.Name
+	}
+	return names
+}
+
+// GenerateModulesDep builds a modules.dep for a lib/modules/<release>
 // directory that lacks one (Debian's linux-image packages leave it to
 // depmod in postinst). Each module's direct dependencies come from the
 // "depends=" entry of its .modinfo ELF section, which modpost computed from
 // the same symbol references depmod uses. Lines are sorted by path.
-func generateModulesDep(dir string) ([]byte, error) {
+func GenerateModulesDep(dir string) ([]byte, error) {
 	paths, err := findModuleFiles(dir)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,10 @@
-package image
+// Package kernel reads what a Debian kernel package ships, for images
+// that boot it: the ELF vmlinux inside its bzImage (an XZ stream behind the
+// x86 BCJ filter, decoded here, since QEMU boots the ELF directly) and its
+// modules' dependency order (modules.dep, generated from the modules'
+// .modinfo when the package carries none), with the modules every hearth
+// guest loads from its initramfs.
+package kernel
 
 import (
 	"bytes"
@@ -15,14 +21,14 @@ var (
 // decompresses to an ELF file.
 var errNoXZPayload = errors.New("no xz payload decompressing to an elf image found")
 
-// extractVmlinux finds the XZ-compressed payload inside an x86 bzImage (a
+// ExtractVmlinux finds the XZ-compressed payload inside an x86 bzImage (a
 // Debian vmlinuz) and returns it decompressed: the ELF vmlinux, which QEMU
 // boots directly through its PVH entry point.
 //
 // The payload is located by scanning for the XZ stream magic; a candidate is
 // accepted only if it decodes (headers, data and check) and the result
 // starts with the ELF magic, so stray magic bytes are skipped.
-func extractVmlinux(bzImage []byte) ([]byte, error) {
+func ExtractVmlinux(bzImage []byte) ([]byte, error) {
 	var rejected []error
 	for off := 0; ; {
 		i := bytes.Index(bzImage[off:], xzMagic)

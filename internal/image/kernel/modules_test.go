@@ -1,4 +1,4 @@
-package image
+package kernel
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 
 // loadTestModuleDB copies testdata's modules.dep and modules.builtin into a
 // temporary lib/modules/<release> directory and loads it.
-func loadTestModuleDB(t *testing.T) *moduleDB {
+func loadTestModuleDB(t *testing.T) *ModuleDB {
 	t.Helper()
 	dir := t.TempDir()
 	for _, f := range []string{"modules.dep", "modules.builtin"} {
@@ -23,7 +23,7 @@ func loadTestModuleDB(t *testing.T) *moduleDB {
 			t.Fatal(err)
 		}
 	}
-	db, err := loadModuleDB(dir)
+	db, err := LoadModuleDB(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,14 +32,14 @@ func loadTestModuleDB(t *testing.T) *moduleDB {
 
 func TestResolveModulesBaseSet(t *testing.T) {
 	db := loadTestModuleDB(t)
-	order, builtin, err := db.resolve(baseInitrdModules)
+	order, builtin, err := db.Resolve(baseInitrdModules)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(builtin) != 0 {
 		t.Errorf("builtin = %v, want none", builtin)
 	}
-	names := moduleNames(order)
+	names := ModuleNames(order)
 	want := []string{
 		"virtio", "virtio_ring", "virtio_mmio", "virtio_blk", "crc16", "mbcache",
 		"jbd2", "crc32c_generic", "ext4", "virtio_console", "failover",
@@ -53,7 +53,7 @@ func TestResolveModulesBaseSet(t *testing.T) {
 
 // assertDepsFirst checks that every module comes after all its dependencies
 // and appears once.
-func assertDepsFirst(t *testing.T, db *moduleDB, order []kernelModule) {
+func assertDepsFirst(t *testing.T, db *ModuleDB, order []Module) {
 	t.Helper()
 	pos := map[string]int{}
 	for i, m := range order {
@@ -73,13 +73,13 @@ func assertDepsFirst(t *testing.T, db *moduleDB, order []kernelModule) {
 
 func TestResolveModulesDependencyOrder(t *testing.T) {
 	db := loadTestModuleDB(t)
-	order, _, err := db.resolve([]string{"virtio_net", "ext4", "virtio-blk"}) // '-' is normalised
+	order, _, err := db.Resolve([]string{"virtio_net", "ext4", "virtio-blk"}) // '-' is normalised
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Depth-first: each module's modules.dep entries (in listed order) first.
 	want := []string{"failover", "net_failover", "virtio", "virtio_ring", "virtio_net", "jbd2", "mbcache", "crc16", "ext4", "virtio_blk"}
-	if got := moduleNames(order); !slices.Equal(got, want) {
+	if got := ModuleNames(order); !slices.Equal(got, want) {
 		t.Errorf("order %v, want %v", got, want)
 	}
 	assertDepsFirst(t, db, order)
@@ -90,14 +90,14 @@ func TestResolveModulesDependencyOrder(t *testing.T) {
 
 func TestResolveModulesBuiltinAndDashes(t *testing.T) {
 	db := loadTestModuleDB(t)
-	order, builtin, err := db.resolve([]string{"libcrc32c", "crc32c-intel"})
+	order, builtin, err := db.Resolve([]string{"libcrc32c", "crc32c-intel"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(builtin, []string{"libcrc32c"}) {
 		t.Errorf("builtin = %v", builtin)
 	}
-	if got := moduleNames(order); !slices.Equal(got, []string{"crc32c_intel"}) {
+	if got := ModuleNames(order); !slices.Equal(got, []string{"crc32c_intel"}) {
 		t.Errorf("order = %v", got)
 	}
 }
@@ -110,7 +110,7 @@ func TestResolveModulesErrors(t *testing.T) {
 		"cycle_a":       "dependency cycle",
 	}
 	for name, want := range cases {
-		if _, _, err := db.resolve([]string{name}); err == nil || !strings.Contains(err.Error(), want) {
+		if _, _, err := db.Resolve([]string{name}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("resolve(%s) error %v, want %q", name, err, want)
 		}
 	}
@@ -176,7 +176,7 @@ func TestGenerateModulesDep(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "kernel/lib/ignored.ko.xz"), []byte("compressed"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dep, err := generateModulesDep(dir)
+	dep, err := GenerateModulesDep(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,17 +192,17 @@ func TestGenerateModulesDep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := &moduleDB{modules: mods}
-	order, _, err := db.resolve([]string{"ext4", "crc32c_intel"})
+	db := &ModuleDB{modules: mods}
+	order, _, err := db.Resolve([]string{"ext4", "crc32c_intel"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := moduleNames(order); !slices.Equal(got, []string{"mbcache", "jbd2", "crc16", "ext4", "crc32c_intel"}) {
+	if got := ModuleNames(order); !slices.Equal(got, []string{"mbcache", "jbd2", "crc16", "ext4", "crc32c_intel"}) {
 		t.Errorf("order %v", got)
 	}
 
 	writeFakeModule(t, filepath.Join(dir, "kernel/x/broken.ko"), "depends=nonexistent")
-	if _, err := generateModulesDep(dir); err == nil || !strings.Contains(err.Error(), "nonexistent") {
+	if _, err := GenerateModulesDep(dir); err == nil || !strings.Contains(err.Error(), "nonexistent") {
 		t.Errorf("missing dependency: err = %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package image
+package kernel
 
 import "slices"
 
@@ -16,9 +16,6 @@ var baseInitrdModules = []string{
 	"qemu_fw_cfg",
 }
 
-// ProfileNames lists the images that can be built by name: the specs
-// embedded from images/*.yaml.
-func ProfileNames() []string { return SpecNames() }
-
-// initrdModules returns a copy of the initramfs module list.
-func initrdModules() []string { return slices.Clone(baseInitrdModules) }
+// InitrdModules returns a copy of the list of modules every image's
+// initramfs loads (dependencies not included).
+func InitrdModules() []string { return slices.Clone(baseInitrdModules) }

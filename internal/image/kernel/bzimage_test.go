@@ -1,4 +1,4 @@
-package image
+package kernel
 
 import (
 	"bytes"
@@ -82,7 +82,7 @@ func compressLZMA2(t *testing.T, data []byte) []byte {
 func TestExtractVmlinuxLZMA2(t *testing.T) {
 	payload := bcjTestPayload()
 	img := fakeBzImage(compressLZMA2(t, payload), len(payload))
-	got, err := extractVmlinux(img)
+	got, err := ExtractVmlinux(img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestExtractVmlinuxBCJ(t *testing.T) {
 		t.Fatal(err)
 	}
 	payload := bcjTestPayload()
-	got, err := extractVmlinux(fakeBzImage(stream, len(payload)))
+	got, err := ExtractVmlinux(fakeBzImage(stream, len(payload)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestExtractVmlinuxRejects(t *testing.T) {
 	}
 	for name, img := range cases {
 		t.Run(name, func(t *testing.T) {
-			if _, err := extractVmlinux(img); !errors.Is(err, errNoXZPayload) {
+			if _, err := ExtractVmlinux(img); !errors.Is(err, errNoXZPayload) {
 				t.Fatalf("err = %v, want errNoXZPayload", err)
 			}
 		})
