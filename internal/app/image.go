@@ -15,6 +15,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/image/build"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
@@ -118,7 +119,7 @@ func BuildImage(ctx context.Context, cfg config.Config, profile, agentPath, kern
 	if err := cfg.EnsureDirs(); err != nil {
 		return store.Image{}, err
 	}
-	res, err := image.Build(ctx, image.BuildOptions{
+	res, err := build.Image(ctx, build.Options{
 		Profile: profile, AgentBinary: agentPath, AgentVersion: Version,
 		CacheDir: cfg.CacheDir, OutputDir: cfg.ImagesPath(), KernelPackage: kernelPkg, Log: progress,
 	})

@@ -227,15 +227,15 @@ func verifyErrorAt(r ext4.Resolved) string {
 // manifest (the same facts (*Manifest).Verify checks, one claim per file).
 func verifyDigests(ctx context.Context, dir string, m *Manifest) []ClaimResult {
 	var out []ClaimResult
-	for _, f := range m.files() {
-		out = append(out, verifyDigest(ctx, filepath.Join(dir, f.name), f))
+	for _, f := range m.FileDigests() {
+		out = append(out, verifyDigest(ctx, filepath.Join(dir, f.Name), f))
 	}
 	return out
 }
 
 // verifyDigest checks one image file.
-func verifyDigest(ctx context.Context, p string, f manifestFile) ClaimResult {
-	c := ClaimResult{Kind: ClaimDigest, Subject: f.name}
+func verifyDigest(ctx context.Context, p string, f FileDigest) ClaimResult {
+	c := ClaimResult{Kind: ClaimDigest, Subject: f.Name}
 	sum, size, err := verifyHashHostFile(ctx, p)
 	var problems []string
 	switch {
@@ -244,14 +244,14 @@ func verifyDigest(ctx context.Context, p string, f manifestFile) ClaimResult {
 	case err != nil:
 		problems = append(problems, err.Error())
 	default:
-		if f.sha256 == "" {
+		if f.SHA256 == "" {
 			problems = append(problems, "manifest records no sha256")
 		}
-		if size != f.size {
-			problems = append(problems, fmt.Sprintf("size %d differs from manifest %d", size, f.size))
+		if size != f.Size {
+			problems = append(problems, fmt.Sprintf("size %d differs from manifest %d", size, f.Size))
 		}
-		if f.sha256 != "" && sum != f.sha256 {
-			problems = append(problems, fmt.Sprintf("sha256 %s differs from manifest %s", verifyShortSum(sum), verifyShortSum(f.sha256)))
+		if f.SHA256 != "" && sum != f.SHA256 {
+			problems = append(problems, fmt.Sprintf("sha256 %s differs from manifest %s", verifyShortSum(sum), verifyShortSum(f.SHA256)))
 		}
 	}
 	return verifyFinish(c, problems, fmt.Sprintf("sha256 %s, %d bytes", verifyShortSum(sum), size))

@@ -11,11 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
-
 	"github.com/hearth-project/hearth/internal/image/ext4"
-
 	"github.com/hearth-project/hearth/internal/image/ext4/ext4test"
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // vfEntry is one file system object of a synthetic test image.
@@ -143,7 +141,7 @@ func vfBuild(t *testing.T, entries []vfEntry, m *Manifest) (string, *Manifest) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ext4test.Mkfs(t, filepath.Join(dir, RootfsFile), tree, 32, rootfsLabel)
+	ext4test.Mkfs(t, filepath.Join(dir, RootfsFile), tree, 32, RootfsLabel)
 	for _, name := range []string{KernelFile, InitrdFile} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("fake "+name+"\n"), 0o644); err != nil {
 			t.Fatal(err)
