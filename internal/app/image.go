@@ -16,6 +16,7 @@ import (
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/build"
+	"github.com/hearth-project/hearth/internal/image/verify"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
@@ -171,7 +172,7 @@ func verifyInto(ctx context.Context, img *store.Image) string {
 		return "manifest unreadable: " + err.Error()
 	}
 	dir := filepath.Dir(img.RootfsPath)
-	rep, err := image.Verify(ctx, dir, &m)
+	rep, err := verify.Image(ctx, dir, &m)
 	if err != nil {
 		img.Status = store.ImageFailed
 		img.VerifyReport, _ = json.Marshal(map[string]string{"error": err.Error()})

@@ -2,9 +2,9 @@
 // directory (kernel, initramfs, ext4 root file system, manifest.json), the
 // manifest that describes them and the claims it makes about the root file
 // system, and the paths inside the guest that the builder, the drivers and
-// the agent agree on; and it checks an image against its manifest (Verify).
-// Its subpackages build images from specs (build, spec, kernel) and read
-// ext4 files (ext4).
+// the agent agree on. Its subpackages make and check images: build (from
+// the specs of package spec, with the kernel files of package kernel) and
+// verify (every claim, read from the ext4 file by package ext4).
 package image
 
 import (

@@ -12,6 +12,7 @@ import (
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/ext4/ext4test"
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
+	"github.com/hearth-project/hearth/internal/image/verify"
 )
 
 // requireVerifyBuild skips the test unless Image can make the minimal
@@ -53,7 +54,7 @@ func TestBuiltMinimalImageVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	r, err := image.Verify(ctx, res.Dir, m)
+	r, err := verify.Image(ctx, res.Dir, m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,16 +65,16 @@ func TestBuiltMinimalImageVerifies(t *testing.T) {
 	if !r.OK {
 		t.Fatalf("freshly built minimal image does not verify:\n%s", r)
 	}
-	claim := func(r *image.Report, kind, subject string) image.ClaimResult {
+	claim := func(r *verify.Report, kind, subject string) verify.ClaimResult {
 		t.Helper()
-		i := slices.IndexFunc(r.Claims, func(c image.ClaimResult) bool { return c.Kind == kind && c.Subject == subject })
+		i := slices.IndexFunc(r.Claims, func(c verify.ClaimResult) bool { return c.Kind == kind && c.Subject == subject })
 		if i < 0 {
 			t.Fatalf("no %s %s claim in report:\n%s", kind, subject, r)
 		}
 		return r.Claims[i]
 	}
-	claim(r, image.ClaimAgent, image.GuestAgentPath)
-	claim(r, image.ClaimUnit, "/etc/inittab")
+	claim(r, verify.ClaimAgent, image.GuestAgentPath)
+	claim(r, verify.ClaimUnit, "/etc/inittab")
 
 	rootfs := filepath.Join(res.Dir, image.RootfsFile)
 	ext4test.DebugfsWrite(t, rootfs, "rm "+image.GuestAgentPath+"\n")
@@ -82,11 +83,11 @@ func TestBuiltMinimalImageVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Rootfs.SHA256, m.Rootfs.Size = st.SHA256, st.Size
-	if r, err = image.Verify(ctx, res.Dir, m); err != nil {
+	if r, err = verify.Image(ctx, res.Dir, m); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("after rm %s:\n%s", image.GuestAgentPath, r)
-	agent := claim(r, image.ClaimAgent, image.GuestAgentPath)
+	agent := claim(r, verify.ClaimAgent, image.GuestAgentPath)
 	if r.OK || agent.OK || !strings.Contains(agent.Detail, "missing from the image") {
 		t.Errorf("agent claim after removal: %s", agent)
 	}

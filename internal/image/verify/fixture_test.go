@@ -1,4 +1,4 @@
-package image
+package verify
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/ext4"
 	"github.com/hearth-project/hearth/internal/image/ext4/ext4test"
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
@@ -30,10 +31,10 @@ type vfEntry struct {
 // vfAgent is the fixture agent binary (any bytes do: nothing runs it).
 var vfAgent = []byte("\x7fELF hearth-agent fixture v1.4.0\n" + strings.Repeat("agent-code ", 300))
 
-// vfTestdata reads a file of testdata/verify.
+// vfTestdata reads a file of testdata.
 func vfTestdata(t *testing.T, name string) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("testdata", "verify", name))
+	data, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +44,8 @@ func vfTestdata(t *testing.T, name string) []byte {
 // vfImageInfo renders image.json as the builder would.
 func vfImageInfo(t *testing.T, profile, role string, ports []int, agentVersion string) []byte {
 	t.Helper()
-	data, err := json.MarshalIndent(ImageInfo{
-		SchemaVersion: ManifestSchemaVersion, Profile: profile, Role: role, RequiredPorts: ports,
+	data, err := json.MarshalIndent(image.ImageInfo{
+		SchemaVersion: image.ManifestSchemaVersion, Profile: profile, Role: role, RequiredPorts: ports,
 		AgentVersion: agentVersion, AgentSHA256: fsutil.SHA256Hex(string(vfAgent)),
 	}, "", "  ")
 	if err != nil {
@@ -61,8 +62,8 @@ func vfBrowserTree(t *testing.T) []vfEntry {
 	return []vfEntry{
 		{path: "/lib", link: "usr/lib"},
 		{path: "/bin", link: "usr/bin"},
-		{path: GuestAgentPath, mode: 0o755, data: vfAgent},
-		{path: GuestImageInfoPath, mode: 0o644, data: vfImageInfo(t, "browser", "browser", []int{5900}, "1.4.0")},
+		{path: image.GuestAgentPath, mode: 0o755, data: vfAgent},
+		{path: image.GuestImageInfoPath, mode: 0o644, data: vfImageInfo(t, "browser", "browser", []int{5900}, "1.4.0")},
 		{path: "/usr/lib/systemd/system/hearth-agent.service", mode: 0o644, data: vfTestdata(t, "hearth-agent.service")},
 		{path: "/usr/lib/systemd/system/x11vnc.service", mode: 0o644, data: vfTestdata(t, "x11vnc.service")},
 		{path: "/etc/systemd/system/multi-user.target.wants/hearth-agent.service", link: "/lib/systemd/system/hearth-agent.service"},
@@ -89,33 +90,33 @@ func vfMinimalTree(t *testing.T) []vfEntry {
 		{path: "/bin/busybox", mode: 0o755, data: []byte("fake busybox\n")},
 		{path: "/sbin/init", link: "/bin/busybox"},
 		{path: "/etc/inittab", mode: 0o644, data: vfTestdata(t, "inittab")},
-		{path: GuestAgentPath, mode: 0o755, data: vfAgent},
-		{path: GuestImageInfoPath, mode: 0o644, data: vfImageInfo(t, "minimal", "minimal", []int{}, "1.4.0")},
+		{path: image.GuestAgentPath, mode: 0o755, data: vfAgent},
+		{path: image.GuestImageInfoPath, mode: 0o644, data: vfImageInfo(t, "minimal", "minimal", []int{}, "1.4.0")},
 	}
 }
 
 // vfBrowserManifest describes vfBrowserTree (digests filled in by
 // vfBuild).
-func vfBrowserManifest() *Manifest {
-	return &Manifest{
-		SchemaVersion: ManifestSchemaVersion, Profile: "browser", Role: "browser", RequiredPorts: []int{5900},
-		Agent: AgentManifest{Version: "1.4.0", SHA256: fsutil.SHA256Hex(string(vfAgent)), Path: GuestAgentPath},
-		Units: []UnitClaim{
+func vfBrowserManifest() *image.Manifest {
+	return &image.Manifest{
+		SchemaVersion: image.ManifestSchemaVersion, Profile: "browser", Role: "browser", RequiredPorts: []int{5900},
+		Agent: image.AgentManifest{Version: "1.4.0", SHA256: fsutil.SHA256Hex(string(vfAgent)), Path: image.GuestAgentPath},
+		Units: []image.UnitClaim{
 			{Name: "hearth-agent.service", WantedBy: "multi-user.target"},
 			{Name: "x11vnc.service", WantedBy: "graphical.target"},
 			{Name: "xvfb.service", WantedBy: "x11vnc.service"}, // a .requires link
 		},
-		Packages: []PackageClaim{{Name: "libc6", Version: "2.36-9+deb12u4"}, {Name: "x11vnc", Version: "0.9.16-9"}},
-		NPM:      []PackageClaim{{Name: "@hearth/cli", Version: "0.3.0"}, {Name: "foo", Version: "1.2.3"}},
-		Users:    []UserClaim{{Name: "hearth", UID: 1000, Home: "/home/hearth"}, {Name: "root", UID: 0, Home: "/root"}},
+		Packages: []image.PackageClaim{{Name: "libc6", Version: "2.36-9+deb12u4"}, {Name: "x11vnc", Version: "0.9.16-9"}},
+		NPM:      []image.PackageClaim{{Name: "@hearth/cli", Version: "0.3.0"}, {Name: "foo", Version: "1.2.3"}},
+		Users:    []image.UserClaim{{Name: "hearth", UID: 1000, Home: "/home/hearth"}, {Name: "root", UID: 0, Home: "/root"}},
 	}
 }
 
 // vfMinimalManifest describes vfMinimalTree.
-func vfMinimalManifest() *Manifest {
-	return &Manifest{
-		SchemaVersion: ManifestSchemaVersion, Profile: "minimal", Role: "minimal", RequiredPorts: []int{},
-		Agent: AgentManifest{Version: "1.4.0", SHA256: fsutil.SHA256Hex(string(vfAgent)), Path: GuestAgentPath},
+func vfMinimalManifest() *image.Manifest {
+	return &image.Manifest{
+		SchemaVersion: image.ManifestSchemaVersion, Profile: "minimal", Role: "minimal", RequiredPorts: []int{},
+		Agent: image.AgentManifest{Version: "1.4.0", SHA256: fsutil.SHA256Hex(string(vfAgent)), Path: image.GuestAgentPath},
 	}
 }
 
@@ -131,7 +132,7 @@ func vfFiles(entries []vfEntry) []ext4test.File {
 // vfBuild makes an image directory (vmlinux, initrd.img, rootfs.ext4,
 // manifest.json) from the entries, completing m with the digests and a
 // files claim for every entry marked claim.
-func vfBuild(t *testing.T, entries []vfEntry, m *Manifest) (string, *Manifest) {
+func vfBuild(t *testing.T, entries []vfEntry, m *image.Manifest) (string, *image.Manifest) {
 	t.Helper()
 	ext4test.RequireTools(t)
 	work := t.TempDir()
@@ -141,8 +142,8 @@ func vfBuild(t *testing.T, entries []vfEntry, m *Manifest) (string, *Manifest) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ext4test.Mkfs(t, filepath.Join(dir, RootfsFile), tree, 32, RootfsLabel)
-	for _, name := range []string{KernelFile, InitrdFile} {
+	ext4test.Mkfs(t, filepath.Join(dir, image.RootfsFile), tree, 32, image.RootfsLabel)
+	for _, name := range []string{image.KernelFile, image.InitrdFile} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("fake "+name+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -154,12 +155,12 @@ func vfBuild(t *testing.T, entries []vfEntry, m *Manifest) (string, *Manifest) {
 
 // vfFileClaims claims every entry marked claim (a symlink by the contents
 // and mode of the file it resolves to).
-func vfFileClaims(t *testing.T, entries []vfEntry) []FileClaim {
+func vfFileClaims(t *testing.T, entries []vfEntry) []image.FileClaim {
 	byPath := map[string]vfEntry{}
 	for _, e := range entries {
 		byPath[e.path] = e
 	}
-	var claims []FileClaim
+	var claims []image.FileClaim
 	for _, e := range entries {
 		if !e.claim {
 			continue
@@ -168,23 +169,23 @@ func vfFileClaims(t *testing.T, entries []vfEntry) []FileClaim {
 		if e.link != "" {
 			target = byPath[e.resolvesTo]
 		}
-		claims = append(claims, FileClaim{Path: e.path, SHA256: fsutil.SHA256Hex(string(target.data)), Mode: target.mode, Size: int64(len(target.data))})
+		claims = append(claims, image.FileClaim{Path: e.path, SHA256: fsutil.SHA256Hex(string(target.data)), Mode: target.mode, Size: int64(len(target.data))})
 	}
 	return claims
 }
 
 // vfRedigest records the image files' sizes and digests in m, as the
 // builder does, and writes manifest.json.
-func vfRedigest(t *testing.T, dir string, m *Manifest) {
+func vfRedigest(t *testing.T, dir string, m *image.Manifest) {
 	t.Helper()
 	for _, f := range []struct {
 		name string
 		sha  *string
 		size *int64
 	}{
-		{KernelFile, &m.Kernel.SHA256, &m.Kernel.Size},
-		{InitrdFile, &m.Initrd.SHA256, &m.Initrd.Size},
-		{RootfsFile, &m.Rootfs.SHA256, &m.Rootfs.Size},
+		{image.KernelFile, &m.Kernel.SHA256, &m.Kernel.Size},
+		{image.InitrdFile, &m.Initrd.SHA256, &m.Initrd.Size},
+		{image.RootfsFile, &m.Rootfs.SHA256, &m.Rootfs.Size},
 	} {
 		st, err := fsutil.StatFile(filepath.Join(dir, f.name))
 		if err != nil {
@@ -196,13 +197,13 @@ func vfRedigest(t *testing.T, dir string, m *Manifest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, ManifestFile), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, image.ManifestFile), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // vfCopy copies an image directory and its manifest.
-func vfCopy(t *testing.T, dir string, m *Manifest) (string, *Manifest) {
+func vfCopy(t *testing.T, dir string, m *image.Manifest) (string, *image.Manifest) {
 	t.Helper()
 	dst := t.TempDir()
 	entries, err := os.ReadDir(dir)
@@ -218,7 +219,7 @@ func vfCopy(t *testing.T, dir string, m *Manifest) (string, *Manifest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cp Manifest
+	var cp image.Manifest
 	if err := json.Unmarshal(data, &cp); err != nil {
 		t.Fatal(err)
 	}
@@ -248,10 +249,10 @@ func vfReplace(t *testing.T, p string, data []byte, mode fs.FileMode) string {
 // unixBits renders an fs.FileMode's permission and special bits in octal.
 func unixBits(m fs.FileMode) uint32 { return ext4.ModeBits(m) }
 
-// vfVerify runs Verify and fails the test on an error.
-func vfVerify(t *testing.T, dir string, m *Manifest) *Report {
+// vfVerify runs Image and fails the test on an error.
+func vfVerify(t *testing.T, dir string, m *image.Manifest) *Report {
 	t.Helper()
-	r, err := Verify(context.Background(), dir, m)
+	r, err := Image(context.Background(), dir, m)
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}

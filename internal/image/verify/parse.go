@@ -1,4 +1,4 @@
-package image
+package verify
 
 import (
 	"bytes"
@@ -28,7 +28,7 @@ func verifyParseDpkgStatus(data []byte) map[string][]verifyDpkgEntry {
 	return db
 }
 
-// verifyParseDpkgStanza picks the fields Verify needs out of one stanza
+// verifyParseDpkgStanza picks the fields Image needs out of one stanza
 // (continuation lines, which start with a blank, are skipped).
 func verifyParseDpkgStanza(s string) verifyDpkgEntry {
 	var e verifyDpkgEntry
@@ -55,7 +55,7 @@ func verifyParseDpkgStanza(s string) verifyDpkgEntry {
 	return e
 }
 
-// verifyPasswdEntry is the part of an /etc/passwd line Verify checks.
+// verifyPasswdEntry is the part of an /etc/passwd line Image checks.
 type verifyPasswdEntry struct {
 	UID  int
 	Home string

@@ -1,4 +1,9 @@
-package image
+// Package verify checks a built image against its manifest: the image
+// files' digests, and every claim about the root file system (files, the
+// agent, enabled units, Debian and npm packages, users, the role's ports
+// and binaries) read from rootfs.ext4 itself through package ext4, without
+// mounting it.
+package verify
 
 import (
 	"context"
@@ -7,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/ext4"
 )
 
@@ -22,7 +28,7 @@ const (
 	ClaimPortRole = "port-role" // the role's required ports and binaries
 )
 
-// Report is the outcome of Verify: every claim of the manifest, each
+// Report is the outcome of Image: every claim of the manifest, each
 // checked against the image itself.
 type Report struct {
 	OK     bool          `json:"ok"`
@@ -78,20 +84,20 @@ func (r *Report) add(cs ...ClaimResult) {
 	r.Claims = append(r.Claims, cs...)
 }
 
-// Verify checks every claim of m against the image in dir (the directory
+// Image checks every claim of m against the image in dir (the directory
 // holding vmlinux, initrd.img, rootfs.ext4 and manifest.json): the image
 // files' digests, and, read from rootfs.ext4 through debugfs without
 // mounting it, the claimed files, the agent, enabled units, Debian and npm
 // packages, users, and the role's ports and binaries.
 //
-// Verify returns a Report whether or not the claims hold; the error is for
+// Image returns a Report whether or not the claims hold; the error is for
 // an image that cannot be verified at all (no debugfs, rootfs.ext4 missing
 // or unreadable).
-func Verify(ctx context.Context, dir string, m *Manifest) (*Report, error) {
+func Image(ctx context.Context, dir string, m *image.Manifest) (*Report, error) {
 	if m == nil {
 		return nil, errors.New("verify: no manifest")
 	}
-	img, err := ext4.Open(ctx, filepath.Join(dir, RootfsFile))
+	img, err := ext4.Open(ctx, filepath.Join(dir, image.RootfsFile))
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
@@ -127,9 +133,9 @@ func Verify(ctx context.Context, dir string, m *Manifest) (*Report, error) {
 
 // verifyPlan registers every path the claims of m need read from the
 // image.
-func verifyPlan(f *verifyFacts, m *Manifest) {
+func verifyPlan(f *verifyFacts, m *image.Manifest) {
 	f.want(verifyAgentPath(m), true, verifyNeedHash)
-	f.want(GuestImageInfoPath, true, verifyNeedText)
+	f.want(image.GuestImageInfoPath, true, verifyNeedText)
 	for _, c := range m.Files {
 		f.want(c.Path, true, verifyNeedHash)
 	}
@@ -148,9 +154,9 @@ func verifyPlan(f *verifyFacts, m *Manifest) {
 }
 
 // verifyAgentPath is where the manifest says the agent is.
-func verifyAgentPath(m *Manifest) string {
+func verifyAgentPath(m *image.Manifest) string {
 	if m.Agent.Path != "" {
 		return m.Agent.Path
 	}
-	return GuestAgentPath
+	return image.GuestAgentPath
 }

@@ -1,4 +1,4 @@
-package image
+package verify
 
 import (
 	"encoding/json"
@@ -9,23 +9,23 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/ext4"
 )
 
-// Paths inside the root filesystem that Verify reads.
+// Paths inside the root filesystem that Image reads.
 const (
 	verifyDpkgStatusPath = "/var/lib/dpkg/status"
 	verifyPasswdPath     = "/etc/passwd"
 	verifyInittabPath    = "/etc/inittab"
 	verifySystemdEtcDir  = "/etc/systemd/system"
-	verifyAgentUnit      = "hearth-agent.service"
 	verifyMaskTarget     = "/dev/null"
 )
 
 // verifyFiles checks every file claim: the path resolves (symlinks followed
 // inside the image) to a regular file with the claimed mode, size and
 // SHA-256.
-func verifyFiles(f *verifyFacts, m *Manifest) []ClaimResult {
+func verifyFiles(f *verifyFacts, m *image.Manifest) []ClaimResult {
 	out := make([]ClaimResult, 0, len(m.Files))
 	for _, fc := range m.Files {
 		out = append(out, verifyFile(f, fc))
@@ -34,7 +34,7 @@ func verifyFiles(f *verifyFacts, m *Manifest) []ClaimResult {
 }
 
 // verifyFile checks one file claim.
-func verifyFile(f *verifyFacts, fc FileClaim) ClaimResult {
+func verifyFile(f *verifyFacts, fc image.FileClaim) ClaimResult {
 	c := ClaimResult{Kind: ClaimFile, Subject: fc.Path}
 	if err := ext4.CheckPath(fc.Path); err != nil {
 		return verifyFinish(c, []string{"invalid path: " + err.Error()}, "")
@@ -65,7 +65,7 @@ func verifyClaimMode(m fs.FileMode) uint32 {
 
 // verifyAgent checks the agent binary (present, executable, the manifest's
 // SHA-256) and the agent version recorded in the image's image.json.
-func verifyAgent(f *verifyFacts, m *Manifest) ClaimResult {
+func verifyAgent(f *verifyFacts, m *image.Manifest) ClaimResult {
 	p := verifyAgentPath(m)
 	c := ClaimResult{Kind: ClaimAgent, Subject: p}
 	problems := verifyAgentBinary(f, m, p)
@@ -74,7 +74,7 @@ func verifyAgent(f *verifyFacts, m *Manifest) ClaimResult {
 }
 
 // verifyAgentBinary checks the agent binary itself.
-func verifyAgentBinary(f *verifyFacts, m *Manifest, p string) []string {
+func verifyAgentBinary(f *verifyFacts, m *image.Manifest, p string) []string {
 	if err := ext4.CheckPath(p); err != nil {
 		return []string{"invalid path: " + err.Error()}
 	}
@@ -97,23 +97,23 @@ func verifyAgentBinary(f *verifyFacts, m *Manifest, p string) []string {
 
 // verifyImageInfo compares the agent facts in image.json with the
 // manifest.
-func verifyImageInfo(f *verifyFacts, m *Manifest) []string {
-	data, err := f.text(GuestImageInfoPath)
+func verifyImageInfo(f *verifyFacts, m *image.Manifest) []string {
+	data, err := f.text(image.GuestImageInfoPath)
 	if err != nil {
 		return []string{err.Error()}
 	}
-	var info ImageInfo
+	var info image.ImageInfo
 	if err := json.Unmarshal(data, &info); err != nil {
-		return []string{fmt.Sprintf("%s: %v", GuestImageInfoPath, err)}
+		return []string{fmt.Sprintf("%s: %v", image.GuestImageInfoPath, err)}
 	}
 	var problems []string
 	if m.Agent.Version == "" {
 		problems = append(problems, "manifest records no agent version")
 	} else if info.AgentVersion != m.Agent.Version {
-		problems = append(problems, fmt.Sprintf("%s says agent version %q, manifest %q", GuestImageInfoPath, info.AgentVersion, m.Agent.Version))
+		problems = append(problems, fmt.Sprintf("%s says agent version %q, manifest %q", image.GuestImageInfoPath, info.AgentVersion, m.Agent.Version))
 	}
 	if info.AgentSHA256 != "" && info.AgentSHA256 != m.Agent.SHA256 {
-		problems = append(problems, fmt.Sprintf("%s says agent sha256 %s, manifest %s", GuestImageInfoPath, verifyShortSum(info.AgentSHA256), verifyShortSum(m.Agent.SHA256)))
+		problems = append(problems, fmt.Sprintf("%s says agent sha256 %s, manifest %s", image.GuestImageInfoPath, verifyShortSum(info.AgentSHA256), verifyShortSum(m.Agent.SHA256)))
 	}
 	return problems
 }
@@ -129,14 +129,14 @@ func verifyValidUnitName(s string) bool {
 // verifyUnitLinks are where enabling a unit for a target puts its symlink:
 // <target>.wants/<unit> (WantedBy=), or <target>.requires/<unit>
 // (RequiredBy=; the builder claims those with the same wanted_by field).
-func verifyUnitLinks(u UnitClaim) (wants, requires string) {
+func verifyUnitLinks(u image.UnitClaim) (wants, requires string) {
 	dir := verifySystemdEtcDir + "/" + u.WantedBy
 	return dir + ".wants/" + u.Name, dir + ".requires/" + u.Name
 }
 
 // verifyPlanUnits registers the paths the unit claims need (or, when no unit
 // starts the agent, the busybox inittab).
-func verifyPlanUnits(f *verifyFacts, m *Manifest) {
+func verifyPlanUnits(f *verifyFacts, m *image.Manifest) {
 	for _, u := range m.Units {
 		if !verifyValidUnitName(u.Name) || !verifyValidUnitName(u.WantedBy) {
 			continue
@@ -155,13 +155,13 @@ func verifyPlanUnits(f *verifyFacts, m *Manifest) {
 }
 
 // verifyAgentUnitClaimed reports whether a unit claim starts the agent.
-func verifyAgentUnitClaimed(m *Manifest) bool {
-	return slices.ContainsFunc(m.Units, func(u UnitClaim) bool { return u.Name == verifyAgentUnit })
+func verifyAgentUnitClaimed(m *image.Manifest) bool {
+	return slices.ContainsFunc(m.Units, func(u image.UnitClaim) bool { return u.Name == image.GuestAgentUnit })
 }
 
 // verifyUnits checks every unit claim, and for images whose agent is not
 // started by a systemd unit (busybox init), the inittab respawn line.
-func verifyUnits(f *verifyFacts, m *Manifest) []ClaimResult {
+func verifyUnits(f *verifyFacts, m *image.Manifest) []ClaimResult {
 	var out []ClaimResult
 	for _, u := range m.Units {
 		out = append(out, verifyUnit(f, u))
@@ -175,7 +175,7 @@ func verifyUnits(f *verifyFacts, m *Manifest) []ClaimResult {
 // verifyUnit checks that <wanted_by>.wants/<name> (or .requires/<name>)
 // is a symlink resolving inside the image to a non-empty regular unit file,
 // and that the unit is not masked in /etc/systemd/system.
-func verifyUnit(f *verifyFacts, u UnitClaim) ClaimResult {
+func verifyUnit(f *verifyFacts, u image.UnitClaim) ClaimResult {
 	c := ClaimResult{Kind: ClaimUnit, Subject: u.Name}
 	if !verifyValidUnitName(u.Name) || !verifyValidUnitName(u.WantedBy) {
 		return verifyFinish(c, []string{fmt.Sprintf("invalid unit name %q or target %q", u.Name, u.WantedBy)}, "")
@@ -231,14 +231,14 @@ func verifyUnitMasked(f *verifyFacts, name string) string {
 }
 
 // verifyInittab checks that busybox/sysvinit init respawns the agent.
-func verifyInittab(f *verifyFacts, m *Manifest) ClaimResult {
+func verifyInittab(f *verifyFacts, m *image.Manifest) ClaimResult {
 	c := ClaimResult{Kind: ClaimUnit, Subject: verifyInittabPath}
 	data, err := f.text(verifyInittabPath)
 	if err != nil {
-		return verifyFinish(c, []string{fmt.Sprintf("no %s unit claimed and %v", verifyAgentUnit, err)}, "")
+		return verifyFinish(c, []string{fmt.Sprintf("no %s unit claimed and %v", image.GuestAgentUnit, err)}, "")
 	}
 	if !verifyInittabRespawns(string(data), verifyAgentPath(m)) {
-		return verifyFinish(c, []string{fmt.Sprintf("no respawn entry for %s (and no %s unit claimed)", verifyAgentPath(m), verifyAgentUnit)}, "")
+		return verifyFinish(c, []string{fmt.Sprintf("no respawn entry for %s (and no %s unit claimed)", verifyAgentPath(m), image.GuestAgentUnit)}, "")
 	}
 	return verifyFinish(c, nil, "respawns "+verifyAgentPath(m))
 }
@@ -264,7 +264,7 @@ func verifyInittabRespawns(inittab, prog string) bool {
 
 // verifyPackages checks every Debian package claim against dpkg's status
 // file: installed ("install ok installed") at exactly the claimed version.
-func verifyPackages(f *verifyFacts, m *Manifest) []ClaimResult {
+func verifyPackages(f *verifyFacts, m *image.Manifest) []ClaimResult {
 	if len(m.Packages) == 0 {
 		return nil
 	}
@@ -287,7 +287,7 @@ func verifyPackages(f *verifyFacts, m *Manifest) []ClaimResult {
 
 // verifyPackage compares one claim with the status entries of its name
 // (a "name:arch" claim matches that architecture only).
-func verifyPackage(db map[string][]verifyDpkgEntry, p PackageClaim) []string {
+func verifyPackage(db map[string][]verifyDpkgEntry, p image.PackageClaim) []string {
 	name, arch, _ := strings.Cut(p.Name, ":")
 	var installed []verifyDpkgEntry
 	var other []string
@@ -351,7 +351,7 @@ func verifyNPMPaths(name string) []string {
 }
 
 // verifyNPM checks every global npm package claim.
-func verifyNPM(f *verifyFacts, m *Manifest) []ClaimResult {
+func verifyNPM(f *verifyFacts, m *image.Manifest) []ClaimResult {
 	out := make([]ClaimResult, 0, len(m.NPM))
 	for _, p := range m.NPM {
 		out = append(out, verifyNPMPackage(f, p))
@@ -360,7 +360,7 @@ func verifyNPM(f *verifyFacts, m *Manifest) []ClaimResult {
 }
 
 // verifyNPMPackage checks the first package.json found for the claim.
-func verifyNPMPackage(f *verifyFacts, p PackageClaim) ClaimResult {
+func verifyNPMPackage(f *verifyFacts, p image.PackageClaim) ClaimResult {
 	c := ClaimResult{Kind: ClaimNPM, Subject: p.Name}
 	paths := verifyNPMPaths(p.Name)
 	if paths == nil {
@@ -394,7 +394,7 @@ func verifyNPMPackage(f *verifyFacts, p PackageClaim) ClaimResult {
 }
 
 // verifyUsers checks every user claim against /etc/passwd.
-func verifyUsers(f *verifyFacts, m *Manifest) []ClaimResult {
+func verifyUsers(f *verifyFacts, m *image.Manifest) []ClaimResult {
 	if len(m.Users) == 0 {
 		return nil
 	}
@@ -416,7 +416,7 @@ func verifyUsers(f *verifyFacts, m *Manifest) []ClaimResult {
 }
 
 // verifyUser compares one claim with the passwd entry of its name.
-func verifyUser(users map[string]verifyPasswdEntry, u UserClaim) []string {
+func verifyUser(users map[string]verifyPasswdEntry, u image.UserClaim) []string {
 	e, ok := users[u.Name]
 	if !ok {
 		return []string{"no " + verifyPasswdPath + " entry"}
@@ -446,7 +446,7 @@ var verifyRoleRequirements = map[string]verifyRoleRequirement{
 // verifyPortRole checks that the manifest's role and required ports agree:
 // ports are valid and distinct, and the role's ports and server binaries
 // are claimed (the file claims themselves are checked separately).
-func verifyPortRole(m *Manifest) ClaimResult {
+func verifyPortRole(m *image.Manifest) ClaimResult {
 	c := ClaimResult{Kind: ClaimPortRole, Subject: m.Role}
 	if m.Role == "" {
 		return verifyFinish(ClaimResult{Kind: ClaimPortRole, Subject: "(none)"}, []string{"manifest has no role"}, "")
@@ -459,7 +459,7 @@ func verifyPortRole(m *Manifest) ClaimResult {
 		}
 	}
 	for _, b := range req.binaries {
-		if !slices.ContainsFunc(m.Files, func(fc FileClaim) bool { return path.Base(fc.Path) == b }) {
+		if !slices.ContainsFunc(m.Files, func(fc image.FileClaim) bool { return path.Base(fc.Path) == b }) {
 			problems = append(problems, fmt.Sprintf("role %s requires a file claim for its %s binary", m.Role, b))
 		}
 	}

@@ -1,4 +1,4 @@
-package image
+package verify
 
 import (
 	"bytes"
@@ -15,14 +15,15 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/ext4"
 )
 
-// verifyMaxText bounds the text files Verify reads into memory (the dpkg
+// verifyMaxText bounds the text files Image reads into memory (the dpkg
 // status file of a large image is a few MiB).
 const verifyMaxText = 64 << 20
 
-// verifyNeed says what Verify needs of a regular file's contents.
+// verifyNeed says what Image needs of a regular file's contents.
 type verifyNeed uint8
 
 const (
@@ -224,8 +225,8 @@ func verifyErrorAt(r ext4.Resolved) string {
 }
 
 // verifyDigests checks the image files' sizes and SHA-256 against the
-// manifest (the same facts (*Manifest).Verify checks, one claim per file).
-func verifyDigests(ctx context.Context, dir string, m *Manifest) []ClaimResult {
+// manifest (the same facts (*image.Manifest).Verify checks, one claim per file).
+func verifyDigests(ctx context.Context, dir string, m *image.Manifest) []ClaimResult {
 	var out []ClaimResult
 	for _, f := range m.FileDigests() {
 		out = append(out, verifyDigest(ctx, filepath.Join(dir, f.Name), f))
@@ -234,7 +235,7 @@ func verifyDigests(ctx context.Context, dir string, m *Manifest) []ClaimResult {
 }
 
 // verifyDigest checks one image file.
-func verifyDigest(ctx context.Context, p string, f FileDigest) ClaimResult {
+func verifyDigest(ctx context.Context, p string, f image.FileDigest) ClaimResult {
 	c := ClaimResult{Kind: ClaimDigest, Subject: f.Name}
 	sum, size, err := verifyHashHostFile(ctx, p)
 	var problems []string

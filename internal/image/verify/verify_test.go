@@ -1,4 +1,4 @@
-package image
+package verify
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/ext4/ext4test"
 	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
@@ -64,7 +65,7 @@ func TestVerifyMinimalFixtureOK(t *testing.T) {
 
 	broken, bm := vfCopy(t, dir, m)
 	inittab := strings.ReplaceAll(string(vfTestdata(t, "inittab")), "::respawn:", "::once:")
-	ext4test.DebugfsWrite(t, filepath.Join(broken, RootfsFile), vfReplace(t, "/etc/inittab", []byte(inittab), 0o644))
+	ext4test.DebugfsWrite(t, filepath.Join(broken, image.RootfsFile), vfReplace(t, "/etc/inittab", []byte(inittab), 0o644))
 	vfRedigest(t, broken, bm)
 	vfExpectOnly(t, vfVerify(t, broken, bm), ClaimUnit, "/etc/inittab", "no respawn entry for /usr/bin/hearth-agent")
 }
@@ -72,8 +73,8 @@ func TestVerifyMinimalFixtureOK(t *testing.T) {
 // vfBreak is one way of making a claim false.
 type vfBreak struct {
 	name    string
-	script  func(t *testing.T) string                   // debugfs -w script for the image ("" = none)
-	mutate  func(t *testing.T, dir string, m *Manifest) // after the image change and re-digest
+	script  func(t *testing.T) string                         // debugfs -w script for the image ("" = none)
+	mutate  func(t *testing.T, dir string, m *image.Manifest) // after the image change and re-digest
 	kind    string
 	subject string
 	detail  string // substring of the failed claim's detail
@@ -121,15 +122,15 @@ func vfBrowserBreaks() []vfBreak {
 		{name: "symlink chain broken", script: vfScript("rm /usr/bin/vnc-wrapper"),
 			kind: ClaimFile, subject: "/usr/local/bin/vncserver", detail: "dangling symlink (/usr/bin/vnc-wrapper does not exist)"},
 		{name: "agent replaced", script: func(t *testing.T) string {
-			return vfReplace(t, GuestAgentPath, []byte("a different agent\n"), 0o755)
-		}, kind: ClaimAgent, subject: GuestAgentPath, detail: "sha256 " + fsutil.SHA256Hex("a different agent\n")[:12] + "… differs from manifest"},
-		{name: "agent removed", script: vfScript("rm " + GuestAgentPath),
-			kind: ClaimAgent, subject: GuestAgentPath, detail: "missing from the image"},
-		{name: "agent not executable", script: vfScript("sif " + GuestAgentPath + " mode 0100644"),
-			kind: ClaimAgent, subject: GuestAgentPath, detail: "not executable (mode 0644)"},
+			return vfReplace(t, image.GuestAgentPath, []byte("a different agent\n"), 0o755)
+		}, kind: ClaimAgent, subject: image.GuestAgentPath, detail: "sha256 " + fsutil.SHA256Hex("a different agent\n")[:12] + "… differs from manifest"},
+		{name: "agent removed", script: vfScript("rm " + image.GuestAgentPath),
+			kind: ClaimAgent, subject: image.GuestAgentPath, detail: "missing from the image"},
+		{name: "agent not executable", script: vfScript("sif " + image.GuestAgentPath + " mode 0100644"),
+			kind: ClaimAgent, subject: image.GuestAgentPath, detail: "not executable (mode 0644)"},
 		{name: "agent version in image differs", script: func(t *testing.T) string {
-			return vfReplace(t, GuestImageInfoPath, vfImageInfo(t, "browser", "browser", []int{5900}, "1.3.9"), 0o644)
-		}, kind: ClaimAgent, subject: GuestAgentPath, detail: `/etc/hearth/image.json says agent version "1.3.9", manifest "1.4.0"`},
+			return vfReplace(t, image.GuestImageInfoPath, vfImageInfo(t, "browser", "browser", []int{5900}, "1.3.9"), 0o644)
+		}, kind: ClaimAgent, subject: image.GuestAgentPath, detail: `/etc/hearth/image.json says agent version "1.3.9", manifest "1.4.0"`},
 		{name: "npm version differs", script: func(t *testing.T) string {
 			return vfReplace(t, "/usr/local/lib/node_modules/foo/package.json", []byte(`{"name": "foo", "version": "1.2.4"}`), 0o644)
 		}, kind: ClaimNPM, subject: "foo", detail: "version 1.2.4 installed (/usr/local/lib/node_modules/foo/package.json), manifest says 1.2.3"},
@@ -139,17 +140,17 @@ func vfBrowserBreaks() []vfBreak {
 			passwd := strings.Replace(string(vfTestdata(t, "passwd")), ":/home/hearth:", ":/srv/hearth:", 1)
 			return vfReplace(t, "/etc/passwd", []byte(passwd), 0o644)
 		}, kind: ClaimUser, subject: "hearth", detail: "home /srv/hearth differs from manifest /home/hearth"},
-		{name: "rootfs digest differs", mutate: func(t *testing.T, dir string, m *Manifest) { m.Rootfs.SHA256 = fsutil.SHA256Hex("other") },
-			kind: ClaimDigest, subject: RootfsFile, detail: "differs from manifest " + fsutil.SHA256Hex("other")[:12] + "…"},
-		{name: "kernel missing", mutate: func(t *testing.T, dir string, m *Manifest) {
-			if err := os.Remove(filepath.Join(dir, KernelFile)); err != nil {
+		{name: "rootfs digest differs", mutate: func(t *testing.T, dir string, m *image.Manifest) { m.Rootfs.SHA256 = fsutil.SHA256Hex("other") },
+			kind: ClaimDigest, subject: image.RootfsFile, detail: "differs from manifest " + fsutil.SHA256Hex("other")[:12] + "…"},
+		{name: "kernel missing", mutate: func(t *testing.T, dir string, m *image.Manifest) {
+			if err := os.Remove(filepath.Join(dir, image.KernelFile)); err != nil {
 				t.Fatal(err)
 			}
-		}, kind: ClaimDigest, subject: KernelFile, detail: "missing"},
-		{name: "browser without port 5900", mutate: func(t *testing.T, dir string, m *Manifest) { m.RequiredPorts = []int{} },
+		}, kind: ClaimDigest, subject: image.KernelFile, detail: "missing"},
+		{name: "browser without port 5900", mutate: func(t *testing.T, dir string, m *image.Manifest) { m.RequiredPorts = []int{} },
 			kind: ClaimPortRole, subject: "browser", detail: "role browser requires port 5900"},
-		{name: "browser without x11vnc claim", mutate: func(t *testing.T, dir string, m *Manifest) {
-			m.Files = slices.DeleteFunc(m.Files, func(f FileClaim) bool { return strings.Contains(f.Path, "vnc") })
+		{name: "browser without x11vnc claim", mutate: func(t *testing.T, dir string, m *image.Manifest) {
+			m.Files = slices.DeleteFunc(m.Files, func(f image.FileClaim) bool { return strings.Contains(f.Path, "vnc") })
 		}, kind: ClaimPortRole, subject: "browser", detail: "role browser requires a file claim for its x11vnc binary"},
 	}
 }
@@ -165,7 +166,7 @@ func TestVerifyNamesExactlyTheBrokenClaim(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			broken, bm := vfCopy(t, dir, m)
 			if b.script != nil {
-				ext4test.DebugfsWrite(t, filepath.Join(broken, RootfsFile), b.script(t))
+				ext4test.DebugfsWrite(t, filepath.Join(broken, image.RootfsFile), b.script(t))
 				vfRedigest(t, broken, bm) // the manifest matches the image; only the claim is false
 			}
 			if b.mutate != nil {
@@ -212,18 +213,18 @@ func TestVerifyRejectsInjectedPaths(t *testing.T) {
 		vfEntry{path: "/usr/bin/quote-link", link: "x\"\ndump <2> " + evil + "\n"},
 	)
 	dir, m := vfBuild(t, tree, vfBrowserManifest())
-	before, err := fsutil.SHA256File(filepath.Join(dir, RootfsFile))
+	before, err := fsutil.SHA256File(filepath.Join(dir, image.RootfsFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m.Files = append(m.Files,
-		FileClaim{Path: "/etc/passwd\ndump <2> " + evil, Mode: 0o644},
-		FileClaim{Path: `/etc/passwd" "` + evil, Mode: 0o644},
-		FileClaim{Path: "etc/passwd", Mode: 0o644},
-		FileClaim{Path: "/usr/bin/quote-link", Mode: 0o755},
+		image.FileClaim{Path: "/etc/passwd\ndump <2> " + evil, Mode: 0o644},
+		image.FileClaim{Path: `/etc/passwd" "` + evil, Mode: 0o644},
+		image.FileClaim{Path: "etc/passwd", Mode: 0o644},
+		image.FileClaim{Path: "/usr/bin/quote-link", Mode: 0o755},
 	)
-	m.Units = append(m.Units, UnitClaim{Name: "x.service\ndump <2> " + evil, WantedBy: "multi-user.target"}, UnitClaim{Name: "../../../passwd", WantedBy: "multi-user.target"})
-	m.NPM = append(m.NPM, PackageClaim{Name: "../../../../etc", Version: "1"})
+	m.Units = append(m.Units, image.UnitClaim{Name: "x.service\ndump <2> " + evil, WantedBy: "multi-user.target"}, image.UnitClaim{Name: "../../../passwd", WantedBy: "multi-user.target"})
+	m.NPM = append(m.NPM, image.PackageClaim{Name: "../../../../etc", Version: "1"})
 	r := vfVerify(t, dir, m)
 	want := map[string]string{
 		"file /etc/passwd\ndump <2> " + evil: "invalid path: ",
@@ -247,7 +248,7 @@ func TestVerifyRejectsInjectedPaths(t *testing.T) {
 	if _, err := os.Stat(evil); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("injected debugfs command ran: %s exists (%v)", evil, err)
 	}
-	if after, _ := fsutil.SHA256File(filepath.Join(dir, RootfsFile)); after != before {
+	if after, _ := fsutil.SHA256File(filepath.Join(dir, image.RootfsFile)); after != before {
 		t.Error("rootfs.ext4 changed during verification")
 	}
 }
@@ -255,28 +256,28 @@ func TestVerifyRejectsInjectedPaths(t *testing.T) {
 func TestVerifyUnverifiable(t *testing.T) {
 	dir, m := vfBuild(t, vfMinimalTree(t), vfMinimalManifest())
 	ctx := context.Background()
-	if _, err := Verify(ctx, dir, nil); err == nil {
+	if _, err := Image(ctx, dir, nil); err == nil {
 		t.Error("nil manifest: no error")
 	}
-	if _, err := Verify(ctx, t.TempDir(), m); err == nil || !strings.Contains(err.Error(), RootfsFile) {
+	if _, err := Image(ctx, t.TempDir(), m); err == nil || !strings.Contains(err.Error(), image.RootfsFile) {
 		t.Errorf("empty directory: err = %v", err)
 	}
 	garbage := t.TempDir()
-	if err := os.WriteFile(filepath.Join(garbage, RootfsFile), make([]byte, 1<<20), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(garbage, image.RootfsFile), make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Verify(ctx, garbage, m)
+	_, err := Image(ctx, garbage, m)
 	if err == nil || !strings.Contains(err.Error(), "while trying to open") {
 		t.Errorf("not an ext4 image: err = %v", err)
 	}
 	t.Logf("not ext4: %v", err)
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := Verify(cancelled, dir, m); !errors.Is(err, context.Canceled) {
+	if _, err := Image(cancelled, dir, m); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled context: err = %v", err)
 	}
 	t.Setenv("PATH", t.TempDir())
-	if _, err := Verify(ctx, dir, m); err == nil || !strings.Contains(err.Error(), "debugfs") {
+	if _, err := Image(ctx, dir, m); err == nil || !strings.Contains(err.Error(), "debugfs") {
 		t.Errorf("without debugfs: err = %v", err)
 	}
 }
@@ -291,7 +292,7 @@ func TestVerifyTiming(t *testing.T) {
 	m := vfBrowserManifest()
 	for i := 0; i < nPackages; i++ {
 		fmt.Fprintf(&status, "\nPackage: pkg%03d\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.%d-1\nDescription: filler\n", i, i)
-		m.Packages = append(m.Packages, PackageClaim{Name: fmt.Sprintf("pkg%03d", i), Version: fmt.Sprintf("1.%d-1", i)})
+		m.Packages = append(m.Packages, image.PackageClaim{Name: fmt.Sprintf("pkg%03d", i), Version: fmt.Sprintf("1.%d-1", i)})
 	}
 	tree[slices.IndexFunc(tree, func(e vfEntry) bool { return e.path == "/var/lib/dpkg/status" })].data = []byte(status.String())
 	for i := 0; i < nFiles; i++ {
