@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 if [ "$(id -u)" -eq 0 ]; then
   ./scripts/host-deps.sh --test
-  export HEARTH_TEST_DEBOOTSTRAP=1   # real debootstrap builds in internal/image too
+  export HEARTH_TEST_DEBOOTSTRAP=1   # real debootstrap builds in internal/image/build too
 else
   echo "not root: end-to-end tests with real guests will be skipped (run: sudo make test)" >&2
 fi

@@ -31,7 +31,6 @@ import (
 	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/client"
-	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/proc"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
@@ -183,7 +182,7 @@ func byHand(ctx context.Context, imgDir, accel string) (time.Duration, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	khz, _ := image.HostTSCkHz()
+	khz, _ := qemu.HostTSCkHz()
 	drv, err := qemu.New(qemu.Config{Accel: accel, TSCkHz: khz})
 	if err != nil {
 		return 0, err

@@ -17,7 +17,6 @@ import (
 
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/diskspace"
-	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vault"
 	"github.com/hearth-project/hearth/internal/vmm/firecracker"
@@ -75,7 +74,7 @@ func Doctor(ctx context.Context, cfg config.Config) []Check {
 	}
 	out = append(out, checkQEMU(ctx, cfg)...)
 	out = append(out, checkFirecracker(ctx, cfg)...)
-	if khz, err := image.HostTSCkHz(); err == nil {
+	if khz, err := qemu.HostTSCkHz(); err == nil {
 		out = append(out, ok("tsc", fmt.Sprintf("host TSC %d kHz (passed to TCG guests as tsc_early_khz)", khz)))
 	} else {
 		out = append(out, warn("tsc", "cannot read the host TSC frequency: "+err.Error(), "TCG guests may hang calibrating the TSC; check /proc/cpuinfo"))

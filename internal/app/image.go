@@ -15,6 +15,8 @@ import (
 
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/image/build"
+	"github.com/hearth-project/hearth/internal/image/verify"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
@@ -118,7 +120,7 @@ func BuildImage(ctx context.Context, cfg config.Config, profile, agentPath, kern
 	if err := cfg.EnsureDirs(); err != nil {
 		return store.Image{}, err
 	}
-	res, err := image.Build(ctx, image.BuildOptions{
+	res, err := build.Image(ctx, build.Options{
 		Profile: profile, AgentBinary: agentPath, AgentVersion: Version,
 		CacheDir: cfg.CacheDir, OutputDir: cfg.ImagesPath(), KernelPackage: kernelPkg, Log: progress,
 	})
@@ -170,7 +172,7 @@ func verifyInto(ctx context.Context, img *store.Image) string {
 		return "manifest unreadable: " + err.Error()
 	}
 	dir := filepath.Dir(img.RootfsPath)
-	rep, err := image.Verify(ctx, dir, &m)
+	rep, err := verify.Image(ctx, dir, &m)
 	if err != nil {
 		img.Status = store.ImageFailed
 		img.VerifyReport, _ = json.Marshal(map[string]string{"error": err.Error()})

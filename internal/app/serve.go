@@ -21,7 +21,6 @@ import (
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/consolelog"
-	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
@@ -44,7 +43,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 func newDriver(cfg config.Config, log *slog.Logger) (vmm.Driver, error) {
 	switch cfg.VM.Driver {
 	case "qemu":
-		khz, err := image.HostTSCkHz()
+		khz, err := qemu.HostTSCkHz()
 		if err != nil {
 			khz = 0 // only needed under TCG; New says so if it is
 		}

@@ -5,6 +5,9 @@ package image
 const (
 	// GuestAgentPath is where the agent binary lives in every image.
 	GuestAgentPath = "/usr/bin/hearth-agent"
+	// GuestAgentUnit is the systemd unit that runs the agent in systemd
+	// images.
+	GuestAgentUnit = "hearth-agent.service"
 	// GuestImageInfoPath is the JSON file (an ImageInfo) describing the
 	// image, readable from inside the guest.
 	GuestImageInfoPath = "/etc/hearth/image.json"

@@ -1,3 +1,10 @@
+// Package image says what a hearth guest image is: the files of an image
+// directory (kernel, initramfs, ext4 root file system, manifest.json), the
+// manifest that describes them and the claims it makes about the root file
+// system, and the paths inside the guest that the builder, the drivers and
+// the agent agree on. Its subpackages make and check images: build (from
+// the specs of package spec, with the kernel files of package kernel) and
+// verify (every claim, read from the ext4 file by package ext4).
 package image
 
 import (
@@ -8,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/image/internal/fsutil"
 )
 
 // ManifestSchemaVersion is the version of the Manifest JSON layout.
@@ -20,6 +29,9 @@ const (
 	RootfsFile   = "rootfs.ext4"
 	ManifestFile = "manifest.json"
 )
+
+// RootfsLabel is the ext4 volume label of every image's root file system.
+const RootfsLabel = "rootfs"
 
 // Manifest describes a built image (manifest.json in the image directory).
 // Two builds from the same inputs produce identical manifests except for
@@ -145,55 +157,39 @@ func ReadManifest(dir string) (*Manifest, error) {
 // SHA-256 sums. It reads every file in full.
 func (m *Manifest) Verify(dir string) error {
 	var errs []error
-	for _, f := range m.files() {
-		st, err := statFile(filepath.Join(dir, f.name))
+	for _, f := range m.FileDigests() {
+		st, err := fsutil.StatFile(filepath.Join(dir, f.Name))
 		switch {
 		case err != nil:
 			errs = append(errs, err)
-		case st.Size != f.size:
-			errs = append(errs, fmt.Errorf("%s: size %d, manifest says %d", f.name, st.Size, f.size))
-		case st.SHA256 != f.sha256:
-			errs = append(errs, fmt.Errorf("%s: sha256 %s, manifest says %s", f.name, st.SHA256, f.sha256))
+		case st.Size != f.Size:
+			errs = append(errs, fmt.Errorf("%s: size %d, manifest says %d", f.Name, st.Size, f.Size))
+		case st.SHA256 != f.SHA256:
+			errs = append(errs, fmt.Errorf("%s: sha256 %s, manifest says %s", f.Name, st.SHA256, f.SHA256))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// manifestFile is one image file as the manifest records it.
-type manifestFile struct {
-	name   string
-	size   int64
-	sha256 string
+// FileDigest is one image file as the manifest records it.
+type FileDigest struct {
+	Name   string // in the image directory
+	Size   int64
+	SHA256 string // hex
 }
 
-// files lists the image files the manifest covers.
-func (m *Manifest) files() []manifestFile {
-	return []manifestFile{
+// FileDigests lists the image files the manifest covers, with the size and
+// SHA-256 it records for each.
+func (m *Manifest) FileDigests() []FileDigest {
+	return []FileDigest{
 		{KernelFile, m.Kernel.Size, m.Kernel.SHA256},
 		{InitrdFile, m.Initrd.Size, m.Initrd.SHA256},
 		{RootfsFile, m.Rootfs.Size, m.Rootfs.SHA256},
 	}
 }
 
-// complete reports whether dir holds a finished image for digest: a
-// readable manifest with that digest and every file present at its
-// recorded size. (Contents are not hashed; see Verify.)
-func complete(dir, digest string) (*Manifest, bool) {
-	m, err := ReadManifest(dir)
-	if err != nil || m.Digest != digest {
-		return nil, false
-	}
-	for _, f := range m.files() {
-		st, err := os.Stat(filepath.Join(dir, f.name))
-		if err != nil || !st.Mode().IsRegular() || st.Size() != f.size {
-			return nil, false
-		}
-	}
-	return m, true
-}
-
-// info returns the ImageInfo stored inside the image.
-func (m Manifest) info() ImageInfo {
+// Info returns the ImageInfo stored inside the image.
+func (m Manifest) Info() ImageInfo {
 	return ImageInfo{
 		SchemaVersion: m.SchemaVersion,
 		Profile:       m.Profile,

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/qemu"
 	"github.com/hearth-project/hearth/internal/vmm/vmmtest"
@@ -20,7 +19,7 @@ import (
 func TestQEMUDriverConformance(t *testing.T) {
 	needRoot(t)
 	img := minimalImage(t)
-	khz, err := image.HostTSCkHz()
+	khz, err := qemu.HostTSCkHz()
 	if err != nil {
 		t.Fatalf("host TSC frequency (TCG guests need it): %v", err)
 	}

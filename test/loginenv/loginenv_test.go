@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hearth-project/hearth/internal/image"
+	"github.com/hearth-project/hearth/internal/image/spec"
 	"github.com/hearth-project/hearth/internal/provider"
 )
 
@@ -21,7 +21,7 @@ func TestSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := image.LoadSpec(path)
+	s, err := spec.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}

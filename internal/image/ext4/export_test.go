@@ -1,0 +1,5 @@
+package ext4
+
+// MaxPathLen is the longest path the reader accepts, for the tests outside
+// the package.
+const MaxPathLen = ext4MaxPathLen
