@@ -133,26 +133,41 @@ func (c *common) config() (config.Config, error) {
 // savedKeyPath is where 'apikey create --save' puts a key for the CLI.
 func savedKeyPath(cfg config.Config) string { return filepath.Join(cfg.StateDir, "cli.key") }
 
+// client is the API client the command's flags, environment and
+// configuration name. It needs nothing from the host but an address and a
+// key: --addr or HEARTH_ADDR (else the configured listen address, else
+// hearth's default), and --key or HEARTH_API_KEY (else the key root saved
+// with 'apikey create --save'), so it works as any user, from any machine
+// that reaches the daemon.
 func (c *common) client() (*client.Client, error) {
-	cfg, err := c.config()
-	if err != nil {
-		return nil, err
-	}
-	addr := c.addr
-	if addr == "" {
-		addr = cfg.Listen
-	}
-	key := c.key
+	addr, key := c.addr, c.key
 	if key == "" {
 		key = os.Getenv("HEARTH_API_KEY")
 	}
-	if key == "" {
-		if b, err := os.ReadFile(savedKeyPath(cfg)); err == nil {
-			key = strings.TrimSpace(string(b))
+	if addr == "" || key == "" {
+		// Only root can read the saved key, and another user may not be
+		// able to read the configuration: its trouble matters only when
+		// it is all there is to go by.
+		cfg, err := c.config()
+		switch {
+		case err == nil:
+			if addr == "" {
+				addr = cfg.Listen
+			}
+			if key == "" {
+				if b, err := os.ReadFile(savedKeyPath(cfg)); err == nil {
+					key = strings.TrimSpace(string(b))
+				}
+			}
+		case c.configPath != "":
+			return nil, err // a configuration asked for by name must load
 		}
 	}
+	if addr == "" {
+		addr = config.Default().Listen
+	}
 	if key == "" {
-		return nil, errors.New("no API key: pass --key, set HEARTH_API_KEY, or run 'hearth apikey create --admin --save' as root")
+		return nil, errors.New("no API key: pass --key or set HEARTH_API_KEY (root may run 'hearth apikey create --admin --save' to save one for itself)")
 	}
 	return client.New(addr, key), nil
 }
