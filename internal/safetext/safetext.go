@@ -7,6 +7,7 @@ package safetext
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -160,4 +161,16 @@ func EscapeJSON(b []byte) []byte {
 		out = utf8.AppendRune(out, r)
 	}
 	return out
+}
+
+// WriteJSON writes v to w as indented JSON and a line feed, with every
+// character Text would remove from its strings escaped (EscapeJSON): what
+// the command line prints of an answer that may carry a guest's text.
+func WriteJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(EscapeJSON(b), '\n'))
+	return err
 }

@@ -127,3 +127,18 @@ func TestEscapeJSONKeepsTheValue(t *testing.T) {
 		t.Fatalf("value changed: %q", back["reason"])
 	}
 }
+
+func TestWriteJSONIsCleanAndIndented(t *testing.T) {
+	var out bytes.Buffer
+	if err := WriteJSON(&out, map[string]string{"reason": hostile}); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	if !IsClean(s) || !strings.HasPrefix(s, "{\n  \"reason\": ") || !strings.HasSuffix(s, "}\n") {
+		t.Fatalf("WriteJSON wrote %q", s)
+	}
+	var back map[string]string
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil || back["reason"] != strings.ToValidUTF8(hostile, "\uFFFD") {
+		t.Fatalf("value changed: %q %v", back["reason"], err)
+	}
+}
