@@ -4,9 +4,9 @@ package main
 import (
 	"os"
 
-	"github.com/hearth-project/hearth/internal/app"
+	"github.com/hearth-project/hearth/internal/cli"
 )
 
 func main() {
-	os.Exit(app.Main(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr))
 }

@@ -3,6 +3,7 @@ package app
 import (
 	"encoding/json"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -39,7 +40,7 @@ const mod = "github.com/hearth-project/hearth/"
 func TestAgentDependenciesStaySmall(t *testing.T) {
 	ps := listPackages(t, mod+"cmd/hearth-agent")
 	forbidden := []string{"modernc.org/sqlite", "github.com/getkin", "net/http", mod + "internal/store", mod + "internal/api",
-		mod + "internal/vm", mod + "internal/image", mod + "internal/app"}
+		mod + "internal/vm", mod + "internal/image", mod + "internal/app", mod + "internal/cli"}
 	for _, d := range ps[0].Deps {
 		for _, f := range forbidden {
 			if d == f || strings.HasPrefix(d, f+"/") {
@@ -50,25 +51,34 @@ func TestAgentDependenciesStaySmall(t *testing.T) {
 }
 
 // internal/app is the only wiring point: only it (and the binaries, tests
-// and benchmarks) may pick concrete backends. depguard (.golangci.yml)
-// holds the same rules file by file; this test sees what go list sees.
+// and benchmarks) may pick concrete backends; only the command line
+// (internal/cli) imports internal/app, and only cmd/hearth imports the
+// command line. depguard (.golangci.yml) holds the same rules file by
+// file; this test sees what go list sees.
 func TestOnlyAppWiresBackends(t *testing.T) {
-	concrete := []string{mod + "internal/store/sqlite", mod + "internal/vmm/qemu", mod + "internal/vmm/firecracker", mod + "internal/app"}
+	backends := []string{mod + "internal/store/sqlite", mod + "internal/vmm/qemu", mod + "internal/vmm/firecracker"}
 	allowed := func(importer, imported string) bool {
+		switch imported {
+		case mod + "internal/app":
+			return importer == mod+"internal/cli"
+		case mod + "internal/cli":
+			return importer == mod+"cmd/hearth"
+		}
 		switch {
 		case importer == mod+"internal/app", strings.HasPrefix(importer, mod+"cmd/"), strings.HasPrefix(importer, mod+"bench/"):
 			return true
-		case importer == mod+"internal/store/sqlite" || importer == mod+"internal/vmm/qemu" || importer == mod+"internal/vmm/firecracker":
+		case slices.Contains(backends, importer):
 			return true
 		}
 		return false
 	}
 	for _, p := range listPackages(t, mod+"...") {
 		for _, imp := range p.Imports {
-			for _, c := range concrete {
-				if imp == c && !allowed(p.ImportPath, imp) {
-					t.Errorf("%s imports %s; wire it in internal/app instead", p.ImportPath, imp)
-				}
+			if !slices.Contains(backends, imp) && imp != mod+"internal/app" && imp != mod+"internal/cli" {
+				continue
+			}
+			if !allowed(p.ImportPath, imp) {
+				t.Errorf("%s imports %s; wire it in internal/app (called by internal/cli, called by cmd/hearth) instead", p.ImportPath, imp)
 			}
 		}
 	}

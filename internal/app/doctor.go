@@ -3,9 +3,7 @@ package app
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -38,29 +36,6 @@ func warn(name, detail, fix string) Check {
 }
 func failc(name, detail, fix string) Check {
 	return Check{Name: name, Status: "FAIL", Detail: detail, Fix: fix}
-}
-
-func cmdDoctor(ctx context.Context, args []string, stdout io.Writer) (bool, error) {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	if _, err := parse(fs, args); err != nil {
-		return false, err
-	}
-	cfg, err := c.config()
-	if err != nil {
-		return false, err
-	}
-	checks := Doctor(ctx, cfg)
-	failed := false
-	for _, ch := range checks {
-		fmt.Fprintf(stdout, "%-4s  %-18s %s\n", ch.Status, ch.Name, ch.Detail)
-		if ch.Fix != "" {
-			fmt.Fprintf(stdout, "      %-18s fix: %s\n", "", ch.Fix)
-		}
-		failed = failed || ch.Status == "FAIL"
-	}
-	return failed, nil
 }
 
 // Doctor inspects the host for everything hearth needs.

@@ -3,8 +3,6 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -17,69 +15,10 @@ import (
 	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/build"
 	"github.com/hearth-project/hearth/internal/image/verify"
+	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
-
-func cmdImage(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) < 1 {
-		return errors.New("usage: hearth image build|verify|list|inspect|rm|gc")
-	}
-	fs := flag.NewFlagSet("image "+args[0], flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	profile := fs.String("profile", "minimal", "profile to build (or give a spec file as the argument)")
-	agent := fs.String("agent", "", "static hearth-agent binary (default: hearth-agent next to this binary)")
-	kernel := fs.String("kernel-package", "", "Debian kernel package (default: linux-image-amd64's current one)")
-	pos, err := parse(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	cfg, err := c.config()
-	if err != nil {
-		return err
-	}
-	one := func() (string, error) { return onlyArg(pos, "usage: hearth image "+args[0]+" IMAGE") }
-	switch args[0] {
-	case "build":
-		name := *profile
-		if len(pos) == 1 {
-			name = pos[0]
-		}
-		img, err := BuildImage(ctx, cfg, name, *agent, *kernel, stdout)
-		if err != nil {
-			return err
-		}
-		if img.Status != store.ImageVerified {
-			return fmt.Errorf("image %s was built but failed verification; see hearth image inspect %s", img.Name, short(img.ID))
-		}
-		return nil
-	case "verify":
-		ref, err := one()
-		if err != nil {
-			return err
-		}
-		return withStore(ctx, cfg, func(st store.Store) error { return verifyCmd(ctx, st, ref, stdout) })
-	case "list":
-		return withStore(ctx, cfg, func(st store.Store) error { return listImages(ctx, st, stdout) })
-	case "inspect":
-		ref, err := one()
-		if err != nil {
-			return err
-		}
-		return withStore(ctx, cfg, func(st store.Store) error { return inspectImage(ctx, st, ref, stdout) })
-	case "rm":
-		ref, err := one()
-		if err != nil {
-			return err
-		}
-		return withStore(ctx, cfg, func(st store.Store) error { return removeImage(ctx, st, ref, stdout) })
-	case "gc":
-		return withStore(ctx, cfg, func(st store.Store) error { return collectImages(ctx, cfg, st, stdout) })
-	default:
-		return fmt.Errorf("unknown image command %q", args[0])
-	}
-}
 
 func withStore(ctx context.Context, cfg config.Config, fn func(store.Store) error) error {
 	if err := cfg.EnsureDirs(); err != nil {
@@ -231,7 +170,7 @@ func inspectImage(ctx context.Context, st store.Store, ref string, stdout io.Wri
 	if !img.VerifiedAt.IsZero() {
 		out["verified_at"] = img.VerifiedAt
 	}
-	return printJSON(stdout, out)
+	return safetext.WriteJSON(stdout, out)
 }
 
 func orNull(b []byte) []byte {

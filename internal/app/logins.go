@@ -3,20 +3,14 @@ package app
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
-	"time"
 
-	"github.com/hearth-project/hearth/api"
-	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/provider"
-	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 	"github.com/hearth-project/hearth/internal/vault"
@@ -89,142 +83,20 @@ func newLogins(cfg config.Config, st store.Store, mgr *vm.Manager, vlt *vault.Va
 		Events: mgr.Bus(), Log: log.With("component", "login")}), nil
 }
 
-// cmdVault runs `hearth vault rotate`: a new master key, every credential
-// re-wrapped under it, the old keys removed once unused.
-func cmdVault(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) < 1 || args[0] != "rotate" {
-		return errors.New("usage: hearth vault rotate")
-	}
-	fs := flag.NewFlagSet("vault rotate", flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	if _, err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	cfg, err := c.config()
-	if err != nil {
-		return err
-	}
+// RotateVault makes a new vault master key current and re-wraps every
+// stored credential under it, removing the old keys once no record uses
+// them. It works on the key file and the database directly, so it runs
+// on this host with or without the daemon (the key file's lock keeps the
+// two apart).
+func RotateVault(ctx context.Context, cfg config.Config) (vault.RotateReport, error) {
 	st, err := sqlite.Open(ctx, cfg.DatabasePath())
 	if err != nil {
-		return err
+		return vault.RotateReport{}, err
 	}
 	defer st.Close()
 	vlt, err := openVault(cfg, st, false, nil)
 	if err != nil {
-		return err
+		return vault.RotateReport{}, err
 	}
-	rep, err := vlt.Rotate(ctx)
-	if rep.NewKeyID != "" {
-		fmt.Fprintf(stdout, "new current key %s; %d credentials re-wrapped; removed keys: %s; kept: %s\n",
-			rep.NewKeyID, rep.Rewrapped, listOrNone(rep.Removed), listOrNone(rep.Kept))
-	}
-	return err
-}
-
-func listOrNone(s []string) string {
-	if len(s) == 0 {
-		return "none"
-	}
-	return strings.Join(s, ", ")
-}
-
-// cmdLogin runs `hearth login ...` against the daemon.
-func cmdLogin(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) < 1 {
-		return errors.New("usage: hearth login start PROVIDER | get ID | cancel ID | list | credentials")
-	}
-	sub := args[0]
-	fs := flag.NewFlagSet("login "+sub, flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	user := fs.String("user", "", "the user (admin keys; default: the key's own)")
-	wait := fs.Bool("wait", false, "start: print the viewer link once the sign-in page is open, then wait for the end")
-	pos, err := parse(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	one := func() (string, error) { return onlyArg(pos, "usage: hearth login "+sub+" ID") }
-	switch sub {
-	case "start":
-		name, err := onlyArg(pos, "usage: hearth login start PROVIDER")
-		if err != nil {
-			return err
-		}
-		l, err := cl.StartLogin(ctx, *user, name)
-		if err != nil {
-			return err
-		}
-		if !*wait {
-			return printJSON(stdout, l)
-		}
-		return followLogin(ctx, cl, l.ID, stdout)
-	case "get":
-		id, err := one()
-		if err != nil {
-			return err
-		}
-		l, err := cl.GetLogin(ctx, id)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, l)
-	case "cancel":
-		id, err := one()
-		if err != nil {
-			return err
-		}
-		l, err := cl.CancelLogin(ctx, id)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s %s\n", l.ID, l.State)
-		return nil
-	case "list":
-		ls, err := cl.ListLogins(ctx, api.ListLoginsParams{})
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, ls)
-	case "credentials":
-		cs, err := cl.ListCredentials(ctx, *user)
-		if err != nil {
-			return err
-		}
-		return printJSON(stdout, cs)
-	default:
-		return fmt.Errorf("unknown login command %q", sub)
-	}
-}
-
-// followLogin prints the viewer link when there is one, then waits for
-// the login to end and says how.
-func followLogin(ctx context.Context, cl *client.Client, id string, stdout io.Writer) error {
-	shown := false
-	for {
-		l, err := cl.GetLogin(ctx, id)
-		if err != nil {
-			return err
-		}
-		if l.Viewer.URL != "" && !shown {
-			fmt.Fprintf(stdout, "finish the sign-in here: %s\n", l.Viewer.URL)
-			shown = true
-		}
-		if client.Terminal(l) {
-			fmt.Fprintf(stdout, "%s %s %s\n", l.ID, l.State, safetext.Line(l.FailureReason, 0))
-			if l.State != api.LoginStateCompleted {
-				return fmt.Errorf("login %s", l.State)
-			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
+	return vlt.Rotate(ctx)
 }

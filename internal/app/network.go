@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -123,22 +122,10 @@ func hostNameservers(path string) []string {
 	return out
 }
 
-// cmdHost runs `hearth host setup`: the bridge, ip_forward and hearth's
-// nftables tables, idempotently.
-func cmdHost(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) < 1 || args[0] != "setup" {
-		return errors.New("usage: hearth host setup")
-	}
-	fs := flag.NewFlagSet("host setup", flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	if _, err := parse(fs, args[1:]); err != nil {
-		return err
-	}
-	cfg, err := c.config()
-	if err != nil {
-		return err
-	}
+// SetupHost sets up this host's network for VMs, idempotently: the
+// bridge, ip_forward and hearth's nftables tables, as the daemon does
+// when it starts. It says what is in place on out.
+func SetupHost(ctx context.Context, cfg config.Config, out io.Writer) error {
 	if !cfg.Network.Enabled {
 		return errors.New("network.enabled is false: nothing to set up")
 	}
@@ -154,7 +141,7 @@ func cmdHost(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := host.Setup(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "bridge %s %s/%d up, ip_forward on, nftables tables in place\n", nc.Bridge, nc.Gateway(), nc.Subnet.Bits())
+	fmt.Fprintf(out, "bridge %s %s/%d up, ip_forward on, nftables tables in place\n", nc.Bridge, nc.Gateway(), nc.Subnet.Bits())
 	return nil
 }
 

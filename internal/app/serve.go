@@ -1,6 +1,9 @@
 // Package app is the only place that wires hearth's subsystems together:
-// it builds them from the configuration, runs the daemon and the CLI
-// commands, and owns the shutdown order. Binaries call Main and nothing else.
+// it builds them from the configuration, runs the daemon (Serve) and owns
+// its shutdown order. It also provides the host-level operations that work
+// on this host's state directly, with the daemon stopped if need be:
+// Doctor, SetupHost, RotateVault, CreateAPIKeyLocal and the image
+// operations. The command line (internal/cli) is its only importer.
 package app
 
 import (

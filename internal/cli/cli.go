@@ -1,8 +1,15 @@
-package app
+// Package cli is hearth's command line. Its commands are of two kinds:
+// client commands (vm, login, apikey list and revoke, apikey create with a
+// key), which talk to a running daemon through its API with
+// internal/client and nothing else, so any user on any machine that
+// reaches the daemon may run them; and host commands (serve, doctor,
+// host setup, vault rotate, apikey create without a key, image), which
+// call internal/app to work on this host's state directly, as root, with
+// the daemon stopped if need be.
+package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/api"
+	"github.com/hearth-project/hearth/internal/app"
 	"github.com/hearth-project/hearth/internal/client"
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/safetext"
@@ -22,26 +30,44 @@ import (
 
 const usage = `hearth — microVMs for AI coding CLIs
 
-Usage:
-  hearth serve [--config FILE] [--listen ADDR] [--state-dir DIR]
-  hearth vm create --image NAME [--role R] [--vcpus N] [--memory MIB] [--user U] [--boot-timeout 90s] [--wait]
-  hearth vm list | get ID | wait ID [--state ready] [--timeout 60s] | console ID [--follow] [--raw] | rm ID [--wait]
-  hearth vm exec ID [--timeout 30s] -- COMMAND [ARGS...]
-  hearth vm viewer ID [--view-only] [--ttl 15m]   (prints a link to watch the VM's screen in a browser)
-  hearth vm viewers ls ID | rm ID    (the VM's open viewers; rm closes them all and revokes every link so far)
-  hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
-  hearth apikey list [--user U] [--json] | revoke ID [--force]
-  hearth image build [--profile minimal] [--agent PATH] | list
-  hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
-  hearth vault rotate                (new master key; every stored credential re-wrapped)
-  hearth host setup                  (bridge, ip_forward, nftables; the daemon also does it at start)
-  hearth doctor
-  hearth version
+Usage: hearth COMMAND [ARGS] [FLAGS]      (hearth COMMAND [SUBCOMMAND] -h lists its flags)
 
-Common flags: --config FILE (or HEARTH_CONFIG), --state-dir DIR, --addr HOST:PORT and
---key KEY (or HEARTH_API_KEY; root falls back to the key saved by 'apikey create --save').
-'apikey create' writes this host's database (how the first admin key is made) unless
---key or HEARTH_API_KEY is given: then it asks the daemon, as list and revoke always do.
+The daemon (runs on this host, as root):
+  hearth serve [--config FILE] [--listen ADDR] [--state-dir DIR]
+
+Client commands talk to a running daemon through its API, and only through
+it: any user may run them, on any machine that reaches the daemon, with
+nothing but its address and an API key.
+  hearth vm create [--image minimal] [--role R] [--vcpus N] [--memory MIB] [--user U]
+                   [--egress open|none] [--boot-timeout 90s] [--wait [--timeout 5m]]
+  hearth vm list | get ID | wait ID [--state ready] [--timeout 5m] | rm ID [--wait]
+  hearth vm console ID [--offset N] [--follow] [--raw]
+  hearth vm exec ID [--timeout 5m] -- COMMAND [ARGS...]
+  hearth vm viewer ID [--view-only] [--ttl 15m]   (a link to watch the VM's screen in a browser)
+  hearth vm viewers ls ID | rm ID   (the VM's open viewers; rm closes them all and revokes every link so far)
+  hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
+  hearth apikey list [--user U] [--json] | revoke ID [--force]
+  hearth apikey create --key KEY [--admin] [--user U] [--name NAME] [--expires 30d|TIME]   (KEY: an admin's)
+
+  The daemon: --addr HOST:PORT or HEARTH_ADDR (default: the configured listen
+  address, else 127.0.0.1:7070). The key: --key KEY or HEARTH_API_KEY (root
+  on the daemon's host falls back to the key 'apikey create --save' saved).
+  The configuration is read only to fill in what these leave out.
+
+Host commands run on this host, as root, and work with the daemon stopped:
+they read and write its state directory, database and network directly.
+  hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
+                                     (no key given: into the database; how the first admin key is made)
+  hearth image build [--profile minimal | SPEC.yaml] [--agent PATH] [--kernel-package PKG]
+  hearth image list | verify IMAGE | inspect IMAGE | rm IMAGE | gc
+  hearth vault rotate                (a new master key; every stored credential re-wrapped)
+  hearth host setup                  (bridge, ip_forward, nftables; the daemon also does it at start)
+  hearth doctor                      (is this host ready for hearth, and if not, what to fix)
+
+  Which host: --config FILE or HEARTH_CONFIG (default /etc/hearth/hearth.toml
+  if it exists), --state-dir DIR; HEARTH_* variables override the file.
+
+  hearth version
 `
 
 // Main runs the hearth command line and returns the exit code.
@@ -52,30 +78,31 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	out := output{stdout: stdout, stderr: stderr}
 	var err error
 	switch args[0] {
 	case "serve":
-		err = cmdServe(ctx, args[1:], stdout)
+		err = cmdServe(ctx, args[1:], out)
 	case "vm":
-		err = cmdVM(ctx, args[1:], stdout)
+		err = cmdVM(ctx, args[1:], out)
 	case "apikey":
-		err = cmdAPIKey(ctx, args[1:], stdout)
+		err = cmdAPIKey(ctx, args[1:], out)
 	case "image":
-		err = cmdImage(ctx, args[1:], stdout)
+		err = cmdImage(ctx, args[1:], out)
 	case "host":
-		err = cmdHost(ctx, args[1:], stdout)
+		err = cmdHost(ctx, args[1:], out)
 	case "vault":
-		err = cmdVault(ctx, args[1:], stdout)
+		err = cmdVault(ctx, args[1:], out)
 	case "login":
-		err = cmdLogin(ctx, args[1:], stdout)
+		err = cmdLogin(ctx, args[1:], out)
 	case "doctor":
 		var failed bool
-		failed, err = cmdDoctor(ctx, args[1:], stdout)
+		failed, err = cmdDoctor(ctx, args[1:], out)
 		if err == nil && failed {
 			return 1
 		}
 	case "version", "--version":
-		fmt.Fprintln(stdout, "hearth", Version)
+		fmt.Fprintln(stdout, "hearth", app.Version)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -94,7 +121,31 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// common holds the flags every command shares.
+// output is where a command writes: its result to stdout, everything
+// else (notes, flag help, a command's own stderr) to stderr.
+type output struct{ stdout, stderr io.Writer }
+
+// Where a command runs, as its -h says after the usage lines.
+const (
+	clientNote = "Talks to the daemon through its API only: any user, any machine that reaches it;\n" +
+		"needs --addr (or HEARTH_ADDR) and --key (or HEARTH_API_KEY)."
+	hostNote = "Runs on this host, as root; works with the daemon stopped."
+)
+
+// newFlags is a command's flag set. Its -h prints usage (the command's
+// usage lines and where it runs), then the flags.
+func newFlags(name, usage string, out output) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(out.stderr, "%s\n\nFlags:\n", usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// common holds the flags that say which daemon, which key and which host
+// configuration a command uses.
 type common struct {
 	configPath string
 	stateDir   string
@@ -102,11 +153,26 @@ type common struct {
 	key        string
 }
 
-func (c *common) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.configPath, "config", os.Getenv("HEARTH_CONFIG"), "config file (TOML)")
+// registerHost adds the flags of a command that works on this host's
+// state: which configuration and state directory.
+func (c *common) registerHost(fs *flag.FlagSet) {
+	fs.StringVar(&c.configPath, "config", os.Getenv("HEARTH_CONFIG"), "config file (TOML; default /etc/hearth/hearth.toml if it exists)")
 	fs.StringVar(&c.stateDir, "state-dir", "", "state directory (overrides config and HEARTH_STATE_DIR)")
-	fs.StringVar(&c.addr, "addr", os.Getenv("HEARTH_ADDR"), "daemon address (default: the configured listen address)")
-	fs.StringVar(&c.key, "key", "", "API key (default: HEARTH_API_KEY, then the saved CLI key)")
+}
+
+// registerClient adds the flags of a command that talks to the daemon:
+// its address and the key, and the host configuration that fills in what
+// they leave out.
+func (c *common) registerClient(fs *flag.FlagSet) {
+	c.registerDaemon(fs)
+	fs.StringVar(&c.configPath, "config", os.Getenv("HEARTH_CONFIG"), "config file, read only for what --addr and --key leave out")
+	fs.StringVar(&c.stateDir, "state-dir", "", "state directory, read only for root's saved key")
+}
+
+// registerDaemon adds --addr and --key.
+func (c *common) registerDaemon(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", os.Getenv("HEARTH_ADDR"), "daemon address HOST:PORT (default: HEARTH_ADDR, else the configured listen address)")
+	fs.StringVar(&c.key, "key", "", "API key (default: HEARTH_API_KEY, else the key root saved on the daemon's host)")
 }
 
 // config loads and validates the configuration with flag overrides.
@@ -209,56 +275,34 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func cmdServe(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	var c common
-	c.register(fs)
-	listen := fs.String("listen", "", "API listen address (overrides config and HEARTH_LISTEN)")
-	if _, err := parse(fs, args); err != nil {
-		return err
-	}
-	cfg, err := c.config()
-	if err != nil {
-		return err
-	}
-	if *listen != "" {
-		cfg.Listen = *listen
-		if err := cfg.Validate(); err != nil {
-			return fmt.Errorf("invalid configuration:\n%w", err)
-		}
-	}
-	return Serve(ctx, cfg, stdout)
-}
+const vmUsage = `usage: hearth vm create [--image minimal] [--role R] [--vcpus N] [--memory MIB] [--user U]
+                      [--egress open|none] [--boot-timeout 90s] [--wait [--timeout 5m]]
+       hearth vm list | get ID | wait ID [--state ready] [--timeout 5m] | rm ID [--wait]
+       hearth vm console ID [--offset N] [--follow] [--raw]
+       hearth vm exec ID [--timeout 5m] -- COMMAND [ARGS...]
+       hearth vm viewer ID [--view-only] [--ttl 15m]
+       hearth vm viewers ls ID | rm ID
 
-// printJSON prints v indented, with any control character left in its
-// strings escaped for the terminal.
-func printJSON(w io.Writer, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(safetext.EscapeJSON(b), '\n'))
-	return err
-}
+` + clientNote
 
-func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
+func cmdVM(ctx context.Context, args []string, out output) error {
 	if len(args) < 1 {
-		return errors.New("usage: hearth vm create|list|get|wait|console|exec|viewer|viewers|rm")
+		return errors.New(vmUsage)
 	}
 	sub := args[0]
-	fs := flag.NewFlagSet("vm "+sub, flag.ContinueOnError)
+	fs := newFlags("vm "+sub, vmUsage, out)
 	var c common
-	c.register(fs)
+	c.registerClient(fs)
 	var (
 		imageName   = fs.String("image", "minimal", "image name or id (create)")
 		role        = fs.String("role", "", "role (create; default: the image's)")
-		vcpus       = fs.Int("vcpus", 0, "vCPUs (create)")
-		memory      = fs.Int("memory", 0, "memory in MiB (create)")
+		vcpus       = fs.Int("vcpus", 0, "vCPUs (create; default: the daemon's)")
+		memory      = fs.Int("memory", 0, "memory in MiB (create; default: the daemon's)")
 		user        = fs.String("user", "", "owner (create; admin keys)")
-		bootTimeout = fs.Duration("boot-timeout", 0, "boot deadline (create)")
+		bootTimeout = fs.Duration("boot-timeout", 0, "boot deadline (create; default: the daemon's)")
 		wait        = fs.Bool("wait", false, "wait until ready (create) or destroyed (rm)")
 		state       = fs.String("state", "ready", "state to wait for (wait)")
-		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait (exec: the command's limit, at most 10m)")
+		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait (create --wait, wait, rm --wait); exec: the command's limit, at most 10m")
 		follow      = fs.Bool("follow", false, "keep streaming (console)")
 		raw         = fs.Bool("raw", false, "the guest's console bytes as they are, control characters included (console)")
 		offset      = fs.Int64("offset", 0, "start offset (console)")
@@ -292,13 +336,13 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 				return err
 			}
 		}
-		return printJSON(stdout, v)
+		return safetext.WriteJSON(out.stdout, v)
 	case "list":
 		vms, err := cl.ListVMs(ctx, api.ListVMsParams{})
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(out.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tUSER\tROLE\tSTATE\tVCPUS\tMEMORY\tAGE\tREASON")
 		for _, v := range vms {
 			reason, _, _ := strings.Cut(v.FailureReason, "\n")
@@ -316,7 +360,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return printJSON(stdout, v)
+		return safetext.WriteJSON(out.stdout, v)
 	case "wait":
 		id, err := needID()
 		if err != nil {
@@ -326,7 +370,7 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return printJSON(stdout, v)
+		return safetext.WriteJSON(out.stdout, v)
 	case "console":
 		id, err := needID()
 		if err != nil {
@@ -337,15 +381,15 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		defer rc.Close()
-		out := stdout
+		w := out.stdout
 		if !*raw {
 			// The guest writes its console: by default nothing of it may
 			// drive the terminal.
-			sw := safetext.NewWriter(stdout)
+			sw := safetext.NewWriter(out.stdout)
 			defer sw.Close()
-			out = sw
+			w = sw
 		}
-		_, err = io.Copy(out, rc)
+		_, err = io.Copy(w, rc)
 		if ctx.Err() != nil {
 			return nil // interrupted while following
 		}
@@ -358,8 +402,8 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprint(stdout, res.Stdout)
-		fmt.Fprint(os.Stderr, res.Stderr)
+		fmt.Fprint(out.stdout, res.Stdout)
+		fmt.Fprint(out.stderr, res.Stderr)
 		if res.ExitCode != 0 {
 			return fmt.Errorf("exit status %d", res.ExitCode)
 		}
@@ -378,12 +422,12 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		// The link is a credential until it expires: it goes to stdout
 		// only, for the caller to hand to one person.
-		fmt.Fprintln(stdout, l.URL)
-		fmt.Fprintf(os.Stderr, "expires %s%s\n", l.ExpiresAt.Local().Format(time.RFC3339),
+		fmt.Fprintln(out.stdout, l.URL)
+		fmt.Fprintf(out.stderr, "expires %s%s\n", l.ExpiresAt.Local().Format(time.RFC3339),
 			map[bool]string{true: " (view only)"}[l.ViewOnly])
 		return nil
 	case "viewers":
-		return vmViewers(ctx, cl, pos, stdout)
+		return vmViewers(ctx, cl, pos, out.stdout)
 	case "rm":
 		id, err := needID()
 		if err != nil {
@@ -398,10 +442,10 @@ func cmdVM(ctx context.Context, args []string, stdout io.Writer) error {
 				return err
 			}
 		}
-		fmt.Fprintf(stdout, "%s %s\n", v.ID, v.State)
+		fmt.Fprintf(out.stdout, "%s %s\n", v.ID, v.State)
 		return nil
 	default:
-		return fmt.Errorf("unknown vm command %q", sub)
+		return fmt.Errorf("unknown vm command %q\n%s", sub, vmUsage)
 	}
 }
 

@@ -1,9 +1,8 @@
-package app
+package cli
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,22 +12,29 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/api"
+	"github.com/hearth-project/hearth/internal/app"
 	"github.com/hearth-project/hearth/internal/auth"
-	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/safetext"
 )
 
-const apikeyUsage = `usage: hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
-       hearth apikey list [--user U] [--json]
-       hearth apikey revoke ID [--force]`
+const apikeyUsage = `usage: hearth apikey list [--user U] [--json] | revoke ID [--force]
+       hearth apikey create [--key KEY] [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
 
-func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
+list, revoke, and create with a key (--key or HEARTH_API_KEY, an admin's)
+talk to the daemon through its API only: any user, any machine that reaches it.
+create without a key writes this host's database: it runs on this host, as
+root, and works with the daemon stopped (how the first admin key is made).
+--save keeps the key in this host's state directory for root's CLI.`
+
+func cmdAPIKey(ctx context.Context, args []string, out output) error {
 	if len(args) < 1 {
 		return errors.New(apikeyUsage)
 	}
 	sub := args[0]
-	fs := flag.NewFlagSet("apikey "+sub, flag.ContinueOnError)
+	fs := newFlags("apikey "+sub, apikeyUsage, out)
 	var c common
-	c.register(fs)
+	c.registerDaemon(fs)
+	c.registerHost(fs)
 	var (
 		admin   = fs.Bool("admin", false, "admin scope: every user's resources and every key (create)")
 		user    = fs.String("user", "", "the key's user, created if new; required without --admin (create); whose keys (list)")
@@ -73,9 +79,9 @@ func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, key) // first: a failure to save must not lose the key
+		fmt.Fprintln(out.stdout, key) // first: a failure to save must not lose the key
 		if !expiry.IsZero() {
-			fmt.Fprintf(os.Stderr, "expires %s\n", expiry.Local().Format(time.RFC3339))
+			fmt.Fprintf(out.stderr, "expires %s\n", expiry.Local().Format(time.RFC3339))
 		}
 		if *save {
 			cfg, err := c.config()
@@ -101,9 +107,9 @@ func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		if *asJSON {
-			return printJSON(stdout, keys)
+			return safetext.WriteJSON(out.stdout, keys)
 		}
-		return printKeys(stdout, keys, time.Now())
+		return printKeys(out.stdout, keys, time.Now())
 	case "revoke":
 		id, err := onlyArg(pos, "usage: hearth apikey revoke ID [--force]")
 		if err != nil {
@@ -117,7 +123,7 @@ func cmdAPIKey(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s revoked %s\n", k.ID, k.RevokedAt.Local().Format(time.RFC3339))
+		fmt.Fprintf(out.stdout, "%s revoked %s\n", k.ID, k.RevokedAt.Local().Format(time.RFC3339))
 		return nil
 	default:
 		return fmt.Errorf("unknown apikey command %q\n%s", sub, apikeyUsage)
@@ -131,16 +137,7 @@ func createKeyLocal(ctx context.Context, c *common, req auth.IssueRequest) (stri
 	if err != nil {
 		return "", err
 	}
-	if err := cfg.EnsureDirs(); err != nil {
-		return "", err
-	}
-	st, err := sqlite.Open(ctx, cfg.DatabasePath())
-	if err != nil {
-		return "", err
-	}
-	defer st.Close()
-	key, _, err := auth.Issue(ctx, st, req, time.Now())
-	return key, err
+	return app.CreateAPIKeyLocal(ctx, cfg, req)
 }
 
 // createKeyRemote asks the daemon for the key (an admin key is needed).
