@@ -155,8 +155,21 @@ func newDaemon(t *testing.T, extraEnv ...string) *daemon {
 // it removes when the test ends.
 func newDaemonIn(t *testing.T, state string, extraEnv ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, stateDir: state, addr: "127.0.0.1:7070", logPath: filepath.Join(state, "hearth.log")}
+	d := prepareDaemon(t, state, "127.0.0.1:7070", extraEnv...)
+	d.start()
+	return d
+}
+
+// prepareDaemon is newDaemonIn up to starting the daemon, which is to
+// listen on listen inside its namespace: a test that has it listen on an
+// address of its own gives the namespace that address, then calls start.
+// Whatever becomes of it, the daemon, its VMs and its state go when the
+// test ends.
+func prepareDaemon(t *testing.T, state, listen string, extraEnv ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, stateDir: state, addr: listen, logPath: filepath.Join(state, "hearth.log")}
 	d.netns = newNetns(t)
+	t.Cleanup(func() { d.cleanup() }) // registered after the namespace's: runs before it goes
 	d.env = append([]string{"HEARTH_STATE_DIR=" + state, "HEARTH_LISTEN=" + d.addr, "HEARTH_IMAGE_DIR=" + imageDir,
 		"HEARTH_CACHE_DIR=" + cacheDir, "HEARTH_CONFIG="}, extraEnv...)
 	out := d.hearth("image", "build", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
@@ -164,8 +177,6 @@ func newDaemonIn(t *testing.T, state string, extraEnv ...string) *daemon {
 	d.admin = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--admin", "--name", "e2e")))
 	d.alice = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--user", "alice")))
 	d.bob = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--user", "bob")))
-	d.start()
-	t.Cleanup(func() { d.cleanup() })
 	return d
 }
 

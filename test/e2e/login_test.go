@@ -50,6 +50,30 @@ func fakeProviderDir(t *testing.T) string {
 	return dir
 }
 
+// loginDaemonEnv is a daemon's environment for provider logins against
+// the fakes: the fake_cli provider, the browser image loginTestSpec
+// builds, and deadlines for hearth's own work (booting the browser VM,
+// bringing the sign-in page up) that allow for two shared CPUs emulating
+// guests; the user's time (fake_cli's 2m) starts with the page.
+func loginDaemonEnv(t *testing.T) []string {
+	t.Helper()
+	return []string{"HEARTH_PROVIDERS_DIR=" + fakeProviderDir(t), "HEARTH_LOGIN_BROWSER_IMAGE=" + loginImage,
+		"HEARTH_BOOT_TIMEOUT=5m", "HEARTH_LOGIN_SETUP_TIMEOUT=10m"}
+}
+
+// buildFakeProvider builds the fake provider CLI (test/fakeprovider),
+// static, and returns its path.
+func buildFakeProvider(t *testing.T) string {
+	t.Helper()
+	fakeCLI := filepath.Join(binDir, "fakeprovider")
+	build := exec.Command("go", "build", "-o", fakeCLI, "./test/fakeprovider")
+	build.Dir, build.Env = repoRoot(), append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the fake provider CLI: %v\n%s", err, out)
+	}
+	return fakeCLI
+}
+
 // serveFakeAuth runs the fake authorization server in the outside
 // namespace, where guests reach it through NAT.
 func serveFakeAuth(t *testing.T, o *outside) *fakeauth.Server {
@@ -79,17 +103,8 @@ func serveFakeAuth(t *testing.T, o *outside) *fakeauth.Server {
 // VM is gone afterwards, and no log holds the token.
 func TestLoginEndToEnd(t *testing.T) {
 	needRoot(t)
-	fakeCLI := filepath.Join(binDir, "fakeprovider")
-	build := exec.Command("go", "build", "-o", fakeCLI, "./test/fakeprovider")
-	build.Dir, build.Env = repoRoot(), append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the fake provider CLI: %v\n%s", err, out)
-	}
-	// Deadlines for hearth's own work (booting the browser VM, bringing
-	// the sign-in page up) that allow for two shared CPUs emulating
-	// guests; the user's time (fake_cli's 2m) starts with the page.
-	d := newDaemon(t, "HEARTH_PROVIDERS_DIR="+fakeProviderDir(t), "HEARTH_LOGIN_BROWSER_IMAGE="+loginImage,
-		"HEARTH_BOOT_TIMEOUT=5m", "HEARTH_LOGIN_SETUP_TIMEOUT=10m")
+	fakeCLI := buildFakeProvider(t)
+	d := newDaemon(t, loginDaemonEnv(t)...)
 	for _, profile := range []string{loginTestSpec(t, fakeCLI), "workspace"} {
 		start := time.Now()
 		out := d.hearth("image", "build", "--profile", profile, "--agent", filepath.Join(binDir, "hearth-agent"))
