@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image/build"
+	"github.com/hearth-project/hearth/internal/imagebuild"
 	"github.com/hearth-project/hearth/internal/imagereg"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
@@ -107,6 +109,17 @@ func defaultAgentPath() (string, error) {
 // imageRegistry is the registry of cfg's store st.
 func imageRegistry(cfg config.Config, st store.Store) *imagereg.Registry {
 	return &imagereg.Registry{Store: st, ImageDir: cfg.ImagesPath(), CacheDir: cfg.CacheDir}
+}
+
+// newImageBuilds is the daemon's image build service: builds run
+// imagereg.Registry.Build, as the CLI's do, with the hearth-agent next to
+// the daemon's binary, and log under the state dir.
+func newImageBuilds(cfg config.Config, images *imagereg.Registry, log *slog.Logger) (*imagebuild.Service, error) {
+	return imagebuild.New(imagebuild.Config{LogDir: filepath.Join(cfg.StateDir, "builds"), Agent: defaultAgentPath},
+		imagebuild.Deps{Log: log.With("component", "imagebuild"), Build: func(ctx context.Context, job imagebuild.Job, progress io.Writer) (store.Image, error) {
+			return images.Build(ctx, build.Options{Spec: job.Spec, AgentBinary: job.Agent, AgentVersion: Version,
+				KernelPackage: job.KernelPackage}, progress)
+		}})
 }
 
 // BuildImage builds a profile (or finds it cached), verifies the result
