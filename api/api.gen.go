@@ -212,6 +212,99 @@ func (e ImageStatus) Valid() bool {
 	}
 }
 
+// Defines values for ImageBuildImageStatus.
+const (
+	ImageBuildImageStatusFailed     ImageBuildImageStatus = "failed"
+	ImageBuildImageStatusUnverified ImageBuildImageStatus = "unverified"
+	ImageBuildImageStatusVerified   ImageBuildImageStatus = "verified"
+)
+
+// Valid indicates whether the value is a known member of the ImageBuildImageStatus enum.
+func (e ImageBuildImageStatus) Valid() bool {
+	switch e {
+	case ImageBuildImageStatusFailed:
+		return true
+	case ImageBuildImageStatusUnverified:
+		return true
+	case ImageBuildImageStatusVerified:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImageBuildState.
+const (
+	ImageBuildStateCancelled ImageBuildState = "cancelled"
+	ImageBuildStateFailed    ImageBuildState = "failed"
+	ImageBuildStateQueued    ImageBuildState = "queued"
+	ImageBuildStateRunning   ImageBuildState = "running"
+	ImageBuildStateSucceeded ImageBuildState = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the ImageBuildState enum.
+func (e ImageBuildState) Valid() bool {
+	switch e {
+	case ImageBuildStateCancelled:
+		return true
+	case ImageBuildStateFailed:
+		return true
+	case ImageBuildStateQueued:
+		return true
+	case ImageBuildStateRunning:
+		return true
+	case ImageBuildStateSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImageBuildEventType.
+const (
+	ImageBuildEventTypeDone     ImageBuildEventType = "done"
+	ImageBuildEventTypeDropped  ImageBuildEventType = "dropped"
+	ImageBuildEventTypeLog      ImageBuildEventType = "log"
+	ImageBuildEventTypeProgress ImageBuildEventType = "progress"
+)
+
+// Valid indicates whether the value is a known member of the ImageBuildEventType enum.
+func (e ImageBuildEventType) Valid() bool {
+	switch e {
+	case ImageBuildEventTypeDone:
+		return true
+	case ImageBuildEventTypeDropped:
+		return true
+	case ImageBuildEventTypeLog:
+		return true
+	case ImageBuildEventTypeProgress:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ImageDetailStatus.
+const (
+	ImageDetailStatusFailed     ImageDetailStatus = "failed"
+	ImageDetailStatusUnverified ImageDetailStatus = "unverified"
+	ImageDetailStatusVerified   ImageDetailStatus = "verified"
+)
+
+// Valid indicates whether the value is a known member of the ImageDetailStatus enum.
+func (e ImageDetailStatus) Valid() bool {
+	switch e {
+	case ImageDetailStatusFailed:
+		return true
+	case ImageDetailStatusUnverified:
+		return true
+	case ImageDetailStatusVerified:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for LoginState.
 const (
 	LoginStateAwaitingUser LoginState = "awaiting_user"
@@ -305,6 +398,18 @@ type APIKeyList struct {
 	APIKeys []APIKey `json:"api_keys"`
 }
 
+// BuildImage Give profile or spec, not both.
+type BuildImage struct {
+	// KernelPackage the Debian kernel package, optionally with =version; default: what linux-image-amd64 depends on
+	KernelPackage string `json:"kernel_package,omitempty,omitzero"`
+
+	// Profile an embedded spec: minimal, workspace or browser
+	Profile string `json:"profile,omitempty,omitzero"`
+
+	// Spec a spec's YAML text (images/README.md)
+	Spec string `json:"spec,omitempty,omitzero"`
+}
+
 // Capabilities What the host's VMM driver can do.
 type Capabilities struct {
 	Accel          CapabilitiesAccel `json:"accel"`
@@ -317,6 +422,17 @@ type Capabilities struct {
 
 // CapabilitiesAccel defines model for Capabilities.Accel.
 type CapabilitiesAccel string
+
+// CollectedImages defines model for CollectedImages.
+type CollectedImages struct {
+	FreedBytes int64 `json:"freed_bytes"`
+
+	// Images image directories removed
+	Images []string `json:"images"`
+
+	// Kernels unpacked kernels removed from the build cache
+	Kernels []string `json:"kernels"`
+}
 
 // CompatCancelled defines model for CompatCancelled.
 type CompatCancelled struct {
@@ -577,6 +693,98 @@ type Image struct {
 // ImageStatus VMs start only from verified images.
 type ImageStatus string
 
+// ImageBuild defines model for ImageBuild.
+type ImageBuild struct {
+	CreatedAt time.Time `json:"created_at"`
+	EndedAt   time.Time `json:"ended_at,omitempty,omitzero"`
+
+	// Error why it failed or was cancelled
+	Error string `json:"error,omitempty,omitzero"`
+	ID    string `json:"id"`
+
+	// Image the registered image's id
+	Image         string                `json:"image,omitempty,omitzero"`
+	ImageStatus   ImageBuildImageStatus `json:"image_status,omitempty,omitzero"`
+	KernelPackage string                `json:"kernel_package,omitempty,omitzero"`
+
+	// LogSize bytes the build has logged: the id of its latest event
+	LogSize int64 `json:"log_size"`
+
+	// Phase the builder's current phase (kernel, inputs, initramfs, base, packages, configure, rootfs, manifest)
+	Phase string `json:"phase,omitempty,omitzero"`
+
+	// Profile the embedded spec asked for; absent for an uploaded spec
+	Profile string `json:"profile,omitempty,omitzero"`
+
+	// SpecDigest SHA-256 of the spec's canonical form
+	SpecDigest string    `json:"spec_digest"`
+	SpecName   string    `json:"spec_name"`
+	StartedAt  time.Time `json:"started_at,omitempty,omitzero"`
+
+	// State succeeded = built (or found built), verified and registered; failed includes an image that failed verification; cancelled = hearth shut down first.
+	State ImageBuildState `json:"state"`
+	Step  int             `json:"step,omitempty,omitzero"`
+	Steps int             `json:"steps,omitempty,omitzero"`
+}
+
+// ImageBuildImageStatus defines model for ImageBuild.ImageStatus.
+type ImageBuildImageStatus string
+
+// ImageBuildState succeeded = built (or found built), verified and registered; failed includes an image that failed verification; cancelled = hearth shut down first.
+type ImageBuildState string
+
+// ImageBuildEvent The data of an event of GET /v1/images/builds/{id}/events.
+type ImageBuildEvent struct {
+	Build ImageBuild `json:"build,omitempty,omitzero"`
+
+	// ID the event's offset in the build's log (done: the log's size + 1)
+	ID int64 `json:"id"`
+
+	// Line the logged line, without control characters (progress, log, dropped)
+	Line  string              `json:"line,omitempty,omitzero"`
+	Phase string              `json:"phase,omitempty,omitzero"`
+	Step  int                 `json:"step,omitempty,omitzero"`
+	Steps int                 `json:"steps,omitempty,omitzero"`
+	Type  ImageBuildEventType `json:"type"`
+}
+
+// ImageBuildEventType defines model for ImageBuildEvent.Type.
+type ImageBuildEventType string
+
+// ImageBuildList defines model for ImageBuildList.
+type ImageBuildList struct {
+	Builds []ImageBuild `json:"builds"`
+}
+
+// ImageDetail An image as `hearth image inspect` shows it.
+type ImageDetail struct {
+	CreatedAt time.Time `json:"created_at"`
+	ID        string    `json:"id"`
+
+	// Initrd host path (admin keys only)
+	Initrd string `json:"initrd,omitempty,omitzero"`
+
+	// Kernel host path (admin keys only)
+	Kernel string `json:"kernel,omitempty,omitzero"`
+
+	// Manifest What the builder says the image holds (packages, units, files with digests, users, ports, agent, kernel).
+	Manifest map[string]interface{} `json:"manifest"`
+	Name     string                 `json:"name"`
+	Role     string                 `json:"role"`
+
+	// Rootfs host path (admin keys only)
+	Rootfs    string            `json:"rootfs,omitempty,omitzero"`
+	SizeBytes int64             `json:"size_bytes"`
+	Status    ImageDetailStatus `json:"status"`
+
+	// Verification The verifier's report of the last verification, every claim checked against the image's files.
+	Verification map[string]interface{} `json:"verification,omitempty,omitzero"`
+	VerifiedAt   time.Time              `json:"verified_at,omitempty,omitzero"`
+}
+
+// ImageDetailStatus defines model for ImageDetail.Status.
+type ImageDetailStatus string
+
 // ImageList defines model for ImageList.
 type ImageList struct {
 	Images []Image `json:"images"`
@@ -766,6 +974,12 @@ type StreamEventsParams struct {
 	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
+// ImageBuildEventsParams defines parameters for ImageBuildEvents.
+type ImageBuildEventsParams struct {
+	Since       *int64  `form:"since,omitempty" json:"since,omitempty"`
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
+}
+
 // ListLoginsParams defines parameters for ListLogins.
 type ListLoginsParams struct {
 	// User admin keys only
@@ -819,6 +1033,9 @@ type CompatStartJSONRequestBody = CompatStart
 
 // CreateAPIKeyJSONRequestBody defines body for CreateAPIKey for application/json ContentType.
 type CreateAPIKeyJSONRequestBody = CreateAPIKey
+
+// BuildImageJSONRequestBody defines body for BuildImage for application/json ContentType.
+type BuildImageJSONRequestBody = BuildImage
 
 // CreateLoginJSONRequestBody defines body for CreateLogin for application/json ContentType.
 type CreateLoginJSONRequestBody = CreateLogin
@@ -1089,6 +1306,108 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/images (the `ListImages` operationId).
 	ListImages(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildImageWithBody Build an image from an embedded profile or a spec (admin keys only)
+	//
+	// Starts a build job and answers at once; the build runs in the
+	// daemon, whatever happens to the request, until it ends or hearth
+	// shuts down (which cancels it). The request is checked before
+	// anything runs: `profile` names an embedded spec (minimal,
+	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+	// and a spec that does not parse or validate is a 400 naming the line.
+	// At the end the image is verified and registered, as `hearth image
+	// build` does. One build runs at a time; others wait in order (at most
+	// 8; more answer 503). A request for the same spec (same spec digest),
+	// agent and kernel package as a build that is queued or running joins
+	// it: 200 with that build instead of 202 with a new one. Follow it with
+	// /v1/images/builds/{id}/events.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/images (the `BuildImage` operationId).
+	BuildImageWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildImage Build an image from an embedded profile or a spec (admin keys only)
+	//
+	// Starts a build job and answers at once; the build runs in the
+	// daemon, whatever happens to the request, until it ends or hearth
+	// shuts down (which cancels it). The request is checked before
+	// anything runs: `profile` names an embedded spec (minimal,
+	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+	// and a spec that does not parse or validate is a 400 naming the line.
+	// At the end the image is verified and registered, as `hearth image
+	// build` does. One build runs at a time; others wait in order (at most
+	// 8; more answer 503). A request for the same spec (same spec digest),
+	// agent and kernel package as a build that is queued or running joins
+	// it: 200 with that build instead of 202 with a new one. Follow it with
+	// /v1/images/builds/{id}/events.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/images (the `BuildImage` operationId).
+	BuildImage(ctx context.Context, body BuildImageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListImageBuilds Image builds this daemon runs or ran, oldest first (admin keys only)
+	//
+	// The queued and running builds and the 32 that ended last, kept in
+	// the daemon's memory: a restarted daemon lists none of its
+	// predecessor's (their images are in GET /v1/images).
+	//
+	// Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
+	ListImageBuilds(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetImageBuild One image build (admin keys only)
+	//
+	// Corresponds with GET /v1/images/builds/{id} (the `GetImageBuild` operationId).
+	GetImageBuild(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ImageBuildEvents Server-sent events of one image build, from its start; the stream ends after done (admin keys only)
+	//
+	// `text/event-stream`. Each line the build logs is an event: `progress`
+	// for the builder's phase lines ("[4/5] rootfs: …", with phase, step
+	// and steps), `log` for the others; `dropped` says that lines the
+	// build's log no longer keeps (it holds its first 256 KiB and its
+	// latest lines, 1 MiB in all) were passed over; `done` comes last,
+	// with the build's record, once it has ended and everything before
+	// is sent. An event's `id` is its offset in the log: resume with
+	// Last-Event-ID (or ?since=) and get exactly what follows. Counts
+	// against the key's streams like /v1/events.
+	//
+	// Corresponds with GET /v1/images/builds/{id}/events (the `ImageBuildEvents` operationId).
+	ImageBuildEvents(ctx context.Context, id string, params *ImageBuildEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CollectImages Remove image files no image record names, and unpacked kernels no image uses (admin keys only)
+	//
+	// As `hearth image gc`: image directories the store does not know and
+	// kernels in the build cache no registered image was built with.
+	// Refused (409) while an image build runs; builds asked for meanwhile
+	// wait until it is done.
+	//
+	// Corresponds with POST /v1/images/gc (the `CollectImages` operationId).
+	CollectImages(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteImage Remove an image's record and files (admin keys only)
+	//
+	// Refused (409, naming them) while VMs that are not destroyed use it.
+	//
+	// Corresponds with DELETE /v1/images/{id} (the `DeleteImage` operationId).
+	DeleteImage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetImage One image with its manifest and its verification report
+	//
+	// The host paths of its files are shown to admin keys only.
+	//
+	// Corresponds with GET /v1/images/{id} (the `GetImage` operationId).
+	GetImage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// VerifyImage Verify an image's files against its manifest again and record the verdict (admin keys only)
+	//
+	// The answer is the image with its new status and report; an image
+	// that fails verification is a 200 whose status is `failed` (VMs no
+	// longer start from it), not an error.
+	//
+	// Corresponds with POST /v1/images/{id}/verify (the `VerifyImage` operationId).
+	VerifyImage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListLogins Logins (a user key sees its own)
 	//
@@ -1605,6 +1924,198 @@ func (c *Client) GetHost(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // Corresponds with GET /v1/images (the `ListImages` operationId).
 func (c *Client) ListImages(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListImagesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildImageWithBody Build an image from an embedded profile or a spec (admin keys only)
+//
+// Starts a build job and answers at once; the build runs in the
+// daemon, whatever happens to the request, until it ends or hearth
+// shuts down (which cancels it). The request is checked before
+// anything runs: `profile` names an embedded spec (minimal,
+// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+// and a spec that does not parse or validate is a 400 naming the line.
+// At the end the image is verified and registered, as `hearth image
+// build` does. One build runs at a time; others wait in order (at most
+// 8; more answer 503). A request for the same spec (same spec digest),
+// agent and kernel package as a build that is queued or running joins
+// it: 200 with that build instead of 202 with a new one. Follow it with
+// /v1/images/builds/{id}/events.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/images (the `BuildImage` operationId).
+func (c *Client) BuildImageWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildImageRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildImage Build an image from an embedded profile or a spec (admin keys only)
+//
+// Starts a build job and answers at once; the build runs in the
+// daemon, whatever happens to the request, until it ends or hearth
+// shuts down (which cancels it). The request is checked before
+// anything runs: `profile` names an embedded spec (minimal,
+// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+// and a spec that does not parse or validate is a 400 naming the line.
+// At the end the image is verified and registered, as `hearth image
+// build` does. One build runs at a time; others wait in order (at most
+// 8; more answer 503). A request for the same spec (same spec digest),
+// agent and kernel package as a build that is queued or running joins
+// it: 200 with that build instead of 202 with a new one. Follow it with
+// /v1/images/builds/{id}/events.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/images (the `BuildImage` operationId).
+func (c *Client) BuildImage(ctx context.Context, body BuildImageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildImageRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListImageBuilds Image builds this daemon runs or ran, oldest first (admin keys only)
+//
+// The queued and running builds and the 32 that ended last, kept in
+// the daemon's memory: a restarted daemon lists none of its
+// predecessor's (their images are in GET /v1/images).
+//
+// Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
+func (c *Client) ListImageBuilds(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListImageBuildsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetImageBuild One image build (admin keys only)
+//
+// Corresponds with GET /v1/images/builds/{id} (the `GetImageBuild` operationId).
+func (c *Client) GetImageBuild(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetImageBuildRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ImageBuildEvents Server-sent events of one image build, from its start; the stream ends after done (admin keys only)
+//
+// `text/event-stream`. Each line the build logs is an event: `progress`
+// for the builder's phase lines ("[4/5] rootfs: …", with phase, step
+// and steps), `log` for the others; `dropped` says that lines the
+// build's log no longer keeps (it holds its first 256 KiB and its
+// latest lines, 1 MiB in all) were passed over; `done` comes last,
+// with the build's record, once it has ended and everything before
+// is sent. An event's `id` is its offset in the log: resume with
+// Last-Event-ID (or ?since=) and get exactly what follows. Counts
+// against the key's streams like /v1/events.
+//
+// Corresponds with GET /v1/images/builds/{id}/events (the `ImageBuildEvents` operationId).
+func (c *Client) ImageBuildEvents(ctx context.Context, id string, params *ImageBuildEventsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewImageBuildEventsRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CollectImages Remove image files no image record names, and unpacked kernels no image uses (admin keys only)
+//
+// As `hearth image gc`: image directories the store does not know and
+// kernels in the build cache no registered image was built with.
+// Refused (409) while an image build runs; builds asked for meanwhile
+// wait until it is done.
+//
+// Corresponds with POST /v1/images/gc (the `CollectImages` operationId).
+func (c *Client) CollectImages(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCollectImagesRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteImage Remove an image's record and files (admin keys only)
+//
+// Refused (409, naming them) while VMs that are not destroyed use it.
+//
+// Corresponds with DELETE /v1/images/{id} (the `DeleteImage` operationId).
+func (c *Client) DeleteImage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteImageRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetImage One image with its manifest and its verification report
+//
+// The host paths of its files are shown to admin keys only.
+//
+// Corresponds with GET /v1/images/{id} (the `GetImage` operationId).
+func (c *Client) GetImage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetImageRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// VerifyImage Verify an image's files against its manifest again and record the verdict (admin keys only)
+//
+// The answer is the image with its new status and report; an image
+// that fails verification is a 200 whose status is `failed` (VMs no
+// longer start from it), not an error.
+//
+// Corresponds with POST /v1/images/{id}/verify (the `VerifyImage` operationId).
+func (c *Client) VerifyImage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewVerifyImageRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -2642,6 +3153,312 @@ func NewListImagesRequest(server string) (*http.Request, error) {
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewBuildImageRequest calls the generic BuildImage builder with application/json body
+func NewBuildImageRequest(server string, body BuildImageJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewBuildImageRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewBuildImageRequestWithBody constructs an http.Request for the BuildImage method, with any body, and a specified content type
+func NewBuildImageRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListImageBuildsRequest constructs an http.Request for the ListImageBuilds method
+func NewListImageBuildsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/builds")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetImageBuildRequest constructs an http.Request for the GetImageBuild method
+func NewGetImageBuildRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/builds/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewImageBuildEventsRequest constructs an http.Request for the ImageBuildEvents method
+func NewImageBuildEventsRequest(server string, id string, params *ImageBuildEventsParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/builds/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewCollectImagesRequest constructs an http.Request for the CollectImages method
+func NewCollectImagesRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/gc")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeleteImageRequest constructs an http.Request for the DeleteImage method
+func NewDeleteImageRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetImageRequest constructs an http.Request for the GetImage method
+func NewGetImageRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewVerifyImageRequest constructs an http.Request for the VerifyImage method
+func NewVerifyImageRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/%s/verify", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -3751,6 +4568,122 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/images (the `ListImages` operationId).
 	ListImagesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListImagesResponse, error)
 
+	// BuildImageWithBodyWithResponse Build an image from an embedded profile or a spec (admin keys only)
+	//
+	// Starts a build job and answers at once; the build runs in the
+	// daemon, whatever happens to the request, until it ends or hearth
+	// shuts down (which cancels it). The request is checked before
+	// anything runs: `profile` names an embedded spec (minimal,
+	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+	// and a spec that does not parse or validate is a 400 naming the line.
+	// At the end the image is verified and registered, as `hearth image
+	// build` does. One build runs at a time; others wait in order (at most
+	// 8; more answer 503). A request for the same spec (same spec digest),
+	// agent and kernel package as a build that is queued or running joins
+	// it: 200 with that build instead of 202 with a new one. Follow it with
+	// /v1/images/builds/{id}/events.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/images (the `BuildImage` operationId).
+	BuildImageWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*BuildImageResponse, error)
+
+	// BuildImageWithResponse Build an image from an embedded profile or a spec (admin keys only)
+	//
+	// Starts a build job and answers at once; the build runs in the
+	// daemon, whatever happens to the request, until it ends or hearth
+	// shuts down (which cancels it). The request is checked before
+	// anything runs: `profile` names an embedded spec (minimal,
+	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+	// and a spec that does not parse or validate is a 400 naming the line.
+	// At the end the image is verified and registered, as `hearth image
+	// build` does. One build runs at a time; others wait in order (at most
+	// 8; more answer 503). A request for the same spec (same spec digest),
+	// agent and kernel package as a build that is queued or running joins
+	// it: 200 with that build instead of 202 with a new one. Follow it with
+	// /v1/images/builds/{id}/events.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/images (the `BuildImage` operationId).
+	BuildImageWithResponse(ctx context.Context, body BuildImageJSONRequestBody, reqEditors ...RequestEditorFn) (*BuildImageResponse, error)
+
+	// ListImageBuildsWithResponse Image builds this daemon runs or ran, oldest first (admin keys only)
+	//
+	// The queued and running builds and the 32 that ended last, kept in
+	// the daemon's memory: a restarted daemon lists none of its
+	// predecessor's (their images are in GET /v1/images).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
+	ListImageBuildsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListImageBuildsResponse, error)
+
+	// GetImageBuildWithResponse One image build (admin keys only)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/images/builds/{id} (the `GetImageBuild` operationId).
+	GetImageBuildWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetImageBuildResponse, error)
+
+	// ImageBuildEventsWithResponse Server-sent events of one image build, from its start; the stream ends after done (admin keys only)
+	//
+	// `text/event-stream`. Each line the build logs is an event: `progress`
+	// for the builder's phase lines ("[4/5] rootfs: …", with phase, step
+	// and steps), `log` for the others; `dropped` says that lines the
+	// build's log no longer keeps (it holds its first 256 KiB and its
+	// latest lines, 1 MiB in all) were passed over; `done` comes last,
+	// with the build's record, once it has ended and everything before
+	// is sent. An event's `id` is its offset in the log: resume with
+	// Last-Event-ID (or ?since=) and get exactly what follows. Counts
+	// against the key's streams like /v1/events.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/images/builds/{id}/events (the `ImageBuildEvents` operationId).
+	ImageBuildEventsWithResponse(ctx context.Context, id string, params *ImageBuildEventsParams, reqEditors ...RequestEditorFn) (*ImageBuildEventsResponse, error)
+
+	// CollectImagesWithResponse Remove image files no image record names, and unpacked kernels no image uses (admin keys only)
+	//
+	// As `hearth image gc`: image directories the store does not know and
+	// kernels in the build cache no registered image was built with.
+	// Refused (409) while an image build runs; builds asked for meanwhile
+	// wait until it is done.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/images/gc (the `CollectImages` operationId).
+	CollectImagesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*CollectImagesResponse, error)
+
+	// DeleteImageWithResponse Remove an image's record and files (admin keys only)
+	//
+	// Refused (409, naming them) while VMs that are not destroyed use it.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/images/{id} (the `DeleteImage` operationId).
+	DeleteImageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteImageResponse, error)
+
+	// GetImageWithResponse One image with its manifest and its verification report
+	//
+	// The host paths of its files are shown to admin keys only.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/images/{id} (the `GetImage` operationId).
+	GetImageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetImageResponse, error)
+
+	// VerifyImageWithResponse Verify an image's files against its manifest again and record the verdict (admin keys only)
+	//
+	// The answer is the image with its new status and report; an image
+	// that fails verification is a 200 whose status is `failed` (VMs no
+	// longer start from it), not an error.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/images/{id}/verify (the `VerifyImage` operationId).
+	VerifyImageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*VerifyImageResponse, error)
+
 	// ListLoginsWithResponse Logins (a user key sees its own)
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -4844,6 +5777,565 @@ func (r ListImagesResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListImagesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// BuildImageResponse200Headers the declared response headers of an HTTP 200 response for BuildImage
+type BuildImageResponse200Headers struct {
+	Location string
+}
+
+// BuildImageResponse202Headers the declared response headers of an HTTP 202 response for BuildImage
+type BuildImageResponse202Headers struct {
+	Location string
+}
+
+type BuildImageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ImageBuild
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *ImageBuild
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *BuildImageResponse200Headers
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *BuildImageResponse202Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r BuildImageResponse) GetJSON200() *ImageBuild {
+	return r.JSON200
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r BuildImageResponse) GetJSON202() *ImageBuild {
+	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r BuildImageResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r BuildImageResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r BuildImageResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r BuildImageResponse) GetJSON408() *Error {
+	return r.JSON408
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r BuildImageResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildImageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildImageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildImageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildImageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ListImageBuildsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ImageBuildList
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListImageBuildsResponse) GetJSON200() *ImageBuildList {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListImageBuildsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ListImageBuildsResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetBody returns the raw response body bytes
+func (r ListImageBuildsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListImageBuildsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListImageBuildsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListImageBuildsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetImageBuildResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ImageBuild
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetImageBuildResponse) GetJSON200() *ImageBuild {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetImageBuildResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetImageBuildResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetImageBuildResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r GetImageBuildResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetImageBuildResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetImageBuildResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetImageBuildResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ImageBuildEventsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyStreams
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ImageBuildEventsResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ImageBuildEventsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ImageBuildEventsResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r ImageBuildEventsResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r ImageBuildEventsResponse) GetJSON429() *TooManyStreams {
+	return r.JSON429
+}
+
+// GetBody returns the raw response body bytes
+func (r ImageBuildEventsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ImageBuildEventsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ImageBuildEventsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ImageBuildEventsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CollectImagesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *CollectedImages
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CollectImagesResponse) GetJSON200() *CollectedImages {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CollectImagesResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CollectImagesResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CollectImagesResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CollectImagesResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CollectImagesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CollectImagesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CollectImagesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CollectImagesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteImageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Image
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeleteImageResponse) GetJSON200() *Image {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteImageResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r DeleteImageResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteImageResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r DeleteImageResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r DeleteImageResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteImageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteImageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteImageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteImageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetImageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ImageDetail
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetImageResponse) GetJSON200() *ImageDetail {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetImageResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetImageResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetImageResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetImageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetImageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetImageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetImageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type VerifyImageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ImageDetail
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r VerifyImageResponse) GetJSON200() *ImageDetail {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r VerifyImageResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r VerifyImageResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r VerifyImageResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r VerifyImageResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r VerifyImageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r VerifyImageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r VerifyImageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r VerifyImageResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -6320,6 +7812,176 @@ func (c *ClientWithResponses) ListImagesWithResponse(ctx context.Context, reqEdi
 	return ParseListImagesResponse(rsp)
 }
 
+// BuildImageWithBodyWithResponse Build an image from an embedded profile or a spec (admin keys only)
+//
+// Starts a build job and answers at once; the build runs in the
+// daemon, whatever happens to the request, until it ends or hearth
+// shuts down (which cancels it). The request is checked before
+// anything runs: `profile` names an embedded spec (minimal,
+// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+// and a spec that does not parse or validate is a 400 naming the line.
+// At the end the image is verified and registered, as `hearth image
+// build` does. One build runs at a time; others wait in order (at most
+// 8; more answer 503). A request for the same spec (same spec digest),
+// agent and kernel package as a build that is queued or running joins
+// it: 200 with that build instead of 202 with a new one. Follow it with
+// /v1/images/builds/{id}/events.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/images (the `BuildImage` operationId).
+func (c *ClientWithResponses) BuildImageWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*BuildImageResponse, error) {
+	rsp, err := c.BuildImageWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildImageResponse(rsp)
+}
+
+// BuildImageWithResponse Build an image from an embedded profile or a spec (admin keys only)
+//
+// Starts a build job and answers at once; the build runs in the
+// daemon, whatever happens to the request, until it ends or hearth
+// shuts down (which cancels it). The request is checked before
+// anything runs: `profile` names an embedded spec (minimal,
+// workspace, browser), `spec` is a spec's YAML text (images/README.md),
+// and a spec that does not parse or validate is a 400 naming the line.
+// At the end the image is verified and registered, as `hearth image
+// build` does. One build runs at a time; others wait in order (at most
+// 8; more answer 503). A request for the same spec (same spec digest),
+// agent and kernel package as a build that is queued or running joins
+// it: 200 with that build instead of 202 with a new one. Follow it with
+// /v1/images/builds/{id}/events.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/images (the `BuildImage` operationId).
+func (c *ClientWithResponses) BuildImageWithResponse(ctx context.Context, body BuildImageJSONRequestBody, reqEditors ...RequestEditorFn) (*BuildImageResponse, error) {
+	rsp, err := c.BuildImage(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildImageResponse(rsp)
+}
+
+// ListImageBuildsWithResponse Image builds this daemon runs or ran, oldest first (admin keys only)
+//
+// The queued and running builds and the 32 that ended last, kept in
+// the daemon's memory: a restarted daemon lists none of its
+// predecessor's (their images are in GET /v1/images).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
+func (c *ClientWithResponses) ListImageBuildsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListImageBuildsResponse, error) {
+	rsp, err := c.ListImageBuilds(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListImageBuildsResponse(rsp)
+}
+
+// GetImageBuildWithResponse One image build (admin keys only)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/images/builds/{id} (the `GetImageBuild` operationId).
+func (c *ClientWithResponses) GetImageBuildWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetImageBuildResponse, error) {
+	rsp, err := c.GetImageBuild(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetImageBuildResponse(rsp)
+}
+
+// ImageBuildEventsWithResponse Server-sent events of one image build, from its start; the stream ends after done (admin keys only)
+//
+// `text/event-stream`. Each line the build logs is an event: `progress`
+// for the builder's phase lines ("[4/5] rootfs: …", with phase, step
+// and steps), `log` for the others; `dropped` says that lines the
+// build's log no longer keeps (it holds its first 256 KiB and its
+// latest lines, 1 MiB in all) were passed over; `done` comes last,
+// with the build's record, once it has ended and everything before
+// is sent. An event's `id` is its offset in the log: resume with
+// Last-Event-ID (or ?since=) and get exactly what follows. Counts
+// against the key's streams like /v1/events.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/images/builds/{id}/events (the `ImageBuildEvents` operationId).
+func (c *ClientWithResponses) ImageBuildEventsWithResponse(ctx context.Context, id string, params *ImageBuildEventsParams, reqEditors ...RequestEditorFn) (*ImageBuildEventsResponse, error) {
+	rsp, err := c.ImageBuildEvents(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseImageBuildEventsResponse(rsp)
+}
+
+// CollectImagesWithResponse Remove image files no image record names, and unpacked kernels no image uses (admin keys only)
+//
+// As `hearth image gc`: image directories the store does not know and
+// kernels in the build cache no registered image was built with.
+// Refused (409) while an image build runs; builds asked for meanwhile
+// wait until it is done.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/images/gc (the `CollectImages` operationId).
+func (c *ClientWithResponses) CollectImagesWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*CollectImagesResponse, error) {
+	rsp, err := c.CollectImages(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCollectImagesResponse(rsp)
+}
+
+// DeleteImageWithResponse Remove an image's record and files (admin keys only)
+//
+// Refused (409, naming them) while VMs that are not destroyed use it.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/images/{id} (the `DeleteImage` operationId).
+func (c *ClientWithResponses) DeleteImageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*DeleteImageResponse, error) {
+	rsp, err := c.DeleteImage(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteImageResponse(rsp)
+}
+
+// GetImageWithResponse One image with its manifest and its verification report
+//
+// The host paths of its files are shown to admin keys only.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/images/{id} (the `GetImage` operationId).
+func (c *ClientWithResponses) GetImageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*GetImageResponse, error) {
+	rsp, err := c.GetImage(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetImageResponse(rsp)
+}
+
+// VerifyImageWithResponse Verify an image's files against its manifest again and record the verdict (admin keys only)
+//
+// The answer is the image with its new status and report; an image
+// that fails verification is a 200 whose status is `failed` (VMs no
+// longer start from it), not an error.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/images/{id}/verify (the `VerifyImage` operationId).
+func (c *ClientWithResponses) VerifyImageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*VerifyImageResponse, error) {
+	rsp, err := c.VerifyImage(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseVerifyImageResponse(rsp)
+}
+
 // ListLoginsWithResponse Logins (a user key sees its own)
 //
 // Returns a wrapper object for the known response body format(s).
@@ -7355,6 +9017,454 @@ func ParseListImagesResponse(rsp *http.Response) (*ListImagesResponse, error) {
 	return response, nil
 }
 
+// ParseBuildImageResponse parses an HTTP response from a BuildImageWithResponse call
+func ParseBuildImageResponse(rsp *http.Response) (*BuildImageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildImageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ImageBuild
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest ImageBuild
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers BuildImageResponse200Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 202:
+		var headers BuildImageResponse202Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = value
+		}
+		response.Headers202 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListImageBuildsResponse parses an HTTP response from a ListImageBuildsWithResponse call
+func ParseListImageBuildsResponse(rsp *http.Response) (*ListImageBuildsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListImageBuildsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ImageBuildList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetImageBuildResponse parses an HTTP response from a GetImageBuildWithResponse call
+func ParseGetImageBuildResponse(rsp *http.Response) (*GetImageBuildResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetImageBuildResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ImageBuild
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseImageBuildEventsResponse parses an HTTP response from a ImageBuildEventsWithResponse call
+func ParseImageBuildEventsResponse(rsp *http.Response) (*ImageBuildEventsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ImageBuildEventsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyStreams
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCollectImagesResponse parses an HTTP response from a CollectImagesWithResponse call
+func ParseCollectImagesResponse(rsp *http.Response) (*CollectImagesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CollectImagesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest CollectedImages
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeleteImageResponse parses an HTTP response from a DeleteImageWithResponse call
+func ParseDeleteImageResponse(rsp *http.Response) (*DeleteImageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteImageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Image
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseGetImageResponse parses an HTTP response from a GetImageWithResponse call
+func ParseGetImageResponse(rsp *http.Response) (*GetImageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetImageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ImageDetail
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseVerifyImageResponse parses an HTTP response from a VerifyImageWithResponse call
+func ParseVerifyImageResponse(rsp *http.Response) (*VerifyImageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &VerifyImageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ImageDetail
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseListLoginsResponse parses an HTTP response from a ListLoginsWithResponse call
 func ParseListLoginsResponse(rsp *http.Response) (*ListLoginsResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -8375,6 +10485,30 @@ type ServerInterface interface {
 	// ListImages Images known to the store
 	// (GET /v1/images)
 	ListImages(w http.ResponseWriter, r *http.Request)
+	// BuildImage Build an image from an embedded profile or a spec (admin keys only)
+	// (POST /v1/images)
+	BuildImage(w http.ResponseWriter, r *http.Request)
+	// ListImageBuilds Image builds this daemon runs or ran, oldest first (admin keys only)
+	// (GET /v1/images/builds)
+	ListImageBuilds(w http.ResponseWriter, r *http.Request)
+	// GetImageBuild One image build (admin keys only)
+	// (GET /v1/images/builds/{id})
+	GetImageBuild(w http.ResponseWriter, r *http.Request, id string)
+	// ImageBuildEvents Server-sent events of one image build, from its start; the stream ends after done (admin keys only)
+	// (GET /v1/images/builds/{id}/events)
+	ImageBuildEvents(w http.ResponseWriter, r *http.Request, id string, params ImageBuildEventsParams)
+	// CollectImages Remove image files no image record names, and unpacked kernels no image uses (admin keys only)
+	// (POST /v1/images/gc)
+	CollectImages(w http.ResponseWriter, r *http.Request)
+	// DeleteImage Remove an image's record and files (admin keys only)
+	// (DELETE /v1/images/{id})
+	DeleteImage(w http.ResponseWriter, r *http.Request, id string)
+	// GetImage One image with its manifest and its verification report
+	// (GET /v1/images/{id})
+	GetImage(w http.ResponseWriter, r *http.Request, id string)
+	// VerifyImage Verify an image's files against its manifest again and record the verdict (admin keys only)
+	// (POST /v1/images/{id}/verify)
+	VerifyImage(w http.ResponseWriter, r *http.Request, id string)
 	// ListLogins Logins (a user key sees its own)
 	// (GET /v1/logins)
 	ListLogins(w http.ResponseWriter, r *http.Request, params ListLoginsParams)
@@ -8784,6 +10918,215 @@ func (siw *ServerInterfaceWrapper) ListImages(w http.ResponseWriter, r *http.Req
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.ListImages(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildImage operation middleware
+func (siw *ServerInterfaceWrapper) BuildImage(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildImage(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ListImageBuilds operation middleware
+func (siw *ServerInterfaceWrapper) ListImageBuilds(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ListImageBuilds(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetImageBuild operation middleware
+func (siw *ServerInterfaceWrapper) GetImageBuild(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetImageBuild(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ImageBuildEvents operation middleware
+func (siw *ServerInterfaceWrapper) ImageBuildEvents(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ImageBuildEventsParams
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ImageBuildEvents(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CollectImages operation middleware
+func (siw *ServerInterfaceWrapper) CollectImages(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CollectImages(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeleteImage operation middleware
+func (siw *ServerInterfaceWrapper) DeleteImage(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeleteImage(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// GetImage operation middleware
+func (siw *ServerInterfaceWrapper) GetImage(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.GetImage(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// VerifyImage operation middleware
+func (siw *ServerInterfaceWrapper) VerifyImage(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.VerifyImage(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -9553,6 +11896,14 @@ func HandlerWithOptions(si ServerInterface, options StdHTTPServerOptions) http.H
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/openapi.yaml", wrapper.GetOpenAPI)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/host", wrapper.GetHost)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images", wrapper.ListImages)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/images", wrapper.BuildImage)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/builds", wrapper.ListImageBuilds)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/builds/{id}", wrapper.GetImageBuild)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/builds/{id}/events", wrapper.ImageBuildEvents)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/images/gc", wrapper.CollectImages)
+	m.HandleFunc(http.MethodDelete+" "+options.BaseURL+"/v1/images/{id}", wrapper.DeleteImage)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/{id}", wrapper.GetImage)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/images/{id}/verify", wrapper.VerifyImage)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/vms", wrapper.ListVMs)
 	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms", wrapper.CreateVM)
 	m.HandleFunc(http.MethodDelete+" "+options.BaseURL+"/v1/vms/{id}", wrapper.DeleteVM)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,8 @@ import (
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/httplimit"
+	"github.com/hearth-project/hearth/internal/imagebuild"
+	"github.com/hearth-project/hearth/internal/imagereg"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
@@ -56,6 +59,10 @@ type fixture struct {
 	logs   *syncBuffer
 	clock  *testClock // the Verifier's: key expiry is checked against it
 	dbPath string
+	images *imagereg.Registry
+	builds *imagebuild.Service
+	// built steers the default image build function (fixtureOptions.build).
+	built *gatedBuilds
 }
 
 // testClock is the real time plus an offset a test may advance.
@@ -76,6 +83,9 @@ type fixtureOptions struct {
 	vm func(*vm.Config)
 	// vmStore, if set, wraps the store the manager is given.
 	vmStore func(store.Store) store.Store
+	// build, if set, is the image build service's build function (else
+	// the fixture's gatedBuilds).
+	build imagebuild.Func
 }
 
 // withVM adjusts the fixture manager's configuration.
@@ -185,8 +195,27 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = mgr.Shutdown(context.Background()) })
+	images := &imagereg.Registry{Store: st, ImageDir: dir + "/images", CacheDir: dir + "/cache"}
+	if err := os.MkdirAll(images.ImageDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	built := newGatedBuilds(st)
+	buildFn := o.build
+	if buildFn == nil {
+		buildFn = built.build
+	}
+	agent := dir + "/hearth-agent"
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	builds, err := imagebuild.New(imagebuild.Config{LogDir: dir + "/builds", Agent: func() (string, error) { return agent, nil }},
+		imagebuild.Deps{Build: buildFn, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = builds.Shutdown(context.Background()) })
 	clock := &testClock{}
-	a := &api.Server{VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: clock.Now}, Log: log, Version: "test",
+	a := &api.Server{Images: images, Builds: builds, VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: clock.Now}, Log: log, Version: "test",
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
 			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}, MaxStreams: o.maxStreams}
 	t.Cleanup(func() { _ = a.Verifier.Close(context.Background()) }) // before the store closes
@@ -220,7 +249,7 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	return &fixture{t: t, dir: dir, srv: srv, conns: conns, api: a, st: st, agents: agents, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
 		router: router, spec: spec, mgr: mgr, driver: driver, vmsDir: cfg.VMsDir, vnc: vnc, guest: guest, logs: logs,
-		clock: clock, dbPath: dir + "/hearth.db"}
+		clock: clock, dbPath: dir + "/hearth.db", images: images, builds: builds, built: built}
 }
 
 type answer struct {

@@ -57,7 +57,7 @@ func (s *specTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // server, each exchange held to the document and each typed answer
 // decoded, so the server, the client and the document cannot drift apart.
 func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
-	f := newFixture(t)
+	f := newImageFixture(t)
 	tr := &specTransport{f: f, seen: map[string]bool{}}
 	newClient := func(key string) *v1.ClientWithResponses {
 		c, err := v1.NewClientWithResponses(f.srv.URL, v1.WithHTTPClient(&http.Client{Transport: tr}),
@@ -367,6 +367,73 @@ func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
 	if rk.JSON200.Status != v1.APIKeyStatusRevoked {
 		t.Fatalf("revoked key %s", rk.Body)
 	}
+
+	// An image build, joined, followed to its end; its image inspected,
+	// verified again, removed; what no record names collected.
+	bi, err := admin.BuildImageWithResponse(ctx, v1.BuildImage{Profile: "workspace"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("build image", bi.StatusCode(), 202, bi.Body)
+	<-f.built.started
+	bj, err := admin.BuildImageWithResponse(ctx, v1.BuildImage{Profile: "workspace"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("join build", bj.StatusCode(), 200, bj.Body)
+	if bj.JSON200.ID != bi.JSON202.ID {
+		t.Fatalf("joined %s, started %s", bj.JSON200.ID, bi.JSON202.ID)
+	}
+	f.built.release <- nil
+	be, err := admin.ImageBuildEvents(ctx, bi.JSON202.ID, &v1.ImageBuildEventsParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bevs := readBuildSSE(t, be.Body, nil)
+	be.Body.Close()
+	if last := bevs[len(bevs)-1].Data; last.Type != v1.ImageBuildEventTypeDone || last.Build.State != v1.ImageBuildStateSucceeded {
+		t.Fatalf("build events %+v", bevs)
+	}
+	gb, err := admin.GetImageBuildWithResponse(ctx, bi.JSON202.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("get build", gb.StatusCode(), 200, gb.Body)
+	lb, err := admin.ListImageBuildsWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("list builds", lb.StatusCode(), 200, lb.Body)
+	if len(lb.JSON200.Builds) != 1 {
+		t.Fatalf("builds %s", lb.Body)
+	}
+	built := gb.JSON200.Image
+	gi, err := alice.GetImageWithResponse(ctx, built)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("get image", gi.StatusCode(), 200, gi.Body)
+	if gi.JSON200.Name != "workspace" || gi.JSON200.Rootfs != "" {
+		t.Fatalf("image as alice sees it: %s", gi.Body)
+	}
+	vi, err := admin.VerifyImageWithResponse(ctx, built)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("verify image", vi.StatusCode(), 200, vi.Body)
+	if vi.JSON200.Status != v1.ImageDetailStatusFailed { // the fake build wrote no files
+		t.Fatalf("verified %s", vi.Body)
+	}
+	di, err := admin.DeleteImageWithResponse(ctx, built)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("delete image", di.StatusCode(), 200, di.Body)
+	gc, err := admin.CollectImagesWithResponse(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("collect images", gc.StatusCode(), 200, gc.Body)
 
 	del, err := alice.DeleteVMWithResponse(ctx, id)
 	if err != nil {

@@ -95,12 +95,12 @@ func findOperation(pattern string) (*operation, error) {
 // router receives the generated handlers and serves each behind what its
 // operation asks for.
 type router struct {
-	s       *Server
-	mux     *http.ServeMux
-	methods map[string][]string // path pattern → methods served
-	public  map[string]bool
-	ops     []*operation
-	err     error
+	s          *Server
+	mux        *http.ServeMux
+	methodList []string        // the methods the document uses, sorted
+	public     map[string]bool // path pattern → its routes need no key
+	ops        []*operation
+	err        error
 }
 
 // HandleFunc implements v1.ServeMux.
@@ -116,7 +116,10 @@ func (rt *router) HandleFunc(pattern string, h func(http.ResponseWriter, *http.R
 	}
 	rt.mux.HandleFunc(op.pattern, next)
 	_, path, _ := strings.Cut(op.pattern, " ")
-	rt.methods[path] = append(rt.methods[path], op.method)
+	if !slices.Contains(rt.methodList, op.method) {
+		rt.methodList = append(rt.methodList, op.method)
+		sort.Strings(rt.methodList)
+	}
 	rt.public[path] = op.public
 	rt.ops = append(rt.ops, op)
 }
@@ -125,30 +128,53 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) { rt.mux.Ser
 
 // routes builds the handler of every operation of the document.
 func (s *Server) routes() (*router, error) {
-	rt := &router{s: s, mux: http.NewServeMux(), methods: map[string][]string{}, public: map[string]bool{}}
+	rt := &router{s: s, mux: http.NewServeMux(), public: map[string]bool{}}
 	v1.HandlerWithOptions(s, v1.StdHTTPServerOptions{BaseRouter: rt, ErrorHandlerFunc: s.paramError})
 	if rt.err != nil {
 		return nil, rt.err
 	}
-	// A known path with another method: a JSON 405 naming what is allowed.
-	for path, ms := range rt.methods {
-		sort.Strings(ms)
-		allow := strings.Join(ms, ", ")
-		h := func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Allow", allow)
-			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+" (allowed: "+allow+")")
+	// Anything else: a known path with another method is a JSON 405
+	// naming what is allowed; the rest a JSON 404 instead of the mux's
+	// plain text, but only after authentication, so unauthenticated
+	// callers learn nothing. (A pattern without a method per path would
+	// conflict in the mux: /v1/images/{id}/verify and GET
+	// /v1/images/builds/{id} both match /v1/images/builds/verify.)
+	authenticated := s.authenticate(func(w http.ResponseWriter, r *http.Request) {
+		if allow, _ := rt.allowed(r); allow != "" {
+			methodNotAllowed(w, r, allow)
+			return
 		}
-		if !rt.public[path] {
-			h = s.authenticate(h)
-		}
-		rt.mux.HandleFunc(path, h)
-	}
-	// Anything else: JSON 404 instead of the mux's plain text, but only
-	// after authentication, so unauthenticated callers learn nothing.
-	rt.mux.HandleFunc("/", s.authenticate(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no route "+r.Method+" "+r.URL.Path)
-	}))
+	})
+	rt.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if allow, public := rt.allowed(r); allow != "" && public {
+			methodNotAllowed(w, r, allow)
+			return
+		}
+		authenticated(w, r)
+	})
 	return rt, nil
+}
+
+// allowed lists the methods the path of r is served with ("" for none)
+// and whether those routes are public.
+func (rt *router) allowed(r *http.Request) (allow string, public bool) {
+	var ms []string
+	for _, m := range rt.methodList {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := rt.mux.Handler(probe); pattern != "" && pattern != "/" {
+			_, path, _ := strings.Cut(pattern, " ")
+			ms = append(ms, m)
+			public = rt.public[path]
+		}
+	}
+	return strings.Join(ms, ", "), public
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+" (allowed: "+allow+")")
 }
 
 // paramError answers a parameter the generated binding could not read

@@ -17,6 +17,8 @@ import (
 	v1 "github.com/hearth-project/hearth/api"
 	"github.com/hearth-project/hearth/internal/auth"
 	"github.com/hearth-project/hearth/internal/errdefs"
+	"github.com/hearth-project/hearth/internal/imagebuild"
+	"github.com/hearth-project/hearth/internal/imagereg"
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/viewer"
@@ -38,6 +40,12 @@ type Server struct {
 	ViewerOptions ViewerOptions
 	// Logins runs provider logins; nil disables the login routes (503).
 	Logins *login.Service
+	// Images inspects, verifies and removes the store's images; nil
+	// disables those routes (503).
+	Images *imagereg.Registry
+	// Builds runs image builds; nil disables the build routes and
+	// collection (503).
+	Builds *imagebuild.Service
 	// WriteTimeout bounds delivering a response once the handler starts
 	// to answer, and each write of a stream (limits.go); 0: unbounded.
 	WriteTimeout time.Duration
@@ -226,19 +234,4 @@ func (s *Server) GetHost(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v1.Host{Version: s.Version, Driver: d.Name(), Capabilities: v1.Capabilities{
 		Accel: v1.CapabilitiesAccel(c.Accel), AgentTransport: c.AgentTransport, DiskCloning: c.DiskCloning,
 		GracefulStop: c.GracefulStop, Pause: c.Pause, Snapshot: c.Snapshot}})
-}
-
-// ListImages lists the images in the store.
-func (s *Server) ListImages(w http.ResponseWriter, r *http.Request) {
-	imgs, err := s.Store.ListImages(r.Context())
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	out := v1.ImageList{Images: make([]v1.Image, 0, len(imgs))}
-	for _, i := range imgs {
-		out.Images = append(out.Images, v1.Image{ID: i.ID, Name: i.Name, Role: i.Role, Status: v1.ImageStatus(i.Status),
-			SizeBytes: i.SizeBytes, CreatedAt: i.CreatedAt.UTC()})
-	}
-	writeJSON(w, http.StatusOK, out)
 }

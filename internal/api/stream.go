@@ -207,6 +207,39 @@ type eventStream struct {
 	over func(ctx context.Context) bool
 }
 
+// sseStart answers a request with an event stream.
+func sseStart(w http.ResponseWriter) *http.ResponseController {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	return rc
+}
+
+// sseEvent writes one server-sent event whose data is v as JSON, within
+// the write timeout; it reports whether the client took it.
+func (s *Server) sseEvent(w http.ResponseWriter, rc *http.ResponseController, id int64, typ string, v any) bool {
+	b, _ := json.Marshal(v)
+	s.armWrite(rc)
+	if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, typ, b); err != nil {
+		return false
+	}
+	return rc.Flush() == nil
+}
+
+// sseKeepalive writes a comment, so a client that went away is noticed
+// and proxies keep an idle stream open; it reports whether the client
+// took it.
+func (s *Server) sseKeepalive(w http.ResponseWriter, rc *http.ResponseController) bool {
+	s.armWrite(rc)
+	if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil {
+		return false
+	}
+	return rc.Flush() == nil
+}
+
 // streamEvents writes the stored events after st.after (none if it is
 // negative) and then live ones, until the client goes or st says the
 // stream is over. At most Server.MaxStreams streams per user (user keys)
@@ -217,22 +250,10 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 		return
 	}
 	defer release()
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	_ = rc.Flush()
+	rc := sseStart(w)
 	ctx := r.Context()
 
-	write := func(j v1.Event) bool {
-		b, _ := json.Marshal(j)
-		s.armWrite(rc)
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", j.ID, j.Type, b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
-	}
+	write := func(j v1.Event) bool { return s.sseEvent(w, rc, j.ID, j.Type, j) }
 	// send writes e if the stream carries it; it reports whether to go on.
 	send := func(e store.Event) bool {
 		if !st.filter.Matches(e) {
@@ -312,8 +333,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request, st eventSt
 				sub.Close()
 				return
 			case <-keepalive.C:
-				s.armWrite(rc)
-				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
+				if !s.sseKeepalive(w, rc) {
 					sub.Close()
 					return
 				}

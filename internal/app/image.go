@@ -5,16 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/config"
-	"github.com/hearth-project/hearth/internal/image"
 	"github.com/hearth-project/hearth/internal/image/build"
-	"github.com/hearth-project/hearth/internal/image/verify"
+	"github.com/hearth-project/hearth/internal/imagebuild"
+	"github.com/hearth-project/hearth/internal/imagereg"
 	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
@@ -45,9 +45,25 @@ func defaultAgentPath() (string, error) {
 	return p, nil
 }
 
+// imageRegistry is the registry of cfg's store st.
+func imageRegistry(cfg config.Config, st store.Store) *imagereg.Registry {
+	return &imagereg.Registry{Store: st, ImageDir: cfg.ImagesPath(), CacheDir: cfg.CacheDir}
+}
+
+// newImageBuilds is the daemon's image build service: builds run
+// imagereg.Registry.Build, as the CLI's do, with the hearth-agent next to
+// the daemon's binary, and log under the state dir.
+func newImageBuilds(cfg config.Config, images *imagereg.Registry, log *slog.Logger) (*imagebuild.Service, error) {
+	return imagebuild.New(imagebuild.Config{LogDir: filepath.Join(cfg.StateDir, "builds"), Agent: defaultAgentPath},
+		imagebuild.Deps{Log: log.With("component", "imagebuild"), Build: func(ctx context.Context, job imagebuild.Job, progress io.Writer) (store.Image, error) {
+			return images.Build(ctx, build.Options{Spec: job.Spec, AgentBinary: job.Agent, AgentVersion: Version,
+				KernelPackage: job.KernelPackage}, progress)
+		}})
+}
+
 // BuildImage builds a profile (or finds it cached), verifies the result
-// against its manifest and records it in the store with the verdict. Only
-// a successful build is recorded, so a failed one leaves nothing behind.
+// against its manifest and records it in the store with the verdict
+// (imagereg.Registry.Build, which the daemon's build jobs run too).
 func BuildImage(ctx context.Context, cfg config.Config, profile, agentPath, kernelPkg string, progress io.Writer) (store.Image, error) {
 	if agentPath == "" {
 		p, err := defaultAgentPath()
@@ -56,84 +72,20 @@ func BuildImage(ctx context.Context, cfg config.Config, profile, agentPath, kern
 		}
 		agentPath = p
 	}
-	if err := cfg.EnsureDirs(); err != nil {
-		return store.Image{}, err
-	}
-	res, err := build.Image(ctx, build.Options{
-		Profile: profile, AgentBinary: agentPath, AgentVersion: Version,
-		CacheDir: cfg.CacheDir, OutputDir: cfg.ImagesPath(), KernelPackage: kernelPkg, Log: progress,
-	})
-	if err != nil {
-		return store.Image{}, err
-	}
-	manifest, err := json.Marshal(res.Manifest)
-	if err != nil {
-		return store.Image{}, fmt.Errorf("encode manifest: %w", err)
-	}
-	img := store.Image{
-		ID: res.Digest, Name: res.Manifest.Profile, Role: res.Manifest.Role,
-		KernelPath: res.KernelPath, InitrdPath: res.InitrdPath, RootfsPath: res.RootfsPath,
-		Manifest: manifest, SizeBytes: res.Manifest.Rootfs.DiskSize + res.Manifest.Kernel.Size + res.Manifest.Initrd.Size,
-		CreatedAt: time.Now().UTC(),
-	}
-	if img.Name == "" {
-		img.Name = profile
-	}
-	err = withStore(ctx, cfg, func(st store.Store) error {
-		if old, err := st.GetImage(ctx, res.Digest); err == nil && old.ID == res.Digest {
-			img.CreatedAt = old.CreatedAt
-		}
-		summary := verifyInto(ctx, &img)
-		if err := st.PutImage(ctx, img); err != nil {
-			return fmt.Errorf("record image: %w", err)
-		}
-		state := "built"
-		if res.Cached {
-			state = "cached"
-		}
-		fmt.Fprintf(progress, "image %s %s: %s (%s, %s)\n", img.Name, short(res.Digest), res.Dir, state, img.Status)
-		if img.Status != store.ImageVerified {
-			fmt.Fprintln(progress, summary)
-		}
-		return nil
+	var img store.Image
+	err := withStore(ctx, cfg, func(st store.Store) error {
+		var err error
+		img, err = imageRegistry(cfg, st).Build(ctx, build.Options{Profile: profile, AgentBinary: agentPath, AgentVersion: Version,
+			KernelPackage: kernelPkg}, progress)
+		return err
 	})
 	return img, err
 }
 
-// verifyInto checks the image file against its manifest and records the
-// verdict on img. It returns a readable summary of what failed.
-func verifyInto(ctx context.Context, img *store.Image) string {
-	img.VerifiedAt = time.Now().UTC()
-	var m image.Manifest
-	if err := json.Unmarshal(img.Manifest, &m); err != nil {
-		img.Status = store.ImageFailed
-		img.VerifyReport, _ = json.Marshal(map[string]string{"error": "manifest unreadable: " + err.Error()})
-		return "manifest unreadable: " + err.Error()
-	}
-	dir := filepath.Dir(img.RootfsPath)
-	rep, err := verify.Image(ctx, dir, &m)
-	if err != nil {
-		img.Status = store.ImageFailed
-		img.VerifyReport, _ = json.Marshal(map[string]string{"error": err.Error()})
-		return "could not verify: " + err.Error()
-	}
-	img.VerifyReport, _ = json.Marshal(rep)
-	if rep.OK {
-		img.Status = store.ImageVerified
-		return ""
-	}
-	img.Status = store.ImageFailed
-	return rep.String()
-}
-
-func verifyCmd(ctx context.Context, st store.Store, ref string, stdout io.Writer) error {
-	img, err := st.GetImage(ctx, ref)
+func verifyCmd(ctx context.Context, cfg config.Config, st store.Store, ref string, stdout io.Writer) error {
+	img, summary, err := imageRegistry(cfg, st).Verify(ctx, ref)
 	if err != nil {
 		return err
-	}
-	summary := verifyInto(ctx, &img)
-	if err := st.PutImage(ctx, img); err != nil {
-		return fmt.Errorf("record verdict: %w", err)
 	}
 	fmt.Fprintf(stdout, "image %s (%s): %s\n", img.Name, short(img.ID), img.Status)
 	if img.Status != store.ImageVerified {
@@ -181,95 +133,29 @@ func orNull(b []byte) []byte {
 }
 
 // removeImage deletes an image unless a VM that is not destroyed uses it.
-func removeImage(ctx context.Context, st store.Store, ref string, stdout io.Writer) error {
-	img, err := st.GetImage(ctx, ref)
+func removeImage(ctx context.Context, cfg config.Config, st store.Store, ref string, stdout io.Writer) error {
+	img, err := imageRegistry(cfg, st).Remove(ctx, ref)
 	if err != nil {
 		return err
-	}
-	vms, err := st.ListVMs(ctx, store.VMFilter{})
-	if err != nil {
-		return err
-	}
-	var users []string
-	for _, v := range vms {
-		if v.ImageID == img.ID {
-			users = append(users, v.ID)
-		}
-	}
-	if len(users) > 0 {
-		return fmt.Errorf("image %s is in use by %s; delete those VMs first", img.Name, strings.Join(users, ", "))
-	}
-	if err := st.DeleteImage(ctx, img.ID); err != nil {
-		return err
-	}
-	dir := filepath.Dir(img.RootfsPath)
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove %s: %w", dir, err)
 	}
 	fmt.Fprintf(stdout, "removed image %s (%s)\n", img.Name, short(img.ID))
 	return nil
 }
 
 // collectImages removes image directories the store does not know (left by
-// removed images or another state dir's builds) and stale build leftovers.
+// removed images or another state dir's builds) and unpacked kernels no
+// image uses.
 func collectImages(ctx context.Context, cfg config.Config, st store.Store, stdout io.Writer) error {
-	imgs, err := st.ListImages(ctx)
-	if err != nil {
-		return err
-	}
-	keep := map[string]bool{}
-	for _, im := range imgs {
-		keep[filepath.Base(filepath.Dir(im.RootfsPath))] = true
-	}
-	entries, err := os.ReadDir(cfg.ImagesPath())
-	if err != nil {
-		return err
-	}
-	var freed int64
-	for _, e := range entries {
-		// Dotfiles are build locks and logs; a build may be running.
-		if keep[e.Name()] || strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		p := filepath.Join(cfg.ImagesPath(), e.Name())
-		freed += du(p)
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("remove %s: %w", p, err)
-		}
+	c, err := imageRegistry(cfg, st).Collect(ctx)
+	for _, p := range c.Images {
 		fmt.Fprintf(stdout, "removed %s\n", p)
 	}
-	// Unpacked kernels no registered image uses.
-	used := map[string]bool{}
-	for _, im := range imgs {
-		var m image.Manifest
-		if json.Unmarshal(im.Manifest, &m) == nil {
-			used[m.Kernel.Package+"_"+m.Kernel.Version] = true
-		}
-	}
-	kdir := filepath.Join(cfg.CacheDir, "kernels")
-	kernels, _ := os.ReadDir(kdir)
-	for _, e := range kernels {
-		if !e.IsDir() || used[e.Name()] {
-			continue
-		}
-		p := filepath.Join(kdir, e.Name())
-		freed += du(p)
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("remove %s: %w", p, err)
-		}
+	for _, p := range c.Kernels {
 		fmt.Fprintf(stdout, "removed unused kernel cache %s\n", p)
 	}
-	fmt.Fprintf(stdout, "freed %.1f MiB\n", float64(freed)/(1<<20))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "freed %.1f MiB\n", float64(c.FreedBytes)/(1<<20))
 	return nil
-}
-
-func du(path string) int64 {
-	var n int64
-	_ = filepath.Walk(path, func(_ string, info os.FileInfo, err error) error {
-		if err == nil && info.Mode().IsRegular() {
-			n += info.Size()
-		}
-		return nil
-	})
-	return n
 }

@@ -30,7 +30,7 @@ func BuildVerifiedImage(ctx context.Context, cfg config.Config, profile, agentPa
 // again, records the verdict and reports it on out; a failed verification
 // is an error.
 func VerifyImage(ctx context.Context, cfg config.Config, ref string, out io.Writer) error {
-	return withStore(ctx, cfg, func(st store.Store) error { return verifyCmd(ctx, st, ref, out) })
+	return withStore(ctx, cfg, func(st store.Store) error { return verifyCmd(ctx, cfg, st, ref, out) })
 }
 
 // ListImages prints a table of the images the database knows.
@@ -47,7 +47,7 @@ func InspectImage(ctx context.Context, cfg config.Config, ref string, out io.Wri
 // RemoveImage deletes the image ref and its files, unless a VM that is
 // not destroyed uses it.
 func RemoveImage(ctx context.Context, cfg config.Config, ref string, out io.Writer) error {
-	return withStore(ctx, cfg, func(st store.Store) error { return removeImage(ctx, st, ref, out) })
+	return withStore(ctx, cfg, func(st store.Store) error { return removeImage(ctx, cfg, st, ref, out) })
 }
 
 // CollectImages removes image directories and kernel caches no registered

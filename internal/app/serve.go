@@ -156,6 +156,11 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if logins, err = newLogins(cfg, st, mgr, vlt, viewers, log); err != nil {
 		return err
 	}
+	images := imageRegistry(cfg, st)
+	builds, err := newImageBuilds(cfg, images, log)
+	if err != nil {
+		return err
+	}
 	vopts := viewerOptions(cfg)
 	if vopts.AssetsErr != nil {
 		log.Warn("viewer page unavailable", "err", vopts.AssetsErr)
@@ -177,6 +182,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	verifier := &auth.Verifier{Keys: st, Now: time.Now, Log: log.With("component", "auth")}
 	srv, conns := newHTTPServer(cfg.API, (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
 		Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
+		Images: images, Builds: builds,
 		WriteTimeout: cfg.API.WriteTimeout.Duration, MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(), log)
 	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 	srv.RegisterOnShutdown(cancelBase)
@@ -210,6 +216,11 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	_ = verifier.Close(sctx) // last-used times still queued
+	// Image builds in progress are cancelled (their work directories
+	// removed by the builder) before the store they register in closes.
+	if err := builds.Shutdown(sctx); err != nil {
+		log.Warn("image builds", "err", err)
+	}
 	// Logins in progress end (failed: hearth is shutting down) and ask for
 	// their browser VMs to go.
 	if err := logins.Shutdown(sctx); err != nil {

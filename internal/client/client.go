@@ -6,6 +6,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -113,22 +114,28 @@ func answerError(resp *http.Response) error {
 // decode reads a JSON answer into a T, or its error answer into an
 // *Error.
 func decode[T any](resp *http.Response, err error) (T, error) {
+	out, _, err := decodeStatus[T](resp, err)
+	return out, err
+}
+
+// decodeStatus is decode, also returning the answer's status code.
+func decodeStatus[T any](resp *http.Response, err error) (T, int, error) {
 	var out T
 	if err != nil {
-		return out, err
+		return out, 0, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
-		return out, answerError(resp)
+		return out, resp.StatusCode, answerError(resp)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
-		return out, err
+		return out, resp.StatusCode, err
 	}
 	if err := json.Unmarshal(b, &out); err != nil {
-		return out, fmt.Errorf("decode %s %s answer: %w", resp.Request.Method, resp.Request.URL.Path, err)
+		return out, resp.StatusCode, fmt.Errorf("decode %s %s answer: %w", resp.Request.Method, resp.Request.URL.Path, err)
 	}
-	return out, nil
+	return out, resp.StatusCode, nil
 }
 
 // stream returns the body of a streaming answer (console, events).
@@ -162,6 +169,98 @@ func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
 	l, err := decode[api.ImageList](c.gen.ListImages(ctx))
 	return l.Images, err
 }
+
+// GetImage returns an image (an id, a unique id prefix or a name) with
+// its manifest and verification report.
+func (c *Client) GetImage(ctx context.Context, ref string) (api.ImageDetail, error) {
+	return decode[api.ImageDetail](c.gen.GetImage(ctx, ref))
+}
+
+// DeleteImage removes an image no VM uses (admin keys).
+func (c *Client) DeleteImage(ctx context.Context, ref string) (api.Image, error) {
+	return decode[api.Image](c.gen.DeleteImage(ctx, ref))
+}
+
+// VerifyImage verifies an image's files again and returns it with the
+// verdict (admin keys); a failed verification is its status, not an
+// error.
+func (c *Client) VerifyImage(ctx context.Context, ref string) (api.ImageDetail, error) {
+	return decode[api.ImageDetail](c.gen.VerifyImage(ctx, ref))
+}
+
+// CollectImages removes image files no image record names and unpacked
+// kernels no image uses (admin keys).
+func (c *Client) CollectImages(ctx context.Context) (api.CollectedImages, error) {
+	return decode[api.CollectedImages](c.gen.CollectImages(ctx))
+}
+
+// BuildImage starts an image build (admin keys); joined is true when a
+// build of the same spec, agent and kernel package was already queued or
+// running, and the answer is that build.
+func (c *Client) BuildImage(ctx context.Context, req api.BuildImage) (b api.ImageBuild, joined bool, err error) {
+	b, status, err := decodeStatus[api.ImageBuild](c.gen.BuildImage(ctx, req))
+	return b, status == http.StatusOK, err
+}
+
+// Build returns one image build.
+func (c *Client) Build(ctx context.Context, id string) (api.ImageBuild, error) {
+	return decode[api.ImageBuild](c.gen.GetImageBuild(ctx, id))
+}
+
+// Builds lists the daemon's image builds, oldest first.
+func (c *Client) Builds(ctx context.Context) ([]api.ImageBuild, error) {
+	l, err := decode[api.ImageBuildList](c.gen.ListImageBuilds(ctx))
+	return l.Builds, err
+}
+
+// BuildEvents follows an image build's events after event id after (0:
+// from the start) until done.
+func (c *Client) BuildEvents(ctx context.Context, id string, after int64) (*BuildEventStream, error) {
+	body, err := stream(c.gen.ImageBuildEvents(ctx, id, &api.ImageBuildEventsParams{Since: opt(after)}))
+	if err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 0, 64<<10), maxEventLine)
+	return &BuildEventStream{body: body, sc: sc}, nil
+}
+
+// maxEventLine bounds a line of an event stream the client reads.
+const maxEventLine = 1 << 20
+
+// BuildEventStream reads an image build's server-sent events.
+type BuildEventStream struct {
+	body io.ReadCloser
+	sc   *bufio.Scanner
+}
+
+// Next returns the next event; io.EOF once the stream has ended (after
+// done, or when the connection closed: resume from the last event's ID).
+func (s *BuildEventStream) Next() (api.ImageBuildEvent, error) {
+	var data string
+	for s.sc.Scan() {
+		line := s.sc.Text()
+		if d, ok := strings.CutPrefix(line, "data: "); ok {
+			data = d
+			continue
+		}
+		if line != "" || data == "" {
+			continue // id and event repeat the data's; comments keep the stream alive
+		}
+		var e api.ImageBuildEvent
+		if err := json.Unmarshal([]byte(data), &e); err != nil {
+			return e, fmt.Errorf("image build event %q: %w", data, err)
+		}
+		return e, nil
+	}
+	if err := s.sc.Err(); err != nil {
+		return api.ImageBuildEvent{}, err
+	}
+	return api.ImageBuildEvent{}, io.EOF
+}
+
+// Close ends the stream.
+func (s *BuildEventStream) Close() error { return s.body.Close() }
 
 // CreateVM creates a VM (it is pending when this returns).
 func (c *Client) CreateVM(ctx context.Context, req api.CreateVM) (api.VM, error) {
