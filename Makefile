@@ -50,7 +50,7 @@ web-test:
 
 # The minimal guest image (kernel + busybox initramfs + small ext4 root with the agent).
 image: build
-	$(BIN)/hearth image build --profile minimal --agent $(BIN)/hearth-agent
+	$(BIN)/hearth image build --local --profile minimal --agent $(BIN)/hearth-agent
 
 # Set up this host, build everything, start hearth and boot a VM to ready.
 up:

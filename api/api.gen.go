@@ -756,6 +756,17 @@ type ImageBuildList struct {
 	Builds []ImageBuild `json:"builds"`
 }
 
+// ImageClaim One claim of an image's manifest, as the verifier found it.
+type ImageClaim struct {
+	// Detail what was found; for a failed claim, what differs from the manifest
+	Detail string `json:"detail"`
+
+	// Kind package, unit, file, user, port, agent, kernel, …
+	Kind    string `json:"kind"`
+	OK      bool   `json:"ok"`
+	Subject string `json:"subject"`
+}
+
 // ImageDetail An image as `hearth image inspect` shows it.
 type ImageDetail struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -778,8 +789,8 @@ type ImageDetail struct {
 	Status    ImageDetailStatus `json:"status"`
 
 	// Verification The verifier's report of the last verification, every claim checked against the image's files.
-	Verification map[string]interface{} `json:"verification,omitempty,omitzero"`
-	VerifiedAt   time.Time              `json:"verified_at,omitempty,omitzero"`
+	Verification ImageVerification `json:"verification,omitempty,omitzero"`
+	VerifiedAt   time.Time         `json:"verified_at,omitempty,omitzero"`
 }
 
 // ImageDetailStatus defines model for ImageDetail.Status.
@@ -788,6 +799,12 @@ type ImageDetailStatus string
 // ImageList defines model for ImageList.
 type ImageList struct {
 	Images []Image `json:"images"`
+}
+
+// ImageVerification The verifier's report of the last verification, every claim checked against the image's files.
+type ImageVerification struct {
+	Claims []ImageClaim `json:"claims"`
+	OK     bool         `json:"ok"`
 }
 
 // Login defines model for Login.

@@ -14,9 +14,9 @@ echo "| profile | cold build | warm build | rootfs allocated | rootfs size | old
 echo "|---|---|---|---|---|---|---|"
 for p in minimal workspace browser; do
   t0=$(date +%s.%N)
-  bin/hearth image build --profile "$p" --agent bin/hearth-agent >"$work/$p.cold.log" 2>&1
+  bin/hearth image build --local --profile "$p" --agent bin/hearth-agent >"$work/$p.cold.log" 2>&1
   t1=$(date +%s.%N)
-  bin/hearth image build --profile "$p" --agent bin/hearth-agent >"$work/$p.warm.log" 2>&1
+  bin/hearth image build --local --profile "$p" --agent bin/hearth-agent >"$work/$p.warm.log" 2>&1
   t2=$(date +%s.%N)
   rootfs=$(ls "$work"/images/"$p"-*/rootfs.ext4)
   alloc=$(du -B1 "$rootfs" | cut -f1)

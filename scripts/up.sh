@@ -14,7 +14,7 @@ export HEARTH_LISTEN=$ADDR
 
 ./scripts/host-deps.sh
 make build
-bin/hearth image build --profile minimal --agent bin/hearth-agent
+bin/hearth image build --local --profile minimal --agent bin/hearth-agent
 mkdir -p "$STATE" && chmod 0700 "$STATE"
 [ -s "$STATE/cli.key" ] || bin/hearth apikey create --admin --user default --name quickstart --save >/dev/null
 

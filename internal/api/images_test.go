@@ -325,7 +325,7 @@ func TestImageInspectVerifyRemoveCollect(t *testing.T) {
 	v := f.do("POST", "/v1/images/"+img[:12]+"/verify", f.admin, "")
 	var ver v1.ImageDetail
 	v.json(t, &ver)
-	if v.status != 200 || ver.Status != v1.ImageDetailStatusFailed || len(ver.Verification) == 0 || ver.VerifiedAt.IsZero() {
+	if v.status != 200 || ver.Status != v1.ImageDetailStatusFailed || len(ver.Verification.Claims) == 0 || ver.VerifiedAt.IsZero() {
 		t.Fatalf("verify of an image without its files: %d %s", v.status, v.body)
 	}
 	var after v1.ImageList

@@ -2,20 +2,16 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
-	"time"
 
 	"github.com/hearth-project/hearth/internal/config"
 	"github.com/hearth-project/hearth/internal/image/build"
 	"github.com/hearth-project/hearth/internal/imagebuild"
 	"github.com/hearth-project/hearth/internal/imagereg"
-	"github.com/hearth-project/hearth/internal/safetext"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
 )
@@ -80,82 +76,4 @@ func BuildImage(ctx context.Context, cfg config.Config, profile, agentPath, kern
 		return err
 	})
 	return img, err
-}
-
-func verifyCmd(ctx context.Context, cfg config.Config, st store.Store, ref string, stdout io.Writer) error {
-	img, summary, err := imageRegistry(cfg, st).Verify(ctx, ref)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "image %s (%s): %s\n", img.Name, short(img.ID), img.Status)
-	if img.Status != store.ImageVerified {
-		fmt.Fprintln(stdout, summary)
-		return fmt.Errorf("image %s failed verification", img.Name)
-	}
-	return nil
-}
-
-func listImages(ctx context.Context, st store.Store, stdout io.Writer) error {
-	imgs, err := st.ListImages(ctx)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tID\tROLE\tSTATUS\tSIZE\tCREATED")
-	for _, im := range imgs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1fMiB\t%s\n", im.Name, short(im.ID), im.Role, im.Status,
-			float64(im.SizeBytes)/(1<<20), im.CreatedAt.Format(time.RFC3339))
-	}
-	return tw.Flush()
-}
-
-func inspectImage(ctx context.Context, st store.Store, ref string, stdout io.Writer) error {
-	img, err := st.GetImage(ctx, ref)
-	if err != nil {
-		return err
-	}
-	out := map[string]any{
-		"id": img.ID, "name": img.Name, "role": img.Role, "status": img.Status, "size_bytes": img.SizeBytes,
-		"created_at": img.CreatedAt, "kernel": img.KernelPath, "initrd": img.InitrdPath, "rootfs": img.RootfsPath,
-		"manifest": json.RawMessage(orNull(img.Manifest)), "verification": json.RawMessage(orNull(img.VerifyReport)),
-	}
-	if !img.VerifiedAt.IsZero() {
-		out["verified_at"] = img.VerifiedAt
-	}
-	return safetext.WriteJSON(stdout, out)
-}
-
-func orNull(b []byte) []byte {
-	if len(b) == 0 {
-		return []byte("null")
-	}
-	return b
-}
-
-// removeImage deletes an image unless a VM that is not destroyed uses it.
-func removeImage(ctx context.Context, cfg config.Config, st store.Store, ref string, stdout io.Writer) error {
-	img, err := imageRegistry(cfg, st).Remove(ctx, ref)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "removed image %s (%s)\n", img.Name, short(img.ID))
-	return nil
-}
-
-// collectImages removes image directories the store does not know (left by
-// removed images or another state dir's builds) and unpacked kernels no
-// image uses.
-func collectImages(ctx context.Context, cfg config.Config, st store.Store, stdout io.Writer) error {
-	c, err := imageRegistry(cfg, st).Collect(ctx)
-	for _, p := range c.Images {
-		fmt.Fprintf(stdout, "removed %s\n", p)
-	}
-	for _, p := range c.Kernels {
-		fmt.Fprintf(stdout, "removed unused kernel cache %s\n", p)
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "freed %.1f MiB\n", float64(c.FreedBytes)/(1<<20))
-	return nil
 }

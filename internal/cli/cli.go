@@ -45,6 +45,10 @@ nothing but its address and an API key.
   hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
   hearth apikey list [--user U] [--json] | revoke ID [--force]
   hearth apikey create --key KEY [--admin] [--user U] [--name NAME] [--expires 30d|TIME]   (KEY: an admin's)
+  hearth image build [--profile minimal | SPEC.yaml] [--kernel-package PKG] [--detach]
+                                     (a daemon job: progress streamed; interrupting leaves it running,
+                                      the same build asked again joins it)
+  hearth image builds | list | inspect IMAGE | verify IMAGE | rm IMAGE | gc
 
   The daemon: --addr HOST:PORT or HEARTH_ADDR (default: the configured listen
   address, else 127.0.0.1:7070). The key: --key KEY or HEARTH_API_KEY (root
@@ -55,8 +59,8 @@ Host commands run on this host, as root, and work with the daemon stopped:
 they read and write its state directory, database and network directly.
   hearth apikey create [--admin] [--user U] [--name NAME] [--expires 30d|TIME] [--save]
                                      (no key given: into the database; how the first admin key is made)
-  hearth image build [--profile minimal | SPEC.yaml] [--agent PATH] [--kernel-package PKG]
-  hearth image list | verify IMAGE | inspect IMAGE | rm IMAGE | gc
+  hearth image build --local [--profile minimal | SPEC.yaml] [--agent PATH] [--kernel-package PKG]
+                                     (builds without the daemon, e.g. before it first starts)
   hearth vault rotate                (a new master key; every stored credential re-wrapped)
   hearth host setup                  (bridge, ip_forward, nftables; the daemon also does it at start)
   hearth doctor                      (is this host ready for hearth, and if not, what to fix)

@@ -145,7 +145,7 @@ func TestCLIAsAnotherUser(t *testing.T) {
 	vmRoundTrip(t, ctx, c, d.netns, d, false)
 
 	start := time.Now()
-	out := d.hearth("image", "build", "--profile", loginTestSpec(t, fakeCLI), "--agent", filepath.Join(binDir, "hearth-agent"))
+	out := d.hearth("image", "build", "--local", "--profile", loginTestSpec(t, fakeCLI), "--agent", filepath.Join(binDir, "hearth-agent"))
 	t.Logf("image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
 	fa := serveFakeAuth(t, newOutside(t, d))
 

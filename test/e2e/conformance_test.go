@@ -70,7 +70,7 @@ func minimalImage(t *testing.T) string {
 	d := &daemon{t: t, env: []string{"HEARTH_STATE_DIR=" + state, "HEARTH_IMAGE_DIR=" + imageDir,
 		"HEARTH_CACHE_DIR=" + cacheDir, "HEARTH_CONFIG="}}
 	start := time.Now()
-	out := d.hearth("image", "build", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
+	out := d.hearth("image", "build", "--local", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
 	m := builtImage.FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("cannot find the image directory in the output of hearth image build:\n%s", out)

@@ -172,7 +172,7 @@ func prepareDaemon(t *testing.T, state, listen string, extraEnv ...string) *daem
 	t.Cleanup(func() { d.cleanup() }) // registered after the namespace's: runs before it goes
 	d.env = append([]string{"HEARTH_STATE_DIR=" + state, "HEARTH_LISTEN=" + d.addr, "HEARTH_IMAGE_DIR=" + imageDir,
 		"HEARTH_CACHE_DIR=" + cacheDir, "HEARTH_CONFIG="}, extraEnv...)
-	out := d.hearth("image", "build", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
+	out := d.hearth("image", "build", "--local", "--profile", "minimal", "--agent", filepath.Join(binDir, "hearth-agent"))
 	t.Logf("image: %s", lastLine(out))
 	d.admin = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--admin", "--name", "e2e")))
 	d.alice = d.client(strings.TrimSpace(d.hearth("apikey", "create", "--user", "alice")))

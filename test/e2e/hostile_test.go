@@ -236,7 +236,7 @@ func TestHostileAgentUnderFirecracker(t *testing.T) {
 func TestHostileAgentUnderQEMU(t *testing.T) {
 	d := newDaemon(t)
 	start := time.Now()
-	out := d.hearth("image", "build", "--profile", hostileSpec(t, hostile.HeartbeatFlood+","+hostile.Console),
+	out := d.hearth("image", "build", "--local", "--profile", hostileSpec(t, hostile.HeartbeatFlood+","+hostile.Console),
 		"--agent", filepath.Join(binDir, "hostileagent"))
 	t.Logf("image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
 

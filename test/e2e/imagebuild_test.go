@@ -126,8 +126,8 @@ func TestImageBuildOverTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if det.Manifest["profile"] != "apibuild" || det.Verification["ok"] != true || det.Rootfs == "" {
-		t.Fatalf("inspect: manifest profile %v, verification ok %v, rootfs %q", det.Manifest["profile"], det.Verification["ok"], det.Rootfs)
+	if det.Manifest["profile"] != "apibuild" || !det.Verification.OK || len(det.Verification.Claims) == 0 || det.Rootfs == "" {
+		t.Fatalf("inspect: manifest profile %v, verification ok %v, rootfs %q", det.Manifest["profile"], det.Verification.OK, det.Rootfs)
 	}
 
 	// Bootable; and kept while a VM uses it. WAITS ON the VM's state.

@@ -107,7 +107,7 @@ func TestLoginEndToEnd(t *testing.T) {
 	d := newDaemon(t, loginDaemonEnv(t)...)
 	for _, profile := range []string{loginTestSpec(t, fakeCLI), "workspace"} {
 		start := time.Now()
-		out := d.hearth("image", "build", "--profile", profile, "--agent", filepath.Join(binDir, "hearth-agent"))
+		out := d.hearth("image", "build", "--local", "--profile", profile, "--agent", filepath.Join(binDir, "hearth-agent"))
 		t.Logf("image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
 	}
 	fa := serveFakeAuth(t, newOutside(t, d))

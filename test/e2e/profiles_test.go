@@ -25,7 +25,7 @@ func TestProfilesBootToReady(t *testing.T) {
 	d := newDaemon(t)
 	for _, p := range []string{"workspace", "browser"} {
 		start := time.Now()
-		out := d.hearth("image", "build", "--profile", p, "--agent", filepath.Join(binDir, "hearth-agent"))
+		out := d.hearth("image", "build", "--local", "--profile", p, "--agent", filepath.Join(binDir, "hearth-agent"))
 		t.Logf("image %s in %s: %s", p, time.Since(start).Round(time.Second), lastLine(out))
 	}
 	ctx := ctxT(t, 15*time.Minute)
@@ -153,7 +153,7 @@ func TestTamperedImageIsRefused(t *testing.T) {
 		t.Fatalf("image in %s: %v %v", own, rootfs, err)
 	}
 	sh(t, "debugfs", "-w", "-R", "rm /usr/bin/hearth-agent", rootfs[0])
-	out, err := hearthCmd(d, "image", "verify", "minimal")
+	out, err := d.hearthAs(d.admin.Key, "image", "verify", "minimal")
 	if err == nil || !strings.Contains(out, "/usr/bin/hearth-agent") {
 		t.Fatalf("verify of a tampered image: err=%v\n%s", err, out)
 	}

@@ -38,7 +38,7 @@ func TestViewerInChromium(t *testing.T) {
 	}
 	d := newDaemon(t)
 	start := time.Now()
-	out := d.hearth("image", "build", "--profile", "browser", "--agent", filepath.Join(binDir, "hearth-agent"))
+	out := d.hearth("image", "build", "--local", "--profile", "browser", "--agent", filepath.Join(binDir, "hearth-agent"))
 	t.Logf("browser image in %s: %s", time.Since(start).Round(time.Second), lastLine(out))
 
 	ctx := ctxT(t, 20*time.Minute)
