@@ -2,6 +2,22 @@
 // agent, so lifecycle and API code can be tested without booting guests.
 // They behave like the real parts (processes outlive managers, agents prove
 // the VM's token) but run in memory.
+//
+// Driver is held to the driver contract: it passes the part of the
+// conformance suite that needs no guest (vmmtest.RunContract, in
+// conformance_test.go). Where it differs from a real driver, on purpose:
+//
+//   - its processes are entries of a Host, not the machine's: their PIDs
+//     and start times are the Host's own and nothing of them is in /proc;
+//   - it boots nothing and reads no image: Kernel, Initrd and Rootfs need
+//     name no file (the lifecycle, API and login tests give it image
+//     records whose paths do not exist), and the disk it makes is a few
+//     bytes;
+//   - its VMs run no guest: Agents plays the guest's agent (reached
+//     through no socket) and WriteConsole writes the guest's console;
+//   - Stop ends the process at once, as a guest that powers off as soon as
+//     it is asked would;
+//   - it offers neither pause nor snapshots.
 package vmfake
 
 import (
@@ -21,14 +37,67 @@ import (
 	"github.com/hearth-project/hearth/internal/vmm"
 )
 
-// Driver runs "VMs" as entries in a map; the processes outlive any
-// manager, as real detached QEMU processes do.
-type Driver struct {
+// Host is the machine fake VM processes run on. Every Driver made on one
+// Host sees its processes, as daemons on one machine do; a Driver made
+// anew (a restarted daemon) knows them only through the handles it is
+// given and FindProcesses.
+type Host struct {
 	mu      sync.Mutex
 	nextPID int
-	procs   map[int]chan struct{} // pid -> closed on exit
-	dirs    map[int]string        // pid -> the VM directory it works for
-	console map[int]int           // pid -> the process's end of its console FIFO
+	clock   uint64 // start times: one tick per process started
+	procs   map[int]*process
+}
+
+// process is one fake VM process.
+type process struct {
+	start   uint64
+	dir     string        // the VM directory it works for
+	exited  chan struct{} // closed when it ends
+	console int           // its end of the console FIFO; -1 once it ended
+}
+
+// NewHost returns a host that runs no processes.
+func NewHost() *Host {
+	return &Host{nextPID: 1000, procs: map[int]*process{}}
+}
+
+// NewDriver returns a driver on h.
+func (h *Host) NewDriver() *Driver { return &Driver{host: h} }
+
+// running returns the process that pid names if it started at start and
+// still runs. h.mu is held.
+func (h *Host) running(pid int, start uint64) (*process, bool) {
+	p, ok := h.procs[pid]
+	if !ok || p.start != start {
+		return nil, false
+	}
+	select {
+	case <-p.exited:
+		return nil, false
+	default:
+		return p, true
+	}
+}
+
+// end ends p, as its exit would. h.mu is held.
+func (h *Host) end(p *process) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	close(p.exited)
+	if p.console >= 0 {
+		syscall.Close(p.console)
+		p.console = -1
+	}
+}
+
+// Driver runs "VMs" as processes of its Host; the processes outlive any
+// manager, as real detached QEMU processes do.
+type Driver struct {
+	host    *Host
+	mu      sync.Mutex
 	Started int
 	FailOn  string // "prepare" or "start": fail that step
 	// ExitWhy is what ExitReason says about any VM.
@@ -42,10 +111,12 @@ func (d *Driver) ExitReason(vmm.Handle) string {
 	return d.ExitWhy
 }
 
-// NewDriver returns a driver with no VMs.
-func NewDriver() *Driver {
-	return &Driver{nextPID: 1000, procs: map[int]chan struct{}{}, dirs: map[int]string{}, console: map[int]int{}}
-}
+// NewDriver returns a driver on a host of its own, with no VMs.
+func NewDriver() *Driver { return NewHost().NewDriver() }
+
+// Host returns the host d runs its VMs on, where another driver (a
+// restarted daemon) can be made.
+func (d *Driver) Host() *Host { return d.host }
 
 var (
 	_ vmm.Driver        = (*Driver)(nil)
@@ -54,26 +125,47 @@ var (
 	_ vm.AgentDialer    = (*Agents)(nil)
 )
 
+// Name implements vmm.Driver.
 func (d *Driver) Name() string { return "fake" }
+
+// Capabilities implements vmm.Driver.
 func (d *Driver) Capabilities() vmm.Capabilities {
 	return vmm.Capabilities{Accel: "tcg", AgentTransport: "fake", DiskCloning: "none", GracefulStop: true}
 }
 
+// Prepare implements vmm.Driver: the VM directory, its token, a disk of a
+// few bytes (kept if an earlier Prepare made it) and the console FIFO.
 func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
-	h := vmm.Handle{Driver: "fake", Dir: spec.Dir, ConsoleStream: filepath.Join(spec.Dir, "console.fifo"),
-		AgentSocket: filepath.Join(spec.Dir, "agent.sock"), DiskPath: filepath.Join(spec.Dir, "disk"),
-		TokenPath: filepath.Join(spec.Dir, "token")}
+	h := vmm.Handle{Driver: d.Name(), Dir: spec.Dir}
+	if spec.Dir == "" {
+		return h, errors.New("fake prepare: the spec names no directory")
+	}
+	h.ConsoleStream = filepath.Join(spec.Dir, "console.fifo")
+	h.AgentSocket = filepath.Join(spec.Dir, "agent.sock")
+	h.DiskPath = filepath.Join(spec.Dir, "disk")
+	h.TokenPath = filepath.Join(spec.Dir, "token")
 	if d.FailOn == "prepare" {
 		return h, errors.New("fake prepare failure")
 	}
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return h, err
 	}
-	if err := os.WriteFile(h.TokenPath, spec.Token, 0o600); err != nil {
+	if err := vmm.WriteToken(h.TokenPath, spec.Token); err != nil {
 		return h, err
 	}
-	if err := os.WriteFile(h.DiskPath, []byte("disk"), 0o600); err != nil {
+	disk, err := os.OpenFile(h.DiskPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case errors.Is(err, os.ErrExist): // made by an earlier Prepare: the guest's
+	case err != nil:
 		return h, err
+	default:
+		_, err := disk.WriteString("disk")
+		if cerr := disk.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return h, err
+		}
 	}
 	if err := syscall.Mkfifo(h.ConsoleStream, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
 		return h, err
@@ -81,25 +173,32 @@ func (d *Driver) Prepare(ctx context.Context, spec vmm.Spec) (vmm.Handle, error)
 	return h, nil
 }
 
+// Start implements vmm.Driver: a new process of the host, unless h names
+// one that runs. The process holds its console FIFO as Firecracker does:
+// open for reading and writing, written without blocking.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error {
 	if d.FailOn == "start" {
 		return errors.New("qemu failed to start: fake")
 	}
-	// The "process" holds its console FIFO as Firecracker does: open
-	// for reading and writing, written without blocking.
+	if d.Alive(*h) {
+		return nil
+	}
 	fd, err := syscall.Open(h.ConsoleStream, syscall.O_RDWR|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open console: %w", err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.nextPID++
-	h.PID, h.PIDStart = d.nextPID, 1
-	d.procs[h.PID] = make(chan struct{})
-	d.dirs[h.PID] = h.Dir
-	d.console[h.PID] = fd
-	d.Started++
 	_, _ = syscall.Write(fd, []byte("fake kernel booting\nfake init\n"))
+	host := d.host
+	host.mu.Lock()
+	host.nextPID++
+	host.clock++
+	p := &process{start: host.clock, dir: h.Dir, exited: make(chan struct{}), console: fd}
+	host.procs[host.nextPID] = p
+	h.PID, h.PIDStart = host.nextPID, p.start
+	host.mu.Unlock()
+	d.mu.Lock()
+	d.Started++
+	d.mu.Unlock()
 	return nil
 }
 
@@ -107,72 +206,65 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 // says how much the console took: what the pipe cannot take at once is
 // dropped, as Firecracker does.
 func (d *Driver) WriteConsole(h vmm.Handle, b []byte) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	fd, ok := d.console[h.PID]
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
+	p, ok := d.host.running(h.PID, h.PIDStart)
 	if !ok {
 		return 0
 	}
-	n, err := syscall.Write(fd, b)
+	n, err := syscall.Write(p.console, b)
 	if err != nil {
 		return 0
 	}
 	return n
 }
 
+// Alive implements vmm.Driver.
 func (d *Driver) Alive(h vmm.Handle) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ch, ok := d.procs[h.PID]
-	if !ok {
-		return false
-	}
-	select {
-	case <-ch:
-		return false
-	default:
-		return true
-	}
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
+	_, ok := d.host.running(h.PID, h.PIDStart)
+	return ok
 }
 
+// Watch implements vmm.Driver.
 func (d *Driver) Watch(h vmm.Handle) (<-chan struct{}, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ch, ok := d.procs[h.PID]
-	if !ok {
-		ch = make(chan struct{})
-		close(ch)
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
+	if p, ok := d.host.procs[h.PID]; ok && p.start == h.PIDStart {
+		return p.exited, nil
 	}
+	ch := make(chan struct{})
+	close(ch)
 	return ch, nil
 }
 
 // Kill ends a process as a crash would.
 func (d *Driver) Kill(pid int) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if ch, ok := d.procs[pid]; ok {
-		select {
-		case <-ch:
-		default:
-			close(ch)
-		}
-	}
-	if fd, ok := d.console[pid]; ok {
-		syscall.Close(fd)
-		delete(d.console, pid)
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
+	if p, ok := d.host.procs[pid]; ok {
+		d.host.end(p)
 	}
 }
 
+// Stop implements vmm.Driver: the guest powers off as soon as it is asked.
 func (d *Driver) Stop(ctx context.Context, h vmm.Handle, grace time.Duration) error {
-	d.Kill(h.PID)
-	return nil
+	return d.KillProcess(vmm.Process{PID: h.PID, Start: h.PIDStart})
 }
 
+// Cleanup implements vmm.Driver.
 func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 	if d.Alive(h) {
-		return errors.New("still running")
+		return fmt.Errorf("cleanup: fake pid %d still running", h.PID)
 	}
-	for _, p := range []string{h.DiskPath, h.TokenPath, h.AgentSocket, h.ConsoleStream} {
+	if h.Dir == "" {
+		return nil
+	}
+	for _, p := range []string{h.DiskPath, h.TokenPath, h.TokenPath + ".tmp", h.AgentSocket, h.ConsoleStream} {
+		if p == "" {
+			continue
+		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
@@ -183,37 +275,39 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 // FindProcesses implements vmm.ProcessFinder: live processes by the name
 // of their VM directory, when it is directly under vmsDir.
 func (d *Driver) FindProcesses(vmsDir string) (map[string][]vmm.Process, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
 	found := map[string][]vmm.Process{}
-	for pid, ch := range d.procs {
-		select {
-		case <-ch:
+	for pid, p := range d.host.procs {
+		if _, ok := d.host.running(pid, p.start); !ok {
 			continue
-		default:
 		}
-		if dir := d.dirs[pid]; filepath.Dir(dir) == filepath.Clean(vmsDir) {
-			found[filepath.Base(dir)] = append(found[filepath.Base(dir)], vmm.Process{PID: pid, Start: 1})
+		if filepath.Dir(p.dir) == filepath.Clean(vmsDir) {
+			name := filepath.Base(p.dir)
+			found[name] = append(found[name], vmm.Process{PID: pid, Start: p.start})
 		}
 	}
 	return found, nil
 }
 
-// KillProcess implements vmm.ProcessFinder.
+// KillProcess implements vmm.ProcessFinder: it ends p if p is still that
+// process.
 func (d *Driver) KillProcess(p vmm.Process) error {
-	d.Kill(p.PID)
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
+	if proc, ok := d.host.running(p.PID, p.Start); ok {
+		d.host.end(proc)
+	}
 	return nil
 }
 
-// Running counts live processes.
+// Running counts the host's live processes.
 func (d *Driver) Running() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.host.mu.Lock()
+	defer d.host.mu.Unlock()
 	n := 0
-	for _, ch := range d.procs {
-		select {
-		case <-ch:
-		default:
+	for pid, p := range d.host.procs {
+		if _, ok := d.host.running(pid, p.start); ok {
 			n++
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +114,20 @@ func (v *vm) guestWrite(t *testing.T, sess *agentapi.Session, script string, tim
 	return res
 }
 
+// writeLine has the guest write line to its console device: through the
+// agent (sess) or, without a guest, through Harness.WriteConsole.
+func (v *vm) writeLine(t *testing.T, sess *agentapi.Session, line string) {
+	t.Helper()
+	if sess == nil {
+		v.s.h.WriteConsole(v.h, []byte(line+"\n"))
+		return
+	}
+	res := v.guestWrite(t, sess, "echo "+line+" > "+guestConsole, 30*time.Second)
+	if res.ExitCode != 0 {
+		t.Fatalf("writing %s in the guest exited %d: %s", guestConsole, res.ExitCode, res.Stderr)
+	}
+}
+
 // guestEcho has the guest write a new line to its console until the
 // captured console shows it. Once is not always enough: a VMM that drops
 // what a full pipe cannot take (Firecracker) drops it while the reader
@@ -122,10 +137,7 @@ func (v *vm) guestEcho(t *testing.T, sess *agentapi.Session, prefix string) {
 	mark := prefix + randomHex(t, 4)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res := v.guestWrite(t, sess, "echo "+mark+" > "+guestConsole, 30*time.Second)
-		if res.ExitCode != 0 {
-			t.Fatalf("writing %s in the guest exited %d: %s", guestConsole, res.ExitCode, res.Stderr)
-		}
+		v.writeLine(t, sess, mark)
 		if waitFor(time.Second, func() bool { return strings.Contains(v.consoleText(), mark) }) {
 			return
 		}
@@ -134,6 +146,52 @@ func (v *vm) guestEcho(t *testing.T, sess *agentapi.Session, prefix string) {
 				v.spec.ID, mark, guestConsole, v.consoleTail())
 		}
 	}
+}
+
+// flood has the guest write floodBytes to its console and returns how
+// long that took; it fails t if the write does not end.
+func (v *vm) flood(t *testing.T, sess *agentapi.Session) time.Duration {
+	t.Helper()
+	const within = 2 * time.Minute
+	start := time.Now()
+	if sess == nil {
+		line := []byte("hearth-flood\n")
+		b := bytes.Repeat(line, floodBytes/len(line)+1)[:floodBytes]
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			v.s.h.WriteConsole(v.h, b)
+		}()
+		if !closedWithin(done, within) {
+			t.Fatalf("Harness.WriteConsole of %d bytes with no reader attached did not return within %v", floodBytes, within)
+		}
+		return time.Since(start)
+	}
+	// A fixed amount, so the write ends: a VMM that waited for a reader
+	// would hold it until the timeout.
+	res := v.guestWrite(t, sess, "yes hearth-flood | head -c "+strconv.Itoa(floodBytes)+" > "+guestConsole, within)
+	if res.TimedOut || res.ExitCode != 0 {
+		t.Fatalf("the guest's write of %d bytes to its console with no reader did not finish (exit %d, timed out %v): %s",
+			floodBytes, res.ExitCode, res.TimedOut, res.Stderr)
+	}
+	return time.Since(start)
+}
+
+// reattachConsole reads the console again, through the VM's (stored)
+// handle, as a new daemon does, and checks that what the guest writes
+// next reaches it.
+func (v *vm) reattachConsole(t *testing.T, sess *agentapi.Session) {
+	t.Helper()
+	if why, skip := v.s.h.Skip["console"]; skip {
+		t.Logf("not reading the console again: %s", why)
+		return
+	}
+	v.attachConsole(t)
+	if sess == nil && v.s.h.WriteConsole == nil {
+		t.Log("the console stream opens again; Harness.WriteConsole is unset, so nothing is written to it")
+		return
+	}
+	v.guestEcho(t, sess, "hearth-vmmtest-adopted-")
 }
 
 // filesSize is the bytes the VM's files hold, but for its disk (which the
@@ -165,25 +223,21 @@ func (v *vm) filesSize(t *testing.T) int64 {
 // the guest's console reaches the host only through the handle's stream;
 // a guest writing it with no reader attached is neither stopped nor stored
 // by the VMM (output is discarded or dropped); and a new reader (a new
-// daemon) gets what the guest writes next.
+// daemon) gets what the guest writes next. Without a guest (RunContract)
+// the harness's WriteConsole writes in its place.
 func (s *suite) testConsole(t *testing.T) {
+	if !s.guest && s.h.WriteConsole == nil {
+		t.Skip("Harness.WriteConsole is unset and there is no guest: nothing writes the console")
+	}
 	v := s.newVM(t, s.h.NewDriver(t), "cons")
 	sess := v.boot(t)
-	step(t, "guest_writes_reach_the_stream", func(t *testing.T) {
+	s.step(t, "guest_writes_reach_the_stream", func(t *testing.T) {
 		v.guestEcho(t, sess, "hearth-vmmtest-console-")
 	})
-	step(t, "flood_without_reader_is_not_stored", func(t *testing.T) {
+	s.step(t, "flood_without_reader_is_not_stored", func(t *testing.T) {
 		v.detachConsole()
 		before := v.filesSize(t)
-		start := time.Now()
-		// A fixed amount, so the write ends: a VMM that waited for a
-		// reader would hold it until the timeout.
-		res := v.guestWrite(t, sess, "yes hearth-flood | head -c 1048576 > "+guestConsole, 2*time.Minute)
-		if res.TimedOut || res.ExitCode != 0 {
-			t.Fatalf("the guest's write of %d bytes to its console with no reader did not finish (exit %d, timed out %v): %s",
-				floodBytes, res.ExitCode, res.TimedOut, res.Stderr)
-		}
-		took := time.Since(start)
+		took := v.flood(t, sess)
 		after := v.filesSize(t)
 		t.Logf("the guest wrote %d bytes to its console in %v with no reader; the VM's files (but its disk) went from %d to %d bytes",
 			floodBytes, took.Round(time.Millisecond), before, after)
@@ -193,7 +247,7 @@ func (s *suite) testConsole(t *testing.T) {
 		}
 		v.ping(t, sess)
 	})
-	step(t, "a_new_reader_gets_what_follows", func(t *testing.T) {
+	s.step(t, "a_new_reader_gets_what_follows", func(t *testing.T) {
 		v.attachConsole(t)
 		v.guestEcho(t, sess, "hearth-vmmtest-after-")
 		if tail := v.consoleText(); bytes.Count([]byte(tail), []byte("hearth-flood")) > floodLeft/len("hearth-flood\n") {
@@ -201,8 +255,10 @@ func (s *suite) testConsole(t *testing.T) {
 				bytes.Count([]byte(tail), []byte("hearth-flood")))
 		}
 	})
-	step(t, "stop_and_cleanup", func(t *testing.T) {
-		sess.Close()
+	s.step(t, "stop_and_cleanup", func(t *testing.T) {
+		if sess != nil {
+			sess.Close()
+		}
 		v.stop(t, time.Second) // graceful stops are the lifecycle's test
 		v.detachConsole()
 		v.cleanup(t)

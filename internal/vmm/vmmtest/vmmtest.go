@@ -21,10 +21,27 @@
 //     writing it while no one reads is neither held up nor stored by the
 //     VMM, and a new reader gets what the guest writes next;
 //   - Start and Restore leave a VM process that does not depend on the
-//     context they were given (it is cancelled as soon as they return).
+//     context they were given (it is cancelled as soon as they return);
+//   - a handle with the VM's PID but another start time (a recycled PID)
+//     is not the VM's: Alive is false for it, Watch returns a closed
+//     channel and Stop leaves the VM running;
+//   - a spec with no directory, or whose rootfs or kernel names no file,
+//     is refused by Prepare or Start, leaving nothing running.
 //
 // Pause/resume and snapshot/restore are tested only when the driver's
-// Capabilities offer them (they are skipped, saying so, otherwise).
+// Capabilities offer them, and finding processes by directory only when
+// the driver is a vmm.ProcessFinder (they are skipped, saying so,
+// otherwise).
+//
+// RunContract runs the same subtests without a guest, for a stand-in
+// whose VMs run none (vm/vmfake): every check that holds of a VM process
+// alone — Prepare and Start idempotent, a recycled PID never taken for the
+// VM, adoption by a second driver instance from the persisted handle alone,
+// Alive and Watch of stopped, killed and never started VMs, Stop and
+// Cleanup idempotent, what Cleanup removes and keeps, refused specs,
+// processes found by directory, the console stream from the start, and the
+// pause/resume and snapshot bookkeeping the Capabilities offer. The steps
+// that talk to the guest are reported skipped.
 package vmmtest
 
 import (
@@ -35,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,17 +83,30 @@ type Harness struct {
 	// call.
 	Spec func(t *testing.T, id string) vmm.Spec
 	// BootTimeout bounds the time from Start (or Restore) until the guest
-	// agent has completed a handshake.
+	// agent has completed a handshake (for RunContract, the time Start and
+	// Restore may take; a minute if unset).
 	BootTimeout time.Duration
 	// ConsoleMarker is text the console shows once the guest agent
 	// answers, e.g. "Linux version" or, for guests booted with "quiet",
-	// "hearth-agent" (the agent logs to the console).
+	// "hearth-agent" (the agent logs to the console). For RunContract it
+	// is optional: text the console shows from Start.
 	ConsoleMarker string
-	// Skip names subtests (e.g. "guest_poweroff_ends_process") this
-	// harness cannot run, each with the reason, which the skip reports;
-	// "guest_cmdline" skips reading the guest's kernel command line
-	// through the agent, "console" the guest's writes to /dev/ttyS0. Only
-	// for limits of a stand-in, never of a driver.
+	// Kill ends a VM's process as a crash would. Unset, the suite sends
+	// SIGKILL to the handle's PID; only a stand-in whose processes are not
+	// the host's sets it.
+	Kill func(h vmm.Handle) error
+	// WriteConsole, for RunContract, writes b to a running VM's console as
+	// its guest would write /dev/ttyS0: without waiting for a reader, and
+	// whatever the console cannot take is lost. Unset, RunContract does not
+	// check what reaches the console stream after Start.
+	WriteConsole func(h vmm.Handle, b []byte)
+	// Skip names subtests (e.g. "guest_poweroff_ends_process") or steps
+	// of one (e.g. "token_not_on_process_cmdline") this harness cannot
+	// run, each with the reason, which the skip reports; "guest_cmdline"
+	// skips reading the guest's kernel command line through the agent,
+	// "console" the guest's writes to /dev/ttyS0. A skipped step must not
+	// be one the next steps build on. Only for limits of a stand-in, never
+	// of a driver.
 	Skip map[string]string
 }
 
@@ -96,41 +127,72 @@ const (
 	cmdlineArg = "hearth.vmmtest"
 )
 
-// Run runs the conformance suite against the driver h makes.
+// Run runs the conformance suite against the driver h makes, with a
+// guest in every VM.
 func Run(t *testing.T, h Harness) {
 	t.Helper()
 	switch {
-	case h.NewDriver == nil || h.Spec == nil:
-		t.Fatal("vmmtest: Harness.NewDriver and Harness.Spec are required")
 	case h.BootTimeout <= 0:
 		t.Fatal("vmmtest: Harness.BootTimeout must be positive")
 	case h.ConsoleMarker == "":
 		t.Fatal("vmmtest: Harness.ConsoleMarker is required")
 	}
-	s := &suite{h: h}
+	run(t, &suite{h: h, guest: true})
+}
+
+// RunContract runs the part of the conformance suite that holds without a
+// guest against the driver h makes: for stand-ins whose VMs run no guest
+// agent. Drivers run all of it, with Run.
+func RunContract(t *testing.T, h Harness) {
+	t.Helper()
+	if h.BootTimeout <= 0 {
+		h.BootTimeout = callTimeout
+	}
+	run(t, &suite{h: h})
+}
+
+func run(t *testing.T, s *suite) {
+	t.Helper()
+	if s.h.NewDriver == nil || s.h.Spec == nil {
+		t.Fatal("vmmtest: Harness.NewDriver and Harness.Spec are required")
+	}
 	for _, sub := range []struct {
-		name string
-		fn   func(*testing.T)
+		name  string
+		fn    func(*testing.T)
+		guest bool // there is nothing to check without a guest
 	}{
-		{"lifecycle", s.testLifecycle},
-		{"wrong_token_rejected", s.testWrongToken},
-		{"guest_poweroff_ends_process", s.testGuestPowerOff},
-		{"crash_detected", s.testCrash},
-		{"adopted_after_restart", s.testAdoption},
-		{"console", s.testConsole},
-		{"pause_resume", s.testPause},
-		{"snapshot_restore", s.testSnapshot},
+		{"lifecycle", s.testLifecycle, false},
+		{"bad_spec_refused", s.testBadSpec, false},
+		{"wrong_token_rejected", s.testWrongToken, true},
+		{"guest_poweroff_ends_process", s.testGuestPowerOff, true},
+		{"crash_detected", s.testCrash, false},
+		{"adopted_after_restart", s.testAdoption, false},
+		{"found_by_directory", s.testFindProcesses, false},
+		{"console", s.testConsole, false},
+		{"pause_resume", s.testPause, false},
+		{"snapshot_restore", s.testSnapshot, false},
 	} {
 		t.Run(sub.name, func(t *testing.T) {
-			if why, ok := h.Skip[sub.name]; ok {
+			if why, ok := s.h.Skip[sub.name]; ok {
 				t.Skip(why)
+			}
+			if sub.guest && !s.guest {
+				t.Skip(noGuest)
 			}
 			sub.fn(t)
 		})
 	}
 }
 
-type suite struct{ h Harness }
+// noGuest is why RunContract skips what it skips.
+const noGuest = "needs a guest (vmmtest.RunContract runs none)"
+
+// suite is one run of the suite; guest says whether its VMs boot a guest
+// (Run) or not (RunContract).
+type suite struct {
+	h     Harness
+	guest bool
+}
 
 // vm is one guest under test and the driver currently in charge of it.
 type vm struct {
@@ -144,12 +206,43 @@ type vm struct {
 }
 
 // step runs fn as a named subtest of t and stops t if it fails: the steps
-// of a test build on each other.
-func step(t *testing.T, name string, fn func(t *testing.T)) {
+// of a test build on each other. A step the harness skips (Skip) is
+// reported skipped.
+func (s *suite) step(t *testing.T, name string, fn func(t *testing.T)) {
 	t.Helper()
-	if !t.Run(name, fn) {
+	if !s.check(t, name, fn) {
 		t.FailNow()
 	}
+}
+
+// check runs fn as a named subtest of t, unless the harness skips it
+// (Skip), and reports whether it passed.
+func (s *suite) check(t *testing.T, name string, fn func(t *testing.T)) bool {
+	t.Helper()
+	return t.Run(name, func(t *testing.T) {
+		if why, skip := s.h.Skip[name]; skip {
+			t.Skip(why)
+		}
+		fn(t)
+	})
+}
+
+// guestStep is a step that talks to the guest: without one (RunContract)
+// it is reported skipped.
+func (s *suite) guestStep(t *testing.T, name string, fn func(t *testing.T)) {
+	t.Helper()
+	if !s.guest {
+		fn = func(t *testing.T) { t.Skip(noGuest) }
+	}
+	s.step(t, name, fn)
+}
+
+// kill ends the VM's process as a crash would.
+func (s *suite) kill(h vmm.Handle) error {
+	if s.h.Kill != nil {
+		return s.h.Kill(h)
+	}
+	return proc.Signal(h.PID, h.PIDStart, syscall.SIGKILL)
 }
 
 // newVM asks the harness for a spec and registers, on t, the removal of
@@ -190,8 +283,8 @@ func (v *vm) remove(t *testing.T) {
 	if err := v.d.Stop(ctx, v.h, 0); err != nil {
 		t.Errorf("cleanup of %s: Stop: %v", v.spec.ID, err)
 		if v.h.PID > 0 {
-			_ = proc.Signal(v.h.PID, v.h.PIDStart, syscall.SIGKILL)
-			proc.WaitGone(v.h.PID, v.h.PIDStart, exitWait)
+			_ = v.s.kill(v.h)
+			waitFor(exitWait, func() bool { return !v.d.Alive(v.h) })
 		}
 	}
 	if err := v.d.Cleanup(ctx, v.h); err != nil {
@@ -233,11 +326,15 @@ func (v *vm) start(t *testing.T) {
 	v.attachConsole(t)
 }
 
-// boot prepares and starts the VM and waits for its agent.
+// boot prepares and starts the VM and waits for its agent. Without a
+// guest (RunContract) there is no agent to wait for: the session is nil.
 func (v *vm) boot(t *testing.T) *agentapi.Session {
 	t.Helper()
 	v.prepare(t)
 	v.start(t)
+	if !v.s.guest {
+		return nil
+	}
 	return v.awaitAgent(t, v.token)
 }
 
@@ -269,9 +366,13 @@ func (v *vm) awaitAgent(t *testing.T, token []byte) *agentapi.Session {
 	return sess
 }
 
-// ping checks that the agent answers a ping.
+// ping checks that the agent answers a ping. Without a guest (sess is
+// nil) there is no agent to ask.
 func (v *vm) ping(t *testing.T, sess *agentapi.Session) {
 	t.Helper()
+	if sess == nil {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	gt, err := sess.Ping(ctx)
@@ -395,7 +496,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 	t.Logf("driver %s: %+v", d.Name(), caps)
 	v := s.newVM(t, d, "life")
 
-	step(t, "prepare", func(t *testing.T) {
+	s.step(t, "prepare", func(t *testing.T) {
 		v.prepare(t)
 		if v.h.Driver != d.Name() {
 			t.Errorf("handle says driver %q; want %q", v.h.Driver, d.Name())
@@ -410,9 +511,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 			t.Fatalf("want the disk %q to be a file after Prepare: %v", v.h.DiskPath, err)
 		}
 		checkTokenFile(t, v.h.TokenPath, v.token)
-		if v.d.Alive(v.h) {
-			t.Errorf("Alive is true for a prepared VM that was not started")
-		}
+		v.checkGone(t, "a prepared VM that was not started")
 		before := v.h
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
@@ -425,7 +524,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 		}
 		checkTokenFile(t, v.h.TokenPath, v.token)
 	})
-	step(t, "start", func(t *testing.T) {
+	s.step(t, "start", func(t *testing.T) {
 		v.start(t)
 		if !d.Alive(v.h) {
 			t.Fatalf("Alive is false right after Start (pid %d)\n%s", v.h.PID, v.consoleTail())
@@ -440,7 +539,35 @@ func (s *suite) testLifecycle(t *testing.T) {
 			t.Fatalf("Start again changed the handle (a second process?):\n got %+v\nwant %+v", v.h, before)
 		}
 	})
-	step(t, "agent_ready", func(t *testing.T) {
+	s.step(t, "recycled_pid_is_not_the_vm", func(t *testing.T) {
+		exited, err := d.Watch(v.h)
+		if err != nil {
+			t.Fatalf("Watch of running %s: %v", v.spec.ID, err)
+		}
+		// The handle of a process that had the VM's PID before it.
+		other := v.h
+		other.PIDStart--
+		if d.Alive(other) {
+			t.Errorf("Alive is true for a handle with the VM's PID %d but another start time (%d, the VM's is %d)",
+				other.PID, other.PIDStart, v.h.PIDStart)
+		}
+		gone, err := d.Watch(other)
+		if err != nil {
+			t.Fatalf("Watch of a handle whose process is gone: %v", err)
+		}
+		if !closedWithin(gone, exitWait) {
+			t.Errorf("Watch of a handle with the VM's PID but another start time returned a channel that stays open")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		if err := d.Stop(ctx, other, 0); err != nil {
+			t.Errorf("Stop of a handle whose process is gone: %v; want nil", err)
+		}
+		if !d.Alive(v.h) || closedWithin(exited, 0) {
+			t.Fatalf("Stop of a handle with the VM's PID but another start time ended the VM (pid %d)", v.h.PID)
+		}
+	})
+	s.guestStep(t, "agent_ready", func(t *testing.T) {
 		sess := v.awaitAgent(t, v.token) // closed when this step ends
 		v.ping(t, sess)
 		cmdline := v.checkInGuest(t, sess)
@@ -448,10 +575,13 @@ func (s *suite) testLifecycle(t *testing.T) {
 			t.Errorf("the token is on the guest kernel command line: %q", cmdline)
 		}
 	})
-	step(t, "console_shows_boot", func(t *testing.T) {
+	s.step(t, "console_shows_boot", func(t *testing.T) {
+		if s.h.ConsoleMarker == "" {
+			t.Skip("Harness.ConsoleMarker is empty: nothing to look for on the console")
+		}
 		v.awaitConsole(t, s.h.ConsoleMarker, exitWait)
 	})
-	step(t, "token_not_on_process_cmdline", func(t *testing.T) {
+	s.step(t, "token_not_on_process_cmdline", func(t *testing.T) {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(v.h.PID) + "/cmdline")
 		if err != nil {
 			t.Fatalf("read the command line of pid %d: %v", v.h.PID, err)
@@ -460,7 +590,7 @@ func (s *suite) testLifecycle(t *testing.T) {
 			t.Fatalf("the token is on the command line of the VM process (pid %d)", v.h.PID)
 		}
 	})
-	step(t, "graceful_stop", func(t *testing.T) {
+	s.step(t, "graceful_stop", func(t *testing.T) {
 		v.stop(t, stopGrace)
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
@@ -472,7 +602,64 @@ func (s *suite) testLifecycle(t *testing.T) {
 			t.Errorf("Stop of a stopped VM took %v; want a no-op", took)
 		}
 	})
-	step(t, "cleanup_keeps_dir", v.cleanup)
+	s.step(t, "cleanup_keeps_dir", v.cleanup)
+}
+
+// checkGone checks that the driver says the VM's process (of a VM in the
+// state what) is not running, and that Stop has nothing to do.
+func (v *vm) checkGone(t *testing.T, what string) {
+	t.Helper()
+	if v.d.Alive(v.h) {
+		t.Fatalf("Alive is true for %s", what)
+	}
+	exited, err := v.d.Watch(v.h)
+	if err != nil {
+		t.Fatalf("Watch of %s: %v", what, err)
+	}
+	if !closedWithin(exited, exitWait) {
+		t.Fatalf("Watch of %s returned a channel that stays open", what)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if err := v.d.Stop(ctx, v.h, stopGrace); err != nil {
+		t.Fatalf("Stop of %s: %v; want nil (nothing to stop)", what, err)
+	}
+}
+
+// testBadSpec checks that a VM that cannot be made or booted is refused
+// by Prepare or Start, with nothing left running that Stop and Cleanup
+// would not end and remove.
+func (s *suite) testBadSpec(t *testing.T) {
+	d := s.h.NewDriver(t)
+	for _, c := range []struct {
+		name, what string
+		spoil      func(sp *vmm.Spec, missing string)
+	}{
+		{"no_dir", "no directory", func(sp *vmm.Spec, _ string) { sp.Dir = "" }},
+		{"missing_rootfs", "a rootfs that names no file", func(sp *vmm.Spec, p string) { sp.Rootfs = p }},
+		{"missing_kernel", "a kernel that names no file", func(sp *vmm.Spec, p string) { sp.Kernel = p }},
+	} {
+		s.check(t, c.name, func(t *testing.T) {
+			v := s.newVM(t, d, "bad")
+			spec := v.spec
+			c.spoil(&spec, filepath.Join(t.TempDir(), "missing"))
+			ctx, cancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
+			defer cancel()
+			h, err := d.Prepare(ctx, spec)
+			v.h = h // even a partial one: Cleanup needs what it names
+			if err == nil {
+				err = d.Start(ctx, spec, &v.h)
+			}
+			if err == nil {
+				t.Fatalf("Prepare and Start of a spec with %s succeeded; want an error", c.what)
+			}
+			t.Logf("refused: %v", err)
+			v.checkGone(t, "a VM that Prepare or Start refused")
+			if err := d.Cleanup(ctx, v.h); err != nil {
+				t.Fatalf("Cleanup of a VM that Prepare or Start refused: %v", err)
+			}
+		})
+	}
 }
 
 func (s *suite) testWrongToken(t *testing.T) {
@@ -483,7 +670,7 @@ func (s *suite) testWrongToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	step(t, "handshake_with_another_token_fails", func(t *testing.T) {
+	s.step(t, "handshake_with_another_token_fails", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
 		defer cancel()
 		sess, err := v.connect(ctx, wrong)
@@ -495,7 +682,7 @@ func (s *suite) testWrongToken(t *testing.T) {
 			t.Fatalf("want a handshake with another token to fail with agentapi.ErrBadProof; got: %v\n%s", err, v.consoleTail())
 		}
 	})
-	step(t, "then_the_right_token_succeeds", func(t *testing.T) {
+	s.step(t, "then_the_right_token_succeeds", func(t *testing.T) {
 		v.ping(t, v.awaitAgent(t, v.token))
 	})
 }
@@ -540,8 +727,8 @@ func (s *suite) testCrash(t *testing.T) {
 	if closedWithin(exited, 0) {
 		t.Fatal("Watch channel closed while the VM runs")
 	}
-	step(t, "sigkill_closes_watch", func(t *testing.T) {
-		if err := proc.Signal(v.h.PID, v.h.PIDStart, syscall.SIGKILL); err != nil {
+	s.step(t, "sigkill_closes_watch", func(t *testing.T) {
+		if err := s.kill(v.h); err != nil {
 			t.Fatalf("SIGKILL pid %d: %v", v.h.PID, err)
 		}
 		if !closedWithin(exited, exitWait) {
@@ -557,11 +744,11 @@ func (s *suite) testCrash(t *testing.T) {
 		if !closedWithin(again, exitWait) {
 			t.Fatalf("Watch of a dead VM returned a channel that stays open")
 		}
-		if !closedWithin(sess.Done(), exitWait) {
+		if sess != nil && !closedWithin(sess.Done(), exitWait) {
 			t.Errorf("the agent session did not end within %v of the VM process dying", exitWait)
 		}
 	})
-	step(t, "stop_and_cleanup_succeed", func(t *testing.T) {
+	s.step(t, "stop_and_cleanup_succeed", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		if err := v.d.Stop(ctx, v.h, stopGrace); err != nil {
@@ -574,9 +761,10 @@ func (s *suite) testCrash(t *testing.T) {
 func (s *suite) testAdoption(t *testing.T) {
 	a := s.h.NewDriver(t)
 	v := s.newVM(t, a, "adopt")
-	sess := v.boot(t)
-	v.ping(t, sess)
-	sess.Close() // the old daemon's connections go away with it
+	if sess := v.boot(t); sess != nil {
+		v.ping(t, sess)
+		sess.Close() // the old daemon's connections go away with it
+	}
 	v.detachConsole()
 
 	stored := v.h.Marshal()
@@ -591,7 +779,7 @@ func (s *suite) testAdoption(t *testing.T) {
 	v.d, v.h = b, h // from here on only the new driver and the stored handle
 
 	var exited <-chan struct{}
-	step(t, "alive_and_watched", func(t *testing.T) {
+	s.step(t, "alive_and_watched", func(t *testing.T) {
 		if !b.Alive(h) {
 			t.Fatalf("the new driver says the VM (pid %d) is not alive", h.PID)
 		}
@@ -603,22 +791,84 @@ func (s *suite) testAdoption(t *testing.T) {
 			t.Fatal("Watch channel of the new driver closed while the VM runs")
 		}
 	})
-	step(t, "agent_reconnects", func(t *testing.T) {
+	s.guestStep(t, "agent_reconnects", func(t *testing.T) {
 		sess := v.awaitAgent(t, v.token)
 		v.ping(t, sess)
 		v.checkInGuest(t, sess)
-		if _, skip := s.h.Skip["console"]; !skip {
-			// The console too: read again through the stored handle.
-			v.attachConsole(t)
-			v.guestEcho(t, sess, "hearth-vmmtest-adopted-")
-		}
+		v.reattachConsole(t, sess)
 		sess.Close()
 	})
-	step(t, "stop_and_cleanup", func(t *testing.T) {
+	if !s.guest {
+		s.step(t, "console_reattached", func(t *testing.T) { v.reattachConsole(t, nil) })
+	}
+	s.step(t, "stop_and_cleanup", func(t *testing.T) {
 		v.stop(t, stopGrace)
 		if !closedWithin(exited, exitWait) {
 			t.Fatalf("the Watch channel taken before Stop is still open %v after it", exitWait)
 		}
+		v.cleanup(t)
+	})
+}
+
+// testFindProcesses checks a vmm.ProcessFinder: it finds a running VM's
+// process by the VM's directory, with no handle, and ends it.
+func (s *suite) testFindProcesses(t *testing.T) {
+	d := s.h.NewDriver(t)
+	pf, ok := d.(vmm.ProcessFinder)
+	if !ok {
+		t.Skipf("driver %s does not find processes by directory (it is no vmm.ProcessFinder)", d.Name())
+	}
+	v := s.newVM(t, d, "find")
+	v.prepare(t)
+	v.start(t)
+	parent, name := filepath.Dir(v.spec.Dir), filepath.Base(v.spec.Dir)
+	own := vmm.Process{PID: v.h.PID, Start: v.h.PIDStart}
+	s.step(t, "listed_under_its_directory", func(t *testing.T) {
+		found, err := pf.FindProcesses(parent)
+		if err != nil {
+			t.Fatalf("FindProcesses(%s): %v", parent, err)
+		}
+		if !slices.Contains(found[name], own) {
+			t.Fatalf("FindProcesses(%s) lists %v for %s; want the VM's process %+v among them", parent, found[name], name, own)
+		}
+		elsewhere := t.TempDir()
+		found, err = pf.FindProcesses(elsewhere)
+		if err != nil {
+			t.Fatalf("FindProcesses(%s): %v", elsewhere, err)
+		}
+		for dir, procs := range found {
+			if slices.Contains(procs, own) {
+				t.Fatalf("FindProcesses(%s), a directory with no VMs, lists the process of %s as %s's", elsewhere, v.spec.ID, dir)
+			}
+		}
+	})
+	s.step(t, "killed_by_kill_process", func(t *testing.T) {
+		exited, err := d.Watch(v.h)
+		if err != nil {
+			t.Fatalf("Watch of running %s: %v", v.spec.ID, err)
+		}
+		if err := pf.KillProcess(own); err != nil {
+			t.Fatalf("KillProcess(%+v): %v", own, err)
+		}
+		if d.Alive(v.h) {
+			t.Fatal("Alive is true after KillProcess returned")
+		}
+		if !closedWithin(exited, exitWait) {
+			t.Fatalf("Watch channel still open %v after KillProcess returned", exitWait)
+		}
+		found, err := pf.FindProcesses(parent)
+		if err != nil {
+			t.Fatalf("FindProcesses(%s): %v", parent, err)
+		}
+		if slices.Contains(found[name], own) {
+			t.Fatalf("FindProcesses(%s) still lists the process %+v that KillProcess ended", parent, own)
+		}
+		if err := pf.KillProcess(own); err != nil {
+			t.Fatalf("KillProcess of a process that is gone: %v; want nil", err)
+		}
+	})
+	s.step(t, "stop_and_cleanup_succeed", func(t *testing.T) {
+		v.checkGone(t, "a VM whose process KillProcess ended")
 		v.cleanup(t)
 	})
 }
@@ -636,7 +886,7 @@ func (s *suite) testPause(t *testing.T) {
 	sess := v.boot(t)
 	v.ping(t, sess)
 
-	step(t, "paused_guest_does_not_answer", func(t *testing.T) {
+	s.step(t, "paused_guest_does_not_answer", func(t *testing.T) {
 		ctx := opContext(t)
 		if err := p.Pause(ctx, v.h); err != nil {
 			t.Fatalf("Pause: %v", err)
@@ -647,6 +897,9 @@ func (s *suite) testPause(t *testing.T) {
 		if !d.Alive(v.h) {
 			t.Fatal("Alive is false for a paused VM")
 		}
+		if sess == nil {
+			return
+		}
 		pctx, pcancel := context.WithTimeout(ctx, pausedWait)
 		defer pcancel()
 		if _, err := sess.Ping(pctx); err == nil {
@@ -655,7 +908,7 @@ func (s *suite) testPause(t *testing.T) {
 			t.Fatalf("want a ping to a paused guest to go unanswered for %v; it failed: %v", pausedWait, err)
 		}
 	})
-	step(t, "resumed_guest_answers", func(t *testing.T) {
+	s.step(t, "resumed_guest_answers", func(t *testing.T) {
 		ctx := opContext(t)
 		if err := p.Resume(ctx, v.h); err != nil {
 			t.Fatalf("Resume: %v", err)
@@ -663,13 +916,18 @@ func (s *suite) testPause(t *testing.T) {
 		if err := p.Resume(ctx, v.h); err != nil {
 			t.Fatalf("Resume again (want a no-op): %v", err)
 		}
+		if !d.Alive(v.h) {
+			t.Fatal("Alive is false for a resumed VM")
+		}
 		v.ping(t, sess)
 	})
-	step(t, "paused_vm_stops", func(t *testing.T) {
+	s.step(t, "paused_vm_stops", func(t *testing.T) {
 		if err := p.Pause(opContext(t), v.h); err != nil {
 			t.Fatalf("Pause: %v", err)
 		}
-		sess.Close()
+		if sess != nil {
+			sess.Close()
+		}
 		v.stop(t, time.Second)
 		v.cleanup(t)
 	})
@@ -694,7 +952,7 @@ func (s *suite) testSnapshot(t *testing.T) {
 	src.ping(t, sess)
 	snapDir := t.TempDir() // outlives the steps: Restore reads it
 	var snap vmm.Snapshot
-	step(t, "create_from_paused_vm", func(t *testing.T) {
+	s.step(t, "create_from_paused_vm", func(t *testing.T) {
 		ctx := opContext(t)
 		if err := p.Pause(ctx, src.h); err != nil {
 			t.Fatalf("Pause: %v", err)
@@ -712,7 +970,9 @@ func (s *suite) testSnapshot(t *testing.T) {
 				t.Fatalf("want snapshot file %q: %v", f, err)
 			}
 		}
-		sess.Close()
+		if sess != nil {
+			sess.Close()
+		}
 		src.stop(t, time.Second)
 	})
 
@@ -720,7 +980,7 @@ func (s *suite) testSnapshot(t *testing.T) {
 	if bytes.Equal(dst.token, src.token) {
 		t.Fatal("Harness.Spec returned the same token twice; want a new one per VM")
 	}
-	step(t, "restore_with_new_identity", func(t *testing.T) {
+	s.step(t, "restore_with_new_identity", func(t *testing.T) {
 		dst.prepare(t)
 		ctx, cancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
 		defer cancel()
@@ -734,7 +994,7 @@ func (s *suite) testSnapshot(t *testing.T) {
 		dst.attachConsole(t)
 		t.Logf("Restore returned after %v", time.Since(start).Round(time.Millisecond))
 	})
-	step(t, "old_token_rejected", func(t *testing.T) {
+	s.guestStep(t, "old_token_rejected", func(t *testing.T) {
 		// First, so that a restored agent still proving the snapshot's
 		// identity is caught before anything refreshes it.
 		hctx, hcancel := context.WithTimeout(context.Background(), s.h.BootTimeout)
@@ -748,10 +1008,10 @@ func (s *suite) testSnapshot(t *testing.T) {
 			t.Fatalf("want a handshake with the old token to fail with agentapi.ErrBadProof; got: %v\n%s", err, dst.consoleTail())
 		}
 	})
-	step(t, "new_token_accepted", func(t *testing.T) {
+	s.guestStep(t, "new_token_accepted", func(t *testing.T) {
 		dst.ping(t, dst.awaitAgent(t, dst.token))
 	})
-	step(t, "stop_and_cleanup", func(t *testing.T) {
+	s.step(t, "stop_and_cleanup", func(t *testing.T) {
 		dst.stop(t, stopGrace)
 		dst.cleanup(t)
 		src.cleanup(t)
