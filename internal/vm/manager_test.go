@@ -442,6 +442,31 @@ func TestShutdownWithStopOnShutdownStopsVMs(t *testing.T) {
 	}
 }
 
+// A delete that arrives after Shutdown (a login finishing as the daemon
+// stops) starts no supervisor that would outlive the shutdown: the VM is
+// left running, recorded as stopping, and the next manager destroys it.
+func TestDeleteAfterShutdownIsLeftToTheNextManager(t *testing.T) {
+	e := newEnv(t)
+	m := e.manager()
+	v, _ := m.Create(context.Background(), vm.CreateRequest{UserID: "alice", Image: "minimal"})
+	waitFor(t, m, v.ID, store.StateReady)
+	if err := m.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Delete(context.Background(), v.ID)
+	if err != nil || got.State != store.StateStopping {
+		t.Fatalf("delete after shutdown: %v %s", err, got.State)
+	}
+	if e.driver.Running() != 1 {
+		t.Fatalf("a supervisor ran after shutdown: %d VMs running", e.driver.Running())
+	}
+	m2 := e.manager()
+	waitFor(t, m2, v.ID, store.StateDestroyed)
+	if e.driver.Running() != 0 {
+		t.Fatal("the next manager did not finish the delete")
+	}
+}
+
 // OnTransition sees every state change; GuestAddr answers only for a ready
 // VM whose role waits for the port.
 func TestTransitionHookAndGuestAddr(t *testing.T) {

@@ -129,11 +129,13 @@ func (i *instance) stopRequested() bool {
 	}
 }
 
-// spawn starts a supervisor for v unless one runs already.
+// spawn starts a supervisor for v unless one runs already, or the manager
+// has shut down (the next manager takes the VM up from its record: a
+// supervisor started now would outlive Shutdown's wait).
 func (m *Manager) spawn(v store.VM, md mode) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.instances[v.ID]; ok {
+	if _, ok := m.instances[v.ID]; ok || m.ctx.Err() != nil {
 		return
 	}
 	inst := &instance{id: v.ID, stop: make(chan struct{}), done: make(chan struct{})}
@@ -850,7 +852,9 @@ func exists(p string) bool {
 // Shutdown stops supervising. VMs keep running (and are adopted by the next
 // manager) unless StopOnShutdown is set, in which case they are stopped.
 func (m *Manager) Shutdown(ctx context.Context) error {
+	m.mu.Lock() // spawn checks for this under the lock before it adds to wg
 	m.cancel()
+	m.mu.Unlock()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
 	select {
