@@ -141,7 +141,7 @@ func TestCLIAsAnotherUser(t *testing.T) {
 	// host build is refused; through the daemon, with a key, images are
 	// theirs to list, and an admin's key builds (here, joins or finds
 	// minimal's build, which the daemon verifies and registers).
-	_, errOut, err := c.output(ctx, d.netns, []string{"HEARTH_STATE_DIR=" + d.stateDir}, "image", "build", "--local", "--profile", "minimal")
+	_, errOut, err := c.output(ctx, d.netns, []string{"HEARTH_STATE_DIR=" + d.stateDir}, "image", "build", "--local", "--profile", "minimal", "--agent", c.bin)
 	if err == nil || !strings.Contains(errOut, "permission denied") {
 		t.Fatalf("hearth image build --local as nobody: %v\n%s", err, errOut)
 	}
