@@ -788,7 +788,8 @@ type ImageDetail struct {
 	SizeBytes int64             `json:"size_bytes"`
 	Status    ImageDetailStatus `json:"status"`
 
-	// Verification The verifier's report of the last verification, every claim checked against the image's files.
+	// Verification The verifier's report of the last verification: every claim checked
+	// against the image's files, or why the check could not run.
 	Verification ImageVerification `json:"verification,omitempty,omitzero"`
 	VerifiedAt   time.Time         `json:"verified_at,omitempty,omitzero"`
 }
@@ -801,10 +802,14 @@ type ImageList struct {
 	Images []Image `json:"images"`
 }
 
-// ImageVerification The verifier's report of the last verification, every claim checked against the image's files.
+// ImageVerification The verifier's report of the last verification: every claim checked
+// against the image's files, or why the check could not run.
 type ImageVerification struct {
-	Claims []ImageClaim `json:"claims"`
-	OK     bool         `json:"ok"`
+	Claims []ImageClaim `json:"claims,omitempty,omitzero"`
+
+	// Error why the image could not be checked (its manifest or files unreadable); then there are no claims
+	Error string `json:"error,omitempty,omitzero"`
+	OK    bool   `json:"ok,omitempty,omitzero"`
 }
 
 // Login defines model for Login.

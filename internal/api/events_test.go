@@ -34,20 +34,39 @@ func init() {
 		})
 }
 
-// sse is one server-sent event.
-type sse struct {
+// sseOf is one server-sent event whose data is a T.
+type sseOf[T any] struct {
 	ID    int64
 	Event string
-	Data  v1.Event
+	Data  T
 }
 
-// readSSE reads events off body until stop accepts one (true) or the
-// stream ends (false).
-func readSSE(t *testing.T, body io.Reader, stop func(sse) bool) ([]sse, bool) {
+// sse is one event of /v1/events or a login's events.
+type sse = sseOf[v1.Event]
+
+// framed is an event's data that repeats its SSE id and type.
+type framed interface {
+	v1.Event | v1.ImageBuildEvent
+}
+
+// idType is what an event's data says its id and type are.
+func idType(d any) (int64, string) {
+	switch e := d.(type) {
+	case v1.Event:
+		return e.ID, e.Type
+	case v1.ImageBuildEvent:
+		return e.ID, string(e.Type)
+	}
+	panic(fmt.Sprintf("no id and type in %T", d))
+}
+
+// readEvents reads events off body until stop accepts one (true) or the
+// stream ends (false); each event's SSE id and type must be its data's.
+func readEvents[T framed](t *testing.T, body io.Reader, stop func(sseOf[T]) bool) ([]sseOf[T], bool) {
 	t.Helper()
 	var (
-		out []sse
-		cur sse
+		out []sseOf[T]
+		cur sseOf[T]
 	)
 	sc := bufio.NewScanner(body)
 	for sc.Scan() {
@@ -66,17 +85,23 @@ func readSSE(t *testing.T, body io.Reader, stop func(sse) bool) ([]sse, bool) {
 				t.Fatalf("data line %q: %v", line, err)
 			}
 		case line == "" && cur.Event != "":
-			out = append(out, cur)
-			if cur.Data.ID != cur.ID || cur.Data.Type != cur.Event {
+			if id, typ := idType(cur.Data); id != cur.ID || typ != cur.Event {
 				t.Fatalf("event %+v: id and type differ between the SSE fields and the data", cur)
 			}
+			out = append(out, cur)
 			if stop != nil && stop(cur) {
 				return out, true
 			}
-			cur = sse{}
+			cur = sseOf[T]{}
 		}
 	}
 	return out, false
+}
+
+// readSSE reads /v1/events or login events (readEvents).
+func readSSE(t *testing.T, body io.Reader, stop func(sse) bool) ([]sse, bool) {
+	t.Helper()
+	return readEvents(t, body, stop)
 }
 
 // stream opens an event stream; the caller closes the body.

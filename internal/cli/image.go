@@ -125,6 +125,9 @@ func cmdImage(ctx context.Context, args []string, out output) error {
 		if d.Status == api.ImageDetailStatusVerified {
 			return nil
 		}
+		if d.Verification.Error != "" {
+			fmt.Fprintf(out.stdout, "  %s\n", safetext.Line(d.Verification.Error, 0))
+		}
 		for _, c := range d.Verification.Claims {
 			if !c.OK {
 				fmt.Fprintf(out.stdout, "  %s %s: %s\n", c.Kind, safetext.Line(c.Subject, 0), safetext.Line(c.Detail, 0))
