@@ -786,3 +786,29 @@ func TestDisabledSubsystemsAre503(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminOnlyOperationsRefuseUserKeysFirst: every operation the document
+// marks x-hearth-admin answers a user key 403, before its parameters or
+// body are looked at (a malformed body is no 400 for it).
+func TestAdminOnlyOperationsRefuseUserKeysFirst(t *testing.T) {
+	f := newFixture(t)
+	n := 0
+	for path, item := range f.spec.Paths.Map() {
+		for method, op := range item.Operations() {
+			what, ok := op.Extensions["x-hearth-admin"].(string)
+			if !ok {
+				continue
+			}
+			n++
+			target := strings.NewReplacer("{id}", "nosuch").Replace(path) + "?since=bogus"
+			a := f.request(method, f.srv.URL, target, http.Header{"Authorization": {"Bearer " + f.alice},
+				"Content-Type": {"application/json"}}, `{"malformed`)
+			if a.status != http.StatusForbidden || a.errCode() != "forbidden" || a.errMessage() != "only admin keys "+what {
+				t.Errorf("%s %s with a user key: %d %s", method, path, a.status, a.body)
+			}
+		}
+	}
+	if n < 8 {
+		t.Fatalf("only %d operations are marked admin-only", n)
+	}
+}

@@ -34,6 +34,7 @@ type operation struct {
 	method, path string // the document's path, e.g. /v1/vms/{id}
 	pattern      string // the ServeMux pattern it is served at
 	public       bool   // no API key: security names no bearer key
+	admin        string // x-hearth-admin: what only admin keys may do ("build images")
 	route        *routers.Route
 	jsonBody     bool // the operation takes a JSON request body
 }
@@ -86,6 +87,9 @@ func findOperation(pattern string) (*operation, error) {
 			o.public = false
 		}
 	}
+	if what, ok := op.Extensions["x-hearth-admin"].(string); ok {
+		o.admin = what
+	}
 	if op.RequestBody != nil && op.RequestBody.Value.Content.Get("application/json") != nil {
 		o.jsonBody = true
 	}
@@ -111,6 +115,9 @@ func (rt *router) HandleFunc(pattern string, h func(http.ResponseWriter, *http.R
 		return
 	}
 	next := rt.s.validate(op, h)
+	if op.admin != "" {
+		next = rt.s.adminOnly(op.admin, next)
+	}
 	if !op.public {
 		next = rt.s.authenticate(next)
 	}
@@ -175,6 +182,18 @@ func (rt *router) allowed(r *http.Request) (allow string, public bool) {
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
 	w.Header().Set("Allow", allow)
 	writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+" (allowed: "+allow+")")
+}
+
+// adminOnly refuses user keys an operation the document reserves for
+// admin keys (x-hearth-admin), before its request is read.
+func (s *Server) adminOnly(what string, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !identity(r).Admin() {
+			s.fail(w, r, errdefs.Forbiddenf("only admin keys %s", what))
+			return
+		}
+		next(w, r)
+	}
 }
 
 // paramError answers a parameter the generated binding could not read
