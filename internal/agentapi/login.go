@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -208,11 +207,8 @@ func (r LoginRequest) Validate() error {
 	if r.SetupTimeout < 0 || r.SetupTimeout > MaxLoginTimeout {
 		return fmt.Errorf("login setup timeout %v outside [0, %v]", r.SetupTimeout, MaxLoginTimeout)
 	}
-	if r.PageCheck != "" {
-		host, port, err := net.SplitHostPort(r.PageCheck)
-		if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() || port == "" {
-			return fmt.Errorf("login page check %q is not a loopback HOST:PORT", clipForError(r.PageCheck))
-		}
+	if r.PageCheck != "" && !LoopbackAddrPort(r.PageCheck) {
+		return fmt.Errorf("login page check %q is not a loopback HOST:PORT", clipForError(r.PageCheck))
 	}
 	return nil
 }
@@ -405,4 +401,12 @@ func (s *Session) WriteFile(ctx context.Context, req WriteFileRequest) error {
 		return fmt.Errorf("agentapi: %s: %w", TypeWriteFile, err)
 	}
 	return s.call(ctx, TypeWriteFile, req, &struct{}{})
+}
+
+// LoopbackAddrPort reports whether s is a loopback IP address and a port
+// from 1 to 65535 ("127.0.0.1:9222", "[::1]:9222"): where a guest's page
+// check may point.
+func LoopbackAddrPort(s string) bool {
+	ap, err := netip.ParseAddrPort(s)
+	return err == nil && ap.Addr().IsLoopback() && ap.Port() != 0
 }

@@ -77,6 +77,9 @@ func TestLoginRequestValidateSetupAndPageCheck(t *testing.T) {
 		{"page check a name", func(r *LoginRequest) { r.PageCheck = "localhost:9222" }, "page check"},
 		{"page check without port", func(r *LoginRequest) { r.PageCheck = "127.0.0.1:" }, "page check"},
 		{"page check without colon", func(r *LoginRequest) { r.PageCheck = "127.0.0.1" }, "page check"},
+		{"page check port not a number", func(r *LoginRequest) { r.PageCheck = "127.0.0.1:abc" }, "page check"},
+		{"page check port out of range", func(r *LoginRequest) { r.PageCheck = "127.0.0.1:70000" }, "page check"},
+		{"page check port zero", func(r *LoginRequest) { r.PageCheck = "127.0.0.1:0" }, "page check"},
 		{"credential path too long", func(r *LoginRequest) {
 			r.Credentials[0].Path = "/" + strings.Repeat("p", MaxCredentialPath)
 		}, "longer than"},

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/hearth-project/hearth/internal/agentapi"
 )
 
 // Duration is a time.Duration that reads and writes as "90s" in TOML.
@@ -642,11 +643,8 @@ func (l LoginConfig) validate(bad func(field, format string, args ...any), v VMC
 	if l.SetupTimeout.Duration < 10*time.Second || l.SetupTimeout.Duration > l.Timeout.Duration {
 		bad("login.setup_timeout", "must be 10s-login.timeout (%s), got %s", l.Timeout.Duration, l.SetupTimeout.Duration)
 	}
-	if l.PageCheck != "" {
-		host, port, err := net.SplitHostPort(l.PageCheck)
-		if ip, perr := netip.ParseAddr(host); err != nil || perr != nil || !ip.IsLoopback() || port == "" {
-			bad("login.page_check", "must be a loopback HOST:PORT in the guest (e.g. 127.0.0.1:9222) or empty, got %q", l.PageCheck)
-		}
+	if l.PageCheck != "" && !agentapi.LoopbackAddrPort(l.PageCheck) {
+		bad("login.page_check", "must be a loopback HOST:PORT in the guest (e.g. 127.0.0.1:9222) or empty, got %q", l.PageCheck)
 	}
 	if l.CreateBurst < 1 {
 		bad("login.create_burst", "must be at least 1, got %d", l.CreateBurst)

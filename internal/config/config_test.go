@@ -29,6 +29,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"listen", func(c *Config) { c.Listen = "nope" }},
 		{"listen", func(c *Config) { c.Listen = "127.0.0.1:99999" }},
 		{"log_level", func(c *Config) { c.LogLevel = "loud" }},
+		{"login.page_check", func(c *Config) { c.Login.PageCheck = "127.0.0.1:abc" }},
+		{"login.page_check", func(c *Config) { c.Login.PageCheck = "10.0.0.1:9222" }},
 		{"vm.driver", func(c *Config) { c.VM.Driver = "vbox" }},
 		{"vm.max_vcpus", func(c *Config) { c.VM.MaxVCPUs = 0 }},
 		{"vm.default_vcpus", func(c *Config) { c.VM.DefaultVCPUs = 9 }},
