@@ -460,15 +460,17 @@ func (s *Service) runBuild(b *build) {
 		}
 		b.notef("hearth: build %s succeeded: image %s (%s) %s", id, img.Name, img.ID, img.Status)
 	}
-	b.end(state, img, msg)
 	level := slog.LevelInfo
 	if state != Succeeded {
 		level = slog.LevelWarn
 	}
 	s.log.Log(context.Background(), level, "image build ended", "build", id, "state", state, "image", img.ID,
 		"duration_ms", time.Since(start).Milliseconds(), "err", msg)
+	// Ended, counted and the oldest records forgotten in one step: whoever
+	// sees the build ended sees the service after it too.
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	b.end(state, img, msg)
 	s.running--
 	s.forget()
 	s.dispatch()
