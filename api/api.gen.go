@@ -721,7 +721,7 @@ type ImageBuild struct {
 	SpecName   string    `json:"spec_name"`
 	StartedAt  time.Time `json:"started_at,omitempty,omitzero"`
 
-	// State succeeded = built (or found built), verified and registered; failed includes an image that failed verification; cancelled = hearth shut down first.
+	// State succeeded = built (or found built), verified and registered; failed includes an image that failed verification; cancelled = cancelled by request (DELETE /v1/images/builds/{id}) or hearth shut down first.
 	State ImageBuildState `json:"state"`
 	Step  int             `json:"step,omitempty,omitzero"`
 	Steps int             `json:"steps,omitempty,omitzero"`
@@ -730,7 +730,7 @@ type ImageBuild struct {
 // ImageBuildImageStatus defines model for ImageBuild.ImageStatus.
 type ImageBuildImageStatus string
 
-// ImageBuildState succeeded = built (or found built), verified and registered; failed includes an image that failed verification; cancelled = hearth shut down first.
+// ImageBuildState succeeded = built (or found built), verified and registered; failed includes an image that failed verification; cancelled = cancelled by request (DELETE /v1/images/builds/{id}) or hearth shut down first.
 type ImageBuildState string
 
 // ImageBuildEvent The data of an event of GET /v1/images/builds/{id}/events.
@@ -1332,8 +1332,9 @@ type ClientInterface interface {
 	// BuildImageWithBody Build an image from an embedded profile or a spec (admin keys only)
 	//
 	// Starts a build job and answers at once; the build runs in the
-	// daemon, whatever happens to the request, until it ends or hearth
-	// shuts down (which cancels it). The request is checked before
+	// daemon, whatever happens to the request, until it ends, an admin
+	// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+	// (which cancels it). The request is checked before
 	// anything runs: `profile` names an embedded spec (minimal,
 	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
 	// and a spec that does not parse or validate is a 400 naming the line.
@@ -1352,8 +1353,9 @@ type ClientInterface interface {
 	// BuildImage Build an image from an embedded profile or a spec (admin keys only)
 	//
 	// Starts a build job and answers at once; the build runs in the
-	// daemon, whatever happens to the request, until it ends or hearth
-	// shuts down (which cancels it). The request is checked before
+	// daemon, whatever happens to the request, until it ends, an admin
+	// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+	// (which cancels it). The request is checked before
 	// anything runs: `profile` names an embedded spec (minimal,
 	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
 	// and a spec that does not parse or validate is a 400 naming the line.
@@ -1377,6 +1379,24 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
 	ListImageBuilds(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelImageBuild Cancel an image build, for every request that joined it (admin keys only)
+	//
+	// A build is one job however many requests joined it, so cancelling
+	// it cancels it for all of them, and every follower's event stream
+	// ends with `done` (state `cancelled`, error "cancelled by request").
+	// A queued build leaves the queue and has ended when this answers
+	// (200). A running build has its context cancelled and is answered
+	// as it is (202, state still `running`): it ends `cancelled` once the
+	// builder has stopped and removed its work directory, which may take
+	// a moment (a command it runs is killed); follow its events or GET
+	// it to see the end. Nothing of a cancelled build is registered. A
+	// build that registered its image before the cancellation reached it
+	// ends `succeeded`, its log saying so. Cancelling a running build
+	// again answers 202 again. A build that has ended is a 409.
+	//
+	// Corresponds with DELETE /v1/images/builds/{id} (the `CancelImageBuild` operationId).
+	CancelImageBuild(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetImageBuild One image build (admin keys only)
 	//
@@ -1959,8 +1979,9 @@ func (c *Client) ListImages(ctx context.Context, reqEditors ...RequestEditorFn) 
 // BuildImageWithBody Build an image from an embedded profile or a spec (admin keys only)
 //
 // Starts a build job and answers at once; the build runs in the
-// daemon, whatever happens to the request, until it ends or hearth
-// shuts down (which cancels it). The request is checked before
+// daemon, whatever happens to the request, until it ends, an admin
+// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+// (which cancels it). The request is checked before
 // anything runs: `profile` names an embedded spec (minimal,
 // workspace, browser), `spec` is a spec's YAML text (images/README.md),
 // and a spec that does not parse or validate is a 400 naming the line.
@@ -1989,8 +2010,9 @@ func (c *Client) BuildImageWithBody(ctx context.Context, contentType string, bod
 // BuildImage Build an image from an embedded profile or a spec (admin keys only)
 //
 // Starts a build job and answers at once; the build runs in the
-// daemon, whatever happens to the request, until it ends or hearth
-// shuts down (which cancels it). The request is checked before
+// daemon, whatever happens to the request, until it ends, an admin
+// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+// (which cancels it). The request is checked before
 // anything runs: `profile` names an embedded spec (minimal,
 // workspace, browser), `spec` is a spec's YAML text (images/README.md),
 // and a spec that does not parse or validate is a 400 naming the line.
@@ -2025,6 +2047,34 @@ func (c *Client) BuildImage(ctx context.Context, body BuildImageJSONRequestBody,
 // Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
 func (c *Client) ListImageBuilds(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewListImageBuildsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelImageBuild Cancel an image build, for every request that joined it (admin keys only)
+//
+// A build is one job however many requests joined it, so cancelling
+// it cancels it for all of them, and every follower's event stream
+// ends with `done` (state `cancelled`, error "cancelled by request").
+// A queued build leaves the queue and has ended when this answers
+// (200). A running build has its context cancelled and is answered
+// as it is (202, state still `running`): it ends `cancelled` once the
+// builder has stopped and removed its work directory, which may take
+// a moment (a command it runs is killed); follow its events or GET
+// it to see the end. Nothing of a cancelled build is registered. A
+// build that registered its image before the cancellation reached it
+// ends `succeeded`, its log saying so. Cancelling a running build
+// again answers 202 again. A build that has ended is a 409.
+//
+// Corresponds with DELETE /v1/images/builds/{id} (the `CancelImageBuild` operationId).
+func (c *Client) CancelImageBuild(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelImageBuildRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -3242,6 +3292,40 @@ func NewListImageBuildsRequest(server string) (*http.Request, error) {
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCancelImageBuildRequest constructs an http.Request for the CancelImageBuild method
+func NewCancelImageBuildRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/images/builds/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -4593,8 +4677,9 @@ type ClientWithResponsesInterface interface {
 	// BuildImageWithBodyWithResponse Build an image from an embedded profile or a spec (admin keys only)
 	//
 	// Starts a build job and answers at once; the build runs in the
-	// daemon, whatever happens to the request, until it ends or hearth
-	// shuts down (which cancels it). The request is checked before
+	// daemon, whatever happens to the request, until it ends, an admin
+	// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+	// (which cancels it). The request is checked before
 	// anything runs: `profile` names an embedded spec (minimal,
 	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
 	// and a spec that does not parse or validate is a 400 naming the line.
@@ -4613,8 +4698,9 @@ type ClientWithResponsesInterface interface {
 	// BuildImageWithResponse Build an image from an embedded profile or a spec (admin keys only)
 	//
 	// Starts a build job and answers at once; the build runs in the
-	// daemon, whatever happens to the request, until it ends or hearth
-	// shuts down (which cancels it). The request is checked before
+	// daemon, whatever happens to the request, until it ends, an admin
+	// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+	// (which cancels it). The request is checked before
 	// anything runs: `profile` names an embedded spec (minimal,
 	// workspace, browser), `spec` is a spec's YAML text (images/README.md),
 	// and a spec that does not parse or validate is a 400 naming the line.
@@ -4640,6 +4726,26 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/images/builds (the `ListImageBuilds` operationId).
 	ListImageBuildsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListImageBuildsResponse, error)
+
+	// CancelImageBuildWithResponse Cancel an image build, for every request that joined it (admin keys only)
+	//
+	// A build is one job however many requests joined it, so cancelling
+	// it cancels it for all of them, and every follower's event stream
+	// ends with `done` (state `cancelled`, error "cancelled by request").
+	// A queued build leaves the queue and has ended when this answers
+	// (200). A running build has its context cancelled and is answered
+	// as it is (202, state still `running`): it ends `cancelled` once the
+	// builder has stopped and removed its work directory, which may take
+	// a moment (a command it runs is killed); follow its events or GET
+	// it to see the end. Nothing of a cancelled build is registered. A
+	// build that registered its image before the cancellation reached it
+	// ends `succeeded`, its log saying so. Cancelling a running build
+	// again answers 202 again. A build that has ended is a 409.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/images/builds/{id} (the `CancelImageBuild` operationId).
+	CancelImageBuildWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*CancelImageBuildResponse, error)
 
 	// GetImageBuildWithResponse One image build (admin keys only)
 	//
@@ -5951,6 +6057,89 @@ func (r ListImageBuildsResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ListImageBuildsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CancelImageBuildResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ImageBuild
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *ImageBuild
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CancelImageBuildResponse) GetJSON200() *ImageBuild {
+	return r.JSON200
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r CancelImageBuildResponse) GetJSON202() *ImageBuild {
+	return r.JSON202
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CancelImageBuildResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CancelImageBuildResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CancelImageBuildResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CancelImageBuildResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CancelImageBuildResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelImageBuildResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelImageBuildResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelImageBuildResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelImageBuildResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -7837,8 +8026,9 @@ func (c *ClientWithResponses) ListImagesWithResponse(ctx context.Context, reqEdi
 // BuildImageWithBodyWithResponse Build an image from an embedded profile or a spec (admin keys only)
 //
 // Starts a build job and answers at once; the build runs in the
-// daemon, whatever happens to the request, until it ends or hearth
-// shuts down (which cancels it). The request is checked before
+// daemon, whatever happens to the request, until it ends, an admin
+// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+// (which cancels it). The request is checked before
 // anything runs: `profile` names an embedded spec (minimal,
 // workspace, browser), `spec` is a spec's YAML text (images/README.md),
 // and a spec that does not parse or validate is a 400 naming the line.
@@ -7863,8 +8053,9 @@ func (c *ClientWithResponses) BuildImageWithBodyWithResponse(ctx context.Context
 // BuildImageWithResponse Build an image from an embedded profile or a spec (admin keys only)
 //
 // Starts a build job and answers at once; the build runs in the
-// daemon, whatever happens to the request, until it ends or hearth
-// shuts down (which cancels it). The request is checked before
+// daemon, whatever happens to the request, until it ends, an admin
+// cancels it (DELETE /v1/images/builds/{id}) or hearth shuts down
+// (which cancels it). The request is checked before
 // anything runs: `profile` names an embedded spec (minimal,
 // workspace, browser), `spec` is a spec's YAML text (images/README.md),
 // and a spec that does not parse or validate is a 400 naming the line.
@@ -7901,6 +8092,32 @@ func (c *ClientWithResponses) ListImageBuildsWithResponse(ctx context.Context, r
 		return nil, err
 	}
 	return ParseListImageBuildsResponse(rsp)
+}
+
+// CancelImageBuildWithResponse Cancel an image build, for every request that joined it (admin keys only)
+//
+// A build is one job however many requests joined it, so cancelling
+// it cancels it for all of them, and every follower's event stream
+// ends with `done` (state `cancelled`, error "cancelled by request").
+// A queued build leaves the queue and has ended when this answers
+// (200). A running build has its context cancelled and is answered
+// as it is (202, state still `running`): it ends `cancelled` once the
+// builder has stopped and removed its work directory, which may take
+// a moment (a command it runs is killed); follow its events or GET
+// it to see the end. Nothing of a cancelled build is registered. A
+// build that registered its image before the cancellation reached it
+// ends `succeeded`, its log saying so. Cancelling a running build
+// again answers 202 again. A build that has ended is a 409.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/images/builds/{id} (the `CancelImageBuild` operationId).
+func (c *ClientWithResponses) CancelImageBuildWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*CancelImageBuildResponse, error) {
+	rsp, err := c.CancelImageBuild(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelImageBuildResponse(rsp)
 }
 
 // GetImageBuildWithResponse One image build (admin keys only)
@@ -9164,6 +9381,74 @@ func ParseListImageBuildsResponse(rsp *http.Response) (*ListImageBuildsResponse,
 			return nil, err
 		}
 		response.JSON403 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseCancelImageBuildResponse parses an HTTP response from a CancelImageBuildWithResponse call
+func ParseCancelImageBuildResponse(rsp *http.Response) (*CancelImageBuildResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelImageBuildResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ImageBuild
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest ImageBuild
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
 
 	}
 
@@ -10513,6 +10798,9 @@ type ServerInterface interface {
 	// ListImageBuilds Image builds this daemon runs or ran, oldest first (admin keys only)
 	// (GET /v1/images/builds)
 	ListImageBuilds(w http.ResponseWriter, r *http.Request)
+	// CancelImageBuild Cancel an image build, for every request that joined it (admin keys only)
+	// (DELETE /v1/images/builds/{id})
+	CancelImageBuild(w http.ResponseWriter, r *http.Request, id string)
 	// GetImageBuild One image build (admin keys only)
 	// (GET /v1/images/builds/{id})
 	GetImageBuild(w http.ResponseWriter, r *http.Request, id string)
@@ -10968,6 +11256,32 @@ func (siw *ServerInterfaceWrapper) ListImageBuilds(w http.ResponseWriter, r *htt
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.ListImageBuilds(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CancelImageBuild operation middleware
+func (siw *ServerInterfaceWrapper) CancelImageBuild(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CancelImageBuild(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -11920,6 +12234,7 @@ func HandlerWithOptions(si ServerInterface, options StdHTTPServerOptions) http.H
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images", wrapper.ListImages)
 	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/images", wrapper.BuildImage)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/builds", wrapper.ListImageBuilds)
+	m.HandleFunc(http.MethodDelete+" "+options.BaseURL+"/v1/images/builds/{id}", wrapper.CancelImageBuild)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/builds/{id}", wrapper.GetImageBuild)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/images/builds/{id}/events", wrapper.ImageBuildEvents)
 	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/images/gc", wrapper.CollectImages)

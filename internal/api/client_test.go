@@ -368,8 +368,9 @@ func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
 		t.Fatalf("revoked key %s", rk.Body)
 	}
 
-	// An image build, joined, followed to its end; its image inspected,
-	// verified again, removed; what no record names collected.
+	// An image build, joined, followed to its end; another cancelled; the
+	// first one's image inspected, verified again, removed; what no record
+	// names collected.
 	bi, err := admin.BuildImageWithResponse(ctx, v1.BuildImage{Profile: "workspace"})
 	if err != nil {
 		t.Fatal(err)
@@ -406,6 +407,31 @@ func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
 	must("list builds", lb.StatusCode(), 200, lb.Body)
 	if len(lb.JSON200.Builds) != 1 {
 		t.Fatalf("builds %s", lb.Body)
+	}
+	// Another build, cancelled while it runs: answered as it is, and its
+	// events end with done, cancelled.
+	ob, err := admin.BuildImageWithResponse(ctx, v1.BuildImage{Profile: "browser"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("build another image", ob.StatusCode(), 202, ob.Body)
+	<-f.built.started
+	cb, err := admin.CancelImageBuildWithResponse(ctx, ob.JSON202.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("cancel build", cb.StatusCode(), 202, cb.Body)
+	if cb.JSON202.ID != ob.JSON202.ID || cb.JSON202.State != v1.ImageBuildStateRunning {
+		t.Fatalf("cancelled build as answered: %s", cb.Body)
+	}
+	ce, err := admin.ImageBuildEvents(ctx, ob.JSON202.ID, &v1.ImageBuildEventsParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cevs := readBuildSSE(t, ce.Body, nil)
+	ce.Body.Close()
+	if last := cevs[len(cevs)-1].Data; last.Type != v1.ImageBuildEventTypeDone || last.Build.State != v1.ImageBuildStateCancelled {
+		t.Fatalf("cancelled build's events %+v", cevs)
 	}
 	built := gb.JSON200.Image
 	gi, err := alice.GetImageWithResponse(ctx, built)

@@ -180,6 +180,27 @@ func (s *Server) GetImageBuild(w http.ResponseWriter, r *http.Request, id string
 	writeJSON(w, http.StatusOK, buildToJSON(b))
 }
 
+// CancelImageBuild cancels a build for every request that joined it: a
+// queued one has ended when this answers (200, cancelled), a running one
+// ends once its builder has stopped (202, the build as it was when
+// cancelled, still running).
+func (s *Server) CancelImageBuild(w http.ResponseWriter, r *http.Request, id string) {
+	if s.Builds == nil {
+		s.fail(w, r, errBuildsOff)
+		return
+	}
+	b, err := s.Builds.Cancel(id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	status := http.StatusAccepted
+	if b.State.Terminal() {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, buildToJSON(b))
+}
+
 // ImageBuildEvents streams a build's log as events from its start (or
 // after Last-Event-ID, an offset in the log) until done, which ends the
 // stream. It takes one of the caller's stream slots.

@@ -191,6 +191,7 @@ func TestImageRoutesRefuse(t *testing.T) {
 		{"GET", "/v1/images/builds", ""},
 		{"GET", "/v1/images/builds/build-x", ""},
 		{"GET", "/v1/images/builds/build-x/events", ""},
+		{"DELETE", "/v1/images/builds/build-x", ""},
 		{"POST", "/v1/images/gc", ""},
 		{"DELETE", "/v1/images/minimal", ""},
 		{"POST", "/v1/images/minimal/verify", ""},
@@ -203,6 +204,7 @@ func TestImageRoutesRefuse(t *testing.T) {
 	for _, r := range []struct{ method, path, want string }{
 		{"GET", "/v1/images/builds/build-nope", "image build build-nope not found"},
 		{"GET", "/v1/images/builds/build-nope/events", "image build build-nope not found"},
+		{"DELETE", "/v1/images/builds/build-nope", "image build build-nope not found"},
 		{"GET", "/v1/images/nope", "image nope not found"},
 		{"DELETE", "/v1/images/nope", "image nope not found"},
 		{"POST", "/v1/images/nope/verify", "image nope not found"},
@@ -234,7 +236,7 @@ func TestImageRoutesRefuse(t *testing.T) {
 	}
 	// Wrong methods are 405 with what is allowed, also where the build
 	// routes and the image routes share a prefix.
-	if a := f.do("PUT", "/v1/images/builds/build-x", f.admin, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET" {
+	if a := f.do("PUT", "/v1/images/builds/build-x", f.admin, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") != "DELETE, GET" {
 		t.Errorf("PUT on a build: %d %s %q", a.status, a.body, a.header.Get("Allow"))
 	}
 	if a := f.do("GET", "/v1/images/minimal/verify", f.admin, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") != "POST" {
@@ -358,5 +360,72 @@ func TestImageBuildEventsEndAtShutdownAndCountAsStreams(t *testing.T) {
 	}
 	if a := f.do("POST", "/v1/images", f.admin, `{"profile":"minimal"}`); a.status != http.StatusServiceUnavailable {
 		t.Fatalf("build after shutdown: %d %s", a.status, a.body)
+	}
+}
+
+// A cancelled build ends cancelled for everyone following it: a queued
+// one at once (200), a running one once its builder has stopped (202,
+// answered as it is); nothing of it is registered, and cancelling it
+// again once it has ended is a 409.
+func TestCancelImageBuild(t *testing.T) {
+	f := newImageFixture(t)
+	var running, queued v1.ImageBuild
+	f.do("POST", "/v1/images", f.admin, `{"profile":"minimal"}`).json(t, &running)
+	<-f.built.started
+	f.do("POST", "/v1/images", f.admin, `{"profile":"workspace"}`).json(t, &queued)
+	if queued.State != v1.ImageBuildStateQueued {
+		t.Fatalf("second build %+v", queued)
+	}
+	var got v1.ImageBuild
+	a := f.do("DELETE", "/v1/images/builds/"+queued.ID, f.admin, "")
+	a.json(t, &got)
+	if a.status != http.StatusOK || got.State != v1.ImageBuildStateCancelled || got.Error != "cancelled by request" {
+		t.Fatalf("cancel of a queued build: %d %s", a.status, a.body)
+	}
+
+	// Two followers of the running build, as two requesters would be.
+	var streams []io.ReadCloser
+	for range 2 {
+		resp := f.stream(context.Background(), f.srv.URL, "/v1/images/builds/"+running.ID+"/events", f.admin, "")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("events: %d", resp.StatusCode)
+		}
+		defer resp.Body.Close()
+		readBuildSSE(t, resp.Body, func(e buildSSE) bool { return e.Data.Type == v1.ImageBuildEventTypeProgress })
+		streams = append(streams, resp.Body)
+	}
+	a = f.do("DELETE", "/v1/images/builds/"+running.ID, f.admin, "")
+	a.json(t, &got)
+	if a.status != http.StatusAccepted || got.ID != running.ID || got.State != v1.ImageBuildStateRunning {
+		t.Fatalf("cancel of a running build: %d %s", a.status, a.body)
+	}
+	for _, body := range streams {
+		rest := readBuildSSE(t, body, nil)
+		done := rest[len(rest)-1].Data
+		if done.Type != v1.ImageBuildEventTypeDone || done.Build.State != v1.ImageBuildStateCancelled || done.Build.Error != "cancelled by request" {
+			t.Fatalf("a follower's events after the cancel: %+v", rest)
+		}
+	}
+	f.do("GET", "/v1/images/builds/"+running.ID, f.admin, "").json(t, &got)
+	if got.State != v1.ImageBuildStateCancelled || got.Image != "" || got.EndedAt.IsZero() {
+		t.Fatalf("cancelled build's record %+v", got)
+	}
+	var imgs v1.ImageList
+	f.do("GET", "/v1/images", f.admin, "").json(t, &imgs)
+	for _, im := range imgs.Images {
+		if im.ID == running.SpecDigest || im.ID == queued.SpecDigest {
+			t.Fatalf("a cancelled build's image was registered: %+v", im)
+		}
+	}
+	for _, id := range []string{running.ID, queued.ID} {
+		if a := f.do("DELETE", "/v1/images/builds/"+id, f.admin, ""); a.status != http.StatusConflict || a.errCode() != "conflict" ||
+			!strings.Contains(a.errMessage(), "already ended (cancelled)") {
+			t.Errorf("cancel of the ended build %s: %d %s", id, a.status, a.body)
+		}
+	}
+	select {
+	case name := <-f.built.started:
+		t.Fatalf("the cancelled queued build ran (%s)", name)
+	default:
 	}
 }

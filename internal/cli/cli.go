@@ -48,7 +48,7 @@ nothing but its address and an API key.
   hearth image build [--profile minimal | SPEC.yaml] [--kernel-package PKG] [--detach]
                                      (a daemon job: progress streamed; interrupting leaves it running,
                                       the same build asked again joins it)
-  hearth image builds | list | inspect IMAGE | verify IMAGE | rm IMAGE | gc
+  hearth image builds | cancel BUILD_ID | list | inspect IMAGE | verify IMAGE | rm IMAGE | gc
 
   The daemon: --addr HOST:PORT or HEARTH_ADDR (default: the configured listen
   address, else 127.0.0.1:7070). The key: --key KEY or HEARTH_API_KEY (root

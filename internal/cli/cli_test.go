@@ -25,6 +25,7 @@ func TestEveryCommandSaysWhereItRuns(t *testing.T) {
 		{[]string{"image", "build"}, clientNote},
 		{[]string{"image", "build"}, "--local builds on this host without the daemon"},
 		{[]string{"image", "list"}, clientNote},
+		{[]string{"image", "cancel"}, clientNote},
 		{[]string{"vault", "rotate"}, hostNote},
 		{[]string{"host", "setup"}, hostNote},
 		{[]string{"doctor"}, hostNote},

@@ -17,11 +17,13 @@ import (
 )
 
 const imageUsage = `usage: hearth image build [--profile minimal | SPEC.yaml] [--kernel-package PKG] [--detach]
-       hearth image builds | list | inspect IMAGE | verify IMAGE | rm IMAGE | gc
+       hearth image builds | cancel BUILD_ID | list | inspect IMAGE | verify IMAGE | rm IMAGE | gc
 
 ` + clientNote + `
 A build is a job of the daemon's: it goes on if this command is interrupted,
 and the same build asked for again (here or elsewhere) joins the running one.
+cancel ends a build for everyone who asked for it: a queued one at once, a
+running one once the builder has stopped and removed its work.
 
        hearth image build --local [--profile minimal | SPEC.yaml] [--agent PATH] [--kernel-package PKG]
 
@@ -90,6 +92,21 @@ func cmdImage(ctx context.Context, args []string, out output) error {
 				time.Since(b.CreatedAt).Round(time.Second), safetext.Line(b.Error, 120))
 		}
 		return tw.Flush()
+	case "cancel":
+		id, err := onlyArg(pos, "usage: hearth image cancel BUILD_ID")
+		if err != nil {
+			return err
+		}
+		b, err := cl.CancelBuild(ctx, id)
+		if err != nil {
+			return err
+		}
+		if b.State == api.ImageBuildStateCancelled {
+			fmt.Fprintf(out.stdout, "cancelled build %s of %s\n", b.ID, b.SpecName)
+		} else {
+			fmt.Fprintf(out.stdout, "cancelling build %s of %s: it ends once the builder has stopped (hearth image builds)\n", b.ID, b.SpecName)
+		}
+		return nil
 	case "list":
 		imgs, err := cl.ListImages(ctx)
 		if err != nil {

@@ -213,6 +213,15 @@ func (c *Client) Builds(ctx context.Context) ([]api.ImageBuild, error) {
 	return l.Builds, err
 }
 
+// CancelBuild cancels an image build for every request that joined it
+// (admin keys). A queued build is answered ended, cancelled; a running
+// one as it was, still running: it ends cancelled once the builder has
+// stopped (BuildEvents' done says so). A build that has ended is a
+// conflict.
+func (c *Client) CancelBuild(ctx context.Context, id string) (api.ImageBuild, error) {
+	return decode[api.ImageBuild](c.gen.CancelImageBuild(ctx, id))
+}
+
 // BuildEvents follows an image build's events after event id after (0:
 // from the start) until done.
 func (c *Client) BuildEvents(ctx context.Context, id string, after int64) (*BuildEventStream, error) {

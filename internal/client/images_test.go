@@ -73,3 +73,38 @@ func TestBuildImageAndEvents(t *testing.T) {
 		t.Fatalf("an error answer: %v", err)
 	}
 }
+
+// CancelBuild sends DELETE for the build and reads the build from a 202
+// (running, being cancelled) as from a 200 (cancelled); a 409 is an
+// error with its code.
+func TestCancelBuild(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodDelete {
+			http.Error(w, `{"error":{"code":"method_not_allowed","message":"want DELETE"}}`, http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/v1/images/builds/build-run":
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = io.WriteString(w, `{"id":"build-run","state":"running","spec_name":"minimal","spec_digest":"d","created_at":"2030-01-02T15:04:05Z","log_size":9}`)
+		case "/v1/images/builds/build-queued":
+			_, _ = io.WriteString(w, `{"id":"build-queued","state":"cancelled","error":"cancelled by request","spec_name":"minimal","spec_digest":"d","created_at":"2030-01-02T15:04:05Z","log_size":9}`)
+		default:
+			w.WriteHeader(http.StatusConflict)
+			_, _ = io.WriteString(w, `{"error":{"code":"conflict","message":"image build build-done already ended (succeeded)"}}`)
+		}
+	}))
+	defer srv.Close()
+	c := client.New(srv.URL, "k")
+	ctx := context.Background()
+	if b, err := c.CancelBuild(ctx, "build-run"); err != nil || b.ID != "build-run" || b.State != api.ImageBuildStateRunning {
+		t.Fatalf("a running build: %+v %v", b, err)
+	}
+	if b, err := c.CancelBuild(ctx, "build-queued"); err != nil || b.State != api.ImageBuildStateCancelled || b.Error != "cancelled by request" {
+		t.Fatalf("a queued build: %+v %v", b, err)
+	}
+	if _, err := c.CancelBuild(ctx, "build-done"); !client.IsCode(err, "conflict") {
+		t.Fatalf("an ended build: %v", err)
+	}
+}

@@ -5,6 +5,7 @@
 // the daemon shuts down. At most Config.Concurrency builds run at once
 // and the rest wait in order; a request for the same spec, agent and
 // kernel package as a build that is queued or running joins that build.
+// Cancel ends a build for everyone who asked for it.
 //
 // Each build writes its progress into a bounded log of its own under the
 // state dir (internal/consolelog), which any number of followers read as
@@ -27,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,7 +48,7 @@ const (
 	Running   State = "running"
 	Succeeded State = "succeeded" // built (or found built), verified and registered
 	Failed    State = "failed"    // the build failed, or its image failed verification
-	Cancelled State = "cancelled" // the daemon shut down first
+	Cancelled State = "cancelled" // cancelled by request, or the daemon shut down first
 )
 
 // Terminal reports whether a build in state s has ended.
@@ -206,6 +208,11 @@ type build struct {
 	job Job
 	dir string // its log
 
+	// ctx is the build's own context, under the service's, and cancel
+	// cancels it with a cause: errByRequest once Cancel asked.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
 	mu      sync.Mutex
 	rec     Build
 	w       *consolelog.Writer // nil once the build has ended
@@ -352,11 +359,13 @@ func (s *Service) Start(req Request) (rec Build, joined bool, err error) {
 		return Build{}, false, errdefs.Unavailablef("%d image builds are waiting to run, the most allowed; ask again once one has started", len(s.queue))
 	}
 	id := newID()
+	ctx, cancel := context.WithCancelCause(s.ctx)
 	b := &build{id: id, key: key, job: Job{Spec: sp, KernelPackage: req.KernelPackage, Agent: agent},
-		dir: filepath.Join(s.cfg.LogDir, id), changed: make(chan struct{}),
+		dir: filepath.Join(s.cfg.LogDir, id), ctx: ctx, cancel: cancel, changed: make(chan struct{}),
 		rec: Build{ID: id, Profile: req.Profile, SpecName: sp.Name, SpecDigest: digest, KernelPackage: req.KernelPackage,
 			State: Queued, CreatedAt: time.Now().UTC()}}
 	if b.w, err = consolelog.Open(b.dir, s.cfg.LogLimits); err != nil {
+		cancel(nil)
 		return Build{}, false, fmt.Errorf("image build log: %w", err)
 	}
 	s.builds[id] = b
@@ -428,8 +437,14 @@ func (s *Service) runBuild(b *build) {
 	id := b.id
 	start := time.Now()
 	img, err := s.runFunc(b)
+	// Its work is done: a Cancel from now on finds the context ended and
+	// asks nothing, so byRequest is whether one came while it ran.
+	b.cancel(nil)
+	byRequest := errors.Is(context.Cause(b.ctx), errByRequest)
 	state, msg := Succeeded, ""
 	switch {
+	case err != nil && byRequest:
+		state, msg = Cancelled, errByRequest.Error()
 	case err != nil && s.ctx.Err() != nil:
 		state, msg = Cancelled, "hearth shut down during the build"
 	case err != nil:
@@ -440,17 +455,22 @@ func (s *Service) runBuild(b *build) {
 	if msg != "" {
 		b.notef("hearth: build %s %s: %s", id, state, msg)
 	} else {
+		if byRequest {
+			b.notef("hearth: build %s was cancelled too late: its image was registered already", id)
+		}
 		b.notef("hearth: build %s succeeded: image %s (%s) %s", id, img.Name, img.ID, img.Status)
 	}
-	b.end(state, img, msg)
 	level := slog.LevelInfo
 	if state != Succeeded {
 		level = slog.LevelWarn
 	}
 	s.log.Log(context.Background(), level, "image build ended", "build", id, "state", state, "image", img.ID,
 		"duration_ms", time.Since(start).Milliseconds(), "err", msg)
+	// Ended, counted and the oldest records forgotten in one step: whoever
+	// sees the build ended sees the service after it too.
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	b.end(state, img, msg)
 	s.running--
 	s.forget()
 	s.dispatch()
@@ -465,7 +485,7 @@ func (s *Service) runFunc(b *build) (img store.Image, err error) {
 			err = fmt.Errorf("internal error in the image builder: %v", v)
 		}
 	}()
-	return s.run(s.ctx, b.job, b)
+	return s.run(b.ctx, b.job, b)
 }
 
 // forget drops the oldest finished builds beyond Config.Keep, with their
@@ -521,6 +541,53 @@ func (s *Service) List() []Build {
 		out = append(out, b.snapshot())
 	}
 	return out
+}
+
+// errByRequest is why a build cancelled by Cancel ended, as its record
+// says.
+var errByRequest = errors.New("cancelled by request")
+
+// Cancel cancels build id for everyone who asked for it (a build joined
+// by several requests is one build). A queued build leaves the queue and
+// ends cancelled at once; its record is returned. A running build has its
+// context cancelled and ends cancelled once the build function returns,
+// having removed its work; its record as it was when asked, still
+// running, is returned (asked again, the same). One whose function
+// returns success regardless (it had registered its image already) ends
+// as it ended. A build that has ended is a conflict.
+func (s *Service) Cancel(id string) (Build, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.builds[id]
+	if !ok {
+		return Build{}, errdefs.NotFoundf("image build %s not found", id)
+	}
+	switch rec := b.snapshot(); rec.State {
+	case Queued:
+		i := slices.Index(s.queue, b)
+		if i < 0 {
+			return b.snapshot(), nil // Shutdown took it from the queue and is ending it
+		}
+		s.queue = slices.Delete(s.queue, i, i+1)
+		b.cancel(errByRequest)
+		b.notef("hearth: build %s cancelled before it started: %s", id, errByRequest)
+		b.end(Cancelled, store.Image{}, errByRequest.Error())
+		s.log.Info("image build cancelled", "build", id, "state", Queued)
+		s.forget()
+		return b.snapshot(), nil
+	case Running:
+		if context.Cause(b.ctx) != nil {
+			return rec, nil // asked already, or its function has returned
+		}
+		b.notef("hearth: build %s: cancel requested; it ends once the builder has stopped", id)
+		// The record before the cancel: the builder may stop at once.
+		rec = b.snapshot()
+		b.cancel(errByRequest)
+		s.log.Info("image build cancelled", "build", id, "state", Running)
+		return rec, nil
+	default:
+		return Build{}, errdefs.Conflictf("image build %s already ended (%s)", id, rec.State)
+	}
 }
 
 // Exclusive runs fn while no build runs, none starting until it returns

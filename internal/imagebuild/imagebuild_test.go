@@ -566,3 +566,210 @@ func TestNewServiceClearsOldLogs(t *testing.T) {
 		t.Fatalf("an earlier daemon's build log is still there: %v", err)
 	}
 }
+
+// followToDone returns the lines of a build's events, done excluded, and
+// its done event, which must end them.
+func followToDone(t *testing.T, s *imagebuild.Service, id string) ([]string, imagebuild.Event) {
+	t.Helper()
+	evs := events(t, s, id, 0, nil)
+	done := evs[len(evs)-1]
+	if done.Type != imagebuild.EventDone {
+		t.Fatalf("build %s: events end with %+v, not done", id, done)
+	}
+	var lines []string
+	for _, e := range evs[:len(evs)-1] {
+		lines = append(lines, e.Line)
+	}
+	return lines, done
+}
+
+// A queued build that is cancelled leaves the queue and ends cancelled at
+// once, for the requests that joined it too; it never runs, and the
+// builds queued behind it still do.
+func TestCancelQueuedBuild(t *testing.T) {
+	fb := newFakeBuilds()
+	s, _ := newService(t, fb.build)
+	running, _, err := s.Start(imagebuild.Request{Profile: "minimal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-fb.started
+	queued, _, err := s.Start(imagebuild.Request{Profile: "minimal", KernelPackage: "linux-image-1"})
+	if err != nil || queued.State != imagebuild.Queued {
+		t.Fatalf("second build %+v %v", queued, err)
+	}
+	if again, joined, err := s.Start(imagebuild.Request{Profile: "minimal", KernelPackage: "linux-image-1"}); err != nil || !joined || again.ID != queued.ID {
+		t.Fatalf("a second request for the queued build: %+v joined=%v %v", again, joined, err)
+	}
+	behind, _, err := s.Start(imagebuild.Request{Profile: "minimal", KernelPackage: "linux-image-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Cancel(queued.ID)
+	if err != nil || got.State != imagebuild.Cancelled || got.Error != "cancelled by request" || got.EndedAt.IsZero() || !got.StartedAt.IsZero() {
+		t.Fatalf("cancel of a queued build: %+v %v", got, err)
+	}
+	lines, done := followToDone(t, s, queued.ID)
+	if done.Build.State != imagebuild.Cancelled || done.Build.Error != "cancelled by request" ||
+		!strings.Contains(lines[len(lines)-1], "cancelled before it started: cancelled by request") {
+		t.Fatalf("cancelled build's events: %q then %+v", lines, done)
+	}
+	// The request that joined it asks again: a new build, not the
+	// cancelled one.
+	if next, joined, err := s.Start(imagebuild.Request{Profile: "minimal", KernelPackage: "linux-image-1"}); err != nil || joined || next.ID == queued.ID {
+		t.Fatalf("asking again after the cancel: %+v joined=%v %v", next, joined, err)
+	}
+	fb.release <- nil
+	waitState(t, s, running.ID, imagebuild.Succeeded)
+	if job := <-fb.started; job.KernelPackage != "linux-image-2" {
+		t.Fatalf("after the first build, %+v ran; want the one queued behind the cancelled one", job)
+	}
+	waitState(t, s, behind.ID, imagebuild.Running)
+	fb.release <- nil
+	waitState(t, s, behind.ID, imagebuild.Succeeded)
+	<-fb.started // the build asked for again
+	fb.release <- nil
+	if n := fb.calls.Load(); n != 3 {
+		t.Fatalf("%d builds ran, want 3 (not the cancelled one)", n)
+	}
+}
+
+// A running build that is cancelled has its context cancelled, with the
+// request as the cause; it ends cancelled only once the build function
+// has returned (its cleanup done), for every request that joined it and
+// every follower. Cancelling it again meanwhile changes nothing; once it
+// has ended, a cancel is a conflict; an unknown build is not found.
+func TestCancelRunningBuild(t *testing.T) {
+	cleaning := make(chan struct{})
+	cleaned := make(chan struct{})
+	var returned atomic.Bool
+	s, _ := newService(t, func(ctx context.Context, job imagebuild.Job, log io.Writer) (store.Image, error) {
+		fmt.Fprintf(log, "[1/2] rootfs: writing\n")
+		<-ctx.Done()
+		fmt.Fprintf(log, "removing the work directory\n")
+		close(cleaning)
+		<-cleaned
+		returned.Store(true)
+		return store.Image{}, fmt.Errorf("phase rootfs: %w", context.Cause(ctx))
+	})
+	b, _, err := s.Start(imagebuild.Request{Profile: "minimal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, b.ID, "in phase rootfs", func(b imagebuild.Build) bool { return b.Phase == "rootfs" })
+	if again, joined, err := s.Start(imagebuild.Request{Profile: "minimal"}); err != nil || !joined || again.ID != b.ID {
+		t.Fatalf("a second request: %+v joined=%v %v", again, joined, err)
+	}
+	// Two followers, one per request, both there before the cancel.
+	type result struct {
+		lines []string
+		done  imagebuild.Event
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		f, err := s.Follow(b.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			var r result
+			for {
+				changed := f.Changed()
+				evs, err := f.Next()
+				if err != nil {
+					t.Error(err)
+					results <- r
+					return
+				}
+				for _, e := range evs {
+					if e.Type == imagebuild.EventDone {
+						r.done = e
+					} else {
+						r.lines = append(r.lines, e.Line)
+					}
+				}
+				if f.Over() {
+					results <- r
+					return
+				}
+				<-changed
+			}
+		}()
+	}
+	got, err := s.Cancel(b.ID)
+	if err != nil || got.State != imagebuild.Running || got.Error != "" {
+		t.Fatalf("cancel of a running build: %+v %v", got, err)
+	}
+	<-cleaning
+	if again, err := s.Cancel(b.ID); err != nil || again.State != imagebuild.Running {
+		t.Fatalf("a second cancel while the builder cleans up: %+v %v", again, err)
+	}
+	if now, _ := s.Get(b.ID); now.State != imagebuild.Running {
+		t.Fatalf("the build ended (%+v) before its function returned", now)
+	}
+	close(cleaned)
+	for range 2 {
+		r := <-results
+		if r.done.Build.State != imagebuild.Cancelled || r.done.Build.Error != "cancelled by request" {
+			t.Fatalf("a follower's done: %+v", r.done)
+		}
+		text := strings.Join(r.lines, "\n")
+		for _, want := range []string{"cancel requested; it ends once the builder has stopped", "removing the work directory",
+			"hearth: build " + b.ID + " cancelled: cancelled by request"} {
+			if !strings.Contains(text, want) {
+				t.Fatalf("a follower's lines lack %q:\n%s", want, text)
+			}
+		}
+	}
+	if !returned.Load() {
+		t.Fatal("the build ended before its function returned")
+	}
+	if _, err := s.Cancel(b.ID); !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(errdefs.Public(err), "already ended (cancelled)") {
+		t.Fatalf("cancel of an ended build: %v", err)
+	}
+	if _, err := s.Cancel("build-nope"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("cancel of an unknown build: %v", err)
+	}
+}
+
+// A finished build cannot be cancelled; a build whose function returns
+// success after the cancel (its image was registered already) ends
+// succeeded, its log saying the cancel came too late.
+func TestCancelAfterTheEnd(t *testing.T) {
+	fb := newFakeBuilds()
+	s, _ := newService(t, fb.build)
+	b, _, err := s.Start(imagebuild.Request{Profile: "minimal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-fb.started
+	fb.release <- nil
+	waitState(t, s, b.ID, imagebuild.Succeeded)
+	if _, err := s.Cancel(b.ID); !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(errdefs.Public(err), "already ended (succeeded)") {
+		t.Fatalf("cancel of a succeeded build: %v", err)
+	}
+
+	cancelled := make(chan struct{})
+	finish := make(chan struct{})
+	late, _ := newService(t, func(ctx context.Context, job imagebuild.Job, log io.Writer) (store.Image, error) {
+		<-ctx.Done()
+		close(cancelled)
+		<-finish // registering, past the point a cancel stops
+		return store.Image{ID: "img-late", Name: "minimal", Status: store.ImageVerified}, nil
+	})
+	lb, _, err := late.Start(imagebuild.Request{Profile: "minimal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, late, lb.ID, imagebuild.Running)
+	if _, err := late.Cancel(lb.ID); err != nil {
+		t.Fatal(err)
+	}
+	<-cancelled
+	close(finish)
+	lines, done := followToDone(t, late, lb.ID)
+	if done.Build.State != imagebuild.Succeeded || done.Build.Image != "img-late" || done.Build.Error != "" ||
+		!strings.Contains(strings.Join(lines, "\n"), "cancelled too late: its image was registered already") {
+		t.Fatalf("a build that registered its image despite the cancel: %q then %+v", lines, done.Build)
+	}
+}

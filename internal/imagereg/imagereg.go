@@ -47,11 +47,12 @@ func Short(id string) string {
 
 // Build builds the image o describes (or finds it built), verifies it
 // against its manifest and records it in the store with the verdict.
-// Only a build that produced an image is recorded, so a failed one leaves
-// nothing behind; an image that fails verification is recorded as failed
-// (no VM starts from it) and returned without an error, with the
-// verifier's summary written to progress. o's OutputDir and CacheDir are
-// the registry's.
+// Only a build that produced an image is recorded, so a failed or
+// cancelled one leaves nothing behind (the builder removes its work
+// directory); an image that fails verification is recorded as failed (no
+// VM starts from it) and returned without an error, with the verifier's
+// summary written to progress. o's OutputDir and CacheDir are the
+// registry's.
 func (r *Registry) Build(ctx context.Context, o build.Options, progress io.Writer) (store.Image, error) {
 	if progress == nil {
 		progress = io.Discard
@@ -78,6 +79,12 @@ func (r *Registry) Build(ctx context.Context, o build.Options, progress io.Write
 		img.CreatedAt = old.CreatedAt
 	}
 	summary := VerifyInto(ctx, &img)
+	// A build cancelled while its image was verified registers nothing:
+	// the verdict would be the cancellation's, not the image's. Its files
+	// are complete; the next build of it finds them.
+	if ctx.Err() != nil {
+		return store.Image{}, fmt.Errorf("cancelled before the image was registered: %w", context.Cause(ctx))
+	}
 	if err := r.Store.PutImage(ctx, img); err != nil {
 		return store.Image{}, fmt.Errorf("record image: %w", err)
 	}
