@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -34,6 +35,7 @@ func chromiumBin(t *testing.T) string {
 func chromiumArgs(dir, port string) []string {
 	args := []string{"--headless=new", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+		"--disable-breakpad", "--disable-crash-reporter",
 		"--user-data-dir=" + dir, "--remote-debugging-port=" + port}
 	if os.Geteuid() == 0 {
 		args = append([]string{"--no-sandbox"}, args...)
@@ -41,17 +43,43 @@ func chromiumArgs(dir, port string) []string {
 	return args
 }
 
+// chromiumProfile is a profile directory for a Chromium the test starts.
+// It is removed after the test's other cleanups (which end the browser),
+// and again until nothing is left: a browser's last processes may still
+// be writing into it for a moment after they were killed, which
+// t.TempDir's single removal takes for a failure.
+func chromiumProfile(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hearth-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for err := os.RemoveAll(dir); err != nil; err = os.RemoveAll(dir) {
+			if time.Now().After(deadline) {
+				t.Errorf("chromium's profile %s: %v", dir, err)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	return dir
+}
+
 // chromium starts Debian's Chromium, headless, on url with its DevTools
-// endpoint on a free loopback port, and returns that HOST:PORT.
+// endpoint on a free loopback port, and returns that HOST:PORT. The
+// browser and every process it started are killed when the test ends.
 func chromium(t *testing.T, url string) string {
 	t.Helper()
 	bin := chromiumBin(t)
-	dir := t.TempDir()
+	dir := chromiumProfile(t)
 	cmd := exec.Command(bin, append(chromiumArgs(dir, "0"), url)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
 	// Chromium writes the port it chose into DevToolsActivePort.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {

@@ -347,7 +347,7 @@ func TestLoginUserTimeStartsWithThePageOnScreen(t *testing.T) {
 	devtools := net.JoinHostPort("127.0.0.1", port)
 
 	f := newLoginFixture(t)
-	profile := t.TempDir()
+	profile := chromiumProfile(t)
 	browser := filepath.Join(f.dir, "chromium-browser")
 	cmdline := "setsid " + shellQuote(bin)
 	for _, a := range chromiumArgs(profile, port) {
