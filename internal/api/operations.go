@@ -36,7 +36,8 @@ type operation struct {
 	public       bool   // no API key: security names no bearer key
 	admin        string // x-hearth-admin: what only admin keys may do ("build images")
 	route        *routers.Route
-	jsonBody     bool // the operation takes a JSON request body
+	jsonBody     bool     // the operation takes a JSON request body
+	pathParams   []string // the names of its path parameters
 }
 
 // spec is the parsed document, shared by every server.
@@ -85,6 +86,13 @@ func findOperation(pattern string) (*operation, error) {
 	for _, req := range security {
 		if _, ok := req["bearer"]; ok {
 			o.public = false
+		}
+	}
+	for _, ps := range []openapi3.Parameters{item.Parameters, op.Parameters} {
+		for _, p := range ps {
+			if p.Value.In == openapi3.ParameterInPath {
+				o.pathParams = append(o.pathParams, p.Value.Name)
+			}
 		}
 	}
 	if what, ok := op.Extensions["x-hearth-admin"].(string); ok {
@@ -206,17 +214,10 @@ func (s *Server) paramError(w http.ResponseWriter, r *http.Request, err error) {
 // in the document before the handler sees it.
 func (s *Server) validate(op *operation, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		in := &openapi3filter.RequestValidationInput{Request: r, PathParams: map[string]string{}, Route: op.route,
-			Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
-		for _, p := range op.route.Operation.Parameters {
-			if p.Value.In == openapi3.ParameterInPath {
-				in.PathParams[p.Value.Name] = r.PathValue(p.Value.Name)
-			}
-		}
-		for _, p := range op.route.PathItem.Parameters {
-			if p.Value.In == openapi3.ParameterInPath {
-				in.PathParams[p.Value.Name] = r.PathValue(p.Value.Name)
-			}
+		in := &openapi3filter.RequestValidationInput{Request: r, PathParams: make(map[string]string, len(op.pathParams)),
+			Route: op.route, Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+		for _, name := range op.pathParams {
+			in.PathParams[name] = r.PathValue(name)
 		}
 		var body []byte
 		if op.jsonBody {
