@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -29,11 +30,21 @@ func MaybeGuestInit() {
 	if len(os.Args) < 4 || os.Args[1] != guestInitArg {
 		return
 	}
+	// The parent-death signal the fake set (SIGKILL, so that the guest
+	// dies with its VMM) belongs to the thread it was set on, and an
+	// exec from another thread of this process makes that thread the
+	// process, without it. So the exec below runs on a locked thread,
+	// which sets the signal again first.
+	runtime.LockOSThread()
 	if err := guestInit(os.Args[2]); err != nil {
 		fmt.Fprintf(os.Stderr, "fctest guest init: %v\n", err)
 		os.Exit(1)
 	}
 	argv := os.Args[3:]
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "fctest guest init: set the parent-death signal: %v\n", err)
+		os.Exit(1)
+	}
 	err := syscall.Exec(argv[0], argv, os.Environ())
 	fmt.Fprintf(os.Stderr, "fctest guest init: exec %s: %v\n", argv[0], err)
 	os.Exit(1)
