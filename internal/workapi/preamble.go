@@ -124,9 +124,6 @@ func hostPreamble(ctx context.Context, conn net.Conn, token []byte) (net.Conn, e
 		<-stopped
 		_ = conn.SetWriteDeadline(time.Time{})
 	}
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetReadDeadline(d)
-	}
 	stopWatch := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stopWatch()
 
