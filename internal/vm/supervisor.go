@@ -15,6 +15,7 @@ import (
 	"github.com/hearth-project/hearth/internal/errdefs"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 // AgentHello is what an authenticated agent says about its guest.
@@ -103,7 +104,20 @@ type instance struct {
 	done     chan struct{}
 
 	mu   sync.Mutex
-	sess AgentSession // the live agent session, nil while there is none
+	sess AgentSession    // the live agent session, nil while there is none
+	work *workapi.Client // the work API's client, nil without a data channel
+}
+
+func (i *instance) setWork(w *workapi.Client) {
+	i.mu.Lock()
+	i.work = w
+	i.mu.Unlock()
+}
+
+func (i *instance) workClient() *workapi.Client {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.work
 }
 
 func (i *instance) setSession(s AgentSession) {
@@ -338,6 +352,13 @@ func (m *Manager) monitor(inst *instance, v store.VM, h vmm.Handle, exited <-cha
 	if err != nil {
 		m.fail(v.ID, err.Error())
 		return
+	}
+	if w := m.newWork(h, token); w != nil {
+		inst.setWork(w)
+		defer func() {
+			inst.setWork(nil)
+			w.Close()
+		}()
 	}
 	// The console is recorded for as long as this supervisor runs; a
 	// restarted daemon's supervisor records it again (what the guest
