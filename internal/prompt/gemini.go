@@ -6,7 +6,8 @@ import "encoding/json"
 // (docs/providers.md, "Prompts"): init, message (the user's, then the
 // assistant's as deltas), tool_use, tool_result, error and a closing
 // result with stats. The result carries no text: it is the assistant
-// deltas joined.
+// deltas after the last tool call joined, as gemini's own json output
+// format takes them.
 type geminiDecoder struct {
 	text      textBuilder
 	sawResult bool
@@ -60,6 +61,7 @@ func (d *geminiDecoder) decode(line []byte, emit func(Event)) bool {
 			emit(e)
 		}
 	case "tool_use":
+		d.text = textBuilder{}
 		e := Event{Type: TypeToolUse, ToolID: id(l.ToolID), ToolName: id(l.ToolName)}
 		e.setInput(l.Parameters)
 		emit(e)

@@ -69,6 +69,7 @@ func TestTranscripts(t *testing.T) {
 		}},
 		{provider.FormatGeminiStreamJSON, "gemini_stream_json.jsonl", []Event{
 			{Type: TypeSession, SessionID: "c3a1f0de-6b2e-4c7a-9d15-8e4f2a6b1c03", Model: "gemini-2.5-pro"},
+			{Type: TypeAssistantText, Text: "Let me look.", Delta: true},
 			{Type: TypeToolUse, ToolID: "list_directory-1764410402100-0a1b2c", ToolName: "list_directory", Input: json.RawMessage(`{"dir_path":"."}`)},
 			{Type: TypeToolResult, ToolID: "list_directory-1764410402100-0a1b2c", Output: "Listed 2 item(s)."},
 			{Type: TypeToolUse, ToolID: "read_file-1764410402900-3d4e5f", ToolName: "read_file", Input: json.RawMessage(`{"file_path":"missing.txt"}`)},
@@ -112,7 +113,7 @@ func dump(evs []Event) string {
 func TestErrorResults(t *testing.T) {
 	tests := []struct {
 		name, format, out string
-		want               []Event
+		want              []Event
 	}{
 		{"claude max turns", provider.FormatClaudeStreamJSON,
 			`{"type":"result","subtype":"error_max_turns","duration_ms":900,"duration_api_ms":800,"is_error":true,"num_turns":3,"stop_reason":null,"session_id":"s","total_cost_usd":0.5,"usage":{"input_tokens":1,"output_tokens":2,"cache_read_input_tokens":0,"cache_creation_input_tokens":0},"modelUsage":{},"permission_denials":[],"errors":["Reached maximum number of turns (3)"],"uuid":"u"}`,
