@@ -129,6 +129,7 @@ func (c checker) validate(p *Provider) {
 	c.validateLogin(&p.Login)
 	c.validateCredentials(p.Credentials)
 	c.validateInstall(p.Install)
+	c.validatePrompt(p.Prompt)
 }
 
 func (c checker) validateLogin(l *Login) {
@@ -144,20 +145,7 @@ func (c checker) validateLogin(l *Login) {
 			c.Errorf(fmt.Sprintf("login.argv[%d]", i), "empty argument")
 		}
 	}
-	seen := map[string]bool{}
-	for i, kv := range l.Env {
-		f := fmt.Sprintf("login.env[%d]", i)
-		k, _, ok := strings.Cut(kv, "=")
-		switch {
-		case !ok:
-			c.Errorf(f, "want KEY=VALUE, got %q", kv)
-		case !envKeyRE.MatchString(k):
-			c.Errorf(f, "bad variable name %q", k)
-		case seen[k]:
-			c.Errorf(f, "variable %s set twice", k)
-		}
-		seen[k] = true
-	}
+	c.validateEnv("login.env", l.Env)
 	for i := range l.Steps {
 		s := &l.Steps[i]
 		f := fmt.Sprintf("login.steps[%d]", i)

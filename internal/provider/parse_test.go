@@ -47,7 +47,7 @@ func TestParseErrors(t *testing.T) {
 		name, from, to string
 		want           []string // substrings of the error
 	}{
-		{"unknown top-level key", "display_name: Tiny", "display_name: Tiny\nflavour: spicy", []string{"tiny.yaml:3: flavour: unknown field (known: name, display_name, login, credentials, install)"}},
+		{"unknown top-level key", "display_name: Tiny", "display_name: Tiny\nflavour: spicy", []string{"tiny.yaml:3: flavour: unknown field (known: name, display_name, login, credentials, install, prompt)"}},
 		{"unknown login key", "  timeout: 5m", "  timeout: 5m\n  shell: bash", []string{"tiny.yaml:13: login.shell: unknown field"}},
 		{"unknown step key", "      timeout: 30s", "      timeout: 30s\n      retries: 3", []string{":11: login.steps[0].retries: unknown field"}},
 		{"unknown credential key", "    format: json", "    format: json\n    encoding: utf8", []string{":16: credentials[0].encoding: unknown field"}},

@@ -3,7 +3,11 @@
 // agent runs on a PTY in a browser VM, the prompts it answers, the pattern
 // that finds the authorization URL in the output, and the credential files
 // it captures. It also checks a captured credential file (complete JSON,
-// required fields, expiry) without ever putting a secret into an error.
+// required fields, expiry) without ever putting a secret into an error,
+// and describes how a prompt runs through the CLI non-interactively in a
+// workspace VM: the command, how the prompt is passed, which options a
+// request may set and the flags they become, and the output format
+// (internal/prompt builds the command and parses the output).
 //
 // The definitions are the YAML files of the providers package
 // (providers/*.yaml), parsed strictly: an unknown key, a value of the
@@ -70,6 +74,9 @@ type Provider struct {
 	// Install lists extra files the workspace needs so that the CLI uses
 	// the credential without prompting (may be empty).
 	Install []InstallFile `yaml:"install"`
+	// Prompt is how a prompt runs through the CLI in a workspace VM (nil
+	// if the provider does not say).
+	Prompt *Prompt `yaml:"prompt"`
 
 	// Source is the file the provider was parsed from.
 	Source string `yaml:"-"`
