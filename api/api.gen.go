@@ -764,13 +764,16 @@ type ExecRequest struct {
 	// Argv argv[0] is an absolute path or a name looked up in PATH
 	Argv []string `json:"argv"`
 
-	// Dir absolute; empty = the agent's
+	// Dir absolute; empty = the user's home directory
 	Dir   string   `json:"dir,omitempty,omitzero"`
 	Env   []string `json:"env,omitempty,omitzero"`
 	Stdin string   `json:"stdin,omitempty,omitzero"`
 
 	// TimeoutSeconds 0 = 30 s
 	TimeoutSeconds int `json:"timeout_seconds,omitempty,omitzero"`
+
+	// User a user of the guest; default hearth (the workspace user)
+	User GuestUser `json:"user,omitempty,omitzero"`
 }
 
 // ExecResult defines model for ExecResult.
@@ -1980,26 +1983,36 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/vms/{id}/console (the `GetConsole` operationId).
 	GetConsole(ctx context.Context, id string, params *GetConsoleParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ExecVMWithBody Run a command in a ready VM (through its agent)
+	// ExecVMWithBody Run a command in a ready VM and answer with its output once it ends
 	//
-	// The command runs in its own process group in the guest and is killed
-	// at its timeout. Output is capped at 256 KiB per stream; bytes that
-	// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-	// after the timeout, or whose session ends meanwhile, is a 503 (whether
-	// the command ran is then unknown).
+	// The command runs as a process (POST /v1/vms/{id}/processes) as
+	// `user` (default `hearth`, the workspace user; `root` is allowed),
+	// with the user's login environment plus `env`, in its own process
+	// group, and is killed at its timeout, or as soon as the client goes
+	// away. Output is capped at 256 KiB per stream; bytes that are not
+	// UTF-8 are replaced. A guest agent that has not answered 15 s after
+	// the timeout, or whose connection ends meanwhile, is a 503 (whether
+	// the command ran is then unknown). A VM started by an older hearth,
+	// which has no data channel, runs it through its agent's control
+	// channel as root, as before, and refuses any `user` but root (409).
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/vms/{id}/exec (the `ExecVM` operationId).
 	ExecVMWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// ExecVM Run a command in a ready VM (through its agent)
+	// ExecVM Run a command in a ready VM and answer with its output once it ends
 	//
-	// The command runs in its own process group in the guest and is killed
-	// at its timeout. Output is capped at 256 KiB per stream; bytes that
-	// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-	// after the timeout, or whose session ends meanwhile, is a 503 (whether
-	// the command ran is then unknown).
+	// The command runs as a process (POST /v1/vms/{id}/processes) as
+	// `user` (default `hearth`, the workspace user; `root` is allowed),
+	// with the user's login environment plus `env`, in its own process
+	// group, and is killed at its timeout, or as soon as the client goes
+	// away. Output is capped at 256 KiB per stream; bytes that are not
+	// UTF-8 are replaced. A guest agent that has not answered 15 s after
+	// the timeout, or whose connection ends meanwhile, is a 503 (whether
+	// the command ran is then unknown). A VM started by an older hearth,
+	// which has no data channel, runs it through its agent's control
+	// channel as root, as before, and refuses any `user` but root (409).
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -3046,13 +3059,18 @@ func (c *Client) GetConsole(ctx context.Context, id string, params *GetConsolePa
 	return c.Client.Do(req)
 }
 
-// ExecVMWithBody Run a command in a ready VM (through its agent)
+// ExecVMWithBody Run a command in a ready VM and answer with its output once it ends
 //
-// The command runs in its own process group in the guest and is killed
-// at its timeout. Output is capped at 256 KiB per stream; bytes that
-// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-// after the timeout, or whose session ends meanwhile, is a 503 (whether
-// the command ran is then unknown).
+// The command runs as a process (POST /v1/vms/{id}/processes) as
+// `user` (default `hearth`, the workspace user; `root` is allowed),
+// with the user's login environment plus `env`, in its own process
+// group, and is killed at its timeout, or as soon as the client goes
+// away. Output is capped at 256 KiB per stream; bytes that are not
+// UTF-8 are replaced. A guest agent that has not answered 15 s after
+// the timeout, or whose connection ends meanwhile, is a 503 (whether
+// the command ran is then unknown). A VM started by an older hearth,
+// which has no data channel, runs it through its agent's control
+// channel as root, as before, and refuses any `user` but root (409).
 //
 // Takes any type of body and a specified content type.
 //
@@ -3069,13 +3087,18 @@ func (c *Client) ExecVMWithBody(ctx context.Context, id string, contentType stri
 	return c.Client.Do(req)
 }
 
-// ExecVM Run a command in a ready VM (through its agent)
+// ExecVM Run a command in a ready VM and answer with its output once it ends
 //
-// The command runs in its own process group in the guest and is killed
-// at its timeout. Output is capped at 256 KiB per stream; bytes that
-// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-// after the timeout, or whose session ends meanwhile, is a 503 (whether
-// the command ran is then unknown).
+// The command runs as a process (POST /v1/vms/{id}/processes) as
+// `user` (default `hearth`, the workspace user; `root` is allowed),
+// with the user's login environment plus `env`, in its own process
+// group, and is killed at its timeout, or as soon as the client goes
+// away. Output is capped at 256 KiB per stream; bytes that are not
+// UTF-8 are replaced. A guest agent that has not answered 15 s after
+// the timeout, or whose connection ends meanwhile, is a 503 (whether
+// the command ran is then unknown). A VM started by an older hearth,
+// which has no data channel, runs it through its agent's control
+// channel as root, as before, and refuses any `user` but root (409).
 //
 // Takes a body of the `application/json` content type.
 //
@@ -6935,26 +6958,36 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/vms/{id}/console (the `GetConsole` operationId).
 	GetConsoleWithResponse(ctx context.Context, id string, params *GetConsoleParams, reqEditors ...RequestEditorFn) (*GetConsoleResponse, error)
 
-	// ExecVMWithBodyWithResponse Run a command in a ready VM (through its agent)
+	// ExecVMWithBodyWithResponse Run a command in a ready VM and answer with its output once it ends
 	//
-	// The command runs in its own process group in the guest and is killed
-	// at its timeout. Output is capped at 256 KiB per stream; bytes that
-	// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-	// after the timeout, or whose session ends meanwhile, is a 503 (whether
-	// the command ran is then unknown).
+	// The command runs as a process (POST /v1/vms/{id}/processes) as
+	// `user` (default `hearth`, the workspace user; `root` is allowed),
+	// with the user's login environment plus `env`, in its own process
+	// group, and is killed at its timeout, or as soon as the client goes
+	// away. Output is capped at 256 KiB per stream; bytes that are not
+	// UTF-8 are replaced. A guest agent that has not answered 15 s after
+	// the timeout, or whose connection ends meanwhile, is a 503 (whether
+	// the command ran is then unknown). A VM started by an older hearth,
+	// which has no data channel, runs it through its agent's control
+	// channel as root, as before, and refuses any `user` but root (409).
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/vms/{id}/exec (the `ExecVM` operationId).
 	ExecVMWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ExecVMResponse, error)
 
-	// ExecVMWithResponse Run a command in a ready VM (through its agent)
+	// ExecVMWithResponse Run a command in a ready VM and answer with its output once it ends
 	//
-	// The command runs in its own process group in the guest and is killed
-	// at its timeout. Output is capped at 256 KiB per stream; bytes that
-	// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-	// after the timeout, or whose session ends meanwhile, is a 503 (whether
-	// the command ran is then unknown).
+	// The command runs as a process (POST /v1/vms/{id}/processes) as
+	// `user` (default `hearth`, the workspace user; `root` is allowed),
+	// with the user's login environment plus `env`, in its own process
+	// group, and is killed at its timeout, or as soon as the client goes
+	// away. Output is capped at 256 KiB per stream; bytes that are not
+	// UTF-8 are replaced. A guest agent that has not answered 15 s after
+	// the timeout, or whose connection ends meanwhile, is a 503 (whether
+	// the command ran is then unknown). A VM started by an older hearth,
+	// which has no data channel, runs it through its agent's control
+	// channel as root, as before, and refuses any `user` but root (409).
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -9453,6 +9486,11 @@ func (r GetConsoleResponse) ContentType() string {
 	return ""
 }
 
+// ExecVMResponse503Headers the declared response headers of an HTTP 503 response for ExecVM
+type ExecVMResponse503Headers struct {
+	RetryAfter int
+}
+
 type ExecVMResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -9462,14 +9500,20 @@ type ExecVMResponse struct {
 	JSON400 *Error
 	// JSON401 the response for an HTTP 401 `application/json` response
 	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
 	// JSON404 the response for an HTTP 404 `application/json` response
 	JSON404 *Error
 	// JSON408 the response for an HTTP 408 `application/json` response
 	JSON408 *Error
 	// JSON409 the response for an HTTP 409 `application/json` response
 	JSON409 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *Error
 	// JSON503 the response for an HTTP 503 `application/json` response
-	JSON503 *Error
+	JSON503 *Unavailable
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ExecVMResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -9487,6 +9531,11 @@ func (r ExecVMResponse) GetJSON401() *Unauthorized {
 	return r.JSON401
 }
 
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r ExecVMResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
 // GetJSON404 returns the response for an HTTP 404 `application/json` response
 func (r ExecVMResponse) GetJSON404() *Error {
 	return r.JSON404
@@ -9502,8 +9551,13 @@ func (r ExecVMResponse) GetJSON409() *Error {
 	return r.JSON409
 }
 
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r ExecVMResponse) GetJSON429() *Error {
+	return r.JSON429
+}
+
 // GetJSON503 returns the response for an HTTP 503 `application/json` response
-func (r ExecVMResponse) GetJSON503() *Error {
+func (r ExecVMResponse) GetJSON503() *Unavailable {
 	return r.JSON503
 }
 
@@ -11952,13 +12006,18 @@ func (c *ClientWithResponses) GetConsoleWithResponse(ctx context.Context, id str
 	return ParseGetConsoleResponse(rsp)
 }
 
-// ExecVMWithBodyWithResponse Run a command in a ready VM (through its agent)
+// ExecVMWithBodyWithResponse Run a command in a ready VM and answer with its output once it ends
 //
-// The command runs in its own process group in the guest and is killed
-// at its timeout. Output is capped at 256 KiB per stream; bytes that
-// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-// after the timeout, or whose session ends meanwhile, is a 503 (whether
-// the command ran is then unknown).
+// The command runs as a process (POST /v1/vms/{id}/processes) as
+// `user` (default `hearth`, the workspace user; `root` is allowed),
+// with the user's login environment plus `env`, in its own process
+// group, and is killed at its timeout, or as soon as the client goes
+// away. Output is capped at 256 KiB per stream; bytes that are not
+// UTF-8 are replaced. A guest agent that has not answered 15 s after
+// the timeout, or whose connection ends meanwhile, is a 503 (whether
+// the command ran is then unknown). A VM started by an older hearth,
+// which has no data channel, runs it through its agent's control
+// channel as root, as before, and refuses any `user` but root (409).
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -11971,13 +12030,18 @@ func (c *ClientWithResponses) ExecVMWithBodyWithResponse(ctx context.Context, id
 	return ParseExecVMResponse(rsp)
 }
 
-// ExecVMWithResponse Run a command in a ready VM (through its agent)
+// ExecVMWithResponse Run a command in a ready VM and answer with its output once it ends
 //
-// The command runs in its own process group in the guest and is killed
-// at its timeout. Output is capped at 256 KiB per stream; bytes that
-// are not UTF-8 are replaced. A guest agent that has not answered 15 s
-// after the timeout, or whose session ends meanwhile, is a 503 (whether
-// the command ran is then unknown).
+// The command runs as a process (POST /v1/vms/{id}/processes) as
+// `user` (default `hearth`, the workspace user; `root` is allowed),
+// with the user's login environment plus `env`, in its own process
+// group, and is killed at its timeout, or as soon as the client goes
+// away. Output is capped at 256 KiB per stream; bytes that are not
+// UTF-8 are replaced. A guest agent that has not answered 15 s after
+// the timeout, or whose connection ends meanwhile, is a 503 (whether
+// the command ran is then unknown). A VM started by an older hearth,
+// which has no data channel, runs it through its agent's control
+// channel as root, as before, and refuses any `user` but root (409).
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -14216,6 +14280,13 @@ func ParseExecVMResponse(rsp *http.Response) (*ExecVMResponse, error) {
 		}
 		response.JSON401 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -14237,13 +14308,33 @@ func ParseExecVMResponse(rsp *http.Response) (*ExecVMResponse, error) {
 		}
 		response.JSON409 = &dest
 
-	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
 		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
 		response.JSON503 = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers ExecVMResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -15917,7 +16008,7 @@ type ServerInterface interface {
 	// GetConsole The guest's serial console
 	// (GET /v1/vms/{id}/console)
 	GetConsole(w http.ResponseWriter, r *http.Request, id string, params GetConsoleParams)
-	// ExecVM Run a command in a ready VM (through its agent)
+	// ExecVM Run a command in a ready VM and answer with its output once it ends
 	// (POST /v1/vms/{id}/exec)
 	ExecVM(w http.ResponseWriter, r *http.Request, id string)
 	// RemoveFile Remove a file or an empty directory (a directory's contents too with recursive)

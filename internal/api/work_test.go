@@ -317,6 +317,7 @@ func TestWorkBadInputIsA400NamingTheField(t *testing.T) {
 		{"POST", vmp + "/files/mkdir", `{"path":"/d","mode":"rwx"}`, `field "mode"`},
 		{"POST", vmp + "/files/rename", `{"from":"/a"}`, `field "to" is required`},
 		{"GET", vmp + "/files/watch?path=/tmp&recursive=yes", ``, `query parameter "recursive"`},
+		{"POST", vmp + "/exec", `{"argv":["true"],"user":"no such"}`, `field "user"`},
 	} {
 		t.Run(c.method+" "+strings.TrimPrefix(c.path, vmp)+" "+c.body, func(t *testing.T) {
 			hdr := http.Header{"Authorization": {"Bearer " + f.alice}}
@@ -420,7 +421,8 @@ func TestWorkErrorsMapToTheAPIs(t *testing.T) {
 }
 
 // A VM without a data channel (started by an older hearth) answers the
-// work API's routes with a 409 that says to restart it.
+// work API's routes with a 409 that says to restart it, and still runs
+// exec over its control channel, as root only.
 func TestVMWithoutDataChannel(t *testing.T) {
 	f := newFixture(t, func(o *fixtureOptions) { o.noData = true })
 	id := f.readyVM("minimal")
@@ -428,6 +430,85 @@ func TestVMWithoutDataChannel(t *testing.T) {
 	if a.status != http.StatusConflict || !strings.Contains(a.errMessage(), "restart it") {
 		t.Fatalf("processes without a data channel: %d %s", a.status, a.body)
 	}
+	a = f.do("POST", "/v1/vms/"+id+"/exec", f.alice, `{"argv":["echo","old","path"]}`)
+	var res v1.ExecResult
+	if a.status != 200 {
+		t.Fatalf("exec without a data channel: %d %s", a.status, a.body)
+	}
+	a.json(t, &res)
+	if res.Stdout != "old path\n" {
+		t.Fatalf("exec without a data channel: %+v", res)
+	}
+	if a := f.do("POST", "/v1/vms/"+id+"/exec", f.alice, `{"argv":["true"],"user":"hearth"}`); a.status != http.StatusConflict {
+		t.Fatalf("exec as hearth without a data channel: %d %s", a.status, a.body)
+	}
+}
+
+// Exec runs as a process: as hearth unless it asks for root, with its
+// stdin, its exit code, its timeout; and its command is killed when the
+// client goes away.
+func TestExecRunsAsAProcess(t *testing.T) {
+	f := newFixture(t)
+	id := f.readyVM("minimal")
+	exec := func(body string) v1.ExecResult {
+		t.Helper()
+		a := f.do("POST", "/v1/vms/"+id+"/exec", f.alice, body)
+		if a.status != 200 {
+			t.Fatalf("exec %s: %d %s", body, a.status, a.body)
+		}
+		var res v1.ExecResult
+		a.json(t, &res)
+		return res
+	}
+	if r := exec(`{"argv":["sh","-c","echo $USER; cat; echo err >&2; exit 7"],"stdin":"in\n"}`); r.Stdout != "hearth\nin\n" || r.Stderr != "err\n" || r.ExitCode != 7 {
+		t.Fatalf("exec as the default user: %+v", r)
+	}
+	if r := exec(`{"argv":["sh","-c","echo $USER"],"user":"root"}`); r.Stdout != "root\n" {
+		t.Fatalf("exec as root: %+v", r)
+	}
+	if r := exec(`{"argv":["sleep","5"],"timeout_seconds":1}`); !r.TimedOut || r.ExitCode != -1 {
+		t.Fatalf("exec past its timeout: %+v", r)
+	}
+	big := exec(`{"argv":["sh","-c","head -c 300000 /dev/zero"]}`)
+	if len(big.Stdout) != 256<<10 || !big.StdoutTruncated {
+		t.Fatalf("exec's output capped: %d bytes, truncated %v", len(big.Stdout), big.StdoutTruncated)
+	}
+
+	// The client leaves while the command runs: it is killed.
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "POST", f.srv.URL+"/v1/vms/"+id+"/exec", strings.NewReader(`{"argv":["sleep","60"],"timeout_seconds":600}`))
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	sleeper := awaitProcess(t, f, id, "sleep")
+	cancel()
+	<-done
+	if p := waitExited(t, f, id, sleeper.ID); p.Exit.Signal != "KILL" {
+		t.Fatalf("exec's command after its client left: %+v", p.Exit)
+	}
+}
+
+// awaitProcess waits until vm id runs a process whose argv[0] is name.
+func awaitProcess(t *testing.T, f *fixture, id, name string) v1.Process {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		var l v1.ProcessList
+		f.do("GET", "/v1/vms/"+id+"/processes", f.alice, "").json(t, &l)
+		for _, p := range l.Processes {
+			if p.Argv[0] == name && p.State == v1.ProcessStateRunning {
+				return p
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no %s process in vm %s", name, id)
+	return v1.Process{}
 }
 
 // Files go both ways streamed, of any size (no JSON body limit), with
