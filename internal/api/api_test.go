@@ -45,6 +45,8 @@ type fixture struct {
 	api    *api.Server
 	st     store.Store
 	agents *vmfake.Agents
+	// work is the guests' work API (nil with fixtureOptions.noData).
+	work   *workAgents
 	net    *vmfake.Network
 	admin  string
 	alice  string
@@ -86,6 +88,9 @@ type fixtureOptions struct {
 	// build, if set, is the image build service's build function (else
 	// the fixture's gatedBuilds).
 	build imagebuild.Func
+	// noData gives VMs no data channel (no work API), as a VM started
+	// by an older hearth has none.
+	noData bool
 }
 
 // withVM adjusts the fixture manager's configuration.
@@ -173,7 +178,13 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	if o.vmStore != nil {
 		mgrStore = o.vmStore(st)
 	}
-	mgr = vm.New(cfg, vm.Deps{Store: mgrStore, Driver: driver, Agents: agents, Network: netw, Log: log,
+	var dialer vm.AgentDialer = agents
+	var work *workAgents
+	if !o.noData {
+		work = newWorkAgents(t, agents)
+		dialer = work
+	}
+	mgr = vm.New(cfg, vm.Deps{Store: mgrStore, Driver: driver, Agents: dialer, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, time.Hour)
 			if logins != nil {
@@ -224,7 +235,7 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	if limits := o.limits; limits == nil {
 		srv = httptest.NewServer(a.Handler())
 	} else {
-		a.WriteTimeout = limits.WriteTimeout
+		a.WriteTimeout, a.ReadTimeout = limits.WriteTimeout, limits.ReadTimeout
 		hs, lim := limits.Server(a.Handler(), log)
 		srv = httptest.NewUnstartedServer(nil)
 		srv.Config, srv.Listener = hs, lim.Listener(srv.Listener)
@@ -246,7 +257,7 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, dir: dir, srv: srv, conns: conns, api: a, st: st, agents: agents, net: netw,
+	return &fixture{t: t, dir: dir, srv: srv, conns: conns, api: a, st: st, agents: agents, work: work, net: netw,
 		admin: key(store.ScopeAdmin, ""), alice: key(store.ScopeUser, "alice"), bob: key(store.ScopeUser, "bob"),
 		router: router, spec: spec, mgr: mgr, driver: driver, vmsDir: cfg.VMsDir, vnc: vnc, guest: guest, logs: logs,
 		clock: clock, dbPath: dir + "/hearth.db", images: images, builds: builds, built: built}

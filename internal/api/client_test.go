@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
@@ -167,6 +168,7 @@ func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
 	if !strings.Contains(bad.JSON400.Error.Message, `field "timeout_seconds" must be between 0 and 600`) {
 		t.Fatalf("exec 400: %s", bad.Body)
 	}
+	driveWorkAPI(t, alice, id, must)
 	con, err := alice.GetConsole(ctx, id, &v1.GetConsoleParams{})
 	if err != nil {
 		t.Fatal(err)
@@ -483,3 +485,112 @@ func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
 
 // ref is a pointer to v, for optional parameters.
 func ref[T any](v T) *T { return &v }
+
+// driveWorkAPI drives every operation of a VM's work API (processes and
+// files) through the generated client.
+func driveWorkAPI(t *testing.T, c *v1.ClientWithResponses, id string, must func(string, int, int, []byte)) {
+	t.Helper()
+	ctx := t.Context()
+	sp, err := c.StartProcessWithResponse(ctx, id, v1.ProcessStart{Argv: []string{"cat"}, Stdin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("start process", sp.StatusCode(), 201, sp.Body)
+	pid := sp.JSON201.ID
+	in, err := c.ProcessStdinWithBodyWithResponse(ctx, id, pid, &v1.ProcessStdinParams{EOF: ref(true)}, "application/octet-stream", strings.NewReader("typed\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("stdin", in.StatusCode(), 204, in.Body)
+	out, err := c.ProcessOutput(ctx, id, pid, &v1.ProcessOutputParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := readOutput(t, out.Body)
+	out.Body.Close()
+	if o.stdout != "typed\n" || o.exit.Code == nil || *o.exit.Code != 0 {
+		t.Fatalf("cat's output %+v", o)
+	}
+	gp, err := c.GetProcessWithResponse(ctx, id, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("get process", gp.StatusCode(), 200, gp.Body)
+	lp, err := c.ListProcessesWithResponse(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("list processes", lp.StatusCode(), 200, lp.Body)
+	term, err := c.StartProcessWithResponse(ctx, id, v1.ProcessStart{Argv: []string{"sleep", "60"}, Pty: v1.WindowSize{Cols: 80, Rows: 24}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("start on a pty", term.StatusCode(), 201, term.Body)
+	rs, err := c.ResizeProcessWithResponse(ctx, id, term.JSON201.ID, v1.WindowSize{Cols: 120, Rows: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("resize", rs.StatusCode(), 204, rs.Body)
+	sg, err := c.SignalProcessWithResponse(ctx, id, term.JSON201.ID, v1.ProcessSignal{Signal: v1.ProcessSignalSignalKILL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("signal", sg.StatusCode(), 204, sg.Body)
+
+	wf, err := c.WriteFileWithBodyWithResponse(ctx, id, &v1.WriteFileParams{Path: "/home/hearth/f", Mode: ref("0640")}, "application/octet-stream", strings.NewReader("content"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("write file", wf.StatusCode(), 200, wf.Body)
+	rf, err := c.ReadFileWithResponse(ctx, id, &v1.ReadFileParams{Path: "/home/hearth/f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("read file", rf.StatusCode(), 200, rf.Body)
+	if string(rf.Body) != "content" || rf.HTTPResponse.Header.Get("X-Hearth-Mode") != "0640" {
+		t.Fatalf("read file: %q %v", rf.Body, rf.HTTPResponse.Header)
+	}
+	st, err := c.StatFileWithResponse(ctx, id, &v1.StatFileParams{Path: "/home/hearth/f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("stat", st.StatusCode(), 200, st.Body)
+	md, err := c.MakeDirectoryWithResponse(ctx, id, &v1.MakeDirectoryParams{}, v1.MakeDirectory{Path: "/home/hearth/d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("mkdir", md.StatusCode(), 201, md.Body)
+	rn, err := c.RenameFileWithResponse(ctx, id, &v1.RenameFileParams{}, v1.RenameFile{From: "/home/hearth/f", To: "/home/hearth/d/f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("rename", rn.StatusCode(), 204, rn.Body)
+	ls, err := c.ListFilesWithResponse(ctx, id, &v1.ListFilesParams{Path: "/home/hearth/d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("list files", ls.StatusCode(), 200, ls.Body)
+	if len(ls.JSON200.Entries) != 1 || ls.JSON200.Entries[0].Name != "f" {
+		t.Fatalf("listed %s", ls.Body)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	wt, err := c.WatchFiles(wctx, id, &v1.WatchFilesParams{Path: "/home/hearth"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wt.StatusCode != 200 {
+		t.Fatalf("watch: %d", wt.StatusCode)
+	}
+	rm, err := c.RemoveFileWithResponse(ctx, id, &v1.RemoveFileParams{Path: "/home/hearth/d", Recursive: ref(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("remove", rm.StatusCode(), 204, rm.Body)
+	evs := readRawSSE(t, wt.Body, func(rawSSE) bool { return true })
+	stop()
+	wt.Body.Close()
+	var we v1.WatchEvent
+	if len(evs) != 1 || json.Unmarshal(evs[0].Data, &we) != nil || we.Kind != v1.WatchEventKindRemove || we.Path != "/home/hearth/d" {
+		t.Fatalf("watched %+v", evs)
+	}
+}

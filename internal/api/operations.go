@@ -237,8 +237,13 @@ func (s *Server) validate(op *operation, next http.HandlerFunc) http.HandlerFunc
 			}
 			in.Request = check
 		} else {
-			// Only a JSON body is validated; others are the handler's.
+			// Only a JSON body is validated; others (uploads, stdin) are
+			// the handler's to stream. The validator must not see them:
+			// its security check reads a body whole, to memory.
 			in.Options.ExcludeRequestBody = true
+			check := r.Clone(r.Context())
+			check.Body, check.ContentLength = http.NoBody, 0
+			in.Request = check
 		}
 		if err := openapi3filter.ValidateRequest(r.Context(), in); err != nil {
 			s.fail(w, r, errdefs.Invalidf("%s", validationMessage(err)))

@@ -49,6 +49,10 @@ type Server struct {
 	// WriteTimeout bounds delivering a response once the handler starts
 	// to answer, and each write of a stream (limits.go); 0: unbounded.
 	WriteTimeout time.Duration
+	// ReadTimeout bounds the wait for each part of a streamed request
+	// body (an upload, a process's stdin), which as a whole may take as
+	// long as it needs; 0: unbounded.
+	ReadTimeout time.Duration
 	// MaxStreams bounds the streams (event streams, console follows) one
 	// user (user keys) or one admin key has open at once; 0: no bound.
 	MaxStreams int

@@ -219,11 +219,18 @@ func sseStart(w http.ResponseWriter) *http.ResponseController {
 }
 
 // sseEvent writes one server-sent event whose data is v as JSON, within
-// the write timeout; it reports whether the client took it.
+// the write timeout; it reports whether the client took it. An event of
+// a stream that cannot be resumed has no id (id < 0).
 func (s *Server) sseEvent(w http.ResponseWriter, rc *http.ResponseController, id int64, typ string, v any) bool {
 	b, _ := json.Marshal(v)
 	s.armWrite(rc)
-	if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, typ, b); err != nil {
+	var err error
+	if id >= 0 {
+		_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, typ, b)
+	} else {
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", typ, b)
+	}
+	if err != nil {
 		return false
 	}
 	return rc.Flush() == nil

@@ -10,7 +10,9 @@ import (
 
 // streamSlots counts the streams open per principal (see principal):
 // event streams and console follows, which hold a connection and read the
-// store for as long as they run; and it paces their store reads.
+// store for as long as they run, and process output streams and file
+// watches, which hold a connection and a stream to a guest agent; and it
+// paces the store reads of the former.
 type streamSlots struct {
 	mu   sync.Mutex
 	open map[string]int
@@ -45,7 +47,7 @@ func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (release fun
 	if limit > 0 && sl.open[key] >= limit {
 		sl.mu.Unlock()
 		writeError(w, http.StatusTooManyRequests, "too_many_streams",
-			fmt.Sprintf("%s already has %d streams open (event streams and console follows), the most allowed (events.max_streams_per_user); close one first", name, limit))
+			fmt.Sprintf("%s already has %d streams open (event streams, console follows, process output streams and file watches), the most allowed (events.max_streams_per_user); close one first", name, limit))
 		return nil, nil, false
 	}
 	sl.open[key]++

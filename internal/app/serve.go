@@ -183,7 +183,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	srv, conns := newHTTPServer(cfg.API, (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
 		Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
 		Images: images, Builds: builds,
-		WriteTimeout: cfg.API.WriteTimeout.Duration, MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(), log)
+		WriteTimeout: cfg.API.WriteTimeout.Duration, ReadTimeout: cfg.API.ReadTimeout.Duration, MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(), log)
 	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 	srv.RegisterOnShutdown(cancelBase)
 	errc := make(chan error, 1)

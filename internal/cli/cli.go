@@ -40,6 +40,11 @@ nothing but its address and an API key.
   hearth vm list | get ID | wait ID [--state ready] [--timeout 5m] | rm ID [--wait]
   hearth vm console ID [--offset N] [--follow] [--raw]
   hearth vm exec ID [--timeout 5m] -- COMMAND [ARGS...]
+  hearth vm run ID [--user U] [--cwd DIR] [-e KEY=VALUE]... [--stdin] [--timeout D] -- COMMAND [ARGS...]
+                                     (output streamed as it comes; exits with the command's status)
+  hearth vm ps ID | kill ID PROCESS [--signal TERM]
+  hearth vm cp VM:/path LOCAL | cp LOCAL VM:/path [--user U]   (streamed, mode kept)
+  hearth vm ls ID PATH [--user U]
   hearth vm viewer ID [--view-only] [--ttl 15m]   (a link to watch the VM's screen in a browser)
   hearth vm viewers ls ID | rm ID   (the VM's open viewers; rm closes them all and revokes every link so far)
   hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
@@ -113,6 +118,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 2
+		}
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code) // the guest command's own, already told
 		}
 		// Errors may carry a guest's text (a failure reason, a console
 		// tail): nothing in them may drive the terminal.

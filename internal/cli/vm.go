@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -19,6 +20,10 @@ const vmUsage = `usage: hearth vm create [--image minimal] [--role R] [--vcpus N
        hearth vm list | get ID | wait ID [--state ready] [--timeout 5m] | rm ID [--wait]
        hearth vm console ID [--offset N] [--follow] [--raw]
        hearth vm exec ID [--timeout 5m] -- COMMAND [ARGS...]
+       hearth vm run ID [--user U] [--cwd DIR] [-e KEY=VALUE]... [--stdin] [--timeout D] -- COMMAND [ARGS...]
+       hearth vm ps ID | kill ID PROCESS [--signal TERM]
+       hearth vm cp VM:/path LOCAL | cp LOCAL VM:/path  [--user U]
+       hearth vm ls ID PATH [--user U]
        hearth vm viewer ID [--view-only] [--ttl 15m]
        hearth vm viewers ls ID | rm ID
 
@@ -37,18 +42,23 @@ func cmdVM(ctx context.Context, args []string, out output) error {
 		role        = fs.String("role", "", "role (create; default: the image's)")
 		vcpus       = fs.Int("vcpus", 0, "vCPUs (create; default: the daemon's)")
 		memory      = fs.Int("memory", 0, "memory in MiB (create; default: the daemon's)")
-		user        = fs.String("user", "", "owner (create; admin keys)")
+		user        = fs.String("user", "", "owner (create; admin keys); the guest user to act as (run, cp, ls; default hearth)")
 		bootTimeout = fs.Duration("boot-timeout", 0, "boot deadline (create; default: the daemon's)")
 		wait        = fs.Bool("wait", false, "wait until ready (create) or destroyed (rm)")
 		state       = fs.String("state", "ready", "state to wait for (wait)")
-		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait (create --wait, wait, rm --wait); exec: the command's limit, at most 10m")
+		timeout     = fs.Duration("timeout", 5*time.Minute, "how long to wait (create --wait, wait, rm --wait); exec: the command's limit, at most 10m; run: the process's limit (default none)")
 		follow      = fs.Bool("follow", false, "keep streaming (console)")
 		raw         = fs.Bool("raw", false, "the guest's console bytes as they are, control characters included (console)")
 		offset      = fs.Int64("offset", 0, "start offset (console)")
 		egress      = fs.String("egress", "", "egress policy (create): open or none")
 		viewOnly    = fs.Bool("view-only", false, "the viewer sends no input (viewer)")
 		ttl         = fs.Duration("ttl", 0, "viewer link lifetime (viewer; default: the server's)")
+		cwd         = fs.String("cwd", "", "working directory (run; default: the user's home)")
+		withStdin   = fs.Bool("stdin", false, "forward this command's stdin to the process (run)")
+		signal      = fs.String("signal", "TERM", "signal to send (kill): HUP, INT, QUIT, KILL, TERM, USR1, USR2, STOP, CONT, WINCH")
+		env         envFlags
 	)
+	fs.Var(&env, "e", "KEY=VALUE added to the process's environment (run; repeatable)")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return err
@@ -147,6 +157,38 @@ func cmdVM(ctx context.Context, args []string, out output) error {
 			return fmt.Errorf("exit status %d", res.ExitCode)
 		}
 		return nil
+	case "run":
+		if len(pos) < 2 {
+			return errors.New("usage: hearth vm run ID [flags] -- COMMAND [ARGS...]")
+		}
+		o := runOptions{user: *user, cwd: *cwd, env: env, stdin: *withStdin}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "timeout" {
+				o.timeout = *timeout
+			}
+		})
+		return vmRun(ctx, cl, pos[0], pos[1:], o, out)
+	case "ps":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		return vmPs(ctx, cl, id, out.stdout)
+	case "kill":
+		if len(pos) != 2 {
+			return errors.New("usage: hearth vm kill ID PROCESS [--signal TERM]")
+		}
+		return vmKill(ctx, cl, pos[0], pos[1], *signal)
+	case "cp":
+		if len(pos) != 2 {
+			return errors.New("usage: hearth vm cp VM:/path LOCAL | hearth vm cp LOCAL VM:/path")
+		}
+		return vmCp(ctx, cl, pos[0], pos[1], *user, out)
+	case "ls":
+		if len(pos) != 2 {
+			return errors.New("usage: hearth vm ls ID PATH")
+		}
+		return vmLs(ctx, cl, pos[0], pos[1], *user, out.stdout)
 	case "viewer":
 		id, err := needID()
 		if err != nil {

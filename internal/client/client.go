@@ -6,7 +6,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -229,47 +228,31 @@ func (c *Client) BuildEvents(ctx context.Context, id string, after int64) (*Buil
 	if err != nil {
 		return nil, err
 	}
-	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 0, 64<<10), maxEventLine)
-	return &BuildEventStream{body: body, sc: sc}, nil
+	return &BuildEventStream{r: newSSEReader(body)}, nil
 }
 
 // maxEventLine bounds a line of an event stream the client reads.
 const maxEventLine = 1 << 20
 
 // BuildEventStream reads an image build's server-sent events.
-type BuildEventStream struct {
-	body io.ReadCloser
-	sc   *bufio.Scanner
-}
+type BuildEventStream struct{ r *sseReader }
 
 // Next returns the next event; io.EOF once the stream has ended (after
 // done, or when the connection closed: resume from the last event's ID).
 func (s *BuildEventStream) Next() (api.ImageBuildEvent, error) {
-	var data string
-	for s.sc.Scan() {
-		line := s.sc.Text()
-		if d, ok := strings.CutPrefix(line, "data: "); ok {
-			data = d
-			continue
-		}
-		if line != "" || data == "" {
-			continue // id and event repeat the data's; comments keep the stream alive
-		}
-		var e api.ImageBuildEvent
-		if err := json.Unmarshal([]byte(data), &e); err != nil {
-			return e, fmt.Errorf("image build event %q: %w", data, err)
-		}
-		return e, nil
+	var e api.ImageBuildEvent
+	ev, err := s.r.next()
+	if err != nil {
+		return e, err
 	}
-	if err := s.sc.Err(); err != nil {
-		return api.ImageBuildEvent{}, err
+	if err := json.Unmarshal([]byte(ev.data), &e); err != nil {
+		return e, fmt.Errorf("image build event %q: %w", ev.data, err)
 	}
-	return api.ImageBuildEvent{}, io.EOF
+	return e, nil
 }
 
 // Close ends the stream.
-func (s *BuildEventStream) Close() error { return s.body.Close() }
+func (s *BuildEventStream) Close() error { return s.r.body.Close() }
 
 // CreateVM creates a VM (it is pending when this returns).
 func (c *Client) CreateVM(ctx context.Context, req api.CreateVM) (api.VM, error) {

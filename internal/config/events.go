@@ -15,9 +15,9 @@ type EventsConfig struct {
 	// batch.
 	PruneInterval Duration `toml:"prune_interval"`
 	PruneBatch    int      `toml:"prune_batch"`
-	// MaxStreamsPerUser bounds the event streams and console follows one
-	// user (all its user keys together) or one admin key has open at once;
-	// more are a 429.
+	// MaxStreamsPerUser bounds the event streams, console follows,
+	// process output streams and file watches one user (all its user
+	// keys together) or one admin key has open at once; more are a 429.
 	MaxStreamsPerUser int `toml:"max_streams_per_user"`
 }
 

@@ -52,24 +52,31 @@ func Unavailablef(format string, args ...any) error { return newf(ErrUnavailable
 // Timeoutf returns an ErrTimeout whose message is meant for the caller.
 func Timeoutf(format string, args ...any) error { return newf(ErrTimeout, format, args...) }
 
-// rateError is an ErrRateLimited that says when to try again.
-type rateError struct {
+// retryError is an error of a class that passes (ErrRateLimited,
+// ErrUnavailable) and says when to try again.
+type retryError struct {
 	*classError
 	after time.Duration
 }
 
-func (e *rateError) Unwrap() error { return e.classError }
+func (e *retryError) Unwrap() error { return e.classError }
 
 // RateLimitedf returns an ErrRateLimited whose message is meant for the
 // caller, who may try again after retryAfter.
 func RateLimitedf(retryAfter time.Duration, format string, args ...any) error {
-	return &rateError{classError: &classError{class: ErrRateLimited, msg: fmt.Sprintf(format, args...)}, after: retryAfter}
+	return &retryError{classError: &classError{class: ErrRateLimited, msg: fmt.Sprintf(format, args...)}, after: retryAfter}
 }
 
-// RetryAfter returns how long the caller of a RateLimitedf error should
-// wait, and false for any other error.
+// UnavailableRetryf returns an ErrUnavailable whose message is meant for
+// the caller, who may try again after retryAfter.
+func UnavailableRetryf(retryAfter time.Duration, format string, args ...any) error {
+	return &retryError{classError: &classError{class: ErrUnavailable, msg: fmt.Sprintf(format, args...)}, after: retryAfter}
+}
+
+// RetryAfter returns how long the caller of a RateLimitedf or
+// UnavailableRetryf error should wait, and false for any other error.
 func RetryAfter(err error) (time.Duration, bool) {
-	var re *rateError
+	var re *retryError
 	if errors.As(err, &re) {
 		return re.after, true
 	}

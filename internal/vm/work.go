@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 
 	"github.com/hearth-project/hearth/internal/errdefs"
@@ -26,6 +28,11 @@ func (m *Manager) newWork(h vmm.Handle, token []byte) *workapi.Client {
 	return workapi.NewClient(func(ctx context.Context) (net.Conn, error) { return dd.DialData(ctx, h) }, token)
 }
 
+// ErrNoDataChannel is in Work's error for a VM that has no data channel
+// (its VMM gives it none): callers that have another way to do the work
+// (exec over the control channel) may fall back on it.
+var ErrNoDataChannel = errors.New("no data channel")
+
 // Work returns the client of a ready VM's work API (processes and files,
 // package workapi). Its connection is the VM's own, made on first use;
 // callers must not close it.
@@ -41,7 +48,8 @@ func (m *Manager) Work(ctx context.Context, id string) (*workapi.Client, error) 
 		w = inst.workClient()
 	}
 	if w == nil {
-		return nil, errdefs.Conflictf("vm %s has no data channel for processes and files", id)
+		return nil, fmt.Errorf("%w: %w", errdefs.Conflictf(
+			"vm %s has no data channel for processes and files: restart it (a vm started by an older hearth has none)", id), ErrNoDataChannel)
 	}
 	return w, nil
 }
