@@ -422,6 +422,54 @@ func (e ProcessSignalSignal) Valid() bool {
 	}
 }
 
+// Defines values for PromptEventSeverity.
+const (
+	PromptEventSeverityWarning PromptEventSeverity = "warning"
+)
+
+// Valid indicates whether the value is a known member of the PromptEventSeverity enum.
+func (e PromptEventSeverity) Valid() bool {
+	switch e {
+	case PromptEventSeverityWarning:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for PromptEventType.
+const (
+	PromptEventTypeAssistantText PromptEventType = "assistant_text"
+	PromptEventTypeError         PromptEventType = "error"
+	PromptEventTypeResult        PromptEventType = "result"
+	PromptEventTypeSession       PromptEventType = "session"
+	PromptEventTypeToolResult    PromptEventType = "tool_result"
+	PromptEventTypeToolUse       PromptEventType = "tool_use"
+	PromptEventTypeUsage         PromptEventType = "usage"
+)
+
+// Valid indicates whether the value is a known member of the PromptEventType enum.
+func (e PromptEventType) Valid() bool {
+	switch e {
+	case PromptEventTypeAssistantText:
+		return true
+	case PromptEventTypeError:
+		return true
+	case PromptEventTypeResult:
+		return true
+	case PromptEventTypeSession:
+		return true
+	case PromptEventTypeToolResult:
+		return true
+	case PromptEventTypeToolUse:
+		return true
+	case PromptEventTypeUsage:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for State.
 const (
 	StateBooting   State = "booting"
@@ -1115,6 +1163,79 @@ type ProcessStart struct {
 	User GuestUser `json:"user,omitempty,omitzero"`
 }
 
+// PromptEvent defines model for PromptEvent.
+type PromptEvent struct {
+	// Delta assistant_text is a piece of a block
+	Delta      bool  `json:"delta,omitempty,omitzero"`
+	DurationMS int64 `json:"duration_ms,omitempty,omitzero"`
+
+	// Input the tool call's input JSON (at most 65536 bytes encoded; left out, with truncated, beyond)
+	Input   interface{} `json:"input,omitempty,omitzero"`
+	IsError bool        `json:"is_error,omitempty,omitzero"`
+
+	// Message an error's message, at most about 4 KiB
+	Message string `json:"message,omitempty,omitzero"`
+	Model   string `json:"model,omitempty,omitzero"`
+
+	// Output a tool result's output, at most 16384 bytes
+	Output    string `json:"output,omitempty,omitzero"`
+	SessionID string `json:"session_id,omitempty,omitzero"`
+
+	// Severity set when the CLI goes on after the error
+	Severity PromptEventSeverity `json:"severity,omitempty,omitzero"`
+
+	// Text assistant text (or a result's final text), at most 262144 bytes
+	Text     string `json:"text,omitempty,omitzero"`
+	ToolID   string `json:"tool_id,omitempty,omitzero"`
+	ToolName string `json:"tool_name,omitempty,omitzero"`
+
+	// Truncated a field was cut to its bound
+	Truncated bool            `json:"truncated,omitempty,omitzero"`
+	Turns     int             `json:"turns,omitempty,omitzero"`
+	Type      PromptEventType `json:"type"`
+	Usage     PromptUsage     `json:"usage,omitempty,omitzero"`
+}
+
+// PromptEventSeverity set when the CLI goes on after the error
+type PromptEventSeverity string
+
+// PromptEventType defines model for PromptEvent.Type.
+type PromptEventType string
+
+// PromptRequest defines model for PromptRequest.
+type PromptRequest struct {
+	// Cwd absolute guest path; empty for the workspace user's home
+	Cwd string `json:"cwd,omitempty,omitzero"`
+
+	// Options The provider's prompt options by name, each a string, a whole
+	// number or a list of strings, checked against the provider's
+	// prompt.options (unknown names are refused). claude_code: model,
+	// max_turns, permission_mode, effort, allowed_tools,
+	// disallowed_tools; codex: model, sandbox; gemini_cli: model,
+	// approval_mode, allowed_tools.
+	Options map[string]interface{} `json:"options,omitempty,omitzero"`
+
+	// Prompt UTF-8, no NUL; sent on the CLI's stdin
+	Prompt string `json:"prompt"`
+
+	// Provider a provider whose yaml has a prompt section
+	//
+	// Example: claude_code
+	Provider string `json:"provider"`
+}
+
+// PromptUsage defines model for PromptUsage.
+type PromptUsage struct {
+	CachedInputTokens int64 `json:"cached_input_tokens"`
+
+	// CostUsd the CLI's own estimate, when it gives one
+	CostUsd float64 `json:"cost_usd,omitempty,omitzero"`
+
+	// InputTokens cached included
+	InputTokens  int64 `json:"input_tokens"`
+	OutputTokens int64 `json:"output_tokens"`
+}
+
 // RenameFile defines model for RenameFile.
 type RenameFile struct {
 	From string `json:"from"`
@@ -1478,6 +1599,9 @@ type ResizeProcessJSONRequestBody = WindowSize
 
 // SignalProcessJSONRequestBody defines body for SignalProcess for application/json ContentType.
 type SignalProcessJSONRequestBody = ProcessSignal
+
+// RunPromptJSONRequestBody defines body for RunPrompt for application/json ContentType.
+type RunPromptJSONRequestBody = PromptRequest
 
 // CreateViewerJSONRequestBody defines body for CreateViewer for application/json ContentType.
 type CreateViewerJSONRequestBody = CreateViewer
@@ -2207,6 +2331,51 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/vms/{id}/processes/{pid}/stdin (the `ProcessStdin` operationId).
 	ProcessStdinWithBody(ctx context.Context, id string, pid string, params *ProcessStdinParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RunPromptWithBody Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+	//
+	// Runs the provider's CLI non-interactively as the workspace user
+	// (how is the provider's `prompt` section in providers/*.yaml; see
+	// docs/providers.md), the prompt on its standard input, and answers
+	// with `text/event-stream`: one event per PromptEvent, its `event:`
+	// the event's type (session, assistant_text, tool_use, tool_result,
+	// usage, result, error), after which the stream ends. The
+	// X-Hearth-Process header names the CLI's process (GET
+	// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+	// stops it). The CLI dies with the stream: a client that goes away
+	// cancels the prompt. A provider whose credential file is not in the
+	// VM is a 409 saying to sign in first; a CLI that fails ends the
+	// stream with an error event carrying the tail of its stderr.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+	RunPromptWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RunPrompt Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+	//
+	// Runs the provider's CLI non-interactively as the workspace user
+	// (how is the provider's `prompt` section in providers/*.yaml; see
+	// docs/providers.md), the prompt on its standard input, and answers
+	// with `text/event-stream`: one event per PromptEvent, its `event:`
+	// the event's type (session, assistant_text, tool_use, tool_result,
+	// usage, result, error), after which the stream ends. The
+	// X-Hearth-Process header names the CLI's process (GET
+	// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+	// stops it). The CLI dies with the stream: a client that goes away
+	// cancels the prompt. A provider whose credential file is not in the
+	// VM is a 409 saying to sign in first; a CLI that fails ends the
+	// stream with an error event carrying the tail of its stderr.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+	RunPrompt(ctx context.Context, id string, body RunPromptJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelPrompt Stop a running prompt's CLI (SIGTERM to its process group)
+	//
+	// Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
+	CancelPrompt(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateViewerWithBody A link to watch (and use) the VM's screen in a browser
 	//
@@ -3494,6 +3663,81 @@ func (c *Client) SignalProcess(ctx context.Context, id string, pid string, body 
 // Corresponds with POST /v1/vms/{id}/processes/{pid}/stdin (the `ProcessStdin` operationId).
 func (c *Client) ProcessStdinWithBody(ctx context.Context, id string, pid string, params *ProcessStdinParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewProcessStdinRequestWithBody(c.Server, id, pid, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RunPromptWithBody Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+//
+// Runs the provider's CLI non-interactively as the workspace user
+// (how is the provider's `prompt` section in providers/*.yaml; see
+// docs/providers.md), the prompt on its standard input, and answers
+// with `text/event-stream`: one event per PromptEvent, its `event:`
+// the event's type (session, assistant_text, tool_use, tool_result,
+// usage, result, error), after which the stream ends. The
+// X-Hearth-Process header names the CLI's process (GET
+// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+// stops it). The CLI dies with the stream: a client that goes away
+// cancels the prompt. A provider whose credential file is not in the
+// VM is a 409 saying to sign in first; a CLI that fails ends the
+// stream with an error event carrying the tail of its stderr.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+func (c *Client) RunPromptWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRunPromptRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RunPrompt Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+//
+// Runs the provider's CLI non-interactively as the workspace user
+// (how is the provider's `prompt` section in providers/*.yaml; see
+// docs/providers.md), the prompt on its standard input, and answers
+// with `text/event-stream`: one event per PromptEvent, its `event:`
+// the event's type (session, assistant_text, tool_use, tool_result,
+// usage, result, error), after which the stream ends. The
+// X-Hearth-Process header names the CLI's process (GET
+// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+// stops it). The CLI dies with the stream: a client that goes away
+// cancels the prompt. A provider whose credential file is not in the
+// VM is a 409 saying to sign in first; a CLI that fails ends the
+// stream with an error event carrying the tail of its stderr.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+func (c *Client) RunPrompt(ctx context.Context, id string, body RunPromptJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRunPromptRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelPrompt Stop a running prompt's CLI (SIGTERM to its process group)
+//
+// Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
+func (c *Client) CancelPrompt(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelPromptRequest(c.Server, id, pid)
 	if err != nil {
 		return nil, err
 	}
@@ -6174,6 +6418,94 @@ func NewProcessStdinRequestWithBody(server string, id string, pid string, params
 	return req, nil
 }
 
+// NewRunPromptRequest calls the generic RunPrompt builder with application/json body
+func NewRunPromptRequest(server string, id string, body RunPromptJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRunPromptRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewRunPromptRequestWithBody constructs an http.Request for the RunPrompt method, with any body, and a specified content type
+func NewRunPromptRequestWithBody(server string, id string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/vms/%s/prompts", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewCancelPromptRequest constructs an http.Request for the CancelPrompt method
+func NewCancelPromptRequest(server string, id string, pid string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "pid", pid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/vms/%s/prompts/%s/cancel", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewCreateViewerRequest calls the generic CreateViewer builder with application/json body
 func NewCreateViewerRequest(server string, id string, body CreateViewerJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -7198,6 +7530,53 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/vms/{id}/processes/{pid}/stdin (the `ProcessStdin` operationId).
 	ProcessStdinWithBodyWithResponse(ctx context.Context, id string, pid string, params *ProcessStdinParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ProcessStdinResponse, error)
+
+	// RunPromptWithBodyWithResponse Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+	//
+	// Runs the provider's CLI non-interactively as the workspace user
+	// (how is the provider's `prompt` section in providers/*.yaml; see
+	// docs/providers.md), the prompt on its standard input, and answers
+	// with `text/event-stream`: one event per PromptEvent, its `event:`
+	// the event's type (session, assistant_text, tool_use, tool_result,
+	// usage, result, error), after which the stream ends. The
+	// X-Hearth-Process header names the CLI's process (GET
+	// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+	// stops it). The CLI dies with the stream: a client that goes away
+	// cancels the prompt. A provider whose credential file is not in the
+	// VM is a 409 saying to sign in first; a CLI that fails ends the
+	// stream with an error event carrying the tail of its stderr.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+	RunPromptWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RunPromptResponse, error)
+
+	// RunPromptWithResponse Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+	//
+	// Runs the provider's CLI non-interactively as the workspace user
+	// (how is the provider's `prompt` section in providers/*.yaml; see
+	// docs/providers.md), the prompt on its standard input, and answers
+	// with `text/event-stream`: one event per PromptEvent, its `event:`
+	// the event's type (session, assistant_text, tool_use, tool_result,
+	// usage, result, error), after which the stream ends. The
+	// X-Hearth-Process header names the CLI's process (GET
+	// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+	// stops it). The CLI dies with the stream: a client that goes away
+	// cancels the prompt. A provider whose credential file is not in the
+	// VM is a 409 saying to sign in first; a CLI that fails ends the
+	// stream with an error event carrying the tail of its stderr.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+	RunPromptWithResponse(ctx context.Context, id string, body RunPromptJSONRequestBody, reqEditors ...RequestEditorFn) (*RunPromptResponse, error)
+
+	// CancelPromptWithResponse Stop a running prompt's CLI (SIGTERM to its process group)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
+	CancelPromptWithResponse(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*CancelPromptResponse, error)
 
 	// CreateViewerWithBodyWithResponse A link to watch (and use) the VM's screen in a browser
 	//
@@ -10915,6 +11294,172 @@ func (r ProcessStdinResponse) ContentType() string {
 	return ""
 }
 
+// RunPromptResponse200Headers the declared response headers of an HTTP 200 response for RunPrompt
+type RunPromptResponse200Headers struct {
+	XHearthProcess string
+}
+
+// RunPromptResponse503Headers the declared response headers of an HTTP 503 response for RunPrompt
+type RunPromptResponse503Headers struct {
+	RetryAfter int
+}
+
+type RunPromptResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON408 the response for an HTTP 408 `application/json` response
+	JSON408 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *TooManyStreams
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *RunPromptResponse200Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RunPromptResponse503Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RunPromptResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RunPromptResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RunPromptResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON408 returns the response for an HTTP 408 `application/json` response
+func (r RunPromptResponse) GetJSON408() *Error {
+	return r.JSON408
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RunPromptResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r RunPromptResponse) GetJSON429() *TooManyStreams {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r RunPromptResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RunPromptResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RunPromptResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RunPromptResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RunPromptResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// CancelPromptResponse503Headers the declared response headers of an HTTP 503 response for CancelPrompt
+type CancelPromptResponse503Headers struct {
+	RetryAfter int
+}
+
+type CancelPromptResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *CancelPromptResponse503Headers
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CancelPromptResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CancelPromptResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CancelPromptResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CancelPromptResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelPromptResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelPromptResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelPromptResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelPromptResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type CreateViewerResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -12377,6 +12922,71 @@ func (c *ClientWithResponses) ProcessStdinWithBodyWithResponse(ctx context.Conte
 		return nil, err
 	}
 	return ParseProcessStdinResponse(rsp)
+}
+
+// RunPromptWithBodyWithResponse Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+//
+// Runs the provider's CLI non-interactively as the workspace user
+// (how is the provider's `prompt` section in providers/*.yaml; see
+// docs/providers.md), the prompt on its standard input, and answers
+// with `text/event-stream`: one event per PromptEvent, its `event:`
+// the event's type (session, assistant_text, tool_use, tool_result,
+// usage, result, error), after which the stream ends. The
+// X-Hearth-Process header names the CLI's process (GET
+// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+// stops it). The CLI dies with the stream: a client that goes away
+// cancels the prompt. A provider whose credential file is not in the
+// VM is a 409 saying to sign in first; a CLI that fails ends the
+// stream with an error event carrying the tail of its stderr.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+func (c *ClientWithResponses) RunPromptWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RunPromptResponse, error) {
+	rsp, err := c.RunPromptWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRunPromptResponse(rsp)
+}
+
+// RunPromptWithResponse Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+//
+// Runs the provider's CLI non-interactively as the workspace user
+// (how is the provider's `prompt` section in providers/*.yaml; see
+// docs/providers.md), the prompt on its standard input, and answers
+// with `text/event-stream`: one event per PromptEvent, its `event:`
+// the event's type (session, assistant_text, tool_use, tool_result,
+// usage, result, error), after which the stream ends. The
+// X-Hearth-Process header names the CLI's process (GET
+// .../processes/{pid} shows its exit; .../prompts/{pid}/cancel
+// stops it). The CLI dies with the stream: a client that goes away
+// cancels the prompt. A provider whose credential file is not in the
+// VM is a 409 saying to sign in first; a CLI that fails ends the
+// stream with an error event carrying the tail of its stderr.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/vms/{id}/prompts (the `RunPrompt` operationId).
+func (c *ClientWithResponses) RunPromptWithResponse(ctx context.Context, id string, body RunPromptJSONRequestBody, reqEditors ...RequestEditorFn) (*RunPromptResponse, error) {
+	rsp, err := c.RunPrompt(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRunPromptResponse(rsp)
+}
+
+// CancelPromptWithResponse Stop a running prompt's CLI (SIGTERM to its process group)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
+func (c *ClientWithResponses) CancelPromptWithResponse(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*CancelPromptResponse, error) {
+	rsp, err := c.CancelPrompt(ctx, id, pid, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelPromptResponse(rsp)
 }
 
 // CreateViewerWithBodyWithResponse A link to watch (and use) the VM's screen in a browser
@@ -15566,6 +16176,160 @@ func ParseProcessStdinResponse(rsp *http.Response) (*ProcessStdinResponse, error
 	return response, nil
 }
 
+// ParseRunPromptResponse parses an HTTP response from a RunPromptWithResponse call
+func ParseRunPromptResponse(rsp *http.Response) (*RunPromptResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RunPromptResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 408:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON408 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyStreams
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers RunPromptResponse200Headers
+		if values := rsp.Header.Values("X-Hearth-Process"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Hearth-Process", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XHearthProcess = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 503:
+		var headers RunPromptResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseCancelPromptResponse parses an HTTP response from a CancelPromptWithResponse call
+func ParseCancelPromptResponse(rsp *http.Response) (*CancelPromptResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelPromptResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers CancelPromptResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseCreateViewerResponse parses an HTTP response from a CreateViewerWithResponse call
 func ParseCreateViewerResponse(rsp *http.Response) (*CreateViewerResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -16056,6 +16820,12 @@ type ServerInterface interface {
 	// ProcessStdin Stream the request body into a process's stdin
 	// (POST /v1/vms/{id}/processes/{pid}/stdin)
 	ProcessStdin(w http.ResponseWriter, r *http.Request, id string, pid string, params ProcessStdinParams)
+	// RunPrompt Run a prompt through a provider's AI CLI in a workspace VM, streaming its events
+	// (POST /v1/vms/{id}/prompts)
+	RunPrompt(w http.ResponseWriter, r *http.Request, id string)
+	// CancelPrompt Stop a running prompt's CLI (SIGTERM to its process group)
+	// (POST /v1/vms/{id}/prompts/{pid}/cancel)
+	CancelPrompt(w http.ResponseWriter, r *http.Request, id string, pid string)
 	// CreateViewer A link to watch (and use) the VM's screen in a browser
 	// (POST /v1/vms/{id}/viewer)
 	CreateViewer(w http.ResponseWriter, r *http.Request, id string)
@@ -17835,6 +18605,67 @@ func (siw *ServerInterfaceWrapper) ProcessStdin(w http.ResponseWriter, r *http.R
 	handler.ServeHTTP(w, r)
 }
 
+// RunPrompt operation middleware
+func (siw *ServerInterfaceWrapper) RunPrompt(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RunPrompt(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CancelPrompt operation middleware
+func (siw *ServerInterfaceWrapper) CancelPrompt(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "pid" -------------
+	var pid string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "pid", r.PathValue("pid"), &pid, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "pid", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CancelPrompt(w, r, id, pid)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // CreateViewer operation middleware
 func (siw *ServerInterfaceWrapper) CreateViewer(w http.ResponseWriter, r *http.Request) {
 
@@ -18210,6 +19041,8 @@ func HandlerWithOptions(si ServerInterface, options StdHTTPServerOptions) http.H
 	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/processes/{pid}/stdin", wrapper.ProcessStdin)
 	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/processes/{pid}/signal", wrapper.SignalProcess)
 	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/processes/{pid}/resize", wrapper.ResizeProcess)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/prompts", wrapper.RunPrompt)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/prompts/{pid}/cancel", wrapper.CancelPrompt)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/vms/{id}/files/content", wrapper.ReadFile)
 	m.HandleFunc(http.MethodPut+" "+options.BaseURL+"/v1/vms/{id}/files/content", wrapper.WriteFile)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/vms/{id}/files/stat", wrapper.StatFile)

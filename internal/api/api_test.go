@@ -227,7 +227,7 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	t.Cleanup(func() { _ = builds.Shutdown(context.Background()) })
 	clock := &testClock{}
 	a := &api.Server{Images: images, Builds: builds, VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: clock.Now}, Log: log, Version: "test",
-		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, ViewerOptions: api.ViewerOptions{
+		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, Providers: reg, ViewerOptions: api.ViewerOptions{
 			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}, MaxStreams: o.maxStreams}
 	t.Cleanup(func() { _ = a.Verifier.Close(context.Background()) }) // before the store closes
 	var srv *httptest.Server

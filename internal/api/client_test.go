@@ -593,4 +593,19 @@ func driveWorkAPI(t *testing.T, c *v1.ClientWithResponses, id string, must func(
 	if len(evs) != 1 || json.Unmarshal(evs[0].Data, &we) != nil || we.Kind != v1.WatchEventKindRemove || we.Path != "/home/hearth/d" {
 		t.Fatalf("watched %+v", evs)
 	}
+	// A prompt for a provider whose credential is not in the guest is
+	// refused before anything runs; cancel stops prompts only.
+	rp, err := c.RunPromptWithResponse(ctx, id, v1.PromptRequest{Provider: "claude_code", Prompt: "hello"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("prompt without a credential", rp.StatusCode(), 409, rp.Body)
+	if !strings.Contains(string(rp.Body), "sign in first") {
+		t.Fatalf("prompt without a credential: %s", rp.Body)
+	}
+	cp, err := c.CancelPromptWithResponse(ctx, id, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("cancel a process that is no prompt", cp.StatusCode(), 404, cp.Body)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/hearth-project/hearth/internal/imagebuild"
 	"github.com/hearth-project/hearth/internal/imagereg"
 	"github.com/hearth-project/hearth/internal/login"
+	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
@@ -40,6 +41,11 @@ type Server struct {
 	ViewerOptions ViewerOptions
 	// Logins runs provider logins; nil disables the login routes (503).
 	Logins *login.Service
+	// Providers are the AI CLIs prompts can run; nil disables the prompt
+	// route (503). WorkspaceUser is whom prompts run as (default
+	// workapi.DefaultUser): the user logins install credentials for.
+	Providers     *provider.Registry
+	WorkspaceUser string
 	// Images inspects, verifies and removes the store's images; nil
 	// disables those routes (503).
 	Images *imagereg.Registry

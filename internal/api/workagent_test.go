@@ -609,12 +609,16 @@ func (g *workGuest) realPath(w http.ResponseWriter, p string) (string, bool) {
 	return filepath.Join(g.root, path.Clean(p)), true
 }
 
-// fileArgs reads ?user= and ?path=.
+// fileArgs reads ?user= and ?path= ("~/" is the user's home, as the
+// agent has it).
 func (g *workGuest) fileArgs(w http.ResponseWriter, r *http.Request) (user, guestPath, real string, ok bool) {
 	if user, ok = guestUser(w, r.URL.Query().Get("user")); !ok {
 		return
 	}
 	guestPath = r.URL.Query().Get("path")
+	if rest, home := strings.CutPrefix(guestPath, "~/"); home {
+		guestPath = g.home(user) + "/" + rest
+	}
 	real, ok = g.realPath(w, guestPath)
 	return
 }

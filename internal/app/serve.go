@@ -182,7 +182,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	verifier := &auth.Verifier{Keys: st, Now: time.Now, Log: log.With("component", "auth")}
 	srv, conns := newHTTPServer(cfg.API, (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
 		Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
-		Images: images, Builds: builds,
+		Images: images, Builds: builds, Providers: logins.Providers(), WorkspaceUser: cfg.Login.WorkspaceUser,
 		WriteTimeout: cfg.API.WriteTimeout.Duration, ReadTimeout: cfg.API.ReadTimeout.Duration, MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(), log)
 	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 	srv.RegisterOnShutdown(cancelBase)

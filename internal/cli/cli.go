@@ -48,6 +48,8 @@ nothing but its address and an API key.
   hearth vm viewer ID [--view-only] [--ttl 15m]   (a link to watch the VM's screen in a browser)
   hearth vm viewers ls ID | rm ID   (the VM's open viewers; rm closes them all and revokes every link so far)
   hearth login start PROVIDER [--user U] [--wait] | get ID | cancel ID | list | credentials [--user U]
+  hearth prompt VM_ID --provider P [--cwd DIR] [-o NAME=VALUE]... [--json] "PROMPT"
+                                     (runs it through the provider's AI CLI in the VM, signed in; streamed)
   hearth apikey list [--user U] [--json] | revoke ID [--force]
   hearth apikey create --key KEY [--admin] [--user U] [--name NAME] [--expires 30d|TIME]   (KEY: an admin's)
   hearth image build [--profile minimal | SPEC.yaml] [--kernel-package PKG] [--detach]
@@ -101,6 +103,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = cmdVault(ctx, args[1:], out)
 	case "login":
 		err = cmdLogin(ctx, args[1:], out)
+	case "prompt":
+		err = cmdPrompt(ctx, args[1:], out)
 	case "doctor":
 		var failed bool
 		failed, err = cmdDoctor(ctx, args[1:], out)

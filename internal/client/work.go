@@ -273,3 +273,46 @@ func (r *sseReader) next() (sseEvent, error) {
 	}
 	return e, io.EOF
 }
+
+// PromptStream reads a prompt's events.
+type PromptStream struct {
+	r *sseReader
+	// Process is the id of the CLI's process (for CancelPrompt).
+	Process string
+}
+
+// RunPrompt runs a prompt through a provider's CLI in a VM and returns
+// its events as they come. Closing the stream cancels the prompt.
+func (c *Client) RunPrompt(ctx context.Context, vm string, req api.PromptRequest) (*PromptStream, error) {
+	resp, err := c.gen.RunPrompt(ctx, vm, req)
+	process := ""
+	if resp != nil {
+		process = resp.Header.Get("X-Hearth-Process")
+	}
+	body, err := stream(resp, err)
+	if err != nil {
+		return nil, err
+	}
+	return &PromptStream{r: newSSEReader(body), Process: process}, nil
+}
+
+// Next returns the next event; io.EOF once the stream has ended.
+func (s *PromptStream) Next() (api.PromptEvent, error) {
+	var ev api.PromptEvent
+	e, err := s.r.next()
+	if err != nil {
+		return ev, err
+	}
+	if err := json.Unmarshal([]byte(e.data), &ev); err != nil {
+		return ev, fmt.Errorf("prompt event %q: %w", e.event, err)
+	}
+	return ev, nil
+}
+
+// Close ends the stream, and with it the prompt's CLI.
+func (s *PromptStream) Close() error { return s.r.body.Close() }
+
+// CancelPrompt stops a running prompt's CLI.
+func (c *Client) CancelPrompt(ctx context.Context, vm, process string) error {
+	return noContent(c.gen.CancelPrompt(ctx, vm, process))
+}

@@ -217,6 +217,9 @@ func (s *Service) active(ctx context.Context, userID, providerName string) (*sto
 // ProviderNames lists the providers a login may name.
 func (s *Service) ProviderNames() []string { return s.d.Providers.Names() }
 
+// Providers is the service's provider registry (prompts run its CLIs).
+func (s *Service) Providers() *provider.Registry { return s.d.Providers }
+
 // Get returns one login.
 func (s *Service) Get(ctx context.Context, id string) (store.Login, error) {
 	l, err := s.d.Store.GetLogin(ctx, id)
