@@ -114,6 +114,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 2
 		}
+		var ec *exitCodeError
+		if errors.As(err, &ec) {
+			return ec.code // a remote process's own code: it has said why
+		}
 		// Errors may carry a guest's text (a failure reason, a console
 		// tail): nothing in them may drive the terminal.
 		fmt.Fprintln(stderr, "hearth:", safetext.Text(err.Error(), 0))
