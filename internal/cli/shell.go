@@ -73,7 +73,7 @@ func vmShell(ctx context.Context, cl *client.Client, id string, o shellOptions, 
 	if err != nil {
 		return err
 	}
-	defer ws.CloseNow()
+	defer func() { _ = ws.CloseNow() }()
 	ws.SetReadLimit(1 << 20)
 
 	if tty {

@@ -164,7 +164,7 @@ func Bridge(ctx context.Context, ws *websocket.Conn, w *workapi.Client, processI
 	cancel()
 	wg.Wait()
 	if b.stdin != nil {
-		<-b.stdinDone
+		_ = <-b.stdinDone // how the stdin request ended matters no more
 	}
 	return e.reason, e.err
 }
