@@ -19,22 +19,30 @@ hearth: web
 agent:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS_AGENT)" -o $(BIN)/hearth-agent ./cmd/hearth-agent
 
-# The browser viewer's noVNC files, embedded into hearth by the web package.
-# npm installs the pinned, integrity-checked package from web/package-lock.json
-# (from the local cache when it has it); only noVNC's browser files and its
-# licence are copied into web/dist/novnc. The version file is the stamp: it is
-# rewritten only when package.json or the lock change, so a rebuild is instant.
-# The npm cache is hearth's shared one (root, as for image builds), else the
-# user's own.
+# The browser pages' vendored files, embedded into hearth by the web package:
+# noVNC for the viewer, xterm.js and its fit addon for the terminal. npm
+# installs the pinned, integrity-checked packages from web/package-lock.json
+# (from the local cache when it has it); only their browser files and licences
+# are copied into web/dist/novnc and web/dist/xterm. The version files are the
+# stamps: rewritten only when package.json or the lock change, so a rebuild is
+# instant. The npm cache is hearth's shared one (root, as for image builds),
+# else the user's own.
 NPM ?= npm
 NPM_CACHE ?= $(shell if [ -w /var/cache/hearth/npm ] || [ "$$(id -u)" -eq 0 ]; then echo /var/cache/hearth/npm; else echo "$$HOME/.npm"; fi)
 NOVNC_PKG := web/node_modules/@novnc/novnc
+XTERM_PKG := web/node_modules/@xterm/xterm
+XTERM_FIT_PKG := web/node_modules/@xterm/addon-fit
 WEB_STAMP := web/dist/novnc.version
+XTERM_STAMP := web/dist/xterm.version
+WEB_NPM_STAMP := web/node_modules/.package-lock.json
 
-web: $(WEB_STAMP)
+web: $(WEB_STAMP) $(XTERM_STAMP)
 
-$(WEB_STAMP): web/package.json web/package-lock.json web/.npmrc
+$(WEB_NPM_STAMP): web/package.json web/package-lock.json web/.npmrc
 	cd web && $(NPM) ci --cache $(NPM_CACHE) --prefer-offline --no-audit --no-fund
+	touch $@
+
+$(WEB_STAMP): $(WEB_NPM_STAMP)
 	rm -rf web/dist/novnc $@
 	mkdir -p web/dist/novnc/vendor
 	cp -R $(NOVNC_PKG)/core web/dist/novnc/
@@ -42,6 +50,19 @@ $(WEB_STAMP): web/package.json web/package-lock.json web/.npmrc
 	cp $(NOVNC_PKG)/LICENSE.txt $(NOVNC_PKG)/AUTHORS $(NOVNC_PKG)/docs/LICENSE.MPL-2.0 web/dist/novnc/
 	test -f web/dist/novnc/core/rfb.js
 	node -p 'JSON.parse(require("fs").readFileSync("$(NOVNC_PKG)/package.json")).version' > $@.tmp
+	mv $@.tmp $@
+
+# xterm.js's ES modules without their source-map comments (the maps are not
+# shipped), its stylesheet, and both licences.
+$(XTERM_STAMP): $(WEB_NPM_STAMP)
+	rm -rf web/dist/xterm $@
+	mkdir -p web/dist/xterm
+	sed '/^\/\/# sourceMappingURL=/d' $(XTERM_PKG)/lib/xterm.mjs > web/dist/xterm/xterm.mjs
+	sed '/^\/\/# sourceMappingURL=/d' $(XTERM_FIT_PKG)/lib/addon-fit.mjs > web/dist/xterm/addon-fit.mjs
+	cp $(XTERM_PKG)/css/xterm.css web/dist/xterm/
+	cp $(XTERM_PKG)/LICENSE web/dist/xterm/LICENSE.xterm
+	cp $(XTERM_FIT_PKG)/LICENSE web/dist/xterm/LICENSE.addon-fit
+	node -p 'const v = (p) => JSON.parse(require("fs").readFileSync(p + "/package.json")).version; v("$(XTERM_PKG)") + " " + v("$(XTERM_FIT_PKG)")' > $@.tmp
 	mv $@.tmp $@
 
 # The viewer page's own logic (reconnect policy), with node's test runner.

@@ -503,6 +503,48 @@ func (e State) Valid() bool {
 	}
 }
 
+// Defines values for TerminalControlType.
+const (
+	TerminalControlTypeEOF    TerminalControlType = "eof"
+	TerminalControlTypeResize TerminalControlType = "resize"
+	TerminalControlTypeSignal TerminalControlType = "signal"
+)
+
+// Valid indicates whether the value is a known member of the TerminalControlType enum.
+func (e TerminalControlType) Valid() bool {
+	switch e {
+	case TerminalControlTypeEOF:
+		return true
+	case TerminalControlTypeResize:
+		return true
+	case TerminalControlTypeSignal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TerminalEventType.
+const (
+	TerminalEventTypeDropped TerminalEventType = "dropped"
+	TerminalEventTypeExit    TerminalEventType = "exit"
+	TerminalEventTypeHello   TerminalEventType = "hello"
+)
+
+// Valid indicates whether the value is a known member of the TerminalEventType enum.
+func (e TerminalEventType) Valid() bool {
+	switch e {
+	case TerminalEventTypeDropped:
+		return true
+	case TerminalEventTypeExit:
+		return true
+	case TerminalEventTypeHello:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for WatchEventKind.
 const (
 	WatchEventKindAttrib   WatchEventKind = "attrib"
@@ -676,6 +718,21 @@ type CreateLogin struct {
 	Provider string `json:"provider"`
 
 	// User admin keys only (a user key logs in its own user)
+	User string `json:"user,omitempty,omitzero"`
+}
+
+// CreateTerminal defines model for CreateTerminal.
+type CreateTerminal struct {
+	// Cols terminal width (default 80)
+	Cols int `json:"cols,omitempty,omitzero"`
+
+	// Command run this through the login shell instead of an interactive shell (when a new session starts)
+	Command string `json:"command,omitempty,omitzero"`
+
+	// Rows terminal height (default 24)
+	Rows int `json:"rows,omitempty,omitzero"`
+
+	// User whom the shell runs as (default hearth)
 	User string `json:"user,omitempty,omitzero"`
 }
 
@@ -1257,6 +1314,73 @@ type Status struct {
 	Status string `json:"status"`
 }
 
+// Terminal defines model for Terminal.
+type Terminal struct {
+	// ExpiresAt the link's end: the page reconnects until then
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// ProcessID the shell's process id (GET /v1/vms/{id}/processes/{pid}/attach reaches it too)
+	ProcessID string `json:"process_id"`
+
+	// URL the terminal page, token in the fragment
+	URL string `json:"url"`
+}
+
+// TerminalControl A terminal or attach socket's text message from the client.
+type TerminalControl struct {
+	// Cols resize: 1 to 1000
+	Cols int `json:"cols,omitempty,omitzero"`
+
+	// Rows resize: 1 to 1000
+	Rows int `json:"rows,omitempty,omitzero"`
+
+	// Signal signal: HUP, INT, QUIT, KILL, TERM, USR1, USR2, STOP, CONT or WINCH
+	Signal string              `json:"signal,omitempty,omitzero"`
+	Type   TerminalControlType `json:"type"`
+}
+
+// TerminalControlType defines model for TerminalControl.Type.
+type TerminalControlType string
+
+// TerminalEvent A terminal or attach socket's text message to the client.
+type TerminalEvent struct {
+	// Code exit: the exit code, if it exited
+	Code *int `json:"code,omitempty,omitzero"`
+
+	// From dropped: the first byte missed
+	From *int64 `json:"from,omitempty"`
+
+	// Offset hello: the output offset the binary messages start at
+	Offset *int64 `json:"offset,omitempty"`
+
+	// Process hello: the process attached to
+	Process string `json:"process,omitempty,omitzero"`
+
+	// Reason exit: why hearth ended it, if it did (timeout, client gone, killed on request)
+	Reason string `json:"reason,omitempty,omitzero"`
+
+	// Signal exit: the signal that ended it, e.g. KILL
+	Signal string `json:"signal,omitempty,omitzero"`
+
+	// To dropped: the byte after the last one missed
+	To   *int64            `json:"to,omitempty"`
+	Type TerminalEventType `json:"type"`
+}
+
+// TerminalEventType defines model for TerminalEvent.Type.
+type TerminalEventType string
+
+// TerminalTicket defines model for TerminalTicket.
+type TerminalTicket struct {
+	// ExpiresAt websocket_url must be used before this (seconds from now)
+	ExpiresAt time.Time `json:"expires_at"`
+
+	// LinkExpiresAt the link's end
+	LinkExpiresAt time.Time `json:"link_expires_at"`
+	ProcessID     string    `json:"process_id"`
+	WebsocketURL  string    `json:"websocket_url"`
+}
+
 // VM defines model for VM.
 type VM struct {
 	// Agent What the VM's guest agent reported.
@@ -1540,6 +1664,12 @@ type WatchFilesParams struct {
 	User *GuestUser `form:"user,omitempty" json:"user,omitempty"`
 }
 
+// AttachProcessParams defines parameters for AttachProcess.
+type AttachProcessParams struct {
+	// Offset output offset to start from
+	Offset *int64 `form:"offset,omitempty" json:"offset,omitempty"`
+}
+
 // ProcessOutputParams defines parameters for ProcessOutput.
 type ProcessOutputParams struct {
 	// Offset output offset to start from (default 0, or Last-Event-ID)
@@ -1551,6 +1681,12 @@ type ProcessOutputParams struct {
 type ProcessStdinParams struct {
 	// EOF close stdin after the body
 	EOF *bool `form:"eof,omitempty" json:"eof,omitempty"`
+}
+
+// TerminalSocketParams defines parameters for TerminalSocket.
+type TerminalSocketParams struct {
+	// Token the socket token; a missing one is refused as a bad one is (close 4007)
+	Token *string `form:"token,omitempty" json:"token,omitempty"`
 }
 
 // ViewerSocketParams defines parameters for ViewerSocket.
@@ -1602,6 +1738,9 @@ type SignalProcessJSONRequestBody = ProcessSignal
 
 // RunPromptJSONRequestBody defines body for RunPrompt for application/json ContentType.
 type RunPromptJSONRequestBody = PromptRequest
+
+// CreateTerminalJSONRequestBody defines body for CreateTerminal for application/json ContentType.
+type CreateTerminalJSONRequestBody = CreateTerminal
 
 // CreateViewerJSONRequestBody defines body for CreateViewer for application/json ContentType.
 type CreateViewerJSONRequestBody = CreateViewer
@@ -1789,6 +1928,16 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// TerminalAsset The terminal page's scripts, styles and xterm.js
+	//
+	// Corresponds with GET /terminal/assets/{path} (the `TerminalAsset` operationId).
+	TerminalAsset(ctx context.Context, path string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// TerminalPage The terminal page (xterm.js); the page token travels in the URL fragment
+	//
+	// Corresponds with GET /terminal/{id} (the `TerminalPage` operationId).
+	TerminalPage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListAPIKeys API keys — metadata only; no route shows a key's secret after its creation
 	//
@@ -2270,6 +2419,39 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/vms/{id}/processes/{pid} (the `GetProcess` operationId).
 	GetProcess(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// AttachProcess A WebSocket to a process's output, stdin, signals and terminal size
+	//
+	// Upgrade only. Any process started with stdin or a PTY; output is
+	// sent from `offset` (default: the oldest byte kept).
+	//
+	// Server to client: binary messages are output bytes (stdout and
+	// stderr in the order they came; a PTY's one stream); text messages
+	// are JSON TerminalEvents: first `{"type":"hello","process":ID,"offset":N}`,
+	// then `{"type":"dropped","from":F,"to":T}` for output this client
+	// missed (it fell behind the kept history), and last
+	// `{"type":"exit","code":C}` or `{"type":"exit","signal":"KILL"}`
+	// once the process has ended, after which the socket closes (1000).
+	//
+	// Client to server: binary messages are input bytes (at most 64 KiB
+	// each), written to the process's stdin in order; text messages are
+	// JSON TerminalControls: `{"type":"resize","cols":C,"rows":R}`,
+	// `{"type":"signal","signal":"INT"}` (to the process's group),
+	// `{"type":"eof"}` (closes stdin). Control messages are rate-limited
+	// (terminal.control_rate a second); exceeding it, or a malformed one,
+	// closes the socket with 1008.
+	//
+	// The server pings every viewer.ping_interval and closes a client
+	// whose pong is late (4006); a client that does not take output
+	// within terminal.write_timeout is dropped (4017). Output is read from the
+	// guest only as fast as the client takes it. Close codes: 1000
+	// process exited, 1001 server shutting down, 1008 bad message, 1009
+	// message too big, 4000 vm destroyed, 4006 keepalive timeout, 4009 vm
+	// failed, 4015 no such process, 4016 guest agent unreachable (worth
+	// retrying), 4017 client too slow to take output.
+	//
+	// Corresponds with GET /v1/vms/{id}/processes/{pid}/attach (the `AttachProcess` operationId).
+	AttachProcess(ctx context.Context, id string, pid string, params *AttachProcessParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ProcessOutput Server-sent events of a process's output, from an offset, until it ends
 	//
 	// `text/event-stream`. Events: `stdout` and `stderr` (data: a
@@ -2376,6 +2558,72 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
 	CancelPrompt(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateTerminalWithBody A link to the VM's terminal session in a browser
+	//
+	// The VM's terminal session for `user` (default "hearth") is a login
+	// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+	// "terminal". The first request starts it; later ones reuse it while it
+	// runs (re-adopting one a restarted hearth left running) and resize it
+	// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+	// is in the URL fragment, so it never reaches a server log, and lets the
+	// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+	// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+	// too). Every connection replays the shell's kept output (its history)
+	// so the screen comes back. The shell outlives its sockets by
+	// terminal.linger; then it is sent SIGHUP, and SIGKILL
+	// terminal.kill_grace later. The answer carries a token and says
+	// `Cache-Control: no-store`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+	CreateTerminalWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CreateTerminal A link to the VM's terminal session in a browser
+	//
+	// The VM's terminal session for `user` (default "hearth") is a login
+	// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+	// "terminal". The first request starts it; later ones reuse it while it
+	// runs (re-adopting one a restarted hearth left running) and resize it
+	// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+	// is in the URL fragment, so it never reaches a server log, and lets the
+	// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+	// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+	// too). Every connection replays the shell's kept output (its history)
+	// so the screen comes back. The shell outlives its sockets by
+	// terminal.linger; then it is sent SIGHUP, and SIGKILL
+	// terminal.kill_grace later. The answer carries a token and says
+	// `Cache-Control: no-store`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+	CreateTerminal(ctx context.Context, id string, body CreateTerminalJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// TerminalSocket The terminal page's WebSocket to its shell (protocol as for attach)
+	//
+	// Upgrade only; the socket token is checked (signature, VM, kind,
+	// expiry, single use, revocation) before anything reaches the guest,
+	// and a refusal is a close frame with a reason. The messages are those
+	// of GET /v1/vms/{id}/processes/{pid}/attach, from the start of the
+	// shell's kept output. Besides that route's close codes: 4001 token
+	// expired (the link), 4007 invalid token, 4011 too many terminals on
+	// this link, 4012 too many on this vm, 4013 links revoked, 4014 socket
+	// token expired (buy another ticket).
+	//
+	// Corresponds with GET /v1/vms/{id}/terminal/socket (the `TerminalSocket` operationId).
+	TerminalSocket(ctx context.Context, id string, params *TerminalSocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// TerminalTicket Trade a terminal page token for a single-use WebSocket URL (used by the terminal page)
+	//
+	// As POST /v1/vms/{id}/viewer/ticket, for terminal links: rate-limited
+	// per link and per client address (viewer.ticket_rate_per_link,
+	// viewer.ticket_rate_per_client), capped by viewer.max_viewers_per_link
+	// and viewer.max_viewers_per_vm; answers say `Cache-Control: no-store`.
+	//
+	// Corresponds with POST /v1/vms/{id}/terminal/ticket (the `TerminalTicket` operationId).
+	TerminalTicket(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CreateViewerWithBody A link to watch (and use) the VM's screen in a browser
 	//
@@ -2591,6 +2839,36 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReadyzRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// TerminalAsset The terminal page's scripts, styles and xterm.js
+//
+// Corresponds with GET /terminal/assets/{path} (the `TerminalAsset` operationId).
+func (c *Client) TerminalAsset(ctx context.Context, path string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewTerminalAssetRequest(c.Server, path)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// TerminalPage The terminal page (xterm.js); the page token travels in the URL fragment
+//
+// Corresponds with GET /terminal/{id} (the `TerminalPage` operationId).
+func (c *Client) TerminalPage(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewTerminalPageRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -3551,6 +3829,49 @@ func (c *Client) GetProcess(ctx context.Context, id string, pid string, reqEdito
 	return c.Client.Do(req)
 }
 
+// AttachProcess A WebSocket to a process's output, stdin, signals and terminal size
+//
+// Upgrade only. Any process started with stdin or a PTY; output is
+// sent from `offset` (default: the oldest byte kept).
+//
+// Server to client: binary messages are output bytes (stdout and
+// stderr in the order they came; a PTY's one stream); text messages
+// are JSON TerminalEvents: first `{"type":"hello","process":ID,"offset":N}`,
+// then `{"type":"dropped","from":F,"to":T}` for output this client
+// missed (it fell behind the kept history), and last
+// `{"type":"exit","code":C}` or `{"type":"exit","signal":"KILL"}`
+// once the process has ended, after which the socket closes (1000).
+//
+// Client to server: binary messages are input bytes (at most 64 KiB
+// each), written to the process's stdin in order; text messages are
+// JSON TerminalControls: `{"type":"resize","cols":C,"rows":R}`,
+// `{"type":"signal","signal":"INT"}` (to the process's group),
+// `{"type":"eof"}` (closes stdin). Control messages are rate-limited
+// (terminal.control_rate a second); exceeding it, or a malformed one,
+// closes the socket with 1008.
+//
+// The server pings every viewer.ping_interval and closes a client
+// whose pong is late (4006); a client that does not take output
+// within terminal.write_timeout is dropped (4017). Output is read from the
+// guest only as fast as the client takes it. Close codes: 1000
+// process exited, 1001 server shutting down, 1008 bad message, 1009
+// message too big, 4000 vm destroyed, 4006 keepalive timeout, 4009 vm
+// failed, 4015 no such process, 4016 guest agent unreachable (worth
+// retrying), 4017 client too slow to take output.
+//
+// Corresponds with GET /v1/vms/{id}/processes/{pid}/attach (the `AttachProcess` operationId).
+func (c *Client) AttachProcess(ctx context.Context, id string, pid string, params *AttachProcessParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAttachProcessRequest(c.Server, id, pid, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ProcessOutput Server-sent events of a process's output, from an offset, until it ends
 //
 // `text/event-stream`. Events: `stdout` and `stderr` (data: a
@@ -3738,6 +4059,112 @@ func (c *Client) RunPrompt(ctx context.Context, id string, body RunPromptJSONReq
 // Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
 func (c *Client) CancelPrompt(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewCancelPromptRequest(c.Server, id, pid)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateTerminalWithBody A link to the VM's terminal session in a browser
+//
+// The VM's terminal session for `user` (default "hearth") is a login
+// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+// "terminal". The first request starts it; later ones reuse it while it
+// runs (re-adopting one a restarted hearth left running) and resize it
+// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+// is in the URL fragment, so it never reaches a server log, and lets the
+// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+// too). Every connection replays the shell's kept output (its history)
+// so the screen comes back. The shell outlives its sockets by
+// terminal.linger; then it is sent SIGHUP, and SIGKILL
+// terminal.kill_grace later. The answer carries a token and says
+// `Cache-Control: no-store`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+func (c *Client) CreateTerminalWithBody(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateTerminalRequestWithBody(c.Server, id, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CreateTerminal A link to the VM's terminal session in a browser
+//
+// The VM's terminal session for `user` (default "hearth") is a login
+// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+// "terminal". The first request starts it; later ones reuse it while it
+// runs (re-adopting one a restarted hearth left running) and resize it
+// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+// is in the URL fragment, so it never reaches a server log, and lets the
+// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+// too). Every connection replays the shell's kept output (its history)
+// so the screen comes back. The shell outlives its sockets by
+// terminal.linger; then it is sent SIGHUP, and SIGKILL
+// terminal.kill_grace later. The answer carries a token and says
+// `Cache-Control: no-store`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+func (c *Client) CreateTerminal(ctx context.Context, id string, body CreateTerminalJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCreateTerminalRequest(c.Server, id, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// TerminalSocket The terminal page's WebSocket to its shell (protocol as for attach)
+//
+// Upgrade only; the socket token is checked (signature, VM, kind,
+// expiry, single use, revocation) before anything reaches the guest,
+// and a refusal is a close frame with a reason. The messages are those
+// of GET /v1/vms/{id}/processes/{pid}/attach, from the start of the
+// shell's kept output. Besides that route's close codes: 4001 token
+// expired (the link), 4007 invalid token, 4011 too many terminals on
+// this link, 4012 too many on this vm, 4013 links revoked, 4014 socket
+// token expired (buy another ticket).
+//
+// Corresponds with GET /v1/vms/{id}/terminal/socket (the `TerminalSocket` operationId).
+func (c *Client) TerminalSocket(ctx context.Context, id string, params *TerminalSocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewTerminalSocketRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// TerminalTicket Trade a terminal page token for a single-use WebSocket URL (used by the terminal page)
+//
+// As POST /v1/vms/{id}/viewer/ticket, for terminal links: rate-limited
+// per link and per client address (viewer.ticket_rate_per_link,
+// viewer.ticket_rate_per_client), capped by viewer.max_viewers_per_link
+// and viewer.max_viewers_per_vm; answers say `Cache-Control: no-store`.
+//
+// Corresponds with POST /v1/vms/{id}/terminal/ticket (the `TerminalTicket` operationId).
+func (c *Client) TerminalTicket(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewTerminalTicketRequest(c.Server, id)
 	if err != nil {
 		return nil, err
 	}
@@ -4136,6 +4563,74 @@ func NewReadyzRequest(server string) (*http.Request, error) {
 	}
 
 	operationPath := fmt.Sprintf("/readyz")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewTerminalAssetRequest constructs an http.Request for the TerminalAsset method
+func NewTerminalAssetRequest(server string, path string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "path", path, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/terminal/assets/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewTerminalPageRequest constructs an http.Request for the TerminalPage method
+func NewTerminalPageRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/terminal/%s", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -6157,6 +6652,74 @@ func NewGetProcessRequest(server string, id string, pid string) (*http.Request, 
 	return req, nil
 }
 
+// NewAttachProcessRequest constructs an http.Request for the AttachProcess method
+func NewAttachProcessRequest(server string, id string, pid string, params *AttachProcessParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "pid", pid, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/vms/%s/processes/%s/attach", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Offset != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "offset", *params.Offset, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewProcessOutputRequest constructs an http.Request for the ProcessOutput method
 func NewProcessOutputRequest(server string, id string, pid string, params *ProcessOutputParams) (*http.Request, error) {
 	var err error
@@ -6489,6 +7052,148 @@ func NewCancelPromptRequest(server string, id string, pid string) (*http.Request
 	}
 
 	operationPath := fmt.Sprintf("/v1/vms/%s/prompts/%s/cancel", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewCreateTerminalRequest calls the generic CreateTerminal builder with application/json body
+func NewCreateTerminalRequest(server string, id string, body CreateTerminalJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewCreateTerminalRequestWithBody(server, id, "application/json", bodyReader)
+}
+
+// NewCreateTerminalRequestWithBody constructs an http.Request for the CreateTerminal method, with any body, and a specified content type
+func NewCreateTerminalRequestWithBody(server string, id string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/vms/%s/terminal", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewTerminalSocketRequest constructs an http.Request for the TerminalSocket method
+func NewTerminalSocketRequest(server string, id string, params *TerminalSocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/vms/%s/terminal/socket", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Token != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "token", *params.Token, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewTerminalTicketRequest constructs an http.Request for the TerminalTicket method
+func NewTerminalTicketRequest(server string, id string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/vms/%s/terminal/ticket", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -6926,6 +7631,20 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	ReadyzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ReadyzResponse, error)
+
+	// TerminalAssetWithResponse The terminal page's scripts, styles and xterm.js
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /terminal/assets/{path} (the `TerminalAsset` operationId).
+	TerminalAssetWithResponse(ctx context.Context, path string, reqEditors ...RequestEditorFn) (*TerminalAssetResponse, error)
+
+	// TerminalPageWithResponse The terminal page (xterm.js); the page token travels in the URL fragment
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /terminal/{id} (the `TerminalPage` operationId).
+	TerminalPageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*TerminalPageResponse, error)
 
 	// ListAPIKeysWithResponse API keys — metadata only; no route shows a key's secret after its creation
 	//
@@ -7467,6 +8186,41 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/vms/{id}/processes/{pid} (the `GetProcess` operationId).
 	GetProcessWithResponse(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*GetProcessResponse, error)
 
+	// AttachProcessWithResponse A WebSocket to a process's output, stdin, signals and terminal size
+	//
+	// Upgrade only. Any process started with stdin or a PTY; output is
+	// sent from `offset` (default: the oldest byte kept).
+	//
+	// Server to client: binary messages are output bytes (stdout and
+	// stderr in the order they came; a PTY's one stream); text messages
+	// are JSON TerminalEvents: first `{"type":"hello","process":ID,"offset":N}`,
+	// then `{"type":"dropped","from":F,"to":T}` for output this client
+	// missed (it fell behind the kept history), and last
+	// `{"type":"exit","code":C}` or `{"type":"exit","signal":"KILL"}`
+	// once the process has ended, after which the socket closes (1000).
+	//
+	// Client to server: binary messages are input bytes (at most 64 KiB
+	// each), written to the process's stdin in order; text messages are
+	// JSON TerminalControls: `{"type":"resize","cols":C,"rows":R}`,
+	// `{"type":"signal","signal":"INT"}` (to the process's group),
+	// `{"type":"eof"}` (closes stdin). Control messages are rate-limited
+	// (terminal.control_rate a second); exceeding it, or a malformed one,
+	// closes the socket with 1008.
+	//
+	// The server pings every viewer.ping_interval and closes a client
+	// whose pong is late (4006); a client that does not take output
+	// within terminal.write_timeout is dropped (4017). Output is read from the
+	// guest only as fast as the client takes it. Close codes: 1000
+	// process exited, 1001 server shutting down, 1008 bad message, 1009
+	// message too big, 4000 vm destroyed, 4006 keepalive timeout, 4009 vm
+	// failed, 4015 no such process, 4016 guest agent unreachable (worth
+	// retrying), 4017 client too slow to take output.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/vms/{id}/processes/{pid}/attach (the `AttachProcess` operationId).
+	AttachProcessWithResponse(ctx context.Context, id string, pid string, params *AttachProcessParams, reqEditors ...RequestEditorFn) (*AttachProcessResponse, error)
+
 	// ProcessOutputWithResponse Server-sent events of a process's output, from an offset, until it ends
 	//
 	// `text/event-stream`. Events: `stdout` and `stderr` (data: a
@@ -7577,6 +8331,76 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/vms/{id}/prompts/{pid}/cancel (the `CancelPrompt` operationId).
 	CancelPromptWithResponse(ctx context.Context, id string, pid string, reqEditors ...RequestEditorFn) (*CancelPromptResponse, error)
+
+	// CreateTerminalWithBodyWithResponse A link to the VM's terminal session in a browser
+	//
+	// The VM's terminal session for `user` (default "hearth") is a login
+	// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+	// "terminal". The first request starts it; later ones reuse it while it
+	// runs (re-adopting one a restarted hearth left running) and resize it
+	// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+	// is in the URL fragment, so it never reaches a server log, and lets the
+	// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+	// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+	// too). Every connection replays the shell's kept output (its history)
+	// so the screen comes back. The shell outlives its sockets by
+	// terminal.linger; then it is sent SIGHUP, and SIGKILL
+	// terminal.kill_grace later. The answer carries a token and says
+	// `Cache-Control: no-store`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+	CreateTerminalWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateTerminalResponse, error)
+
+	// CreateTerminalWithResponse A link to the VM's terminal session in a browser
+	//
+	// The VM's terminal session for `user` (default "hearth") is a login
+	// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+	// "terminal". The first request starts it; later ones reuse it while it
+	// runs (re-adopting one a restarted hearth left running) and resize it
+	// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+	// is in the URL fragment, so it never reaches a server log, and lets the
+	// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+	// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+	// too). Every connection replays the shell's kept output (its history)
+	// so the screen comes back. The shell outlives its sockets by
+	// terminal.linger; then it is sent SIGHUP, and SIGKILL
+	// terminal.kill_grace later. The answer carries a token and says
+	// `Cache-Control: no-store`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+	CreateTerminalWithResponse(ctx context.Context, id string, body CreateTerminalJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateTerminalResponse, error)
+
+	// TerminalSocketWithResponse The terminal page's WebSocket to its shell (protocol as for attach)
+	//
+	// Upgrade only; the socket token is checked (signature, VM, kind,
+	// expiry, single use, revocation) before anything reaches the guest,
+	// and a refusal is a close frame with a reason. The messages are those
+	// of GET /v1/vms/{id}/processes/{pid}/attach, from the start of the
+	// shell's kept output. Besides that route's close codes: 4001 token
+	// expired (the link), 4007 invalid token, 4011 too many terminals on
+	// this link, 4012 too many on this vm, 4013 links revoked, 4014 socket
+	// token expired (buy another ticket).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/vms/{id}/terminal/socket (the `TerminalSocket` operationId).
+	TerminalSocketWithResponse(ctx context.Context, id string, params *TerminalSocketParams, reqEditors ...RequestEditorFn) (*TerminalSocketResponse, error)
+
+	// TerminalTicketWithResponse Trade a terminal page token for a single-use WebSocket URL (used by the terminal page)
+	//
+	// As POST /v1/vms/{id}/viewer/ticket, for terminal links: rate-limited
+	// per link and per client address (viewer.ticket_rate_per_link,
+	// viewer.ticket_rate_per_client), capped by viewer.max_viewers_per_link
+	// and viewer.max_viewers_per_vm; answers say `Cache-Control: no-store`.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/vms/{id}/terminal/ticket (the `TerminalTicket` operationId).
+	TerminalTicketWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*TerminalTicketResponse, error)
 
 	// CreateViewerWithBodyWithResponse A link to watch (and use) the VM's screen in a browser
 	//
@@ -8107,6 +8931,95 @@ func (r ReadyzResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ReadyzResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type TerminalAssetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r TerminalAssetResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r TerminalAssetResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r TerminalAssetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r TerminalAssetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r TerminalAssetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r TerminalAssetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type TerminalPageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r TerminalPageResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r TerminalPageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r TerminalPageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r TerminalPageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r TerminalPageResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -10962,6 +11875,68 @@ func (r GetProcessResponse) ContentType() string {
 	return ""
 }
 
+type AttachProcessResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r AttachProcessResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r AttachProcessResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r AttachProcessResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r AttachProcessResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r AttachProcessResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AttachProcessResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AttachProcessResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AttachProcessResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // ProcessOutputResponse503Headers the declared response headers of an HTTP 503 response for ProcessOutput
 type ProcessOutputResponse503Headers struct {
 	RetryAfter int
@@ -11454,6 +12429,227 @@ func (r CancelPromptResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r CancelPromptResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type CreateTerminalResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Terminal
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Terminal
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CreateTerminalResponse) GetJSON200() *Terminal {
+	return r.JSON200
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r CreateTerminalResponse) GetJSON201() *Terminal {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CreateTerminalResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CreateTerminalResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CreateTerminalResponse) GetJSON403() *Error {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CreateTerminalResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CreateTerminalResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r CreateTerminalResponse) GetJSON429() *Error {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CreateTerminalResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CreateTerminalResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CreateTerminalResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CreateTerminalResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CreateTerminalResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type TerminalSocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r TerminalSocketResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r TerminalSocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r TerminalSocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r TerminalSocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r TerminalSocketResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// TerminalTicketResponse429Headers the declared response headers of an HTTP 429 response for TerminalTicket
+type TerminalTicketResponse429Headers struct {
+	RetryAfter int
+}
+
+type TerminalTicketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TerminalTicket
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *Error
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *Error
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *TerminalTicketResponse429Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r TerminalTicketResponse) GetJSON200() *TerminalTicket {
+	return r.JSON200
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r TerminalTicketResponse) GetJSON401() *Error {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r TerminalTicketResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r TerminalTicketResponse) GetJSON409() *Error {
+	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r TerminalTicketResponse) GetJSON429() *Error {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r TerminalTicketResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r TerminalTicketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r TerminalTicketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r TerminalTicketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r TerminalTicketResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -12000,6 +13196,32 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 		return nil, err
 	}
 	return ParseReadyzResponse(rsp)
+}
+
+// TerminalAssetWithResponse The terminal page's scripts, styles and xterm.js
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /terminal/assets/{path} (the `TerminalAsset` operationId).
+func (c *ClientWithResponses) TerminalAssetWithResponse(ctx context.Context, path string, reqEditors ...RequestEditorFn) (*TerminalAssetResponse, error) {
+	rsp, err := c.TerminalAsset(ctx, path, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseTerminalAssetResponse(rsp)
+}
+
+// TerminalPageWithResponse The terminal page (xterm.js); the page token travels in the URL fragment
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /terminal/{id} (the `TerminalPage` operationId).
+func (c *ClientWithResponses) TerminalPageWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*TerminalPageResponse, error) {
+	rsp, err := c.TerminalPage(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseTerminalPageResponse(rsp)
 }
 
 // ListAPIKeysWithResponse API keys — metadata only; no route shows a key's secret after its creation
@@ -12824,6 +14046,47 @@ func (c *ClientWithResponses) GetProcessWithResponse(ctx context.Context, id str
 	return ParseGetProcessResponse(rsp)
 }
 
+// AttachProcessWithResponse A WebSocket to a process's output, stdin, signals and terminal size
+//
+// Upgrade only. Any process started with stdin or a PTY; output is
+// sent from `offset` (default: the oldest byte kept).
+//
+// Server to client: binary messages are output bytes (stdout and
+// stderr in the order they came; a PTY's one stream); text messages
+// are JSON TerminalEvents: first `{"type":"hello","process":ID,"offset":N}`,
+// then `{"type":"dropped","from":F,"to":T}` for output this client
+// missed (it fell behind the kept history), and last
+// `{"type":"exit","code":C}` or `{"type":"exit","signal":"KILL"}`
+// once the process has ended, after which the socket closes (1000).
+//
+// Client to server: binary messages are input bytes (at most 64 KiB
+// each), written to the process's stdin in order; text messages are
+// JSON TerminalControls: `{"type":"resize","cols":C,"rows":R}`,
+// `{"type":"signal","signal":"INT"}` (to the process's group),
+// `{"type":"eof"}` (closes stdin). Control messages are rate-limited
+// (terminal.control_rate a second); exceeding it, or a malformed one,
+// closes the socket with 1008.
+//
+// The server pings every viewer.ping_interval and closes a client
+// whose pong is late (4006); a client that does not take output
+// within terminal.write_timeout is dropped (4017). Output is read from the
+// guest only as fast as the client takes it. Close codes: 1000
+// process exited, 1001 server shutting down, 1008 bad message, 1009
+// message too big, 4000 vm destroyed, 4006 keepalive timeout, 4009 vm
+// failed, 4015 no such process, 4016 guest agent unreachable (worth
+// retrying), 4017 client too slow to take output.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/vms/{id}/processes/{pid}/attach (the `AttachProcess` operationId).
+func (c *ClientWithResponses) AttachProcessWithResponse(ctx context.Context, id string, pid string, params *AttachProcessParams, reqEditors ...RequestEditorFn) (*AttachProcessResponse, error) {
+	rsp, err := c.AttachProcess(ctx, id, pid, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAttachProcessResponse(rsp)
+}
+
 // ProcessOutputWithResponse Server-sent events of a process's output, from an offset, until it ends
 //
 // `text/event-stream`. Events: `stdout` and `stderr` (data: a
@@ -12987,6 +14250,100 @@ func (c *ClientWithResponses) CancelPromptWithResponse(ctx context.Context, id s
 		return nil, err
 	}
 	return ParseCancelPromptResponse(rsp)
+}
+
+// CreateTerminalWithBodyWithResponse A link to the VM's terminal session in a browser
+//
+// The VM's terminal session for `user` (default "hearth") is a login
+// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+// "terminal". The first request starts it; later ones reuse it while it
+// runs (re-adopting one a restarted hearth left running) and resize it
+// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+// is in the URL fragment, so it never reaches a server log, and lets the
+// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+// too). Every connection replays the shell's kept output (its history)
+// so the screen comes back. The shell outlives its sockets by
+// terminal.linger; then it is sent SIGHUP, and SIGKILL
+// terminal.kill_grace later. The answer carries a token and says
+// `Cache-Control: no-store`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+func (c *ClientWithResponses) CreateTerminalWithBodyWithResponse(ctx context.Context, id string, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*CreateTerminalResponse, error) {
+	rsp, err := c.CreateTerminalWithBody(ctx, id, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateTerminalResponse(rsp)
+}
+
+// CreateTerminalWithResponse A link to the VM's terminal session in a browser
+//
+// The VM's terminal session for `user` (default "hearth") is a login
+// shell (`$SHELL -l`, or `command` through it) on a PTY, tagged
+// "terminal". The first request starts it; later ones reuse it while it
+// runs (re-adopting one a restarted hearth left running) and resize it
+// to `cols` x `rows`. `url` opens hearth's terminal page; its page token
+// is in the URL fragment, so it never reaches a server log, and lets the
+// page connect and reconnect until `expires_at` (viewer.token_ttl; the
+// VM's viewer links revoked by DELETE /v1/vms/{id}/viewers are these
+// too). Every connection replays the shell's kept output (its history)
+// so the screen comes back. The shell outlives its sockets by
+// terminal.linger; then it is sent SIGHUP, and SIGKILL
+// terminal.kill_grace later. The answer carries a token and says
+// `Cache-Control: no-store`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/vms/{id}/terminal (the `CreateTerminal` operationId).
+func (c *ClientWithResponses) CreateTerminalWithResponse(ctx context.Context, id string, body CreateTerminalJSONRequestBody, reqEditors ...RequestEditorFn) (*CreateTerminalResponse, error) {
+	rsp, err := c.CreateTerminal(ctx, id, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCreateTerminalResponse(rsp)
+}
+
+// TerminalSocketWithResponse The terminal page's WebSocket to its shell (protocol as for attach)
+//
+// Upgrade only; the socket token is checked (signature, VM, kind,
+// expiry, single use, revocation) before anything reaches the guest,
+// and a refusal is a close frame with a reason. The messages are those
+// of GET /v1/vms/{id}/processes/{pid}/attach, from the start of the
+// shell's kept output. Besides that route's close codes: 4001 token
+// expired (the link), 4007 invalid token, 4011 too many terminals on
+// this link, 4012 too many on this vm, 4013 links revoked, 4014 socket
+// token expired (buy another ticket).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/vms/{id}/terminal/socket (the `TerminalSocket` operationId).
+func (c *ClientWithResponses) TerminalSocketWithResponse(ctx context.Context, id string, params *TerminalSocketParams, reqEditors ...RequestEditorFn) (*TerminalSocketResponse, error) {
+	rsp, err := c.TerminalSocket(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseTerminalSocketResponse(rsp)
+}
+
+// TerminalTicketWithResponse Trade a terminal page token for a single-use WebSocket URL (used by the terminal page)
+//
+// As POST /v1/vms/{id}/viewer/ticket, for terminal links: rate-limited
+// per link and per client address (viewer.ticket_rate_per_link,
+// viewer.ticket_rate_per_client), capped by viewer.max_viewers_per_link
+// and viewer.max_viewers_per_vm; answers say `Cache-Control: no-store`.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/vms/{id}/terminal/ticket (the `TerminalTicket` operationId).
+func (c *ClientWithResponses) TerminalTicketWithResponse(ctx context.Context, id string, reqEditors ...RequestEditorFn) (*TerminalTicketResponse, error) {
+	rsp, err := c.TerminalTicket(ctx, id, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseTerminalTicketResponse(rsp)
 }
 
 // CreateViewerWithBodyWithResponse A link to watch (and use) the VM's screen in a browser
@@ -13463,6 +14820,65 @@ func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 		}
 		response.JSON401 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseTerminalAssetResponse parses an HTTP response from a TerminalAssetWithResponse call
+func ParseTerminalAssetResponse(rsp *http.Response) (*TerminalAssetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &TerminalAssetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseTerminalPageResponse parses an HTTP response from a TerminalPageWithResponse call
+func ParseTerminalPageResponse(rsp *http.Response) (*TerminalPageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &TerminalPageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -15871,6 +17287,56 @@ func ParseGetProcessResponse(rsp *http.Response) (*GetProcessResponse, error) {
 	return response, nil
 }
 
+// ParseAttachProcessResponse parses an HTTP response from a AttachProcessWithResponse call
+func ParseAttachProcessResponse(rsp *http.Response) (*AttachProcessResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AttachProcessResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseProcessOutputResponse parses an HTTP response from a ProcessOutputWithResponse call
 func ParseProcessOutputResponse(rsp *http.Response) (*ProcessOutputResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -16330,6 +17796,191 @@ func ParseCancelPromptResponse(rsp *http.Response) (*CancelPromptResponse, error
 	return response, nil
 }
 
+// ParseCreateTerminalResponse parses an HTTP response from a CreateTerminalWithResponse call
+func ParseCreateTerminalResponse(rsp *http.Response) (*CreateTerminalResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CreateTerminalResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Terminal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Terminal
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseTerminalSocketResponse parses an HTTP response from a TerminalSocketWithResponse call
+func ParseTerminalSocketResponse(rsp *http.Response) (*TerminalSocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &TerminalSocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseTerminalTicketResponse parses an HTTP response from a TerminalTicketWithResponse call
+func ParseTerminalTicketResponse(rsp *http.Response) (*TerminalTicketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &TerminalTicketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TerminalTicket
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers TerminalTicketResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseCreateViewerResponse parses an HTTP response from a CreateViewerWithResponse call
 func ParseCreateViewerResponse(rsp *http.Response) (*CreateViewerResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -16691,6 +18342,12 @@ type ServerInterface interface {
 	// Readyz Readiness (store reachable, startup reconciliation done, room in the state dir)
 	// (GET /readyz)
 	Readyz(w http.ResponseWriter, r *http.Request)
+	// TerminalAsset The terminal page's scripts, styles and xterm.js
+	// (GET /terminal/assets/{path})
+	TerminalAsset(w http.ResponseWriter, r *http.Request, path string)
+	// TerminalPage The terminal page (xterm.js); the page token travels in the URL fragment
+	// (GET /terminal/{id})
+	TerminalPage(w http.ResponseWriter, r *http.Request, id string)
 	// ListAPIKeys API keys — metadata only; no route shows a key's secret after its creation
 	// (GET /v1/apikeys)
 	ListAPIKeys(w http.ResponseWriter, r *http.Request, params ListAPIKeysParams)
@@ -16808,6 +18465,9 @@ type ServerInterface interface {
 	// GetProcess One process
 	// (GET /v1/vms/{id}/processes/{pid})
 	GetProcess(w http.ResponseWriter, r *http.Request, id string, pid string)
+	// AttachProcess A WebSocket to a process's output, stdin, signals and terminal size
+	// (GET /v1/vms/{id}/processes/{pid}/attach)
+	AttachProcess(w http.ResponseWriter, r *http.Request, id string, pid string, params AttachProcessParams)
 	// ProcessOutput Server-sent events of a process's output, from an offset, until it ends
 	// (GET /v1/vms/{id}/processes/{pid}/output)
 	ProcessOutput(w http.ResponseWriter, r *http.Request, id string, pid string, params ProcessOutputParams)
@@ -16826,6 +18486,15 @@ type ServerInterface interface {
 	// CancelPrompt Stop a running prompt's CLI (SIGTERM to its process group)
 	// (POST /v1/vms/{id}/prompts/{pid}/cancel)
 	CancelPrompt(w http.ResponseWriter, r *http.Request, id string, pid string)
+	// CreateTerminal A link to the VM's terminal session in a browser
+	// (POST /v1/vms/{id}/terminal)
+	CreateTerminal(w http.ResponseWriter, r *http.Request, id string)
+	// TerminalSocket The terminal page's WebSocket to its shell (protocol as for attach)
+	// (GET /v1/vms/{id}/terminal/socket)
+	TerminalSocket(w http.ResponseWriter, r *http.Request, id string, params TerminalSocketParams)
+	// TerminalTicket Trade a terminal page token for a single-use WebSocket URL (used by the terminal page)
+	// (POST /v1/vms/{id}/terminal/ticket)
+	TerminalTicket(w http.ResponseWriter, r *http.Request, id string)
 	// CreateViewer A link to watch (and use) the VM's screen in a browser
 	// (POST /v1/vms/{id}/viewer)
 	CreateViewer(w http.ResponseWriter, r *http.Request, id string)
@@ -16995,6 +18664,58 @@ func (siw *ServerInterfaceWrapper) Readyz(w http.ResponseWriter, r *http.Request
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.Readyz(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// TerminalAsset operation middleware
+func (siw *ServerInterfaceWrapper) TerminalAsset(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "path" -------------
+	var path string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "path", r.PathValue("path"), &path, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "path", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.TerminalAsset(w, r, path)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// TerminalPage operation middleware
+func (siw *ServerInterfaceWrapper) TerminalPage(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.TerminalPage(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -18412,6 +20133,57 @@ func (siw *ServerInterfaceWrapper) GetProcess(w http.ResponseWriter, r *http.Req
 	handler.ServeHTTP(w, r)
 }
 
+// AttachProcess operation middleware
+func (siw *ServerInterfaceWrapper) AttachProcess(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "pid" -------------
+	var pid string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "pid", r.PathValue("pid"), &pid, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "pid", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params AttachProcessParams
+
+	// ------------- Optional query parameter "offset" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "offset", r.URL.Query(), &params.Offset, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "offset"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "offset", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.AttachProcess(w, r, id, pid, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // ProcessOutput operation middleware
 func (siw *ServerInterfaceWrapper) ProcessOutput(w http.ResponseWriter, r *http.Request) {
 
@@ -18657,6 +20429,100 @@ func (siw *ServerInterfaceWrapper) CancelPrompt(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.CancelPrompt(w, r, id, pid)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// CreateTerminal operation middleware
+func (siw *ServerInterfaceWrapper) CreateTerminal(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CreateTerminal(w, r, id)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// TerminalSocket operation middleware
+func (siw *ServerInterfaceWrapper) TerminalSocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params TerminalSocketParams
+
+	// ------------- Optional query parameter "token" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "token", r.URL.Query(), &params.Token, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "token"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "token", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.TerminalSocket(w, r, id, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// TerminalTicket operation middleware
+func (siw *ServerInterfaceWrapper) TerminalTicket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "id" -------------
+	var id string
+
+	err = runtime.BindStyledParameterWithOptions("simple", "id", r.PathValue("id"), &id, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: true})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "id", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.TerminalTicket(w, r, id)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -19072,6 +20938,12 @@ func HandlerWithOptions(si ServerInterface, options StdHTTPServerOptions) http.H
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/api/auth/credentials/{userId}", wrapper.CompatCredentials)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/viewer/{id}", wrapper.ViewerPage)
 	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/viewer/assets/{path}", wrapper.ViewerAsset)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/terminal", wrapper.CreateTerminal)
+	m.HandleFunc(http.MethodPost+" "+options.BaseURL+"/v1/vms/{id}/terminal/ticket", wrapper.TerminalTicket)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/vms/{id}/terminal/socket", wrapper.TerminalSocket)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/v1/vms/{id}/processes/{pid}/attach", wrapper.AttachProcess)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/terminal/{id}", wrapper.TerminalPage)
+	m.HandleFunc(http.MethodGet+" "+options.BaseURL+"/terminal/assets/{path}", wrapper.TerminalAsset)
 
 	return m
 }

@@ -1,13 +1,16 @@
-// Package web holds the browser viewer's files, embedded into hearth: the
-// viewer page (static/) and the noVNC client that make web copies into
-// dist/novnc from the version pinned in package.json.
+// Package web holds the browser pages' files, embedded into hearth: the
+// viewer and terminal pages (static/), the noVNC client and xterm.js that
+// make web copies into dist/novnc and dist/xterm from the versions pinned
+// in package.json.
 //
-// Assets serves them from one root, the layout the page expects under
-// <base>/viewer/assets/: viewer.html, viewer.js, viewer.css, policy.js and
-// novnc/core/rfb.js with the rest of noVNC. On a checkout where make web has
-// not run, the page files are still there but novnc/ is not; NoVNCBuilt says
-// so, and a server should refuse to serve the viewer rather than a page that
-// cannot load.
+// Assets serves them from one root, the layout the pages expect under
+// <base>/viewer/assets/ and <base>/terminal/assets/: viewer.html,
+// viewer.js, viewer.css, terminal.html, terminal.js, terminal.css,
+// policy.js (shared), novnc/core/rfb.js with the rest of noVNC, and
+// xterm/xterm.mjs, xterm/addon-fit.mjs and xterm/xterm.css. On a checkout
+// where make web has not run, the page files are still there but novnc/
+// and xterm/ are not; NoVNCBuilt and XtermBuilt say so, and a server
+// should refuse to serve a page that cannot load.
 package web
 
 import (
@@ -25,8 +28,14 @@ import (
 //go:embed static package.json all:dist
 var embedded embed.FS
 
-// NoVNCPackage is the npm package the viewer's VNC client comes from.
-const NoVNCPackage = "@novnc/novnc"
+// NoVNCPackage is the npm package the viewer's VNC client comes from;
+// XtermPackage and XtermFitPackage the terminal's emulator and its
+// fit-to-window addon.
+const (
+	NoVNCPackage    = "@novnc/novnc"
+	XtermPackage    = "@xterm/xterm"
+	XtermFitPackage = "@xterm/addon-fit"
+)
 
 // Paths inside the embedded tree.
 const (
@@ -35,6 +44,10 @@ const (
 	novncStamp = "dist/novnc.version" // written by make web: the version it copied
 	novncName  = "novnc"              // where noVNC appears in Assets
 	rfbModule  = "core/rfb.js"        // noVNC's entry point, relative to novncDir
+	xtermDir   = "dist/xterm"
+	xtermStamp = "dist/xterm.version" // written by make web: "XTERM FIT", the versions it copied
+	xtermName  = "xterm"
+	xtermEntry = "xterm.mjs"
 )
 
 // ErrNotBuilt is wrapped by NoVNCBuilt when noVNC's files are missing or are
@@ -60,6 +73,33 @@ func NoVNCVersion() string { return pinned }
 
 var pinned, _ = pinnedVersion(embedded)
 
+// XtermBuilt returns nil if xterm.js and its fit addon are embedded and
+// were copied from the versions package.json pins; otherwise an error
+// wrapping ErrNotBuilt that says what is wrong.
+func XtermBuilt() error { return xtermBuilt(embedded) }
+
+func xtermBuilt(root fs.FS) error {
+	if _, err := fs.Stat(root, xtermDir+"/"+xtermEntry); err != nil {
+		return fmt.Errorf("%w (%s/%s is missing)", ErrNotBuilt, xtermName, xtermEntry)
+	}
+	term, err := pinnedVersionOf(root, XtermPackage)
+	if err != nil {
+		return err
+	}
+	fit, err := pinnedVersionOf(root, XtermFitPackage)
+	if err != nil {
+		return err
+	}
+	b, err := fs.ReadFile(root, xtermStamp)
+	if err != nil {
+		return fmt.Errorf("%w (%s is missing)", ErrNotBuilt, xtermStamp)
+	}
+	if got, want := strings.TrimSpace(string(b)), term+" "+fit; got != want {
+		return fmt.Errorf("%w (xterm.js and its fit addon %s are built, package.json pins %s)", ErrNotBuilt, got, want)
+	}
+	return nil
+}
+
 func noVNCBuilt(root fs.FS) error {
 	if _, err := fs.Stat(root, novncDir+"/"+rfbModule); err != nil {
 		return fmt.Errorf("%w (%s/%s is missing)", ErrNotBuilt, novncName, rfbModule)
@@ -83,7 +123,9 @@ func noVNCBuilt(root fs.FS) error {
 	return nil
 }
 
-func pinnedVersion(root fs.FS) (string, error) {
+func pinnedVersion(root fs.FS) (string, error) { return pinnedVersionOf(root, NoVNCPackage) }
+
+func pinnedVersionOf(root fs.FS, name string) (string, error) {
 	b, err := fs.ReadFile(root, "package.json")
 	if err != nil {
 		return "", fmt.Errorf("web: package.json: %w", err)
@@ -94,18 +136,19 @@ func pinnedVersion(root fs.FS) (string, error) {
 	if err := json.Unmarshal(b, &pkg); err != nil {
 		return "", fmt.Errorf("web: package.json: %w", err)
 	}
-	v := pkg.Dependencies[NoVNCPackage]
+	v := pkg.Dependencies[name]
 	if v == "" {
-		return "", fmt.Errorf("web: package.json does not depend on %s", NoVNCPackage)
+		return "", fmt.Errorf("web: package.json does not depend on %s", name)
 	}
 	return v, nil
 }
 
-// assetFS merges static/ (at the root) and dist/novnc (as novnc/).
+// assetFS merges static/ (at the root) with the vendored directories:
+// dist/novnc as novnc/, dist/xterm as xterm/.
 type assetFS struct {
 	root   fs.FS // the embedded tree, for the merged root directory
 	static fs.FS
-	novnc  fs.FS
+	vendor map[string]string // name at the root → directory in root
 }
 
 func newAssetFS(root fs.FS) *assetFS {
@@ -113,37 +156,37 @@ func newAssetFS(root fs.FS) *assetFS {
 	if err != nil {
 		panic(err) // only for an invalid constant path
 	}
-	novnc, err := fs.Sub(root, novncDir)
-	if err != nil {
-		panic(err)
-	}
-	return &assetFS{root: root, static: static, novnc: novnc}
+	return &assetFS{root: root, static: static, vendor: map[string]string{novncName: novncDir, xtermName: xtermDir}}
 }
 
 func (a *assetFS) Open(name string) (fs.File, error) {
 	if !fs.ValidPath(name) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
 	}
-	switch {
-	case name == ".":
+	if name == "." {
 		return a.openRoot()
-	case name == novncName:
-		return a.novnc.Open(".")
-	case strings.HasPrefix(name, novncName+"/"):
-		return a.novnc.Open(strings.TrimPrefix(name, novncName+"/"))
+	}
+	first, rest, _ := strings.Cut(name, "/")
+	if dir, ok := a.vendor[first]; ok {
+		if rest == "" {
+			return a.root.Open(dir)
+		}
+		return a.root.Open(dir + "/" + rest)
 	}
 	return a.static.Open(name)
 }
 
-// openRoot lists static/'s entries plus novnc/ when it is built.
+// openRoot lists static/'s entries plus the vendored directories built.
 func (a *assetFS) openRoot() (fs.File, error) {
 	entries, err := fs.ReadDir(a.static, ".")
 	if err != nil {
 		return nil, err
 	}
-	entries = slices.DeleteFunc(entries, func(e fs.DirEntry) bool { return e.Name() == novncName })
-	if info, err := fs.Stat(a.root, novncDir); err == nil && info.IsDir() {
-		entries = append(entries, fs.FileInfoToDirEntry(info))
+	entries = slices.DeleteFunc(entries, func(e fs.DirEntry) bool { _, ok := a.vendor[e.Name()]; return ok })
+	for _, dir := range a.vendor {
+		if info, err := fs.Stat(a.root, dir); err == nil && info.IsDir() {
+			entries = append(entries, fs.FileInfoToDirEntry(info))
+		}
 	}
 	slices.SortFunc(entries, func(x, y fs.DirEntry) int { return strings.Compare(x.Name(), y.Name()) })
 	return &rootDir{entries: entries}, nil

@@ -158,7 +158,13 @@ func TestEmbeddedPage(t *testing.T) {
 // The page must run under a strict Content-Security-Policy (no inline
 // script or style, no eval) and load nothing from other hosts.
 func TestPageIsCSPClean(t *testing.T) {
-	html := mustRead(t, Assets(), "viewer.html")
+	for _, page := range []string{"viewer", "terminal"} {
+		t.Run(page, func(t *testing.T) { pageIsCSPClean(t, page) })
+	}
+}
+
+func pageIsCSPClean(t *testing.T, page string) {
+	html := mustRead(t, Assets(), page+".html")
 	for _, re := range []string{
 		`<script(?:\s[^>]*)?>\s*[^<\s]`, // inline script
 		`<script(?:\s[^>]*)?\ssrc="(?:https?:)?//`,
@@ -169,10 +175,10 @@ func TestPageIsCSPClean(t *testing.T) {
 		`(?:href|src)="/`, // absolute paths break under a proxy prefix
 	} {
 		if loc := regexp.MustCompile(`(?i)` + re).FindStringIndex(html); loc != nil {
-			t.Errorf("viewer.html matches %s: %q", re, html[loc[0]:min(loc[1]+40, len(html))])
+			t.Errorf("%s.html matches %s: %q", page, re, html[loc[0]:min(loc[1]+40, len(html))])
 		}
 	}
-	for _, name := range []string{"viewer.js", "policy.js"} {
+	for _, name := range []string{page + ".js", "policy.js"} {
 		src := mustRead(t, Assets(), name)
 		for _, re := range []string{`\beval\(`, `new Function\(`, `\.innerHTML\b`, `setAttribute\(\s*['"]style`, `https?://`} {
 			if regexp.MustCompile(re).MatchString(src) {
@@ -186,11 +192,24 @@ func TestPageIsCSPClean(t *testing.T) {
 // ask for: the page's assets/ URLs and, once noVNC is built, every module
 // reachable from viewer.js.
 func TestPageReferencesResolve(t *testing.T) {
+	t.Run("viewer", func(t *testing.T) {
+		pageReferencesResolve(t, "viewer", NoVNCBuilt(),
+			[]string{"policy.js", "novnc/core/rfb.js", "novnc/core/inflator.js", "novnc/vendor/pako/lib/zlib/inflate.js"},
+			[]string{"novnc/LICENSE.txt", "novnc/LICENSE.MPL-2.0", "novnc/vendor/pako/LICENSE"})
+	})
+	t.Run("terminal", func(t *testing.T) {
+		pageReferencesResolve(t, "terminal", XtermBuilt(),
+			[]string{"policy.js", "xterm/xterm.mjs", "xterm/addon-fit.mjs"},
+			[]string{"xterm/LICENSE.xterm", "xterm/LICENSE.addon-fit"})
+	})
+}
+
+func pageReferencesResolve(t *testing.T, page string, built error, reached, licences []string) {
 	a := Assets()
-	html := mustRead(t, a, "viewer.html")
+	html := mustRead(t, a, page+".html")
 	refs := regexp.MustCompile(`(?:href|src)="([^"]+)"`).FindAllStringSubmatch(html, -1)
 	if len(refs) == 0 {
-		t.Fatal("viewer.html refers to no assets")
+		t.Fatalf("%s.html refers to no assets", page)
 	}
 	for _, m := range refs {
 		if strings.HasPrefix(m[1], "data:") {
@@ -198,19 +217,19 @@ func TestPageReferencesResolve(t *testing.T) {
 		}
 		name, ok := strings.CutPrefix(m[1], "assets/")
 		if !ok {
-			t.Errorf("viewer.html refers to %q, not to assets/…", m[1])
+			t.Errorf("%s.html refers to %q, not to assets/…", page, m[1])
 			continue
 		}
-		if _, err := fs.Stat(a, name); err != nil {
-			t.Errorf("viewer.html: %v", err)
+		if _, err := fs.Stat(a, name); err != nil && built == nil {
+			t.Errorf("%s.html: %v", page, err)
 		}
 	}
 
-	if err := NoVNCBuilt(); err != nil {
-		t.Skipf("noVNC not built, module graph not checked: %v", err)
+	if built != nil {
+		t.Skipf("vendored files not built, module graph not checked: %v", built)
 	}
 	seen := map[string]bool{}
-	queue := []string{"viewer.js"}
+	queue := []string{page + ".js"}
 	for len(queue) > 0 {
 		name := queue[0]
 		queue = queue[1:]
@@ -231,12 +250,12 @@ func TestPageReferencesResolve(t *testing.T) {
 			queue = append(queue, dep)
 		}
 	}
-	for _, want := range []string{"policy.js", "novnc/core/rfb.js", "novnc/core/inflator.js", "novnc/vendor/pako/lib/zlib/inflate.js"} {
+	for _, want := range reached {
 		if !seen[want] {
-			t.Errorf("%s is not reached from viewer.js", want)
+			t.Errorf("%s is not reached from %s.js", want, page)
 		}
 	}
-	for _, lic := range []string{"novnc/LICENSE.txt", "novnc/LICENSE.MPL-2.0", "novnc/vendor/pako/LICENSE"} {
+	for _, lic := range licences {
 		if _, err := fs.Stat(a, lic); err != nil {
 			t.Errorf("licence not shipped: %v", err)
 		}
@@ -287,4 +306,24 @@ func mustRead(t *testing.T, fsys fs.FS, name string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestXtermBuilt(t *testing.T) {
+	pkg := `{"dependencies": {"@novnc/novnc": "1.7.0", "@xterm/xterm": "6.0.0", "@xterm/addon-fit": "0.11.0"}}`
+	for _, tc := range []struct {
+		name  string
+		files fstest.MapFS
+		ok    bool
+	}{
+		{"missing", fstest.MapFS{}, false},
+		{"no stamp", fstest.MapFS{"dist/xterm/xterm.mjs": {}}, false},
+		{"stale", fstest.MapFS{"dist/xterm/xterm.mjs": {}, "dist/xterm.version": {Data: []byte("5.5.0 0.10.0\n")}}, false},
+		{"built", fstest.MapFS{"dist/xterm/xterm.mjs": {}, "dist/xterm.version": {Data: []byte("6.0.0 0.11.0\n")}}, true},
+	} {
+		tc.files["package.json"] = &fstest.MapFile{Data: []byte(pkg)}
+		err := xtermBuilt(tc.files)
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrNotBuilt)) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
 }

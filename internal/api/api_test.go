@@ -32,9 +32,11 @@ import (
 	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
 	"github.com/hearth-project/hearth/internal/store/sqlite"
+	"github.com/hearth-project/hearth/internal/terminal"
 	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
 	"github.com/hearth-project/hearth/internal/vm/vmfake"
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 type fixture struct {
@@ -164,6 +166,13 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 		return vnc.addr(), nil
 	}, log)
 	t.Cleanup(func() { _ = viewers.Shutdown(context.Background()) })
+	tsigner, err := viewer.NewSigner(terminal.LinkKey([]byte("0123456789abcdef0123456789abcdef")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	terminals := terminal.NewService(terminal.Config{}, viewer.NewService(viewer.Config{PingInterval: time.Second}, tsigner, st, nil, log),
+		func(ctx context.Context, id string) (*workapi.Client, error) { return mgr.Work(ctx, id) }, log)
+	t.Cleanup(func() { _ = terminals.Shutdown(context.Background()) })
 	cfg := vm.Config{
 		VMsDir: dir + "/vms", Roles: map[string][]int{"minimal": {}, "browser": {5900}, "workspace": {}},
 		DefaultVCPUs: 1, MaxVCPUs: 4, DefaultMemoryMiB: 128, MinMemoryMiB: 64, MaxMemoryMiB: 2048,
@@ -187,6 +196,7 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	mgr = vm.New(cfg, vm.Deps{Store: mgrStore, Driver: driver, Agents: dialer, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, time.Hour)
+			terminals.OnTransition(v, time.Hour)
 			if logins != nil {
 				logins.OnVMReady(v)
 			}
@@ -228,7 +238,8 @@ func newFixture(t *testing.T, opts ...func(*fixtureOptions)) *fixture {
 	clock := &testClock{}
 	a := &api.Server{Images: images, Builds: builds, VMs: mgr, Store: st, Verifier: &auth.Verifier{Keys: st, Now: clock.Now}, Log: log, Version: "test",
 		Ready: func() bool { return true }, Viewers: viewers, Logins: logins, Providers: reg, ViewerOptions: api.ViewerOptions{
-			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}, MaxStreams: o.maxStreams}
+			DefaultTTL: 15 * time.Minute, MaxTTL: time.Hour, VNCPort: 5900, Assets: testAssets}, MaxStreams: o.maxStreams,
+		Terminals: terminals, TerminalOptions: api.TerminalOptions{TTL: time.Hour, Assets: testAssets}}
 	t.Cleanup(func() { _ = a.Verifier.Close(context.Background()) }) // before the store closes
 	var srv *httptest.Server
 	var conns *httplimit.Limiter

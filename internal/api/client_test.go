@@ -235,6 +235,45 @@ func TestGeneratedClientRoundTripsEveryOperation(t *testing.T) {
 		t.Fatal(err)
 	}
 	must("viewer asset", asset.StatusCode(), 200, asset.Body)
+	// Terminals: a terminal starts its shell in the (fake) guest; an
+	// attach that is no WebSocket upgrade is refused before it reaches
+	// the guest; the terminal routes that need no guest answer.
+	term, err := alice.CreateTerminalWithResponse(ctx, bid, v1.CreateTerminal{Cols: 100, Rows: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("create terminal", term.StatusCode(), http.StatusCreated, term.Body)
+	att, err := alice.AttachProcessWithResponse(ctx, bid, term.JSON201.ProcessID, &v1.AttachProcessParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("attach", att.StatusCode(), http.StatusUpgradeRequired, att.Body)
+	ttk, err := anon.TerminalTicketWithResponse(ctx, bid, func(_ context.Context, r *http.Request) error {
+		r.Header.Set("Authorization", "Bearer "+page) // a viewer link is no terminal link
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("terminal ticket", ttk.StatusCode(), http.StatusUnauthorized, ttk.Body)
+	tsock, err := anon.TerminalSocketWithResponse(ctx, bid, &v1.TerminalSocketParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("terminal socket without upgrade", tsock.StatusCode(), http.StatusUpgradeRequired, tsock.Body)
+	tpg, err := anon.TerminalPageWithResponse(ctx, bid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("terminal page", tpg.StatusCode(), 200, tpg.Body)
+	if csp := tpg.HTTPResponse.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self';") {
+		t.Fatalf("terminal page CSP %q", csp)
+	}
+	tasset, err := anon.TerminalAssetWithResponse(ctx, "xterm/xterm.mjs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	must("terminal asset", tasset.StatusCode(), 200, tasset.Body)
 	rv, err := alice.RevokeViewersWithResponse(ctx, bid)
 	if err != nil {
 		t.Fatal(err)

@@ -56,7 +56,10 @@ func mustLoadSpec() *openapi3.T {
 
 // restParams are the path parameters that take the rest of the path,
 // slashes included: OpenAPI cannot say so.
-var restParams = map[string]string{"/viewer/assets/{path}": "/viewer/assets/{path...}"}
+var restParams = map[string]string{
+	"/viewer/assets/{path}":   "/viewer/assets/{path...}",
+	"/terminal/assets/{path}": "/terminal/assets/{path...}",
+}
 
 // findOperation returns the document's operation for a generated pattern
 // ("GET /v1/vms/{id}").

@@ -22,6 +22,7 @@ import (
 	"github.com/hearth-project/hearth/internal/login"
 	"github.com/hearth-project/hearth/internal/provider"
 	"github.com/hearth-project/hearth/internal/store"
+	"github.com/hearth-project/hearth/internal/terminal"
 	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
 )
@@ -39,6 +40,10 @@ type Server struct {
 	// disables the viewer routes (503).
 	Viewers       *viewer.Service
 	ViewerOptions ViewerOptions
+	// Terminals runs terminal sessions and process attaches; nil
+	// disables those routes (503).
+	Terminals       *terminal.Service
+	TerminalOptions TerminalOptions
 	// Logins runs provider logins; nil disables the login routes (503).
 	Logins *login.Service
 	// Providers are the AI CLIs prompts can run; nil disables the prompt

@@ -127,7 +127,12 @@ func viewerLink(base *url.URL, vmID string, g viewer.Grant) v1.Viewer {
 
 // socketURL is the WebSocket URL of vmID's viewer socket with token.
 func socketURL(base *url.URL, vmID, token string) string {
-	u := base.JoinPath("v1", "vms", vmID, "viewer", "socket")
+	return wsURL(base, token, "v1", "vms", vmID, "viewer", "socket")
+}
+
+// wsURL is the WebSocket URL at base's path joined with elem, with token.
+func wsURL(base *url.URL, token string, elem ...string) string {
+	u := base.JoinPath(elem...)
 	u.Scheme = map[string]string{"https": "wss"}[base.Scheme]
 	if u.Scheme == "" {
 		u.Scheme = "ws"
@@ -204,9 +209,14 @@ func validHost(h string) bool {
 	return err == nil && u.Host == h
 }
 
-// viewerPageCSP is the page's content security policy: its own scripts
-// and styles only, WebSocket to hearth, no plugins or forms.
-func (s *Server) viewerPageCSP(base *url.URL) string {
+// pageCSP is a page's content security policy: its own scripts and
+// styles only (and with inlineStyles, style elements its scripts add),
+// WebSocket to hearth, no plugins or forms.
+func (s *Server) pageCSP(base *url.URL, inlineStyles bool) string {
+	style := "style-src 'self'; "
+	if inlineStyles {
+		style = "style-src 'self' 'unsafe-inline'; "
+	}
 	ws := "ws://" + base.Host
 	if base.Scheme == "https" {
 		ws = "wss://" + base.Host
@@ -215,7 +225,7 @@ func (s *Server) viewerPageCSP(base *url.URL) string {
 	if len(s.ViewerOptions.FrameAncestors) > 0 {
 		ancestors = strings.Join(s.ViewerOptions.FrameAncestors, " ")
 	}
-	return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; " +
+	return "default-src 'none'; script-src 'self'; " + style + "img-src 'self' data: blob:; " +
 		"connect-src 'self' " + ws + "; frame-ancestors " + ancestors + "; base-uri 'none'; form-action 'none'"
 }
 
@@ -227,30 +237,52 @@ func viewerHeaders(w http.ResponseWriter) {
 	h.Set("Cross-Origin-Opener-Policy", "same-origin")
 }
 
-func (s *Server) assetsErr() error {
-	if s.ViewerOptions.Assets == nil {
-		return errdefs.Unavailablef("the viewer page is not available on this server")
+// pageAssets are a browser page's files: what, for errors ("viewer"),
+// its HTML file, and why they cannot be served (nil if they can).
+type pageAssets struct {
+	what, page string
+	files      fs.FS
+	err        error
+	// inlineStyles lets the page's scripts add <style> elements
+	// (xterm.js sizes and colours its screen so); scripts stay the page's
+	// own.
+	inlineStyles bool
+}
+
+func (a pageAssets) check() error {
+	if a.files == nil {
+		return errdefs.Unavailablef("the %s page is not available on this server", a.what)
 	}
-	if s.ViewerOptions.AssetsErr != nil {
-		return errdefs.Unavailablef("the viewer page is not available: %v", s.ViewerOptions.AssetsErr)
+	if a.err != nil {
+		return errdefs.Unavailablef("the %s page is not available: %v", a.what, a.err)
 	}
 	return nil
+}
+
+func (s *Server) viewerAssets() pageAssets {
+	return pageAssets{what: "viewer", page: "viewer.html", files: s.ViewerOptions.Assets, err: s.ViewerOptions.AssetsErr}
 }
 
 // ViewerPage serves the noVNC page. It needs no credentials: the page
 // token is in the URL fragment, which browsers never send.
 func (s *Server) ViewerPage(w http.ResponseWriter, r *http.Request, _ string) {
-	if err := s.assetsErr(); err != nil {
+	s.servePage(w, r, s.viewerAssets())
+}
+
+// servePage serves a page whose token is in the URL fragment, under the
+// strict CSP.
+func (s *Server) servePage(w http.ResponseWriter, r *http.Request, a pageAssets) {
+	if err := a.check(); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	page, err := fs.ReadFile(s.ViewerOptions.Assets, "viewer.html")
+	page, err := fs.ReadFile(a.files, a.page)
 	if err != nil {
 		s.internalError(w, r, err)
 		return
 	}
 	viewerHeaders(w)
-	w.Header().Set("Content-Security-Policy", s.viewerPageCSP(s.viewerBase(r)))
+	w.Header().Set("Content-Security-Policy", s.pageCSP(s.viewerBase(r), a.inlineStyles))
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_, _ = w.Write(page)
@@ -258,17 +290,22 @@ func (s *Server) ViewerPage(w http.ResponseWriter, r *http.Request, _ string) {
 
 // ViewerAsset serves the page's scripts, styles and noVNC.
 func (s *Server) ViewerAsset(w http.ResponseWriter, r *http.Request, name string) {
-	if err := s.assetsErr(); err != nil {
+	s.serveAsset(w, r, s.viewerAssets(), name)
+}
+
+// serveAsset serves one of a page's files.
+func (s *Server) serveAsset(w http.ResponseWriter, r *http.Request, a pageAssets, name string) {
+	if err := a.check(); err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	if !fs.ValidPath(name) || name == "." || strings.HasSuffix(name, "/") {
-		writeError(w, http.StatusNotFound, "not_found", "no viewer asset "+name)
+		writeError(w, http.StatusNotFound, "not_found", "no "+a.what+" asset "+name)
 		return
 	}
-	data, err := fs.ReadFile(s.ViewerOptions.Assets, name)
+	data, err := fs.ReadFile(a.files, name)
 	if err != nil {
-		writeError(w, http.StatusNotFound, "not_found", "no viewer asset "+name)
+		writeError(w, http.StatusNotFound, "not_found", "no "+a.what+" asset "+name)
 		return
 	}
 	ctype := mime.TypeByExtension(path.Ext(name))
@@ -302,7 +339,7 @@ func (s *Server) ViewerTicket(w http.ResponseWriter, r *http.Request, id string)
 	}
 	sock, claims, err := s.Viewers.Ticket(r.Context(), tok, id, s.clientAddr(r))
 	if err != nil {
-		s.ticketRefused(w, r, id, err)
+		s.ticketRefused(w, r, id, "viewer", err)
 		return
 	}
 	v, err := s.VMs.Get(r.Context(), id)
@@ -329,7 +366,7 @@ func (s *Server) ViewerTicket(w http.ResponseWriter, r *http.Request, id string)
 // rate limit, 409 for a link or VM with all the viewers it may have, 401
 // for a token that buys nothing (saying whether the link expired or was
 // revoked).
-func (s *Server) ticketRefused(w http.ResponseWriter, r *http.Request, id string, err error) {
+func (s *Server) ticketRefused(w http.ResponseWriter, r *http.Request, id, what string, err error) {
 	var (
 		rl *viewer.RateLimitError
 		le *viewer.LimitError
@@ -338,19 +375,19 @@ func (s *Server) ticketRefused(w http.ResponseWriter, r *http.Request, id string
 	case errors.As(err, &rl):
 		secs := setRetryAfter(w, rl.RetryAfter)
 		writeError(w, http.StatusTooManyRequests, "rate_limited",
-			fmt.Sprintf("too many viewer tickets for this %s: retry in %d s", rl.What, secs))
+			fmt.Sprintf("too many %s tickets for this %s: retry in %d s", what, rl.What, secs))
 	case errors.As(err, &le):
 		writeError(w, http.StatusConflict, "viewer_limit", le.Error()+": close one, then reconnect")
 	case errors.Is(err, viewer.ErrRevoked):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
-		writeError(w, http.StatusUnauthorized, "link_revoked", "the vm's viewer links were revoked: ask for a new one")
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-`+what+`", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "link_revoked", "the vm's "+what+" links were revoked: ask for a new one")
 	case errors.Is(err, viewer.ErrExpired):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
-		writeError(w, http.StatusUnauthorized, "token_expired", "this viewer link has expired: ask for a new one")
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-`+what+`", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "token_expired", "this "+what+" link has expired: ask for a new one")
 	case errors.Is(err, viewer.ErrMalformed), errors.Is(err, viewer.ErrForged),
 		errors.Is(err, viewer.ErrWrongVM), errors.Is(err, viewer.ErrWrongKind):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-viewer", error="invalid_token"`)
-		writeError(w, http.StatusUnauthorized, "invalid_token", "this viewer link is not valid for vm "+id)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hearth-`+what+`", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "invalid_token", "this "+what+" link is not valid for vm "+id)
 	default:
 		s.fail(w, r, err)
 	}

@@ -38,6 +38,9 @@ var testAssets = fstest.MapFS{
 	"viewer.css":             {Data: []byte("body{}")},
 	"novnc/LICENSE.txt":      {Data: []byte("MPL")},
 	"novnc/core/util/int.js": {Data: []byte("export {};")},
+	"terminal.html":          {Data: []byte("<!doctype html><title>hearth terminal</title>")},
+	"terminal.js":            {Data: []byte("export {};")},
+	"xterm/xterm.mjs":        {Data: []byte("export class Terminal {}")},
 }
 
 // fakeVNC is a loopback server that greets like an RFB server, echoes what

@@ -142,6 +142,10 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	terminals, err := newTerminals(cfg, st, &mgr, log)
+	if err != nil {
+		return err
+	}
 	vlt, err := openVault(cfg, st, true, log)
 	if err != nil {
 		return fmt.Errorf("vault: %w", err)
@@ -151,6 +155,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	mgr = vm.New(vmConfig(cfg), vm.Deps{Store: st, Driver: drv, Agents: vm.AgentAPIDialer{}, Network: netw, Log: log,
 		OnTransition: func(v store.VM) {
 			viewers.OnTransition(v, forget)
+			terminals.OnTransition(v, max(forget, cfg.Terminal.TokenTTL.Duration))
 			logins.OnVMReady(v) // installs the user's credentials into a workspace that became ready
 		}})
 	if logins, err = newLogins(cfg, st, mgr, vlt, viewers, log); err != nil {
@@ -164,6 +169,10 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	vopts := viewerOptions(cfg)
 	if vopts.AssetsErr != nil {
 		log.Warn("viewer page unavailable", "err", vopts.AssetsErr)
+	}
+	topts := terminalOptions(cfg)
+	if topts.AssetsErr != nil {
+		log.Warn("terminal page unavailable", "err", topts.AssetsErr)
 	}
 
 	if n, err := raiseOpenFiles(openFilesWanted(cfg.API)); err != nil || n < openFilesWanted(cfg.API) {
@@ -182,6 +191,7 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	verifier := &auth.Verifier{Keys: st, Now: time.Now, Log: log.With("component", "auth")}
 	srv, conns := newHTTPServer(cfg.API, (&api.Server{VMs: mgr, Store: st, Verifier: verifier,
 		Log: log, Version: Version, Ready: ready.Load, Viewers: viewers, ViewerOptions: vopts, Logins: logins,
+		Terminals: terminals, TerminalOptions: topts,
 		Images: images, Builds: builds, Providers: logins.Providers(), WorkspaceUser: cfg.Login.WorkspaceUser,
 		WriteTimeout: cfg.API.WriteTimeout.Duration, ReadTimeout: cfg.API.ReadTimeout.Duration, MaxStreams: cfg.Events.MaxStreamsPerUser}).Handler(), log)
 	srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
@@ -230,6 +240,9 @@ func Serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	// tracks: close them with "server shutting down" (1001).
 	if err := viewers.Shutdown(sctx); err != nil {
 		log.Warn("viewers", "err", err)
+	}
+	if err := terminals.Shutdown(sctx); err != nil {
+		log.Warn("terminals", "err", err)
 	}
 	if err := mgr.Shutdown(sctx); err != nil {
 		return err

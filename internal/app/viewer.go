@@ -13,8 +13,10 @@ import (
 
 	"github.com/hearth-project/hearth/internal/api"
 	"github.com/hearth-project/hearth/internal/config"
+	"github.com/hearth-project/hearth/internal/terminal"
 	"github.com/hearth-project/hearth/internal/viewer"
 	"github.com/hearth-project/hearth/internal/vm"
+	"github.com/hearth-project/hearth/internal/workapi"
 	"github.com/hearth-project/hearth/web"
 )
 
@@ -106,7 +108,52 @@ func newViewers(cfg config.Config, epochs viewer.Epochs, mgr **vm.Manager, log *
 		return nil, err
 	}
 	port := cfg.Viewer.VNCPort
-	return viewer.NewService(viewer.Config{
+	return viewer.NewService(linkConfig(cfg), signer, epochs, func(ctx context.Context, id string) (string, error) {
+		return (*mgr).GuestAddr(ctx, id, port)
+	}, log.With("component", "viewer")), nil
+}
+
+// newTerminals builds the terminal service: its links are signed with a
+// key derived from the viewer key, follow the viewer's rules and share
+// the VMs' viewer epochs (revoking a VM's viewer links revokes its
+// terminal links too); mgr is read when a terminal connects.
+func newTerminals(cfg config.Config, epochs viewer.Epochs, mgr **vm.Manager, log *slog.Logger) (*terminal.Service, error) {
+	key, err := loadViewerKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := viewer.NewSigner(terminal.LinkKey(key))
+	if err != nil {
+		return nil, err
+	}
+	lc := linkConfig(cfg)
+	lc.IdleTimeout = 0 // a shell may sit quiet for hours; its link bounds it
+	log = log.With("component", "terminal")
+	links := viewer.NewService(lc, signer, epochs, func(context.Context, string) (string, error) {
+		return "", errors.New("terminal links reach no vnc server")
+	}, log)
+	t := cfg.Terminal
+	return terminal.NewService(terminal.Config{
+		Linger:    t.Linger.Duration,
+		KillGrace: t.KillGrace.Duration,
+		Bridge: terminal.Options{
+			PingInterval: cfg.Viewer.PingInterval.Duration,
+			WriteTimeout: t.WriteTimeout.Duration,
+			ControlRate:  t.ControlRate,
+		},
+	}, links, func(ctx context.Context, id string) (*workapi.Client, error) {
+		return (*mgr).Work(ctx, id)
+	}, log), nil
+}
+
+// terminalOptions are the API's terminal settings from the configuration.
+func terminalOptions(cfg config.Config) api.TerminalOptions {
+	return api.TerminalOptions{TTL: cfg.Terminal.TokenTTL.Duration, Assets: web.Assets(), AssetsErr: web.XtermBuilt()}
+}
+
+// linkConfig is the viewer service's configuration for browser links.
+func linkConfig(cfg config.Config) viewer.Config {
+	return viewer.Config{
 		PingInterval:     cfg.Viewer.PingInterval.Duration,
 		IdleTimeout:      cfg.Viewer.IdleTimeout.Duration,
 		MaxLifetime:      cfg.Viewer.MaxLifetime.Duration,
@@ -115,9 +162,7 @@ func newViewers(cfg config.Config, epochs viewer.Epochs, mgr **vm.Manager, log *
 		MaxPerVM:         cfg.Viewer.MaxViewersPerVM,
 		TicketsPerLink:   cfg.Viewer.TicketRatePerLink,
 		TicketsPerClient: cfg.Viewer.TicketRatePerClient,
-	}, signer, epochs, func(ctx context.Context, id string) (string, error) {
-		return (*mgr).GuestAddr(ctx, id, port)
-	}, log.With("component", "viewer")), nil
+	}
 }
 
 // viewerOptions are the API's viewer settings from the configuration.

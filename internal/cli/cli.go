@@ -42,6 +42,8 @@ nothing but its address and an API key.
   hearth vm exec ID [--timeout 5m] -- COMMAND [ARGS...]
   hearth vm run ID [--user U] [--cwd DIR] [-e KEY=VALUE]... [--stdin] [--timeout D] -- COMMAND [ARGS...]
                                      (output streamed as it comes; exits with the command's status)
+  hearth vm shell ID [--user U] [--terminal] [-- COMMAND [ARGS...]]
+                                     (a terminal in the VM attached to this one; exits with its status)
   hearth vm ps ID | kill ID PROCESS [--signal TERM]
   hearth vm cp VM:/path LOCAL | cp LOCAL VM:/path [--user U]   (streamed, mode kept)
   hearth vm ls ID PATH [--user U]

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -26,6 +27,9 @@ const vmUsage = `usage: hearth vm create [--image minimal] [--role R] [--vcpus N
        hearth vm ls ID PATH [--user U]
        hearth vm viewer ID [--view-only] [--ttl 15m]
        hearth vm viewers ls ID | rm ID
+       hearth vm shell ID [--user U] [--terminal] [-- COMMAND [ARGS...]]
+                      (the VM's shell, or COMMAND, on a terminal attached to this one;
+                       --terminal: the VM's lingering terminal session, as the browser's)
 
 ` + clientNote
 
@@ -42,7 +46,8 @@ func cmdVM(ctx context.Context, args []string, out output) error {
 		role        = fs.String("role", "", "role (create; default: the image's)")
 		vcpus       = fs.Int("vcpus", 0, "vCPUs (create; default: the daemon's)")
 		memory      = fs.Int("memory", 0, "memory in MiB (create; default: the daemon's)")
-		user        = fs.String("user", "", "owner (create; admin keys); the guest user to act as (run, cp, ls; default hearth)")
+		user        = fs.String("user", "", "owner (create; admin keys); the guest user to act as (run, cp, ls, shell; default hearth)")
+		terminal    = fs.Bool("terminal", false, "attach to the VM's terminal session (shell)")
 		bootTimeout = fs.Duration("boot-timeout", 0, "boot deadline (create; default: the daemon's)")
 		wait        = fs.Bool("wait", false, "wait until ready (create) or destroyed (rm)")
 		state       = fs.String("state", "ready", "state to wait for (wait)")
@@ -209,6 +214,11 @@ func cmdVM(ctx context.Context, args []string, out output) error {
 		return nil
 	case "viewers":
 		return vmViewers(ctx, cl, pos, out.stdout)
+	case "shell":
+		if len(pos) < 1 {
+			return errors.New("usage: hearth vm shell ID [--user U] [--terminal] [-- COMMAND [ARGS...]]")
+		}
+		return vmShell(ctx, cl, pos[0], shellOptions{user: *user, terminal: *terminal, argv: pos[1:]}, os.Stdin, out)
 	case "rm":
 		id, err := needID()
 		if err != nil {

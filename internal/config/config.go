@@ -60,6 +60,7 @@ type Config struct {
 	Firecracker FirecrackerConfig `toml:"firecracker"`
 	Network     NetworkConfig     `toml:"network"`
 	Viewer      ViewerConfig      `toml:"viewer"`
+	Terminal    TerminalConfig    `toml:"terminal"`
 	Login       LoginConfig       `toml:"login"`
 	Vault       VaultConfig       `toml:"vault"`
 	Shutdown    ShutdownConfig    `toml:"shutdown"`
@@ -148,6 +149,45 @@ type ViewerConfig struct {
 	// for one link and for one client address (IPv6: its /64).
 	TicketRatePerLink   int `toml:"ticket_rate_per_link"`
 	TicketRatePerClient int `toml:"ticket_rate_per_client"`
+}
+
+// TerminalConfig configures terminal sessions (a VM's login shell in a
+// browser through hearth's WebSocket bridge) and process attaches. Their
+// links follow the viewer's rules (viewer.public_url, ping_interval,
+// socket_token_ttl, caps and ticket rates).
+type TerminalConfig struct {
+	// Linger is how long a session's shell keeps running after its last
+	// socket closed; then it is hung up (SIGHUP), and killed KillGrace
+	// later if it still runs.
+	Linger    Duration `toml:"linger"`
+	KillGrace Duration `toml:"kill_grace"`
+	// TokenTTL is a terminal link's lifetime: the page reconnects until
+	// then, and its socket closes then.
+	TokenTTL Duration `toml:"token_ttl"`
+	// ControlRate is the control messages (resize, signal, eof) a socket
+	// may send a second, in bursts of twice as many.
+	ControlRate int `toml:"control_rate"`
+	// WriteTimeout drops a client that does not take one message of
+	// output within it.
+	WriteTimeout Duration `toml:"write_timeout"`
+}
+
+func (t TerminalConfig) validate(bad func(field, format string, args ...any)) {
+	if t.Linger.Duration < time.Second {
+		bad("terminal.linger", "must be at least 1s, got %s", t.Linger.Duration)
+	}
+	if t.KillGrace.Duration < time.Second || t.KillGrace.Duration > 10*time.Minute {
+		bad("terminal.kill_grace", "must be 1s-10m, got %s", t.KillGrace.Duration)
+	}
+	if t.TokenTTL.Duration < time.Minute {
+		bad("terminal.token_ttl", "must be at least 1m, got %s", t.TokenTTL.Duration)
+	}
+	if t.ControlRate < 1 || t.ControlRate > 1000 {
+		bad("terminal.control_rate", "must be 1-1000 a second, got %d", t.ControlRate)
+	}
+	if t.WriteTimeout.Duration < time.Second {
+		bad("terminal.write_timeout", "must be at least 1s, got %s", t.WriteTimeout.Duration)
+	}
 }
 
 // NetworkConfig configures VM networking on the host.
@@ -350,6 +390,13 @@ func Default() Config {
 			MaxViewersPerVM:     8,
 			TicketRatePerLink:   20,
 			TicketRatePerClient: 60,
+		},
+		Terminal: TerminalConfig{
+			Linger:       Duration{15 * time.Minute},
+			KillGrace:    Duration{10 * time.Second},
+			TokenTTL:     Duration{8 * time.Hour},
+			ControlRate:  20,
+			WriteTimeout: Duration{30 * time.Second},
 		},
 	}
 }
@@ -605,6 +652,7 @@ func (c Config) Validate() error {
 	c.Console.validate(bad)
 	c.Network.validate(bad)
 	c.Viewer.validate(bad)
+	c.Terminal.validate(bad)
 	c.Login.validate(bad, c.VM)
 	c.Events.validate(bad)
 	if c.Vault.KeyFile == "" {

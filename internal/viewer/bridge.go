@@ -114,13 +114,19 @@ func (c *Closer) Close(r CloseReason) {
 	})
 }
 
-// doneChan returns the channel closed by Close; nil (never ready) for a nil
+// Done returns the channel closed by Close; nil (never ready) for a nil
 // Closer.
-func (c *Closer) doneChan() <-chan struct{} {
+func (c *Closer) Done() <-chan struct{} {
 	if c == nil {
 		return nil
 	}
 	return c.done
+}
+
+// Reason is the reason Close was given; valid once Done is closed.
+func (c *Closer) Reason() CloseReason {
+	<-c.done
+	return c.reason
 }
 
 // end is why one side of the bridge stopped.
@@ -193,7 +199,7 @@ func (b *bridge) wait(ctx context.Context) end {
 		select {
 		case e := <-b.ends:
 			return e
-		case <-b.opts.Closer.doneChan():
+		case <-b.opts.Closer.Done():
 			return end{reason: b.opts.Closer.reason}
 		case <-ctx.Done():
 			return end{reason: ReasonShutdown}
@@ -291,26 +297,41 @@ func (b *bridge) vncToBrowser(ctx context.Context) end {
 
 // keepalive pings the browser every PingInterval until a pong is late.
 func (b *bridge) keepalive(ctx context.Context) end {
-	t := time.NewTicker(b.opts.PingInterval)
+	if err := Keepalive(ctx, b.ws, b.opts.PingInterval, b.opts.PingTimeout); err != nil {
+		return end{reason: ReasonPingTimeout, err: err}
+	}
+	return end{reason: ReasonShutdown}
+}
+
+// ErrPongLate is a keepalive ping that got no pong in time.
+var ErrPongLate = errors.New("websocket peer did not answer a ping in time")
+
+// Keepalive pings ws every interval until ctx is done or the connection
+// is gone, and returns nil then (whoever reads ws reports why it ended);
+// a pong that does not arrive within timeout ends it with an error
+// wrapping ErrPongLate. Browsers answer pings by themselves, so an idle
+// socket stays open through proxies that close silent ones.
+func Keepalive(ctx context.Context, ws *websocket.Conn, interval, timeout time.Duration) error {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return end{reason: ReasonShutdown}
+			return nil
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, b.opts.PingTimeout)
-		err := b.ws.Ping(pctx)
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err := ws.Ping(pctx)
 		late := errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
 		cancel()
 		if late {
-			return end{reason: ReasonPingTimeout, err: fmt.Errorf("ping viewer: %w", err)}
+			return fmt.Errorf("ping: %w: %w", ErrPongLate, err)
 		}
 		if err != nil {
-			// The connection is gone (the browser closed it, or the
+			// The connection is gone (the peer closed it, or the
 			// bridge is ending): the reader reports why.
 			<-ctx.Done()
-			return end{reason: ReasonShutdown}
+			return nil
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -298,8 +299,16 @@ func (s *Service) roomLocked(c Claims) error {
 			return &LimitError{Link: true, Max: s.cfg.MaxPerLink}
 		}
 	}
-	if s.cfg.MaxPerVM > 0 && len(m) >= s.cfg.MaxPerVM {
-		return &LimitError{Max: s.cfg.MaxPerVM}
+	if s.cfg.MaxPerVM > 0 {
+		n := 0
+		for _, v := range m {
+			if v.link != "" { // sockets that joined without a link do not count
+				n++
+			}
+		}
+		if n >= s.cfg.MaxPerVM {
+			return &LimitError{Max: s.cfg.MaxPerVM}
+		}
 	}
 	return nil
 }
@@ -348,58 +357,136 @@ func (s *Service) ServeSocket(w http.ResponseWriter, r *http.Request, vmID, toke
 		s.log.Info("viewer upgrade refused", "vm", vmID, "remote", r.RemoteAddr, "err", err)
 		return // Accept has answered
 	}
-	s.mu.Lock()
-	if s.ctx.Err() != nil {
-		s.mu.Unlock()
-		_ = ws.Close(ReasonShutdown.Code, ReasonShutdown.Text)
-		return
+	a, err := s.Admit(r.Context(), token, vmID, r.RemoteAddr)
+	var conn net.Conn
+	if err == nil {
+		conn, err = s.dial(r.Context(), vmID)
+		if err != nil {
+			a.Done()
+		}
 	}
-	s.wg.Add(1) // under mu, so never concurrent with Shutdown's Wait
-	s.mu.Unlock()
-	defer s.wg.Done()
-
-	v := &openViewer{closer: NewCloser(), info: Info{
-		ID: newViewerID(), VMID: vmID, Remote: r.RemoteAddr, OpenedAt: s.now().UTC(),
-	}}
-	claims, conn, err := s.connect(r.Context(), v, token)
 	if err != nil {
-		reason := s.refusal(err)
-		s.log.Info("viewer refused", "vm", vmID, "viewer", v.info.ID, "remote", r.RemoteAddr, "reason", reason.Text, "err", err)
+		reason := s.Refusal(err)
+		attrs := []any{"vm", vmID, "remote", r.RemoteAddr, "reason", reason.Text, "err", err}
+		if a != nil {
+			attrs = append(attrs, "viewer", a.ID)
+		}
+		s.log.Info("viewer refused", attrs...)
 		_ = ws.Close(reason.Code, reason.Text)
 		return
 	}
-	defer s.unregister(v)
+	defer a.Done()
 
-	s.log.Info("viewer opened", "vm", vmID, "viewer", v.info.ID, "remote", r.RemoteAddr, "view_only", claims.ViewOnly, "session", claims.Session)
-	reason, err := Bridge(s.ctx, ws, conn, Options{
+	claims := a.Claims
+	s.log.Info("viewer opened", "vm", vmID, "viewer", a.ID, "remote", r.RemoteAddr, "view_only", claims.ViewOnly, "session", claims.Session)
+	reason, err := Bridge(a.Context(), ws, conn, Options{
 		PingInterval: s.cfg.PingInterval,
 		IdleTimeout:  s.cfg.IdleTimeout,
 		MaxLifetime:  s.cfg.MaxLifetime,
 		Expires:      claims.LinkEnd(),
 		ViewOnly:     claims.ViewOnly,
-		Closer:       v.closer,
+		Closer:       a.Closer,
 	})
-	attrs := []any{"vm", vmID, "viewer", v.info.ID, "code", int(reason.Code), "reason", reason.Text,
-		"duration_ms", s.now().Sub(v.info.OpenedAt).Milliseconds()}
+	attrs := []any{"vm", vmID, "viewer", a.ID, "code", int(reason.Code), "reason", reason.Text,
+		"duration_ms", s.now().Sub(a.opened).Milliseconds()}
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
 	s.log.Info("viewer closed", attrs...)
 }
 
-// connect admits token, registers v (so a VM that ends or is revoked
-// meanwhile closes it too), then dials the guest. On error v is not
-// registered.
-func (s *Service) connect(ctx context.Context, v *openViewer, token string) (Claims, net.Conn, error) {
-	vmID := v.info.VMID
+// ErrShutdown is a socket refused because the Service is shutting down.
+var ErrShutdown = errors.New("viewer service shutting down")
+
+// Admission is a socket Admit let in: its token's claims, and its place
+// among the VM's open viewers (counted against the caps, closed through
+// Closer when the VM ends or its links are revoked) until Done.
+type Admission struct {
+	// ID names the viewer in logs and in Open.
+	ID     string
+	Claims Claims
+	// Closer closes the socket's bridge with a reason.
+	Closer *Closer
+	opened time.Time
+	s      *Service
+	v      *openViewer
+	done   sync.Once
+}
+
+// Context is cancelled when the Service shuts down: bridges run in it
+// and close with ReasonShutdown.
+func (a *Admission) Context() context.Context { return a.s.ctx }
+
+// Done removes the viewer from the open ones; Shutdown waits for it.
+func (a *Admission) Done() {
+	a.done.Do(func() {
+		a.s.unregister(a.v)
+		a.s.wg.Done()
+	})
+}
+
+// Admit checks socket token for vmID (signature, VM, kind, issued by this
+// Service, unexpired, of the current epoch, unused; it is used from now
+// on) and registers a viewer for it from remote, unless the VM was
+// closed, its links revoked meanwhile or it or the link has no room. The
+// caller then serves the socket with the admission's Closer and Context
+// and calls Done. Errors wrap the token sentinels, ErrRevoked, ErrStale,
+// ErrLinkFull/ErrVMFull or ErrShutdown; Refusal turns them into a close
+// reason.
+func (s *Service) Admit(ctx context.Context, token, vmID, remote string) (*Admission, error) {
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		return nil, ErrShutdown
+	}
+	s.wg.Add(1) // under mu, so never concurrent with Shutdown's Wait
+	s.mu.Unlock()
+	v := &openViewer{closer: NewCloser(), info: Info{
+		ID: newViewerID(), VMID: vmID, Remote: remote, OpenedAt: s.now().UTC(),
+	}}
 	c, err := s.admit(ctx, token, vmID)
+	if err == nil {
+		v.link, v.epoch, v.info.ViewOnly, v.info.Session = c.Link, c.Epoch, c.ViewOnly, c.Session
+		err = s.register(v)
+	}
 	if err != nil {
-		return Claims{}, nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+		s.wg.Done()
+		return nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
 	}
-	v.link, v.epoch, v.info.ViewOnly, v.info.Session = c.Link, c.Epoch, c.ViewOnly, c.Session
-	if err := s.register(v); err != nil {
-		return Claims{}, nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+	return &Admission{ID: v.info.ID, Claims: c, Closer: v.closer, opened: v.info.OpenedAt, s: s, v: v}, nil
+}
+
+// Join registers a socket that no token opened (an API client the
+// caller authenticated) among vmID's open ones, so that the VM's end and
+// Shutdown close it as they close viewers. No cap applies and revoking
+// the VM's links leaves it open. Errors: the VM's close reason, or
+// ErrShutdown.
+func (s *Service) Join(vmID, remote string) (*Admission, error) {
+	s.mu.Lock()
+	if s.ctx.Err() != nil {
+		s.mu.Unlock()
+		return nil, ErrShutdown
 	}
+	s.wg.Add(1)
+	defer s.mu.Unlock()
+	v := &openViewer{closer: NewCloser(), epoch: math.MaxUint64, info: Info{
+		ID: newViewerID(), VMID: vmID, Remote: remote, OpenedAt: s.now().UTC(),
+	}}
+	if g, ok := s.gone[vmID]; ok && s.now().Before(g.until) {
+		s.wg.Done()
+		return nil, &closedError{g.reason}
+	}
+	m := s.open[vmID]
+	if m == nil {
+		m = map[string]*openViewer{}
+		s.open[vmID] = m
+	}
+	m[v.info.ID] = v
+	return &Admission{ID: v.info.ID, Closer: v.closer, opened: v.info.OpenedAt, s: s, v: v}, nil
+}
+
+// dial connects to vmID's VNC server.
+func (s *Service) dial(ctx context.Context, vmID string) (net.Conn, error) {
 	addr, err := s.resolve(ctx, vmID)
 	var conn net.Conn
 	if err == nil {
@@ -409,10 +496,9 @@ func (s *Service) connect(ctx context.Context, v *openViewer, token string) (Cla
 		}
 	}
 	if err != nil {
-		s.unregister(v)
-		return Claims{}, nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
+		return nil, fmt.Errorf("connect viewer for vm %s: %w", vmID, err)
 	}
-	return c, conn, nil
+	return conn, nil
 }
 
 // closedError is a dial refused because the VM's viewers were closed.
@@ -420,12 +506,14 @@ type closedError struct{ reason CloseReason }
 
 func (e *closedError) Error() string { return "vm viewers closed: " + e.reason.Text }
 
-// refusal is the close reason for a viewer that could not connect.
-func (s *Service) refusal(err error) CloseReason {
+// Refusal is the close reason for a viewer that could not connect.
+func (s *Service) Refusal(err error) CloseReason {
 	var ce *closedError
 	switch {
 	case errors.As(err, &ce):
 		return ce.reason
+	case errors.Is(err, ErrShutdown):
+		return ReasonShutdown
 	case errors.Is(err, ErrRevoked):
 		return ReasonRevoked
 	case errors.Is(err, ErrLinkFull):

@@ -29,6 +29,10 @@ export const CLOSE_TEXT = Object.freeze({
   4012: 'too many viewers on this vm',
   4013: 'viewer links revoked',
   4014: 'socket token expired',
+  // The terminal's bridge (the terminal page shares this policy).
+  4015: 'no such process',
+  4016: 'guest agent unreachable',
+  4017: 'client too slow to take output',
 });
 
 // What the page does next.
@@ -63,6 +67,7 @@ const FINAL_CLOSE = {
   4009: 'The VM failed; its owner can see why in the API.',
   4010: 'This sign-in is over; you can close this page.',
   4013: REVOKED,
+  4015: 'The shell is gone: ask for a new terminal link.',
 };
 
 // Close codes after which only the user can tell when to try again: a
@@ -76,7 +81,7 @@ const BUTTON_CLOSE = {
 // Close codes after which the page reconnects by itself (transient). 4014
 // is a socket token that came too late (or from before hearth restarted):
 // the page token buys a fresh one.
-const RETRY_CLOSE = new Set([1001, 1006, 1011, 1013, 4003, 4005, 4006, 4014]);
+const RETRY_CLOSE = new Set([1001, 1006, 1011, 1013, 4003, 4005, 4006, 4014, 4016, 4017]);
 
 // backoffDelay returns the wait in milliseconds before automatic attempt
 // number attempt (1 for the first retry): BASE_DELAY_MS·2^(attempt−1),
@@ -209,12 +214,12 @@ export function parseFragment(hash) {
   return new URLSearchParams(h).get('token') || '';
 }
 
-// vmIDFromPath returns the VM id from the page's path (…/viewer/{vmID}),
-// or '' if the path has none.
-export function vmIDFromPath(pathname) {
+// vmIDFromPath returns the VM id from the page's path (…/{page}/{vmID},
+// page "viewer" or "terminal"), or '' if the path has none.
+export function vmIDFromPath(pathname, page = 'viewer') {
   const parts = pathname.split('/');
   const last = parts[parts.length - 1];
-  if (parts.length < 2 || last === '' || parts[parts.length - 2] !== 'viewer') {
+  if (parts.length < 2 || last === '' || parts[parts.length - 2] !== page) {
     return '';
   }
   try {
@@ -225,13 +230,13 @@ export function vmIDFromPath(pathname) {
 }
 
 // ticketURL returns where to POST for a ticket: the API's
-// v1/vms/{vmID}/viewer/ticket beside the page's viewer/ directory
+// v1/vms/{vmID}/{page}/ticket beside the page's {page}/ directory
 // (…/viewer/{vmID} → …/v1/vms/{vmID}/viewer/ticket), keeping any path
 // prefix a proxy puts in front, and dropping the page's query and fragment.
-export function ticketURL(pageURL) {
+export function ticketURL(pageURL, page = 'viewer') {
   const u = new URL(pageURL);
   const last = u.pathname.split('/').pop();
-  return new URL(`../v1/vms/${last}/viewer/ticket`, u).href;
+  return new URL(`../v1/vms/${last}/${page}/ticket`, u).href;
 }
 
 // websocketURL resolves the ticket's websocket_url against the page URL and

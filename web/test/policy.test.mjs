@@ -135,13 +135,13 @@ test('idle timeout offers Reconnect and never retries by itself', () => {
 });
 
 test('unknown codes let the user decide', () => {
-  for (const code of [1002, 1005, 1008, 1009, 4015, 4999]) {
+  for (const code of [1002, 1005, 1008, 1009, 4018, 4999]) {
     assert.equal(decideClose(code, '', 1).action, BUTTON, `code ${code}`);
   }
 });
 
 test('transient closes retry with growing delays, then give up with a button', () => {
-  for (const code of [4003, 4005, 4006, 4014, 1001, 1006, 1011, 1013]) {
+  for (const code of [4003, 4005, 4006, 4014, 4016, 4017, 1001, 1006, 1011, 1013]) {
     let prev = 0;
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const d = decideClose(code, '', attempt, high);
@@ -274,4 +274,16 @@ test('websocket_url may be absolute, a path, or relative to the page', () => {
   assert.equal(websocketURL('/ws', 'http://127.0.0.1:1/viewer/vm-1'), 'ws://127.0.0.1:1/ws');
   assert.throws(() => websocketURL('javascript:alert(1)', page));
   assert.throws(() => websocketURL('ftp://h.example/ws', page));
+});
+
+test('the terminal page finds its VM and ticket beside terminal/', () => {
+  assert.equal(vmIDFromPath('/p/terminal/vm_1', 'terminal'), 'vm_1');
+  assert.equal(vmIDFromPath('/p/viewer/vm_1', 'terminal'), '');
+  assert.equal(ticketURL('https://h.example/p/terminal/vm_1#token=x', 'terminal'), 'https://h.example/p/v1/vms/vm_1/terminal/ticket');
+});
+
+test('a terminal whose shell is gone stops; an unreachable agent retries', () => {
+  assert.equal(decideClose(4015, '', 1).action, STOP);
+  assert.equal(decideClose(4016, '', 1).action, RETRY);
+  assert.equal(decideClose(1000, 'process exited', 1).action, STOP);
 });
