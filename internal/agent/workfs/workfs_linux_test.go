@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/workapi"
+	"github.com/hearth-project/hearth/test/testrun"
 )
 
 const nobody = 65534
@@ -56,11 +57,7 @@ func newEnv(t *testing.T, proto string, opts Options) *env {
 	if os.Geteuid() != 0 {
 		t.Skip("acting as another user needs root")
 	}
-	root, err := os.MkdirTemp("", "workfs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(root) })
+	root := testrun.MustTempDir(t, "workfs")
 	e := &env{root: root, home: filepath.Join(root, "home"), proto: proto}
 	must(t, os.Chmod(root, 0o755))
 	must(t, os.WriteFile(filepath.Join(root, "secret"), []byte("root only"), 0o600))
