@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -611,7 +612,11 @@ func (e *env) watch(t *testing.T, query url.Values) *stream {
 				t.Errorf("watch event %q: %v", sc.Bytes(), err)
 				return
 			}
-			s.events <- ev
+			select {
+			case s.events <- ev:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-s.done })
@@ -624,19 +629,23 @@ func (s *stream) expect(t *testing.T, kind, path string) workapi.WatchEvent {
 	return s.expectOneOf(t, path, kind)
 }
 
+// expectOneOf waits for an event of one of kinds at path, skipping
+// others, and returns it; it gives up once no event came for 10s.
 func (s *stream) expectOneOf(t *testing.T, path string, kinds ...string) workapi.WatchEvent {
 	t.Helper()
-	timeout := time.After(10 * time.Second)
+	idle := time.NewTimer(10 * time.Second)
+	defer idle.Stop()
 	for {
 		select {
 		case ev, ok := <-s.events:
 			if !ok {
 				t.Fatalf("the stream ended before a %v event of %s", kinds, path)
 			}
-			if ev.Path == path && strings.Contains(" "+strings.Join(kinds, " ")+" ", " "+ev.Kind+" ") {
+			if ev.Path == path && slices.Contains(kinds, ev.Kind) {
 				return ev
 			}
-		case <-timeout:
+			idle.Reset(10 * time.Second)
+		case <-idle.C:
 			t.Fatalf("no %v event of %s", kinds, path)
 		}
 	}
@@ -779,4 +788,25 @@ func inotifyFDs(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// A client that falls behind holds the stream up; once the guest kernel's
+// queue overflows, the stream says so.
+func TestWatchTellsOfAnOverflow(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events")
+	must(t, err)
+	var queued int
+	if _, err := fmt.Sscan(string(b), &queued); err != nil || queued > 1<<16 {
+		t.Skipf("inotify queues %q events: too many to overflow here", b)
+	}
+	e := newEnv(t, "h2c", Options{})
+	s := e.watch(t, q("path", "~"))
+	// Writes to two files in turn (the kernel merges only repeated
+	// events), each told in some 300 bytes of JSON: more than the
+	// transport holds (a few MiB) and the kernel queues together,
+	// while the test reads nothing.
+	fa, fb := strings.Repeat("a", 200), strings.Repeat("b", 200)
+	n := queued + (16<<20)/300
+	sh(t, e.home, fmt.Sprintf(`i=0; while [ $i -lt %d ]; do : > %s; : > %s; i=$((i+1)); done`, n/2, fa, fb))
+	s.expectOneOf(t, e.home, workapi.WatchOverflow)
 }
