@@ -130,7 +130,7 @@ func parseRange(h string, size int64) (start, end int64, partial bool, err error
 		if perr != nil || l < start {
 			return 0, size, false, nil
 		}
-		end = min(l+1, size)
+		end = min(l, size-1) + 1
 	}
 	if start == 0 && size == 0 {
 		return 0, 0, false, nil

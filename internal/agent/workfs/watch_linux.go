@@ -232,7 +232,7 @@ func (wt *watcher) grow(dir string, created bool) []workapi.WatchEvent {
 		var err error
 		evs, err = wt.addTree(dir, subdirMask, created)
 		if err != nil && err != unix.ENOENT && err != unix.ENOTDIR {
-			evs = append(evs, wt.errorEvent(dir, fmt.Sprintf("watch %s: %v", dir, err)))
+			evs = append(evs, wt.errorEvent(dir, "watch: "+err.Error()))
 		}
 		return nil
 	})
@@ -279,7 +279,7 @@ func (wt *watcher) addTree(top string, mask uint32, found bool) ([]workapi.Watch
 		case unix.ENOENT, unix.ENOTDIR:
 			continue // gone, or replaced by a file, since it was found
 		default:
-			evs = append(evs, wt.errorEvent(dir, fmt.Sprintf("watch %s: %v", dir, err)))
+			evs = append(evs, wt.errorEvent(dir, "watch: "+err.Error()))
 			continue
 		}
 		if dir == wt.root {
@@ -309,7 +309,7 @@ func (wt *watcher) addTree(top string, mask uint32, found bool) ([]workapi.Watch
 			queue = append(queue, p)
 		})
 		if err != nil && err != unix.ENOENT {
-			evs = append(evs, wt.errorEvent(dir, fmt.Sprintf("list %s: %v", dir, err)))
+			evs = append(evs, wt.errorEvent(dir, "list: "+err.Error()))
 		}
 	}
 	return evs, nil
@@ -361,9 +361,10 @@ func (wt *watcher) limitEvent(dir string) []workapi.WatchEvent {
 	}
 	wt.limitSent = true
 	return []workapi.WatchEvent{wt.errorEvent(dir, fmt.Sprintf(
-		"watch limit of %d directories reached: %s and the directories found after it are not watched", wt.max, dir))}
+		"watch limit of %d directories reached: this directory and those found after it are not watched", wt.max))}
 }
 
+// errorEvent tells what went wrong at path; msg need not name it.
 func (wt *watcher) errorEvent(path, msg string) workapi.WatchEvent {
 	return workapi.WatchEvent{Kind: workapi.WatchError, Path: path, Dir: true, Time: time.Now().UTC(), Error: msg}
 }

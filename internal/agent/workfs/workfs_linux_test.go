@@ -391,6 +391,39 @@ func TestDownloadsResumeFromAnOffset(t *testing.T) {
 	})
 }
 
+func TestParseRange(t *testing.T) {
+	for _, tc := range []struct {
+		h          string
+		size       int64
+		start, end int64
+		partial    bool
+		status     int
+	}{
+		{"", 10, 0, 10, false, 0},
+		{"bytes=3-", 10, 3, 10, true, 0},
+		{"bytes=3-5", 10, 3, 6, true, 0},
+		{"bytes=3-50", 10, 3, 10, true, 0},
+		{"bytes=0-9223372036854775807", 10, 0, 10, true, 0},
+		{"bytes=9-", 10, 9, 10, true, 0},
+		{"bytes=10-", 10, 0, 0, false, 416},
+		{"bytes=0-", 0, 0, 0, false, 0},
+		{"bytes=5-3", 10, 0, 10, false, 0},     // invalid: ignored
+		{"bytes=-3", 10, 0, 10, false, 0},      // suffix: not supported, ignored
+		{"bytes=1-2,4-5", 10, 0, 10, false, 0}, // several: ignored
+		{"items=1-", 10, 0, 10, false, 0},
+	} {
+		start, end, partial, err := parseRange(tc.h, tc.size)
+		status := 0
+		if se, ok := errors.AsType[*statusError](err); ok {
+			status = se.status
+		}
+		if start != tc.start || end != tc.end || partial != tc.partial || status != tc.status {
+			t.Errorf("parseRange(%q, %d) = %d, %d, %v, %v; want %d, %d, %v, status %d",
+				tc.h, tc.size, start, end, partial, err, tc.start, tc.end, tc.partial, tc.status)
+		}
+	}
+}
+
 func TestFileOperations(t *testing.T) {
 	forEachProtocol(t, Options{}, func(t *testing.T, e *env) {
 		h := e.home
