@@ -29,14 +29,15 @@
 //	POST   /processes/{id}/stdin       raw body, written to stdin; ?eof=1 closes it after
 //	POST   /processes/{id}/signal      SignalRequest → 204
 //	POST   /processes/{id}/resize      ResizeRequest → 204
-//	GET    /files/content              ?path= → the file's bytes; headers HeaderMode, HeaderSize
+//	GET    /files/content              ?path= → the file's bytes; headers HeaderMode, HeaderSize, HeaderUID,
+//	                                   HeaderGID; `Range: bytes=N-` resumes (206)
 //	PUT    /files/content              ?path=&mode= ; body → FileInfo (written to a temporary file, renamed into place)
 //	GET    /files/stat                 ?path= → FileInfo
 //	GET    /files/list                 ?path= → FileList
-//	POST   /files/mkdir                MkdirRequest → FileInfo
+//	POST   /files/mkdir                MkdirRequest → 201 FileInfo (200 if Parents found it)
 //	POST   /files/rename               RenameRequest → 204
 //	DELETE /files                      ?path=&recursive=1 → 204
-//	GET    /files/watch                ?path= → newline-delimited WatchEvent JSON
+//	GET    /files/watch                ?path=&recursive=1 → newline-delimited WatchEvent JSON
 //
 // Every route takes ?user= (default DefaultUser): processes run as that
 // user with its login environment, and file operations are checked by the

@@ -197,6 +197,9 @@ const (
 	WatchAttrib = "attrib"
 	// WatchOverflow: the guest kernel dropped events; rescan.
 	WatchOverflow = "overflow"
+	// WatchError: part of the tree is not watched (Error says why, e.g.
+	// the stream's limit of watched directories); the stream goes on.
+	WatchError = "error"
 )
 
 // WatchEvent is one change in a watched directory.
@@ -205,6 +208,8 @@ type WatchEvent struct {
 	Path string    `json:"path"`
 	Dir  bool      `json:"dir,omitempty"`
 	Time time.Time `json:"time"`
+	// Error is set on a WatchError event.
+	Error string `json:"error,omitempty"`
 }
 
 // ErrorBody is every error response's body.
