@@ -85,7 +85,7 @@ func floodConsole(t *testing.T, d *daemon, lim floodLimits, flooder, quiet api.V
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res, execErr = d.alice.Exec(ctx, flooder.ID, api.ExecRequest{
+		res, execErr = d.alice.Exec(ctx, flooder.ID, api.ExecRequest{User: "root",
 			Argv: []string{"sh", "-c", "yes hearth-flood-line > /dev/ttyS0"}, TimeoutSeconds: int(floodFor / time.Second)})
 	}()
 	var worst time.Duration

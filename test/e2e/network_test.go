@@ -106,7 +106,9 @@ func guestIn(t *testing.T, c *client.Client, id, stdin string, argv ...string) (
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res, err := c.Exec(ctx, id, api.ExecRequest{Argv: argv, Stdin: stdin, TimeoutSeconds: 20})
+	// As root: these look at the guest's system (its network, its
+	// devices), not at the workspace user's work.
+	res, err := c.Exec(ctx, id, api.ExecRequest{Argv: argv, Stdin: stdin, TimeoutSeconds: 20, User: "root"})
 	if err != nil {
 		t.Fatalf("exec %v in %s: %v", argv, id, err)
 	}
