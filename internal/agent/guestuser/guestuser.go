@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -207,4 +208,24 @@ func clip(s string) string {
 		return s[:64] + "…"
 	}
 	return s
+}
+
+// LookPath returns name if it is absolute, and otherwise the first
+// executable regular file called name in the absolute directories of
+// pathList (relative entries are ignored: they would depend on the
+// agent's working directory).
+func LookPath(name, pathList string) (string, error) {
+	if filepath.IsAbs(name) {
+		return name, nil
+	}
+	for _, dir := range filepath.SplitList(pathList) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
 }
