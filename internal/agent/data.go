@@ -28,6 +28,14 @@ import (
 const (
 	// dataMaxStreams bounds the requests one host connection has open.
 	dataMaxStreams = 256
+	// dataMaxReadFrame is the largest HTTP/2 frame the agent reads: the
+	// protocol's minimum. A new host's challenge, read by the HTTP/2
+	// server of a connection the guest did not see end, then fails at
+	// once: its first bytes ("\nHE") read as a frame of 673861 bytes,
+	// which a larger limit (the default is 1 MiB) would wait for. It also
+	// bounds what a frame cut short by a vanished host makes the next
+	// host's challenges fill before they are read as such.
+	dataMaxReadFrame = 16 << 10
 	// dataPreambleTimeout bounds the preamble of a connection accepted
 	// on a listener (a virtio-serial port waits as long as it takes).
 	dataPreambleTimeout = 30 * time.Second
@@ -73,6 +81,8 @@ type dataServer struct {
 	log     *slog.Logger
 	handler http.Handler
 	h2      *http2.Server
+	// open opens the virtio-serial port (openPort; tests fake it).
+	open func() (net.Conn, error)
 	// sources are the token sources, narrowed as the control channel's
 	// are once one has given the token (see serveListener).
 	mu      sync.Mutex
@@ -80,12 +90,14 @@ type dataServer struct {
 }
 
 func newDataServer(opts Options, handler http.Handler) *dataServer {
-	return &dataServer{
+	s := &dataServer{
 		opts: opts, log: opts.Logger.With("channel", "data"), handler: handler, sources: opts.TokenSources,
 		// No idle timeout: the host keeps its connection for as long as
 		// the VM runs.
-		h2: &http2.Server{MaxConcurrentStreams: dataMaxStreams},
+		h2: &http2.Server{MaxConcurrentStreams: dataMaxStreams, MaxReadFrameSize: dataMaxReadFrame},
 	}
+	s.open = s.openPort
+	return s
 }
 
 // run serves the data channel ch until ctx is done, retrying every
@@ -198,7 +210,7 @@ func (s *dataServer) serveConn(ctx context.Context, c net.Conn, timeout time.Dur
 func (s *dataServer) runPort(ctx context.Context) error {
 	var lastErr string
 	for {
-		err := s.servePort(ctx, s.openPort)
+		err := s.servePort(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -233,8 +245,8 @@ func (s *dataServer) openPort() (net.Conn, error) {
 
 // servePort opens the port and serves one host on it: it returns nil once
 // that host has gone, an error if the port cannot be opened or fails.
-func (s *dataServer) servePort(ctx context.Context, open func() (net.Conn, error)) error {
-	c, err := open()
+func (s *dataServer) servePort(ctx context.Context) error {
+	c, err := s.open()
 	if err != nil {
 		return err
 	}
