@@ -185,6 +185,15 @@ func TestDataChannelListener(t *testing.T) {
 	if q.State != workapi.StateRunning {
 		t.Fatalf("after a reconnect: %+v", q)
 	}
+	defer func() {
+		if t.Failed() {
+			var q workapi.Process
+			second.call("GET", "/processes/"+p.ID, nil, http.StatusOK, &q)
+			t.Logf("%+v %+v", q, q.Exit)
+			out, _ := second.output(p.ID)
+			t.Logf("%q", out)
+		}
+	}()
 	second.call("POST", "/processes/"+p.ID+"/stdin?eof=1", []byte("again\n"), http.StatusNoContent, nil)
 	if out, e := second.output(p.ID); out != "got again\n" || e.Code == nil || *e.Code != 0 {
 		t.Errorf("output %q, exit %+v", out, e)

@@ -62,6 +62,7 @@ type process struct {
 	// ended.
 	stdin       *os.File
 	stdinClosed bool
+	closeStdin  func() // closes a pipe stdin, once
 	// ptmx is the PTY's master, nil without a PTY.
 	ptmx *os.File
 	// outputs are read by run.
@@ -108,8 +109,8 @@ func start(id string, spec *workapi.ProcessSpec, l launch, limit int, stall time
 		for _, o := range outputs {
 			o.f.Close()
 		}
-		if p.stdin != nil && p.stdin != p.ptmx {
-			p.stdin.Close()
+		if p.closeStdin != nil {
+			p.closeStdin()
 		}
 		return nil, err
 	}
@@ -145,6 +146,7 @@ func start(id string, spec *workapi.ProcessSpec, l launch, limit int, stall time
 				return fail(fmt.Errorf("make a pipe: %w", err))
 			}
 			p.stdin = w
+			p.closeStdin = sync.OnceFunc(func() { _ = w.Close() })
 			childEnds = append(childEnds, r)
 			cmd.Stdin = r
 		}
@@ -244,7 +246,9 @@ func (p *process) run(grace time.Duration) {
 	}
 	p.exit = &e
 	p.mu.Unlock()
-	p.closeStdin()
+	if p.closeStdin != nil {
+		p.closeStdin() // a blocked write fails; the PTY's master is closed already
+	}
 	p.hist.finish(e)
 	if p.onEnd != nil {
 		p.onEnd()
@@ -333,7 +337,7 @@ func (p *process) writeStdin(r io.Reader, eof bool, abort <-chan struct{}) (int6
 			_, err = io.WriteString(p.stdin, ptyEOF)
 		} else {
 			p.stdinClosed = true
-			err = p.stdin.Close()
+			p.closeStdin() // (or the process has ended and it was)
 		}
 	}
 	switch {
@@ -343,15 +347,6 @@ func (p *process) writeStdin(r io.Reader, eof bool, abort <-chan struct{}) (int6
 		return n, conflict("process %s no longer reads its stdin", p.id)
 	}
 	return n, fmt.Errorf("write stdin: %w", err)
-}
-
-// closeStdin closes a pipe stdin once the process has ended (a blocked
-// write then fails).
-func (p *process) closeStdin() {
-	if p.stdin == nil || p.ptmx != nil {
-		return // the PTY's master is closed with the output
-	}
-	_ = p.stdin.Close()
 }
 
 // info is the process as the API shows it.
