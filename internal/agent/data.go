@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,13 +44,43 @@ const (
 )
 
 // workMux builds the work API's routes.
-func workMux(m *procs.Manager) *http.ServeMux {
+func workMux(m *procs.Manager) http.Handler {
 	mux := http.NewServeMux()
 	procs.Register(mux, m)
 	// The /files routes are registered here, by package workfs:
 	// workfs.Register(mux, users).
-	return mux
+	return routeErrorsJSON(mux)
 }
+
+// routeErrorsJSON answers requests that match no route (404, or 405 with
+// Allow) with an ErrorBody, as every other error is answered.
+func routeErrorsJSON(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{header: w.Header(), status: http.StatusNotFound}
+		h.ServeHTTP(rec, r) // sets Allow on a 405
+		w.Header().Del("Content-Type")
+		w.Header().Del("X-Content-Type-Options")
+		b, _ := json.Marshal(workapi.ErrorBody{Error: fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, strings.ToLower(http.StatusText(rec.status)))})
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(rec.status)
+		_, _ = w.Write(append(b, '\n'))
+	})
+}
+
+// statusRecorder keeps a response's status and drops its body.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header         { return r.header }
+func (r *statusRecorder) WriteHeader(status int)      { r.status = status }
+func (r *statusRecorder) Write(p []byte) (int, error) { return len(p), nil }
 
 // dataChannel returns the data channel to serve alongside control
 // channel ch, and whether there is one.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -207,6 +208,28 @@ func TestDataChannelListener(t *testing.T) {
 	}
 	if err := syscall.Kill(r.PID, 0); err == nil {
 		t.Errorf("process %d outlived the agent", r.PID)
+	}
+}
+
+// TestWorkMuxErrors checks that a request no route takes is answered
+// with an ErrorBody too.
+func TestWorkMuxErrors(t *testing.T) {
+	h := workMux(procs.NewManager(procs.Config{}))
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow, want  string
+	}{
+		{"GET", "/nope", http.StatusNotFound, "", "GET /nope: not found"},
+		{"DELETE", "/processes", http.StatusMethodNotAllowed, "GET, HEAD, POST", "DELETE /processes: method not allowed"},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(tc.method, "http://agent"+tc.path, nil))
+		var e workapi.ErrorBody
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || rec.Code != tc.status || e.Error != tc.want ||
+			rec.Header().Get("Allow") != tc.allow || rec.Header().Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: %d %q %v, headers %v", tc.method, tc.path, rec.Code, rec.Body.String(), err, rec.Header())
+		}
 	}
 }
 
