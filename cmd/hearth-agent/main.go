@@ -10,6 +10,11 @@
 // -listen it listens on a given vsock port or, for development and test
 // harnesses standing in for Firecracker's vsock, on a Unix socket.
 //
+// Alongside, it serves the work API (processes and files run as a guest
+// user, internal/workapi) on a data channel: the virtio-serial port named
+// hearth.data with a virtio-serial agent port, vsock port 1025 with vsock,
+// or what -data-listen says (none with -listen unix:... unless given).
+//
 // The token is read from the first source that exists. With virtio-serial
 // the defaults are QEMU fw_cfg, /run/hearth/token and hearth.token= on the
 // kernel command line, read once; with a listener they are Firecracker's
@@ -19,7 +24,7 @@
 //
 // Usage:
 //
-//	hearth-agent [-listen vsock:PORT|unix:PATH] [-port DEVICE]
+//	hearth-agent [-listen vsock:PORT|unix:PATH] [-port DEVICE] [-data-listen vsock:PORT|unix:PATH]
 //	             [-token-source SRC[,SRC...]]... [-token-file FILE] [-mmds-url URL]
 //
 // A token source is "mmds", "mmds:URL", "cmdline:PATH" or a file path.

@@ -16,6 +16,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/agent/procs"
 )
 
 // PortName is the name of the agent's virtio-serial port
@@ -55,6 +57,13 @@ type Options struct {
 	// Port is the path of the agent's virtio-serial port device. Empty
 	// means the port called PortName, found under /sys/class/virtio-ports.
 	Port string
+	// DataListen, when set, makes the agent serve the data channel (the
+	// work API, internal/workapi) on a listener, with Listen's syntax
+	// ("vsock" alone meaning workapi.VsockPort). Empty means the
+	// virtio-serial port workapi.PortName when the control channel is a
+	// port, vsock port workapi.VsockPort when it is vsock, and no data
+	// channel when it is a Unix socket.
+	DataListen string
 	// Listen, when set, makes the agent listen for the host rather than
 	// open a virtio-serial port: "vsock:PORT" on a vsock port (any CID), as
 	// under Firecracker, or "unix:PATH" on a Unix socket, for development
@@ -117,6 +126,10 @@ type Options struct {
 	vsockDev string
 	mmdsDial dialFunc
 
+	// For tests: how processes are run (the zero value is the guest's
+	// defaults).
+	procs procs.Config
+
 	// inGuest says the agent runs in a VM; Run sets it unless the channel
 	// is a Unix socket. Only in a VM does the mmds source use its default
 	// address, and change the network to reach it.
@@ -168,6 +181,11 @@ func (o Options) Validate() error {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
+	if o.DataListen != "" {
+		if _, err := parseDataListen(o.DataListen); err != nil {
+			return fmt.Errorf("agent: data channel: %w", err)
+		}
+	}
 	if o.MMDSURL != "" {
 		if _, err := parseMMDSURL(o.MMDSURL); err != nil {
 			return fmt.Errorf("agent: %w", err)
@@ -180,7 +198,8 @@ func (o Options) Validate() error {
 }
 
 // Run is the agent: it finds its channel, reads the token and serves the
-// protocol until ctx is done, then returns ctx.Err(). A missing channel
+// protocol, and the work API on the data channel, until ctx is done, then
+// kills the processes it started and returns ctx.Err(). A missing channel
 // or token is waited for (retrying every second), so Run only returns
 // early for invalid options or a token source that exists but holds no
 // valid token.
@@ -200,10 +219,45 @@ func Run(ctx context.Context, opts Options) error {
 		// management: a reboot (reboot=k) is what ends its process.
 		opts.PowerOff = reboot
 	}
+	if opts.TokenSources == nil {
+		opts.TokenSources = VsockTokenSources
+		if ch.network == "" {
+			opts.TokenSources = DefaultTokenSources
+		}
+	}
+	stopData := startData(ctx, ch, opts)
+	defer stopData()
 	if ch.network == "" {
 		return runPort(ctx, opts)
 	}
 	return runListener(ctx, ch, opts)
+}
+
+// startData serves the data channel that goes with control channel ch,
+// if there is one, with a process manager of its own; the function it
+// returns stops serving and kills the processes.
+func startData(ctx context.Context, ch channel, opts Options) (stop func()) {
+	dch, ok, err := dataChannel(ch, opts)
+	if err != nil || !ok {
+		return func() {}
+	}
+	pc := opts.procs
+	pc.Logger = opts.Logger.With("channel", "data")
+	m := procs.NewManager(pc)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := newDataServer(opts, workMux(m)).run(ctx, dch)
+		if ctx.Err() == nil {
+			opts.Logger.Error("data channel failed", "err", err)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		m.Close()
+	}
 }
 
 // runPort serves the virtio-serial port with the token read at start.

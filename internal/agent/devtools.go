@@ -25,7 +25,7 @@ import (
 // Runtime.evaluate over a target's WebSocket reads the document's state.
 // The list alone proves nothing: it shows a navigation's URL before the
 // page has loaded. As for MMDS, a few lines of HTTP/1.1 and WebSocket
-// framing (RFC 6455) keep net/http out of the agent.
+// framing (RFC 6455) do it without net/http's client.
 
 const (
 	// devtoolsTimeout bounds one look at the browser.

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/hearth-project/hearth/internal/agent/guestuser"
 	"github.com/hearth-project/hearth/internal/agentapi"
 )
 
@@ -36,7 +36,7 @@ var errTimedOut = errors.New("exec timed out")
 // start.
 func runCommand(ctx context.Context, req agentapi.ExecRequest) (agentapi.ExecResult, error) {
 	env := commandEnv(os.Environ(), req.Env)
-	path, err := lookPath(req.Argv[0], envValue(env, "PATH"))
+	path, err := guestuser.LookPath(req.Argv[0], envValue(env, "PATH"))
 	if err != nil {
 		return agentapi.ExecResult{}, err
 	}
@@ -107,26 +107,6 @@ func lookupEnv(env []string, key string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// lookPath returns name if it is absolute, and otherwise the first
-// executable regular file called name in the absolute directories of
-// pathList (relative entries are ignored: they would depend on the
-// agent's working directory).
-func lookPath(name, pathList string) (string, error) {
-	if filepath.IsAbs(name) {
-		return name, nil
-	}
-	for _, dir := range filepath.SplitList(pathList) {
-		if !filepath.IsAbs(dir) {
-			continue
-		}
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
 }
 
 // checkDir reports a working directory that does not exist, which the

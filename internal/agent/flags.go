@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 // ParseFlags turns an agent's command line into Options, and says whether
@@ -20,6 +22,9 @@ func ParseFlags(name string, args []string, output io.Writer) (opts Options, sho
 		"agent virtio-serial port device (default: the port named "+PortName+")")
 	fs.StringVar(&opts.Listen, "listen", "",
 		"listen for the host on vsock:PORT or unix:PATH (default: the virtio-serial port if the guest has one, else vsock:1024)")
+	fs.StringVar(&opts.DataListen, "data-listen", "",
+		"serve the data channel on vsock:PORT or unix:PATH (default: the virtio-serial port "+workapi.PortName+
+			" with a virtio-serial agent port, vsock:1025 with vsock, none with -listen unix:...)")
 	fs.Func("token-source",
 		"where to read the token, first that exists; repeat or separate with commas: mmds, mmds:URL, cmdline:PATH or a file "+
 			"(default with virtio-serial: "+strings.Join(DefaultTokenSources, ",")+

@@ -19,6 +19,7 @@ import (
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
+	"github.com/hearth-project/hearth/internal/agent/guestuser"
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/safetext"
 )
@@ -338,7 +339,7 @@ func (r *loginRun) start(helperDir, helper string) (*exec.Cmd, *os.File, error) 
 	// The agent's helper opens URLs, whatever the request says: $BROWSER
 	// and, first in PATH, the usual openers.
 	env = commandEnv(env, []string{"BROWSER=" + helper, "PATH=" + helperDir + ":" + envValue(env, "PATH")})
-	path, err := lookPath(r.req.Argv[0], envValue(env, "PATH"))
+	path, err := guestuser.LookPath(r.req.Argv[0], envValue(env, "PATH"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("login: %w", err)
 	}

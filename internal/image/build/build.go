@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/hearth-project/hearth/internal/image"
@@ -453,8 +454,9 @@ func (b *builder) statRootfs(dst, uuid string) error {
 	return nil
 }
 
-// busyboxClaims are the claims of a busybox image: the agent and the spec
-// files (its "unit" is the inittab respawn line, claimed as /etc/inittab).
+// busyboxClaims are the claims of a busybox image: the agent, the spec
+// files (its "unit" is the inittab respawn line, claimed as /etc/inittab)
+// and the spec's users.
 func busyboxClaims(s *spec.Spec, agent []byte) claims {
 	files := []image.FileClaim{{Path: image.GuestAgentPath, SHA256: fsutil.SHA256Hex(string(agent)), Mode: 0o755, Size: int64(len(agent))}}
 	for _, f := range s.Files {
@@ -462,7 +464,12 @@ func busyboxClaims(s *spec.Spec, agent []byte) claims {
 		files = append(files, image.FileClaim{Path: f.Path, SHA256: fsutil.SHA256Hex(string(data)), Mode: f.Mode.Perm() & 0o777, Size: int64(len(data))})
 	}
 	sortFileClaims(files)
-	return claims{packages: []image.PackageClaim{}, npm: []image.PackageClaim{}, units: []image.UnitClaim{}, files: files, users: []image.UserClaim{}}
+	users := []image.UserClaim{}
+	for _, u := range s.Users {
+		users = append(users, image.UserClaim{Name: u.Name, UID: u.UID, Home: u.Home})
+	}
+	sort.Slice(users, func(i, j int) bool { return users[i].Name < users[j].Name })
+	return claims{packages: []image.PackageClaim{}, npm: []image.PackageClaim{}, units: []image.UnitClaim{}, files: files, users: users}
 }
 
 // phaseManifest places the kernel, writes manifest.json and publishes the

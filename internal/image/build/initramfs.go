@@ -103,6 +103,9 @@ type fsEntry struct {
 	target string      // symlink target
 	major  uint32      // device numbers
 	minor  uint32
+	// uid and gid own the entry in a root file system (the initramfs
+	// is root's throughout).
+	uid, gid int
 }
 
 // fsTree is a file tree under construction, keyed by clean absolute path.

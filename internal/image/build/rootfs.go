@@ -53,6 +53,16 @@ func rootfsTree(s rootfsSpec) (fsTree, error) {
 			return nil, fmt.Errorf("spec file: %w", err)
 		}
 	}
+	for _, u := range s.Spec.Users {
+		// Checked by the spec: the account is in the spec's /etc/passwd.
+		a, ok := s.Spec.Account(u.Name)
+		if !ok {
+			return nil, fmt.Errorf("user %s: not in the spec's /etc/passwd", u.Name)
+		}
+		if err := t.add(u.Home, fsEntry{mode: fs.ModeDir | 0o755, uid: a.UID, gid: a.GID}); err != nil {
+			return nil, fmt.Errorf("home of %s: %w", u.Name, err)
+		}
+	}
 	if err := t.add(image.GuestAgentPath, fsEntry{mode: 0o755, data: s.Agent}); err != nil {
 		return nil, err
 	}
@@ -206,8 +216,8 @@ func mkfsExt4(ctx context.Context, dst, tree string, s rootfsSpec) error {
 	return err
 }
 
-// pinInodes sets atime/ctime/mtime/crtime to epoch and owner to 0:0 on every
-// inode of the tree. mkfs.ext4 -d copies ctime from the staging files (it
+// pinInodes sets atime/ctime/mtime/crtime to epoch and the owner the tree
+// gives (root, but for users' homes) on every inode of the tree. mkfs.ext4 -d copies ctime from the staging files (it
 // cannot be set from user space) and ownership from the building user.
 func pinInodes(ctx context.Context, img, scratch string, t fsTree, epoch int64) error {
 	script, err := debugfsScript(t, epoch)
@@ -241,7 +251,8 @@ func debugfsScript(t fsTree, epoch int64) ([]byte, error) {
 		for _, field := range []string{"atime", "ctime", "mtime", "crtime"} {
 			fmt.Fprintf(&b, "sif \"%s\" %s %s\n", p, field, ts)
 		}
-		fmt.Fprintf(&b, "sif \"%s\" uid 0\nsif \"%s\" gid 0\n", p, p)
+		e := t[p] // the zero entry for "/": root's
+		fmt.Fprintf(&b, "sif \"%s\" uid %d\nsif \"%s\" gid %d\n", p, e.uid, p, e.gid)
 	}
 	return []byte(b.String()), nil
 }

@@ -95,6 +95,17 @@ func TestWriteRootfsReproducible(t *testing.T) {
 	if s := debugfsRead(t, img, "stat /tmp"); !strings.Contains(s, "Mode:  01777") {
 		t.Errorf("/tmp mode:\n%s", s)
 	}
+	// The spec's user has its home, and only that is not root's.
+	if s := debugfsRead(t, img, "stat /home/hearth"); !strings.Contains(s, "Mode:  0755") || !strings.Contains(s, "User:  1000   Group:  1000") {
+		t.Errorf("/home/hearth:\n%s", s)
+	}
+	if s := debugfsRead(t, img, "stat /home"); !strings.Contains(s, "User:     0   Group:     0") {
+		t.Errorf("/home:\n%s", s)
+	}
+	c := busyboxClaims(testRootfsSpec(t).Spec, []byte("fake agent"))
+	if len(c.users) != 1 || c.users[0] != (image.UserClaim{Name: "hearth", UID: 1000, Home: "/home/hearth"}) {
+		t.Errorf("user claims %+v", c.users)
+	}
 }
 
 func TestDebugfsScriptRejectsOddPaths(t *testing.T) {

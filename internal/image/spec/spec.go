@@ -80,13 +80,47 @@ type Node struct {
 	NPM     string `yaml:"npm" json:"npm"`         // exact npm version, e.g. 10.9.9
 }
 
-// User is an account created with useradd.
+// User is an account: created with useradd on a Debian base; on a busybox
+// base, one the spec's /etc/passwd declares, whose home the builder makes
+// (owned by the account).
 type User struct {
 	Name   string   `yaml:"name" json:"name"`
 	UID    int      `yaml:"uid" json:"uid"`
 	Shell  string   `yaml:"shell" json:"shell"`
 	Groups []string `yaml:"groups" json:"groups"`
 	Home   string   `yaml:"home" json:"home"`
+}
+
+// Account is an /etc/passwd entry.
+type Account struct {
+	Name     string
+	UID, GID int
+	Home     string
+	Shell    string
+}
+
+// Account returns the entry for name of the /etc/passwd the spec's files
+// write, if they write one with such an entry.
+func (s *Spec) Account(name string) (Account, bool) {
+	for _, f := range s.Files {
+		if f.Path != "/etc/passwd" {
+			continue
+		}
+		for _, line := range strings.Split(string(f.Data()), "\n") {
+			// name:password:uid:gid:gecos:home:shell
+			p := strings.Split(line, ":")
+			if len(p) != 7 || p[0] != name {
+				continue
+			}
+			uid, err1 := strconv.Atoi(p[2])
+			gid, err2 := strconv.Atoi(p[3])
+			if err1 != nil || err2 != nil {
+				return Account{}, false
+			}
+			return Account{Name: name, UID: uid, GID: gid, Home: p[5], Shell: p[6]}, true
+		}
+	}
+	return Account{}, false
 }
 
 // File is a file written into the root tree.

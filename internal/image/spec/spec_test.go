@@ -116,6 +116,38 @@ func TestParseSpecBusyboxRejectsDebianFields(t *testing.T) {
 	}
 }
 
+// TestParseSpecBusyboxUsers checks that a busybox spec's users are
+// accounts its own /etc/passwd declares.
+func TestParseSpecBusyboxUsers(t *testing.T) {
+	head := "name: m\nrole: minimal\nbase: {kind: busybox}\nports: []\nsize_mib: 64\n"
+	passwd := func(line string) string {
+		return "files:\n  - path: /etc/passwd\n    mode: \"0644\"\n    content: |\n      root:x:0:0:root:/root:/bin/sh\n      " + line + "\n"
+	}
+	users := "users:\n  - {name: hearth, uid: 1000, shell: /bin/sh}\n"
+	s, err := Parse([]byte(head+users+passwd("hearth:x:1000:1001::/home/hearth:/bin/sh")), "m.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, ok := s.Account("hearth")
+	if !ok || a != (Account{Name: "hearth", UID: 1000, GID: 1001, Home: "/home/hearth", Shell: "/bin/sh"}) {
+		t.Errorf("Account = %+v, %v", a, ok)
+	}
+	if _, ok := s.Account("nobody"); ok {
+		t.Error("an account that is not there")
+	}
+	for _, tc := range []struct{ src, want string }{
+		{head + users, "users[0]: with base.kind busybox, /etc/passwd in files must have the line hearth:x:1000:GID::/home/hearth:/bin/sh"},
+		{head + users + passwd("hearth:x:1001:1001::/home/hearth:/bin/sh"), "users[0]: with base.kind busybox"},
+		{head + users + passwd("hearth:x:1000:1000::/home/other:/bin/sh"), "users[0]: with base.kind busybox"},
+		{head + users + passwd("hearth:x:1000:1000::/home/hearth:/bin/bash"), "users[0]: with base.kind busybox"},
+		{head + "users:\n  - {name: hearth, uid: 1000, groups: [wheel]}\n" + passwd("hearth:x:1000:1000::/home/hearth:/bin/sh"), "users[0].groups: not supported with base.kind busybox"},
+	} {
+		if _, err := Parse([]byte(tc.src), "m.yaml"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+	}
+}
+
 func TestEmbeddedSpecsParse(t *testing.T) {
 	names := Names()
 	if !slices.Equal(names, []string{"browser", "minimal", "workspace"}) {

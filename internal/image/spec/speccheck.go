@@ -118,11 +118,23 @@ func (c specChecker) validateBusybox(s *Spec) {
 		set  bool
 	}{
 		{"packages", len(s.Packages) > 0}, {"npm", len(s.NPM) > 0}, {"node", s.Node != nil},
-		{"users", len(s.Users) > 0}, {"units", len(s.Units.Enable)+len(s.Units.Mask) > 0},
+		{"units", len(s.Units.Enable)+len(s.Units.Mask) > 0},
 		{"limits", s.Limits != nil}, {"key_files", len(s.KeyFiles) > 0},
 	} {
 		if f.set {
 			c.Errorf(f.name, "not supported with base.kind busybox")
+		}
+	}
+	// No useradd: a user is an account the spec's own /etc/passwd
+	// declares, whose home the builder makes.
+	for i, u := range s.Users {
+		field := fmt.Sprintf("users[%d]", i)
+		if len(u.Groups) > 0 {
+			c.Errorf(field+".groups", "not supported with base.kind busybox (list the user in /etc/group)")
+		}
+		a, ok := s.Account(u.Name)
+		if !ok || a.UID != u.UID || a.Home != u.Home || a.Shell != u.Shell {
+			c.Errorf(field, "with base.kind busybox, /etc/passwd in files must have the line %s:x:%d:GID::%s:%s", u.Name, u.UID, u.Home, u.Shell)
 		}
 	}
 }
