@@ -1153,7 +1153,8 @@ func (s *suite) testDataChannel(t *testing.T) {
 
 // awaitData connects to the VM's data channel, authenticates the agent
 // with token and checks that HTTP/2 follows, within BootTimeout. The
-// connection is closed when t ends.
+// connection outlives the step t is (later steps use it): it is closed
+// when the VM's test ends.
 func (v *vm) awaitData(t *testing.T, token []byte) *http2.ClientConn {
 	t.Helper()
 	start := time.Now()
@@ -1175,7 +1176,7 @@ func (v *vm) awaitData(t *testing.T, token []byte) *http2.ClientConn {
 		c.Close()
 		t.Fatalf("HTTP/2 on the data channel of %s: %v", v.spec.ID, err)
 	}
-	t.Cleanup(func() { cc.Close() })
+	v.owner.Cleanup(func() { cc.Close() })
 	if err := cc.Ping(ctx); err != nil {
 		t.Fatalf("want the agent of %s to answer an HTTP/2 ping on its data channel: %v\n%s", v.spec.ID, err, v.consoleTail())
 	}
