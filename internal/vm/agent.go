@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/hearth-project/hearth/internal/agentapi"
@@ -16,7 +17,21 @@ import (
 // the handle asks for it).
 type AgentAPIDialer struct{}
 
-var _ AgentDialer = AgentAPIDialer{}
+var (
+	_ AgentDialer = AgentAPIDialer{}
+	_ DataDialer  = AgentAPIDialer{}
+)
+
+// DialData implements DataDialer with vmm.DialData. A VM whose handle
+// names no data channel (started by an older hearth) is a conflict: it
+// has to be restarted for processes and files.
+func (AgentAPIDialer) DialData(ctx context.Context, h vmm.Handle) (net.Conn, error) {
+	conn, err := vmm.DialData(ctx, h)
+	if errors.Is(err, vmm.ErrNoDataChannel) {
+		return nil, errdefs.Conflictf("%s", vmm.ErrNoDataChannel)
+	}
+	return conn, err
+}
 
 // Connect implements AgentDialer.
 func (AgentAPIDialer) Connect(ctx context.Context, h vmm.Handle, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error) {

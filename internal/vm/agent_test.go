@@ -149,3 +149,35 @@ func TestExecNeverAnswered(t *testing.T) {
 		t.Fatalf("an exec never answered, after %s: %v (public %q)", time.Since(start).Round(time.Second), err, errdefs.Public(err))
 	}
 }
+
+// TestDialDataOfAnOlderVM: a VM whose handle names no data channel is a
+// conflict (restart it), not an error of the host's.
+func TestDialDataOfAnOlderVM(t *testing.T) {
+	_, err := vm.AgentAPIDialer{}.DialData(t.Context(), vmm.Handle{AgentSocket: "/vms/a/agent.sock"})
+	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "restart") {
+		t.Fatalf("DialData of a handle without a data channel: %v; want a conflict saying to restart the VM", err)
+	}
+}
+
+func TestDialDataReachesTheDataSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Write([]byte("guest"))
+			c.Close()
+		}
+	}()
+	c, err := vm.AgentAPIDialer{}.DialData(t.Context(), vmm.Handle{DataSocket: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if b, err := io.ReadAll(c); err != nil || string(b) != "guest" {
+		t.Fatalf("read %q %v from the data socket", b, err)
+	}
+}

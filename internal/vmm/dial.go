@@ -10,12 +10,17 @@ import (
 	"time"
 )
 
-// dialRetryInterval is how often DialAgent retries while the VMM's socket
-// or the guest's listener is not there yet.
+// dialRetryInterval is how often DialAgent and DialData retry while the
+// VMM's socket or the guest's listener is not there yet.
 const dialRetryInterval = 50 * time.Millisecond
 
 // maxVsockReply bounds the "OK <port>\n" line Firecracker answers with.
 const maxVsockReply = 32
+
+// ErrNoDataChannel is DialData's error for a handle that names no data
+// channel: its VM was started by an older hearth, whose drivers gave VMs
+// none.
+var ErrNoDataChannel = errors.New("the vm was started by an older hearth and has no data channel: restart it to use processes and files")
 
 // DialAgent connects to the guest agent of h: a plain Unix socket stream
 // (QEMU's virtio-serial chardev) or, when h.AgentVsockPort is set, a
@@ -24,9 +29,28 @@ const maxVsockReply = 32
 // listen yet while it boots (Firecracker then closes the connection without
 // an answer), so DialAgent retries until it is connected or ctx is done.
 func DialAgent(ctx context.Context, h Handle) (net.Conn, error) {
+	return dial(ctx, "agent", h.AgentSocket, h.AgentVsockPort)
+}
+
+// DialData connects to the data channel of h's guest, where the agent
+// serves the work API (the caller goes on with workapi.HostPreamble): as
+// DialAgent, on h.DataSocket and h.DataVsockPort, retrying until the
+// socket and the guest's listener are there or ctx is done. A handle with
+// no data channel fails at once with ErrNoDataChannel.
+func DialData(ctx context.Context, h Handle) (net.Conn, error) {
+	if h.DataSocket == "" {
+		return nil, fmt.Errorf("dial data channel: %w", ErrNoDataChannel)
+	}
+	return dial(ctx, "data channel", h.DataSocket, h.DataVsockPort)
+}
+
+// dial connects to a guest stream whose host end is the Unix socket path
+// (after "CONNECT <vsockPort>" if that is set), retrying until ctx is done.
+// what names the stream in errors.
+func dial(ctx context.Context, what, path string, vsockPort uint32) (net.Conn, error) {
 	var lastErr error
 	for {
-		conn, err := dialOnce(ctx, h)
+		conn, err := dialOnce(ctx, path, vsockPort)
 		if err == nil {
 			return conn, nil
 		}
@@ -35,19 +59,19 @@ func DialAgent(ctx context.Context, h Handle) (net.Conn, error) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("dial agent at %s: %w (last error: %v)", h.AgentSocket, ctx.Err(), lastErr)
+			return nil, fmt.Errorf("dial %s at %s: %w (last error: %v)", what, path, ctx.Err(), lastErr)
 		case <-t.C:
 		}
 	}
 }
 
-func dialOnce(ctx context.Context, h Handle) (net.Conn, error) {
+func dialOnce(ctx context.Context, path string, vsockPort uint32) (net.Conn, error) {
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", h.AgentSocket)
-	if err != nil || h.AgentVsockPort == 0 {
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil || vsockPort == 0 {
 		return conn, err
 	}
-	if err := VsockConnect(ctx, conn, h.AgentVsockPort); err != nil {
+	if err := VsockConnect(ctx, conn, vsockPort); err != nil {
 		conn.Close()
 		return nil, err
 	}

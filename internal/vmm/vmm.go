@@ -86,10 +86,18 @@ type Handle struct {
 	// "CONNECT <port>\n" is answered with "OK <host port>\n" (DialAgent
 	// does this). Zero means AgentSocket is a plain stream to the agent.
 	AgentVsockPort uint32 `json:"agent_vsock_port,omitempty"`
-	ControlSocket  string `json:"control_socket"`
-	DiskPath       string `json:"disk_path"`
-	TokenPath      string `json:"token_path"`
-	Accel          string `json:"accel,omitempty"`
+	// DataSocket is the host end of the VM's data channel, over which
+	// the agent serves the work API (package workapi): a plain stream to
+	// the agent (QEMU's second virtio-serial chardev) or, with
+	// DataVsockPort set, a Firecracker vsock device socket as for
+	// AgentVsockPort. DialData connects to it. Handles of VMs started by
+	// an older hearth have none (ErrNoDataChannel).
+	DataSocket    string `json:"data_socket,omitempty"`
+	DataVsockPort uint32 `json:"data_vsock_port,omitempty"`
+	ControlSocket string `json:"control_socket"`
+	DiskPath      string `json:"disk_path"`
+	TokenPath     string `json:"token_path"`
+	Accel         string `json:"accel,omitempty"`
 	// Jail is the jailer's chroot directory when the VM runs jailed.
 	Jail string `json:"jail,omitempty"`
 }

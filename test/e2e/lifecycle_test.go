@@ -152,6 +152,7 @@ func TestAdoptionAfterKill9(t *testing.T) {
 	deadDir := filepath.Join(d.stateDir, "vms", dead.ID)
 	waitGone(t, filepath.Join(deadDir, "disk.qcow2"))
 	waitGone(t, filepath.Join(deadDir, "agent.sock"))
+	waitGone(t, filepath.Join(deadDir, "data.sock"))
 
 	// The live one is still ready and its agent heartbeats reach the new daemon.
 	deadline := time.Now().Add(time.Minute)

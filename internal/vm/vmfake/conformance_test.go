@@ -1,6 +1,8 @@
 package vmfake_test
 
 import (
+	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 
@@ -37,4 +39,22 @@ func TestDriverConformance(t *testing.T) {
 				"image records whose paths name no files",
 		},
 	})
+}
+
+// TestNoDataChannel: the fake's VMs have no data channel, and say so as a
+// VM of an older hearth does.
+func TestNoDataChannel(t *testing.T) {
+	d := vmfake.NewHost().NewDriver()
+	spec := vmm.Spec{ID: "vm-1", Dir: filepath.Join(t.TempDir(), "vm-1"), VCPUs: 1, MemoryMiB: 128, Kernel: "/k", Initrd: "/i", Rootfs: "/r"}
+	h, err := d.Prepare(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(t.Context(), spec, &h); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Stop(context.Background(), h, 0) })
+	if _, err := vmm.DialData(t.Context(), h); !errors.Is(err, vmm.ErrNoDataChannel) {
+		t.Fatalf("DialData of a fake VM: %v; want vmm.ErrNoDataChannel", err)
+	}
 }

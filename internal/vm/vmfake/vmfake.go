@@ -15,6 +15,8 @@
 //     bytes;
 //   - its VMs run no guest: Agents plays the guest's agent (reached
 //     through no socket) and WriteConsole writes the guest's console;
+//     their handles name no data channel, so vmm.DialData reports
+//     vmm.ErrNoDataChannel for them, as for a VM of an older hearth;
 //   - Stop ends the process at once, as a guest that powers off as soon as
 //     it is asked would;
 //   - it offers neither pause nor snapshots.

@@ -4,10 +4,11 @@
 // source, a root drive that is a private copy-on-write clone of the image
 // (reflink where the filesystem can, else a sparse copy), a virtio-net
 // interface on the VM's TAP, a vsock device whose host end is the agent's
-// Unix socket, MMDS v2 carrying the VM's token and network, the logger and
-// metrics and its own output into FIFOs the daemon reads (logs.go), the serial
-// console into a FIFO the daemon reads. Optionally every VM
-// runs under Firecracker's jailer (chroot, uid/gid, cgroup limits, network
+// Unix socket (its control channel on one port, its data channel on
+// another), MMDS v2 carrying the VM's token and network, the logger and
+// metrics and its own output into FIFOs the daemon reads (logs.go), the
+// serial console into a FIFO the daemon reads. Optionally every VM runs
+// under Firecracker's jailer (chroot, uid/gid, cgroup limits, network
 // namespace). Pause, resume and snapshots are offered as vmm.Pauser and
 // vmm.Snapshotter.
 //
@@ -34,6 +35,7 @@ import (
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/proc"
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 // Names of the files in a VM's root (its directory, or its jail's root).
@@ -207,10 +209,13 @@ func (d *Driver) handleFor(spec vmm.Spec) vmm.Handle {
 		ConsoleStream:  filepath.Join(root, fileConsole),
 		AgentSocket:    filepath.Join(spec.Dir, fileVsock),
 		AgentVsockPort: agentapi.VsockPort,
-		ControlSocket:  filepath.Join(spec.Dir, fileAPI),
-		DiskPath:       filepath.Join(root, fileDisk),
-		TokenPath:      filepath.Join(spec.Dir, fileToken),
-		Accel:          "kvm",
+		// The data channel is another port of the same vsock device.
+		DataSocket:    filepath.Join(spec.Dir, fileVsock),
+		DataVsockPort: workapi.VsockPort,
+		ControlSocket: filepath.Join(spec.Dir, fileAPI),
+		DiskPath:      filepath.Join(root, fileDisk),
+		TokenPath:     filepath.Join(spec.Dir, fileToken),
+		Accel:         "kvm",
 	}
 	if d.Jailed() {
 		h.Jail = root

@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/workapi"
 	"github.com/hearth-project/hearth/test/golden"
 )
 
@@ -133,5 +135,25 @@ func TestConfiguredKernelReplacesTheImages(t *testing.T) {
 	}
 	if boot.KernelImagePath != "/opt/fc/vmlinux" || boot.InitrdPath != "" {
 		t.Fatalf("boot source %+v", boot)
+	}
+}
+
+// TestHandleNamesTheDataChannel: the data channel is the agent's vsock
+// device on the work API's port, reached through the VM's directory as the
+// agent's is, jailed or not.
+func TestHandleNamesTheDataChannel(t *testing.T) {
+	for name, j := range map[string]JailerConfig{"plain": {}, "jailed": {Binary: "/usr/local/bin/jailer", UID: 990, GID: 990}} {
+		t.Run(name, func(t *testing.T) {
+			d := newTestDriver(t, Config{Binary: "/usr/local/bin/firecracker", Jailer: j})
+			spec := goldenSpec()
+			h := d.handleFor(spec)
+			want := filepath.Join(spec.Dir, fileVsock)
+			if h.DataSocket != want || h.AgentSocket != want {
+				t.Fatalf("data socket %q, agent socket %q; want both %q", h.DataSocket, h.AgentSocket, want)
+			}
+			if h.DataVsockPort != workapi.VsockPort || h.AgentVsockPort != agentapi.VsockPort || h.DataVsockPort == h.AgentVsockPort {
+				t.Fatalf("data port %d, agent port %d; want %d and %d", h.DataVsockPort, h.AgentVsockPort, workapi.VsockPort, agentapi.VsockPort)
+			}
+		})
 	}
 }

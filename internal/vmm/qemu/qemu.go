@@ -1,8 +1,9 @@
 // Package qemu is the QEMU driver: `-M microvm` guests with KVM when the host
 // has it and TCG otherwise, a qcow2 overlay per VM over the raw image, the
-// agent channel on a virtio-serial port whose host end is a Unix socket, QMP
-// for control and the serial console on a Unix socket QEMU listens on,
-// which the daemon reads (QEMU writes no console file).
+// agent's control channel and its data channel on two virtio-serial ports
+// whose host ends are Unix sockets, QMP for control and the serial console
+// on a Unix socket QEMU listens on, which the daemon reads (QEMU writes no
+// console file).
 package qemu
 
 import (
@@ -20,12 +21,14 @@ import (
 
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/proc"
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 // Names of the files a VM's directory holds.
 const (
 	fileConsole = "console.sock"
 	fileAgent   = "agent.sock"
+	fileData    = "data.sock"
 	fileQMP     = "qmp.sock"
 	fileDisk    = "disk.qcow2"
 	fileToken   = "token"
@@ -132,6 +135,7 @@ func handleFor(dir string) vmm.Handle {
 		Dir:           dir,
 		ConsoleStream: filepath.Join(dir, fileConsole),
 		AgentSocket:   filepath.Join(dir, fileAgent),
+		DataSocket:    filepath.Join(dir, fileData),
 		ControlSocket: filepath.Join(dir, fileQMP),
 		DiskPath:      filepath.Join(dir, fileDisk),
 		TokenPath:     filepath.Join(dir, fileToken),
@@ -174,8 +178,10 @@ func (d *Driver) Args(spec vmm.Spec, h vmm.Handle) []string {
 		"-device", "virtio-blk-device,drive=root",
 		"-fw_cfg", "name=opt/hearth/token,file="+h.TokenPath,
 		"-chardev", "socket,id=agent,path="+h.AgentSocket+",server=on,wait=off",
+		"-chardev", "socket,id=data,path="+h.DataSocket+",server=on,wait=off",
 		"-device", "virtio-serial-device",
 		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
+		"-device", "virtserialport,chardev=data,name="+workapi.PortName,
 		"-qmp", "unix:"+h.ControlSocket+",server=on,wait=off",
 	)
 	for i, n := range spec.NICs {
@@ -195,7 +201,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec, h *vmm.Handle) error 
 		return nil // already running
 	}
 	pidFile := filepath.Join(h.Dir, filePID)
-	for _, p := range []string{pidFile, h.AgentSocket, h.ControlSocket, h.ConsoleStream} {
+	for _, p := range []string{pidFile, h.AgentSocket, h.DataSocket, h.ControlSocket, h.ConsoleStream} {
 		if p != "" {
 			_ = os.Remove(p)
 		}
@@ -281,7 +287,7 @@ func (d *Driver) Cleanup(ctx context.Context, h vmm.Handle) error {
 		return nil
 	}
 	for _, p := range []string{h.DiskPath, h.DiskPath + ".tmp", h.TokenPath, h.TokenPath + ".tmp", h.AgentSocket,
-		h.ControlSocket, h.ConsoleStream, filepath.Join(h.Dir, filePID), filepath.Join(h.Dir, fileStderr)} {
+		h.DataSocket, h.ControlSocket, h.ConsoleStream, filepath.Join(h.Dir, filePID), filepath.Join(h.Dir, fileStderr)} {
 		if p == "" {
 			continue
 		}

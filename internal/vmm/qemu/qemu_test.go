@@ -1,10 +1,15 @@
 package qemu
 
 import (
+	"context"
+	"errors"
+	"net"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/workapi"
 	"github.com/hearth-project/hearth/test/golden"
 )
 
@@ -76,5 +81,43 @@ func TestVMDirOf(t *testing.T) {
 		if ok != c.ok || (ok && dir != c.dir) {
 			t.Errorf("%v: got %q %v", c.args, dir, ok)
 		}
+	}
+}
+
+func TestHandleNamesTheDataChannel(t *testing.T) {
+	spec, h := testSpec()
+	if want := spec.Dir + "/data.sock"; h.DataSocket != want || h.DataVsockPort != 0 {
+		t.Fatalf("data channel %q port %d; want the plain socket %s", h.DataSocket, h.DataVsockPort, want)
+	}
+	if h.DataSocket == h.AgentSocket {
+		t.Fatal("the data channel shares the agent's socket")
+	}
+	d, _ := New(Config{Accel: "tcg", TSCkHz: 1})
+	args := strings.Join(d.Args(spec, h), "\n")
+	for _, want := range []string{
+		"socket,id=data,path=" + h.DataSocket + ",server=on,wait=off",
+		"virtserialport,chardev=data,name=" + workapi.PortName,
+	} {
+		if !strings.Contains(args, "\n"+want+"\n") {
+			t.Errorf("no argument %q in\n%s", want, args)
+		}
+	}
+}
+
+func TestCleanupRemovesTheDataSocket(t *testing.T) {
+	dir := t.TempDir()
+	h := handleFor(dir)
+	ln, err := net.Listen("unix", h.DataSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	d, _ := New(Config{Accel: "tcg", TSCkHz: 1})
+	if err := d.Cleanup(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(h.DataSocket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("data socket after Cleanup: %v; want it removed", err)
 	}
 }

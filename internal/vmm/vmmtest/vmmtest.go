@@ -13,6 +13,10 @@
 //     Spec's KernelArgs, and never the token;
 //   - the guest runs the hearth agent, which accepts a new host connection
 //     after the previous one closed and answers an exec of cat;
+//   - the agent serves the work API on the data channel the handle names
+//     (vmm.DialData, then workapi.HostPreamble with the VM's token, then
+//     HTTP/2), independently of its control channel, and accepts a new
+//     host connection there after the previous one closed;
 //   - when the agent has acknowledged a shutdown request, the guest powers
 //     off and the VM process exits by itself (the lifecycle manager's
 //     teardown asks the agent before it calls Stop);
@@ -60,10 +64,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/hearth-project/hearth/internal/agentapi"
 	"github.com/hearth-project/hearth/internal/consolelog"
 	"github.com/hearth-project/hearth/internal/vmm"
 	"github.com/hearth-project/hearth/internal/vmm/proc"
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 // Harness is what a driver's test supplies to Run.
@@ -165,6 +172,7 @@ func run(t *testing.T, s *suite) {
 		{"bad_spec_refused", s.testBadSpec, false},
 		{"wrong_token_rejected", s.testWrongToken, true},
 		{"guest_poweroff_ends_process", s.testGuestPowerOff, true},
+		{"data_channel", s.testDataChannel, true},
 		{"crash_detected", s.testCrash, false},
 		{"adopted_after_restart", s.testAdoption, false},
 		{"found_by_directory", s.testFindProcesses, false},
@@ -458,7 +466,7 @@ func (v *vm) cleanup(t *testing.T) {
 	}
 	for _, f := range []struct{ what, path string }{
 		{"disk", v.h.DiskPath}, {"token", v.h.TokenPath},
-		{"agent socket", v.h.AgentSocket}, {"control socket", v.h.ControlSocket},
+		{"agent socket", v.h.AgentSocket}, {"data socket", v.h.DataSocket}, {"control socket", v.h.ControlSocket},
 		{"console stream", v.h.ConsoleStream},
 	} {
 		if f.path == "" {
@@ -1086,4 +1094,92 @@ func randomHex(t *testing.T, n int) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
+}
+
+// testDataChannel checks the VM's data channel: the handle names one, the
+// agent proves the VM's token on it (and a host holding another token is
+// refused) and then speaks HTTP/2, a reconnect of the control channel
+// leaves it working, and so does a new connection after the previous one
+// closed.
+func (s *suite) testDataChannel(t *testing.T) {
+	v := s.newVM(t, s.h.NewDriver(t), "data")
+	sess := v.boot(t)
+	if v.h.DataSocket == "" {
+		t.Fatalf("the handle names no data channel: %+v", v.h)
+	}
+	var first *http2.ClientConn
+	s.step(t, "reachable", func(t *testing.T) {
+		first = v.awaitData(t, v.token)
+	})
+	s.step(t, "another_token_refused", func(t *testing.T) {
+		wrong, err := agentapi.NewToken()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first connection is closed for this one: a virtio-serial
+		// port takes one host connection at a time.
+		first.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		conn, err := vmm.DialData(ctx, v.h)
+		if err != nil {
+			t.Fatalf("DialData(%s): %v", v.spec.ID, err)
+		}
+		c, err := workapi.HostPreamble(ctx, conn, wrong)
+		if err == nil {
+			c.Close()
+			t.Fatal("the data channel preamble with a token that is not the VM's succeeded; want workapi.ErrBadProof")
+		}
+		if !errors.Is(err, workapi.ErrBadProof) {
+			t.Fatalf("want the data channel preamble with another token to fail with workapi.ErrBadProof; got: %v\n%s", err, v.consoleTail())
+		}
+		first = v.awaitData(t, v.token)
+	})
+	s.step(t, "works_after_control_reconnect", func(t *testing.T) {
+		sess.Close()
+		v.ping(t, v.awaitAgent(t, v.token))
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		if err := first.Ping(ctx); err != nil {
+			t.Fatalf("the data channel connection made before the control channel reconnected no longer answers: %v\n%s",
+				err, v.consoleTail())
+		}
+	})
+	s.step(t, "reconnects", func(t *testing.T) {
+		first.Close()
+		v.awaitData(t, v.token)
+	})
+}
+
+// awaitData connects to the VM's data channel, authenticates the agent
+// with token and checks that HTTP/2 follows, within BootTimeout. The
+// connection outlives the step t is (later steps use it): it is closed
+// when the VM's test ends.
+func (v *vm) awaitData(t *testing.T, token []byte) *http2.ClientConn {
+	t.Helper()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), v.s.h.BootTimeout)
+	defer cancel()
+	conn, err := vmm.DialData(ctx, v.h)
+	if err != nil {
+		t.Fatalf("want the data channel of %s within %v (BootTimeout); after %v: %v\n%s",
+			v.spec.ID, v.s.h.BootTimeout, time.Since(start).Round(time.Millisecond), err, v.consoleTail())
+	}
+	c, err := workapi.HostPreamble(ctx, conn, token)
+	if err != nil {
+		t.Fatalf("want the agent of %s to answer the data channel preamble within %v (BootTimeout); after %v: %v\n%s",
+			v.spec.ID, v.s.h.BootTimeout, time.Since(start).Round(time.Millisecond), err, v.consoleTail())
+	}
+	tr := &http2.Transport{AllowHTTP: true}
+	cc, err := tr.NewClientConn(c)
+	if err != nil {
+		c.Close()
+		t.Fatalf("HTTP/2 on the data channel of %s: %v", v.spec.ID, err)
+	}
+	v.owner.Cleanup(func() { cc.Close() })
+	if err := cc.Ping(ctx); err != nil {
+		t.Fatalf("want the agent of %s to answer an HTTP/2 ping on its data channel: %v\n%s", v.spec.ID, err, v.consoleTail())
+	}
+	t.Logf("data channel of %s answered after %v", v.spec.ID, time.Since(start).Round(time.Millisecond))
+	return cc
 }

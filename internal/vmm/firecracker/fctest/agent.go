@@ -16,15 +16,16 @@ import (
 // the agent's command line (see Server). It takes the same flags the fake
 // starts the agent with:
 //
-//	-listen unix:PATH -token-source mmds -mmds-url URL [-token-path /hearth/token]
+//	-listen unix:PATH [-data-listen unix:PATH] -token-source mmds -mmds-url URL [-token-path /hearth/token]
 //
-// It reads its token from MMDS v2 (a session token first, retrying until
+// It serves no data channel (-data-listen is taken and ignored). It reads its token from MMDS v2 (a session token first, retrying until
 // the data store has it), then listens on PATH and, on every connection,
 // writes "token=<token>\n" and echoes what it reads. It returns the exit
 // status.
 func FakeAgentMain(args []string) int {
 	fs := flag.NewFlagSet("fake-agent", flag.ContinueOnError)
 	listen := fs.String("listen", "", "unix:PATH to listen on")
+	_ = fs.String("data-listen", "", "the data channel's unix:PATH (not served)")
 	source := fs.String("token-source", "", "where the token comes from (mmds)")
 	mmdsURL := fs.String("mmds-url", "", "MMDS base URL")
 	tokenPath := fs.String("token-path", "/hearth/token", "MMDS path of the token")

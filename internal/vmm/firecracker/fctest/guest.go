@@ -12,10 +12,13 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 // AgentVsockPort is the guest vsock port the fake starts the agent
-// listening on (hearth's agent port).
+// listening on (hearth's agent port); its data channel listens on
+// workapi.VsockPort.
 const AgentVsockPort = 1024
 
 // guest is what runs "inside" the fake VM.
@@ -28,6 +31,7 @@ type guest struct {
 	mmdsBase string
 
 	agentPath, agentSock string
+	dataSock             string // the agent's data channel listener
 	bootArgs             string
 	onReboot             func() // the guest rebooted or powered off
 	nics                 []NetworkInterface
@@ -73,7 +77,8 @@ func (g *guest) kernelf(format string, args ...any) {
 // bootGuest starts the fake guest (with s.mu held). bootArgs are the
 // kernel command line the guest was booted with.
 func (s *Server) bootGuest(bootArgs string) (*guest, error) {
-	g := &guest{agentPath: s.opts.AgentPath, agentSock: s.GuestSocket(AgentVsockPort), bootArgs: bootArgs, onReboot: s.reboot}
+	g := &guest{agentPath: s.opts.AgentPath, agentSock: s.GuestSocket(AgentVsockPort), dataSock: s.GuestSocket(workapi.VsockPort),
+		bootArgs: bootArgs, onReboot: s.reboot}
 	var out io.Writer = s.opts.Stdout
 	if s.cfg.Serial != nil && s.cfg.Serial.SerialOutPath != "" {
 		f, err := openDropFile(s.cfg.Serial.SerialOutPath)
@@ -132,8 +137,13 @@ func (g *guest) startAgent(mmdsURL string) error {
 	if g.agentPath == "" || g.agent != nil {
 		return nil
 	}
-	os.Remove(g.agentSock) // a stale socket from a previous boot
-	argv := []string{g.agentPath, "-listen", "unix:" + g.agentSock, "-token-source", "mmds", "-mmds-url", mmdsURL}
+	// Stale sockets from a previous boot.
+	os.Remove(g.agentSock)
+	os.Remove(g.dataSock)
+	// The guest's mount namespace (isolated, below) sees the same files:
+	// the vsock device reaches both listeners by these paths.
+	argv := []string{g.agentPath, "-listen", "unix:" + g.agentSock, "-data-listen", "unix:" + g.dataSock,
+		"-token-source", "mmds", "-mmds-url", mmdsURL}
 	// The agent dies with the fake VMM, as a guest dies with its VMM.
 	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	isolated := os.Geteuid() == 0

@@ -99,7 +99,8 @@ const (
 // served over HTTP on 127.0.0.1 (MMDSURL) when /mmds/config was set; and
 // the agent, if configured, is started as
 //
-//	AGENT -listen unix:<GuestDir>/vsock-1024.sock -token-source mmds -mmds-url <MMDSURL>
+//	AGENT -listen unix:<GuestDir>/vsock-1024.sock -data-listen unix:<GuestDir>/vsock-1025.sock \
+//	      -token-source mmds -mmds-url <MMDSURL>
 //
 // with its output on the serial console. A vsock device (bound at PUT
 // /vsock, as Firecracker does) forwards "CONNECT <port>\n" to the guest's

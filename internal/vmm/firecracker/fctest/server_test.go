@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hearth-project/hearth/internal/vmm"
+	"github.com/hearth-project/hearth/internal/workapi"
 )
 
 func TestInstanceInfoAndVersion(t *testing.T) {
@@ -393,6 +394,15 @@ func TestAgentLifecycle(t *testing.T) {
 	pid := ts.AgentPID()
 	if pid == 0 {
 		t.Fatal("no agent process")
+	}
+	// Its data channel listens where the vsock device sends CONNECT 1025.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\x00-data-listen\x00unix:" + ts.GuestSocket(workapi.VsockPort) + "\x00"
+	if !strings.Contains(string(cmdline), want) {
+		t.Errorf("agent command line %q; want it to carry %q", cmdline, want)
 	}
 	ts.ok("PATCH", "/vm", `{"state":"Paused"}`)
 	if ts.State() != "Paused" {
