@@ -33,6 +33,10 @@ func (AgentAPIDialer) DialData(ctx context.Context, h vmm.Handle) (net.Conn, err
 	return conn, err
 }
 
+// HasDataChannel says whether h names a data channel (a VM started by an
+// older hearth has none, and Manager.Work says so without dialing).
+func (AgentAPIDialer) HasDataChannel(h vmm.Handle) bool { return h.DataSocket != "" }
+
 // Connect implements AgentDialer.
 func (AgentAPIDialer) Connect(ctx context.Context, h vmm.Handle, token []byte, cfg AgentConfig) (AgentSession, AgentHello, error) {
 	conn, err := vmm.DialAgent(ctx, h)

@@ -25,7 +25,17 @@ func (m *Manager) newWork(h vmm.Handle, token []byte) *workapi.Client {
 	if !ok {
 		return nil
 	}
+	if hc, ok := dd.(dataChannelChecker); ok && !hc.HasDataChannel(h) {
+		return nil // a VM started by an older hearth: Work says so at once
+	}
 	return workapi.NewClient(func(ctx context.Context) (net.Conn, error) { return dd.DialData(ctx, h) }, token)
+}
+
+// dataChannelChecker is implemented by DataDialers that can tell from a
+// handle whether its VM has a data channel at all; without it every VM
+// is taken to have one.
+type dataChannelChecker interface {
+	HasDataChannel(h vmm.Handle) bool
 }
 
 // ErrNoDataChannel is in Work's error for a VM that has no data channel
