@@ -31,7 +31,9 @@ func TestFakeFirecrackerConformance(t *testing.T) {
 	needFake(t)
 	t.Setenv("HEARTH_FAKEFC_AGENT", agentBin)
 	vmmtest.Run(t, vmmtest.Harness{
-		NewDriver:     func(t *testing.T) vmm.Driver { return newFakeDriver(t, Config{}) },
+		NewDriver: func(t *testing.T) vmm.Driver { return newFakeDriver(t, Config{}) },
+		// The fake's guest is the host's own system: no workspace user.
+		WorkUser:      "root",
 		Spec:          func(t *testing.T, id string) vmm.Spec { s := fakeSpec(t, id); s.Token = nil; return s },
 		BootTimeout:   30 * time.Second,
 		ConsoleMarker: "hearth-agent",
@@ -158,6 +160,9 @@ func TestFakeFirecrackerJailedConformance(t *testing.T) {
 				"(the unjailed run reads the command line the driver sent)",
 			"console": "the fake's jailed guest has no /dev/ttyS0 to write (the jail has no /dev); " +
 				"the unjailed run has the guest write its console",
+			"process": "the fake's jailed guest is the jail, with no accounts and no shell " +
+				"(the unjailed run starts a process through the data channel)",
+			"file": "as process: the jail has no accounts to act as (the unjailed run writes and reads a file)",
 		},
 	})
 }

@@ -50,11 +50,14 @@ package vmmtest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -107,6 +110,10 @@ type Harness struct {
 	// whatever the console cannot take is lost. Unset, RunContract does not
 	// check what reaches the console stream after Start.
 	WriteConsole func(h vmm.Handle, b []byte)
+	// WorkUser is the guest user the work API checks run as
+	// (workapi.DefaultUser if empty): a stand-in guest that is the
+	// host's own system has no workspace user.
+	WorkUser string
 	// Skip names subtests (e.g. "guest_poweroff_ends_process") or steps
 	// of one (e.g. "token_not_on_process_cmdline") this harness cannot
 	// run, each with the reason, which the skip reports; "guest_cmdline"
@@ -1147,7 +1154,67 @@ func (s *suite) testDataChannel(t *testing.T) {
 	})
 	s.step(t, "reconnects", func(t *testing.T) {
 		first.Close()
-		v.awaitData(t, v.token)
+		v.awaitData(t, v.token).Close()
+	})
+	// The work API itself, through the host's client, as the daemon
+	// calls it: a process as the workspace user with its output, stdin
+	// and exit, and a file written and read back.
+	w := workapi.NewClient(func(ctx context.Context) (net.Conn, error) { return vmm.DialData(ctx, v.h) }, v.token)
+	t.Cleanup(func() { w.Close() })
+	user := cmp.Or(s.h.WorkUser, workapi.DefaultUser)
+	s.step(t, "process", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		p, err := w.StartProcess(ctx, workapi.ProcessSpec{Command: "read line; echo \"$line as $(id -un)\"; exit 3", Stdin: true, User: user})
+		if err != nil {
+			t.Fatalf("start a process: %v\n%s", err, v.consoleTail())
+		}
+		if err := w.Stdin(ctx, p.ID, strings.NewReader("hello\n"), true); err != nil {
+			t.Fatalf("stdin: %v", err)
+		}
+		out, err := w.Output(ctx, p.ID, 0, true)
+		if err != nil {
+			t.Fatalf("output: %v", err)
+		}
+		defer out.Close()
+		var got strings.Builder
+		for {
+			f, err := out.Next()
+			if err != nil {
+				t.Fatalf("output after %q: %v", got.String(), err)
+			}
+			if f.Kind == workapi.FrameExit {
+				if f.Exit.Code == nil || *f.Exit.Code != 3 || got.String() != "hello as "+user+"\n" {
+					t.Fatalf("the process wrote %q and ended %+v; want %q and code 3", got.String(), f.Exit, "hello as "+user+"\n")
+				}
+				return
+			}
+			got.Write(f.Data)
+		}
+	})
+	s.step(t, "file", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		content := strings.Repeat("hearth data channel\n", 10000)
+		// In /tmp: a stand-in guest's files are the host's.
+		path := "/tmp/hearth-conformance-" + v.spec.ID
+		fi, err := w.WriteFile(ctx, user, path, "0600", strings.NewReader(content), int64(len(content)))
+		if err != nil {
+			t.Fatalf("write a file: %v", err)
+		}
+		if fi.Size != int64(len(content)) || fi.Mode != "0600" {
+			t.Fatalf("wrote %+v", fi)
+		}
+		defer func() { _ = w.Remove(context.WithoutCancel(ctx), user, path, false) }()
+		f, err := w.ReadFile(ctx, user, path, 0)
+		if err != nil {
+			t.Fatalf("read it back: %v", err)
+		}
+		defer f.Close()
+		b, err := io.ReadAll(f)
+		if err != nil || string(b) != content {
+			t.Fatalf("read back %d bytes (%v), want the %d written", len(b), err, len(content))
+		}
 	})
 }
 
