@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 
 	"github.com/hearth-project/hearth/api"
@@ -92,10 +93,23 @@ func TestTerminalInChromium(t *testing.T) {
 		}
 		return regexp.MustCompile("(?m)" + pattern).FindString(screen())
 	}
+	// typeLine types s and Enter into the terminal. The text goes in as
+	// the browser inserts typed text (chromedp's SendKeys adds a char
+	// event to each key down, which xterm.js takes as a second key), and
+	// Enter as the key xterm.js reads it from.
 	typeLine := func(s string) {
 		t.Helper()
-		if err := chromedp.Do(bctx, chromedp.SendKeys(".xterm-helper-textarea", s+"\r")); err != nil {
+		if err := chromedp.Do(bctx, chromedp.Focus(".xterm-helper-textarea")); err != nil {
+			t.Fatalf("focus the terminal: %v", err)
+		}
+		if _, err := chromedp.Call(bctx, input.InsertText, input.InsertTextParams{Text: s}); err != nil {
 			t.Fatalf("type %q: %v", s, err)
+		}
+		for _, typ := range []input.DispatchKeyEventType{input.DispatchKeyEventTypeRawKeyDown, input.DispatchKeyEventTypeKeyUp} {
+			if _, err := chromedp.Call(bctx, input.DispatchKeyEvent, input.DispatchKeyEventParams{Type: typ, Key: "Enter", Code: "Enter",
+				WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13}); err != nil {
+				t.Fatalf("press Enter: %v", err)
+			}
 		}
 	}
 
