@@ -60,7 +60,7 @@ func runIn(m *testing.M, tmp string) int {
 	imageDir = filepath.Join(cacheDir, "e2e-images")
 	root := repoRoot()
 	for _, b := range []struct{ pkg, out string }{{"./cmd/hearth", "hearth"}, {"./cmd/hearth-agent", "hearth-agent"},
-		{"./test/fakefirecracker", "firecracker"}, {"./test/hostileagent", "hostileagent"}} {
+		{"./test/fakefirecracker", "firecracker"}, {"./test/hostileagent", "hostileagent"}, {"./test/fakeprompt", "fakeprompt"}} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b.out), b.pkg)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
