@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -219,7 +220,10 @@ func inside(ctx context.Context, c config) error {
 	}
 	logf("vm %s ready at %s (%d vCPUs, %d MiB)", v.ID, ip, v.VCPUs, v.MemoryMiB)
 
-	b := &bench{c: c, cl: cl, vm: v.ID, ip: ip, load0: loadAvg()}
+	b := &bench{c: c, cl: cl, vm: v.ID, ip: ip, load0: loadAvg(), daemon: daemon.Process.Pid, qemu: qemuPID(c.state)}
+	if b.qemu == 0 {
+		return fmt.Errorf("no QEMU process of %s found", c.state)
+	}
 	if b.ssh, err = startSSHD(ctx, cl, v.ID, ip); err != nil {
 		return err
 	}
@@ -231,6 +235,22 @@ func inside(ctx context.Context, c config) error {
 	r.accel, r.vcpus, r.mem, r.load0, r.load1 = string(host.Capabilities.Accel), v.VCPUs, v.MemoryMiB, b.load0, loadAvg()
 	r.print(c)
 	return nil
+}
+
+// qemuPID is the QEMU process whose command line mentions dir.
+func qemuPID(dir string) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), "qemu-system") && strings.Contains(string(b), dir) {
+			return pid
+		}
+	}
+	return 0
 }
 
 func tailFile(path string, n int) string {

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/hearth-project/hearth/api"
+	"github.com/hearth-project/hearth/bench/internal/procstat"
 	"github.com/hearth-project/hearth/internal/client"
 )
 
@@ -31,12 +32,15 @@ type bench struct {
 	ssh    *sshd
 	load0  string
 	drops  int64 // output bytes the hearth streams reported dropped
+	// pids whose CPU time the streams account
+	daemon, qemu int
 }
 
 // results are every sample of the run, by table and method.
 type results struct {
 	start, keys      map[string][]time.Duration
 	stream           map[string][]rate
+	streamCPU        map[string][]cpuUse
 	upload, download map[string][]rate
 	drops            int64
 	accel            string
@@ -66,7 +70,7 @@ const (
 )
 
 func (b *bench) run(ctx context.Context) (*results, error) {
-	r := &results{start: map[string][]time.Duration{}, keys: map[string][]time.Duration{}, stream: map[string][]rate{},
+	r := &results{start: map[string][]time.Duration{}, keys: map[string][]time.Duration{}, stream: map[string][]rate{}, streamCPU: map[string][]cpuUse{},
 		upload: map[string][]rate{}, download: map[string][]rate{}}
 	starts := []struct {
 		name string
@@ -92,12 +96,16 @@ func (b *bench) run(ctx context.Context) (*results, error) {
 	}{{mProcess, b.streamProcess}, {mAttach, b.streamAttach}, {mSSH, b.streamSSH}, {mRawTCP, b.streamTCP}}
 	for i := 0; i < b.c.streams; i++ {
 		for _, m := range streams {
+			c0 := b.cpu()
 			x, err := m.f(ctx)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", m.name, err)
 			}
+			u := b.cpu().since(c0)
 			r.stream[m.name] = append(r.stream[m.name], x)
-			logf("stream %d %s: %.1f MiB/s", i+1, m.name, x.mibps())
+			r.streamCPU[m.name] = append(r.streamCPU[m.name], u)
+			logf("stream %d %s: %.1f MiB/s; cores busy: daemon %.2f, qemu %.2f, client %.2f", i+1, m.name, x.mibps(),
+				u.cores(u.daemon), u.cores(u.qemu), u.cores(u.client))
 		}
 	}
 
@@ -119,6 +127,30 @@ func (b *bench) run(ctx context.Context) (*results, error) {
 	r.drops = b.drops
 	return r, nil
 }
+
+// cpuUse is the CPU time the parts of a transfer used, and its wall time.
+type cpuUse struct {
+	wall, daemon, qemu, client time.Duration
+	at                         time.Time
+}
+
+// cpu reads the CPU time used so far by the daemon, QEMU (all its
+// threads: the guest's vCPUs, its I/O) and the client: the bench itself
+// and the child processes it has waited for (ssh).
+func (b *bench) cpu() cpuUse {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	children := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return cpuUse{at: time.Now(), daemon: procstat.CPUTime(b.daemon), qemu: procstat.CPUTime(b.qemu),
+		client: procstat.CPUTime(os.Getpid()) + children}
+}
+
+func (u cpuUse) since(u0 cpuUse) cpuUse {
+	return cpuUse{wall: u.at.Sub(u0.at), daemon: u.daemon - u0.daemon, qemu: u.qemu - u0.qemu, client: u.client - u0.client}
+}
+
+// cores is d as cores kept busy over the transfer.
+func (u cpuUse) cores(d time.Duration) float64 { return d.Seconds() / u.wall.Seconds() }
 
 var echoX = []string{"echo", "x"}
 
@@ -270,7 +302,7 @@ func (b *bench) streamAttach(ctx context.Context) (rate, error) {
 	if err != nil {
 		return rate{}, err
 	}
-	defer ws.CloseNow()
+	defer func() { _ = ws.CloseNow() }()
 	ws.SetReadLimit(1 << 22)
 	var c counter
 	for {
@@ -344,7 +376,7 @@ func (b *bench) keysAttach(ctx context.Context, n int) ([]time.Duration, error) 
 	}
 	defer func() {
 		_ = b.cl.SignalProcess(ctx, b.vm, pid, "KILL", true)
-		ws.CloseNow()
+		_ = ws.CloseNow()
 	}()
 	key := func(c byte) (time.Duration, error) {
 		t0 := time.Now()

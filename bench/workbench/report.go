@@ -73,6 +73,20 @@ func (r *results) print(c config) {
 		fmt.Printf("| %s | **%.1f MiB/s** | %s | %.0f %% |\n", m, x, rates(r.stream[m]), 100*x/raw)
 	}
 	fmt.Println()
+	fmt.Println("Where the host's CPU went during those streams (cores kept busy, means over the runs, from the start of " +
+		"each command to its end; the host has " + fmt.Sprint(procstat.NumCPU()) + "):")
+	fmt.Println()
+	fmt.Println("| method | daemon | QEMU (guest vCPUs + I/O) | client (bench; ssh) | sum |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, m := range []string{mProcess, mAttach, mSSH, mRawTCP} {
+		var d, q, cl, w time.Duration
+		for _, u := range r.streamCPU[m] {
+			d, q, cl, w = d+u.daemon, q+u.qemu, cl+u.client, w+u.wall
+		}
+		c := func(x time.Duration) float64 { return x.Seconds() / w.Seconds() }
+		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f |\n", m, c(d), c(q), c(cl), c(d+q+cl))
+	}
+	fmt.Println()
 	proc, ssh := medianRate(r.stream[mProcess]).mibps(), medianRate(r.stream[mSSH]).mibps()
 	fmt.Printf("Goals: output stream ≥ ssh: **%s** (%.1f vs %.1f MiB/s); ≥ 50 %% of raw TCP: **%s** (%.0f %%). "+
 		"Bytes the SSE streams reported dropped: %d.\n\n",
