@@ -40,7 +40,7 @@ func (r *results) print(c config) {
 	qemu, _ := exec.Command("qemu-system-x86_64", "--version").Output()
 	qemuVer := strings.TrimPrefix(strings.SplitN(string(qemu), "\n", 2)[0], "QEMU emulator version ")
 	sshVer, _ := exec.Command("ssh", "-V").CombinedOutput()
-	fmt.Println("## work API vs OpenSSH, in the same guest")
+	fmt.Println("## work API vs OpenSSH")
 	fmt.Println()
 	fmt.Printf("Made by `WORK_RUNS=%d ./bench/run.sh work` as root on %s: accel %s, %d vCPU host, QEMU %s; one VM "+
 		"(%d vCPUs, %d MiB) of bench/workbench/workspace-ssh.yaml (images/workspace.yaml without Node.js and the CLIs, "+
