@@ -73,18 +73,20 @@ func (r *results) print(c config) {
 		fmt.Printf("| %s | **%.1f MiB/s** | %s | %.0f %% |\n", m, x, rates(r.stream[m]), 100*x/raw)
 	}
 	fmt.Println()
-	fmt.Println("Where the host's CPU went during those streams (cores kept busy, means over the runs, from the start of " +
-		"each command to its end; the host has " + fmt.Sprint(procstat.NumCPU()) + "):")
+	fmt.Println("Where the host's CPU went during those streams, from the start of each command to its end, summed over " +
+		"the runs: cores kept busy, and CPU time per MiB delivered (which the host's other load changes less than the rates):")
 	fmt.Println()
-	fmt.Println("| method | daemon | QEMU (guest vCPUs + I/O) | client (bench; ssh) | sum |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| method | daemon | QEMU (guest vCPUs + I/O) | client (bench; ssh) | QEMU per MiB | daemon + client per MiB |")
+	fmt.Println("|---|---|---|---|---|---|")
 	for _, m := range []string{mProcess, mAttach, mSSH, mRawTCP} {
 		var d, q, cl, w time.Duration
 		for _, u := range r.streamCPU[m] {
 			d, q, cl, w = d+u.daemon, q+u.qemu, cl+u.client, w+u.wall
 		}
-		c := func(x time.Duration) float64 { return x.Seconds() / w.Seconds() }
-		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f |\n", m, c(d), c(q), c(cl), c(d+q+cl))
+		mibs := float64(int64(len(r.streamCPU[m]))*c.streamBytes) / (1 << 20)
+		cores := func(x time.Duration) float64 { return x.Seconds() / w.Seconds() }
+		per := func(x time.Duration) string { return ms(time.Duration(float64(x) / mibs)) }
+		fmt.Printf("| %s | %.2f | %.2f | %.2f | %s | %s |\n", m, cores(d), cores(q), cores(cl), per(q), per(d+cl))
 	}
 	fmt.Println()
 	proc, ssh := medianRate(r.stream[mProcess]).mibps(), medianRate(r.stream[mSSH]).mibps()
