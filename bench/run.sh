@@ -2,8 +2,9 @@
 # Runs every benchmark (root, QEMU) and writes docs/BENCHMARKS.md. Each one
 # compares hearth with the named alternative in the same run.
 #   ./bench/run.sh                 # all; as root (or: make bench)
-#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer, images, login or guest
+#   RUNS=20 ./bench/run.sh vm      # one: vm, net, disk, viewer, images, login, guest or work
 #   LOGIN_RUNS=5 ./bench/run.sh login   # logins measured (default 5)
+#   WORK_RUNS=100 ./bench/run.sh work   # command starts per method (default 100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
@@ -15,12 +16,13 @@ done
 # diskbench loop-mounts a btrfs for the Firecracker driver's reflinks.
 command -v mkfs.btrfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends btrfs-progs >/dev/null
 make build >/dev/null
-for b in vmbench netbench diskbench viewerbench loginbench; do go build -o bin/$b ./bench/$b; done
+for b in vmbench netbench diskbench viewerbench loginbench workbench; do go build -o bin/$b ./bench/$b; done
 RUNS=${RUNS:-10}
 LOGIN_RUNS=${LOGIN_RUNS:-5}
+WORK_RUNS=${WORK_RUNS:-100}
 which=${1:-all}
 out=$(mktemp -d)
-trap 'rm -rf "$out"; for ns in hearth-bench hearth-bench-vm hearth-bench-login hearth-bench-out hearth-bench-guest; do ip netns del $ns 2>/dev/null || true; done' EXIT
+trap 'rm -rf "$out"; for ns in hearth-bench hearth-bench-vm hearth-bench-login hearth-bench-out hearth-bench-guest hearth-bench-work; do ip netns del $ns 2>/dev/null || true; done' EXIT
 
 if [ "$which" = all ] || [ "$which" = vm ]; then
   # The daemon runs in its own namespace, without guest networking, so both
@@ -74,6 +76,14 @@ if [ "$which" = all ] || [ "$which" = guest ]; then
   ip netns del hearth-bench-guest
 fi
 
+if [ "$which" = all ] || [ "$which" = work ]; then
+  # The work API against OpenSSH in one guest: workbench builds its image
+  # (bench/workbench/workspace-ssh.yaml, cached in bench-images), then runs
+  # the daemon, the VM and itself in namespace hearth-bench-work.
+  bin/workbench -hearth bin/hearth -agent bin/hearth-agent -images /var/cache/hearth/bench-images \
+    -runs "$WORK_RUNS" >"$out/work.md"
+fi
+
 section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
 {
   echo "# Benchmarks"
@@ -95,6 +105,7 @@ section() { [ -s "$1" ] && { cat "$1"; echo; } || true; }
   section "$out/images.md"
   section "$out/login.md"
   section "$out/guest.md"
+  section "$out/work.md"
 } > "$out/BENCHMARKS.md"
 if [ "$which" = all ]; then
   cp "$out/BENCHMARKS.md" docs/BENCHMARKS.md   # only a full run rewrites the record
