@@ -84,7 +84,9 @@ func TestFirecrackerDriverThroughTheDaemon(t *testing.T) {
 	// frame copying: a TCP server in the guest answers the host.
 	served := make(chan error, 1)
 	go func() {
-		_, err := d.alice.Exec(ctx, v.ID, api.ExecRequest{TimeoutSeconds: 30,
+		// As root: the fake's guest is the host's own system, which has
+		// no workspace user.
+		_, err := d.alice.Exec(ctx, v.ID, api.ExecRequest{TimeoutSeconds: 30, User: "root",
 			Argv: []string{"/usr/bin/busybox", "nc", "-l", "-p", "8080", "-e", "/usr/bin/busybox", "echo", "hello from " + v.ID}})
 		served <- err
 	}()

@@ -188,7 +188,9 @@ func TestWorkInAGuest(t *testing.T) {
 
 	t.Run("50 MiB to a slow reader", func(t *testing.T) {
 		const size = 50 << 20
-		p := start(t, api.ProcessStart{Command: fmt.Sprintf("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c %d", size)})
+		// It writes once it is followed: what it writes before anyone
+		// follows is only kept as far as its history reaches.
+		p := start(t, api.ProcessStart{Command: fmt.Sprintf("read go; yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c %d", size), Stdin: true})
 		want := sha256.New()
 		line := []byte("0123456789abcdefghijklmnopqrstuvwxyz\n")
 		for n := 0; n < size; n += len(line) {
@@ -200,6 +202,9 @@ func TestWorkInAGuest(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
+		if err := d.alice.Stdin(ctx, v.ID, p.ID, strings.NewReader("go\n"), true); err != nil {
+			t.Fatal(err)
+		}
 		var n, dropped int64
 		for {
 			e, err := s.Next()
